@@ -1,0 +1,52 @@
+"""The `sciddiff` command line: one entry point, one sub-command module per application.
+
+Each application exposes `register(subparsers)` in `sciddiff/<app>/cli.py`; it adds its sub-commands and sets
+`func(args) -> int` on each. Applications are imported lazily so that `sciddiff --help` stays fast and a broken
+optional dependency of one application does not take down the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+APPLICATIONS = ("sciddiff.dock.cli", "sciddiff.protein.cli", "sciddiff.policy.cli", "sciddiff.bench")
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line on stderr with exit status 2, never as a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sciddiff", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in APPLICATIONS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:  # an application not built yet, or its dependency missing
+            if err.name and err.name.startswith("sciddiff"):
+                continue
+            raise
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"sciddiff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
