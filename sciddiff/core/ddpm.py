@@ -1,0 +1,57 @@
+"""The discrete DDPM chain (Ho et al. 2020) as diffusers defines it.
+
+Timesteps are integers t = 0..T-1; x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps. A ``DiscreteSchedule`` holds the float64
+tables; the samplers in ``sciddiff.core.samplers`` walk it. Networks are called ``model(x_t, t, **cond)`` with t a long tensor (B,).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .parameterization import broadcast_to_batch, to_eps, to_x0
+from .schedules import alphas_cumprod, betas
+
+__all__ = ["DiscreteSchedule"]
+
+
+class DiscreteSchedule(nn.Module):
+    """float64 tables of a discrete DDPM chain, kept as buffers so they follow ``.to(device)``."""
+
+    def __init__(self, betas_: Tensor | None = None, *, name: str = "cosine", num_train_timesteps: int = 100,
+                 beta_start: float = 1e-4, beta_end: float = 0.02):
+        super().__init__()
+        if betas_ is None:
+            betas_ = betas(name, num_train_timesteps, beta_start, beta_end)
+        self.register_buffer("betas", betas_.double())
+        self.register_buffer("alphas_cumprod", alphas_cumprod(betas_))
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+    def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)) for integer t (B,), shaped to broadcast against ``like``. t = -1 means abar = 1."""
+        abar = torch.where(t >= 0, self.alphas_cumprod[t.clamp_min(0)], torch.ones_like(self.alphas_cumprod[0]))
+        return broadcast_to_batch(abar.sqrt(), like), broadcast_to_batch((1 - abar).sqrt(), like)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = self.alpha_sigma(t, x0)
+        return alpha * x0 + sigma * noise
+
+    def predict_x0(self, x_t: Tensor, out: Tensor, t: Tensor, prediction_type: str) -> Tensor:
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        return to_x0(out, x_t, alpha, sigma, prediction_type)
+
+    def predict_eps(self, x_t: Tensor, out: Tensor, t: Tensor, prediction_type: str) -> Tensor:
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        return to_eps(out, x_t, alpha, sigma, prediction_type)
+
+    def leading_timesteps(self, steps: int) -> list[int]:
+        """diffusers' "leading" spacing (DDPM/DDIM default): 0, r, 2r, ... reversed, r = T // steps."""
+        ratio = self.num_train_timesteps // steps
+        return [i * ratio for i in reversed(range(steps))]
+
+    def linspace_timesteps(self, steps: int) -> list[int]:
+        """diffusers' "linspace" spacing (DPM-Solver default): round(linspace(0, T-1, steps+1)) reversed, last dropped."""
+        grid = torch.linspace(0, self.num_train_timesteps - 1, steps + 1, dtype=torch.float64).round().long()
+        return grid.flip(0)[:-1].tolist()

@@ -1,0 +1,68 @@
+"""Flow matching / rectified flow on any ``Space`` (Lipman et al. 2023; Liu et al. 2023; FrameFlow, Yim et al. 2023).
+
+Time runs from t = 0 (noise, ``x_noise`` drawn from the space's prior) to t = 1 (data). The interpolant is the geodesic
+x_t = exp_{x0}(t log_{x0}(x1)): straight lines in R^n, great circles on the torus, geodesics on SO(3). Networks predict the clean
+point, ``model(x_t, t, **cond) -> x1_hat``; the velocity is log_{x_t}(x1_hat) / (1 - t). Per-component ``rates`` replace 1/(1 - t)
+by a constant (FrameFlow's exponential schedule for rotations, rate 10).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from .spaces import Point, Space
+
+__all__ = ["interpolate", "flow_matching_loss", "sample_flow"]
+
+
+def interpolate(space: Space, x_noise: Point, x_data: Point, t: Tensor) -> Point:
+    """Geodesic interpolant at per-sample times t (B,)."""
+    return space.exp(x_noise, Space.scale(space.log(x_noise, x_data), t))
+
+
+def flow_matching_loss(model: Callable, space: Space, x_noise: Point, x_data: Point, t: Tensor, t_clip: float = 0.9,
+                       **cond) -> tuple[Tensor, dict[str, Tensor]]:
+    """|log_{x_t}(x1_hat) - log_{x_t}(x1)|^2 / (1 - t)^2: the velocity error, with 1 - t floored at 1 - t_clip."""
+    x_t = interpolate(space, x_noise, x_data, t)
+    pred = model(x_t, t, **cond)
+    diff = Space.add(space.log(x_t, pred), Space.scale(space.log(x_t, x_data), -1.0))
+    err = space.sq_norm(diff)
+    w = 1 / (1 - t.clamp(max=t_clip)) ** 2
+    if not isinstance(err, dict):
+        err = {"x": err}
+    parts = {k: (e * w).mean() for k, e in err.items()}
+    return torch.stack(list(parts.values())).mean(), parts
+
+
+@torch.no_grad()
+def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, method: str = "euler", t_min: float = 0.0,
+                rates: Mapping[str, float] | None = None, progress: Callable = iter, **cond) -> Point:
+    """Integrate the learned flow from t_min to 1 on a float64 grid; the last step jumps to the predicted clean point."""
+    ts = torch.linspace(t_min, 1.0, steps + 1, dtype=torch.float64).tolist()
+    ref = next(iter(x_init.values())) if isinstance(x_init, dict) else x_init
+    rates = rates or {}
+
+    def velocity(x, t):
+        x1 = model(x, torch.full((ref.shape[0],), t, device=ref.device, dtype=torch.float32), **cond)
+        v = space.log(x, x1)
+        if isinstance(v, dict):
+            return {k: vk * (rates.get(k) or 1 / (1 - t)) for k, vk in v.items()}, x1
+        return v / (1 - t), x1
+
+    x = x_init
+    for i in progress(range(steps)):
+        t, dt = ts[i], ts[i + 1] - ts[i]
+        v, x1 = velocity(x, t)
+        if i == steps - 1:
+            return x1
+        x_euler = space.exp(x, Space.scale(v, dt))
+        if method == "heun" and i < steps - 2:
+            v2, _ = velocity(x_euler, ts[i + 1])
+            x = space.exp(x, Space.scale(Space.add(v, v2), dt / 2))
+        elif method in ("euler", "heun"):
+            x = x_euler
+        else:
+            raise ValueError(f"unknown ODE method {method!r}; choose euler or heun")
+    return x

@@ -1,0 +1,200 @@
+"""Samplers. Every one takes a denoiser callable and the starting point the caller drew, so any network plugs in and seeds stay
+with the caller (k-diffusion's seam):
+
+- Discrete DDPM chain (``DiscreteSchedule``), ``model(x_t, t, **cond)`` with integer t (B,) returning the ``prediction_type``:
+  ``sample_ddpm`` (ancestral), ``sample_ddim`` (eta), ``sample_dpmpp_2m`` (DPM-Solver++(2M), Lu et al. 2022). Each step equals
+  diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` / ``DPMSolverMultistepScheduler`` for identical model outputs (tested).
+- Continuous SDEs on R^n (``sciddiff.core.sde``), ``score_fn(x, t, **cond)``: ``sample_sde`` (reverse SDE by Euler-Maruyama, or the
+  probability-flow ODE by Euler or Heun).
+- Variance-exploding diffusion on any ``Space`` (R^n, SO(3), torus, products), ``score_model(x, sigma, **cond)`` returning the score
+  as a tangent: ``sample_reverse_sde`` (geodesic random walk) and ``sample_pf_ode`` (Euler / Heun, EDM-style, in sigma).
+Schedules (``t`` grids, ``sigmas``) are float64; the state keeps the caller's dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from .ddpm import DiscreteSchedule
+from .sde import SDE
+from .spaces import Point, Space
+
+__all__ = ["sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_sde", "sample_reverse_sde", "sample_pf_ode",
+           "classifier_free_guidance"]
+
+
+def _full(value: float, x: Tensor, dtype=None) -> Tensor:
+    return torch.full((x.shape[0],), value, device=x.device, dtype=dtype or torch.long)
+
+
+def _clip(x0: Tensor, clip_sample: float | None) -> Tensor:
+    return x0 if clip_sample is None else x0.clamp(-clip_sample, clip_sample)
+
+
+# ------------------------------------------------------------------------------------------------------------ discrete chain
+@torch.no_grad()
+def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int | None = None,
+                prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
+                progress: Callable = iter, **cond) -> Tensor:
+    """Ancestral sampling with the "fixed_small" posterior variance (Ho et al. 2020); ``steps`` < T strides the chain."""
+    T = schedule.num_train_timesteps
+    steps = steps or T
+    ratio, x = T // steps, x_T
+    for t in progress(schedule.leading_timesteps(steps)):
+        tt = _full(t, x)
+        a_t = schedule.alphas_cumprod[t]
+        a_prev = schedule.alphas_cumprod[t - ratio] if t - ratio >= 0 else a_t.new_tensor(1.0)
+        beta_t, beta_prev, alpha_step = 1 - a_t, 1 - a_prev, a_t / a_prev
+        x0 = _clip(schedule.predict_x0(x, model(x, tt, **cond), tt, prediction_type), clip_sample)
+        mean = (a_prev.sqrt() * (1 - alpha_step) / beta_t) * x0 + (alpha_step.sqrt() * beta_prev / beta_t) * x
+        x = mean.to(x.dtype)
+        if t > 0:
+            std = (beta_prev / beta_t * (1 - alpha_step)).clamp_min(1e-20).sqrt()
+            x = x + std.to(x.dtype) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int, eta: float = 0.0,
+                prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
+                progress: Callable = iter, **cond) -> Tensor:
+    """DDIM (Song et al. 2021): eta = 0 is the deterministic first-order solver of the probability-flow ODE."""
+    ratio, x = schedule.num_train_timesteps // steps, x_T
+    for t in progress(schedule.leading_timesteps(steps)):
+        tt = _full(t, x)
+        a_t = schedule.alphas_cumprod[t]
+        a_prev = schedule.alphas_cumprod[t - ratio] if t - ratio >= 0 else a_t.new_tensor(1.0)
+        out = model(x, tt, **cond)
+        x0 = _clip(schedule.predict_x0(x, out, tt, prediction_type), clip_sample)
+        eps = schedule.predict_eps(x, out, tt, prediction_type)
+        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        x_next = a_prev.sqrt() * x0 + (1 - a_prev - std**2).sqrt() * eps
+        if eta > 0:
+            x_next = x_next + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x_next.to(x.dtype)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int,
+                    prediction_type: str = "epsilon", clip_sample: float | None = None, progress: Callable = iter,
+                    **cond) -> Tensor:
+    """DPM-Solver++(2M), midpoint form, first order on the first and the last step, final sigma 0."""
+    timesteps = schedule.linspace_timesteps(steps)
+    abar = schedule.alphas_cumprod
+    sigmas = [((1 - abar[t]) / abar[t]).sqrt() for t in timesteps] + [abar.new_tensor(0.0)]
+    x, x0_prev, h_prev = x_T, None, None
+    for i, t in enumerate(progress(timesteps)):
+        tt = _full(t, x)
+        x0 = _clip(schedule.predict_x0(x, model(x, tt, **cond), tt, prediction_type), clip_sample)
+        s, s_next = sigmas[i], sigmas[i + 1]
+        alpha_s, sig_s = 1 / (s**2 + 1).sqrt(), s / (s**2 + 1).sqrt()
+        alpha_t, sig_t = 1 / (s_next**2 + 1).sqrt(), s_next / (s_next**2 + 1).sqrt()
+        lam_s = torch.log(alpha_s) - torch.log(sig_s)
+        lam_t = torch.log(alpha_t) - torch.log(sig_t) if s_next > 0 else lam_s.new_tensor(math.inf)
+        h = lam_t - lam_s
+        phi = torch.expm1(-h)  # exp(-h) - 1
+        # the step into sigma = 0 has h = inf, so it is always first order (as diffusers with final_sigmas_type="zero")
+        first_order = x0_prev is None or i == len(timesteps) - 1
+        d = x0 if first_order else x0 + 0.5 * (h / h_prev) * (x0 - x0_prev)
+        x = ((sig_t / sig_s) * x - alpha_t * phi * d).to(x.dtype)
+        x0_prev, h_prev = x0, h
+    return x
+
+
+# ------------------------------------------------------------------------------------------------------- continuous SDEs on R^n
+@torch.no_grad()
+def sample_sde(sde: SDE, score_fn: Callable, x_T: Tensor, *, steps: int, probability_flow: bool = False,
+               method: str = "euler", generator: torch.Generator | None = None, progress: Callable = iter, **cond) -> Tensor:
+    """Integrate the reverse SDE (Euler-Maruyama) or the probability-flow ODE (``method`` euler | heun) from t = T to sde.eps."""
+    rev = sde.reverse(score_fn, probability_flow)
+    ts = torch.linspace(sde.T, sde.eps, steps + 1, dtype=torch.float64)
+    x = x_T
+    for i in progress(range(steps)):
+        t, dt = _full(float(ts[i]), x, x.dtype), float(ts[i + 1] - ts[i])
+        drift, g = rev.sde(x, t, **cond)
+        if method == "heun" and probability_flow and i < steps - 1:
+            x_euler = x + drift * dt
+            drift2, _ = rev.sde(x_euler, _full(float(ts[i + 1]), x, x.dtype), **cond)
+            x = x + 0.5 * (drift + drift2) * dt
+        else:
+            x = x + drift * dt
+        if not probability_flow:
+            x = x + g * math.sqrt(-dt) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------- VE diffusion on any Space
+def _sigma_at(sigmas, i: int):
+    return {k: float(v[i]) for k, v in sigmas.items()} if isinstance(sigmas, Mapping) else float(sigmas[i])
+
+
+def _batch_sigma(sigma, like: Point):
+    ref = next(iter(like.values())) if isinstance(like, dict) else like
+    if isinstance(sigma, dict):
+        return {k: torch.full((ref.shape[0],), v, device=ref.device, dtype=torch.float32) for k, v in sigma.items()}
+    return torch.full((ref.shape[0],), sigma, device=ref.device, dtype=torch.float32)
+
+
+def _combine(a, b, fn):
+    return {k: fn(a[k], b[k]) for k in a} if isinstance(a, dict) else fn(a, b)
+
+
+@torch.no_grad()
+def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigmas, *, generator: torch.Generator | None = None,
+                       noise_last: bool = False, progress: Callable = iter, **cond) -> Point:
+    """Reverse VE SDE as a geodesic random walk: x <- exp_x(g2 * score + sqrt(g2) * z), g2 = sigma_i^2 - sigma_{i+1}^2.
+
+    ``sigmas`` is a decreasing float64 grid (N+1,) or, for a ``Product``, a dict of such grids of equal length. No noise is added
+    on the last step unless ``noise_last`` (DiffDock's choice: the last step only denoises)."""
+    n = len(next(iter(sigmas.values()))) - 1 if isinstance(sigmas, Mapping) else len(sigmas) - 1
+    x = x_init
+    for i in progress(range(n)):
+        s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
+        g2 = _combine(s, s_next, lambda a, b: a * a - b * b) if isinstance(s, dict) else s * s - s_next * s_next
+        step = Space.scale(score_model(x, _batch_sigma(s, x), **cond), g2)
+        if noise_last or i < n - 1:
+            g = {k: math.sqrt(v) for k, v in g2.items()} if isinstance(g2, dict) else math.sqrt(g2)
+            step = Space.add(step, Space.scale(space.randn_tangent(x, generator), g))
+        x = space.exp(x, step)
+    return x
+
+
+@torch.no_grad()
+def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas, *, method: str = "heun",
+                  progress: Callable = iter, **cond) -> Point:
+    """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
+    step that ends at sigma = 0). On curved spaces the Heun average combines tangents at x and at the Euler point as if both lived
+    at x (exact on flat spaces, second-order on SO(3) since the body-frame transport error is O(h^2))."""
+    n = len(next(iter(sigmas.values()))) - 1 if isinstance(sigmas, Mapping) else len(sigmas) - 1
+    x = x_init
+
+    def velocity(x, s):  # d x / d(-sigma): sigma * score
+        return Space.scale(score_model(x, _batch_sigma(s, x), **cond), s)
+
+    for i in progress(range(n)):
+        s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
+        h = _combine(s, s_next, lambda a, b: a - b) if isinstance(s, dict) else s - s_next
+        d = velocity(x, s)
+        x_euler = space.exp(x, Space.scale(d, h))
+        last = all(v == 0 for v in s_next.values()) if isinstance(s_next, dict) else s_next == 0
+        if method == "euler" or last:
+            x = x_euler
+        elif method == "heun":
+            d2 = velocity(x_euler, s_next)
+            x = space.exp(x, Space.scale(Space.add(d, d2), _combine(h, h, lambda a, _: a / 2) if isinstance(h, dict) else h / 2))
+        else:
+            raise ValueError(f"unknown ODE method {method!r}; choose euler or heun")
+    return x
+
+
+def classifier_free_guidance(model: Callable, guidance_scale: float, null_cond: dict) -> Callable:
+    """Wrap a conditional denoiser: out = out_uncond + scale * (out_cond - out_uncond) (Ho & Salimans 2022). ``null_cond``
+    holds the keyword arguments that mean "no condition" (e.g. a learned null embedding or a dropped-label index)."""
+    def guided(x, t, **cond):
+        uncond = model(x, t, **{**cond, **null_cond})
+        return uncond + guidance_scale * (model(x, t, **cond) - uncond)
+    return guided

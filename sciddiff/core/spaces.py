@@ -1,0 +1,217 @@
+"""Spaces that diffusion runs on, behind one interface used by every loss and sampler in ``sciddiff.core``.
+
+A point of a batch has a leading batch dimension B. Tangent vectors (scores, velocities, noise) are:
+- ``Euclidean(shape)``: points and tangents (B, *shape).
+- ``SO3(shape)``: points are rotation matrices (B, *shape, 3, 3); tangents are body-frame rotation vectors (B, *shape, 3), acting by
+  right multiplication, x' = x exp(v) (see ``sciddiff.core.so3``).
+- ``Torus(n)``: points are angles (B, n) in [-pi, pi); tangents (B, n).
+- ``Product(**components)``: points and tangents are dicts keyed by component name.
+
+Noising is Brownian (variance-exploding): ``perturb(x0, sigma)`` moves x0 by Brownian motion run for time sigma^2 and returns the
+exact score of that kernel at the result. ``sigma`` is a (B,) tensor, or for a ``Product`` either one (B,) tensor shared by all
+components or a dict of them. For torsion vectors of variable length (several molecules flattened into one vector) pass sigma with
+the same shape as the point instead of (B,).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Union
+
+import torch
+from torch import Tensor
+
+from . import so3, torus
+
+__all__ = ["Space", "Euclidean", "SO3", "Torus", "Product", "Point", "Sigma"]
+
+Point = Union[Tensor, dict]
+Sigma = Union[Tensor, Mapping[str, Tensor]]
+
+
+def _expand(sigma: Tensor, ref: Tensor) -> Tensor:
+    """Broadcast a per-sample sigma (B,) with trailing singleton dims against ``ref``; a sigma that already has ref's rank
+    (per-element sigma) is returned unchanged."""
+    sigma = torch.as_tensor(sigma, device=ref.device)
+    return sigma.reshape(sigma.shape + (1,) * (ref.dim() - sigma.dim()))
+
+
+class Space:
+    """Interface; see the module docstring for shapes."""
+
+    def prior_sample(self, batch: int, sigma_max: Sigma, generator: torch.Generator | None = None, device=None,
+                     dtype=torch.float32) -> Point:
+        raise NotImplementedError
+
+    def perturb(self, x0: Point, sigma: Sigma, generator: torch.Generator | None = None) -> tuple[Point, Point]:
+        """(x_t, grad log p(x_t | x0)) for Brownian noise of scale sigma."""
+        raise NotImplementedError
+
+    def exp(self, x: Point, v: Point) -> Point:
+        raise NotImplementedError
+
+    def log(self, x: Point, y: Point) -> Point:
+        """The tangent v at x with exp(x, v) = y (shortest geodesic)."""
+        raise NotImplementedError
+
+    def randn_tangent(self, x: Point, generator: torch.Generator | None = None) -> Point:
+        """Standard normal tangent at x (the increment of unit-time Brownian motion)."""
+        raise NotImplementedError
+
+    def score_norm_sq(self, sigma: Sigma) -> Point:
+        """E|score|^2 of the perturbation kernel: the DSM loss weight is its inverse. (B,) tensor (dict for products)."""
+        raise NotImplementedError
+
+    def sq_norm(self, v: Point) -> Point:
+        """Squared norm of tangents per sample: (B,) (dict for products)."""
+        raise NotImplementedError
+
+    # Generic tangent arithmetic, so samplers need not know the representation.
+    @staticmethod
+    def scale(v: Point, c) -> Point:
+        """v * c, where c is a number, a per-sample (B,) tensor, or (for products) a dict of either."""
+        if isinstance(v, dict):
+            return {k: Space.scale(vk, c[k] if isinstance(c, Mapping) else c) for k, vk in v.items()}
+        if torch.is_tensor(c):
+            c = _expand(c, v).to(v.dtype)
+        return v * c
+
+    @staticmethod
+    def add(u: Point, v: Point) -> Point:
+        if isinstance(u, dict):
+            return {k: Space.add(u[k], v[k]) for k in u}
+        return u + v
+
+
+class Euclidean(Space):
+    def __init__(self, shape: tuple[int, ...] | int):
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.dim = math.prod(self.shape)
+
+    def __repr__(self) -> str:
+        return f"Euclidean({self.shape})"
+
+    def prior_sample(self, batch, sigma_max, generator=None, device=None, dtype=torch.float32):
+        noise = torch.randn((batch, *self.shape), generator=generator, device=device, dtype=dtype)
+        return noise * _expand(torch.as_tensor(sigma_max, dtype=dtype, device=device), noise)
+
+    def perturb(self, x0, sigma, generator=None):
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        s = _expand(sigma, x0).to(x0.dtype)
+        return x0 + s * eps, -eps / s
+
+    def exp(self, x, v):
+        return x + v
+
+    def log(self, x, y):
+        return y - x
+
+    def randn_tangent(self, x, generator=None):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    def score_norm_sq(self, sigma):
+        return self.dim / torch.as_tensor(sigma, dtype=torch.float64) ** 2
+
+    def sq_norm(self, v):
+        return v.reshape(v.shape[0], -1).pow(2).sum(-1)
+
+
+class SO3(Space):
+    def __init__(self, shape: tuple[int, ...] | int = ()):
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.count = math.prod(self.shape)
+
+    def __repr__(self) -> str:
+        return f"SO3({self.shape})"
+
+    def prior_sample(self, batch, sigma_max=None, generator=None, device=None, dtype=torch.float32):
+        """Haar-uniform rotations (IGSO(3) at sigma >= 4 is uniform to 1e-12)."""
+        return so3.uniform_so3(batch * self.count, generator, device, dtype).reshape(batch, *self.shape, 3, 3)
+
+    def perturb(self, x0, sigma, generator=None):
+        s = _expand(sigma, x0[..., 0, 0]).expand(x0.shape[:-2])
+        v = so3.sample_igso3(s.reshape(-1), generator=generator, device=x0.device, dtype=x0.dtype).reshape(*x0.shape[:-2], 3)
+        omega = v.norm(dim=-1, keepdim=True)
+        score = so3.igso3_score(omega, s[..., None]).to(x0.dtype) * v / omega.clamp_min(1e-12)
+        return x0 @ so3.exp_map(v), score
+
+    def exp(self, x, v):
+        return x @ so3.exp_map(v)
+
+    def log(self, x, y):
+        return so3.log_map(x.transpose(-1, -2) @ y)
+
+    def randn_tangent(self, x, generator=None):
+        return torch.randn(x.shape[:-1], generator=generator, device=x.device, dtype=x.dtype)
+
+    def score_norm_sq(self, sigma):
+        return self.count * so3.igso3_score_norm(sigma)
+
+    def sq_norm(self, v):
+        return v.reshape(v.shape[0], -1).pow(2).sum(-1)
+
+
+class Torus(Space):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"Torus({self.n})"
+
+    def prior_sample(self, batch, sigma_max=None, generator=None, device=None, dtype=torch.float32):
+        """Uniform angles (the wrapped normal at sigma >= pi is uniform to 1e-8)."""
+        return (torch.rand((batch, self.n), generator=generator, device=device, dtype=dtype) * 2 - 1) * math.pi
+
+    def perturb(self, x0, sigma, generator=None):
+        s = _expand(sigma, x0).to(x0.dtype)
+        delta = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * s
+        return torus.wrap(x0 + delta), torus.wrapped_normal_score(delta, s)
+
+    def exp(self, x, v):
+        return torus.wrap(x + v)
+
+    def log(self, x, y):
+        return torus.wrap(y - x)
+
+    def randn_tangent(self, x, generator=None):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    def score_norm_sq(self, sigma):
+        return self.n * torus.wrapped_normal_score_norm(sigma)
+
+    def sq_norm(self, v):
+        return v.reshape(v.shape[0], -1).pow(2).sum(-1)
+
+
+class Product(Space):
+    """Cartesian product of named spaces, e.g. ``Product(tr=Euclidean(3), rot=SO3(), tor=Torus(m))``."""
+
+    def __init__(self, **components: Space):
+        self.components = components
+
+    def __repr__(self) -> str:
+        return "Product(" + ", ".join(f"{k}={v!r}" for k, v in self.components.items()) + ")"
+
+    def _sigma(self, sigma: Sigma, name: str):
+        return sigma[name] if isinstance(sigma, Mapping) else sigma
+
+    def prior_sample(self, batch, sigma_max, generator=None, device=None, dtype=torch.float32):
+        return {k: s.prior_sample(batch, self._sigma(sigma_max, k), generator, device, dtype) for k, s in self.components.items()}
+
+    def perturb(self, x0, sigma, generator=None):
+        pairs = {k: s.perturb(x0[k], self._sigma(sigma, k), generator) for k, s in self.components.items()}
+        return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
+
+    def exp(self, x, v):
+        return {k: s.exp(x[k], v[k]) for k, s in self.components.items()}
+
+    def log(self, x, y):
+        return {k: s.log(x[k], y[k]) for k, s in self.components.items()}
+
+    def randn_tangent(self, x, generator=None):
+        return {k: s.randn_tangent(x[k], generator) for k, s in self.components.items()}
+
+    def score_norm_sq(self, sigma):
+        return {k: s.score_norm_sq(self._sigma(sigma, k)) for k, s in self.components.items()}
+
+    def sq_norm(self, v):
+        return {k: s.sq_norm(v[k]) for k, s in self.components.items()}

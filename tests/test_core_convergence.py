@@ -1,0 +1,64 @@
+"""Convergence order of the ODE samplers with the exact denoiser of a Gaussian target (closed-form score).
+
+For data x0 ~ N(m, s0^2), x_t = alpha x0 + sigma eps is Gaussian, E[eps | x_t] = sigma (x_t - alpha m) / (alpha^2 s0^2 + sigma^2),
+and the probability-flow ODE is affine: x(t) = alpha_t m + sqrt(alpha_t^2 s0^2 + sigma_t^2) z with z fixed by the start point.
+"""
+import math
+
+import numpy as np
+import torch
+
+from sciddiff.core import DiscreteSchedule, Euclidean, karras_sigmas, sample_ddim, sample_dpmpp_2m, sample_pf_ode
+
+M, S0 = 0.7, 0.5
+
+
+def _exact_eps(schedule):
+    def model(x, t):
+        alpha, sigma = schedule.alpha_sigma(t, x)
+        return sigma * (x - alpha * M) / (alpha**2 * S0**2 + sigma**2)
+    return model
+
+
+def _exact_end(schedule, x_start, t0):
+    abar = schedule.alphas_cumprod[t0]
+    z = (x_start.double() - abar.sqrt() * M) / (abar * S0**2 + 1 - abar).sqrt()
+    return M + S0 * z
+
+
+def _order(steps, errors):
+    """Least-squares slope of -log(error) against log(steps). Pairwise ratios are noisy for DPM-Solver++ because its last step
+    (into sigma = 0) is first order and diffusers' integer timesteps make the grid slightly uneven; the fitted slope is not."""
+    return -float(np.polyfit(np.log(steps), np.log(errors), 1)[0])
+
+
+def test_ddim_first_order_dpmpp_second_order():
+    schedule = DiscreteSchedule(name="cosine", num_train_timesteps=1000)
+    x = torch.randn(256, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = _exact_eps(schedule)
+    steps = (10, 20, 40, 80, 160)
+    ddim_err, dpm_err = [], []
+    for n in steps:
+        t0 = schedule.leading_timesteps(n)[0]
+        ddim_err.append((sample_ddim(model, x, schedule, steps=n) - _exact_end(schedule, x, t0)).abs().max().item())
+        dpm_err.append((sample_dpmpp_2m(model, x, schedule, steps=n) - _exact_end(schedule, x, 999)).abs().max().item())
+    assert 0.85 < _order(steps, ddim_err) < 1.15, ddim_err
+    assert 1.7 < _order(steps, dpm_err) < 2.8, dpm_err
+    assert dpm_err[1] < ddim_err[1] / 5
+
+
+def test_pf_ode_euler_first_order_heun_second_order():
+    space = Euclidean(1)
+    score = lambda x, sigma: -(x - M) / (S0**2 + sigma.to(x.dtype)[:, None] ** 2)  # noqa: E731
+    sigma_max, sigma_min = 10.0, 0.05
+    x = space.prior_sample(256, math.sqrt(sigma_max**2 + S0**2), torch.Generator().manual_seed(0), dtype=torch.float64) + M
+    z = (x - M) / math.sqrt(S0**2 + sigma_max**2)
+    exact = M + math.sqrt(S0**2 + sigma_min**2) * z
+    err = {"euler": [], "heun": []}
+    for n in (8, 16, 32, 64):
+        sigmas = karras_sigmas(n, sigma_min, sigma_max)[:-1]  # stop at sigma_min: the last Heun step stays second order
+        for method in err:
+            err[method].append((sample_pf_ode(score, space, x, sigmas, method=method) - exact).abs().mean().item())
+    steps = (8, 16, 32, 64)
+    assert 0.8 < _order(steps, err["euler"]) < 1.3, err["euler"]
+    assert 1.7 < _order(steps, err["heun"]) < 2.6, err["heun"]

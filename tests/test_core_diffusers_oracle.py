@@ -1,0 +1,77 @@
+"""sciddiff's discrete schedules and samplers against diffusers, used here only as a numerical oracle."""
+import pytest
+import torch
+
+from sciddiff.core import DiscreteSchedule, betas, sample_ddim, sample_ddpm, sample_dpmpp_2m
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.mark.parametrize("name, dname", [("linear", "linear"), ("scaled_linear", "scaled_linear"),
+                                         ("cosine", "squaredcos_cap_v2"), ("sigmoid", "sigmoid")])
+@pytest.mark.parametrize("T", [100, 1000])
+def test_betas_equal_diffusers(name, dname, T):
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule=dname).betas.double()
+    assert torch.allclose(betas(name, T), ref, atol=1e-6, rtol=0)
+
+
+def assert_close(ours, ref):
+    """<= 1e-5 relative to max(1, |x|): diffusers steps in float32, we keep the schedule in float64."""
+    assert ((ours - ref).abs() / ref.abs().clamp_min(1.0)).max() < 1e-5
+
+
+class FixedModel:
+    """Returns a fixed pseudo-random function of (x, t) so both implementations see identical model outputs."""
+
+    def __call__(self, x, t, **_):
+        return torch.tanh(0.3 * x + 0.01 * t.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))) * 0.9
+
+
+def _diffusers_loop(scheduler, model, x, steps, generator=None):
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        out = model(x, torch.full((x.shape[0],), int(t)))
+        kw = {"generator": generator} if generator is not None else {}
+        x = scheduler.step(out, t, x, **kw).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_ddim_matches_diffusers(prediction_type, clip):
+    T, steps = 100, 10
+    ref_sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
+                                        prediction_type=prediction_type, clip_sample=clip is not None,
+                                        clip_sample_range=clip or 1.0)
+    x = torch.randn(4, 16, 2, generator=torch.Generator().manual_seed(0))
+    ref = _diffusers_loop(ref_sched, FixedModel(), x.clone(), steps)
+    ours = sample_ddim(FixedModel(), x.clone(), DiscreteSchedule(name="cosine", num_train_timesteps=T), steps=steps,
+                       prediction_type=prediction_type, clip_sample=clip)
+    assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_ddpm_matches_diffusers(prediction_type):
+    T = 50
+    ref_sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
+                                        prediction_type=prediction_type, clip_sample=True)
+    x = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(1))
+    ref = _diffusers_loop(ref_sched, FixedModel(), x.clone(), T, generator=torch.Generator().manual_seed(7))
+    ours = sample_ddpm(FixedModel(), x.clone(), DiscreteSchedule(name="cosine", num_train_timesteps=T),
+                       prediction_type=prediction_type, clip_sample=1.0, generator=torch.Generator().manual_seed(7))
+    assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("steps", [5, 20])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_dpmpp_2m_matches_diffusers(steps, prediction_type):
+    T = 1000
+    ref_sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="scaled_linear",
+                                                      beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type,
+                                                      algorithm_type="dpmsolver++", solver_order=2)
+    x = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(2))
+    ref = _diffusers_loop(ref_sched, FixedModel(), x.clone(), steps)
+    ours = sample_dpmpp_2m(FixedModel(), x.clone(), DiscreteSchedule(name="scaled_linear", num_train_timesteps=T,
+                                                                      beta_start=0.00085, beta_end=0.012),
+                           steps=steps, prediction_type=prediction_type)
+    assert_close(ours, ref)
