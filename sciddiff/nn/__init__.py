@@ -1,1 +1,6 @@
-"""TODO"""
+"""Network building blocks shared by the applications.
+
+- `embeddings`: sinusoidal (DDPM convention) and Gaussian Fourier time / noise-level embeddings.
+- `graph`: exact pure-torch `radius_graph`, `knn_graph`, `radius`, `knn` with PyG's conventions (pyg-lib is not installable).
+- `unet1d`: Diffusion Policy's conditional 1D U-Net.
+"""

@@ -1,0 +1,119 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is one `torch.save`d dict. `save_checkpoint` writes it to a temporary file in the target's directory and
+`os.replace`s it into place, so a crash or a kill mid-write leaves the previous checkpoint intact (never a truncated one).
+`training_state` / `restore_training_state` bundle what an exact resume needs: model, EMA, optimiser and LR-scheduler
+states, the step counter and the RNG states. Resuming is then bit-identical to never stopping, provided the loop draws its
+randomness from those generators (e.g. batch indices via torch.randint, dropout) rather than from a DataLoader iterator
+that was part-way through an epoch (resume those at epoch boundaries, or use a seeded sampler and skip the used batches).
+
+Under DDP `training_state` gathers every rank's RNG states (so call it on ALL ranks, then save on the main one); on
+resume each rank takes its own back if the world size is unchanged, and keeps its fresh seeding otherwise (with a warning).
+Checkpoints hold only tensors and plain Python values and load with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from sciddiff.core.ema import EMA
+from sciddiff.train.distributed import rank, unwrap, world_size
+from sciddiff.train.seed import capture_rng, restore_rng
+
+__all__ = ["atomic_file", "save_checkpoint", "load_checkpoint", "training_state", "restore_training_state",
+           "capture_rng", "restore_rng"]
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary sibling of `path` for writing (`open_kwargs` go to open()); on success fsync it and rename it
+    over `path`, else delete it. Creates missing parent directories."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x"), **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Atomically write `state` with torch.save; returns the path."""
+    with atomic_file(path, "wb") as handle:
+        torch.save(state, handle)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu",
+                    weights_only: bool = True) -> dict:
+    """torch.load a checkpoint (tensors mapped to `map_location`); weights_only refuses pickled code objects."""
+    return torch.load(path, map_location=map_location, weights_only=weights_only)
+
+
+def training_state(
+    *,
+    model: nn.Module,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: EMA | None = None,
+    **extra,
+) -> dict:
+    """Everything an exact resume needs, as a dict for `save_checkpoint`; `extra` (config, metrics) is stored as given."""
+    rng = capture_rng()
+    if world_size() > 1:
+        gathered: list = [None] * world_size()
+        dist.all_gather_object(gathered, rng)
+        rng = gathered
+    return {
+        "model": unwrap(model).state_dict(),
+        "step": int(step),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "rng": rng,
+        **extra,
+    }
+
+
+def restore_training_state(
+    state: dict,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: EMA | None = None,
+) -> int:
+    """Load a `training_state` dict into freshly built objects (same architecture/hyper-parameters); returns the step."""
+    unwrap(model).load_state_dict(state["model"])
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema)):
+        if obj is None:
+            continue
+        if state.get(name) is None:
+            raise KeyError(f"checkpoint has no {name} state to resume from")
+        obj.load_state_dict(state[name])
+    rng = state.get("rng")
+    if isinstance(rng, list):
+        if len(rng) == world_size():
+            restore_rng(rng[rank()])
+        else:
+            warnings.warn(f"checkpoint RNG states are from {len(rng)} ranks, this run has {world_size()}: RNG not restored")
+    elif rng is not None:
+        if world_size() == 1:
+            restore_rng(rng)
+        else:
+            warnings.warn("checkpoint RNG state is from a single process; not restored under DDP")
+    return int(state["step"])

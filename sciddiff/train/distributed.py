@@ -1,0 +1,118 @@
+"""Data-parallel training with torchrun, and the same code path in a plain single process.
+
+`setup()` reads the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK; MASTER_ADDR/PORT for the rendezvous),
+initialises the process group (nccl when CUDA is available, one GPU per process chosen by LOCAL_RANK; gloo on CPU) and
+returns where this process runs. Without those variables it initialises nothing and reports rank 0 of 1, so
+`python train.py` and `torchrun --nproc_per_node 8 train.py` run the same script. DDP averages gradients over ranks, so
+each rank should see different data (`sampler` below, or seed the data RNG with seed + rank) and the effective batch is
+world_size x the per-rank batch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
+
+__all__ = ["DistInfo", "setup", "cleanup", "is_main", "rank", "world_size", "wrap", "unwrap", "all_reduce_mean",
+           "barrier", "sampler"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(backend: str | None = None) -> DistInfo:
+    """Join the torchrun process group if launched by torchrun; pick this process's device either way."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return DistInfo(0, 1, 0, device)
+    rank_, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+        # device_id binds the NCCL communicator to this GPU up front (avoids a guess, and a warning, at the first barrier).
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank_, world, local, device)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if _active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _active() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 and in a single process: the one that logs, prints and saves."""
+    return rank() == 0
+
+
+def wrap(model: nn.Module, **ddp_kwargs) -> nn.Module:
+    """DistributedDataParallel(model) when more than one process runs, else the model itself. Move it to its device first."""
+    if world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module inside DDP and/or torch.compile wrappers (its state_dict keys carry no 'module.' prefix)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def all_reduce_mean(value: torch.Tensor | float) -> torch.Tensor:
+    """Mean of `value` over ranks (a new tensor; the value itself in a single process). Use it for logged metrics."""
+    tensor = torch.as_tensor(value).detach().clone()
+    if world_size() > 1:
+        if dist.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        tensor = tensor.float() if not tensor.is_floating_point() else tensor
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= world_size()
+    return tensor
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def sampler(dataset: Dataset, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> DistributedSampler:
+    """A sampler giving each rank a disjoint 1/world_size share (all of it in a single process). Call
+    `.set_epoch(epoch)` at each epoch so the shuffle changes; pass it to DataLoader(sampler=...) without shuffle=True."""
+    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed,
+                              drop_last=drop_last)
