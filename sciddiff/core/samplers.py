@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .ddpm import DiscreteSchedule
+from .parameterization import to_eps, to_x0
 from .sde import SDE
 from .spaces import Point, Space
 
@@ -35,25 +36,30 @@ def _clip(x0: Tensor, clip_sample: float | None) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------------ discrete chain
+# Per-step coefficients are Python floats (float64) taken from the schedule's float64 table: exact and cheap per step.
+def _x0_eps(model, x, t: int, abar: float, prediction_type: str, clip_sample: float | None, cond) -> tuple[Tensor, Tensor]:
+    out = model(x, _full(t, x), **cond)
+    alpha, sigma = math.sqrt(abar), math.sqrt(1 - abar)
+    x0 = _clip(to_x0(out, x, alpha, sigma, prediction_type), clip_sample)
+    return x0, to_eps(out, x, alpha, sigma, prediction_type)
+
+
 @torch.no_grad()
 def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int | None = None,
                 prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
                 progress: Callable = iter, **cond) -> Tensor:
     """Ancestral sampling with the "fixed_small" posterior variance (Ho et al. 2020); ``steps`` < T strides the chain."""
-    T = schedule.num_train_timesteps
-    steps = steps or T
-    ratio, x = T // steps, x_T
+    abar = schedule.alphas_cumprod.tolist()
+    steps = steps or schedule.num_train_timesteps
+    ratio, x = schedule.num_train_timesteps // steps, x_T
     for t in progress(schedule.leading_timesteps(steps)):
-        tt = _full(t, x)
-        a_t = schedule.alphas_cumprod[t]
-        a_prev = schedule.alphas_cumprod[t - ratio] if t - ratio >= 0 else a_t.new_tensor(1.0)
-        beta_t, beta_prev, alpha_step = 1 - a_t, 1 - a_prev, a_t / a_prev
-        x0 = _clip(schedule.predict_x0(x, model(x, tt, **cond), tt, prediction_type), clip_sample)
-        mean = (a_prev.sqrt() * (1 - alpha_step) / beta_t) * x0 + (alpha_step.sqrt() * beta_prev / beta_t) * x
-        x = mean.to(x.dtype)
+        a_t, a_prev = abar[t], abar[t - ratio] if t - ratio >= 0 else 1.0
+        alpha_step = a_t / a_prev
+        x0, _ = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
+        x = (math.sqrt(a_prev) * (1 - alpha_step) / (1 - a_t)) * x0 + (math.sqrt(alpha_step) * (1 - a_prev) / (1 - a_t)) * x
         if t > 0:
-            std = (beta_prev / beta_t * (1 - alpha_step)).clamp_min(1e-20).sqrt()
-            x = x + std.to(x.dtype) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            std = math.sqrt(max((1 - a_prev) / (1 - a_t) * (1 - alpha_step), 1e-20))
+            x = x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x
 
 
@@ -62,19 +68,15 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
                 prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
                 progress: Callable = iter, **cond) -> Tensor:
     """DDIM (Song et al. 2021): eta = 0 is the deterministic first-order solver of the probability-flow ODE."""
+    abar = schedule.alphas_cumprod.tolist()
     ratio, x = schedule.num_train_timesteps // steps, x_T
     for t in progress(schedule.leading_timesteps(steps)):
-        tt = _full(t, x)
-        a_t = schedule.alphas_cumprod[t]
-        a_prev = schedule.alphas_cumprod[t - ratio] if t - ratio >= 0 else a_t.new_tensor(1.0)
-        out = model(x, tt, **cond)
-        x0 = _clip(schedule.predict_x0(x, out, tt, prediction_type), clip_sample)
-        eps = schedule.predict_eps(x, out, tt, prediction_type)
-        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
-        x_next = a_prev.sqrt() * x0 + (1 - a_prev - std**2).sqrt() * eps
+        a_t, a_prev = abar[t], abar[t - ratio] if t - ratio >= 0 else 1.0
+        x0, eps = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
+        std = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - std**2) * eps
         if eta > 0:
-            x_next = x_next + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x_next.to(x.dtype)
+            x = x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x
 
 
@@ -82,25 +84,21 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
 def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int,
                     prediction_type: str = "epsilon", clip_sample: float | None = None, progress: Callable = iter,
                     **cond) -> Tensor:
-    """DPM-Solver++(2M), midpoint form, first order on the first and the last step, final sigma 0."""
+    """DPM-Solver++(2M), midpoint form, first order on the first and the last step, final sigma 0. In the
+    log-SNR lambda = log(alpha / sigma): x_next = (sigma_next / sigma) x - alpha_next (e^{-h} - 1) D, h = lambda_next - lambda."""
+    abar = schedule.alphas_cumprod.tolist()
     timesteps = schedule.linspace_timesteps(steps)
-    abar = schedule.alphas_cumprod
-    sigmas = [((1 - abar[t]) / abar[t]).sqrt() for t in timesteps] + [abar.new_tensor(0.0)]
+    # (alpha, sigma, lambda) per grid point; the final point is clean data: alpha 1, sigma 0, lambda inf
+    grid = [(math.sqrt(abar[t]), math.sqrt(1 - abar[t]), 0.5 * math.log(abar[t] / (1 - abar[t]))) for t in timesteps]
+    grid.append((1.0, 0.0, math.inf))
     x, x0_prev, h_prev = x_T, None, None
     for i, t in enumerate(progress(timesteps)):
-        tt = _full(t, x)
-        x0 = _clip(schedule.predict_x0(x, model(x, tt, **cond), tt, prediction_type), clip_sample)
-        s, s_next = sigmas[i], sigmas[i + 1]
-        alpha_s, sig_s = 1 / (s**2 + 1).sqrt(), s / (s**2 + 1).sqrt()
-        alpha_t, sig_t = 1 / (s_next**2 + 1).sqrt(), s_next / (s_next**2 + 1).sqrt()
-        lam_s = torch.log(alpha_s) - torch.log(sig_s)
-        lam_t = torch.log(alpha_t) - torch.log(sig_t) if s_next > 0 else lam_s.new_tensor(math.inf)
-        h = lam_t - lam_s
-        phi = torch.expm1(-h)  # exp(-h) - 1
+        (alpha, sigma, lam), (alpha_next, sigma_next, lam_next) = grid[i], grid[i + 1]
+        x0, _ = _x0_eps(model, x, t, abar[t], prediction_type, clip_sample, cond)
+        h = lam_next - lam
         # the step into sigma = 0 has h = inf, so it is always first order (as diffusers with final_sigmas_type="zero")
-        first_order = x0_prev is None or i == len(timesteps) - 1
-        d = x0 if first_order else x0 + 0.5 * (h / h_prev) * (x0 - x0_prev)
-        x = ((sig_t / sig_s) * x - alpha_t * phi * d).to(x.dtype)
+        d = x0 if x0_prev is None or i == len(timesteps) - 1 else x0 + 0.5 * (h / h_prev) * (x0 - x0_prev)
+        x = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * d
         x0_prev, h_prev = x0, h
     return x
 

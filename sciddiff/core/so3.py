@@ -30,7 +30,7 @@ __all__ = [
     "igso3_density", "igso3_angle_density", "igso3_score", "igso3_score_norm", "sample_igso3", "rotation_score",
 ]
 
-_SERIES_MIN_SIGMA = 1.0  # below it, the Poisson-summed form
+_SERIES_MIN_SIGMA = 1.0  # below it, the Poisson-summed form; above it 16 series terms reach exp(-136)
 _K = torch.arange(-3, 4, dtype=torch.float64)
 _SMALL_ANGLE = 1e-4
 
@@ -138,7 +138,7 @@ def _poisson_log_f(w: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     return log_f, torch.where(small, d_small, d)
 
 
-def _series_log_f(w: Tensor, s: Tensor, n_terms: int = 64) -> tuple[Tensor, Tensor]:
+def _series_log_f(w: Tensor, s: Tensor, n_terms: int = 16) -> tuple[Tensor, Tensor]:
     l = torch.arange(n_terms, dtype=torch.float64, device=w.device)
     a = (2 * l + 1) * torch.exp(-l * (l + 1) * (s * s)[..., None] / 2)
     x = w[..., None]
@@ -184,26 +184,31 @@ def rotation_score(r0: Tensor, rt: Tensor, sigma: Tensor) -> Tensor:
 
 
 class _IGSO3Table:
-    """float64 inverse-CDF and score-norm tables over a log-spaced sigma grid."""
+    """float64 tables over a log-spaced sigma grid: the inverse CDF of the angle on a uniform grid of levels u, and
+    log E[score^2]. Sampling interpolates the inverse CDF linearly in u and in log(sigma) (O(1) per sample)."""
 
-    sigma_min, sigma_max, n_sigma, n_omega = 1e-3, 4.0, 256, 4096
+    sigma_min, sigma_max, n_sigma, n_omega, n_levels = 1e-3, 4.0, 256, 4096, 4097
 
     def __init__(self, device: torch.device):
-        self.log_sigmas = torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.n_sigma, dtype=torch.float64)
-        u = torch.linspace(0, 1, self.n_omega, dtype=torch.float64)
-        self.omegas = math.pi * u**2  # dense near 0, where small sigmas put their mass
-        s = self.log_sigmas.exp()[:, None]
-        log_f, dlogf = _log_f_and_dlogf(self.omegas[None, :], s)
-        pdf = log_f.exp() * (1 - torch.cos(self.omegas)) / math.pi
-        dw = self.omegas.diff()
+        log_sigmas = torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.n_sigma, dtype=torch.float64)
+        omegas = math.pi * torch.linspace(0, 1, self.n_omega, dtype=torch.float64) ** 2  # dense near 0 for small sigmas
+        log_f, dlogf = _log_f_and_dlogf(omegas[None, :], log_sigmas.exp()[:, None])
+        pdf = log_f.exp() * (1 - torch.cos(omegas)) / math.pi
+        dw = omegas.diff()
         cdf = torch.cat([torch.zeros(self.n_sigma, 1, dtype=torch.float64),
                          torch.cumsum(0.5 * (pdf[:, 1:] + pdf[:, :-1]) * dw, -1)], -1)
-        self.cdf = cdf / cdf[:, -1:]
+        total = cdf[:, -1:]
+        cdf = cdf / total
+        # invert each row's piecewise-linear CDF at evenly spaced levels
+        levels = torch.linspace(0, 1, self.n_levels, dtype=torch.float64).expand(self.n_sigma, -1).contiguous()
+        j = torch.searchsorted(cdf, levels).clamp(1, self.n_omega - 1)
+        c0, c1 = cdf.gather(-1, j - 1), cdf.gather(-1, j)
+        frac = ((levels - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0, 1)
+        self.inverse_cdf_table = (omegas[j - 1] + frac * (omegas[j] - omegas[j - 1])).to(device)
         integrand = dlogf**2 * pdf
         # log E[score^2] is nearly linear in log sigma (-2 log sigma + const at small sigma): interpolate it, not the value
-        self.log_score_norm = ((0.5 * (integrand[:, 1:] + integrand[:, :-1]) * dw).sum(-1) / cdf[:, -1]).log()
-        for name in ("log_sigmas", "omegas", "cdf", "log_score_norm"):
-            setattr(self, name, getattr(self, name).to(device))
+        self.log_score_norm = ((0.5 * (integrand[:, 1:] + integrand[:, :-1]) * dw).sum(-1) / total[:, 0]).log().to(device)
+        self.log_sigmas = log_sigmas.to(device)
 
     def _row(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
         pos = (sigma.double().log() - self.log_sigmas[0]) / (self.log_sigmas[1] - self.log_sigmas[0])
@@ -211,16 +216,15 @@ class _IGSO3Table:
         return pos.floor().long(), pos - pos.floor()
 
     def inverse_cdf(self, sigma: Tensor, u: Tensor) -> Tensor:
-        lo, frac = self._row(sigma)
-        return (1 - frac) * self._invert(lo, u) + frac * self._invert(lo + 1, u)
+        row, frac_s = self._row(sigma)
+        pos = u * (self.n_levels - 1)
+        col = pos.floor().long().clamp(max=self.n_levels - 2)
+        frac_u = pos - col
+        table = self.inverse_cdf_table
 
-    def _invert(self, row: Tensor, u: Tensor) -> Tensor:
-        cdf = self.cdf[row]  # (n, n_omega)
-        j = torch.searchsorted(cdf, u[:, None]).clamp(1, self.n_omega - 1)
-        c0, c1 = cdf.gather(-1, j - 1), cdf.gather(-1, j)
-        w0, w1 = self.omegas[j - 1], self.omegas[j]
-        t = ((u[:, None] - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0, 1)
-        return (w0 + t * (w1 - w0)).squeeze(-1)
+        def at(r):
+            return (1 - frac_u) * table[r, col] + frac_u * table[r, col + 1]
+        return (1 - frac_s) * at(row) + frac_s * at(row + 1)
 
     def interp_score_norm(self, sigma: Tensor) -> Tensor:
         lo, frac = self._row(sigma)
