@@ -1,0 +1,208 @@
+"""`sciddiff backbone ...`: sample, evaluate, prepare data for, and train the protein backbone flow model.
+
+    sciddiff backbone sample --length 120 --num 8 --seed 0 --out designs/
+    sciddiff backbone eval designs/ [--reference natural_pdbs/] [--json metrics.json]
+    sciddiff backbone prepare --data ../shared/data --out .gpu/protein/chains.pt
+    sciddiff backbone train --chains .gpu/protein/chains.pt --out runs/backbone --max-seconds 600
+
+Heavy modules are imported inside the commands so that `sciddiff --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from sciddiff.cli import UserError
+
+MAX_LENGTH = 1000
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "backbone", help="protein backbone generation (flow matching on residue frames, SE(3)-equivariant denoiser)",
+        description="Generate and evaluate protein backbones (N, CA, C, O) with an SE(3) flow-matching model.")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    s = sub.add_parser("sample", help="generate backbones and write them as PDB files",
+                       description="Generate backbones of one length; writes OUT/len<L>_seed<S>_<i>.pdb (poly-Gly N, "
+                                   "CA, C, O) and OUT/samples.json. Sample i depends only on (seed, i, steps), not --num.")
+    s.add_argument("--length", type=int, required=True, help="residues per backbone")
+    s.add_argument("--num", type=int, default=1, help="number of backbones (default: 1)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same backbones (default: 0)")
+    s.add_argument("--out", required=True, help="output folder (created if missing)")
+    s.add_argument("--steps", type=int, default=None, help="Euler steps (default: the checkpoint's, 50)")
+    s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    s.add_argument("--batch-size", type=int, default=16, help="backbones generated together (default: 16)")
+    s.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default: 1; the per-step tensors are small, and on a busy 2-core machine two "
+                        "threads measured 30x slower than one)")
+    s.add_argument("--checkpoint", default=None, help="model.pt from `sciddiff backbone train` (default: shipped model)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="metrics of a folder of backbones against natural chains",
+                       description="Bond geometry, CA-CA distances, clashes, Ramachandran, DSSP, Rg and MMD to natural "
+                                   "chains (with ideal-helix and random-walk baselines). Prints a table, writes JSON "
+                                   "and PNG plots.")
+    e.add_argument("dir", help="folder of .pdb / .pdb.gz backbones")
+    e.add_argument("--reference", default=None,
+                   help="folder of reference PDBs (default: the held-out natural chains of the test split, "
+                        "length-matched to the samples)")
+    e.add_argument("--json", default=None, help="metrics file (default: DIR/eval.json)")
+    e.add_argument("--plots", default=None, help="folder for phi_psi.png and distances.png (default: DIR)")
+    e.add_argument("--data", default=None, help="shared data folder (default: $SCIDDIFF_DATA or ../shared/data)")
+    e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("prepare", help="preprocess natural chains into one tensor file for training",
+                       description="Read the unbroken chains of DATA/proteins/manifest.tsv, split them by sequence "
+                                   "cluster, add whole unbroken docking-protein chains to train, and save N/CA/C "
+                                   "coordinates, lengths and split in one .pt file.")
+    p.add_argument("--data", default=None, help="shared data folder ($SCIDDIFF_DATA or ../shared/data)")
+    p.add_argument("--out", default=".gpu/protein/chains.pt", help="output tensor file (default: %(default)s)")
+    p.add_argument("--split", default=None, help="split.tsv to reuse or create (the shipped data/protein/split.tsv)")
+    p.add_argument("--new-split", action="store_true", help="recompute the cluster split and write it to --split")
+    p.add_argument("--seed", type=int, default=0, help="seed of a new split (default: 0)")
+    p.add_argument("--no-docking", action="store_true",
+                   help="natural chains only (default: also whole unbroken chains of DATA/docking proteins, train only)")
+    p.set_defaults(func=cmd_prepare)
+
+    t = sub.add_parser("train", help="train (or resume) a model from a prepared tensor file", formatter_class=fmt,
+                       description="Same as `python -m sciddiff.protein.train` (which needs no biopython).")
+    from sciddiff.protein.train import add_arguments
+
+    add_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"unknown device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    if not 5 <= args.length <= MAX_LENGTH:
+        raise UserError(f"--length must be between 5 and {MAX_LENGTH}, got {args.length}")
+    if args.num < 1 or args.batch_size < 1:
+        raise UserError("--num and --batch-size must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    device = _device(args.device)
+    out = Path(args.out)
+    _check_out_dir(out)
+    names = [f"len{args.length}_seed{args.seed}_{i:03d}.pdb" for i in range(args.num)]
+    clash = [n for n in names if (out / n).exists()]
+    if clash and not args.overwrite:
+        raise UserError(f"{out / clash[0]} exists ({len(clash)} of the outputs do); pass --overwrite or another --out")
+
+    import torch
+
+    from sciddiff.protein.frameflow import sample
+    from sciddiff.protein.pdbio import write_backbone
+    from sciddiff.protein.pretrained import DEFAULT_CHECKPOINT, load_model
+    from sciddiff.train import atomic_file, progress
+
+    torch.set_num_threads(args.threads)
+    try:
+        net, flow_cfg, meta = load_model(args.checkpoint, device)
+    except (FileNotFoundError, KeyError, RuntimeError) as err:
+        raise UserError(f"cannot load checkpoint: {err}") from None
+    steps = args.steps or flow_cfg.steps
+    start = time.time()
+    bar = progress(total=args.num * steps, desc="sampling", unit="backbone-step")
+    for first in range(0, args.num, args.batch_size):
+        idx = list(range(first, min(args.num, first + args.batch_size)))
+
+        def ticking(steps_iter, n=len(idx)):
+            for item in steps_iter:
+                bar.update(n)  # counted as the step starts: the sampler returns from inside its last step
+                yield item
+
+        backbones = sample(net, [args.length] * len(idx), flow_cfg, steps=steps, seeds=[(args.seed, i) for i in idx],
+                           device=device, progress=ticking)
+        for i, bb in zip(idx, backbones):
+            write_backbone(out / names[i], bb)
+    bar.close()
+    seconds = time.time() - start
+    info = {"length": args.length, "num": args.num, "seed": args.seed, "steps": steps, "device": str(device),
+            "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("step"),
+            "seconds": round(seconds, 2), "files": names}
+    with atomic_file(out / "samples.json", "w") as handle:
+        json.dump(info, handle, indent=2)
+    print(f"wrote {args.num} backbones of {args.length} residues to {out}/ in {seconds:.1f} s")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    from sciddiff.protein.evaluate import evaluate, format_report, read_folder
+    from sciddiff.train import atomic_file
+
+    try:
+        names, backbones = read_folder(folder)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if len(backbones) < 2:
+        raise UserError(f"{folder} has {len(backbones)} backbone PDB file(s); eval needs at least 2")
+    reference, ref_name = None, "natural test split"
+    if args.reference:
+        if not Path(args.reference).is_dir():
+            raise UserError(f"--reference {args.reference} is not a folder")
+        _, reference = read_folder(args.reference)
+        if len(reference) < 2:
+            raise UserError(f"--reference {args.reference} has fewer than 2 PDB files")
+        ref_name = str(args.reference)
+    try:
+        result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=args.plots or folder)
+    except FileNotFoundError as err:
+        raise UserError(f"{err} (or pass --reference DIR)") from None
+    json_path = Path(args.json) if args.json else folder / "eval.json"
+    with atomic_file(json_path, "w") as handle:
+        json.dump(result, handle, indent=2)
+    print(format_report(result))
+    print(f"metrics: {json_path}; plots: {', '.join(result['plots'])}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from sciddiff.protein.data import SPLIT_FILE, data_root, prepare_chains
+
+    root = data_root(args.data)
+    if not (root / "proteins" / "manifest.tsv").is_file():
+        raise UserError(f"no proteins/manifest.tsv under {root} (pass --data)")
+    split = Path(args.split) if args.split else SPLIT_FILE
+    if args.new_split and split.exists():
+        split.unlink()
+    data = prepare_chains(root, args.out, split, seed=args.seed, docking=not args.no_docking)
+    counts = [int((data["split"] == i).sum()) for i in range(3)]
+    print(f"{len(data['ids'])} chains, {int(data['lengths'].sum())} residues -> {args.out} "
+          f"(train/val/test {counts[0]}/{counts[1]}/{counts[2]} chains; split {split})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sciddiff.protein.train import train
+
+    if not Path(args.chains).is_file():
+        raise UserError(f"--chains {args.chains} not found (make it with `sciddiff backbone prepare`)")
+    train(args)
+    return 0

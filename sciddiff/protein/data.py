@@ -1,0 +1,235 @@
+"""Training chains: manifest reading, sequence-cluster split, and the one-file tensor set the trainer reads.
+
+Natural chains come from `<data>/proteins/manifest.tsv` (columns id, path, chain, length, n_breaks, ...). Only unbroken chains
+(no consecutive CA farther than 4.2 A apart) are used, so every training example is one continuous backbone. Optionally the
+whole unbroken 50-300-residue chains of the docking proteins (`<data>/docking/`) are added to the training split (see
+`prepare_chains`).
+
+Split: chains are clustered by shared sequence 5-mers (single linkage; two chains join when they share at least 30% of the
+shorter one's 5-mers, which merges bound/unbound copies of one protein, point mutants and antibody frameworks) and whole
+clusters go to train / val / test, so no test chain has a close homologue in training. The split is deterministic (seeded)
+and shipped as `data/protein/split.tsv` (id, cluster, split).
+
+`chains.pt` (written by `prepare_chains`, read on the GPU machine without biopython) holds:
+coords float32 (total_residues, 3, 3) N/CA/C in Angstrom; lengths int64 (n,); split int64 (n,) 0/1/2 = train/val/test;
+ids list[str]; sequences list[str]; cluster int64 (n,).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sciddiff.train.checkpoint import atomic_file, save_checkpoint
+
+SPLITS = ("train", "val", "test")
+KMER = 5
+LINK_FRACTION = 0.3
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPLIT_FILE = REPO_ROOT / "data" / "protein" / "split.tsv"
+
+
+def data_root(path: str | os.PathLike | None = None) -> Path:
+    """The shared data folder: an explicit path, else $SCIDDIFF_DATA, else <repo>/../shared/data."""
+    return Path(path or os.environ.get("SCIDDIFF_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+def read_manifest(root: str | os.PathLike | None = None, unbroken_only: bool = True) -> list[dict[str, str]]:
+    """Rows of proteins/manifest.tsv (paths made absolute), unbroken chains only by default."""
+    folder = data_root(root) / "proteins"
+    manifest = folder / "manifest.tsv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no protein manifest at {manifest} (set --data or SCIDDIFF_DATA)")
+    with open(manifest) as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    for row in rows:
+        row["path"] = str(folder / row["path"])
+    return [r for r in rows if not unbroken_only or int(r["n_breaks"]) == 0]
+
+
+def cluster_sequences(sequences: list[str], k: int = KMER, link_fraction: float = LINK_FRACTION) -> np.ndarray:
+    """Single-linkage clusters of sequences sharing >= link_fraction of the shorter one's k-mers; ids 0.. by first member."""
+    kmer_sets = [{s[i : i + k] for i in range(len(s) - k + 1)} for s in sequences]
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, kmers in enumerate(kmer_sets):
+        for kmer in kmers:
+            index[kmer].append(i)
+    parent = list(range(len(sequences)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, kmers in enumerate(kmer_sets):
+        shared: dict[int, int] = defaultdict(int)
+        for kmer in kmers:
+            for j in index[kmer]:
+                if j > i:
+                    shared[j] += 1
+        for j, count in shared.items():
+            if count >= link_fraction * max(1, min(len(kmers), len(kmer_sets[j]))):
+                parent[find(i)] = find(j)
+    roots = [find(i) for i in range(len(sequences))]
+    relabel: dict[int, int] = {}
+    return np.array([relabel.setdefault(r, len(relabel)) for r in roots])
+
+
+def split_clusters(cluster: np.ndarray, fractions: tuple[float, float] = (0.05, 0.10), seed: int = 0) -> np.ndarray:
+    """Assign whole clusters to val / test (target chain fractions) and the rest to train; returns 0/1/2 per chain.
+
+    Clusters are visited in a seeded random order and taken only while they fit under the target, so one big family
+    (antibodies) can never swamp the held-out sets.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(cluster)
+    order = rng.permutation(len(sizes))
+    split_of_cluster = np.zeros(len(sizes), dtype=np.int64)
+    for split, fraction in ((1, fractions[0]), (2, fractions[1])):
+        target, taken = fraction * len(cluster), 0
+        for c in order:
+            if split_of_cluster[c] == 0 and taken + sizes[c] <= target:
+                split_of_cluster[c] = split
+                taken += sizes[c]
+    return split_of_cluster[cluster]
+
+
+def write_split(path: str | os.PathLike, ids: list[str], cluster: np.ndarray, split: np.ndarray) -> None:
+    lines = ["id\tcluster\tsplit"] + [f"{i}\t{c}\t{SPLITS[s]}" for i, c, s in zip(ids, cluster, split)]
+    with atomic_file(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def read_split(path: str | os.PathLike = SPLIT_FILE) -> dict[str, str]:
+    """id -> 'train' | 'val' | 'test' from a split.tsv."""
+    with open(path) as handle:
+        return {row["id"]: row["split"] for row in csv.DictReader(handle, delimiter="\t")}
+
+
+def docking_chains(root: str | os.PathLike | None = None, min_length: int = 50, max_length: int = 300
+                   ) -> list[tuple[str, str, np.ndarray]]:
+    """(id, sequence, N/CA/C coords) of every whole, unbroken protein chain of min-max residues in the docking complexes
+    (`<data>/docking/<set>/<complex>/<complex>_protein.pdb.gz`), one per distinct sequence."""
+    from Bio.PDB import PDBParser
+    from tqdm import tqdm
+
+    from sciddiff.protein.pdbio import read_chain
+
+    files = sorted((data_root(root) / "docking").glob("*/*/*_protein.pdb.gz"))
+    seen: set[str] = set()
+    out = []
+    for path in tqdm(files, desc="reading docking proteins", unit="file"):
+        with gzip.open(path, "rt") as handle:
+            chain_ids = [c.id for c in next(iter(PDBParser(QUIET=True).get_structure("p", handle)))]
+        for cid in chain_ids:
+            try:
+                chain = read_chain(path, cid)
+            except ValueError:  # a chain of ligands / waters only
+                continue
+            if min_length <= len(chain) <= max_length and not chain.ca_breaks() and chain.sequence not in seen:
+                seen.add(chain.sequence)
+                out.append((f"docking:{path.parent.parent.name}/{path.parent.name}:{cid.strip()}", chain.sequence,
+                            chain.coords[:, :3]))
+    return out
+
+
+def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split_path: str | os.PathLike | None = None,
+                   seed: int = 0, docking: bool = True) -> dict:
+    """Read every unbroken natural chain, cluster and split them, and save the one-file tensor set `out` (module doc).
+
+    With split_path pointing at an existing split.tsv, that split is reused (ids missing from it go to train); otherwise
+    a new split is computed and, if split_path is given, written there. With `docking`, whole unbroken chains of the
+    docking proteins are added to train, except those whose sequence cluster (clustered jointly with the natural chains)
+    holds a val or test chain, and those identical in sequence to a natural chain; the split file lists natural chains only.
+    """
+    from tqdm import tqdm
+
+    from sciddiff.protein.pdbio import read_chain
+
+    rows = read_manifest(root)
+    ids, seqs, coords = [], [], []
+    for row in tqdm(rows, desc="reading chains", unit="chain"):
+        chain = read_chain(row["path"], row["chain"] or None)
+        if chain.ca_breaks() or len(chain) < 20:
+            continue
+        ids.append(row["id"])
+        seqs.append(chain.sequence)
+        coords.append(chain.coords[:, :3])
+    cluster = cluster_sequences(seqs)
+    if split_path is not None and Path(split_path).is_file():
+        known = read_split(split_path)
+        split = np.array([SPLITS.index(known.get(i, "train")) for i in ids])
+    else:
+        split = split_clusters(cluster, seed=seed)
+        if split_path is not None:
+            write_split(split_path, ids, cluster, split)
+    if docking:
+        natural = set(seqs)
+        extra = [c for c in docking_chains(root) if c[1] not in natural]
+        joint = cluster_sequences(seqs + [c[1] for c in extra])
+        held_out = set(joint[: len(ids)][split > 0].tolist())
+        keep = [c for c, k in zip(extra, joint[len(ids):]) if k not in held_out]
+        ids += [c[0] for c in keep]
+        seqs += [c[1] for c in keep]
+        coords += [c[2] for c in keep]
+        split = np.concatenate([split, np.zeros(len(keep), dtype=split.dtype)])
+        cluster = cluster_sequences(seqs)
+    data = {
+        "coords": torch.from_numpy(np.concatenate(coords)).float(),
+        "lengths": torch.tensor([len(s) for s in seqs]),
+        "split": torch.from_numpy(split),
+        "cluster": torch.from_numpy(cluster),
+        "ids": ids,
+        "sequences": seqs,
+    }
+    save_checkpoint(out, data)
+    return data
+
+
+class ChainSet:
+    """Chains of one split held as frames, batched PyG-style (residues of all chains concatenated, `batch` vector).
+
+    Frames are computed once (float32); translations are centred per chain and divided by `scale` (A per model unit).
+    """
+
+    def __init__(self, data: dict, split: str = "train", scale: float = 10.0, device: str | torch.device = "cpu"):
+        from sciddiff.protein.geometry import frames_from_backbone
+
+        keep = data["split"] == SPLITS.index(split)
+        starts = torch.cumsum(data["lengths"], 0) - data["lengths"]
+        pieces = [data["coords"][s : s + n] for s, n, k in zip(starts.tolist(), data["lengths"].tolist(), keep.tolist()) if k]
+        if not pieces:
+            raise ValueError(f"no chains in split {split!r}")
+        self.lengths = torch.tensor([len(p) for p in pieces], device=device)
+        self.ids = [i for i, k in zip(data["ids"], keep.tolist()) if k]
+        xyz = torch.cat(pieces).to(device)
+        rot, ca = frames_from_backbone(xyz[:, 0], xyz[:, 1], xyz[:, 2])
+        chain = torch.repeat_interleave(torch.arange(len(pieces), device=device), self.lengths)
+        mean = torch.zeros(len(pieces), 3, device=device).index_add_(0, chain, ca) / self.lengths[:, None]
+        self.rot, self.trans = rot, (ca - mean[chain]) / scale
+        self.starts = torch.cumsum(self.lengths, 0) - self.lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, chains: Tensor) -> dict[str, Tensor]:
+        """Frames of the given chain indices: rot (N,3,3), trans (N,3), batch (N,), residue index (N,)."""
+        lengths = self.lengths[chains]
+        batch = torch.repeat_interleave(torch.arange(len(chains), device=lengths.device), lengths)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        pos = torch.arange(int(lengths.sum()), device=lengths.device) - offsets[batch]
+        idx = self.starts[chains][batch] + pos
+        return {"rot": self.rot[idx], "trans": self.trans[idx], "batch": batch, "residue_index": pos}
+
+    def sample_chains(self, max_residues: int, generator: torch.Generator | None = None) -> Tensor:
+        """Random chain indices whose total length stays within max_residues (at least one chain)."""
+        order = torch.randperm(len(self), generator=generator, device="cpu").to(self.lengths.device)
+        total = torch.cumsum(self.lengths[order], 0)
+        return order[: max(1, int((total <= max_residues).sum()))]

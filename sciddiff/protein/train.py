@@ -1,0 +1,178 @@
+"""Train the backbone flow model from one preprocessed tensor file (runs without biopython, e.g. on a bare GPU machine).
+
+    python -m sciddiff.protein.train --chains .gpu/protein/chains.pt --out runs/protein --max-seconds 480
+
+Resumable: if OUT/state.pt exists the run continues from it (model, optimiser, EMA, step, RNG), and --max-seconds is the
+budget of this call. Every --ckpt-seconds (and at the end) it writes, atomically:
+- OUT/state.pt: the full training state (for resuming);
+- OUT/model.pt: EMA weights only + model/flow config (the shipped checkpoint, ~2 MB; what `sciddiff backbone sample` loads);
+- OUT/log.csv: step, time, losses (train, and held-out val every --val-every steps), learning rate, residues/s.
+On CUDA the forward runs under bf16 autocast (frames are composed in float32 inside the model) and all data stays on the GPU.
+Batches are whole chains up to --batch-residues residues in total.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sciddiff.core.ema import EMA
+from sciddiff.protein.data import ChainSet
+from sciddiff.protein.frameflow import FlowConfig, training_loss
+from sciddiff.protein.model import DenoiserConfig, FrameDenoiser
+from sciddiff.train import (
+    CSVLogger,
+    atomic_file,
+    autocast,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    seed_everything,
+    training_state,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sciddiff.protein.train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chains", required=True, help="tensor file from `sciddiff backbone prepare` (chains.pt)")
+    p.add_argument("--out", required=True, help="run folder (state.pt, model.pt, log.csv); resumed if it has state.pt")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="wall-clock budget of this call")
+    p.add_argument("--max-steps", type=int, default=None, help="stop at this total step count")
+    p.add_argument("--batch-residues", type=int, default=4096, help="residues per batch (whole chains)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay (the ceiling when --ema-power is set)")
+    p.add_argument("--ema-power", type=float, default=0.75,
+                   help="EMA warm-up power (decay 1 - (1 + step)^-power, capped at --ema); 0 = fixed decay")
+    p.add_argument("--ckpt-seconds", type=float, default=120.0, help="checkpoint interval")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    for name, value in DenoiserConfig().to_dict().items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help="model: " + name)
+    p.add_argument("--self-condition", type=float, default=FlowConfig.self_condition, help="self-conditioning prob.")
+
+
+@torch.no_grad()
+def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_residues: int, device: torch.device,
+                    batches: int = 4) -> float:
+    """Mean loss over a fixed set of val batches with fixed noise (comparable across steps)."""
+    gen = torch.Generator(device=device).manual_seed(1234)
+    cpu_gen = torch.Generator().manual_seed(1234)
+    total = 0.0
+    for _ in range(batches):
+        b = data.batch(data.sample_chains(batch_residues, cpu_gen))
+        with autocast(device):
+            loss, _ = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"], cfg, gen)
+        total += float(loss)
+    return total / batches
+
+
+def train(args: argparse.Namespace) -> Path:
+    start = time.time()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(args.seed)
+    data = load_checkpoint(args.chains, map_location="cpu")
+    train_set = ChainSet(data, "train", device=device)
+    has_val = bool((data["split"] == 1).any())
+    val_set = ChainSet(data, "val", device=device) if has_val else None  # tiny data sets may have no val cluster
+
+    model_cfg = DenoiserConfig(**{k: getattr(args, k) for k in DenoiserConfig().to_dict()})
+    flow_cfg = FlowConfig(self_condition=args.self_condition)
+    state_path = out / "state.pt"
+    resumed = state_path.is_file()
+    if resumed:  # the stored configs win, so a resumed run is the same run
+        state = load_checkpoint(state_path, map_location=device)
+        model_cfg, flow_cfg = DenoiserConfig(**state["model_config"]), FlowConfig(**state["flow_config"])
+    net = FrameDenoiser(model_cfg).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
+    # Warm-up matters for short runs: a fixed 0.999 would still weigh the random init by 37% after 1,000 steps.
+    ema = EMA(net, decay=args.ema, power=args.ema_power or None, max_decay=args.ema)
+    step, elapsed_before = 0, 0.0
+    if resumed:
+        step = restore_training_state(state, model=net, optimizer=opt, ema=ema)
+        elapsed_before = float(state.get("train_seconds", 0.0))
+        print(f"resumed {state_path} at step {step}", flush=True)
+    config = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "command": " ".join(sys.argv),
+              "train_chains": len(train_set), "val_chains": len(val_set) if val_set else 0, "params": net.num_parameters()}
+    plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    with atomic_file(out / "config.json", "w") as handle:
+        json.dump({**config, "args": plain_args}, handle, indent=2)
+    print(f"{net.num_parameters()} parameters, {config['train_chains']} train / {config['val_chains']} val chains, "
+          f"device {device}", flush=True)
+
+    def save() -> None:
+        extra = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(),
+                 "train_seconds": elapsed_before + time.time() - start}
+        save_checkpoint(state_path, training_state(model=net, step=step, optimizer=opt, ema=ema, **extra))
+        save_checkpoint(out / "model.pt", {"ema": {k: v.float() for k, v in ema.state_dict()["shadow"].items()},
+                                           "step": step, **config})
+
+    log = CSVLogger(out / "log.csv", resume_step=step if resumed else None)
+    last_ckpt = time.time()
+    residues, t_log = 0, time.time()
+    net.train()
+    while True:
+        if time.time() - start > args.max_seconds or (args.max_steps is not None and step >= args.max_steps):
+            break
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        b = train_set.batch(train_set.sample_chains(args.batch_residues))
+        with autocast(device):
+            loss, parts = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
+                                        flow_cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"loss is {float(loss)} at step {step}")
+        opt.step()
+        ema.update(net)
+        step += 1
+        residues += b["batch"].shape[0]
+        if step % args.log_every == 0:
+            now = time.time()
+            row = {"step": step, "seconds": round(elapsed_before + now - start, 1), "loss": float(loss.detach()),
+                   **{k: float(v) for k, v in parts.items()}, "grad_norm": float(grad_norm), "lr": lr,
+                   "residues_per_s": round(residues / (now - t_log), 1), "val_loss": ""}
+            if val_set is not None and step % args.val_every == 0:
+                net.eval()
+                row["val_loss"] = validation_loss(net, val_set, flow_cfg, args.batch_residues, device)
+                net.train()
+            log.log(**row)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            residues, t_log = 0, time.time()
+        if time.time() - last_ckpt > args.ckpt_seconds:
+            save()
+            last_ckpt = time.time()
+    save()
+    log.close()
+    print(f"done: step {step}, {time.time() - start:.0f} s this call; EMA weights in {out / 'model.pt'}", flush=True)
+    return out / "model.pt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

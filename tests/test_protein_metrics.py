@@ -1,0 +1,94 @@
+"""Backbone metrics: synthetic chains with known answers, and natural chains against the reference statistics."""
+
+import numpy as np
+import pytest
+import torch
+
+from sciddiff.protein import metrics, ramachandran
+from sciddiff.protein.data import data_root, read_manifest
+from sciddiff.protein.evaluate import complete_backbone
+from sciddiff.protein.pdbio import read_chain
+
+
+def test_ideal_helix_scores_as_helix():
+    m = metrics.chain_metrics(metrics.ideal_helix(40))
+    assert m["ca_valid"] and m["ca_clashes"] == 0
+    assert m["ca_ca_mean"] == pytest.approx(3.80, abs=0.02)
+    assert m["C-N_mean"] == pytest.approx(1.329, abs=1e-3)
+    assert m["rama_favoured"] == 1.0
+    assert m["helix"] > 0.9 and m["strand"] == 0.0
+    assert m["rg_ratio"] > 1.5  # a 40-residue rod is far from globular
+
+
+def test_ramachandran_regions():
+    deg = np.radians
+    # alpha helix, beta strand, and the sterically forbidden phi = psi = 0
+    pref = ramachandran.preference(deg(np.array([-63.0, -120.0, 0.0])), deg(np.array([-42.0, 130.0, 0.0])))
+    assert pref[0] >= ramachandran.FAVOURED and pref[1] >= ramachandran.FAVOURED and pref[2] < ramachandran.ALLOWED
+    frac = ramachandran.classify(deg(np.array([-63.0, 120.0, np.nan])), deg(np.array([-42.0, 60.0, 10.0])))
+    assert frac == {"favoured": 0.5, "allowed": 0.5}
+
+
+def test_ca_clash_counts_only_distant_pairs():
+    helix = metrics.ideal_helix(10)
+    assert metrics.ca_clashes(helix) == 0  # i, i+3 in a helix is 5 A
+    folded = helix.copy()
+    folded[9] += helix[0, 1] - helix[9, 1] + np.array([2.0, 0.0, 0.0])  # residue 9's CA 2 A from residue 0's
+    assert metrics.ca_clashes(folded) == 1
+    assert not metrics.chain_metrics(folded)["ca_valid"]
+
+
+def test_random_walk_baseline_is_reproducible_and_unfolded():
+    a = metrics.random_walk(60, torch.Generator().manual_seed(5))
+    b = metrics.random_walk(60, torch.Generator().manual_seed(5))
+    assert np.array_equal(a, b)
+    m = metrics.chain_metrics(a)
+    assert m["ca_ca_within_tol"] == 1.0 and m["rama_favoured"] < 0.5
+
+
+def test_mmd_is_zero_for_one_distribution_and_positive_between_two():
+    rng = np.random.default_rng(0)
+    x, y, z = rng.normal(size=(200, 4)), rng.normal(size=(200, 4)), rng.normal(loc=1.0, size=(200, 4))
+    bw = metrics.median_bandwidth(x)
+    assert abs(metrics.mmd(x, y, bw)) < 0.02
+    assert metrics.mmd(x, z, bw) > 0.1
+
+
+def test_distance_profile_counts_neighbours_per_residue():
+    helix = metrics.ideal_helix(30)
+    prof = metrics.distance_profile(helix)
+    assert prof.shape == (24,)
+    # every pair |i-j| >= 2 within 24 A is counted twice (once per residue) and divided by L
+    ca = helix[:, 1]
+    d = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
+    i, j = np.triu_indices(30, k=2)
+    assert prof.sum() == pytest.approx(2 * (d[i, j] < 24).sum() / 30)
+
+
+def _natural_chains(count: int) -> list[np.ndarray]:
+    root = data_root()
+    if not (root / "proteins" / "manifest.tsv").is_file():
+        pytest.skip(f"natural chains not found under {root} (set SCIDDIFF_DATA)")
+    rows = read_manifest(root)[::7][:count]  # a spread over all sources
+    return [complete_backbone(read_chain(r["path"], r["chain"] or None)) for r in rows]
+
+
+def test_metrics_on_natural_chains_reproduce_reference_statistics():
+    """shared/data/README.md (904 unbroken chains): N-CA 1.459, CA-C 1.524, C-N 1.329 A; N-CA-C 111.0, CA-C-N 116.5,
+    C-N-CA 121.7 deg; CA-CA 3.800 A; no clashes; Ramachandran favoured 90.2 +/- 6%, allowed 97.1 +/- 2.5%;
+    Rg ~ 1.59 N^0.465; DSSP helix 0.27, strand 0.31. A 60-chain subset must match within its sampling error."""
+    per_chain = [metrics.chain_metrics(b) for b in _natural_chains(60)]
+    mean = {k: float(np.mean([m[k] for m in per_chain])) for k in per_chain[0] if k != "dssp"}
+    assert mean["N-CA_mean"] == pytest.approx(1.459, abs=0.005)
+    assert mean["CA-C_mean"] == pytest.approx(1.524, abs=0.005)
+    assert mean["C-N_mean"] == pytest.approx(1.329, abs=0.005)
+    assert mean["N-CA-C_mean"] == pytest.approx(111.0, abs=0.7)
+    assert mean["CA-C-N_mean"] == pytest.approx(116.5, abs=0.7)
+    assert mean["C-N-CA_mean"] == pytest.approx(121.7, abs=0.7)
+    assert mean["ca_ca_mean"] == pytest.approx(3.80, abs=0.02)
+    assert mean["ca_clashes"] < 0.1
+    assert mean["rama_favoured"] == pytest.approx(0.902, abs=0.025)
+    assert mean["rama_allowed"] == pytest.approx(0.971, abs=0.015)
+    assert mean["helix"] == pytest.approx(0.27, abs=0.07)
+    assert mean["strand"] == pytest.approx(0.31, abs=0.07)
+    assert mean["rg_ratio"] == pytest.approx(1.0, abs=0.08)
