@@ -1,0 +1,113 @@
+"""Conditional 1D temporal U-Net of Diffusion Policy (Chi et al., RSS 2023), FiLM-conditioned.
+
+Conventions: a sample is a trajectory `(B, T, D)` (time-major, D channels such as a 2-D action); internally the net
+works channel-first `(B, D, T)`. The condition is the diffusion timestep (integer index or float, `(B,)` or scalar) embedded
+sinusoidally, concatenated with an optional global condition vector `(B, C)` (the flattened observation history). Every
+residual block maps that condition to a per-channel scale and bias (FiLM) applied after its first convolution.
+T must be divisible by 2**(len(down_dims) - 1) (16 with three levels works).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sciddiff.nn.embeddings import sinusoidal_embedding
+
+
+class Conv1dBlock(nn.Sequential):
+    """Conv1d -> GroupNorm -> Mish, length preserving."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, n_groups: int = 8):
+        super().__init__(
+            nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(n_groups, c_out),
+            nn.Mish(),
+        )
+
+
+class ConditionalResidualBlock1D(nn.Module):
+    """Two conv blocks; FiLM (scale, bias) from the condition between them; 1x1 conv on the skip if widths differ."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel_size: int = 5, n_groups: int = 8):
+        super().__init__()
+        self.block1 = Conv1dBlock(c_in, c_out, kernel_size, n_groups)
+        self.block2 = Conv1dBlock(c_out, c_out, kernel_size, n_groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        h = self.block1(x)
+        h = self.block2(scale * h + bias)
+        return h + self.skip(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """Denoiser eps/x0(sample, timestep, global_cond) for trajectories `(B, T, input_dim)`."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        global_cond_dim: int = 0,
+        down_dims: Sequence[int] = (256, 512, 1024),
+        kernel_size: int = 5,
+        n_groups: int = 8,
+        diffusion_step_embed_dim: int = 128,
+    ):
+        super().__init__()
+        dims = [input_dim, *down_dims]
+        self.step_embed_dim = diffusion_step_embed_dim
+        self.step_mlp = nn.Sequential(
+            nn.Linear(diffusion_step_embed_dim, 4 * diffusion_step_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * diffusion_step_embed_dim, diffusion_step_embed_dim),
+        )
+        cond_dim = diffusion_step_embed_dim + global_cond_dim
+
+        def block(c_in: int, c_out: int) -> ConditionalResidualBlock1D:
+            return ConditionalResidualBlock1D(c_in, c_out, cond_dim, kernel_size, n_groups)
+
+        n_levels = len(down_dims)
+        self.down = nn.ModuleList()
+        for level, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
+            last = level == n_levels - 1
+            self.down.append(nn.ModuleList([
+                block(c_in, c_out),
+                block(c_out, c_out),
+                nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, stride=2, padding=1),
+            ]))
+        self.mid = nn.ModuleList([block(dims[-1], dims[-1]), block(dims[-1], dims[-1])])
+        self.up = nn.ModuleList()
+        # Mirror of the down path without its outermost level; skips are concatenated channel-wise.
+        for c_out, c_in in reversed(list(zip(dims[1:-1], dims[2:]))):
+            self.up.append(nn.ModuleList([
+                block(2 * c_in, c_out),
+                block(c_out, c_out),
+                nn.ConvTranspose1d(c_out, c_out, 4, stride=2, padding=1),
+            ]))
+        self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
+                                   nn.Conv1d(down_dims[0], input_dim, 1))
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
+                global_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """sample (B, T, D), timestep scalar or (B,), global_cond (B, C) -> (B, T, D)."""
+        x = sample.transpose(1, 2)
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.expand(sample.shape[0]) if t.ndim == 0 else t
+        cond = self.step_mlp(sinusoidal_embedding(t.float(), self.step_embed_dim).to(x.dtype))
+        if global_cond is not None:
+            cond = torch.cat([cond, global_cond.to(cond.dtype)], dim=-1)
+
+        skips = []
+        for res1, res2, downsample in self.down:
+            x = res2(res1(x, cond), cond)
+            skips.append(x)
+            x = downsample(x)
+        for res in self.mid:
+            x = res(x, cond)
+        for res1, res2, upsample in self.up:
+            x = torch.cat([x, skips.pop()], dim=1)
+            x = upsample(res2(res1(x, cond), cond))
+        return self.final(x).transpose(1, 2)

@@ -1,0 +1,87 @@
+"""Training arrays for PushT, from the zarr replay buffer or from one preprocessed `.npz` file.
+
+A dataset is a dict of numpy arrays sharing axis 0 (10 Hz steps, episodes back to back) plus `episode_ends`:
+- state policy: `state` (N, 18) float32 (agent xy + the 8 block vertices, see `pusht.state_features`), `action` (N, 2);
+- image policy: `image` (N, 96, 96, 3) uint8, `agent_pos` (N, 2) float32, `action` (N, 2).
+`prepare_pusht` writes such a dict with `np.savez_compressed` so that a GPU machine without zarr or gymnasium can train
+from a single file (the 25,650 frames compress to ~12 MB as HWC uint8). `load_dataset` reads either form; it needs zarr
+only for `.zarr` paths.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sciddiff.cli import UserError
+from sciddiff.policy import pusht
+
+OBS_KEYS = {"state": ("state",), "image": ("image", "agent_pos")}
+
+
+def data_root() -> Path:
+    """$SCIDDIFF_DATA, else ../shared/data next to the repository."""
+    env = os.environ.get("SCIDDIFF_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def default_zarr() -> Path:
+    return data_root() / "pusht" / "pusht_cchi_v7_replay.zarr"
+
+
+def dataset_from_zarr(path: str | Path, obs_type: str, chunk: int = 2048) -> dict[str, np.ndarray]:
+    """Read a PushT replay buffer (keys data/state, data/action, optionally data/img) into training arrays."""
+    from sciddiff.policy.replay_buffer import ReplayBuffer
+
+    buffer = ReplayBuffer.open(path)
+    raw, ends = buffer.load(["state", "action"])
+    out = {"action": raw["action"].astype(np.float32), "episode_ends": ends.astype(np.int64)}
+    if obs_type == "state":
+        out["state"] = pusht.state_features(raw["state"])
+    elif obs_type == "image":
+        if "img" not in buffer.keys:
+            raise UserError(f"{path} has no data/img frames for an image policy")
+        img = buffer.root["data/img"]
+        frames = np.empty((buffer.n_steps, *img.shape[1:]), dtype=np.uint8)
+        for s in range(0, buffer.n_steps, chunk):  # the float32 frames are 2.8 GB: convert chunk by chunk
+            frames[s:s + chunk] = np.clip(np.rint(img[s:s + chunk]), 0, 255)
+        out["image"] = frames
+        out["agent_pos"] = raw["state"][:, :2].astype(np.float32)
+    else:
+        raise UserError(f"obs_type must be 'state' or 'image', got {obs_type!r}")
+    return out
+
+
+def prepare_pusht(zarr_path: str | Path, out_path: str | Path, obs_type: str) -> Path:
+    """Write the training arrays of `obs_type` to a compressed `.npz` (atomically)."""
+    out_path = Path(out_path)
+    if out_path.suffix != ".npz":
+        raise UserError(f"prepared datasets are .npz files, got {out_path}")
+    arrays = dataset_from_zarr(zarr_path, obs_type)
+    meta = {"source": str(zarr_path), "obs_type": obs_type, "task": "pusht",
+            "state_features": "agent xy + 8 T vertices (gym-pusht get_keypoints order)"}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def load_dataset(path: str | Path, obs_type: str) -> dict[str, np.ndarray]:
+    """Training arrays from a `.zarr` replay buffer or a `.npz` written by `prepare_pusht`."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no dataset at {path}")
+    if path.suffix == ".zarr" or path.is_dir():
+        return dataset_from_zarr(path, obs_type)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != "meta"}
+    needed = {"action", "episode_ends", *OBS_KEYS.get(obs_type, ())}
+    if obs_type not in OBS_KEYS or not needed <= arrays.keys():
+        raise UserError(f"{path} lacks {sorted(needed - arrays.keys())} for a {obs_type!r} policy")
+    return arrays

@@ -1,0 +1,67 @@
+"""Score a trained policy on PushT: N episodes from seeds S, S+1, ..., the paper's and LeRobot's metrics, CPU latency.
+
+Metrics (per episode, then averaged): max coverage over the episode; max reward = min(max coverage / 0.95, 1) (Diffusion
+Policy's and LeRobot's "mean max reward"); success = max coverage > 0.95 (gym-pusht's termination). The latency
+`seconds_per_action_chunk` is the median wall time of one `predict_action` call (one observation history, batch of 1,
+i.e. one 8-action chunk) on the CPU with the current torch thread count (`..._min`: the fastest of those calls).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sciddiff.policy.policy import DiffusionPolicy
+from sciddiff.policy.runner import (PushTAdapter, TorchPolicyActor, results_to_dicts, run_episodes, summarize,
+                                    time_action_chunk)
+
+DEFAULT_ENV_OBS = {"state": "environment_state_agent_pos", "image": "pixels_agent_pos"}
+
+
+def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, batch_size: int = 10,
+                   env_obs_type: str | None = None, gif_path: str | Path | None = None, sampler: str | None = None,
+                   steps: int | None = None, show_progress: bool = True, per_episode: bool = False,
+                   freeze: bool = True) -> dict:
+    """Roll `policy` out for `episodes` seeds from `seed`; returns the metrics dict (plus per-episode rows if asked).
+    `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`)."""
+    kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
+    obs_type = env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type]
+    adapter = PushTAdapter(obs_type)
+    policy.eval()
+    if freeze and next(policy.parameters()).device.type == "cpu":
+        policy.freeze_for_cpu()
+    actor = TorchPolicyActor(policy, seed=seed, **kwargs)
+    results = run_episodes(actor, adapter, range(seed, seed + episodes), n_obs_steps=policy.config.n_obs_steps,
+                           batch_size=batch_size, gif_path=gif_path, show_progress=show_progress)
+    metrics = summarize(results)
+    times = chunk_latency(policy, adapter, seed, freeze=freeze, **kwargs)
+    # median = the headline number; min = the same call without interference from other processes on the CPU
+    metrics["seconds_per_action_chunk"] = float(np.median(times))
+    metrics["seconds_per_action_chunk_min"] = float(times.min())
+    metrics.update(seed=seed, env_obs_type=obs_type, sampler=sampler or policy.config.sampler,
+                   inference_steps=steps or policy.config.num_inference_steps, torch_threads=torch.get_num_threads())
+    if per_episode:
+        metrics["per_episode"] = results_to_dicts(results)
+    return metrics
+
+
+def chunk_latency(policy: DiffusionPolicy, adapter: PushTAdapter, seed: int = 0, repeats: int = 30,
+                  freeze: bool = True, **kwargs) -> np.ndarray:
+    """Seconds per action chunk (`repeats` timings) for one real observation history, on the CPU."""
+    cpu_policy = policy
+    if next(policy.parameters()).device.type != "cpu":
+        cpu_policy = copy.deepcopy(policy).cpu()
+        if freeze:
+            cpu_policy.freeze_for_cpu()
+    env = adapter.make_env()
+    try:
+        obs, _ = env.reset(seed=seed)
+    finally:
+        env.close()
+    feats = adapter.features(obs)
+    n_obs = cpu_policy.config.n_obs_steps
+    batch = {k: np.repeat(v[None, None], n_obs, axis=1) for k, v in feats.items()}  # (1, n_obs, ...)
+    with torch.inference_mode():
+        return time_action_chunk(TorchPolicyActor(cpu_policy, seed=seed, **kwargs), batch, repeats=repeats)

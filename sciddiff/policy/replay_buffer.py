@@ -1,0 +1,115 @@
+"""Episode storage in Diffusion Policy's zarr layout: read the paper's v2 stores, write and append with zarr 3.
+
+Layout: `data/<key>` arrays share axis 0 (all episodes back to back, one row per 10 Hz step) and `meta/episode_ends`
+(E,) int64 holds each episode's exclusive end row. `episode_ends` is the source of truth for the length: appends write
+the data rows first and the new end last, so a store interrupted mid-append still reads as its complete episodes
+(and the dangling rows are trimmed the next time it is opened for appending).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from sciddiff.cli import UserError
+
+CHUNK_STEPS = 256  # rows per chunk along time: ~2 demonstrations; a 96x96x3 uint8 chunk is then 7 MB raw
+
+
+class ReplayBuffer:
+    """A zarr group of episodes; reads lazily, `load()` copies selected keys and episodes into memory."""
+
+    def __init__(self, root: zarr.Group):
+        self.root = root
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> ReplayBuffer:
+        """Open an existing store ("r" read-only, "a" to append episodes)."""
+        if not Path(path).exists():
+            raise UserError(f"no zarr replay buffer at {path}")
+        root = zarr.open_group(str(path), mode=mode)
+        if "meta" not in root or "episode_ends" not in root["meta"]:
+            raise UserError(f"{path} is not a replay buffer (no meta/episode_ends)")
+        buffer = cls(root)
+        if mode != "r":
+            buffer._trim_dangling_rows()
+        return buffer
+
+    @classmethod
+    def create(cls, path: str | Path, zarr_format: int = 3, overwrite: bool = False) -> ReplayBuffer:
+        """Create an empty store; arrays are made by the first `add_episode`."""
+        if Path(path).exists() and not overwrite:
+            raise UserError(f"{path} exists (pass overwrite=True to replace it)")
+        root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+        root.require_group("data")
+        root.require_group("meta").create_array("episode_ends", shape=(0,), dtype="int64", chunks=(1024,))
+        return cls(root)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
+
+    @property
+    def n_episodes(self) -> int:
+        return int(self.root["meta/episode_ends"].shape[0])
+
+    @property
+    def n_steps(self) -> int:
+        ends = self.episode_ends
+        return int(ends[-1]) if len(ends) else 0
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self.root["data"].array_keys())
+
+    def episode_slice(self, index: int) -> slice:
+        ends = self.episode_ends
+        if not -len(ends) <= index < len(ends):
+            raise IndexError(f"episode {index} out of range ({len(ends)} episodes)")
+        index %= len(ends)
+        return slice(int(ends[index - 1]) if index > 0 else 0, int(ends[index]))
+
+    def get_episode(self, index: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        rows = self.episode_slice(index)
+        return {k: np.asarray(self.root["data"][k][rows]) for k in (keys or self.keys)}
+
+    def load(self, keys: Iterable[str] | None = None, episodes: Iterable[int] | None = None,
+             ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Copy `keys` of the chosen `episodes` (default all) to memory -> (data, episode_ends of the copy)."""
+        keys = list(keys or self.keys)
+        missing = set(keys) - set(self.keys)
+        if missing:
+            raise UserError(f"replay buffer has no key(s) {sorted(missing)}; it has {self.keys}")
+        n = self.n_steps
+        if episodes is None:
+            return {k: np.asarray(self.root["data"][k][:n]) for k in keys}, self.episode_ends
+        slices = [self.episode_slice(i) for i in episodes]
+        lengths = np.array([s.stop - s.start for s in slices], dtype=np.int64)
+        data = {k: np.concatenate([np.asarray(self.root["data"][k][s]) for s in slices]) for k in keys}
+        return data, np.cumsum(lengths)
+
+    def add_episode(self, episode: Mapping[str, np.ndarray]) -> None:
+        """Append one episode: every array has the same length along axis 0 and the same keys as earlier episodes."""
+        lengths = {k: len(v) for k, v in episode.items()}
+        if len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise ValueError(f"episode arrays must share one non-zero length, got {lengths}")
+        data = self.root["data"]
+        if self.n_episodes == 0 and not self.keys:
+            for k, v in episode.items():
+                v = np.asarray(v)
+                data.create_array(k, shape=(0, *v.shape[1:]), dtype=v.dtype,
+                                  chunks=(CHUNK_STEPS, *v.shape[1:]))
+        elif set(episode) != set(self.keys):
+            raise ValueError(f"episode keys {sorted(episode)} differ from the buffer's {self.keys}")
+        for k, v in episode.items():
+            data[k].append(np.asarray(v, dtype=data[k].dtype), axis=0)
+        self.root["meta/episode_ends"].append(np.array([self.n_steps + next(iter(lengths.values()))]), axis=0)
+
+    def _trim_dangling_rows(self) -> None:
+        n = self.n_steps
+        for k in self.keys:
+            arr = self.root["data"][k]
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))

@@ -1,0 +1,200 @@
+"""Closed-loop evaluation of an action-chunking policy in any gymnasium environment.
+
+Receding horizon: the policy sees the last `n_obs_steps` observations (the reset observation repeated at the start,
+like the training windows' edge padding), returns a chunk of actions, and all of them are executed before it is
+asked again (the episode stops early at termination, truncation or `max_steps`). Episodes run in lockstep batches of
+`batch_size` environments so one network call serves the whole batch. Episode i starts from `env.reset(seed=seeds[i])`.
+
+An `EnvAdapter` holds what is task specific: how to make the env, how to turn an observation into the policy's
+per-step features, which number is the episode's score (PushT: `info["coverage"]`) and when it counts as a success.
+A policy is any callable `obs -> actions` on numpy dicts: obs[key] (B, n_obs_steps, ...) -> (B, n_actions, action_dim).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sciddiff.policy import pusht
+from sciddiff.train.log import progress as progress_bar
+
+PolicyFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class EnvAdapter:
+    """Generic gymnasium task: features = {"state": observation as float32}, score = reward, success = terminated."""
+
+    def __init__(self, env_id: str, max_steps: int = 300, env_kwargs: dict | None = None):
+        self.env_id, self.max_steps, self.env_kwargs = env_id, max_steps, dict(env_kwargs or {})
+
+    def make_env(self, render: bool = False):
+        import gymnasium as gym
+
+        return gym.make(self.env_id, max_episode_steps=self.max_steps, **self.env_kwargs, **self.render_kwargs(render))
+
+    def render_kwargs(self, render: bool) -> dict:
+        return {"render_mode": "rgb_array"} if render else {}
+
+    def features(self, obs) -> dict[str, np.ndarray]:
+        return {"state": np.asarray(obs, dtype=np.float32)}
+
+    def score(self, reward: float, info: dict) -> float:
+        return float(reward)
+
+    def is_success(self, max_score: float, terminated: bool) -> bool:
+        return bool(terminated)
+
+
+class PushTAdapter(EnvAdapter):
+    """gym-pusht: score = coverage of the goal by the T, reward = min(coverage / 0.95, 1), success = coverage > 0.95."""
+
+    OBS_TYPES = ("state", "environment_state_agent_pos", "pixels_agent_pos")
+
+    def __init__(self, obs_type: str = "environment_state_agent_pos", max_steps: int = 300, gif_size: int = 256):
+        if obs_type not in self.OBS_TYPES:
+            raise ValueError(f"PushT obs_type must be one of {self.OBS_TYPES}, got {obs_type!r}")
+        import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
+
+        super().__init__(pusht.ENV_ID, max_steps, {"obs_type": obs_type})
+        self.obs_type, self.gif_size = obs_type, gif_size
+
+    def render_kwargs(self, render: bool) -> dict:
+        # gym-pusht always renders rgb_array; the GIF uses its visualization size.
+        return {"visualization_width": self.gif_size, "visualization_height": self.gif_size}
+
+    def features(self, obs) -> dict[str, np.ndarray]:
+        return pusht.obs_to_features(obs, self.obs_type)
+
+    def score(self, reward: float, info: dict) -> float:
+        return float(info["coverage"])
+
+    def is_success(self, max_score: float, terminated: bool) -> bool:
+        return max_score > pusht.SUCCESS_COVERAGE
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    max_score: float  # PushT: max coverage over the episode
+    max_reward: float  # max env reward over the episode (PushT: min(coverage / 0.95, 1))
+    success: bool
+    steps: int
+
+
+def summarize(results: Sequence[EpisodeResult]) -> dict:
+    """Mean max reward / max score (coverage) / success rate over episodes."""
+    return {
+        "mean_max_reward": float(np.mean([r.max_reward for r in results])),
+        "mean_max_coverage": float(np.mean([r.max_score for r in results])),
+        "success_rate": float(np.mean([r.success for r in results])),
+        "episodes": len(results),
+    }
+
+
+class TorchPolicyActor:
+    """Wrap a module with `predict_action(obs_tensors, generator=...)` as a numpy policy; sampling noise is seeded."""
+
+    def __init__(self, policy: torch.nn.Module, seed: int = 0, **predict_kwargs):
+        self.policy = policy
+        self.device = next(policy.parameters()).device
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.predict_kwargs = predict_kwargs
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        tensors = {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in obs.items()}
+        return self.policy.predict_action(tensors, generator=self.generator, **self.predict_kwargs).cpu().numpy()
+
+
+def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *, n_obs_steps: int = 2,
+                 batch_size: int = 10, gif_path: str | Path | None = None, show_progress: bool = True,
+                 ) -> list[EpisodeResult]:
+    """Run one episode per seed; write a GIF of the first one if `gif_path` is given."""
+    seeds = [int(s) for s in seeds]
+    results: list[EpisodeResult] = []
+    frames: list[np.ndarray] = []
+    envs = [adapter.make_env(render=gif_path is not None and i == 0) for i in range(min(batch_size, len(seeds)))]
+    bar = progress_bar(total=len(seeds), desc="episodes", unit="ep", disable=not show_progress)
+    try:
+        for start in range(0, len(seeds), batch_size):
+            group = seeds[start:start + batch_size]
+            record = frames if gif_path is not None and start == 0 else None
+            results += _run_group(policy, adapter, envs[:len(group)], group, n_obs_steps, record, bar)
+    finally:
+        bar.close()
+        for env in envs:
+            env.close()
+    if gif_path is not None and frames:
+        write_gif(gif_path, frames)
+    return results
+
+
+def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[int], n_obs_steps: int,
+               frames: list | None, bar) -> list[EpisodeResult]:
+    n = len(envs)
+    history, max_score, max_reward, steps = [], np.full(n, -np.inf), np.full(n, -np.inf), np.zeros(n, dtype=int)
+    terminated, alive = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
+    for env, seed in zip(envs, seeds):
+        obs, _ = env.reset(seed=seed)
+        feats = adapter.features(obs)
+        history.append(deque([feats] * n_obs_steps, maxlen=n_obs_steps))
+    if frames is not None:
+        frames.append(envs[0].render())
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        batch = {k: np.stack([np.stack([h[k] for h in history[i]]) for i in idx]) for k in history[idx[0]][0]}
+        actions = np.asarray(policy(batch))
+        for row, i in enumerate(idx):
+            for action in actions[row]:
+                obs, reward, term, trunc, info = envs[i].step(action)
+                steps[i] += 1
+                max_score[i] = max(max_score[i], adapter.score(reward, info))
+                max_reward[i] = max(max_reward[i], float(reward))
+                history[i].append(adapter.features(obs))
+                if frames is not None and i == 0:
+                    frames.append(envs[0].render())
+                if term or trunc or steps[i] >= adapter.max_steps:
+                    alive[i], terminated[i] = False, bool(term)
+                    bar.update(1)
+                    break
+    return [EpisodeResult(seed, float(max_score[i]), float(max_reward[i]),
+                          adapter.is_success(float(max_score[i]), bool(terminated[i])), int(steps[i]))
+            for i, seed in enumerate(seeds)]
+
+
+def write_gif(path: str | Path, frames: Sequence[np.ndarray], fps: int = 10) -> Path:
+    """Atomically write an animated GIF (`fps` frames per second, looping)."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        imageio.mimsave(tmp, [np.asarray(f, dtype=np.uint8) for f in frames], duration=1000 / fps, loop=0)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def time_action_chunk(policy: PolicyFn, obs: dict[str, np.ndarray], repeats: int = 20, warmup: int = 3,
+                      ) -> np.ndarray:
+    """Wall seconds of `repeats` policy calls on one observation history (batch of 1)."""
+    single = {k: np.asarray(v)[:1] for k, v in obs.items()}
+    for _ in range(warmup):
+        policy(single)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        policy(single)
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def results_to_dicts(results: Sequence[EpisodeResult]) -> list[dict]:
+    return [asdict(r) for r in results]

@@ -1,0 +1,379 @@
+"""Train a diffusion policy from demonstrations; the same loop runs a 20-step CPU smoke test and a GPU run.
+
+Speed on a GPU comes from keeping the whole dataset on the device (normalized once; images as uint8) and drawing each
+batch as one index gather over precomputed windows (`sampler.sequence_windows`), bf16 autocast, fused AdamW, the core's
+fused (`_foreach_lerp_`) EMA, large batches, and optionally `torch.compile` of the networks. Nothing is synchronized
+with the host except every `--log-every` steps.
+
+Run directory (`--out`): `policy.pt` + `policy.json` (EMA weights in fp16, config, normalizers, the exact command),
+`log.csv` (step, time, loss, lr, throughput, val loss, rollout scores) and, unless `--state` moves it, `train_state.pt`
+(model, EMA, optimizer, RNG, step, elapsed time). Re-running the same command resumes from `train_state.pt`.
+Learning rate: linear warm-up, then cosine decay to 0 over `--steps`, or over `--schedule-seconds` of training time when
+no step count is given (so a run bounded by `--max-seconds` still completes its schedule).
+
+GPU (no gymnasium/zarr needed there; data prepared here with `sciddiff policy prepare`):
+    python3 -m sciddiff.policy.train --data .gpu/policy/pusht_state.npz --obs-type state --out $OUT/state \
+        --max-seconds 420 --batch-size 1024 --compile
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sciddiff.core.ema import EMA
+from sciddiff.policy.data import OBS_KEYS, default_zarr, load_dataset
+from sciddiff.policy.io import save_policy
+from sciddiff.policy.policy import SAMPLERS, DiffusionPolicy, PolicyConfig
+from sciddiff.policy.sampler import sequence_windows, split_episodes
+from sciddiff.train import CSVLogger, autocast, load_checkpoint, progress, save_checkpoint, seed_everything
+from sciddiff.train.checkpoint import restore_training_state, training_state
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", type=Path, default=None,
+                   help="replay buffer (.zarr) or prepared arrays (.npz); default: the PushT demonstrations under "
+                        "$SCIDDIFF_DATA (../shared/data)")
+    g.add_argument("--obs-type", choices=("state", "image"), default="state",
+                   help="state: agent xy + 8 block vertices; image: 96x96 frames + agent xy")
+    g.add_argument("--val-episodes", type=int, default=4, help="episodes held out for the validation loss")
+    g.add_argument("--max-train-episodes", type=int, default=None,
+                   help="train on at most this many episodes (the paper uses 90); default: all not held out")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=Path, required=True, help="run directory (created; an existing run is resumed)")
+    g.add_argument("--state", type=Path, default=None, help="full training state file (default: OUT/train_state.pt)")
+    g.add_argument("--init", type=Path, default=None, help="start from the weights of this policy checkpoint")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (length of the LR schedule)")
+    g.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of this run")
+    g.add_argument("--schedule-seconds", type=float, default=None,
+                   help="without --steps: decay the LR over this much training time (default: --max-seconds)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks (falls back to eager on error)")
+    g.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune-no-cudagraphs")
+    g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    g.add_argument("--log-every", type=int, default=200, help="steps between log rows")
+    g.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="steps between closed-loop PushT rollouts of the EMA policy (0: never; needs gym-pusht)")
+    g.add_argument("--eval-episodes", type=int, default=10, help="rollouts per evaluation (seeds 100000, ...)")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4 * sqrt(batch / 256))")
+    g.add_argument("--weight-decay", type=float, default=1e-6)
+    g.add_argument("--warmup-steps", type=int, default=500)
+    g.add_argument("--ema-power", type=float, default=0.75)
+    g = p.add_argument_group("model")
+    g.add_argument("--down-dims", default="64,128,256", help="U-Net widths per level, comma separated")
+    g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
+    g.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default inference sampler stored in the policy")
+    g.add_argument("--inference-steps", type=int, default=8, help="default denoising steps at inference")
+    g.add_argument("--vision-channels", default="32,64,128", help="image encoder widths (image policy)")
+    return p
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in str(text).split(",") if x.strip())
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _select_episodes(arrays: dict[str, np.ndarray], episodes: np.ndarray) -> dict[str, np.ndarray]:
+    """Keep only `episodes` (rows re-packed back to back) so that unused frames never reach the device."""
+    ends = arrays["episode_ends"]
+    starts = np.concatenate([[0], ends[:-1]])
+    rows = np.concatenate([np.arange(starts[e], ends[e]) for e in episodes])
+    out = {k: v[rows] for k, v in arrays.items() if k != "episode_ends"}
+    out["episode_ends"] = np.cumsum(ends[episodes] - starts[episodes])
+    return out
+
+
+def lr_at(progress_frac: float, step: int, peak: float, warmup: int) -> float:
+    warm = min(1.0, (step + 1) / max(warmup, 1))
+    return peak * warm * 0.5 * (1 + math.cos(math.pi * min(max(progress_frac, 0.0), 1.0)))
+
+
+class Batches:
+    """Device-resident dataset: normalized low-dim features and actions, uint8 images, windows of row indices."""
+
+    def __init__(self, policy: DiffusionPolicy, arrays: dict[str, np.ndarray], windows: np.ndarray,
+                 device: torch.device):
+        c = policy.config
+        self.n_obs = c.n_obs_steps
+        key = OBS_KEYS[c.obs_type][-1]  # "state" or "agent_pos"
+        with torch.no_grad():  # the policy (and its normalizers) already live on `device`
+            self.state = policy.state_normalizer.normalize(torch.as_tensor(arrays[key], device=device).float())
+            self.action = policy.action_normalizer.normalize(torch.as_tensor(arrays["action"], device=device).float())
+        # HWC uint8 frames -> CHW on the device (700 MB for all of PushT: fine on a GPU, 1 byte per channel).
+        self.image = (torch.from_numpy(arrays["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+                      if c.obs_type == "image" else None)
+        self.windows = torch.as_tensor(windows, device=device)
+
+    def __len__(self) -> int:
+        return self.windows.shape[0]
+
+    def get(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        w = self.windows[rows]
+        obs_rows = w[:, :self.n_obs]
+        nobs = {"state": self.state[obs_rows]}
+        if self.image is not None:
+            nobs["image"] = self.image[obs_rows]
+        return nobs, self.action[w]
+
+    def sample(self, batch_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self.get(torch.randint(0, len(self), (batch_size,), device=self.windows.device))
+
+
+def _compile(policy: DiffusionPolicy, mode: str) -> None:
+    for module in (policy.unet, policy.encoder):
+        if module is not None:
+            module.compile(mode=mode)
+
+
+def _uncompile(policy: DiffusionPolicy) -> None:
+    for module in (policy.unet, policy.encoder):
+        if module is not None:
+            module._compiled_call_impl = None
+
+
+def ema_policy(config: PolicyConfig, ema: EMA, device: torch.device) -> DiffusionPolicy:
+    """A fresh (uncompiled) policy holding the EMA weights, in eval mode."""
+    policy = DiffusionPolicy(config).to(device)
+    ema.copy_to(policy)
+    return policy.eval()
+
+
+@torch.no_grad()
+def validation_loss(policy: DiffusionPolicy, val: Batches | None, batch_size: int, amp: bool,
+                    max_windows: int = 4096) -> float:
+    """Mean DDPM loss over (up to `max_windows`) validation windows, with fixed noise so runs are comparable."""
+    if val is None or len(val) == 0:
+        return float("nan")
+    device = val.windows.device
+    gen = torch.Generator(device).manual_seed(1234)
+    rows = torch.arange(min(len(val), max_windows), device=device)
+    total, count = 0.0, 0
+    for chunk in rows.split(batch_size):
+        nobs, naction = val.get(chunk)
+        with autocast(device, enabled=amp):
+            total += float(policy.loss(nobs, naction, generator=gen)) * len(chunk)
+        count += len(chunk)
+    return total / count
+
+
+def rollout_score(policy: DiffusionPolicy, n_episodes: int) -> dict | None:
+    """Closed-loop PushT score of `policy` on seeds 100000.. (None where gym-pusht is not installed)."""
+    try:
+        from sciddiff.policy.runner import PushTAdapter, TorchPolicyActor, run_episodes, summarize
+        image = policy.config.obs_type == "image"
+        adapter = PushTAdapter("pixels_agent_pos" if image else "environment_state_agent_pos")
+    except ImportError:
+        return None
+    results = run_episodes(TorchPolicyActor(policy, seed=0), adapter, range(100000, 100000 + n_episodes),
+                           n_obs_steps=policy.config.n_obs_steps, show_progress=False)
+    return summarize(results)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run (or resume) training as configured by `add_arguments`; returns a summary dict."""
+    from sciddiff.cli import UserError
+
+    if args.steps is None and args.max_seconds is None:
+        raise UserError("give --steps and/or --max-seconds")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    amp = not args.no_amp and device.type == "cuda"
+    seed_everything(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = Path(args.state) if args.state else out / "train_state.pt"
+
+    data_path = args.data or default_zarr()
+    arrays = load_dataset(data_path, args.obs_type)
+    n_episodes = len(arrays["episode_ends"])
+    train_eps, val_eps = split_episodes(n_episodes, args.val_episodes, args.seed, args.max_train_episodes)
+    config = PolicyConfig(
+        obs_type=args.obs_type, state_dim=arrays[OBS_KEYS[args.obs_type][-1]].shape[-1],
+        action_dim=arrays["action"].shape[-1], down_dims=_ints(args.down_dims), prediction_type=args.prediction_type,
+        sampler=args.sampler, num_inference_steps=args.inference_steps, vision_channels=_ints(args.vision_channels),
+        extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
+    policy = DiffusionPolicy(config)
+    if args.init:
+        from sciddiff.policy.io import load_policy
+        init = load_policy(args.init)
+        if init.config.to_dict() | {"extra": {}} != config.to_dict() | {"extra": {}}:
+            raise UserError(f"--init {args.init} has a different configuration than this run")
+        policy.load_state_dict(init.state_dict())
+    else:  # normalizers fitted on every episode (train and val), as Diffusion Policy does
+        key = OBS_KEYS[args.obs_type][-1]
+        policy.state_normalizer.load_state_dict(type(policy.state_normalizer).fit(arrays[key]).state_dict())
+        policy.action_normalizer.load_state_dict(type(policy.action_normalizer).fit(arrays["action"]).state_dict())
+
+    def windows(a: dict[str, np.ndarray]) -> np.ndarray:  # the paper's padding: n_obs - 1 before, n_action - 1 after
+        return sequence_windows(a["episode_ends"], config.horizon, config.n_obs_steps - 1, config.n_action_steps - 1)
+
+    train_arrays = _select_episodes(arrays, train_eps)
+    policy = policy.to(device)
+    train_data = Batches(policy, train_arrays, windows(train_arrays), device)
+    val_data = None
+    if len(val_eps):
+        val_arrays = _select_episodes(arrays, val_eps)
+        val_data = Batches(policy, val_arrays, windows(val_arrays), device)
+    del arrays, train_arrays
+
+    lr = args.lr or 1e-4 * math.sqrt(args.batch_size / 256)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=args.weight_decay,
+                                  **({"fused": True} if fused else {"foreach": True}))
+    ema = EMA(policy, power=args.ema_power)
+    step, elapsed_before = 0, 0.0
+    schedule_seconds = args.schedule_seconds or args.max_seconds
+    if state_path.exists():
+        state = load_checkpoint(state_path, map_location=device, weights_only=False)
+        if state["config"] != config.to_dict():
+            raise UserError(f"{state_path} belongs to a run with a different configuration; use a new --out")
+        step = restore_training_state(state, model=policy, optimizer=optimizer, ema=ema)
+        elapsed_before = state["elapsed"]
+        schedule_seconds = args.schedule_seconds or state.get("schedule_seconds") or schedule_seconds
+        print(f"resuming from step {step} ({elapsed_before:.0f} s trained)", flush=True)
+
+    command = getattr(args, "command", None) or command_line(args)
+    meta_base = {"command": command, "data": str(data_path), "batch_size": args.batch_size, "lr": lr,
+                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "torch": str(torch.__version__), "n_params": sum(p.numel() for p in policy.parameters())}
+
+    def trained_seconds() -> float:  # over all runs of this training, resumed ones included
+        return elapsed_before + time.perf_counter() - run_start
+
+    def checkpoint(val_loss: float | None = None, extra: dict | None = None) -> None:
+        save_checkpoint(state_path, training_state(model=policy, step=step, optimizer=optimizer, ema=ema,
+                                                   config=config.to_dict(), elapsed=trained_seconds(),
+                                                   schedule_seconds=schedule_seconds))
+        meta = {**meta_base, "step": step, "samples_seen": step * args.batch_size,
+                "train_seconds": round(trained_seconds(), 1),
+                **({"val_loss": val_loss} if val_loss is not None else {}), **(extra or {})}
+        save_policy(out / "policy.pt", ema_policy(config, ema, device), meta)
+
+    if args.compile:
+        _compile(policy, args.compile_mode)
+    policy.train()
+    logger = CSVLogger(out / "log.csv", resume_step=step)
+    bar = progress(total=args.steps, initial=step, desc=f"train {args.obs_type}", unit="step")
+    run_start = last_ckpt = last_log_time = time.perf_counter()
+    last_log_step, loss_sum, last_val = step, torch.zeros((), device=device), None
+
+    def one_step() -> torch.Tensor:
+        nobs, naction = train_data.sample(args.batch_size)
+        with autocast(device, enabled=amp):
+            loss = policy.loss(nobs, naction)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(policy)
+        return loss.detach()
+
+    try:
+        while True:
+            if (args.steps is not None and step >= args.steps) or \
+                    (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds):
+                break
+            frac = step / args.steps if args.steps else trained_seconds() / schedule_seconds
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(frac, step, lr, args.warmup_steps)
+            try:
+                loss_sum += one_step()
+            except Exception as err:  # a compiler failure must not cost the GPU run: continue eagerly
+                if not args.compile:
+                    raise
+                print(f"torch.compile failed ({type(err).__name__}: {err}); continuing without it", flush=True)
+                _uncompile(policy)
+                optimizer.zero_grad(set_to_none=True)
+                args.compile = False
+                continue
+            step += 1
+            bar.update(1)
+            evaluate = bool(args.eval_every) and step % args.eval_every == 0
+            if step % args.log_every == 0 or evaluate:
+                now = time.perf_counter()
+                loss = float(loss_sum) / (step - last_log_step)
+                rate = (step - last_log_step) / (now - last_log_time)
+                row = {"step": step, "seconds": round(trained_seconds(), 1), "loss": round(loss, 5),
+                       "lr": optimizer.param_groups[0]["lr"], "steps_per_s": round(rate, 2),
+                       "samples_per_s": round(rate * args.batch_size), "val_loss": "", "eval_mean_max_reward": "",
+                       "eval_success_rate": ""}
+                if evaluate:
+                    ema_eval = ema_policy(config, ema, device)
+                    last_val = validation_loss(ema_eval, val_data, args.batch_size, amp)
+                    row["val_loss"] = round(last_val, 5)
+                    score = rollout_score(ema_eval, args.eval_episodes)
+                    if score is not None:
+                        row["eval_mean_max_reward"] = round(score["mean_max_reward"], 4)
+                        row["eval_success_rate"] = round(score["success_rate"], 3)
+                logger.log(**row)
+                bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.1f}")
+                bar.write(json.dumps(row))
+                loss_sum.zero_()
+                last_log_step, last_log_time = step, time.perf_counter()
+            if time.perf_counter() - last_ckpt >= args.checkpoint_every:
+                checkpoint(last_val)
+                last_ckpt = time.perf_counter()
+    finally:
+        bar.close()
+        logger.close()
+    final_val = validation_loss(ema_policy(config, ema, device), val_data, args.batch_size, amp)
+    checkpoint(final_val)
+    summary = {"step": step, "train_seconds": round(trained_seconds(), 1), "val_loss": final_val,
+               "policy": str(out / "policy.pt")}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The `python -m sciddiff.policy.train ...` command that reproduces `args` (non-default options only)."""
+    words = ["python", "-m", "sciddiff.policy.train"]
+    for action in build_parser()._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "help" or value == action.default:
+            continue
+        words += [action.option_strings[0]] if isinstance(action, argparse._StoreTrueAction) else \
+            [action.option_strings[0], str(value)]
+    return shlex.join(words)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="python -m sciddiff.policy.train",
+                                                 description=__doc__.splitlines()[0],
+                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sciddiff.cli import UserError
+
+    try:
+        train(build_parser().parse_args(argv))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

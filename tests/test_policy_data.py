@@ -1,0 +1,150 @@
+"""Policy data layer: zarr replay buffer, episode-edge padding, normalizer, PushT features that match the env."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from sciddiff.cli import UserError
+from sciddiff.policy import pusht
+from sciddiff.policy.data import default_zarr, load_dataset, prepare_pusht
+from sciddiff.policy.normalizer import MinMaxNormalizer, pixels_to_unit
+from sciddiff.policy.replay_buffer import ReplayBuffer
+from sciddiff.policy.sampler import sequence_windows, split_episodes
+
+
+def _episode(rng, n):
+    return {"state": rng.uniform(0, 512, (n, 5)).astype(np.float32),
+            "action": rng.uniform(0, 512, (n, 2)).astype(np.float32),
+            "img": rng.integers(0, 255, (n, 8, 8, 3)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_replay_buffer_roundtrip_and_append(tmp_path, zarr_format):
+    rng = np.random.default_rng(0)
+    episodes = [_episode(rng, n) for n in (5, 9, 3)]
+    path = tmp_path / "demo.zarr"
+    buf = ReplayBuffer.create(path, zarr_format=zarr_format)
+    for ep in episodes[:2]:
+        buf.add_episode(ep)
+    # reopen for appending (what a demonstrator does), then read back from a fresh handle
+    ReplayBuffer.open(path, mode="a").add_episode(episodes[2])
+    buf = ReplayBuffer.open(path)
+    assert buf.n_episodes == 3 and buf.n_steps == 17
+    np.testing.assert_array_equal(buf.episode_ends, [5, 14, 17])
+    assert zarr.open_group(str(path), mode="r").metadata.zarr_format == zarr_format
+    for i, ep in enumerate(episodes):
+        got = buf.get_episode(i)
+        for k in ep:
+            np.testing.assert_array_equal(got[k], ep[k])
+    data, ends = buf.load(["action"], episodes=[2, 0])
+    np.testing.assert_array_equal(ends, [3, 8])
+    np.testing.assert_array_equal(data["action"], np.concatenate([episodes[2]["action"], episodes[0]["action"]]))
+    with pytest.raises(ValueError):
+        buf_a = ReplayBuffer.open(path, mode="a")
+        buf_a.add_episode({"state": episodes[0]["state"]})  # missing keys
+
+
+def test_replay_buffer_trims_rows_of_an_interrupted_append(tmp_path):
+    rng = np.random.default_rng(1)
+    buf = ReplayBuffer.create(tmp_path / "b.zarr")
+    buf.add_episode(_episode(rng, 4))
+    buf.root["data/action"].append(np.zeros((3, 2), np.float32))  # data written, episode end never recorded
+    buf = ReplayBuffer.open(tmp_path / "b.zarr", mode="a")
+    assert buf.root["data/action"].shape[0] == 4 == buf.n_steps
+
+
+def test_replay_buffer_bad_paths(tmp_path):
+    with pytest.raises(UserError):
+        ReplayBuffer.open(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(UserError):
+        ReplayBuffer.open(tmp_path / "plain.zarr")
+
+
+def test_windows_pad_at_episode_edges():
+    ends = np.array([5, 12])  # episodes [0, 5) and [5, 12)
+    w = sequence_windows(ends, horizon=4, pad_before=1, pad_after=2)
+    # per episode: starts -1 .. L-4+2  ->  L - 4 + 1 + 2 + 1 windows
+    assert len(w) == (5 - 4 + 4) + (7 - 4 + 4)
+    np.testing.assert_array_equal(w[0], [0, 0, 1, 2])  # first frame repeated before the start
+    np.testing.assert_array_equal(w[4], [3, 4, 4, 4])  # last frame repeated after the end
+    np.testing.assert_array_equal(w[5], [5, 5, 6, 7])  # second episode starts fresh
+    np.testing.assert_array_equal(w[-1], [10, 11, 11, 11])
+    episode_of = np.searchsorted(ends, w, side="right")
+    assert (episode_of == episode_of[:, :1]).all(), "a window crosses an episode boundary"
+    assert (np.diff(w, axis=1) >= 0).all() and (np.diff(w, axis=1) <= 1).all()
+
+
+def test_windows_policy_horizon_and_split():
+    ends = np.array([20, 50, 51])
+    w = sequence_windows(ends, horizon=16, pad_before=1, pad_after=7, episodes=[1])
+    assert w.min() == 20 and w.max() == 49 and len(w) == 30 - 16 + 1 + 7 + 1
+    train, val = split_episodes(10, 2, seed=3)
+    assert len(val) == 2 and not set(train) & set(val) and len(train) == 8
+    assert split_episodes(10, 2, seed=3, max_train=5)[0].tolist() == train[:5].tolist()
+
+
+def test_normalizer_roundtrip_and_state_dict():
+    rng = np.random.default_rng(0)
+    data = np.concatenate([rng.uniform(-3, 500, (100, 3)), np.full((100, 1), 7.0)], 1)  # last dim constant
+    norm = MinMaxNormalizer.fit(data)
+    x = torch.as_tensor(data, dtype=torch.float32)
+    y = norm.normalize(x)
+    assert y[:, :3].min() >= -1 - 1e-6 and y[:, :3].max() <= 1 + 1e-6
+    assert torch.allclose(y[:, :3].amin(0), torch.full((3,), -1.0)) and torch.allclose(y[:, :3].amax(0), torch.ones(3))
+    assert torch.allclose(y[:, 3], torch.zeros(100))  # constant dim centred, not divided by zero
+    torch.testing.assert_close(norm.unnormalize(y), x, rtol=1e-5, atol=1e-4)
+    clone = MinMaxNormalizer(4)
+    clone.load_state_dict(norm.state_dict())
+    torch.testing.assert_close(clone.normalize(x), y)
+    assert pixels_to_unit(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]
+
+
+def test_pusht_features_match_the_env():
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("gym_pusht")
+    kp_env = gym.make(pusht.ENV_ID, obs_type="environment_state_agent_pos")
+    st_env = gym.make(pusht.ENV_ID, obs_type="state")
+    for seed in range(3):
+        kp_obs, _ = kp_env.reset(seed=seed)
+        st_obs, _ = st_env.reset(seed=seed)
+        a = pusht.obs_to_features(kp_obs, "environment_state_agent_pos")["state"]
+        b = pusht.obs_to_features(st_obs, "state")["state"]
+        assert a.shape == (pusht.STATE_FEATURE_DIM,)
+        np.testing.assert_allclose(a, b, atol=1e-3)
+        for _ in range(5):  # and after the block has been pushed around
+            action = kp_env.action_space.sample()
+            kp_obs = kp_env.step(action)[0]
+            st_obs = st_env.step(action)[0]
+        np.testing.assert_allclose(pusht.obs_to_features(kp_obs, "environment_state_agent_pos")["state"],
+                                   pusht.obs_to_features(st_obs, "state")["state"], atol=1e-3)
+    img_env = gym.make(pusht.ENV_ID, obs_type="pixels_agent_pos")
+    feats = pusht.obs_to_features(img_env.reset(seed=0)[0], "pixels_agent_pos")
+    assert feats["image"].shape == (3, 96, 96) and feats["image"].dtype == np.uint8
+
+
+@pytest.mark.skipif(not default_zarr().exists(), reason="PushT demonstrations not available")
+def test_real_pusht_store_reads_and_prepares(tmp_path):
+    buf = ReplayBuffer.open(default_zarr())
+    assert buf.n_episodes == 206 and buf.n_steps == 25650
+    out = prepare_pusht(default_zarr(), tmp_path / "state.npz", "state")
+    arrays = load_dataset(out, "state")
+    assert arrays["state"].shape == (25650, 18) and arrays["action"].shape == (25650, 2)
+    # the features' agent position is the recorded one; the vertices are 8 points on the block
+    state = np.asarray(buf.root["data/state"][:10])
+    np.testing.assert_allclose(arrays["state"][:10, :2], state[:, :2])
+    kp = arrays["state"][:10, 2:].reshape(10, 8, 2)
+    np.testing.assert_allclose(np.linalg.norm(kp[:, 0] - kp[:, 1], axis=-1), 120.0, rtol=1e-5)  # the T's bar
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("gym_pusht")
+    env = gym.make(pusht.ENV_ID, obs_type="environment_state_agent_pos").unwrapped
+    env.reset(seed=0)
+    for s in state[::3]:  # the env shows exactly these vertices for the recorded block pose
+        env.block.angle = float(s[4])  # angle before position: the block's centre of gravity is off its origin
+        env.block.position = s[2:4].tolist()
+        np.testing.assert_allclose(env.get_keypoints(env._block_shapes).ravel(), pusht.state_features(s)[2:],
+                                   atol=1e-3)
+    with pytest.raises(UserError):
+        load_dataset(out, "image")

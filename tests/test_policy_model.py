@@ -1,0 +1,140 @@
+"""1D U-Net with FiLM, image encoder, the policy's sampling interface and its checkpoint files."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sciddiff.nn.unet1d import ConditionalUnet1D
+from sciddiff.nn.vision import ImageEncoder, SpatialSoftmax
+from sciddiff.policy.io import load_policy, save_policy
+from sciddiff.policy.normalizer import MinMaxNormalizer
+from sciddiff.policy.policy import DiffusionPolicy, PolicyConfig
+
+TINY = dict(down_dims=(16, 32), step_embed_dim=16, vision_channels=(8, 16), vision_keypoints=4, vision_dim=8)
+
+
+@pytest.mark.parametrize("down_dims,horizon", [((16, 32), 8), ((16, 32, 64), 16), ((8, 16, 32, 64), 16)])
+def test_unet_shapes(down_dims, horizon):
+    net = ConditionalUnet1D(3, global_cond_dim=10, down_dims=down_dims, diffusion_step_embed_dim=16)
+    x = torch.randn(4, horizon, 3)
+    assert net(x, torch.tensor([0, 5, 50, 99]), torch.randn(4, 10)).shape == x.shape
+    assert net(x, 7, torch.randn(4, 10)).shape == x.shape  # scalar timestep broadcasts
+    assert ConditionalUnet1D(2, 0, down_dims)(torch.randn(2, horizon, 2), 3).shape == (2, horizon, 2)
+
+
+def test_unet_film_conditioning():
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, global_cond_dim=6, down_dims=(16, 32), diffusion_step_embed_dim=16)
+    x, cond = torch.randn(3, 16, 2), torch.randn(3, 6)
+    base = net(x, torch.tensor([10, 10, 10]), cond)
+    # the output depends on the observation condition and on the timestep, per sample
+    other = cond.clone()
+    other[1] += 1.0
+    out = net(x, torch.tensor([10, 10, 10]), other)
+    assert torch.allclose(out[[0, 2]], base[[0, 2]], atol=1e-6) and not torch.allclose(out[1], base[1], atol=1e-4)
+    assert not torch.allclose(net(x, torch.tensor([80, 10, 10]), cond)[0], base[0], atol=1e-4)
+    # the condition acts through FiLM: its gradient reaches the scale/bias layers of every residual block
+    base.pow(2).mean().backward()
+    films = [m for name, m in net.named_modules() if name.endswith("film")]
+    assert len(films) == 2 * 2 + 2 + 2 * 1
+    assert all(f[1].weight.grad is not None and f[1].weight.grad.abs().sum() > 0 for f in films)
+
+
+def test_spatial_softmax_finds_the_bright_spot():
+    layer = SpatialSoftmax(1, 1)
+    with torch.no_grad():
+        layer.proj.weight.fill_(50.0)
+        layer.proj.bias.zero_()
+    img = torch.zeros(1, 1, 11, 11)
+    img[0, 0, 2, 8] = 1.0  # row 2 (y), column 8 (x)
+    xy = layer(img)[0]
+    torch.testing.assert_close(xy, torch.tensor([8 / 5 - 1, 2 / 5 - 1]), atol=1e-3, rtol=0)
+    enc = ImageEncoder(channels=(8, 16), num_keypoints=4, out_dim=8)
+    assert enc(torch.rand(5, 3, 84, 84) * 2 - 1).shape == (5, 8)
+
+
+def _fitted(policy: DiffusionPolicy, seed: int = 0) -> DiffusionPolicy:
+    g = torch.Generator().manual_seed(seed)
+    c = policy.config
+    for norm, dim in ((policy.state_normalizer, c.state_dim), (policy.action_normalizer, c.action_dim)):
+        norm.load_state_dict(MinMaxNormalizer.fit(torch.rand(50, dim, generator=g) * 512).state_dict())
+    return policy.eval()
+
+
+def _obs(config: PolicyConfig, batch: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    if config.obs_type == "state":
+        return {"state": torch.rand(batch, config.n_obs_steps, config.state_dim, generator=g) * 512}
+    return {"agent_pos": torch.rand(batch, config.n_obs_steps, 2, generator=g) * 512,
+            "image": torch.randint(0, 256, (batch, config.n_obs_steps, 3, 96, 96), generator=g, dtype=torch.uint8)}
+
+
+@pytest.mark.parametrize("obs_type,state_dim", [("state", 18), ("image", 2)])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "ddpm"])
+def test_policy_predicts_action_chunks(obs_type, state_dim, sampler):
+    torch.manual_seed(0)
+    config = PolicyConfig(obs_type=obs_type, state_dim=state_dim, sampler=sampler, num_inference_steps=4, **TINY)
+    policy = _fitted(DiffusionPolicy(config))
+    actions = policy.predict_action(_obs(config), generator=torch.Generator().manual_seed(0))
+    assert actions.shape == (2, config.n_action_steps, 2)
+    # actions come back in env units, inside the normalizer's range (samples are clipped to [-1, 1])
+    low, high = policy.action_normalizer.low, policy.action_normalizer.high
+    assert ((actions >= low - 1e-3) & (actions <= high + 1e-3)).all()
+    nobs = policy.normalize_obs(_obs(config))
+    policy.train()
+    loss = policy.loss(nobs, torch.rand(2, config.horizon, 2) * 2 - 1)
+    loss.backward()
+    assert torch.isfinite(loss)
+    if obs_type == "image":
+        assert policy.encoder.stem[0].weight.grad.abs().sum() > 0  # trained end to end
+
+
+def test_image_crop_random_in_training_centre_in_eval():
+    policy = DiffusionPolicy(PolicyConfig(obs_type="image", state_dim=2, **TINY))
+    img = torch.arange(96 * 96, dtype=torch.int32).reshape(1, 1, 96, 96).expand(6, 3, 96, 96)
+    policy.eval()
+    centre = policy.crop(img)
+    assert centre.shape == (6, 3, 84, 84) and (centre[:, :, 0, 0] == 6 * 96 + 6).all()
+    policy.train()
+    torch.manual_seed(0)
+    crops = policy.crop(img)
+    corners = crops[:, 0, 0, 0]
+    assert crops.shape == (6, 3, 84, 84) and len(set(corners.tolist())) > 1
+    for crop, corner in zip(crops, corners):  # each crop is a contiguous 84x84 window of the frame
+        r, c = divmod(int(corner), 96)
+        assert torch.equal(crop, img[0, :, r:r + 84, c:c + 84])
+
+
+@pytest.mark.parametrize("obs_type,state_dim", [("state", 18), ("image", 2)])
+def test_checkpoint_roundtrip_gives_identical_actions(tmp_path, obs_type, state_dim):
+    torch.manual_seed(0)
+    config = PolicyConfig(obs_type=obs_type, state_dim=state_dim, num_inference_steps=3, **TINY)
+    policy = _fitted(DiffusionPolicy(config))
+    obs = _obs(config)
+
+    def act(p):
+        return p.predict_action(obs, generator=torch.Generator().manual_seed(7))
+
+    save_policy(tmp_path / "full.pt", policy, {"command": "test"}, half=False)
+    torch.testing.assert_close(act(load_policy(tmp_path / "full.pt")), act(policy), rtol=0, atol=0)
+    # fp16 files: weights rounded once, so two loads agree exactly and stay close to the fp32 policy
+    save_policy(tmp_path / "half.pt", policy, half=True)
+    a, b = load_policy(tmp_path / "half.pt"), load_policy(tmp_path / "half.pt")
+    torch.testing.assert_close(act(a), act(b), rtol=0, atol=0)
+    torch.testing.assert_close(act(a), act(policy), rtol=0, atol=2.0)  # pixels
+    torch.testing.assert_close(a.action_normalizer.high, policy.action_normalizer.high, rtol=0, atol=0)
+    assert (tmp_path / "full.json").exists() and load_policy(tmp_path / "full.pt").meta["command"] == "test"
+    assert (tmp_path / "half.pt").stat().st_size < (tmp_path / "full.pt").stat().st_size
+
+
+def test_frozen_cpu_unet_gives_the_same_actions():
+    torch.manual_seed(0)
+    config = PolicyConfig(num_inference_steps=3, **TINY)
+    policy = _fitted(DiffusionPolicy(config))
+    obs = _obs(config, batch=3)
+    before = policy.predict_action(obs, generator=torch.Generator().manual_seed(3))
+    keys = set(policy.state_dict())
+    policy.freeze_for_cpu()
+    assert set(policy.state_dict()) == keys  # the traced copy is not a submodule
+    torch.testing.assert_close(policy.predict_action(obs, generator=torch.Generator().manual_seed(3)), before,
+                               rtol=0, atol=1e-3)

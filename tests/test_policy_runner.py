@@ -1,0 +1,142 @@
+"""Env runner (PushT and a generic gymnasium env) with stub policies, metrics, GIF, and the CLI / example surface."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gym_pusht")
+
+from sciddiff.policy import pusht  # noqa: E402
+from sciddiff.policy.io import save_policy  # noqa: E402
+from sciddiff.policy.policy import DiffusionPolicy, PolicyConfig  # noqa: E402
+from sciddiff.policy.runner import EnvAdapter, PushTAdapter, run_episodes, summarize  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RecordingStub:
+    """Pushes toward a fixed point; records what it was shown."""
+
+    def __init__(self, target=(256.0, 256.0), chunk=8):
+        self.target, self.chunk, self.calls = np.asarray(target), chunk, []
+
+    def __call__(self, obs):
+        self.calls.append({k: v.copy() for k, v in obs.items()})
+        b = next(iter(obs.values())).shape[0]
+        return np.broadcast_to(self.target, (b, self.chunk, 2)).copy()
+
+
+def test_pusht_episode_with_stub_policy(tmp_path):
+    stub = RecordingStub()
+    adapter = PushTAdapter("environment_state_agent_pos", max_steps=40)
+    results = run_episodes(stub, adapter, seeds=[3, 4, 5], batch_size=2, gif_path=tmp_path / "ep.gif",
+                           show_progress=False)
+    assert [r.seed for r in results] == [3, 4, 5]
+    for r in results:
+        assert r.steps == 40  # 5 chunks of 8; a stub never reaches 95% coverage
+        assert 0.0 <= r.max_score <= 1.0 and not r.success
+        assert r.max_reward == pytest.approx(min(r.max_score / 0.95, 1.0), abs=1e-6)
+    # first call: both envs of the first batch, reset observation repeated over the 2-step history
+    first = stub.calls[0]["state"]
+    assert first.shape == (2, 2, pusht.STATE_FEATURE_DIM) and np.array_equal(first[:, 0], first[:, 1])
+    # next call sees the observations 7 and 8 steps later (the last two of the executed chunk): they differ
+    assert not np.array_equal(stub.calls[1]["state"][:, 0], stub.calls[1]["state"][:, 1])
+    assert len(stub.calls) == 5 + 5  # two lockstep groups, 5 chunks each
+    gif = tmp_path / "ep.gif"
+    assert gif.exists() and gif.stat().st_size > 1000
+    import imageio.v2 as imageio
+    assert 5 < len(imageio.mimread(gif)) <= 41  # reset frame + 40 steps (the GIF writer merges identical frames)
+    m = summarize(results)
+    assert m["episodes"] == 3 and m["success_rate"] == 0.0
+    assert m["mean_max_coverage"] == pytest.approx(np.mean([r.max_score for r in results]))
+
+
+def test_success_ends_the_episode_and_counts():
+    class Solved(PushTAdapter):  # pretend every step covers the goal: success + early termination path
+        def score(self, reward, info):
+            return 1.0
+
+        def is_success(self, max_score, terminated):
+            return max_score > pusht.SUCCESS_COVERAGE
+
+    results = run_episodes(RecordingStub(), Solved("state", max_steps=16), seeds=[0], show_progress=False)
+    assert results[0].success and results[0].max_score == 1.0
+
+
+def test_runner_drives_any_gymnasium_env():
+    # Pendulum-v1: Box observation (cos, sin, angular velocity), 1-D torque action, truncates at max_steps.
+    adapter = EnvAdapter("Pendulum-v1", max_steps=20)
+    calls = []
+
+    def policy(obs):
+        calls.append(obs["state"].shape)
+        return np.zeros((obs["state"].shape[0], 4, 1), dtype=np.float32)
+
+    results = run_episodes(policy, adapter, seeds=[0, 1], batch_size=2, show_progress=False)
+    assert [r.steps for r in results] == [20, 20] and calls[0] == (2, 2, 3) and len(calls) == 5
+    assert all(r.max_reward <= 0 for r in results)  # Pendulum rewards are negative costs
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(PolicyConfig(down_dims=(16, 32), step_embed_dim=16, num_inference_steps=2))
+    from sciddiff.policy.normalizer import MinMaxNormalizer
+    policy.state_normalizer.load_state_dict(MinMaxNormalizer.fit(np.array([[0.0] * 18, [512.0] * 18])).state_dict())
+    policy.action_normalizer.load_state_dict(MinMaxNormalizer.fit(np.array([[0.0, 0.0], [512.0, 512.0]])).state_dict())
+    return save_policy(tmp_path_factory.mktemp("ckpt") / "tiny.pt", policy, {"command": "test"})
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, **kw)
+
+
+def test_example_writes_metrics_json(tmp_path, tiny_checkpoint):
+    out = tmp_path / "m.json"
+    proc = _run(["examples/diffusion_policy_pusht.py", "--episodes", "2", "--seed", "7", "--metrics-json", str(out),
+                 "--checkpoint", str(tiny_checkpoint), "--gif", str(tmp_path / "r.gif")])
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(out.read_text())
+    keys = {"mean_max_reward", "mean_max_coverage", "success_rate", "episodes", "seconds_per_action_chunk"}
+    assert keys <= set(metrics)
+    assert metrics["episodes"] == 2 and 0 < metrics["seconds_per_action_chunk"] < 5
+    assert "mean max coverage" in proc.stdout and (tmp_path / "r.gif").exists()
+
+
+def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
+    from sciddiff.cli import main
+
+    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--metrics-json",
+                 str(tmp_path / "m.json"), "--inference-steps", "1", "--sampler", "dpmpp_2m"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["sampler"] == "dpmpp_2m"
+    capsys.readouterr()
+    assert main(["policy", "eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "no policy checkpoint" in err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main(["policy", "eval", "--checkpoint", str(tmp_path / "junk.pt")]) == 2
+    assert "cannot load" in capsys.readouterr().err
+    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "0"]) == 2
+
+
+def test_image_policy_drives_the_pixel_env():
+    from sciddiff.policy.normalizer import MinMaxNormalizer
+    from sciddiff.policy.runner import TorchPolicyActor
+
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(PolicyConfig(obs_type="image", state_dim=2, down_dims=(16, 32), step_embed_dim=16,
+                                          vision_channels=(8, 16), vision_keypoints=4, vision_dim=8,
+                                          num_inference_steps=2))
+    box = np.array([[0.0, 0.0], [512.0, 512.0]])
+    policy.state_normalizer.load_state_dict(MinMaxNormalizer.fit(box).state_dict())
+    policy.action_normalizer.load_state_dict(MinMaxNormalizer.fit(box).state_dict())
+    results = run_episodes(TorchPolicyActor(policy.eval()), PushTAdapter("pixels_agent_pos", max_steps=16),
+                           seeds=[0, 1], show_progress=False)
+    assert [r.steps for r in results] == [16, 16]

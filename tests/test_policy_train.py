@@ -1,0 +1,120 @@
+"""Training loop: a 50-step smoke run whose loss falls, resumption, the image path, and the compile fallback."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sciddiff.cli import UserError
+from sciddiff.policy.io import load_policy
+from sciddiff.policy.replay_buffer import ReplayBuffer
+from sciddiff.policy.train import build_parser, lr_at, train
+
+SMALL = ["--down-dims", "16,32", "--vision-channels", "8,16", "--threads", "1", "--device", "cpu"]
+
+
+def _demo_store(path, n_episodes=6, length=40, images=False, seed=0):
+    """A PushT-shaped zarr store: the agent moves steadily toward where the action points."""
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer.create(path)
+    for _ in range(n_episodes):
+        start, goal = rng.uniform(100, 400, 2), rng.uniform(100, 400, 2)
+        frac = np.linspace(0, 1, length)[:, None]
+        agent = start + frac * (goal - start)
+        block = np.concatenate([np.full((length, 2), 256.0), np.full((length, 1), 0.5)], 1)
+        ep = {"state": np.concatenate([agent, block], 1).astype(np.float32),
+              "action": (agent + (goal - start) / length * 3).astype(np.float32)}
+        if images:
+            ep["img"] = rng.integers(0, 255, (length, 96, 96, 3)).astype(np.float32)
+        buf.add_episode(ep)
+    return path
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_loss_falls_in_50_steps(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr")
+    args = build_parser().parse_args(["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "50",
+                                      "--batch-size", "32", "--lr", "3e-3", "--warmup-steps", "5", "--log-every", "10",
+                                      "--val-episodes", "1", *SMALL])
+    summary = train(args)
+    rows = _rows(tmp_path / "run" / "log.csv")
+    losses = [float(r["loss"]) for r in rows]
+    assert len(rows) == 5 and int(rows[-1]["step"]) == 50
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert np.isfinite(summary["val_loss"])
+    policy = load_policy(tmp_path / "run" / "policy.pt")
+    meta = json.loads((tmp_path / "run" / "policy.json").read_text())["meta"]
+    assert meta["step"] == 50 and "--steps 50" in meta["command"] and policy.config.down_dims == (16, 32)
+    assert policy.config.extra["train_episodes"] == 5
+    obs = {"state": torch.full((1, 2, 18), 256.0)}
+    assert policy.predict_action(obs).shape == (1, 8, 2)
+
+
+def test_training_resumes_where_it_stopped(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    common = ["--data", str(data), "--out", str(tmp_path / "run"), "--batch-size", "8", "--log-every", "5",
+              "--val-episodes", "0", *SMALL]
+    train(build_parser().parse_args([*common, "--steps", "10"]))
+    state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)
+    assert state["step"] == 10
+    train(build_parser().parse_args([*common, "--steps", "20"]))
+    rows = _rows(tmp_path / "run" / "log.csv")
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]  # continued, no duplicate rows
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["step"] == 20
+    with pytest.raises(UserError):  # a different architecture cannot resume this run
+        train(build_parser().parse_args([*common, "--steps", "30", "--down-dims", "8,16"]))
+
+
+def test_image_policy_trains_end_to_end(tmp_path):
+    data = _demo_store(tmp_path / "img.zarr", n_episodes=2, length=20, images=True)
+    summary = train(build_parser().parse_args(
+        ["--data", str(data), "--obs-type", "image", "--out", str(tmp_path / "run"), "--steps", "3",
+         "--batch-size", "4", "--log-every", "1", "--val-episodes", "1", *SMALL]))
+    assert np.isfinite(summary["val_loss"])
+    policy = load_policy(tmp_path / "run" / "policy.pt")
+    assert policy.config.obs_type == "image" and policy.encoder is not None
+    obs = {"agent_pos": torch.full((1, 2, 2), 200.0), "image": torch.zeros(1, 2, 3, 96, 96, dtype=torch.uint8)}
+    assert policy.predict_action(obs).shape == (1, 8, 2)
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=2, length=20)
+
+    def broken_compile(self, *args, **kwargs):  # what an unsupported backend looks like at the first call
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        self._compiled_call_impl = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    summary = train(build_parser().parse_args(
+        ["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "4", "--batch-size", "4", "--log-every", "2",
+         "--val-episodes", "0", "--compile", *SMALL]))
+    assert summary["step"] == 4
+
+
+@pytest.mark.slow
+def test_torch_compile_runs_on_cpu(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=2, length=20)
+    summary = train(build_parser().parse_args(
+        ["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "4", "--batch-size", "4", "--log-every", "2",
+         "--val-episodes", "0", "--compile", *SMALL]))
+    assert summary["step"] == 4
+
+
+def test_lr_schedule_warms_up_then_decays():
+    assert lr_at(0.0, 0, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(0.0, 50, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(0.5, 50, 1.0, 10) == pytest.approx(0.5)
+    assert lr_at(1.2, 50, 1.0, 10) == pytest.approx(0.0)
+
+
+def test_train_needs_a_budget(tmp_path):
+    with pytest.raises(UserError):
+        train(build_parser().parse_args(["--out", str(tmp_path / "run")]))
