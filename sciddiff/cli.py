@@ -49,4 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script, this module is __main__, a different module object from sciddiff.cli: use that one's main so the
+    # applications' UserError (imported from sciddiff.cli) is the class caught here.
+    from sciddiff.cli import main as package_main
+
+    sys.exit(package_main())

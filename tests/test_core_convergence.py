@@ -39,7 +39,7 @@ def test_ddim_first_order_dpmpp_second_order():
     steps = (10, 20, 40, 80, 160)
     ddim_err, dpm_err = [], []
     for n in steps:
-        t0 = schedule.leading_timesteps(n)[0]
+        t0 = schedule.timesteps(n)[0]
         ddim_err.append((sample_ddim(model, x, schedule, steps=n) - _exact_end(schedule, x, t0)).abs().max().item())
         dpm_err.append((sample_dpmpp_2m(model, x, schedule, steps=n) - _exact_end(schedule, x, 999)).abs().max().item())
     assert 0.85 < _order(steps, ddim_err) < 1.15, ddim_err

@@ -38,15 +38,16 @@ def _diffusers_loop(scheduler, model, x, steps, generator=None):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("clip", [None, 1.0])
-def test_ddim_matches_diffusers(prediction_type, clip):
-    T, steps = 100, 10
+@pytest.mark.parametrize("spacing, steps", [("leading", 10), ("trailing", 4), ("trailing", 7)])
+def test_ddim_matches_diffusers(prediction_type, clip, spacing, steps):
+    T = 100
     ref_sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
                                         prediction_type=prediction_type, clip_sample=clip is not None,
-                                        clip_sample_range=clip or 1.0)
+                                        clip_sample_range=clip or 1.0, timestep_spacing=spacing)
     x = torch.randn(4, 16, 2, generator=torch.Generator().manual_seed(0))
     ref = _diffusers_loop(ref_sched, FixedModel(), x.clone(), steps)
     ours = sample_ddim(FixedModel(), x.clone(), DiscreteSchedule(name="cosine", num_train_timesteps=T), steps=steps,
-                       prediction_type=prediction_type, clip_sample=clip)
+                       prediction_type=prediction_type, clip_sample=clip, timestep_spacing=spacing)
     assert_close(ours, ref)
 
 

@@ -46,10 +46,16 @@ class DiscreteSchedule(nn.Module):
         alpha, sigma = self.alpha_sigma(t, x_t)
         return to_eps(out, x_t, alpha, sigma, prediction_type)
 
-    def leading_timesteps(self, steps: int) -> list[int]:
-        """diffusers' "leading" spacing (DDPM/DDIM default): 0, r, 2r, ... reversed, r = T // steps."""
-        ratio = self.num_train_timesteps // steps
-        return [i * ratio for i in reversed(range(steps))]
+    def timesteps(self, steps: int, spacing: str = "leading") -> list[int]:
+        """Sampling timesteps, largest first, as diffusers spaces them. "leading" (DDPM/DDIM default): 0, r, 2r, ... with
+        r = T // steps; "trailing": round(T, T - T/steps, ...) - 1, which starts at T - 1 and so suits few-step sampling
+        (Lin et al. 2024). The step from t goes to t - T // steps (clean data below 0), as in diffusers."""
+        T = self.num_train_timesteps
+        if spacing == "leading":
+            return [i * (T // steps) for i in reversed(range(steps))]
+        if spacing == "trailing":
+            return [round(T - i * T / steps) - 1 for i in range(steps)]
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose leading or trailing")
 
     def linspace_timesteps(self, steps: int) -> list[int]:
         """diffusers' "linspace" spacing (DPM-Solver default): round(linspace(0, T-1, steps+1)) reversed, last dropped."""

@@ -47,12 +47,12 @@ def _x0_eps(model, x, t: int, abar: float, prediction_type: str, clip_sample: fl
 @torch.no_grad()
 def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int | None = None,
                 prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
-                progress: Callable = iter, **cond) -> Tensor:
+                timestep_spacing: str = "leading", progress: Callable = iter, **cond) -> Tensor:
     """Ancestral sampling with the "fixed_small" posterior variance (Ho et al. 2020); ``steps`` < T strides the chain."""
     abar = schedule.alphas_cumprod.tolist()
     steps = steps or schedule.num_train_timesteps
     ratio, x = schedule.num_train_timesteps // steps, x_T
-    for t in progress(schedule.leading_timesteps(steps)):
+    for t in progress(schedule.timesteps(steps, timestep_spacing)):
         a_t, a_prev = abar[t], abar[t - ratio] if t - ratio >= 0 else 1.0
         alpha_step = a_t / a_prev
         x0, _ = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
@@ -66,11 +66,11 @@ def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
 @torch.no_grad()
 def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int, eta: float = 0.0,
                 prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
-                progress: Callable = iter, **cond) -> Tensor:
+                timestep_spacing: str = "leading", progress: Callable = iter, **cond) -> Tensor:
     """DDIM (Song et al. 2021): eta = 0 is the deterministic first-order solver of the probability-flow ODE."""
     abar = schedule.alphas_cumprod.tolist()
     ratio, x = schedule.num_train_timesteps // steps, x_T
-    for t in progress(schedule.leading_timesteps(steps)):
+    for t in progress(schedule.timesteps(steps, timestep_spacing)):
         a_t, a_prev = abar[t], abar[t - ratio] if t - ratio >= 0 else 1.0
         x0, eps = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
         std = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))

@@ -2,5 +2,6 @@
 
 - `embeddings`: sinusoidal (DDPM convention) and Gaussian Fourier time / noise-level embeddings.
 - `graph`: exact pure-torch `radius_graph`, `knn_graph`, `radius`, `knn` with PyG's conventions (pyg-lib is not installable).
-- `unet1d`: Diffusion Policy's conditional 1D U-Net.
+- `unet1d`: Diffusion Policy's conditional 1D U-Net (FiLM conditioning).
+- `vision`: a small ResNet image encoder (GroupNorm, spatial softmax) for image-conditioned policies.
 """
