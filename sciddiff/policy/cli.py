@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="first env seed")
     p.add_argument("--batch-size", type=int, default=10, help="episodes run in lockstep")
-    p.add_argument("--sampler", choices=("ddim", "dpmpp_2m", "ddpm"), default=None, help="override the policy's")
+    p.add_argument("--sampler", choices=("ddim", "ddim_trailing", "dpmpp_2m", "ddpm"), default=None, help="override the policy's")
     p.add_argument("--inference-steps", type=int, default=None, help="override the policy's denoising steps")
     p.add_argument("--env-obs-type", choices=("state", "environment_state_agent_pos", "pixels_agent_pos"),
                    default=None, help="gym-pusht observation type (default: matches the policy)")

@@ -21,7 +21,7 @@ from sciddiff.nn.unet1d import ConditionalUnet1D
 from sciddiff.nn.vision import ImageEncoder
 from sciddiff.policy.normalizer import MinMaxNormalizer, pixels_to_unit
 
-SAMPLERS = ("ddim", "dpmpp_2m", "ddpm")
+SAMPLERS = ("ddim", "dpmpp_2m", "ddpm", "ddim_trailing")
 
 
 @dataclass
@@ -152,8 +152,9 @@ class DiffusionPolicy(nn.Module):
                           dtype=cond.dtype)
         common = dict(prediction_type=c.prediction_type, clip_sample=c.clip_sample, global_cond=cond)
         unet = self._denoiser(cond.device)
-        if sampler == "ddim":
-            return sample_ddim(unet, x_T, self.schedule, steps=steps, generator=generator, **common)
+        if sampler in ("ddim", "ddim_trailing"):  # trailing spacing starts at t = T - 1: better with few steps
+            spacing = "trailing" if sampler == "ddim_trailing" else "leading"
+            return sample_ddim(unet, x_T, self.schedule, steps=steps, generator=generator, timestep_spacing=spacing, **common)
         if sampler == "dpmpp_2m":
             return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, **common)
         if sampler == "ddpm":
