@@ -1,0 +1,40 @@
+#!/bin/bash
+# Train the PushT state and image diffusion policies concurrently on one GPU (run from the repo root).
+# Needs only python3 + torch + numpy + tqdm there; data = .gpu/policy/pusht_{state,image}.npz, made on the CPU with
+#   sciddiff policy prepare --obs-type state --out .gpu/policy/pusht_state.npz   (and --obs-type image)
+# Returns 2 files: $OUT/policy_state.tar and $OUT/policy_image.tar (policy.pt + policy.json + log.csv + train.log each;
+# the state tar also holds latency.log: CPU ms per action chunk on 2 pinned cores).
+# POLICY_SECONDS: training seconds per process after data loading (default 400; the whole script takes ~+40 s).
+# CPU smoke test: OUT=/tmp/o POLICY_SECONDS=5 POLICY_COMPILE= POLICY_LOG_EVERY=2 POLICY_EXTRA="--threads 1" bash .gpu/policy/run_gpu.sh
+set -u
+OUT=${OUT:-/tmp/policy_out}
+BUDGET=${POLICY_SECONDS:-400}
+WORK=$(mktemp -d /tmp/policy_gpu.XXXX)
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# CPU latency of the shipped (CPU-trained) state policy on 2 pinned cores, before the GPU work starts (~10 s)
+pin() { if command -v taskset >/dev/null; then taskset -c 0,1 "$@"; else "$@"; fi; }
+pin python3 -m sciddiff.policy.latency data/policy/pusht_state.pt --threads 2 --repeats 50 \
+    --settings default,ddim:8,dpmpp_2m:4 > $WORK/latency.log 2>&1
+cat $WORK/latency.log
+common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler dpmpp_2m --inference-steps 5 ${POLICY_EXTRA:-}"
+python3 -m sciddiff.policy.train --data .gpu/policy/pusht_state.npz --obs-type state --out $WORK/policy_state \
+    --state $WORK/state_train.pt --batch-size 1024 $common > $WORK/state.log 2>&1 &
+pid_state=$!
+python3 -m sciddiff.policy.train --data .gpu/policy/pusht_image.npz --obs-type image --out $WORK/policy_image \
+    --state $WORK/image_train.pt --batch-size 512 $common > $WORK/image.log 2>&1 &
+pid_image=$!
+wait $pid_state; rc_state=$?
+wait $pid_image; rc_image=$?
+pin python3 -m sciddiff.policy.latency $WORK/policy_state/policy.pt $WORK/policy_image/policy.pt --threads 2 \
+    --repeats 50 --settings default >> $WORK/latency.log 2>&1
+tail -n 4 $WORK/latency.log
+cp $WORK/latency.log $WORK/policy_state/latency.log 2>/dev/null
+for kind in state image; do
+    mkdir -p $WORK/policy_$kind
+    tr '\r' '\n' < $WORK/$kind.log | grep -v '^train ' > $WORK/policy_$kind/train.log
+    tail -n 4 $WORK/policy_$kind/train.log
+    (cd $WORK && tar cf $OUT/policy_$kind.tar policy_$kind)
+done
+echo "exit codes: state=$rc_state image=$rc_image"
+ls -la $OUT
