@@ -1,0 +1,187 @@
+"""The docking pipeline: fresh conformer -> pose proposals (reverse diffusion and/or random) -> physics search with the
+scoring function -> exact polishing -> clustering and ranking.
+
+Blind docking (no box) docks into the `pockets` best geometric pockets and ranks all poses together. Scores are
+the Vina-like intermolecular energy / (1 + 0.0585 n_torsions) in kcal/mol-like units (lower is better); ranking
+uses the search objective (intermolecular + intra-ligand energy). Confidence is the consensus of the search:
+the fraction of all search chains whose final pose lies within 2 A (RMSD) of the ranked pose.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from rdkit import Chem
+from tqdm.auto import tqdm
+
+from sciddiff.cli import UserError
+from sciddiff.dock import featurize
+from sciddiff.dock.io import Box, Receptor
+from sciddiff.dock.ligand import generate_conformers, rotatable_torsions
+from sciddiff.dock.pockets import find_pockets
+from sciddiff.dock.pose import PoseSpace
+from sciddiff.dock.scoring import ScoringFunction
+from sciddiff.dock.search import Poses, basin_hopping, fit_pose, local_opt
+
+RECEPTOR_CROP = 22.0  # residues the score model sees around the box centre (as in training, data.TRAIN_CROP)
+
+
+@dataclass
+class DockSettings:
+    samples: int = 8          # reverse-diffusion samples, each a search start (needs a model)
+    random_starts: int = 80   # further starts: uniformly random poses in the box
+    steps: int = 10           # reverse-diffusion steps
+    poses: int = 10           # ranked poses returned
+    opt_steps: int = 60       # gradient steps on every start
+    mc_chains: int = 96       # the best this many local minima continue as Monte Carlo chains
+    mc_rounds: int = 40       # basin-hopping rounds per chain
+    mc_steps: int = 20        # gradient steps per round
+    pockets: int = 3          # blind docking: number of pockets searched
+    scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
+    seed: int = 0
+
+
+@dataclass
+class DockResult:
+    coords: np.ndarray        # (K, N, 3) ranked poses, heavy atoms in the ligand's atom order
+    score: np.ndarray         # (K,) Vina-like score
+    energy: np.ndarray        # (K,) search objective (inter + intra)
+    confidence: np.ndarray    # (K,) consensus in [0, 1]
+    region: np.ndarray        # (K,) index of the box/pocket the pose was found in
+    boxes: list[Box]
+    timings: dict[str, float] = field(default_factory=dict)
+    n_torsions: int = 0
+
+    def summary(self) -> dict:
+        return {"n_torsions": self.n_torsions, "timings": {k: round(v, 3) for k, v in self.timings.items()},
+                "boxes": [{"center": b.center.round(3).tolist(), "size": b.size.round(3).tolist()} for b in self.boxes]}
+
+
+def _rmsd_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a[:, None] - b[None]) ** 2).sum(-1).mean(-1).sqrt()
+
+
+def _distinct(x: torch.Tensor, energy: torch.Tensor, n: int, threshold: float = 1.0) -> list[int]:
+    """Indices of up to n lowest-energy poses that are pairwise more than `threshold` A RMSD apart (plain RMSD:
+    symmetry-equivalent copies are not merged)."""
+    d = _rmsd_matrix(x, x)
+    keep: list[int] = []
+    for j in energy.argsort().tolist():
+        if all(d[j, k] > threshold for k in keep):
+            keep.append(j)
+            if len(keep) == n:
+                break
+    return keep
+
+
+def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, settings: DockSettings | None = None,
+         device: str = "cpu", show_progress: bool = True) -> DockResult:
+    s = settings or DockSettings()
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+    gen = torch.Generator().manual_seed(s.seed)
+    try:
+        conformer = generate_conformers(mol, 1, seed=s.seed)[0]
+    except ValueError as err:
+        raise UserError(f"cannot generate a 3D conformer for the ligand: {err}") from None
+    tors = rotatable_torsions(mol)
+    space = PoseSpace(torch.as_tensor(conformer), tors)
+    extent = float(np.ptp(conformer, 0).max())
+    if box is not None:
+        regions = [box]
+    else:
+        regions = find_pockets(receptor, n=s.pockets, ligand_extent=extent)
+        if not regions:
+            raise UserError("no pocket found on the protein: give a box (--autobox-ligand or --center/--size)")
+    timings["prepare"] = time.perf_counter() - tick
+
+    pool, pool_region, grids = [], [], []
+    bar = tqdm(total=len(regions) * (s.mc_rounds + (s.steps if model is not None else 0)), disable=not show_progress,
+               desc="docking", leave=False)
+    for i, region in enumerate(regions):
+        tick = time.perf_counter()
+        sf = ScoringFunction(receptor, mol, tors.n, region=region, function=s.scoring)
+        grids.append(sf)
+        timings["grid"] = timings.get("grid", 0.0) + time.perf_counter() - tick
+        center = torch.as_tensor(region.center)
+        starts = []
+        if model is not None and s.samples > 0:
+            tick = time.perf_counter()
+            starts.append(_diffusion_starts(model, receptor, mol, tors, space, region, s, gen, device,
+                                            lambda it: _counting(it, bar)))
+            timings["diffusion"] = timings.get("diffusion", 0.0) + time.perf_counter() - tick
+        n_random = s.random_starts if (model is not None and s.samples > 0) else s.random_starts + s.samples
+        if n_random > 0:
+            half = torch.as_tensor(np.maximum(region.size / 2 - extent / 4, 1.0))
+            starts.append(space.random(n_random, center, half, generator=gen))
+        tr = torch.cat([p[0] for p in starts])
+        rot = torch.cat([p[1] for p in starts])
+        theta = torch.cat([p[2] for p in starts])
+        tick = time.perf_counter()
+        poses = local_opt(sf, space, tr, rot, theta, steps=s.opt_steps)
+        # many cheap starts, then Monte Carlo only from the best minima (per-step cost is mostly overhead, so a
+        # wide first pass is nearly free; the chains are where the time goes)
+        poses = poses.take(poses.energy.argsort()[: s.mc_chains])
+        poses = basin_hopping(sf, space, poses, s.mc_rounds, s.mc_steps, gen, progress=lambda it: _counting(it, bar))
+        timings["search"] = timings.get("search", 0.0) + time.perf_counter() - tick
+        pool.append(poses)
+        pool_region.append(torch.full((len(poses.energy),), i))
+    bar.close()
+
+    tick = time.perf_counter()
+    allp = Poses.cat(pool)
+    regs = torch.cat(pool_region)
+    all_x = space.coords(allp.tr, allp.rot, allp.theta, realign=False)
+    # chains often end in the same minimum: polish the 2 x poses best DISTINCT ones
+    order = torch.as_tensor(_distinct(all_x, allp.energy, 2 * s.poses))
+    polished, polished_reg = [], []
+    for i in range(len(regions)):  # exact polish with each pose's own region's receptor atoms
+        idx = order[regs[order] == i]
+        if len(idx) == 0:
+            continue
+        p = allp.take(idx)
+        polished.append(local_opt(grids[i], space, p.tr, p.rot, p.theta, steps=30, lr=(0.05, 0.02, 0.05), exact=True))
+        polished_reg.append(regs[idx])
+    best = Poses.cat(polished)
+    best_reg = torch.cat(polished_reg)
+    x = space.coords(best.tr, best.rot, best.theta, realign=False)
+    keep = _distinct(x, best.energy, s.poses)
+    keep_t = torch.as_tensor(keep)
+    xk = x[keep_t]
+    confidence = (_rmsd_matrix(xk, all_x) < 2.0).float().mean(1)
+    scores = torch.stack([grids[int(best_reg[j])].score(x[j:j + 1])[0] for j in keep])
+    timings["rank"] = time.perf_counter() - tick
+    return DockResult(coords=xk.detach().numpy(), score=scores.detach().numpy(), energy=best.energy[keep_t].numpy(),
+                      confidence=confidence.numpy(), region=best_reg[keep_t].numpy(), boxes=regions, timings=timings,
+                      n_torsions=tors.n)
+
+
+def _counting(iterable, bar):
+    for item in iterable:
+        yield item
+        bar.update(1)
+
+
+def _diffusion_starts(model, receptor: Receptor, mol: Chem.Mol, tors, space: PoseSpace, region: Box, s: DockSettings,
+                      gen: torch.Generator, device: str, progress) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sciddiff.dock.sampler import ComplexScore, sample_poses
+
+    rec = featurize.receptor_graph(receptor, center=region.center, radius=RECEPTOR_CROP)
+    if rec["pos"].shape[0] == 0:
+        rec = featurize.receptor_graph(receptor)
+    lig = featurize.ligand_graph(mol, tors)
+    dev = torch.device(device)
+    rec = {k: v.to(dev) for k, v in rec.items()}
+    lig = {k: v.to(dev) for k, v in lig.items()}
+    dspace = PoseSpace(space.local.to(dev), tors)
+    score = ComplexScore(model, rec, lig, dspace)
+    dgen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    tr, rot, theta = sample_poses(score, torch.as_tensor(region.center, device=dev), s.samples, s.steps, dgen, progress)
+    x = dspace.coords(tr, rot, theta).cpu()
+    return fit_pose(space, x)
+
+
+def settings_dict(s: DockSettings) -> dict:
+    return asdict(s)

@@ -1,0 +1,302 @@
+"""Reading and checking docking inputs; writing poses.
+
+Conventions: coordinates in Angstrom, float32 numpy arrays. The receptor keeps heavy atoms only (hydrogens are
+dropped: inputs disagree on whether they carry them), metals and cofactors (HETATM that are not water) stay as
+receptor atoms because ligands clash with them otherwise. Every reader accepts `.gz`. Every problem the user can
+fix is raised as `sciddiff.cli.UserError` with one line of text.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem, RDLogger
+
+from sciddiff.cli import UserError
+
+MAX_HEAVY_ATOMS = 150
+WATERS = {"HOH", "WAT", "DOD", "H2O", "TIP", "TIP3", "SOL"}
+AMINO_ACIDS = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
+               "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL")
+# Modified residues that are amino acids for the residue graph.
+AA_ALIASES = {"MSE": "MET", "HID": "HIS", "HIE": "HIS", "HIP": "HIS", "CYX": "CYS", "SEP": "SER", "TPO": "THR",
+              "PTR": "TYR", "KCX": "LYS", "LLP": "LYS", "CSO": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS"}
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", errors="replace") as fh:
+                return fh.read()
+        return path.read_text(errors="replace")
+    except (OSError, EOFError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def _stem_suffix(path: str | os.PathLike) -> str:
+    """The format suffix of a file, looking through a trailing .gz (`x.sdf.gz` -> `.sdf`)."""
+    path = Path(path)
+    return Path(path.stem).suffix.lower() if path.suffix == ".gz" else path.suffix.lower()
+
+
+# ----------------------------------------------------------------------------------------------------- receptor
+@dataclass
+class Receptor:
+    """Heavy atoms of a protein (with cofactors and metals) plus a one-node-per-residue view for the network."""
+
+    coords: np.ndarray            # (A, 3) heavy atoms
+    elements: np.ndarray          # (A,) element symbols, capitalised ("C", "Zn")
+    atom_names: np.ndarray        # (A,) PDB atom names
+    res_names: np.ndarray         # (A,) residue names
+    atom_res: np.ndarray          # (A,) index into the residue arrays, -1 for hetero atoms
+    is_hetero: np.ndarray         # (A,) bool: cofactor / metal / non-standard
+    res_type: np.ndarray          # (R,) int in [0, 21): 20 amino acids + unknown
+    res_ca: np.ndarray            # (R, 3) C-alpha
+    res_n: np.ndarray             # (R, 3) backbone N (C-alpha when missing)
+    res_c: np.ndarray             # (R, 3) backbone C
+    res_sc: np.ndarray            # (R, 3) side-chain centroid (C-alpha for glycine)
+    pdb_text: str = field(repr=False, default="")   # the input's ATOM/HETATM records, for complex output
+
+    @property
+    def n_residues(self) -> int:
+        return len(self.res_ca)
+
+
+def load_receptor(path: str | os.PathLike) -> Receptor:
+    """Parse a PDB(.gz) with biopython. Raises UserError for unreadable files or a protein without residues."""
+    from Bio.PDB import PDBParser
+    from Bio.PDB.PDBExceptions import PDBConstructionWarning
+
+    suffix = _stem_suffix(path)
+    if suffix not in (".pdb", ".ent"):
+        raise UserError(f"protein must be a .pdb or .pdb.gz file, got {Path(path).name}")
+    text = _read_text(path)
+    records = [ln for ln in text.splitlines() if ln.startswith(("ATOM", "HETATM", "TER"))]
+    if not any(ln.startswith(("ATOM", "HETATM")) for ln in records):
+        raise UserError(f"no ATOM/HETATM records in {path}: not a PDB file?")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PDBConstructionWarning)
+        try:
+            structure = PDBParser(QUIET=True).get_structure("rec", io.StringIO("\n".join(records) + "\nEND\n"))
+        except Exception as err:  # biopython raises many kinds on malformed files
+            raise UserError(f"cannot parse protein {path}: {err}") from None
+    models = list(structure)
+    if not models:
+        raise UserError(f"no model in {path}")
+
+    coords, elements, names, resnames, atom_res, hetero = [], [], [], [], [], []
+    res_type, res_ca, res_n, res_c, res_sc = [], [], [], [], []
+    for chain in models[0]:
+        for res in chain:
+            hetflag = res.id[0]
+            resname = res.get_resname().strip()
+            if resname in WATERS or hetflag == "W":
+                continue
+            aa = AA_ALIASES.get(resname, resname)
+            atoms = []
+            for atom in res:
+                if atom.is_disordered():
+                    atom = atom.selected_child
+                el = (atom.element or "").strip().capitalize()
+                if not el or el == "X":  # element column missing and biopython could not guess
+                    el = atom.get_id().strip().lstrip("0123456789")[:1].capitalize()
+                if el in ("H", "D"):
+                    continue
+                atoms.append((atom, el))
+            if not atoms:
+                continue
+            is_aa = aa in AMINO_ACIDS and "CA" in res
+            if is_aa:
+                r = len(res_ca)
+                ca = res["CA"].coord
+                res_type.append(AMINO_ACIDS.index(aa))
+                res_ca.append(ca)
+                res_n.append(res["N"].coord if "N" in res else ca)
+                res_c.append(res["C"].coord if "C" in res else ca)
+                sc = [a.coord for a, _ in atoms if a.get_id() not in ("N", "CA", "C", "O", "OXT")]
+                res_sc.append(np.mean(sc, axis=0) if sc else ca)
+            for atom, el in atoms:
+                coords.append(atom.coord)
+                elements.append(el)
+                names.append(atom.get_id())
+                resnames.append(resname)
+                atom_res.append(r if is_aa else -1)
+                hetero.append(not is_aa)
+    if not res_ca:
+        raise UserError(f"protein {path} has no amino-acid residues with a C-alpha atom")
+    f32 = lambda x: np.asarray(x, dtype=np.float32).reshape(-1, 3)  # noqa: E731
+    return Receptor(
+        coords=f32(coords), elements=np.array(elements), atom_names=np.array(names), res_names=np.array(resnames),
+        atom_res=np.array(atom_res, dtype=np.int64), is_hetero=np.array(hetero, dtype=bool),
+        res_type=np.array(res_type, dtype=np.int64), res_ca=f32(res_ca), res_n=f32(res_n), res_c=f32(res_c),
+        res_sc=f32(res_sc), pdb_text="\n".join(ln for ln in records if not ln.startswith("TER")) + "\n",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- ligand
+def _mol_from_file(path: Path, sanitize: bool) -> Chem.Mol | None:
+    suffix = _stem_suffix(path)
+    text = _read_text(path)
+    if suffix in (".sdf", ".mol", ".sd"):
+        supplier = Chem.ForwardSDMolSupplier(io.BytesIO(text.encode()), sanitize=sanitize, removeHs=False)
+        return next(iter(supplier), None)
+    if suffix == ".mol2":
+        return Chem.MolFromMol2Block(text, sanitize=sanitize, removeHs=False)
+    if suffix in (".smi", ".smiles", ".txt"):
+        first = text.strip().split()
+        return Chem.MolFromSmiles(first[0], sanitize=sanitize) if first else None
+    if suffix == ".pdb":
+        return Chem.MolFromPDBBlock(text, sanitize=sanitize, removeHs=False)
+    raise UserError(f"ligand must be .sdf, .mol, .mol2, .smi or .pdb (optionally .gz), or a SMILES string; got {path.name}")
+
+
+def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS, largest_fragment: bool = True) -> Chem.Mol:
+    """Read a ligand from a file or a SMILES string and return a sanitized heavy-atom molecule.
+
+    The input coordinates are kept on the returned molecule (they are only used as a reference, e.g. for RMSD);
+    docking always starts from fresh conformers. Salts/solvents: the largest fragment is kept.
+    """
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        path = Path(spec)
+        looks_like_file = path.suffix != "" or os.sep in str(spec) or path.exists()
+        if looks_like_file and not path.is_file() and Chem.MolFromSmiles(str(spec)) is None:
+            raise UserError(f"ligand file not found: {spec}")
+        if path.is_file():
+            raw = _mol_from_file(path, sanitize=False)
+            what = str(path)
+        else:
+            raw = Chem.MolFromSmiles(str(spec), sanitize=False)
+            what = f"SMILES {spec!r}"
+        if raw is None:
+            raise UserError(f"cannot parse ligand {what}")
+        mol = Chem.Mol(raw)
+        try:
+            Chem.SanitizeMol(mol)
+        except Exception as err:  # rdkit raises several sanitization exception types
+            raise UserError(f"ligand {what} fails RDKit sanitization: {str(err).splitlines()[0]}") from None
+        mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
+        if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
+            frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+            mol = max(frags, key=lambda m: m.GetNumAtoms())
+        n_heavy = mol.GetNumAtoms()
+        if n_heavy == 0:
+            raise UserError(f"ligand {what} has no heavy atoms")
+        if n_heavy > max_heavy_atoms:
+            raise UserError(f"ligand {what} has {n_heavy} heavy atoms; the limit is {max_heavy_atoms}")
+        Chem.SanitizeMol(mol)
+        return mol
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+
+
+def ligand_coords(mol: Chem.Mol, conf_id: int = -1) -> np.ndarray:
+    return np.asarray(mol.GetConformer(conf_id).GetPositions(), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------- box
+@dataclass(frozen=True)
+class Box:
+    center: np.ndarray  # (3,)
+    size: np.ndarray    # (3,) full edge lengths
+
+    def contains(self, xyz: np.ndarray, pad: float = 0.0) -> np.ndarray:
+        return np.all(np.abs(xyz - self.center) <= self.size / 2 + pad, axis=-1)
+
+
+def box_from_ligand(path: str | os.PathLike, add: float = 4.0) -> Box:
+    """gnina's --autobox_ligand: the reference's bounding box grown by `add` Angstrom on every side."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"autobox ligand not found: {path}")
+    mol = _mol_from_file(path, sanitize=False)
+    if mol is None or mol.GetNumConformers() == 0 or mol.GetNumAtoms() == 0:
+        raise UserError(f"cannot read coordinates from autobox ligand {path}")
+    xyz = mol.GetConformer().GetPositions()
+    lo, hi = xyz.min(0), xyz.max(0)
+    return Box(center=((lo + hi) / 2).astype(np.float32), size=(hi - lo + 2 * add).astype(np.float32))
+
+
+def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_add: float | None = None,
+                center: list[float] | None = None, size: list[float] | None = None) -> Box | None:
+    """Turn the box options into a Box (None = blind docking), rejecting contradictions."""
+    if autobox_ligand and (center is not None or size is not None):
+        raise UserError("give either --autobox-ligand or --center/--size, not both")
+    if autobox_add is not None and not autobox_ligand:
+        raise UserError("--autobox-add needs --autobox-ligand")
+    if (center is None) != (size is None):
+        raise UserError("--center and --size go together")
+    if autobox_ligand:
+        add = 4.0 if autobox_add is None else float(autobox_add)
+        if add < 0:
+            raise UserError("--autobox-add must be >= 0")
+        box = box_from_ligand(autobox_ligand, add)
+    elif center is not None:
+        size_arr = np.asarray(size, dtype=np.float32)
+        if np.any(~np.isfinite(size_arr)) or np.any(size_arr <= 0):
+            raise UserError("--size values must be positive")
+        box = Box(center=np.asarray(center, dtype=np.float32), size=size_arr)
+    else:
+        return None
+    if not np.any(box.contains(receptor.coords, pad=4.0)):
+        raise UserError(f"the box (centre {np.round(box.center, 2).tolist()}, size {np.round(box.size, 2).tolist()}) "
+                        "contains no protein atoms (within 4 A): wrong coordinates or wrong protein?")
+    if np.any(box.size > 60):
+        raise UserError(f"box size {box.size.tolist()} exceeds 60 A per side; leave the box out for blind docking")
+    return box
+
+
+# ----------------------------------------------------------------------------------------------------- output
+def pose_mol(mol: Chem.Mol, coords: np.ndarray, tags: dict[str, object] | None = None, name: str | None = None) -> Chem.Mol:
+    """A copy of `mol` with a single conformer at `coords` and SD properties `tags`."""
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    conf = Chem.Conformer(out.GetNumAtoms())
+    for i, (x, y, z) in enumerate(np.asarray(coords, dtype=np.float64)):
+        conf.SetAtomPosition(i, (x, y, z))
+    conf.Set3D(True)
+    out.AddConformer(conf, assignId=True)
+    if name:
+        out.SetProp("_Name", name)
+    for key, value in (tags or {}).items():
+        out.SetProp(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return out
+
+
+def sdf_block(mol: Chem.Mol) -> str:
+    buf = io.StringIO()
+    with Chem.SDWriter(buf) as writer:
+        writer.SetKekulize(True)
+        writer.write(mol)
+    return buf.getvalue()
+
+
+def complex_pdb(receptor: Receptor, mol: Chem.Mol) -> str:
+    """Receptor records followed by the ligand as HETATM residue LIG, chain L."""
+    lig = Chem.Mol(mol)
+    info_mol = Chem.MolToPDBBlock(lig, flavor=4)  # flavor 4: no MASTER record
+    lig_lines = []
+    for ln in info_mol.splitlines():
+        if ln.startswith(("HETATM", "ATOM")):
+            ln = "HETATM" + ln[6:17] + "LIG L" + ln[22:]
+            lig_lines.append(ln)
+        elif ln.startswith("CONECT"):
+            lig_lines.append(ln)
+    # CONECT serials refer to the ligand's own numbering: renumber after the receptor atoms.
+    offset = sum(1 for ln in receptor.pdb_text.splitlines() if ln.startswith(("ATOM", "HETATM")))
+    out = []
+    for ln in lig_lines:
+        if ln.startswith("CONECT"):
+            serials = [int(ln[i:i + 5]) for i in range(6, len(ln), 5) if ln[i:i + 5].strip()]
+            out.append("CONECT" + "".join(f"{s + offset:5d}" for s in serials))
+        else:
+            out.append(ln[:6] + f"{int(ln[6:11]) + offset:5d}" + ln[11:])
+    return receptor.pdb_text + "TER\n" + "\n".join(out) + "\nEND\n"

@@ -1,0 +1,179 @@
+"""Ligand flexibility: rotatable bonds, torsion angles, conformers, rigid alignment and symmetry-aware RMSD.
+
+A rotatable bond is a single, acyclic bond between two heavy atoms that both have another heavy neighbour, and that
+is not an amide C(=O)-N bond (planar; Vina and meeko freeze it too). Removing it splits the heavy-atom graph; the
+smaller side moves (ties: the side of the bond's second atom). Torsion angles are dihedrals a-u-v-b in radians with
+a, b the lowest-index heavy neighbours; rotating about bond k changes only dihedral k, so absolute torsions can be
+set from any reference conformer. After a torsion change the pose is Kabsch re-aligned onto the pre-change
+coordinates, so torsions never move the rigid frame (translation/rotation stay separate degrees of freedom).
+Coordinates: Angstrom; torch functions batch over leading dimensions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rdkit import Chem
+from rdkit.Chem import AllChem, rdMolAlign
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+AMIDE = Chem.MolFromSmarts("[CX3](=[O,S])-[NX3]")
+
+
+@dataclass
+class Torsions:
+    bonds: np.ndarray     # (m, 2) int: (u, v), the side of v moves
+    dihedral: np.ndarray  # (m, 4) int: a, u, v, b
+    mask: np.ndarray      # (m, N) bool: atoms that move when bond k turns
+
+    @property
+    def n(self) -> int:
+        return len(self.bonds)
+
+
+def rotatable_torsions(mol: Chem.Mol) -> Torsions:
+    """Rotatable bonds of a heavy-atom molecule, their moving sides and dihedral definitions."""
+    n = mol.GetNumAtoms()
+    amide = {frozenset((m[0], m[2])) for m in mol.GetSubstructMatches(AMIDE)}
+    edges = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()], dtype=np.int64).reshape(-1, 2)
+    bonds, dihedrals, masks = [], [], []
+    for k, bond in enumerate(mol.GetBonds()):
+        u, v = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        if bond.GetBondType() != Chem.BondType.SINGLE or bond.IsInRing() or frozenset((u, v)) in amide:
+            continue
+        nu = sorted(a.GetIdx() for a in mol.GetAtomWithIdx(u).GetNeighbors() if a.GetIdx() != v)
+        nv = sorted(a.GetIdx() for a in mol.GetAtomWithIdx(v).GetNeighbors() if a.GetIdx() != u)
+        if not nu or not nv:
+            continue
+        if any(mol.GetAtomWithIdx(i).GetHybridization() == Chem.HybridizationType.SP for i in (u, v)):
+            continue  # rotating next to a linear atom does nothing useful
+        keep = np.ones(len(edges), dtype=bool)
+        keep[k] = False
+        e = edges[keep]
+        graph = csr_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+        _, labels = connected_components(graph, directed=False)
+        side_v = labels == labels[v]
+        if side_v.sum() > n - side_v.sum():  # move the smaller side
+            u, v, nu, nv, side_v = v, u, nv, nu, ~side_v
+        bonds.append((u, v))
+        dihedrals.append((nu[0], u, v, nv[0]))
+        masks.append(side_v)
+    return Torsions(
+        bonds=np.array(bonds, dtype=np.int64).reshape(-1, 2),
+        dihedral=np.array(dihedrals, dtype=np.int64).reshape(-1, 4),
+        mask=np.array(masks, dtype=bool).reshape(-1, n),
+    )
+
+
+def dihedral_angles(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Dihedral angles (..., m) in (-pi, pi] of atoms idx (m, 4) in coordinates x (..., N, 3)."""
+    p0, p1, p2, p3 = (x[..., idx[:, i], :] for i in range(4))
+    b0, b1, b2 = p0 - p1, p2 - p1, p3 - p2
+    b1n = b1 / b1.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    v = b0 - (b0 * b1n).sum(-1, keepdim=True) * b1n
+    w = b2 - (b2 * b1n).sum(-1, keepdim=True) * b1n
+    return torch.atan2((torch.cross(b1n, v, dim=-1) * w).sum(-1), (v * w).sum(-1))
+
+
+def rotate_about_axis(p: torch.Tensor, origin: torch.Tensor, axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rodrigues rotation of points p (..., N, 3) about the line (origin, unit axis) (..., 3) by angle (...)."""
+    k = axis[..., None, :]
+    q = p - origin[..., None, :]
+    c, s = torch.cos(angle)[..., None, None], torch.sin(angle)[..., None, None]
+    kq = (k * q).sum(-1, keepdim=True)
+    return origin[..., None, :] + q * c + torch.cross(k.expand_as(q), q, dim=-1) * s + k * kq * (1 - c)
+
+
+def apply_torsion_deltas(x: torch.Tensor, bonds: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Turn each rotatable bond k by delta[..., k] radians (sequentially; the order does not matter).
+
+    x (..., N, 3), bonds (m, 2), mask (m, N) bool, delta (..., m). Returns new coordinates; no re-alignment.
+    """
+    for k in range(bonds.shape[0]):
+        u, v = bonds[k, 0], bonds[k, 1]
+        origin = x[..., v, :]
+        axis = origin - x[..., u, :]
+        axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        moved = rotate_about_axis(x, origin, axis, delta[..., k])
+        x = torch.where(mask[k][:, None], moved, x)
+    return x
+
+
+def kabsch(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation R (..., 3, 3) and translation t (..., 3) minimising |R p + t - q|^2 (p, q: (..., N, 3))."""
+    w = torch.ones(p.shape[:-1], dtype=p.dtype, device=p.device) if weights is None else weights
+    w = (w / w.sum(-1, keepdim=True))[..., None]
+    pc, qc = (p * w).sum(-2), (q * w).sum(-2)
+    h = ((p - pc[..., None, :]) * w).transpose(-1, -2) @ (q - qc[..., None, :])
+    u, _, vt = torch.linalg.svd(h)
+    d = torch.sign(torch.linalg.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
+    diag = torch.ones_like(pc)
+    diag = torch.cat([diag[..., :2], d[..., None]], dim=-1)
+    r = vt.transpose(-1, -2) @ torch.diag_embed(diag) @ u.transpose(-1, -2)
+    return r, qc - (r @ pc[..., None])[..., 0]
+
+
+def set_torsions(x: torch.Tensor, tors: Torsions | tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 delta: torch.Tensor, realign: bool = True) -> torch.Tensor:
+    """Change torsions by delta (..., m) and (by default) Kabsch re-align onto the input coordinates."""
+    if isinstance(tors, Torsions):
+        bonds, mask = torch.as_tensor(tors.bonds, device=x.device), torch.as_tensor(tors.mask, device=x.device)
+    else:
+        bonds, mask = tors[0], tors[1]
+    if bonds.shape[0] == 0:
+        return x
+    y = apply_torsion_deltas(x, bonds, mask, delta)
+    if not realign:
+        return y
+    r, t = kabsch(y, x)
+    return y @ r.transpose(-1, -2) + t[..., None, :]
+
+
+# ----------------------------------------------------------------------------------------------------- conformers
+def generate_conformers(mol: Chem.Mol, n: int = 1, seed: int = 0, optimize: bool = True) -> list[np.ndarray]:
+    """Fresh ETKDGv3 conformers (heavy-atom coordinates (N, 3)), seeded; input coordinates are ignored.
+
+    Hydrogens are added for embedding (and a short MMFF clean-up) and removed afterwards, so heavy-atom geometry
+    is that of a physical conformer.
+    """
+    molh = Chem.AddHs(Chem.Mol(mol), addCoords=False)
+    molh.RemoveAllConformers()
+    params = AllChem.ETKDGv3()
+    params.randomSeed = int(seed) & 0x7FFFFFFF
+    params.numThreads = 1
+    ids = list(AllChem.EmbedMultipleConfs(molh, numConfs=n, params=params))
+    if not ids:  # rare: fall back to random-coordinate embedding
+        params.useRandomCoords = True
+        ids = list(AllChem.EmbedMultipleConfs(molh, numConfs=n, params=params))
+    if not ids:
+        raise ValueError("RDKit could not embed a conformer")
+    if optimize and AllChem.MMFFHasAllMoleculeParams(molh):
+        AllChem.MMFFOptimizeMoleculeConfs(molh, numThreads=1, maxIters=200)
+    n = mol.GetNumAtoms()  # AddHs appends the hydrogens: the input atoms keep their indices
+    return [np.asarray(molh.GetConformer(i).GetPositions()[:n], dtype=np.float32) for i in ids]
+
+
+def match_torsions(conf: np.ndarray, target: np.ndarray, tors: Torsions) -> np.ndarray:
+    """Conformer matching (DiffDock): set the conformer's torsions to the target's and align it onto the target.
+
+    Bond lengths/angles and ring shapes stay the conformer's; the result differs from the target only by what
+    torsions cannot express.
+    """
+    x = torch.as_tensor(conf, dtype=torch.float64)
+    y = torch.as_tensor(target, dtype=torch.float64)
+    idx = torch.as_tensor(tors.dihedral)
+    delta = dihedral_angles(y, idx) - dihedral_angles(x, idx)
+    x = set_torsions(x, tors, delta, realign=False)
+    r, t = kabsch(x, y)
+    return (x @ r.T + t).numpy().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------- RMSD
+def symmetric_rmsd(mol: Chem.Mol, coords_pred: np.ndarray, coords_ref: np.ndarray) -> float:
+    """Heavy-atom RMSD in place (no superposition), minimised over the molecule's graph automorphisms."""
+    from sciddiff.dock.io import pose_mol
+
+    a, b = pose_mol(mol, coords_pred), pose_mol(mol, coords_ref)
+    return float(rdMolAlign.CalcRMS(a, b, maxMatches=10000))

@@ -1,0 +1,71 @@
+"""Writing a docking run to disk atomically: everything goes to a temporary sibling folder that is renamed into
+place at the end, so an interrupted or failed run never leaves a partial output folder."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from rdkit import Chem
+
+from sciddiff.cli import UserError
+from sciddiff.dock.docking import DockResult
+from sciddiff.dock.io import Receptor, complex_pdb, pose_mol, sdf_block
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a folder")
+    return out
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary folder next to `out`; on success it replaces `out` (old contents removed), on error it is
+    deleted."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def write_result(folder: Path, receptor: Receptor, mol: Chem.Mol, result: DockResult, meta: dict, name: str = "ligand") -> dict:
+    """rank{i}.sdf (SD tags rank, confidence, score, energy, pocket), complex_rank1.pdb and summary.json."""
+    poses = []
+    for i in range(len(result.coords)):
+        tags = {"rank": i + 1, "confidence": float(result.confidence[i]), "score": float(result.score[i]),
+                "energy": float(result.energy[i]), "pocket": int(result.region[i]) + 1}
+        pm = pose_mol(mol, result.coords[i], tags, name=f"{name}_rank{i + 1}")
+        (folder / f"rank{i + 1}.sdf").write_text(sdf_block(pm))
+        if i == 0:
+            (folder / "complex_rank1.pdb").write_text(complex_pdb(receptor, pm))
+        poses.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in tags.items()} | {"file": f"rank{i + 1}.sdf"})
+    summary = {**meta, **result.summary(), "poses": poses}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def atomic_file_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temporary sibling + rename)."""
+    from sciddiff.train.checkpoint import atomic_file
+
+    with atomic_file(path, "w") as fh:
+        fh.write(text)

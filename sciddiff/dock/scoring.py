@@ -1,0 +1,284 @@
+"""A differentiable Vina-family empirical scoring function in torch (kcal/mol-like units, lower is better).
+
+Terms on heavy-atom pairs within 8 A, as functions of the surface distance d = r - R_i - R_j:
+  gauss1 exp(-(d/w)^2), gauss2 exp(-((d-3)/2)^2), repulsion d^2 (d < 0),
+  hydrophobic (both hydrophobic) 1 below d = good, falling linearly to 0 at d = bad,
+  hydrogen bond (donor-acceptor pair) 1 below d = good, falling linearly to 0 at d = bad.
+Two parameter sets (`FUNCTIONS`), as in AutoDock Vina 1.2:
+  vina    (Trott & Olson 2010): w 0.5; weights gauss1 -0.0356, gauss2 -0.00516, repulsion 0.840, hydrophobic
+          -0.0351 (0.5 -> 1.5), H-bond -0.587 (-0.7 -> 0); X-Score radii C 1.9, N 1.8, O 1.7.
+  vinardo (Quiroga & Villarreal 2016): w 0.8; gauss1 -0.045, no gauss2, repulsion 0.8, hydrophobic -0.035
+          (0 -> 2.5), H-bond -0.6 (-0.6 -> 0); radii C 2.0, N 1.7, O 1.6.
+Atom typing follows Vina: carbon is hydrophobic unless bonded to a heteroatom; halogens are hydrophobic; O is an
+acceptor and a donor when it carries H; N donates when it carries H and accepts when its lone pair is free; metals
+are donors with R = 1.2 A. Receptor hydrogens are not read: protein donors/acceptors come from residue templates,
+cofactor N/O are treated as acceptors only.
+
+Protein-ligand energies are looked up in precomputed grid maps (one per ligand atom class, trilinear interpolation,
+differentiable in the coordinates; atoms outside the grid pay a quadratic wall) during search, and evaluated
+exactly on atom pairs for the final ranking. The intra-ligand term (pairs more than three bonds apart) uses the
+same steric and hydrophobic terms so that torsion moves cannot fold the ligand onto itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rdkit import Chem
+from scipy.spatial import cKDTree
+
+from sciddiff.dock.io import Box, Receptor
+
+W_ROT = 0.0585  # Vina's conformational-entropy factor: score / (1 + W_ROT * n_torsions)
+CUTOFF = 8.0
+
+
+@dataclass(frozen=True)
+class Function:
+    """One parameter set of the Vina family (see the module docstring)."""
+
+    gauss1: float
+    gauss1_width: float
+    gauss2: float
+    repulsion: float
+    hydrophobic: float
+    hydrophobic_range: tuple[float, float]   # (good, bad) surface distances
+    hbond: float
+    hbond_range: tuple[float, float]
+    radii: dict
+    short_cutoff: float  # beyond it every term except gauss2 is negligible (max r_sum 4.3 A + the terms' reach)
+
+
+FUNCTIONS = {
+    "vina": Function(-0.0356, 0.5, -0.00516, 0.840, -0.0351, (0.5, 1.5), -0.587, (-0.7, 0.0),
+                     {"C": 1.9, "N": 1.8, "O": 1.7, "S": 2.0, "P": 2.1, "F": 1.5, "Cl": 1.8, "Br": 2.0, "I": 2.2},
+                     short_cutoff=6.0),
+    "vinardo": Function(-0.045, 0.8, 0.0, 0.8, -0.035, (0.0, 2.5), -0.6, (-0.6, 0.0),
+                        {"C": 2.0, "N": 1.7, "O": 1.6, "S": 2.0, "P": 2.1, "F": 1.5, "Cl": 1.8, "Br": 2.0, "I": 2.2},
+                        short_cutoff=7.0),
+}
+METALS = {"Zn", "Mg", "Ca", "Fe", "Mn", "Co", "Ni", "Cu", "Na", "K", "Cd", "Hg", "Li", "Sr", "Ba", "Cs", "Rb", "Al"}
+HALOGENS = {"F", "Cl", "Br", "I"}
+METAL_RADIUS = 1.2
+
+# Protein polar atoms by residue template (hydrogens are not read from the PDB).
+PROTEIN_DONORS = {("ARG", "NE"), ("ARG", "NH1"), ("ARG", "NH2"), ("ASN", "ND2"), ("GLN", "NE2"), ("HIS", "ND1"),
+                  ("HIS", "NE2"), ("LYS", "NZ"), ("TRP", "NE1"), ("SER", "OG"), ("THR", "OG1"), ("TYR", "OH"),
+                  ("CYS", "SG")}
+PROTEIN_ACCEPTOR_N = {("HIS", "ND1"), ("HIS", "NE2")}
+
+
+@dataclass
+class AtomTypes:
+    """Per-atom Vina typing: radius, hydrophobic, donor, acceptor (numpy arrays of length N)."""
+
+    radius: np.ndarray
+    hydrophobic: np.ndarray
+    donor: np.ndarray
+    acceptor: np.ndarray
+
+    def classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct (radius, hyd, don, acc) rows and each atom's class index."""
+        table = np.stack([self.radius, self.hydrophobic, self.donor, self.acceptor], 1).astype(np.float32)
+        uniq, inverse = np.unique(table, axis=0, return_inverse=True)
+        return uniq, inverse.reshape(-1)
+
+
+def ligand_types(mol: Chem.Mol, function: str = "vina") -> AtomTypes:
+    radii = FUNCTIONS[function].radii
+    n = mol.GetNumAtoms()
+    radius, hyd, don, acc = np.zeros(n, np.float32), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+    for atom in mol.GetAtoms():
+        i, el = atom.GetIdx(), atom.GetSymbol()
+        nbrs = [a.GetSymbol() for a in atom.GetNeighbors()]
+        has_h = atom.GetTotalNumHs() > 0
+        if el in METALS:
+            radius[i], don[i] = METAL_RADIUS, True
+            continue
+        radius[i] = radii.get(el, 2.0)
+        if el == "C":
+            hyd[i] = all(s in ("C", "H") for s in nbrs)
+        elif el in HALOGENS:
+            hyd[i] = True
+        elif el == "O":
+            acc[i], don[i] = True, has_h
+        elif el == "N":
+            don[i] = has_h
+            acc[i] = _nitrogen_accepts(atom)
+    return AtomTypes(radius, hyd, don, acc)
+
+
+def _nitrogen_accepts(atom: Chem.Atom) -> bool:
+    """Lone pair available: not cationic, not amide/aniline-like (conjugated trivalent N), not pyrrole-type."""
+    if atom.GetFormalCharge() > 0:
+        return False
+    degree = atom.GetDegree() + atom.GetTotalNumHs()
+    if atom.GetIsAromatic():
+        return degree == 2
+    if degree >= 3:
+        for nbr in atom.GetNeighbors():
+            if nbr.GetIsAromatic():
+                return False
+            if any(b.GetBondType() == Chem.BondType.DOUBLE and b.GetOtherAtom(nbr).GetSymbol() in ("O", "S", "N")
+                   for b in nbr.GetBonds()):
+                return False  # amide / urea / sulfonamide-like
+        return degree == 3  # tertiary or secondary amine
+    return True  # imine, nitrile
+
+
+def receptor_types(rec: Receptor, function: str = "vina") -> AtomTypes:
+    radii = FUNCTIONS[function].radii
+    n = len(rec.coords)
+    el = rec.elements
+    radius = np.array([METAL_RADIUS if e in METALS else radii.get(e, 2.0) for e in el], np.float32)
+    hetero_nbr = np.zeros(n, bool)
+    carbons = np.where(el == "C")[0]
+    others = np.where((el != "C") & ~np.isin(el, list(METALS)))[0]
+    if len(carbons) and len(others):
+        pairs = cKDTree(rec.coords[carbons]).query_ball_tree(cKDTree(rec.coords[others]), 1.75)
+        hetero_nbr[carbons] = [len(p) > 0 for p in pairs]
+    hyd = ((el == "C") & ~hetero_nbr) | np.isin(el, list(HALOGENS))
+    key = list(zip(rec.res_names.tolist(), rec.atom_names.tolist()))
+    is_aa = ~rec.is_hetero
+    don = np.array([k in PROTEIN_DONORS for k in key]) & is_aa
+    don |= (rec.atom_names == "N") & (rec.res_names != "PRO") & is_aa
+    don |= np.isin(el, list(METALS))
+    acc = (el == "O") | np.array([k in PROTEIN_ACCEPTOR_N for k in key]) | ((el == "N") & rec.is_hetero)
+    acc &= ~np.isin(el, list(METALS))
+    return AtomTypes(radius, hyd, don, acc)
+
+
+def pair_energy(r: torch.Tensor, r_sum: torch.Tensor, hyd: torch.Tensor, hb: torch.Tensor,
+                terms: str = "all", fn: Function = FUNCTIONS["vina"]) -> torch.Tensor:
+    """Terms for pairs at distance r with summed radii r_sum; hyd/hb are 0/1 pair masks. Zero beyond CUTOFF.
+
+    terms: "all", "short" (everything but gauss2) or "long" (gauss2 only).
+    """
+    d = r - r_sum
+    e = torch.zeros_like(d)
+    if terms in ("all", "short"):
+        (hg, hbad), (bg, bbad) = fn.hydrophobic_range, fn.hbond_range
+        e = (fn.gauss1 * torch.exp(-(d / fn.gauss1_width) ** 2) + fn.repulsion * torch.clamp(d, max=0.0) ** 2
+             + fn.hydrophobic * hyd * torch.clamp((hbad - d) / (hbad - hg), 0.0, 1.0)
+             + fn.hbond * hb * torch.clamp((bbad - d) / (bbad - bg), 0.0, 1.0))
+    if terms in ("all", "long") and fn.gauss2:
+        e = e + fn.gauss2 * torch.exp(-((d - 3.0) / 2.0) ** 2)
+    return torch.where(r < CUTOFF, e, torch.zeros_like(e))
+
+
+class ScoringFunction:
+    """Protein-ligand + intra-ligand energy of one ligand against one receptor, batched over poses (B, N, 3)."""
+
+    def __init__(self, receptor: Receptor, mol: Chem.Mol, n_torsions: int, region: Box | None = None,
+                 spacing: float = 0.5, grid_pad: float = 2.0, function: str = "vina"):
+        self.fn = FUNCTIONS[function]
+        self.lig = ligand_types(mol, function)
+        self.classes, self.atom_class = self.lig.classes()
+        rec_types = receptor_types(receptor, function)
+        self.n_torsions = n_torsions
+        self.entropy = 1.0 + W_ROT * n_torsions
+        keep = np.ones(len(receptor.coords), bool)
+        if region is not None:  # only atoms that can reach the region
+            keep = region.contains(receptor.coords, pad=grid_pad + CUTOFF)
+        self.rec_xyz = torch.as_tensor(receptor.coords[keep])
+        self.rec_r = torch.as_tensor(rec_types.radius[keep])
+        self.rec_hyd = torch.as_tensor(rec_types.hydrophobic[keep], dtype=torch.float32)
+        self.rec_don = torch.as_tensor(rec_types.donor[keep], dtype=torch.float32)
+        self.rec_acc = torch.as_tensor(rec_types.acceptor[keep], dtype=torch.float32)
+        self._intra_pairs(mol)
+        self.grid = None
+        if region is not None:
+            self._build_grid(region, spacing, grid_pad)
+
+    # -------------------------------------------------------------------------------------------- intra-ligand
+    def _intra_pairs(self, mol: Chem.Mol) -> None:
+        dist = Chem.GetDistanceMatrix(mol)
+        i, j = np.where(np.triu(dist > 3, k=1))
+        self.intra_i, self.intra_j = torch.as_tensor(i), torch.as_tensor(j)
+        r = torch.as_tensor(self.lig.radius)
+        h = torch.as_tensor(self.lig.hydrophobic, dtype=torch.float32)
+        self.intra_rsum = r[self.intra_i] + r[self.intra_j]
+        self.intra_hyd = h[self.intra_i] * h[self.intra_j]
+
+    def intra(self, x: torch.Tensor) -> torch.Tensor:
+        """Intra-ligand energy (B,) of poses x (B, N, 3): steric + hydrophobic terms, no H-bonds."""
+        if len(self.intra_i) == 0:
+            return x.new_zeros(x.shape[:-2])
+        r = (x[..., self.intra_i, :] - x[..., self.intra_j, :]).norm(dim=-1)
+        return pair_energy(r, self.intra_rsum.to(x.dtype), self.intra_hyd.to(x.dtype), torch.zeros_like(r),
+                           fn=self.fn).sum(-1)
+
+    # -------------------------------------------------------------------------------------------- exact
+    def inter_exact(self, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """Protein-ligand energy (B,) by explicit pairs (used for final scores; cost B x N x receptor atoms near x)."""
+        lig = self.lig
+        with torch.no_grad():  # receptor atoms that any pose can feel; poses move little during polishing
+            near = (torch.cdist(x.detach().reshape(-1, 3).float(), self.rec_xyz) < CUTOFF + 2.0).any(0)
+        rec_xyz, rec_r, rec_hyd, rec_don, rec_acc = (a[near].to(x.dtype) for a in (
+            self.rec_xyz, self.rec_r, self.rec_hyd, self.rec_don, self.rec_acc))
+        r_l = torch.as_tensor(lig.radius, dtype=x.dtype)
+        h_l = torch.as_tensor(lig.hydrophobic, dtype=x.dtype)
+        d_l = torch.as_tensor(lig.donor, dtype=x.dtype)
+        a_l = torch.as_tensor(lig.acceptor, dtype=x.dtype)
+        out = []
+        for xb in x.split(chunk):
+            r = torch.cdist(xb, rec_xyz[None].expand(xb.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
+            e = pair_energy(r, r_l[:, None] + rec_r, h_l[:, None] * rec_hyd, d_l[:, None] * rec_acc + a_l[:, None] * rec_don,
+                            fn=self.fn)
+            out.append(e.sum((-1, -2)))
+        return torch.cat(out)
+
+    # -------------------------------------------------------------------------------------------- grid
+    def _build_grid(self, region: Box, spacing: float, pad: float) -> None:
+        """Short-range terms on a fine grid (pairs within the function's short cutoff) and, for Vina, the smooth,
+        long-range gauss2 term on a 1 A grid (pairs within 8 A): about 4x fewer pairs than one fine 8 A grid."""
+        lo = region.center - region.size / 2 - pad
+        hi = region.center + region.size / 2 + pad
+        tree = cKDTree(self.rec_xyz.numpy())
+        self.maps = []
+        passes = [(spacing, self.fn.short_cutoff, "short")] + ([(1.0, CUTOFF, "long")] if self.fn.gauss2 else [])
+        for step, cutoff, terms in passes:
+            axes = [np.arange(lo[k], hi[k] + step, step, dtype=np.float32) for k in range(3)]
+            shape = tuple(len(a) for a in axes)
+            pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+            pairs = cKDTree(pts).sparse_distance_matrix(tree, cutoff, output_type="coo_matrix")
+            gi, rj = torch.as_tensor(pairs.row.astype(np.int64)), torch.as_tensor(pairs.col.astype(np.int64))
+            r = torch.as_tensor(pairs.data.astype(np.float32))
+            rec_r, rec_h = self.rec_r[rj], self.rec_hyd[rj]
+            rec_d, rec_a = self.rec_don[rj], self.rec_acc[rj]
+            maps = []
+            for radius, hyd, don, acc in self.classes:
+                e = pair_energy(r, radius + rec_r, hyd * rec_h, don * rec_a + acc * rec_d, terms=terms, fn=self.fn)
+                maps.append(torch.zeros(len(pts)).index_add_(0, gi, e).reshape(shape))
+            lo_t = torch.as_tensor([a[0] for a in axes])
+            hi_t = torch.as_tensor([a[-1] for a in axes])
+            self.maps.append((torch.stack(maps)[None], lo_t, hi_t))  # (1, C, X, Y, Z)
+        self.grid_lo, self.grid_hi = self.maps[0][1], self.maps[0][2]
+        self.grid = True
+
+    def inter_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Protein-ligand energy (B,) by trilinear interpolation in the grid maps, plus a wall outside the grid."""
+        b, n, _ = x.shape
+        cls = torch.as_tensor(self.atom_class, device=x.device)
+        e = x.new_zeros(b)
+        for grid, lo, hi in self.maps:
+            u = (x - lo) / (hi - lo) * 2 - 1  # [-1, 1] per axis
+            # grid_sample reads coordinates as (W, H, D) = our (Z, Y, X): reverse the last axis.
+            g = u.flip(-1).reshape(1, b * n, 1, 1, 3)
+            vals = F.grid_sample(grid.to(x.dtype), g, mode="bilinear", padding_mode="border", align_corners=True)
+            vals = vals.reshape(len(self.classes), b, n)
+            e = e + vals.gather(0, cls[None, None, :].expand(1, b, n))[0].sum(-1)
+        outside = (torch.relu(self.grid_lo - x) + torch.relu(x - self.grid_hi)).pow(2).sum((-1, -2))
+        return e + 10.0 * outside
+
+    # -------------------------------------------------------------------------------------------- totals
+    def energy(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """Search objective (B,): inter (grid or exact) + intra."""
+        inter = self.inter_exact(x) if exact or self.grid is None else self.inter_grid(x)
+        return inter + self.intra(x)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Reported score (B,), Vina-style: exact inter-molecular energy / (1 + 0.0585 n_torsions)."""
+        return self.inter_exact(x) / self.entropy

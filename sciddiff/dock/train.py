@@ -1,0 +1,133 @@
+"""Train the docking score model by denoising score matching on a preprocessed tensor file.
+
+    python -m sciddiff.dock.train --data .gpu/dock/train.pt --out runs/dock --max-seconds 480
+
+Needs only torch + e3nn + torch-geometric (no rdkit): make the data file with `python -m sciddiff.dock.data`.
+Resumable (re-running with the same --out continues from out/state.pt), bf16 autocast on CUDA, EMA weights,
+DDP under torchrun (each rank draws its own complexes), a CSV log (out/log.csv). The shipped artefact is
+out/score_model.pt: EMA weights + model config + the training command, small enough to commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sciddiff.core.ema import EMA
+from sciddiff.dock.data import TrainSet, dsm_loss
+from sciddiff.dock.model import ScoreModel, ScoreModelConfig, count_parameters
+from sciddiff.train import (CSVLogger, autocast, distributed, load_checkpoint, restore_training_state, save_checkpoint,
+                            seed_everything, training_state)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="preprocessed .pt file (python -m sciddiff.dock.data)")
+    p.add_argument("--out", required=True, help="run folder (state.pt, score_model.pt, log.csv); resumed if present")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="stop (and save) after this much wall time")
+    p.add_argument("--max-steps", type=int, default=100000)
+    p.add_argument("--batch-size", type=int, default=16, help="complexes per step and rank")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--save-every", type=float, default=60.0, help="seconds between checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (ignored on CUDA)")
+    p.add_argument("--ns", type=int, default=ScoreModelConfig.ns)
+    p.add_argument("--nv", type=int, default=ScoreModelConfig.nv)
+    p.add_argument("--rec-layers", type=int, default=ScoreModelConfig.rec_layers)
+    p.add_argument("--lig-layers", type=int, default=ScoreModelConfig.lig_layers)
+    return p.parse_args(argv)
+
+
+def export(path: Path, model: ScoreModel, ema: EMA, cfg: ScoreModelConfig, step: int, command: str) -> None:
+    """The shipped checkpoint: EMA weights only (fp32), config, step and the command that made it."""
+    save_checkpoint(path, {"weights": {k: v.detach().float().cpu() for k, v in ema.shadow.items()},
+                           "config": cfg.to_dict(), "step": step, "command": command, "kind": "sciddiff-dock-score"})
+
+
+def save_state(out: Path, model, opt, ema: EMA, cfg: ScoreModelConfig, step: int) -> None:
+    """Resume state in two files (optimizer.pt first, so a state.pt never points past its optimizer), each under
+    the 16 MiB that a GPU-machine run can bring back."""
+    save_checkpoint(out / "optimizer.pt", {"optimizer": opt.state_dict(), "step": step})
+    state = training_state(model=model, step=step, ema=ema, config=cfg.to_dict())
+    save_checkpoint(out / "state.pt", state)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = "python -m sciddiff.dock.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    info = distributed.setup()
+    device = info.device
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed + info.rank)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.pt"
+    cfg = ScoreModelConfig(ns=args.ns, nv=args.nv, rec_layers=args.rec_layers, lig_layers=args.lig_layers)
+    if state_path.exists():  # the architecture of a resumed run is the one it started with
+        cfg = ScoreModelConfig(**load_checkpoint(state_path)["config"])
+    data = TrainSet(args.data, device, cfg)
+    model = ScoreModel(cfg).to(device)
+    ema = EMA(model, decay=args.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-6)
+    step = 0
+    if state_path.exists():
+        state = load_checkpoint(state_path, map_location=device)
+        state["optimizer"] = load_checkpoint(out / "optimizer.pt", map_location=device)["optimizer"]
+        step = restore_training_state(state, model=model, optimizer=opt, ema=ema)
+        print(f"resumed from {state_path} at step {step}", flush=True)
+    ddp_model = distributed.wrap(model)
+    gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank + 7919 * step)
+    pick = torch.Generator().manual_seed(args.seed * 1000 + info.rank + 7919 * step)
+    if info.is_main:
+        print(f"{len(data)} complexes, {count_parameters(model)} parameters, device {device}, world {info.world_size}",
+              flush=True)
+        (out / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "args": vars(args), "command": command}, indent=1))
+    log = CSVLogger(out / "log.csv", resume_step=step) if info.is_main else None
+    start = last_save = time.time()
+    start_step = step
+    running: dict[str, float] = {}
+    while step < args.max_steps and time.time() - start < args.max_seconds:
+        idx = torch.randint(0, len(data), (args.batch_size,), generator=pick).tolist()
+        lig, rec, t, targets = data.batch(idx, gen)
+        with autocast(device):
+            loss, parts = dsm_loss(ddp_model, lig, rec, t, targets)
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            print(f"step {step}: non-finite loss, batch skipped", flush=True)
+            continue
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        # short warm-up, then constant: runs are minutes long and resumable, so no schedule tied to a horizon
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (step + 1) / 200)
+        opt.step()
+        ema.update(model)
+        step += 1
+        for k, v in {"loss": loss, **parts}.items():
+            running[k] = 0.98 * running.get(k, float(v.detach())) + 0.02 * float(v.detach())
+        if info.is_main and (step % 25 == 0 or step == 1):
+            elapsed = time.time() - start
+            log.log(step=step, seconds=round(elapsed, 1), **{k: round(v, 5) for k, v in running.items()})
+            print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)
+        if info.is_main and time.time() - last_save > args.save_every:
+            save_state(out, model, opt, ema, cfg, step)
+            export(out / "score_model.pt", model, ema, cfg, step, command)
+            last_save = time.time()
+    if info.is_main:
+        save_state(out, model, opt, ema, cfg, step)
+        export(out / "score_model.pt", model, ema, cfg, step, command)
+        log.close()
+        rate = (step - start_step) / max(time.time() - start, 1e-9)
+        print(f"saved {out / 'score_model.pt'} at step {step} ({rate:.2f} steps/s this session)", flush=True)
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`sciddiff dock` / `sciddiff dock-eval` end to end on the example complexes, and the user-error paths."""
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rdkit import Chem
+
+from sciddiff.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+PROTEIN = str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+LIGAND = str(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+FAST = ["--samples", "2", "--steps", "3", "--random-starts", "6", "--mc-rounds", "2", "--poses", "3"]
+
+
+def _dock(tmp_path, name, *extra):
+    out = tmp_path / name
+    code = main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", LIGAND, "--out", str(out),
+                 *FAST, *extra])
+    return code, out
+
+
+def test_dock_writes_ranked_poses(tmp_path):
+    code, out = _dock(tmp_path, "run")
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["complex_rank1.pdb", "rank1.sdf", "rank2.sdf", "rank3.sdf", "summary.json"]
+    ref = Chem.MolFromMolFile(LIGAND)
+    scores = []
+    for i in (1, 2, 3):
+        mol = next(Chem.SDMolSupplier(str(out / f"rank{i}.sdf")))  # sanitizes: a valid molecule
+        assert mol is not None and mol.GetNumAtoms() == ref.GetNumAtoms()
+        assert int(mol.GetProp("rank")) == i and 0 <= float(mol.GetProp("confidence")) <= 1
+        scores.append(float(mol.GetProp("energy")))
+        assert Chem.MolToInchiKey(mol) == Chem.MolToInchiKey(ref)
+    assert scores == sorted(scores)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == 0 and len(summary["poses"]) == 3 and summary["mode"] == "box"
+    assert {"total", "search", "grid"} <= summary["timings"].keys() and summary["model_version"]
+    pdb = (out / "complex_rank1.pdb").read_text()
+    assert pdb.count("LIG L") == ref.GetNumAtoms() and "ATOM" in pdb
+    # poses stay in the box (crystal ligand + 4 A, plus the grid margin)
+    box_lo = ref.GetConformer().GetPositions().min(0) - 6
+    assert np.all(Chem.MolFromMolFile(str(out / "rank1.sdf")).GetConformer().GetPositions() > box_lo)
+
+
+def test_same_seed_same_poses(tmp_path):
+    _, a = _dock(tmp_path, "a", "--seed", "5", "--model", "none")
+    _, b = _dock(tmp_path, "b", "--seed", "5", "--model", "none")
+    assert (a / "rank1.sdf").read_text() == (b / "rank1.sdf").read_text()
+
+
+BAD = [
+    (["--ligand", "missing.sdf"], "not found"),
+    (["--ligand", "C1CC"], "cannot parse"),                  # unclosed ring: SMILES that does not parse
+    (["--ligand", "c1cccc1"], "sanitization"),               # kekulization fails
+    (["--ligand", "[H][H]"], "no heavy atoms"),
+    (["--protein", LIGAND], "must be a .pdb"),
+    (["--center", "0", "0", "0"], "go together"),
+    (["--center", "500", "500", "500", "--size", "10", "10", "10"], "no protein atoms"),
+    (["--autobox-ligand", LIGAND, "--center", "0", "0", "0", "--size", "5", "5", "5"], "not both"),
+    (["--center", "0", "0", "0", "--size", "-1", "5", "5"], "positive"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD)
+def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, override, message):
+    args = {"--protein": PROTEIN, "--ligand": LIGAND}
+    rest = []
+    i = 0
+    while i < len(override):
+        if override[i] in args:
+            args[override[i]] = override[i + 1]
+            i += 2
+        else:
+            rest.append(override[i])
+            i += 1
+    out = tmp_path / "out"
+    code = main(["dock", *sum(([k, v] for k, v in args.items()), []), "--out", str(out), *FAST, *rest])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_protein_without_residues(tmp_path, capsys):
+    pdb = tmp_path / "ions.pdb"
+    pdb.write_text("HETATM    1 ZN    ZN A   1      10.000  10.000  10.000  1.00  0.00          ZN\nEND\n")
+    code = main(["dock", "--protein", str(pdb), "--ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST])
+    assert code == 2 and "no amino-acid residues" in capsys.readouterr().err
+
+
+def test_too_large_ligand(tmp_path, capsys):
+    code = main(["dock", "--protein", PROTEIN, "--ligand", "C" * 160, "--out", str(tmp_path / "o"), *FAST])
+    assert code == 2 and "limit" in capsys.readouterr().err
+
+
+def test_batch_skips_failing_rows(tmp_path, capsys):
+    table = tmp_path / "table.csv"
+    shutil.copy(LIGAND, tmp_path / "lig.sdf")
+    shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
+    table.write_text("protein,ligand,name\nrec.pdb.gz,lig.sdf,good\nrec.pdb.gz,nothere.sdf,bad\n")
+    code = main(["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST,
+                 "--model", "none"])
+    captured = capsys.readouterr()
+    assert code == 1 and "bad: skipped" in captured.err
+    assert (tmp_path / "o" / "good" / "rank1.sdf").exists() and not (tmp_path / "o" / "bad").exists()
+
+
+def test_dock_eval_reports_success_rates(tmp_path):
+    root = tmp_path / "data"
+    folder = root / "set" / "1uou"
+    folder.mkdir(parents=True)
+    shutil.copy(PROTEIN, folder / "1uou_protein.pdb.gz")
+    with open(LIGAND, "rb") as src, gzip.open(folder / "1uou_ligand.sdf.gz", "wb") as dst:
+        dst.write(src.read())
+    split = tmp_path / "split.txt"
+    split.write_text("set/1uou\n")
+    code = main(["dock-eval", "--data", str(root), "--split", str(split), "--autobox", "--out", str(tmp_path / "ev"),
+                 "--no-posebusters", *FAST])
+    assert code == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["n"] == 1 and 0 <= summary["top1_rmsd_lt_2A"] <= 1 and summary["median_rmsd_top1"] < 20
+    assert (tmp_path / "ev" / "results.csv").read_text().startswith("complex,")

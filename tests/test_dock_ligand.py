@@ -1,0 +1,113 @@
+"""Ligand flexibility: rotatable bonds, torsion application, Kabsch re-alignment, conformer matching, RMSD."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+
+from sciddiff.dock import io, ligand
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+
+
+def _mol(smiles: str) -> Chem.Mol:
+    mol = Chem.MolFromSmiles(smiles)
+    mol.AddConformer(Chem.Conformer(mol.GetNumAtoms()))
+    return mol
+
+
+@pytest.mark.parametrize("smiles,n", [
+    ("CCCC", 1),              # only the central bond: each side keeps >= 2 heavy atoms
+    ("CCO", 0),               # terminal groups do not count
+    ("CC(=O)NCC", 1),         # the amide C-N bond is frozen; N-CH2 turns, CH2-CH3 is terminal
+    ("c1ccccc1CCc1ccccc1", 3),
+    ("C1CCCCC1", 0),          # ring bonds never
+    ("CC#CC", 0),
+])
+def test_rotatable_bond_counts(smiles, n):
+    assert ligand.rotatable_torsions(_mol(smiles)).n == n
+
+
+def test_moving_side_is_the_smaller_one():
+    mol = _mol("CCCCc1ccccc1")  # butylbenzene: the chain side is smaller at every bond
+    tors = ligand.rotatable_torsions(mol)
+    assert tors.n == 3
+    ring = {a.GetIdx() for a in mol.GetAtoms() if a.GetIsAromatic()}
+    for (u, v), mask in zip(tors.bonds, tors.mask):
+        assert mask.sum() <= len(mask) - mask.sum()
+        assert mask[v] and not mask[u]
+        assert not any(mask[i] for i in ring)
+
+
+@pytest.fixture(scope="module")
+def example():
+    mol = io.load_ligand(EXAMPLES / "1s3v" / "1s3v_ligand.sdf")
+    return mol, io.ligand_coords(mol), ligand.rotatable_torsions(mol)
+
+
+def test_torsion_change_keeps_bonds_and_moves_only_the_moving_side(example):
+    mol, xyz, tors = example
+    x = torch.as_tensor(xyz, dtype=torch.float64)
+    delta = torch.zeros(tors.n, dtype=torch.float64)
+    delta[0] = 1.3
+    y = ligand.set_torsions(x, tors, delta, realign=False)
+    bonds = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()])
+    d0 = (x[bonds[:, 0]] - x[bonds[:, 1]]).norm(dim=-1)
+    d1 = (y[bonds[:, 0]] - y[bonds[:, 1]]).norm(dim=-1)
+    torch.testing.assert_close(d0, d1)
+    moved = (y - x).norm(dim=-1) > 1e-9
+    assert moved.any()
+    assert not moved[~torch.as_tensor(tors.mask[0])].any()
+    # the dihedral of that bond changed by exactly delta, the others not at all
+    idx = torch.as_tensor(tors.dihedral)
+    change = torch.remainder(ligand.dihedral_angles(y, idx) - ligand.dihedral_angles(x, idx) + np.pi, 2 * np.pi) - np.pi
+    torch.testing.assert_close(change, delta)
+
+
+def test_kabsch_realignment_keeps_the_rigid_frame(example):
+    mol, xyz, tors = example
+    x = torch.as_tensor(xyz, dtype=torch.float64)
+    delta = torch.linspace(-2, 2, tors.n, dtype=torch.float64)
+    y = ligand.set_torsions(x, tors, delta)
+    torch.testing.assert_close(y.mean(0), x.mean(0))  # centroid unchanged
+    # re-aligned pose is the least-squares fit: no extra rotation improves it
+    r, t = ligand.kabsch(y, x)
+    torch.testing.assert_close(r, torch.eye(3, dtype=torch.float64), atol=1e-8, rtol=0)
+    # and Kabsch recovers a known rigid motion
+    q = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+    q = q * torch.sign(torch.linalg.det(q))
+    r, t = ligand.kabsch(x, x @ q.T + 1.5)
+    torch.testing.assert_close(r, q)
+
+
+def test_conformer_matching_reproduces_crystal_torsions(example):
+    mol, xyz, tors = example
+    conf = ligand.generate_conformers(mol, 1, seed=0)[0]
+    matched = ligand.match_torsions(conf, xyz, tors)
+    idx = torch.as_tensor(tors.dihedral)
+    a = ligand.dihedral_angles(torch.as_tensor(matched, dtype=torch.float64), idx)
+    b = ligand.dihedral_angles(torch.as_tensor(xyz, dtype=torch.float64), idx)
+    assert torch.allclose(torch.cos(a - b), torch.ones_like(a), atol=1e-4)
+    assert ligand.symmetric_rmsd(mol, matched, xyz) < ligand.symmetric_rmsd(mol, conf, xyz)
+
+
+def test_conformers_are_seeded(example):
+    mol = example[0]
+    a = ligand.generate_conformers(mol, 1, seed=3)[0]
+    b = ligand.generate_conformers(mol, 1, seed=3)[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_symmetric_rmsd_sees_through_atom_permutations():
+    mol = Chem.MolFromSmiles("OC(=O)c1ccccc1")
+    x = ligand.generate_conformers(mol, 1, seed=0)[0]
+    ring = [a.GetIdx() for a in mol.GetAtoms() if a.GetIsAromatic()]
+    # swap symmetric ring carbons (ortho/ortho', meta/meta') - a graph automorphism
+    perm = list(range(mol.GetNumAtoms()))
+    perm[ring[1]], perm[ring[5]] = ring[5], ring[1]
+    perm[ring[2]], perm[ring[4]] = ring[4], ring[2]
+    y = x[perm]
+    plain = np.sqrt(((x - y) ** 2).sum(-1).mean())
+    assert plain > 0.5
+    assert ligand.symmetric_rmsd(mol, y, x) < 1e-3

@@ -1,0 +1,91 @@
+"""Score network: featurization of the example complexes, equivariance, training data noise, a tiny training run."""
+from pathlib import Path
+
+import pytest
+import torch
+from e3nn import o3
+
+from sciddiff.dock import featurize, io, ligand
+from sciddiff.dock.data import TrainSet, dsm_loss, preprocess_complex
+from sciddiff.dock.model import ATOM_DIM, ScoreModel, ScoreModelConfig
+from sciddiff.train.checkpoint import save_checkpoint
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+TINY = ScoreModelConfig(ns=8, nv=2, rec_layers=1, lig_layers=2, n_gauss=8, t_dim=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    complexes = [preprocess_complex(str(EXAMPLES / c / f"{c}_protein.pdb.gz"), str(EXAMPLES / c / f"{c}_ligand.sdf"),
+                                    n_conformers=1) for c in ("1s3v", "1uou")]
+    path = tmp_path_factory.mktemp("dock") / "tiny.pt"
+    save_checkpoint(path, {"complexes": complexes, "names": ["1s3v", "1uou"], "failed": [], "meta": {}})
+    return TrainSet(str(path), "cpu", TINY)
+
+
+@pytest.mark.parametrize("cid,n_atoms,n_tors", [("1ia1", 19, 2), ("1of6", 13, 3), ("1s3v", 27, 6), ("1uou", 16, 2)])
+def test_featurize_examples(cid, n_atoms, n_tors):
+    rec = io.load_receptor(EXAMPLES / cid / f"{cid}_protein.pdb.gz")
+    mol = io.load_ligand(EXAMPLES / cid / f"{cid}_ligand.sdf")
+    tors = ligand.rotatable_torsions(mol)
+    g = featurize.ligand_graph(mol, tors)
+    assert g["feat"].shape == (n_atoms, ATOM_DIM) and tors.n == n_tors
+    assert g["bond_index"].shape[1] == 2 * mol.GetNumBonds()
+    assert torch.all(g["feat"][:, :10].sum(1) == 1)  # exactly one element class per atom
+    r = featurize.receptor_graph(rec)
+    assert r["pos"].shape[0] == rec.n_residues > 100
+    assert torch.allclose(r["vec"].norm(dim=-1)[r["vec"].norm(dim=-1) > 0], torch.tensor(1.0), atol=1e-5)
+    if cid == "1ia1":  # the NADPH cofactor stays in the receptor as atoms (not residues)
+        assert "NDP" in set(rec.res_names[rec.is_hetero].tolist())
+
+
+def test_score_model_is_equivariant(tiny_set):
+    torch.manual_seed(0)
+    model = ScoreModel(TINY).double()
+    lig, rec, t, _ = tiny_set.batch([0, 1], torch.Generator().manual_seed(0))
+    lig = {k: v.double() if v.is_floating_point() else v for k, v in lig.items()}
+    rec = {k: v.double() if v.is_floating_point() else v for k, v in rec.items()}
+    torch.manual_seed(1)
+    q = o3.rand_matrix().double()
+    shift = torch.tensor([3.0, -2.0, 5.0], dtype=torch.float64)
+    with torch.no_grad():
+        tr, rot, tor = model(lig, rec, t.double())
+        lig2 = dict(lig, pos=lig["pos"] @ q.T + shift)
+        rec2 = dict(rec, pos=rec["pos"] @ q.T + shift, vec=rec["vec"] @ q.T)
+        tr2, rot2, tor2 = model(lig2, rec2, t.double())
+    assert tor.numel() == 8
+    torch.testing.assert_close(tr @ q.T, tr2, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(rot @ q.T, rot2, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(tor, tor2, atol=1e-9, rtol=1e-7)
+
+
+def test_training_batch_noise_matches_sigma(tiny_set):
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0.0, 1.0])
+    lig, rec, _, targets = tiny_set.batch([0, 0], g, t=t)
+    x0 = tiny_set.items[0]["pos"][0]
+    n = x0.shape[0]
+    # t = 0: tiny noise, the pose is the conformer-matched crystal pose (up to sigma_min)
+    assert (lig["pos"][:n] - x0).norm(dim=-1).max() < 1.0
+    # bond lengths survive any torsion noise
+    bonds = tiny_set.items[0]["bond_index"].long()
+    for half in (lig["pos"][:n], lig["pos"][n:]):
+        torch.testing.assert_close((half[bonds[0]] - half[bonds[1]]).norm(dim=-1), (x0[bonds[0]] - x0[bonds[1]]).norm(dim=-1),
+                                   atol=1e-4, rtol=0)
+    assert targets["tor"].shape == (2 * tiny_set.items[0]["tor_bonds"].shape[0],)
+
+
+def test_tiny_training_run_reduces_the_loss(tiny_set):
+    torch.manual_seed(0)
+    model = ScoreModel(TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    t = torch.tensor([0.3, 0.5, 0.7, 0.4])
+    losses = []
+    for _ in range(40):  # a fixed batch (same noise every step): the loss must fall
+        lig, rec, tt, targets = tiny_set.batch([0, 1, 0, 1], torch.Generator().manual_seed(0), t=t)
+        loss, _ = dsm_loss(model, lig, rec, tt, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
