@@ -58,7 +58,8 @@ def sample_wrapped_normal(sigma: Tensor | float, shape: tuple[int, ...] | None =
 
 
 class _ScoreNormTable:
-    sigma_min, sigma_max, n_sigma, n_x = 0.05, 20.0, 512, 4001
+    # the integrand is smooth and periodic, so the trapezoid rule converges spectrally: 1025 points are plenty
+    sigma_min, sigma_max, n_sigma, n_x = 0.05, 20.0, 512, 1025
 
     def __init__(self, device: torch.device):
         self.log_sigmas = torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.n_sigma, dtype=torch.float64)
