@@ -76,11 +76,12 @@ class VPSDE(SDE):
 
 
 class SubVPSDE(VPSDE):
-    """Sub-VP: same drift as VP, diffusion scaled by (1 - exp(-2 int beta)); std = 1 - exp(int beta)."""
+    """Sub-VP: same drift as VP, g^2 = beta(t) (1 - exp(-2 int_0^t beta)); std = 1 - exp(-int_0^t beta)."""
 
     def sde(self, x, t):
         beta = broadcast_to_batch(self._beta(t), x)
-        discount = 1 - (2 * broadcast_to_batch(self._log_mean_coeff(t), x)).exp()
+        # log_mean_coeff = -int beta / 2, so exp(-2 int beta) = exp(4 log_mean_coeff)
+        discount = 1 - (4 * broadcast_to_batch(self._log_mean_coeff(t), x)).exp()
         return -0.5 * beta * x, (beta * discount).sqrt()
 
     def marginal_prob(self, x0, t):
