@@ -1,5 +1,4 @@
 """The Space interface: perturbation scores are exact, exp/log invert, products compose, DSM loss is minimised by the truth."""
-import math
 
 import pytest
 import torch

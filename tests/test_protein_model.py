@@ -5,11 +5,11 @@ import numpy as np
 import torch
 
 from sciddiff.core import so3
-from sciddiff.nn.graph import knn_graph
+from sciddiff.nn.graph import knn_graph, knn_graph_dense
 from sciddiff.protein import frameflow
 from sciddiff.protein.data import ChainSet
 from sciddiff.protein.geometry import backbone_from_dihedrals
-from sciddiff.protein.model import DenoiserConfig, FrameDenoiser, build_graph, knn_per_chain
+from sciddiff.protein.model import DenoiserConfig, FrameDenoiser, build_graph
 
 TINY = DenoiserConfig(dim=32, edge_dim=16, heads=2, blocks=2, k=6, k_sc=3, seq_window=2)
 
@@ -61,13 +61,12 @@ def test_graph_has_sequence_neighbours_and_no_cross_chain_edges():
     assert (torch.bincount(dst, minlength=50) >= 5).all()
 
 
-def test_per_chain_knn_matches_the_generic_knn_graph():
+def test_dense_per_chain_knn_matches_the_generic_knn_graph():
     g = torch.Generator().manual_seed(4)
     lengths = torch.tensor([7, 30, 3, 18])
     batch = torch.repeat_interleave(torch.arange(4), lengths)
-    ri = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[batch]
     pos = torch.randn(int(lengths.sum()), 3, generator=g, dtype=torch.float64)
-    ours = set(zip(*knn_per_chain(pos, 5, batch, ri).tolist()))
+    ours = set(zip(*knn_graph_dense(pos, 5, batch).tolist()))
     generic = set(zip(*knn_graph(pos, 5, batch).tolist()))
     assert ours == generic and len(ours) == 5 * (7 + 30 + 18) + 3 * 2
 

@@ -93,7 +93,7 @@ def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *,
     grid.append((1.0, 0.0, math.inf))
     x, x0_prev, h_prev = x_T, None, None
     for i, t in enumerate(progress(timesteps)):
-        (alpha, sigma, lam), (alpha_next, sigma_next, lam_next) = grid[i], grid[i + 1]
+        (_, sigma, lam), (alpha_next, sigma_next, lam_next) = grid[i], grid[i + 1]
         x0, _ = _x0_eps(model, x, t, abar[t], prediction_type, clip_sample, cond)
         h = lam_next - lam
         # the step into sigma = 0 has h = inf, so it is always first order (as diffusers with final_sigmas_type="zero")

@@ -14,14 +14,12 @@ torsions theta_t = theta0 + wrapped-normal(sigma_tor), applied to the moving sid
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sciddiff.core import so3
 from sciddiff.core.spaces import SO3, Euclidean, Torus
 from sciddiff.dock.model import ScoreModelConfig
 

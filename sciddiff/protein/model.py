@@ -27,6 +27,7 @@ from torch_geometric.utils import softmax as edge_softmax
 
 from sciddiff.core import so3
 from sciddiff.nn.embeddings import sinusoidal_embedding
+from sciddiff.nn.graph import knn_graph_dense
 
 
 @dataclass
@@ -55,35 +56,12 @@ def rbf(d: Tensor, n: int, d_max: float) -> Tensor:
     return torch.exp(-(((d[..., None] - centres) / width) ** 2))
 
 
-def knn_per_chain(pos: Tensor, k: int, batch: Tensor, residue_index: Tensor) -> Tensor:
-    """Edges (2, E) [neighbour j, centre i] to each residue's k nearest residues of its own chain (fewer if the chain is
-    shorter), without self loops; chains must be contiguous along N with residue_index 0.. within each.
-
-    Same result as `sciddiff.nn.graph.knn_graph(pos, k, batch)`, computed on a padded (chains, L, L) distance block: a
-    batch of 10 chains of 100 then costs 10 x 100^2 distances instead of the 1000^2 that a shared candidate range scans
-    (4x faster here, and the graph is built twice per step).
-    """
-    pos = pos.detach()
-    counts = torch.bincount(batch)
-    start = torch.cumsum(counts, 0) - counts
-    padded = pos.new_full((counts.shape[0], int(counts.max()), 3), float("inf"))
-    padded[batch, residue_index] = pos
-    dist = torch.cdist(padded, padded, compute_mode="donot_use_mm_for_euclid_dist")
-    dist = dist.nan_to_num(nan=float("inf"), posinf=float("inf"))  # padding: inf - inf = nan; keep inf as inf
-    dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-    kk = min(k, dist.shape[-1] - 1)
-    top, nbr = torch.topk(dist[batch, residue_index], kk, dim=-1, largest=False)
-    keep = torch.isfinite(top)
-    centre = torch.arange(pos.shape[0], device=pos.device)[:, None].expand(-1, kk)
-    return torch.stack([(nbr + start[batch][:, None])[keep], centre[keep]])
-
-
 def build_graph(trans: Tensor, batch: Tensor, residue_index: Tensor, cfg: DenoiserConfig,
                 sc_trans: Tensor | None = None) -> Tensor:
     """Edges (2, E) [source j, target i] of the residue graph described in the module docstring (no self loops)."""
-    parts = [knn_per_chain(trans, cfg.k, batch, residue_index)]
+    parts = [knn_graph_dense(trans, cfg.k, batch)]
     if sc_trans is not None and cfg.k_sc > 0:
-        parts.append(knn_per_chain(sc_trans, cfg.k_sc, batch, residue_index))
+        parts.append(knn_graph_dense(sc_trans, cfg.k_sc, batch))
     n = trans.shape[0]
     idx = torch.arange(n, device=trans.device)
     for off in range(1, cfg.seq_window + 1):
