@@ -51,7 +51,7 @@ def test_denoiser_is_se3_equivariant_in_float64():
 def test_graph_has_sequence_neighbours_and_no_cross_chain_edges():
     rot, trans, batch, ri, _ = _two_chains(torch.float32)
     cfg = DenoiserConfig(k=5, k_sc=0, seq_window=2)
-    src, dst = build_graph(trans, batch, ri, cfg)
+    src, dst = build_graph(trans, batch, cfg)
     assert (batch[src] == batch[dst]).all() and (src != dst).all()
     pairs = set(zip(src.tolist(), dst.tolist()))
     assert len(pairs) == src.numel()  # no duplicates

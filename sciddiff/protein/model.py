@@ -56,7 +56,7 @@ def rbf(d: Tensor, n: int, d_max: float) -> Tensor:
     return torch.exp(-(((d[..., None] - centres) / width) ** 2))
 
 
-def build_graph(trans: Tensor, batch: Tensor, residue_index: Tensor, cfg: DenoiserConfig,
+def build_graph(trans: Tensor, batch: Tensor, cfg: DenoiserConfig,
                 sc_trans: Tensor | None = None) -> Tensor:
     """Edges (2, E) [source j, target i] of the residue graph described in the module docstring (no self loops)."""
     parts = [knn_graph_dense(trans, cfg.k, batch)]
@@ -172,7 +172,7 @@ class FrameDenoiser(nn.Module):
             sinusoidal_embedding((length - 1 - residue_index).float(), 32, max_period=1000.0),
         ], dim=-1).to(dtype))
 
-        edges = build_graph(trans, batch, residue_index, cfg, sc_trans)
+        edges = build_graph(trans, batch, cfg, sc_trans)
         src, dst = edges
         offset = (residue_index[src] - residue_index[dst]).clamp(-cfg.max_offset - 1, cfg.max_offset + 1)
         far = offset.abs() > cfg.max_offset
