@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from sciddiff.cli import UserError
 from sciddiff.core.ema import EMA
 from sciddiff.protein.data import ChainSet
 from sciddiff.protein.frameflow import FlowConfig, training_loss
@@ -64,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, value in DenoiserConfig().to_dict().items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help="model: " + name)
     p.add_argument("--self-condition", type=float, default=FlowConfig.self_condition, help="self-conditioning prob.")
+    p.add_argument("--aux-weight", type=float, default=FlowConfig.aux_weight, help="weight of the auxiliary atom losses")
+    p.add_argument("--init", default=None, help="start a new run from the EMA weights of this model file (model.pt)")
 
 
 @torch.no_grad()
@@ -95,13 +98,18 @@ def train(args: argparse.Namespace) -> Path:
     val_set = ChainSet(data, "val", device=device) if has_val else None  # tiny data sets may have no val cluster
 
     model_cfg = DenoiserConfig(**{k: getattr(args, k) for k in DenoiserConfig().to_dict()})
-    flow_cfg = FlowConfig(self_condition=args.self_condition)
+    flow_cfg = FlowConfig(self_condition=args.self_condition, aux_weight=args.aux_weight)
     state_path = out / "state.pt"
     resumed = state_path.is_file()
     if resumed:  # the stored configs win, so a resumed run is the same run
         state = load_checkpoint(state_path, map_location=device)
         model_cfg, flow_cfg = DenoiserConfig(**state["model_config"]), FlowConfig(**state["flow_config"])
     net = FrameDenoiser(model_cfg).to(device)
+    if args.init and not resumed:  # fine-tuning: weights only, fresh optimizer and EMA
+        init = load_checkpoint(args.init, map_location=device)
+        if init["model_config"] != model_cfg.to_dict():
+            raise UserError(f"--init {args.init} has a different model configuration than this run")
+        net.load_state_dict(init["ema"])
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
     # Warm-up matters for short runs: a fixed 0.999 would still weigh the random init by 37% after 1,000 steps.
     ema = EMA(net, decay=args.ema, power=args.ema_power or None, max_decay=args.ema)
