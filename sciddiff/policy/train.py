@@ -219,8 +219,9 @@ def train(args: argparse.Namespace) -> dict:
     if args.init:
         from sciddiff.policy.io import load_policy
         init = load_policy(args.init)
-        if init.config.to_dict() | {"extra": {}} != config.to_dict() | {"extra": {}}:
-            raise UserError(f"--init {args.init} has a different configuration than this run")
+        inference_only = {"extra": {}, "sampler": "", "num_inference_steps": 0}  # not part of the weights
+        if init.config.to_dict() | inference_only != config.to_dict() | inference_only:
+            raise UserError(f"--init {args.init} has a different network configuration than this run")
         policy.load_state_dict(init.state_dict())
     else:  # normalizers fitted on every episode (train and val), as Diffusion Policy does
         key = OBS_KEYS[args.obs_type][-1]
