@@ -12,6 +12,9 @@ from sciddiff.cli import UserError
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "dock" / "score_model.pt"
 MODEL_HELP = f"score-model checkpoint, or 'none' for physics-only docking (default: {DEFAULT_MODEL} when present)"
+DEFAULT_RESCORER = DEFAULT_MODEL.with_name("rescore.pt")
+RESCORE_HELP = (f"learned rescoring/confidence model, or 'none' to rank by energy and report search consensus "
+                f"(default: {DEFAULT_RESCORER} when present)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -34,6 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same poses (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the score model runs (default cpu)")
     p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--rescore", default=None, help=RESCORE_HELP)
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (default 1: the tensors are small, more threads rarely help)")
 
@@ -109,7 +113,21 @@ def _model(args):
         raise UserError(f"cannot load model {path}: {str(err).splitlines()[0]}") from None
 
 
-def _dock_one(protein: str, ligand: str, out: Path, args, model, settings, name: str) -> dict:
+def _rescorer(args):
+    if args.rescore == "none" or (args.rescore is None and not DEFAULT_RESCORER.exists()):
+        return None
+    path = Path(args.rescore) if args.rescore else DEFAULT_RESCORER
+    if not path.is_file():
+        raise UserError(f"rescoring model not found: {path}")
+    from sciddiff.dock.rescore import load_rescorer
+
+    try:
+        return load_rescorer(path)
+    except (RuntimeError, KeyError, OSError) as err:
+        raise UserError(f"cannot load rescoring model {path}: {str(err).splitlines()[0]}") from None
+
+
+def _dock_one(protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str) -> dict:
     from sciddiff.dock import io
     from sciddiff.dock.docking import dock, settings_dict
     from sciddiff.dock.output import atomic_dir, write_result
@@ -119,13 +137,16 @@ def _dock_one(protein: str, ligand: str, out: Path, args, model, settings, name:
     mol = io.load_ligand(ligand)
     box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
     with atomic_dir(out) as tmp:
-        result = dock(receptor, mol, box, model, settings, device=args.device, show_progress=sys.stderr.isatty())
+        result = dock(receptor, mol, box, model, settings, device=args.device, show_progress=sys.stderr.isatty(),
+                      rescorer=rescorer)
         result.timings["total"] = time.perf_counter() - t0
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
                 "model_version": getattr(model, "version", "none (physics only)"), "settings": settings_dict(settings),
-                "ranking": f"{settings.scoring} energy (inter + intra-ligand) after physics search",
-                "confidence": "search consensus: fraction of search chains ending within 2 A of the pose",
+                "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None else
+                f"{settings.scoring} energy (inter + intra-ligand) after physics search",
+                "confidence": "learned P(RMSD < 2 A)" if rescorer is not None else
+                "search consensus: fraction of search chains ending within 2 A of the pose",
                 "score_units": "kcal/mol-like (Vina weights), lower is better"}
         return write_result(tmp, receptor, mol, result, meta, name)
 
@@ -147,8 +168,8 @@ def run_dock(args) -> int:
     if not args.protein or not args.ligand:
         raise UserError("give --protein and --ligand (or --batch table.csv)")
     out = check_out_dir(args.out, args.overwrite)
-    model = _model(args)
-    summary = _dock_one(args.protein, args.ligand, out, args, model, settings, Path(str(args.ligand)).name.split(".")[0])
+    model, rescorer = _model(args), _rescorer(args)
+    summary = _dock_one(args.protein, args.ligand, out, args, model, rescorer, settings, Path(str(args.ligand)).name.split(".")[0])
     best = summary["poses"][0]
     print(f"wrote {len(summary['poses'])} poses to {out}  (rank 1: score {best['score']:.2f}, "
           f"confidence {best['confidence']:.2f}; {summary['timings']['total']:.1f} s)")
@@ -171,7 +192,7 @@ def _run_batch(args, settings) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
-    model = _model(args)
+    model, rescorer = _model(args), _rescorer(args)
     failed = 0
     base = table.parent
     for row, name in zip(rows, names):
@@ -181,7 +202,7 @@ def _run_batch(args, settings) -> int:
         ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
         try:
             check_out_dir(out / name, args.overwrite)
-            s = _dock_one(protein, ligand, out / name, args, model, settings, name)
+            s = _dock_one(protein, ligand, out / name, args, model, rescorer, settings, name)
             print(f"{name}: rank 1 score {s['poses'][0]['score']:.2f} ({s['timings']['total']:.1f} s)")
         except UserError as err:
             failed += 1
@@ -194,7 +215,6 @@ def run_eval(args) -> int:
     from sciddiff.dock.evaluate import evaluate
 
     settings = _settings(args)
-    model = _model(args)
-    summary = evaluate(args, settings, model)
+    summary = evaluate(args, settings, _model(args), _rescorer(args))
     print(json.dumps(summary, indent=1))
     return 0

@@ -2,9 +2,12 @@
 scoring function -> exact polishing -> clustering and ranking.
 
 Blind docking (no box) docks into the `pockets` best geometric pockets and ranks all poses together. Scores are
-the Vina-like intermolecular energy / (1 + 0.0585 n_torsions) in kcal/mol-like units (lower is better); ranking
-uses the search objective (intermolecular + intra-ligand energy). Confidence is the consensus of the search:
-the fraction of all search chains whose final pose lies within 2 A (RMSD) of the ranked pose.
+the Vina-like intermolecular energy / (1 + 0.0585 n_torsions) in kcal/mol-like units (lower is better). The
+candidates (the 2 x `poses` best distinct polished minima) are ranked by the search objective (intermolecular +
+intra-ligand energy) or, given a learned rescorer (`sciddiff.dock.rescore`), by its P(RMSD < 2 A), which is then
+the confidence. Without a rescorer the confidence is the consensus of the search: the fraction of all search
+chains whose final pose lies within 2 A (RMSD) of the ranked pose. Both rankings of the same candidates are kept
+in the result so that evaluations compare them on identical poses.
 """
 from __future__ import annotations
 
@@ -53,6 +56,10 @@ class DockResult:
     boxes: list[Box]
     timings: dict[str, float] = field(default_factory=dict)
     n_torsions: int = 0
+    candidates: np.ndarray | None = None     # (C, N, 3) polished distinct minima the ranked poses come from
+    order_energy: list[int] = field(default_factory=list)   # candidate indices ranked by energy (distinct)
+    order_learned: list[int] | None = None   # candidate indices ranked by the rescorer, when one was used
+    search: np.ndarray | None = None         # (P, N, 3) every Monte Carlo chain's best minimum (before polishing)
 
     def summary(self) -> dict:
         return {"n_torsions": self.n_torsions, "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -77,7 +84,7 @@ def _distinct(x: torch.Tensor, energy: torch.Tensor, n: int, threshold: float = 
 
 
 def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, settings: DockSettings | None = None,
-         device: str = "cpu", show_progress: bool = True) -> DockResult:
+         device: str = "cpu", show_progress: bool = True, rescorer=None) -> DockResult:
     s = settings or DockSettings()
     timings: dict[str, float] = {}
     tick = time.perf_counter()
@@ -146,16 +153,29 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         polished_reg.append(regs[idx])
     best = Poses.cat(polished)
     best_reg = torch.cat(polished_reg)
-    x = space.coords(best.tr, best.rot, best.theta, realign=False)
-    keep = _distinct(x, best.energy, s.poses)
+    x = space.coords(best.tr, best.rot, best.theta, realign=False).detach()
+    all_x = all_x.detach()
+    order_energy = _distinct(x, best.energy, s.poses)
+    order_learned = None
+    if rescorer is not None:
+        from sciddiff.dock.rescore import Featurizer
+
+        with torch.no_grad():
+            logit = rescorer(Featurizer(receptor, mol, tors.n)(x, all_x))
+        order_learned = _distinct(x, -logit, s.poses)
+        keep = order_learned
+        confidence = torch.sigmoid(logit[torch.as_tensor(keep)])
+    else:
+        keep = order_energy
+        confidence = (_rmsd_matrix(x[torch.as_tensor(keep)], all_x) < 2.0).float().mean(1)
     keep_t = torch.as_tensor(keep)
-    xk = x[keep_t]
-    confidence = (_rmsd_matrix(xk, all_x) < 2.0).float().mean(1)
-    scores = torch.stack([grids[int(best_reg[j])].score(x[j:j + 1])[0] for j in keep])
+    with torch.no_grad():
+        scores = torch.stack([grids[int(best_reg[j])].score(x[j:j + 1])[0] for j in keep])
     timings["rank"] = time.perf_counter() - tick
-    return DockResult(coords=xk.detach().numpy(), score=scores.detach().numpy(), energy=best.energy[keep_t].numpy(),
+    return DockResult(coords=x[keep_t].numpy(), score=scores.numpy(), energy=best.energy[keep_t].numpy(),
                       confidence=confidence.numpy(), region=best_reg[keep_t].numpy(), boxes=regions, timings=timings,
-                      n_torsions=tors.n)
+                      n_torsions=tors.n, candidates=x.numpy(), order_energy=order_energy,
+                      order_learned=order_learned, search=all_x.numpy())
 
 
 def _counting(iterable, bar):

@@ -3,7 +3,8 @@
 Per complex: symmetry-corrected heavy-atom RMSD (no superposition) of every ranked pose to the crystal ligand,
 PoseBusters "redock" checks of the top-1 pose with the RMSD check left out (PB-valid), wall seconds. Summary:
 top-1 and top-5 fraction with RMSD < 2 A, median top-1 RMSD, PB-valid fraction, mean seconds per complex; complexes
-that fail to dock count as failures (RMSD infinite).
+that fail to dock count as failures (RMSD infinite). With a learned rescorer, the same candidates are also ranked
+by energy alone and both rankings are reported (`*_energy`, `*_learned`; the unsuffixed ones are the default's).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _posebusters_valid(pose, crystal, protein_path: str) -> tuple[bool, str]:
     return not failed, ";".join(failed)
 
 
-def evaluate(args, settings, model) -> dict:
+def evaluate(args, settings, model, rescorer=None) -> dict:
     from sciddiff.dock import io
     from sciddiff.dock.data import default_data_root
     from sciddiff.dock.docking import dock, settings_dict
@@ -66,34 +67,57 @@ def evaluate(args, settings, model) -> dict:
             receptor = io.load_receptor(protein)
             crystal = io.load_ligand(ligand)
             box = io.box_from_ligand(ligand, args.autobox_add) if args.autobox else None
-            result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False)
+            result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False,
+                          rescorer=rescorer)
             row["seconds"] = round(time.perf_counter() - t0, 2)
             xtal = io.ligand_coords(crystal)
-            rmsds = [symmetric_rmsd(crystal, x, xtal) for x in result.coords]
-            row.update(rmsd_top1=round(rmsds[0], 3), rmsd_top5=round(min(rmsds[:5]), 3),
+            cand_rmsd = [symmetric_rmsd(crystal, x, xtal) for x in result.candidates]
+            orders = {"energy": result.order_energy}
+            if result.order_learned is not None:
+                orders["learned"] = result.order_learned
+            for key, order in orders.items():
+                rm = [cand_rmsd[j] for j in order]
+                row[f"rmsd_top1_{key}"], row[f"rmsd_top5_{key}"] = round(rm[0], 3), round(min(rm[:5]), 3)
+            default = "learned" if result.order_learned is not None else "energy"
+            row.update(rmsd_top1=row[f"rmsd_top1_{default}"], rmsd_top5=row[f"rmsd_top5_{default}"],
                        score_top1=round(float(result.score[0]), 3), confidence_top1=round(float(result.confidence[0]), 3),
-                       all_rmsd=" ".join(f"{r:.2f}" for r in rmsds))
+                       rmsd_best_candidate=round(min(cand_rmsd), 3),
+                       all_rmsd=" ".join(f"{cand_rmsd[j]:.2f}" for j in orders[default]))
             if not args.no_posebusters:
-                row["pb_valid"], row["pb_failed"] = _posebusters_valid(io.pose_mol(crystal, result.coords[0]), crystal, protein)
+                for key, order in orders.items():
+                    valid, failed = _posebusters_valid(io.pose_mol(crystal, result.candidates[order[0]]), crystal,
+                                                       protein)
+                    row[f"pb_valid_{key}"], row[f"pb_failed_{key}"] = valid, failed
+                row["pb_valid"], row["pb_failed"] = row[f"pb_valid_{default}"], row[f"pb_failed_{default}"]
         except UserError as err:
             row["error"] = str(err)
         rows.append(row)
         _write_csv(out / "results.csv", rows)
-    top1 = np.array([r["rmsd_top1"] for r in rows], float)
-    top5 = np.array([r["rmsd_top5"] for r in rows], float)
+    summary = {"n": len(rows), "mode": f"box (crystal ligand + {args.autobox_add:.1f} A)" if args.autobox else "blind"}
+    for suffix in ("", "_energy", "_learned") if rescorer is not None else ("",):
+        summary.update(_rates(rows, suffix, args.no_posebusters))
     secs = np.array([r["seconds"] for r in rows], float)
-    summary = {
-        "n": len(rows), "mode": "box (crystal ligand + %.1f A)" % args.autobox_add if args.autobox else "blind",
-        "top1_rmsd_lt_2A": round(float((top1 < 2).mean()), 4), "top5_rmsd_lt_2A": round(float((top5 < 2).mean()), 4),
-        "median_rmsd_top1": round(float(np.median(top1)), 3),
-        "pb_valid_top1": None if args.no_posebusters else round(float(np.mean([r["pb_valid"] for r in rows])), 4),
+    summary.update({
         "seconds_per_complex": round(float(np.nanmean(secs)), 2) if np.isfinite(secs).any() else None,
         "errors": sum(1 for r in rows if r["error"]),
-        "model_version": getattr(model, "version", "none (physics only)"), "settings": settings_dict(settings),
+        "model_version": getattr(model, "version", "none (physics only)"),
+        "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None else "energy",
+        "settings": settings_dict(settings),
         "split": str(split), "offset": args.offset, "every": args.every, "limit": args.limit,
-    }
+    })
     atomic_file_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _rates(rows: list[dict], suffix: str, no_posebusters: bool) -> dict:
+    """Success rates of one ranking; failed complexes (no such column) count as misses."""
+    top1 = np.array([r.get(f"rmsd_top1{suffix}", math.inf) for r in rows], float)
+    top5 = np.array([r.get(f"rmsd_top5{suffix}", math.inf) for r in rows], float)
+    return {f"top1_rmsd_lt_2A{suffix}": round(float((top1 < 2).mean()), 4),
+            f"top5_rmsd_lt_2A{suffix}": round(float((top5 < 2).mean()), 4),
+            f"median_rmsd_top1{suffix}": round(float(np.median(top1)), 3),
+            f"pb_valid_top1{suffix}": None if no_posebusters else
+            round(float(np.mean([bool(r.get(f"pb_valid{suffix}", False)) for r in rows])), 4)}
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
