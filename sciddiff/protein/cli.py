@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "threads measured 30x slower than one)")
     s.add_argument("--checkpoint", default=None, help="model.pt from `sciddiff backbone train` (default: shipped model)")
     s.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
+    s.add_argument("--no-idealize", action="store_true",
+                   help="return the network's frames as they are, without the final restrained idealization of peptide geometry")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="metrics of a folder of backbones against natural chains",
@@ -136,14 +138,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 yield item
 
         backbones = sample(net, [args.length] * len(idx), flow_cfg, steps=steps, seeds=[(args.seed, i) for i in idx],
-                           device=device, progress=ticking)
+                           device=device, progress=ticking, idealize=not args.no_idealize)
         for i, bb in zip(idx, backbones):
             write_backbone(out / names[i], bb)
     bar.close()
     seconds = time.time() - start
     info = {"length": args.length, "num": args.num, "seed": args.seed, "steps": steps, "device": str(device),
             "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("step"),
-            "seconds": round(seconds, 2), "files": names}
+            "idealized": not args.no_idealize, "seconds": round(seconds, 2), "files": names}
     with atomic_file(out / "samples.json", "w") as handle:
         json.dump(info, handle, indent=2)
     print(f"wrote {args.num} backbones of {args.length} residues to {out}/ in {seconds:.1f} s")

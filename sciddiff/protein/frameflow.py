@@ -14,7 +14,8 @@ chain shares its chain's t). Time runs from 0 (noise) to 1 (data). Translations 
   without that factor they were ~1e-3 of the total and the samples' CA spacing and peptide bonds drifted. Self-conditioning: with probability 1/2 the model first predicts
   without it (no gradient) and is then given that guess.
 - Sampling: the core's Euler sampler on geodesics with FrameFlow's exponential rotation schedule (rate 10), feeding each
-  step's clean prediction back as the next step's self-conditioning input; frames become ideal 4-atom backbones.
+  step's clean prediction back as the next step's self-conditioning input; frames are idealized (`refine`) and become
+  ideal 4-atom backbones.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from sciddiff.core.spaces import SO3, Euclidean, Product
 from sciddiff.nn.graph import radius_graph
 from sciddiff.protein.geometry import IDEAL_C, IDEAL_N, backbone_from_frames
 from sciddiff.protein.model import FrameDenoiser
+from sciddiff.protein.refine import idealize_frames
 
 SPACE = Product(trans=Euclidean(3), rot=SO3())
 
@@ -123,8 +125,12 @@ def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, 
 
 @torch.no_grad()
 def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int | None = None,
-           seeds: list | None = None, device: torch.device | str = "cpu", progress: Callable = iter) -> list[np.ndarray]:
+           seeds: list | None = None, device: torch.device | str = "cpu", progress: Callable = iter,
+           idealize: bool = True) -> list[np.ndarray]:
     """Generate one backbone per entry of `lengths`; returns float arrays (L, 4, 3) of N, CA, C, O in Angstrom.
+
+    With `idealize`, the generated frames are finally moved to ideal peptide geometry without CA clashes by a restrained
+    minimization (`sciddiff.protein.refine`); without it, the network's frames are returned as they are.
 
     Chain i's noise comes from its own CPU generator seeded by `seeds[i]` (an int or a tuple of ints, mixed by NumPy's
     SeedSequence; default i), so a backbone depends on its seed only, not on which chains share its batch or on the device.
@@ -149,10 +155,7 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
         return {"trans": trans, "rot": rot}
 
     x1 = sample_flow(model, SPACE, x_init, steps=steps or cfg.steps, rates={"rot": cfg.rot_rate}, progress=progress)
-    scale = net.cfg.scale
-    out = []
-    for i, n in enumerate(lengths):
-        sel = batch == i
-        bb = backbone_from_frames(x1["rot"][sel].double().cpu(), x1["trans"][sel].double().cpu() * scale)
-        out.append(bb.numpy())
-    return out
+    rot, trans, batch = x1["rot"].double().cpu(), x1["trans"].double().cpu() * net.cfg.scale, batch.cpu()
+    if idealize:
+        rot, trans = idealize_frames(rot, trans, batch)
+    return [backbone_from_frames(rot[batch == i], trans[batch == i]).numpy() for i in range(len(lengths))]
