@@ -24,7 +24,7 @@ def _dock(tmp_path, name, *extra):
 
 
 def test_dock_writes_ranked_poses(tmp_path):
-    code, out = _dock(tmp_path, "run")
+    code, out = _dock(tmp_path, "run", "--rescore", "none")  # energy ranking: energies ascend
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["complex_rank1.pdb", "rank1.sdf", "rank2.sdf", "rank3.sdf", "summary.json"]
     ref = Chem.MolFromMolFile(LIGAND)
@@ -38,12 +38,26 @@ def test_dock_writes_ranked_poses(tmp_path):
     assert scores == sorted(scores)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 0 and len(summary["poses"]) == 3 and summary["mode"] == "box"
+    assert summary["confidence"].startswith("search consensus")
     assert {"total", "search", "grid"} <= summary["timings"].keys() and summary["model_version"]
     pdb = (out / "complex_rank1.pdb").read_text()
     assert pdb.count("LIG L") == ref.GetNumAtoms() and "ATOM" in pdb
     # poses stay in the box (crystal ligand + 4 A, plus the grid margin)
     box_lo = ref.GetConformer().GetPositions().min(0) - 6
     assert np.all(Chem.MolFromMolFile(str(out / "rank1.sdf")).GetConformer().GetPositions() > box_lo)
+
+
+@pytest.mark.parametrize("ranking", ["energy", "learned"])
+def test_default_confidence_is_the_learned_probability(tmp_path, ranking):
+    code, out = _dock(tmp_path, ranking, "--model", "none", "--ranking", ranking)
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0 and summary["confidence"] == "learned P(RMSD < 2 A)"
+    assert summary["ranking"].startswith("learned" if ranking == "learned" else "vina energy")
+    conf = [p["confidence"] for p in summary["poses"]]
+    energy = [p["energy"] for p in summary["poses"]]
+    assert all(0 < c < 1 for c in conf) and all(0 <= p["consensus"] <= 1 for p in summary["poses"])
+    if ranking == "energy":
+        assert energy == sorted(energy)
 
 
 def test_same_seed_same_poses(tmp_path):
@@ -118,8 +132,11 @@ def test_dock_eval_reports_success_rates(tmp_path):
     split = tmp_path / "split.txt"
     split.write_text("set/1uou\n")
     code = main(["dock-eval", "--data", str(root), "--split", str(split), "--autobox", "--out", str(tmp_path / "ev"),
-                 "--no-posebusters", *FAST])
+                 "--no-posebusters", "--ranking", "learned", *FAST])
     assert code == 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["n"] == 1 and 0 <= summary["top1_rmsd_lt_2A"] <= 1 and summary["median_rmsd_top1"] < 20
+    # the learned ranking and the energy ranking of the same poses, side by side
+    assert summary["ranking"] == "learned" and summary["top1_rmsd_lt_2A"] == summary["top1_rmsd_lt_2A_learned"]
+    assert {"top5_rmsd_lt_2A_energy", "median_rmsd_top1_energy"} <= summary.keys()
     assert (tmp_path / "ev" / "results.csv").read_text().startswith("complex,")

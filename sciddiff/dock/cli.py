@@ -38,6 +38,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the score model runs (default cpu)")
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--rescore", default=None, help=RESCORE_HELP)
+    p.add_argument("--ranking", choices=("energy", "learned"), default=d.ranking,
+                   help=f"with a rescoring model: order poses by energy or by the learned P(RMSD < 2 A) "
+                        f"(default {d.ranking}; see docs/dock.md for the measurements behind it)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (default 1: the tensors are small, more threads rarely help)")
 
@@ -91,7 +94,7 @@ def _settings(args):
         raise UserError("need at least one search chain: --samples + --random-starts >= 1")
     return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=max(args.steps, 1),
                         poses=args.poses, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, pockets=args.pockets,
-                        scoring=args.scoring, seed=args.seed)
+                        scoring=args.scoring, ranking=args.ranking, seed=args.seed)
 
 
 def _model(args):
@@ -143,8 +146,8 @@ def _dock_one(protein: str, ligand: str, out: Path, args, model, rescorer, setti
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
                 "model_version": getattr(model, "version", "none (physics only)"), "settings": settings_dict(settings),
-                "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None else
-                f"{settings.scoring} energy (inter + intra-ligand) after physics search",
+                "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
+                else f"{settings.scoring} energy (inter + intra-ligand) after physics search",
                 "confidence": "learned P(RMSD < 2 A)" if rescorer is not None else
                 "search consensus: fraction of search chains ending within 2 A of the pose",
                 "score_units": "kcal/mol-like (Vina weights), lower is better"}

@@ -4,10 +4,10 @@ scoring function -> exact polishing -> clustering and ranking.
 Blind docking (no box) docks into the `pockets` best geometric pockets and ranks all poses together. Scores are
 the Vina-like intermolecular energy / (1 + 0.0585 n_torsions) in kcal/mol-like units (lower is better). The
 candidates (the 2 x `poses` best distinct polished minima) are ranked by the search objective (intermolecular +
-intra-ligand energy) or, given a learned rescorer (`sciddiff.dock.rescore`), by its P(RMSD < 2 A), which is then
-the confidence. Without a rescorer the confidence is the consensus of the search: the fraction of all search
-chains whose final pose lies within 2 A (RMSD) of the ranked pose. Both rankings of the same candidates are kept
-in the result so that evaluations compare them on identical poses.
+intra-ligand energy) or (settings.ranking "learned") by a learned rescorer's ranking score
+(`sciddiff.dock.rescore`). With a rescorer its calibrated P(RMSD < 2 A) is the confidence; without one the confidence is the
+consensus of the search: the fraction of all search chains whose final pose lies within 2 A (RMSD) of the pose.
+Both rankings of the same candidates are kept in the result so that evaluations compare them on identical poses.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class DockSettings:
     mc_steps: int = 20        # gradient steps per round
     pockets: int = 3          # blind docking: number of pockets searched
     scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
+    ranking: str = "energy"   # with a rescorer: order poses by "energy" or by its "learned" score
     seed: int = 0
 
 
@@ -51,7 +52,7 @@ class DockResult:
     coords: np.ndarray        # (K, N, 3) ranked poses, heavy atoms in the ligand's atom order
     score: np.ndarray         # (K,) Vina-like score
     energy: np.ndarray        # (K,) search objective (inter + intra)
-    confidence: np.ndarray    # (K,) consensus in [0, 1]
+    confidence: np.ndarray    # (K,) learned P(RMSD < 2 A) with a rescorer, else the consensus, in [0, 1]
     region: np.ndarray        # (K,) index of the box/pocket the pose was found in
     boxes: list[Box]
     timings: dict[str, float] = field(default_factory=dict)
@@ -60,6 +61,7 @@ class DockResult:
     order_energy: list[int] = field(default_factory=list)   # candidate indices ranked by energy (distinct)
     order_learned: list[int] | None = None   # candidate indices ranked by the rescorer, when one was used
     search: np.ndarray | None = None         # (P, N, 3) every Monte Carlo chain's best minimum (before polishing)
+    consensus: np.ndarray | None = None      # (K,) fraction of the search chains ending within 2 A of each pose
 
     def summary(self) -> dict:
         return {"n_torsions": self.n_torsions, "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -156,26 +158,26 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     x = space.coords(best.tr, best.rot, best.theta, realign=False).detach()
     all_x = all_x.detach()
     order_energy = _distinct(x, best.energy, s.poses)
-    order_learned = None
+    order_learned, keep = None, order_energy
     if rescorer is not None:
         from sciddiff.dock.rescore import Featurizer
 
         with torch.no_grad():
-            logit = rescorer(Featurizer(receptor, mol, tors.n)(x, all_x))
+            feats = Featurizer(receptor, mol, tors.n)(x, all_x)
+            logit = rescorer(feats)
+            prob = rescorer.probability(feats, logit)
         order_learned = _distinct(x, -logit, s.poses)
-        keep = order_learned
-        confidence = torch.sigmoid(logit[torch.as_tensor(keep)])
-    else:
-        keep = order_energy
-        confidence = (_rmsd_matrix(x[torch.as_tensor(keep)], all_x) < 2.0).float().mean(1)
+        keep = order_learned if s.ranking == "learned" else order_energy
     keep_t = torch.as_tensor(keep)
+    consensus = (_rmsd_matrix(x[keep_t], all_x) < 2.0).float().mean(1)
+    confidence = prob[keep_t] if rescorer is not None else consensus
     with torch.no_grad():
         scores = torch.stack([grids[int(best_reg[j])].score(x[j:j + 1])[0] for j in keep])
     timings["rank"] = time.perf_counter() - tick
     return DockResult(coords=x[keep_t].numpy(), score=scores.numpy(), energy=best.energy[keep_t].numpy(),
                       confidence=confidence.numpy(), region=best_reg[keep_t].numpy(), boxes=regions, timings=timings,
                       n_torsions=tors.n, candidates=x.numpy(), order_energy=order_energy,
-                      order_learned=order_learned, search=all_x.numpy())
+                      order_learned=order_learned, search=all_x.numpy(), consensus=consensus.numpy())
 
 
 def _counting(iterable, bar):

@@ -4,7 +4,8 @@ Per complex: symmetry-corrected heavy-atom RMSD (no superposition) of every rank
 PoseBusters "redock" checks of the top-1 pose with the RMSD check left out (PB-valid), wall seconds. Summary:
 top-1 and top-5 fraction with RMSD < 2 A, median top-1 RMSD, PB-valid fraction, mean seconds per complex; complexes
 that fail to dock count as failures (RMSD infinite). With a learned rescorer, the same candidates are also ranked
-by energy alone and both rankings are reported (`*_energy`, `*_learned`; the unsuffixed ones are the default's).
+by energy alone and both rankings are reported (`*_energy`, `*_learned`; the unsuffixed ones are the chosen
+ranking's), and the ROC AUC of the top-1 confidence and of the search consensus for top-1 success.
 """
 from __future__ import annotations
 
@@ -78,9 +79,10 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
             for key, order in orders.items():
                 rm = [cand_rmsd[j] for j in order]
                 row[f"rmsd_top1_{key}"], row[f"rmsd_top5_{key}"] = round(rm[0], 3), round(min(rm[:5]), 3)
-            default = "learned" if result.order_learned is not None else "energy"
+            default = settings.ranking if result.order_learned is not None else "energy"
             row.update(rmsd_top1=row[f"rmsd_top1_{default}"], rmsd_top5=row[f"rmsd_top5_{default}"],
                        score_top1=round(float(result.score[0]), 3), confidence_top1=round(float(result.confidence[0]), 3),
+                       consensus_top1=round(float(result.consensus[0]), 3),
                        rmsd_best_candidate=round(min(cand_rmsd), 3),
                        all_rmsd=" ".join(f"{cand_rmsd[j]:.2f}" for j in orders[default]))
             if not args.no_posebusters:
@@ -96,17 +98,31 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     summary = {"n": len(rows), "mode": f"box (crystal ligand + {args.autobox_add:.1f} A)" if args.autobox else "blind"}
     for suffix in ("", "_energy", "_learned") if rescorer is not None else ("",):
         summary.update(_rates(rows, suffix, args.no_posebusters))
+    hit = np.array([r["rmsd_top1"] < 2 for r in rows])
+    for key in ("confidence_top1", "consensus_top1"):  # does the number separate right from wrong top-1 poses?
+        summary[f"auc_{key}"] = roc_auc(np.array([r.get(key, math.nan) for r in rows], float), hit)
     secs = np.array([r["seconds"] for r in rows], float)
     summary.update({
         "seconds_per_complex": round(float(np.nanmean(secs)), 2) if np.isfinite(secs).any() else None,
         "errors": sum(1 for r in rows if r["error"]),
         "model_version": getattr(model, "version", "none (physics only)"),
-        "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None else "energy",
+        "ranking": "energy" if rescorer is None or settings.ranking == "energy" else "learned",
+        "rescorer": None if rescorer is None else rescorer.version,
         "settings": settings_dict(settings),
         "split": str(split), "offset": args.offset, "every": args.every, "limit": args.limit,
     })
     atomic_file_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """ROC AUC (ties count half) of `score` for `positive`, over the finite scores; None without both classes."""
+    ok = np.isfinite(score)
+    pos, neg = score[ok & positive], score[ok & ~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    greater = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    return round(float(greater), 4)
 
 
 def _rates(rows: list[dict], suffix: str, no_posebusters: bool) -> dict:

@@ -48,10 +48,11 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_result(folder: Path, receptor: Receptor, mol: Chem.Mol, result: DockResult, meta: dict, name: str = "ligand") -> dict:
-    """rank{i}.sdf (SD tags rank, confidence, score, energy, pocket), complex_rank1.pdb and summary.json."""
+    """rank{i}.sdf (SD tags rank, confidence, consensus, score, energy, pocket), complex_rank1.pdb and summary.json."""
     poses = []
     for i in range(len(result.coords)):
-        tags = {"rank": i + 1, "confidence": float(result.confidence[i]), "score": float(result.score[i]),
+        tags = {"rank": i + 1, "confidence": float(result.confidence[i]), "consensus": float(result.consensus[i]),
+                "score": float(result.score[i]),
                 "energy": float(result.energy[i]), "pocket": int(result.region[i]) + 1}
         pm = pose_mol(mol, result.coords[i], tags, name=f"{name}_rank{i + 1}")
         (folder / f"rank{i + 1}.sdf").write_text(sdf_block(pm))

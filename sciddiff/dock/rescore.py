@@ -146,20 +146,54 @@ class Featurizer:
         return torch.cat([f, context, self.size.expand(len(x), 2)], -1)
 
 
-class Rescorer(nn.Module):
-    """Standardised features -> MLP (or linear when hidden == 0) -> logit of P(RMSD < 2 A)."""
+PRIOR_FEATURES = ("vina_energy", "energy_above_best", "consensus")  # what ranking used before: not shrunk
+CONFIDENCE_FEATURES = ("energy_above_best", "consensus", "n_heavy", "n_torsions")  # + the ranking logit
 
-    def __init__(self, n_features: int = len(FEATURE_NAMES), hidden: int = 32, dropout: float = 0.0):
+
+class Rescorer(nn.Module):
+    """Standardised features -> linear + (hidden > 0) a one-hidden-layer MLP -> ranking logit; `probability` maps
+    that logit and CONFIDENCE_FEATURES through a logistic regression to the confidence P(RMSD < 2 A).
+
+    Training shrinks every weight towards zero except the linear weights of PRIOR_FEATURES, so with little data the
+    model falls back to an energy + consensus ranking and only departs from it where the decoys say so. The ranking
+    logit separates poses of one complex; the confidence must also compare complexes, where the search consensus
+    is the strongest signal, so it gets its own small calibrated head (fit on out-of-fold logits)."""
+
+    def __init__(self, n_features: int = len(FEATURE_NAMES), hidden: int = 32):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("std", torch.ones(n_features))
+        self.register_buffer("prior", torch.tensor([n in PRIOR_FEATURES for n in FEATURE_NAMES]))
         self.hidden = hidden
-        self.net = nn.Linear(n_features, 1) if hidden == 0 else nn.Sequential(
-            nn.Linear(n_features, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.linear = nn.Linear(n_features, 1)
+        self.mlp = nn.Sequential(nn.Linear(n_features, hidden), nn.SiLU(), nn.Linear(hidden, 1)) if hidden else None
+        self.register_buffer("conf_index", torch.tensor([FEATURE_NAMES.index(n) for n in CONFIDENCE_FEATURES]))
+        self.register_buffer("conf_weight", torch.zeros(len(CONFIDENCE_FEATURES) + 2))  # logit, features..., bias
         self.version = "untrained"
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net((features - self.mean) / self.std)[..., 0]
+        z = (features - self.mean) / self.std
+        out = self.linear(z)
+        if self.mlp is not None:
+            out = out + self.mlp(z)
+        return out[..., 0]
+
+    def confidence_inputs(self, features: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
+        """Inputs (B, 6) of the confidence head: ranking logit, standardised CONFIDENCE_FEATURES, 1."""
+        z = (features[..., self.conf_index] - self.mean[self.conf_index]) / self.std[self.conf_index]
+        return torch.cat([logit[..., None], z, torch.ones_like(logit)[..., None]], -1)
+
+    def probability(self, features: torch.Tensor, logit: torch.Tensor | None = None) -> torch.Tensor:
+        """Confidence P(RMSD < 2 A) (B,) of poses with these features."""
+        logit = self(features) if logit is None else logit
+        return torch.sigmoid(self.confidence_inputs(features, logit) @ self.conf_weight)
+
+    def penalty(self) -> torch.Tensor:
+        """Sum of squares of the shrunk weights."""
+        total = self.linear.weight[0, ~self.prior].pow(2).sum()
+        if self.mlp is not None:
+            total = total + sum(w.pow(2).sum() for name, w in self.mlp.named_parameters() if "weight" in name)
+        return total
 
 
 def save_rescorer(model: Rescorer, path: str | Path, meta: dict) -> None:

@@ -8,18 +8,26 @@ the conformer with the crystal's torsions, aligned onto it, then polished). Each
 symmetry-corrected RMSD (A) to the crystal ligand. Complexes are taken in a seeded random order and the output file
 is rewritten after every complex, so a run can be stopped at any time.
 
-train: a per-complex split of the decoy complexes (model selection), then a fit on all of them. Loss per complex:
+train: k-fold cross-validation by complex over a small grid (linear or one hidden layer, weight decay), selected by
+cross-validated top-1 among the candidates (the L2 penalty spares the energy and consensus weights, see
+`rescore.Rescorer`), then the chosen setting is refit on every decoy complex. The confidence head (a logistic
+regression on the ranking logit, consensus, energy above the best pose and ligand size) is fit on the chosen
+setting's out-of-fold logits. Loss per complex:
 listwise softmax cross-entropy whose target puts the mass on the poses within 2 A (or, with none, on the lowest
 RMSD pose), plus binary cross-entropy on RMSD < 2 A so that sigmoid(logit) is a calibrated confidence.
 
     python -m sciddiff.dock.rescore_train decoys --split ../shared/data/docking/splits/train.txt --shard 0 --shards 2 \\
         --out runs/rescore/decoys_0.pt
+    # the tuning subset of val, with dock-eval's default settings (its candidates, re-ranked offline):
+    python -m sciddiff.dock.rescore_train decoys --split ../shared/data/docking/splits/val.txt --offset 0 --every 14 \
+        --limit 20 --score-model data/dock/score_model.pt --random-starts 80 --mc-rounds 40 --out runs/rescore/tune.pt
     python -m sciddiff.dock.rescore_train train --decoys runs/rescore/decoys_*.pt --out data/dock/rescore.pt
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -52,7 +60,7 @@ def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
     return space.coords(p.tr, p.rot, p.theta, realign=False).detach()
 
 
-def complex_decoys(cid: str, root: Path, settings) -> dict:
+def complex_decoys(cid: str, root: Path, settings, model=None) -> dict:
     from sciddiff.dock import io
     from sciddiff.dock.docking import dock
     from sciddiff.dock.ligand import rotatable_torsions, symmetric_rmsd
@@ -62,7 +70,7 @@ def complex_decoys(cid: str, root: Path, settings) -> dict:
     ligand = str(root / cid / f"{name}_ligand.sdf.gz")
     receptor = io.load_receptor(root / cid / f"{name}_protein.pdb.gz")
     mol = io.load_ligand(ligand)
-    result = dock(receptor, mol, io.box_from_ligand(ligand, 4.0), None, settings, show_progress=False)
+    result = dock(receptor, mol, io.box_from_ligand(ligand, 4.0), model, settings, show_progress=False)
     search, cand = torch.as_tensor(result.search), torch.as_tensor(result.candidates)
     poses = torch.cat([search, cand, relaxed_crystal(receptor, mol, settings.seed)])
     kind = torch.cat([torch.zeros(len(search)), torch.ones(len(cand)), torch.full((1,), 2.0)]).long()
@@ -82,14 +90,22 @@ def run_decoys(args) -> None:
     torch.set_num_threads(1)
     root = Path(args.data) if args.data else default_data_root()
     ids = [ln.strip() for ln in Path(args.split).read_text().splitlines() if ln.strip()]
-    ids = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))][args.shard:: args.shards][: args.limit]
-    settings = DockSettings(samples=0, random_starts=args.random_starts, mc_chains=args.mc_chains,
-                            mc_rounds=args.mc_rounds, seed=0)
+    if args.every:  # dock-eval's selection (so that its candidates are reproduced exactly)
+        ids = ids[args.offset:: args.every][: args.limit]
+    else:
+        ids = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))][args.shard:: args.shards][: args.limit]
+    model = None
+    if args.score_model:
+        from sciddiff.dock.sampler import load_score_model
+
+        model = load_score_model(args.score_model, "cpu")
+    settings = DockSettings(samples=args.samples if model is not None else 0, random_starts=args.random_starts,
+                            mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, seed=0)
     out, items = Path(args.out), []
     for k, cid in enumerate(ids):
         t0 = time.perf_counter()
         try:
-            items.append(complex_decoys(cid, root, settings))
+            items.append(complex_decoys(cid, root, settings, model))
         except (UserError, ValueError, RuntimeError) as err:  # unreadable input or an embedding failure: skip it
             print(f"{cid}: skipped ({err})", flush=True)
             continue
@@ -98,86 +114,136 @@ def run_decoys(args) -> None:
         print(f"[{k + 1}/{len(ids)}] {cid}: {len(it['rmsd'])} poses, best candidate {it['rmsd'][cand].min():.2f} A, "
               f"energy top-1 {it['rmsd'][cand][it['order_energy'][0]]:.2f} A, crystal {it['rmsd'][-1]:.2f} A, "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
-        save_checkpoint(out, {"items": items, "settings": settings_dict(settings), "split": args.split})
+        save_checkpoint(out, {"items": items, "settings": settings_dict(settings), "command": _command()})
 
 
 # ------------------------------------------------------------------------------------------------------------ train
-def _loss(model, items: list[dict], pos_weight: float) -> torch.Tensor:
+def _loss(model, items: list[dict]) -> torch.Tensor:
     total = 0.0
     for it in items:
         logit = model(it["features"])
         good = (it["rmsd"] < 2.0).float()
         target = good if good.any() else (it["rmsd"] == it["rmsd"].min()).float()
         listwise = -(target / target.sum() * torch.log_softmax(logit, 0)).sum()
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(
-            logit, good, pos_weight=torch.tensor(pos_weight))
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, good)
         total = total + listwise + bce
     return total / len(items)
 
 
-def ranking_metrics(model, items: list[dict]) -> dict:
-    """On the candidates the pipeline ranks (kind 1): top-1 < 2 A by energy vs by the model, and the oracle."""
-    e1, m1, oracle, conf, hit = [], [], [], [], []
+def ranking_metrics(model, items: list) -> dict:
+    """On the candidates the pipeline ranks (kind 1): top-1 < 2 A by energy vs by the model, the oracle (some
+    candidate within 2 A), and how well the model's probability and the search consensus of the energy top-1 pose
+    separate hits from misses (ROC AUC) and the Brier score of the model's probability there. `items` are decoy
+    dicts scored by `model`, or (model, dict) pairs when model is None."""
+    from sciddiff.dock.evaluate import roc_auc
+    from sciddiff.dock.rescore import FEATURE_NAMES
+
+    col = FEATURE_NAMES.index("consensus")
+    e1, m1, oracle, prob, cons = [], [], [], [], []
     with torch.no_grad():
-        for it in items:
+        for pair in items:
+            m, it = pair if model is None else (model, pair)
             cand = it["kind"] == 1
-            rmsd, logit = it["rmsd"][cand], model(it["features"][cand])
-            e1.append(float(rmsd[it["order_energy"][0]]) < 2)
-            best = int(logit.argmax())
-            m1.append(float(rmsd[best]) < 2)
+            rmsd, logit = it["rmsd"][cand], m(it["features"][cand])
+            top = int(it["order_energy"][0])
+            e1.append(float(rmsd[top]) < 2)
+            m1.append(float(rmsd[int(logit.argmax())]) < 2)
             oracle.append(float(rmsd.min()) < 2)
-            conf.append(float(torch.sigmoid(logit[best])))
-            hit.append(m1[-1])
-    conf_a, hit_a = np.array(conf), np.array(hit, float)
-    return {"n": len(items), "top1_energy": float(np.mean(e1)), "top1_model": float(np.mean(m1)),
-            "oracle": float(np.mean(oracle)), "mean_confidence_top1": float(conf_a.mean()),
-            "brier_top1": float(((conf_a - hit_a) ** 2).mean())}
+            prob.append(float(m.probability(it["features"][cand][top:top + 1])[0]))
+            cons.append(float(it["features"][cand][top, col]))
+    hit, prob_a = np.array(e1), np.array(prob)
+    return {"n": len(items), "top1_energy": float(hit.mean()), "top1_model": float(np.mean(m1)),
+            "oracle": float(np.mean(oracle)), "auc_prob_energy_top1": roc_auc(prob_a, hit),
+            "auc_consensus_energy_top1": roc_auc(np.array(cons), hit),
+            "brier_energy_top1": float(((prob_a - hit) ** 2).mean()), "mean_prob_energy_top1": float(prob_a.mean())}
 
 
 def fit(items: list[dict], hidden: int, epochs: int, weight_decay: float, seed: int = 0, lr: float = 3e-3):
+    """A Rescorer with feature standardisation from `items`, trained by Adam on batches of 16 complexes with an L2
+    penalty (`weight_decay`) on all weights but the prior features' linear ones."""
     from sciddiff.dock.rescore import Rescorer
 
     torch.manual_seed(seed)
     feats = torch.cat([it["features"] for it in items])
-    model = Rescorer(feats.shape[1], hidden=hidden, dropout=0.1 if hidden else 0.0)
+    model = Rescorer(feats.shape[1], hidden=hidden)
     model.mean.copy_(feats.mean(0))
     model.std.copy_(feats.std(0).clamp_min(1e-3))
-    rate = float(torch.cat([it["rmsd"] for it in items]).lt(2).float().mean())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    for epoch in range(epochs):
-        model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
         for batch in torch.randperm(len(items)).split(16):
             opt.zero_grad()
-            _loss(model, [items[i] for i in batch], pos_weight=1.0).backward()
+            (_loss(model, [items[i] for i in batch]) + weight_decay * model.penalty()).backward()
             opt.step()
-    model.eval()
-    return model, rate
+    return model.eval()
+
+
+def fit_confidence(scored: list) -> torch.Tensor:
+    """Logistic regression of RMSD < 2 A on the confidence inputs of the top-1 candidates (by energy and by the
+    model: the poses whose confidence users read first; all candidates would calibrate it to the lower base rate of
+    the whole list), from (model, decoys) pairs whose model did not see those decoys; returns the head's weights."""
+    inputs, labels = [], []
+    with torch.no_grad():
+        for m, it in scored:
+            cand = it["kind"] == 1
+            logit = m(it["features"][cand])
+            top = torch.unique(torch.stack([it["order_energy"][0], logit.argmax()]))
+            inputs.append(m.confidence_inputs(it["features"][cand][top], logit[top]))
+            labels.append((it["rmsd"][cand][top] < 2).float())
+    x, y = torch.cat(inputs), torch.cat(labels)
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y) + 1e-3 * w[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
 
 
 def run_train(args) -> None:
     from sciddiff.dock.rescore import save_rescorer
 
     torch.set_num_threads(1)
-    items = [it for path in args.decoys for it in torch.load(path, weights_only=True)["items"]]
-    order = np.random.default_rng(1).permutation(len(items))
-    n_val = len(items) // 4
-    val, train = [items[i] for i in order[:n_val]], [items[i] for i in order[n_val:]]
-    report = {}
+    by_id = {it["complex"]: it for path in args.decoys for it in torch.load(path, weights_only=True)["items"]}
+    items = list(by_id.values())  # shards may overlap
+    folds = np.array_split(np.random.default_rng(1).permutation(len(items)), args.folds)
+    report, out_of_fold = {}, {}
     for hidden in args.hidden:
         for wd in args.weight_decay:
-            model, _ = fit(train, hidden, args.epochs, wd)
-            report[f"hidden={hidden} wd={wd}"] = {"train": ranking_metrics(model, train), "val": ranking_metrics(model, val)}
-            print(json.dumps({f"hidden={hidden} wd={wd}": report[f"hidden={hidden} wd={wd}"]}), flush=True)
-    best = max(report, key=lambda k: (report[k]["val"]["top1_model"], -report[k]["val"]["brier_top1"]))
+            held_out = []  # every complex scored by the fold model that did not see it
+            for k, fold in enumerate(folds):
+                rest = [items[i] for f in folds[:k] + folds[k + 1:] for i in f]
+                model = fit(rest, hidden, args.epochs, wd)
+                held_out += [(model, items[i]) for i in fold]
+            key = f"hidden={hidden} wd={wd}"
+            report[key], out_of_fold[key] = ranking_metrics(None, held_out), held_out
+            print(json.dumps({key: report[key]}), flush=True)
+    best = max(report, key=lambda k: report[k]["top1_model"])
     hidden, wd = int(best.split()[0].split("=")[1]), float(best.split()[1].split("=")[1])
-    model, _ = fit(items, hidden, args.epochs, wd)  # the chosen setting, refit on every decoy complex
+    conf_weight = fit_confidence(out_of_fold[best])
+    for m, _ in out_of_fold[best]:
+        m.conf_weight.copy_(conf_weight)
+    chosen_cv = ranking_metrics(None, out_of_fold[best])  # the confidence head is fit on these same logits
+    print(json.dumps({"chosen (with confidence head)": chosen_cv}), flush=True)
+    model = fit(items, hidden, args.epochs, wd)  # the chosen setting, refit on every decoy complex
+    model.conf_weight.copy_(conf_weight)
     meta = {"version": time.strftime("%Y-%m-%d"), "hidden": hidden, "weight_decay": wd, "epochs": args.epochs,
             "complexes": len(items), "poses": int(sum(len(it["rmsd"]) for it in items)),
-            "decoys": [str(p) for p in args.decoys], "selection": report, "chosen": best,
+            "command": _command(), "decoy_commands": [torch.load(p, weights_only=True).get("command") for p in args.decoys],
+            "folds": args.folds, "cross_validation": report, "chosen": best, "chosen_cross_validation": chosen_cv,
+            "confidence_weight": conf_weight.tolist(),
             "all_complexes": ranking_metrics(model, items)}
     save_rescorer(model, args.out, meta)
     Path(args.out).with_suffix(".json").write_text(json.dumps(meta, indent=1))
     print(f"chose {best}; wrote {args.out}", flush=True)
+
+
+def _command() -> str:
+    return " ".join(["python -m sciddiff.dock.rescore_train", *sys.argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,6 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--shard", type=int, default=0)
     d.add_argument("--shards", type=int, default=1)
     d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--every", type=int, default=0,
+                   help="take every k-th complex from --offset, in split order, instead of a seeded random order")
+    d.add_argument("--offset", type=int, default=0)
+    d.add_argument("--score-model", default=None,
+                   help="score-network checkpoint for diffusion starts (default: physics only, as for training)")
+    d.add_argument("--samples", type=int, default=8, help="diffusion starts with --score-model (default 8)")
     d.add_argument("--random-starts", type=int, default=88)
     d.add_argument("--mc-chains", type=int, default=96)
     d.add_argument("--mc-rounds", type=int, default=20)
@@ -197,8 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="train the rescorer on decoy files")
     t.add_argument("--decoys", nargs="+", required=True)
     t.add_argument("--hidden", type=int, nargs="+", default=[0, 32], help="hidden widths tried (0 = linear)")
-    t.add_argument("--weight-decay", type=float, nargs="+", default=[1e-3, 1e-1])
-    t.add_argument("--epochs", type=int, default=60)
+    t.add_argument("--weight-decay", type=float, nargs="+", default=[1e-2, 1e-1, 1.0],
+                   help="L2 penalties tried on the non-prior weights")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--folds", type=int, default=4)
     t.add_argument("--out", required=True)
     t.set_defaults(func=run_train)
     args = p.parse_args(argv)
