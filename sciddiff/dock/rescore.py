@@ -1,9 +1,12 @@
-"""Learned rescoring and confidence: a small network that reads cheap, rigid-motion-invariant features of a docked
-pose and returns the logit of P(symmetry-corrected RMSD to the crystal pose < 2 A).
+"""Learned rescoring and confidence: a small model that reads cheap, rigid-motion-invariant features of a docked
+pose and returns a ranking logit (higher = more likely within 2 A of the crystal pose) and, from a separate
+logistic head, the confidence P(symmetry-corrected RMSD < 2 A).
 
 The search's Vina-like energy ranks the relaxed crystal pose below the returned pose in most misses (docs/dock.md),
-so the candidates the search returns are re-ranked by this model, which was trained on the search's own decoys on
-the training complexes (`sciddiff.dock.rescore_train`). Its sigmoid is the reported `confidence`.
+so the model was trained on the search's own decoys on the training complexes (`sciddiff.dock.rescore_train`) to
+re-rank the candidates. Measured on held-out complexes it ranks no better than the energy, so `dock` keeps the
+energy ranking by default (settings.ranking) and uses the model for the `confidence`, where it clearly beats the
+search consensus (docs/dock.md). Units: Angstrom, kcal/mol-like Vina energies; probabilities in [0, 1].
 
 Features of one pose (all from interatomic distances in Angstrom, hence invariant to moving the whole complex):
   - Vina terms, unweighted sums over protein-ligand heavy-atom pairs within 8 A (gauss1, gauss2, repulsion,

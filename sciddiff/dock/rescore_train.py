@@ -8,20 +8,20 @@ the conformer with the crystal's torsions, aligned onto it, then polished). Each
 symmetry-corrected RMSD (A) to the crystal ligand. Complexes are taken in a seeded random order and the output file
 is rewritten after every complex, so a run can be stopped at any time.
 
-train: k-fold cross-validation by complex over a small grid (linear or one hidden layer, weight decay), selected by
-cross-validated top-1 among the candidates (the L2 penalty spares the energy and consensus weights, see
-`rescore.Rescorer`), then the chosen setting is refit on every decoy complex. The confidence head (a logistic
-regression on the ranking logit, consensus, energy above the best pose and ligand size) is fit on the chosen
-setting's out-of-fold logits. Loss per complex:
-listwise softmax cross-entropy whose target puts the mass on the poses within 2 A (or, with none, on the lowest
-RMSD pose), plus binary cross-entropy on RMSD < 2 A so that sigmoid(logit) is a calibrated confidence.
+train: loss per complex = listwise softmax cross-entropy whose target puts the mass on the poses within 2 A (or,
+with none, on the lowest-RMSD pose) + binary cross-entropy on RMSD < 2 A. k-fold cross-validation by complex over a
+small grid (linear or one hidden layer, L2 penalty; the penalty spares the energy and consensus weights, see
+`rescore.Rescorer`) selects by cross-validated top-1 among the candidates; the chosen setting is refit on every
+decoy complex. The confidence head (a logistic regression on the ranking logit, consensus, energy above the best
+pose and ligand size) is fit on the chosen setting's out-of-fold logits of the top-1 candidates.
 
     python -m sciddiff.dock.rescore_train decoys --split ../shared/data/docking/splits/train.txt --shard 0 --shards 2 \\
         --out runs/rescore/decoys_0.pt
     # the tuning subset of val, with dock-eval's default settings (its candidates, re-ranked offline):
-    python -m sciddiff.dock.rescore_train decoys --split ../shared/data/docking/splits/val.txt --offset 0 --every 14 \
+    python -m sciddiff.dock.rescore_train decoys --split ../shared/data/docking/splits/val.txt --offset 0 --every 14 \\
         --limit 20 --score-model data/dock/score_model.pt --random-starts 80 --mc-rounds 40 --out runs/rescore/tune.pt
-    python -m sciddiff.dock.rescore_train train --decoys runs/rescore/decoys_*.pt --out data/dock/rescore.pt
+    python -m sciddiff.dock.rescore_train train --decoys runs/rescore/decoys_*.pt --hidden 0 32 --weight-decay 1 10 \\
+        --out data/dock/rescore.pt
 """
 from __future__ import annotations
 
