@@ -103,31 +103,35 @@ def _model(args):
     torch.set_num_threads(max(1, args.threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available")
-    if args.model == "none" or (args.model is None and not DEFAULT_MODEL.exists()):
-        return None
-    path = Path(args.model) if args.model else DEFAULT_MODEL
-    if not path.is_file():
-        raise UserError(f"model checkpoint not found: {path}")
-    from sciddiff.dock.sampler import load_score_model
 
-    try:
+    def load(path: Path):
+        from sciddiff.dock.sampler import load_score_model  # e3nn is imported only when a model is used
+
         return load_score_model(path, args.device)
-    except (RuntimeError, KeyError, OSError) as err:
-        raise UserError(f"cannot load model {path}: {str(err).splitlines()[0]}") from None
+
+    return _load_optional(args.model, DEFAULT_MODEL, "score model", load)
 
 
 def _rescorer(args):
-    if args.rescore == "none" or (args.rescore is None and not DEFAULT_RESCORER.exists()):
-        return None
-    path = Path(args.rescore) if args.rescore else DEFAULT_RESCORER
-    if not path.is_file():
-        raise UserError(f"rescoring model not found: {path}")
-    from sciddiff.dock.rescore import load_rescorer
+    def load(path: Path):
+        from sciddiff.dock.rescore import load_rescorer
 
-    try:
         return load_rescorer(path)
+
+    return _load_optional(args.rescore, DEFAULT_RESCORER, "rescoring model", load)
+
+
+def _load_optional(value: str | None, default: Path, what: str, load):
+    """`none` -> None; no value -> the shipped file if present; a path must exist and load (one-line errors)."""
+    if value == "none" or (value is None and not default.exists()):
+        return None
+    path = Path(value) if value else default
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return load(path)
     except (RuntimeError, KeyError, OSError) as err:
-        raise UserError(f"cannot load rescoring model {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot load {what} {path}: {str(err).splitlines()[0]}") from None
 
 
 def _dock_one(protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str) -> dict:
