@@ -16,6 +16,7 @@ exactly, the fold stays the model's. L-BFGS in float64, one chain at a time.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -40,10 +41,12 @@ def _law_of_cosines(a: float, b: float, angle: float) -> float:
     return math.sqrt(a * a + b * b - 2 * a * b * math.cos(angle))
 
 
-def _trans_ca_ca() -> float:
-    """CA(i)-CA(i+1) of an ideal trans peptide (independent of phi/psi)."""
+@functools.cache
+def _peptide_targets() -> tuple[float, float, float, float]:
+    """Ideal trans-peptide C(i)-N(i+1), CA(i)-N(i+1), C(i)-CA(i+1), CA(i)-CA(i+1) (the last from a built chain)."""
     bb = backbone_from_dihedrals(torch.zeros(2, dtype=torch.float64), torch.full((2,), 2.0, dtype=torch.float64))
-    return float((bb[1, 1] - bb[0, 1]).norm())
+    return (C_N_BOND, _law_of_cosines(CA_C_BOND, C_N_BOND, CA_C_N_ANGLE),
+            _law_of_cosines(C_N_BOND, N_CA_BOND, C_N_CA_ANGLE), float((bb[1, 1] - bb[0, 1]).norm()))
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,7 @@ def idealize_chain(rot: Tensor, trans: Tensor, cfg: IdealizeConfig = IdealizeCon
     rot0, trans0 = rot.detach().double().cpu(), trans.detach().double().cpu()
     atoms0 = _atoms(rot0, trans0)
     phi_psi0 = _phi_psi(atoms0)
-    targets = torch.tensor([C_N_BOND, _law_of_cosines(CA_C_BOND, C_N_BOND, CA_C_N_ANGLE),
-                            _law_of_cosines(C_N_BOND, N_CA_BOND, C_N_CA_ANGLE), _trans_ca_ca()], dtype=torch.float64)
+    targets = torch.tensor(_peptide_targets(), dtype=torch.float64)
     sigmas = torch.tensor([cfg.bond_sigma, cfg.angle_sigma, cfg.angle_sigma, cfg.angle_sigma], dtype=torch.float64)
     ii, jj = torch.triu_indices(len(trans0), len(trans0), offset=3)
     params = torch.zeros(len(trans0), 6, dtype=torch.float64, requires_grad=True)  # body-frame rotvec, translation
