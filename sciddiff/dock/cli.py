@@ -104,8 +104,8 @@ def _model(args):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available")
 
-    def load(path: Path):
-        from sciddiff.dock.sampler import load_score_model  # e3nn is imported only when a model is used
+    def load(path: Path):  # e3nn is imported only when a model is used
+        from sciddiff.dock.sampler import load_score_model
 
         return load_score_model(path, args.device)
 

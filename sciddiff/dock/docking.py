@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from sciddiff.cli import UserError
 from sciddiff.dock import featurize
 from sciddiff.dock.io import Box, Receptor
-from sciddiff.dock.ligand import generate_conformers, rotatable_torsions
+from sciddiff.dock.ligand import generate_conformers, rmsd_matrix, rotatable_torsions
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.scoring import ScoringFunction
@@ -68,14 +68,10 @@ class DockResult:
                 "boxes": [{"center": b.center.round(3).tolist(), "size": b.size.round(3).tolist()} for b in self.boxes]}
 
 
-def _rmsd_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return ((a[:, None] - b[None]) ** 2).sum(-1).mean(-1).sqrt()
-
-
 def _distinct(x: torch.Tensor, energy: torch.Tensor, n: int, threshold: float = 1.0) -> list[int]:
     """Indices of up to n lowest-energy poses that are pairwise more than `threshold` A RMSD apart (plain RMSD:
     symmetry-equivalent copies are not merged)."""
-    d = _rmsd_matrix(x, x)
+    d = rmsd_matrix(x, x)
     keep: list[int] = []
     for j in energy.argsort().tolist():
         if all(d[j, k] > threshold for k in keep):
@@ -169,7 +165,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         order_learned = _distinct(x, -logit, s.poses)
         keep = order_learned if s.ranking == "learned" else order_energy
     keep_t = torch.as_tensor(keep)
-    consensus = (_rmsd_matrix(x[keep_t], all_x) < 2.0).float().mean(1)
+    consensus = (rmsd_matrix(x[keep_t], all_x) < 2.0).float().mean(1)
     confidence = prob[keep_t] if rescorer is not None else consensus
     with torch.no_grad():
         scores = torch.stack([grids[int(best_reg[j])].score(x[j:j + 1])[0] for j in keep])

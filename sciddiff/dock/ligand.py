@@ -171,6 +171,11 @@ def match_torsions(conf: np.ndarray, target: np.ndarray, tors: Torsions) -> np.n
 
 
 # ----------------------------------------------------------------------------------------------------- RMSD
+def rmsd_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Plain RMSD (A, no superposition, no symmetry) between every pose of a (P, N, 3) and of b (Q, N, 3): (P, Q)."""
+    return ((a[:, None] - b[None]) ** 2).sum(-1).mean(-1).sqrt()
+
+
 def symmetric_rmsd(mol: Chem.Mol, coords_pred: np.ndarray, coords_ref: np.ndarray) -> float:
     """Heavy-atom RMSD in place (no superposition), minimised over the molecule's graph automorphisms."""
     from sciddiff.dock.io import pose_mol

@@ -29,13 +29,16 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from sciddiff.dock.io import Receptor
+from sciddiff.dock.ligand import rmsd_matrix
 from sciddiff.dock.scoring import (
     CUTOFF,
     FUNCTIONS,
     METALS,
+    IntraLigand,
     ligand_types,
-    pair_energy,
+    pair_terms,
     receptor_types,
+    term_weights,
 )
 
 CONTACT_BINS = (3.0, 3.5, 4.0, 5.0, 6.0)  # upper edges (A) of the contact-histogram distance bins
@@ -92,9 +95,7 @@ class Featurizer:
         self.lig_hyd = torch.as_tensor(lt.hydrophobic, dtype=torch.float32)
         self.lig_don = torch.as_tensor(lt.donor, dtype=torch.float32)
         self.lig_acc = torch.as_tensor(lt.acceptor, dtype=torch.float32)
-        dist = Chem.GetDistanceMatrix(mol)
-        i, j = np.where(np.triu(dist > 3, k=1))  # the search's intra-ligand pairs (more than three bonds apart)
-        self.intra_i, self.intra_j = torch.as_tensor(i), torch.as_tensor(j)
+        self.intra = IntraLigand(mol, lt, self.fn)  # the search's intra-ligand energy
         self.size = torch.tensor([mol.GetNumAtoms(), n_torsions], dtype=torch.float32)
 
     def _terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,19 +105,13 @@ class Featurizer:
         idx = torch.as_tensor(sorted(set().union(*near)) if len(near) else [], dtype=torch.long)
         rxyz = torch.as_tensor(self.rec_xyz)[idx]
         r = torch.cdist(x, rxyz[None].expand(b, -1, -1), compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, M)
-        fn = self.fn
-        d = r - (self.lig_r[:, None] + self.rec_r[idx])
         within = (r < CUTOFF).float()
         hyd = self.lig_hyd[:, None] * self.rec_hyd[idx]
         hb = self.lig_don[:, None] * self.rec_acc[idx] + self.lig_acc[:, None] * self.rec_don[idx]
-        (hg, hbad), (bg, bbad) = fn.hydrophobic_range, fn.hbond_range
-        raw = torch.stack([torch.exp(-(d / fn.gauss1_width) ** 2), torch.exp(-((d - 3.0) / 2.0) ** 2),
-                           d.clamp(max=0.0) ** 2, hyd * ((hbad - d) / (hbad - hg)).clamp(0.0, 1.0),
-                           hb * ((bbad - d) / (bbad - bg)).clamp(0.0, 1.0)], -1)
+        raw = torch.stack(pair_terms(r, self.lig_r[:, None] + self.rec_r[idx], hyd, hb, self.fn), -1)
         sums = (raw * within[..., None]).sum((1, 2))  # (B, 5)
-        weights = torch.tensor([fn.gauss1, fn.gauss2, fn.repulsion, fn.hydrophobic, fn.hbond])
         intra = self.intra(x)
-        terms = torch.cat([sums, ((sums * weights).sum(-1) + intra)[:, None], intra[:, None]], -1)
+        terms = torch.cat([sums, ((sums * term_weights(self.fn)).sum(-1) + intra)[:, None], intra[:, None]], -1)
 
         nb, nr = len(CONTACT_BINS), len(REC_CLASSES)
         bins = torch.bucketize(r, torch.tensor(CONTACT_BINS))  # bin == nb: beyond the last edge
@@ -127,15 +122,6 @@ class Featurizer:
         buried = torch.stack([(r < 4.5).float().sum(-1).mean(-1), within.sum(-1).mean(-1)], -1)
         return terms, hist, buried
 
-    def intra(self, x: torch.Tensor) -> torch.Tensor:
-        """The search's intra-ligand energy (B,) (steric + hydrophobic Vina terms, no H-bonds)."""
-        if len(self.intra_i) == 0:
-            return x.new_zeros(x.shape[0])
-        r = (x[:, self.intra_i] - x[:, self.intra_j]).norm(dim=-1)
-        return pair_energy(r, self.lig_r[self.intra_i] + self.lig_r[self.intra_j],
-                           self.lig_hyd[self.intra_i] * self.lig_hyd[self.intra_j], torch.zeros_like(r),
-                           fn=self.fn).sum(-1)
-
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, search: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """Features (B, F) float32 of poses x (B, N, 3); `search` (P, N, 3) are the search's chain end points,
@@ -144,7 +130,7 @@ class Featurizer:
         parts = [torch.cat(self._terms(xb), -1) for xb in x.split(chunk)]
         ref = torch.cat([self._terms(sb)[0][:, 5] for sb in search.split(chunk)]).min()
         f = torch.cat(parts)
-        consensus = (((x[:, None] - search[None]) ** 2).sum(-1).mean(-1).sqrt() < 2.0).float().mean(1)
+        consensus = (rmsd_matrix(x, search) < 2.0).float().mean(1)
         context = torch.stack([f[:, 5] - ref, consensus], -1)
         return torch.cat([f, context, self.size.expand(len(x), 2)], -1)
 

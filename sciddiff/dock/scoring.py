@@ -150,22 +150,65 @@ def receptor_types(rec: Receptor, function: str = "vina") -> AtomTypes:
     return AtomTypes(radius, hyd, don, acc)
 
 
+PAIR_TERMS = ("gauss1", "gauss2", "repulsion", "hydrophobic", "hbond")  # = the weight names of `Function`
+_SHORT_TERMS = ("gauss1", "repulsion", "hydrophobic", "hbond")
+
+
+def _term(name: str, d: torch.Tensor, hyd: torch.Tensor, hb: torch.Tensor, fn: Function) -> torch.Tensor:
+    if name == "gauss1":
+        return torch.exp(-(d / fn.gauss1_width) ** 2)
+    if name == "gauss2":
+        return torch.exp(-((d - 3.0) / 2.0) ** 2)
+    if name == "repulsion":
+        return torch.clamp(d, max=0.0) ** 2
+    if name == "hydrophobic":
+        good, bad = fn.hydrophobic_range
+        return hyd * torch.clamp((bad - d) / (bad - good), 0.0, 1.0)
+    good, bad = fn.hbond_range
+    return hb * torch.clamp((bad - d) / (bad - good), 0.0, 1.0)
+
+
+def pair_terms(r: torch.Tensor, r_sum: torch.Tensor, hyd: torch.Tensor, hb: torch.Tensor,
+               fn: Function = FUNCTIONS["vina"], names: tuple[str, ...] = PAIR_TERMS) -> list[torch.Tensor]:
+    """Unweighted Vina terms `names` for pairs at distance r with summed radii r_sum; hyd/hb are 0/1 pair masks.
+    No cutoff applied."""
+    d = r - r_sum
+    return [_term(name, d, hyd, hb, fn) for name in names]
+
+
+def term_weights(fn: Function = FUNCTIONS["vina"]) -> torch.Tensor:
+    """Weights (5,) of PAIR_TERMS."""
+    return torch.tensor([getattr(fn, name) for name in PAIR_TERMS])
+
+
 def pair_energy(r: torch.Tensor, r_sum: torch.Tensor, hyd: torch.Tensor, hb: torch.Tensor,
                 terms: str = "all", fn: Function = FUNCTIONS["vina"]) -> torch.Tensor:
-    """Terms for pairs at distance r with summed radii r_sum; hyd/hb are 0/1 pair masks. Zero beyond CUTOFF.
-
-    terms: "all", "short" (everything but gauss2) or "long" (gauss2 only).
-    """
-    d = r - r_sum
-    e = torch.zeros_like(d)
-    if terms in ("all", "short"):
-        (hg, hbad), (bg, bbad) = fn.hydrophobic_range, fn.hbond_range
-        e = (fn.gauss1 * torch.exp(-(d / fn.gauss1_width) ** 2) + fn.repulsion * torch.clamp(d, max=0.0) ** 2
-             + fn.hydrophobic * hyd * torch.clamp((hbad - d) / (hbad - hg), 0.0, 1.0)
-             + fn.hbond * hb * torch.clamp((bbad - d) / (bbad - bg), 0.0, 1.0))
-    if terms in ("all", "long") and fn.gauss2:
-        e = e + fn.gauss2 * torch.exp(-((d - 3.0) / 2.0) ** 2)
+    """Weighted sum of `pair_terms`, zero beyond CUTOFF; terms: "all", "short" (everything but gauss2) or "long"
+    (gauss2 only). Only the needed terms are computed (grid maps cover millions of pairs)."""
+    names = {"short": _SHORT_TERMS, "long": ("gauss2",), "all": _SHORT_TERMS + ("gauss2",)}[terms]
+    names = tuple(n for n in names if getattr(fn, n))
+    e = torch.zeros_like(r)
+    for name, t in zip(names, pair_terms(r, r_sum, hyd, hb, fn, names)):
+        e = e + getattr(fn, name) * t
     return torch.where(r < CUTOFF, e, torch.zeros_like(e))
+
+
+class IntraLigand:
+    """Intra-ligand energy (B,) of poses x (B, N, 3): steric + hydrophobic terms (no H-bonds) over heavy-atom pairs
+    more than three bonds apart."""
+
+    def __init__(self, mol: Chem.Mol, lig: AtomTypes, fn: Function = FUNCTIONS["vina"]):
+        i, j = np.where(np.triu(Chem.GetDistanceMatrix(mol) > 3, k=1))
+        self.i, self.j, self.fn = torch.as_tensor(i), torch.as_tensor(j), fn
+        r = torch.as_tensor(lig.radius)
+        h = torch.as_tensor(lig.hydrophobic, dtype=torch.float32)
+        self.rsum, self.hyd = r[self.i] + r[self.j], h[self.i] * h[self.j]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.i) == 0:
+            return x.new_zeros(x.shape[:-2])
+        r = (x[..., self.i, :] - x[..., self.j, :]).norm(dim=-1)
+        return pair_energy(r, self.rsum.to(x.dtype), self.hyd.to(x.dtype), torch.zeros_like(r), fn=self.fn).sum(-1)
 
 
 class ScoringFunction:
@@ -187,28 +230,10 @@ class ScoringFunction:
         self.rec_hyd = torch.as_tensor(rec_types.hydrophobic[keep], dtype=torch.float32)
         self.rec_don = torch.as_tensor(rec_types.donor[keep], dtype=torch.float32)
         self.rec_acc = torch.as_tensor(rec_types.acceptor[keep], dtype=torch.float32)
-        self._intra_pairs(mol)
+        self.intra = IntraLigand(mol, self.lig, self.fn)  # (B,) intra-ligand energy of poses (B, N, 3)
         self.grid = None
         if region is not None:
             self._build_grid(region, spacing, grid_pad)
-
-    # -------------------------------------------------------------------------------------------- intra-ligand
-    def _intra_pairs(self, mol: Chem.Mol) -> None:
-        dist = Chem.GetDistanceMatrix(mol)
-        i, j = np.where(np.triu(dist > 3, k=1))
-        self.intra_i, self.intra_j = torch.as_tensor(i), torch.as_tensor(j)
-        r = torch.as_tensor(self.lig.radius)
-        h = torch.as_tensor(self.lig.hydrophobic, dtype=torch.float32)
-        self.intra_rsum = r[self.intra_i] + r[self.intra_j]
-        self.intra_hyd = h[self.intra_i] * h[self.intra_j]
-
-    def intra(self, x: torch.Tensor) -> torch.Tensor:
-        """Intra-ligand energy (B,) of poses x (B, N, 3): steric + hydrophobic terms, no H-bonds."""
-        if len(self.intra_i) == 0:
-            return x.new_zeros(x.shape[:-2])
-        r = (x[..., self.intra_i, :] - x[..., self.intra_j, :]).norm(dim=-1)
-        return pair_energy(r, self.intra_rsum.to(x.dtype), self.intra_hyd.to(x.dtype), torch.zeros_like(r),
-                           fn=self.fn).sum(-1)
 
     # -------------------------------------------------------------------------------------------- exact
     def inter_exact(self, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
