@@ -53,14 +53,11 @@ def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limi
     from sciddiff.train.checkpoint import save_checkpoint
     from sciddiff.train.log import progress
 
-    ids = [ln.strip() for ln in open(split) if ln.strip()][:limit]
+    ids = read_split(split)[:limit]
     complexes, names, failed = [], [], []
     for cid in progress(ids, desc="preprocess"):
-        name = cid.split("/")[-1]
-        folder = Path(data_root) / cid
         try:
-            complexes.append(preprocess_complex(str(folder / f"{name}_protein.pdb.gz"), str(folder / f"{name}_ligand.sdf.gz"),
-                                                n_conformers))
+            complexes.append(preprocess_complex(*complex_files(data_root, cid), n_conformers))
             names.append(cid)
         except Exception as err:  # report and skip: one broken complex must not sink the file
             failed.append(f"{cid}: {err}")
@@ -220,6 +217,17 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     preprocess(a.data or str(default_data_root()), a.split, a.out, a.conformers, a.limit)
+
+
+def read_split(path: str | Path) -> list[str]:
+    """Complex ids (e.g. `val/1abc`), one per non-empty line of a split file."""
+    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def complex_files(root: str | Path, cid: str) -> tuple[str, str]:
+    """(protein .pdb.gz, ligand .sdf.gz) paths of complex `cid` under the docking data root."""
+    name, folder = cid.split("/")[-1], Path(root) / cid
+    return str(folder / f"{name}_protein.pdb.gz"), str(folder / f"{name}_ligand.sdf.gz")
 
 
 def default_data_root() -> Path:

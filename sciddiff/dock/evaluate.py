@@ -41,7 +41,7 @@ def _posebusters_valid(pose, crystal, protein_path: str) -> tuple[bool, str]:
 
 def evaluate(args, settings, model, rescorer=None) -> dict:
     from sciddiff.dock import io
-    from sciddiff.dock.data import default_data_root
+    from sciddiff.dock.data import complex_files, default_data_root, read_split
     from sciddiff.dock.docking import dock, settings_dict
     from sciddiff.dock.ligand import symmetric_rmsd
     from sciddiff.dock.output import atomic_file_text
@@ -51,16 +51,14 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     split = Path(args.split)
     if not split.is_file():
         raise UserError(f"split file not found: {split}")
-    ids = [ln.strip() for ln in split.read_text().splitlines() if ln.strip()][args.offset:: max(1, args.every)][: args.limit]
+    ids = read_split(split)[args.offset:: max(1, args.every)][: args.limit]
     if not ids:
         raise UserError(f"no complexes in {split}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for cid in progress(ids, desc="dock-eval"):
-        name = cid.split("/")[-1]
-        protein = str(root / cid / f"{name}_protein.pdb.gz")
-        ligand = str(root / cid / f"{name}_ligand.sdf.gz")
+        protein, ligand = complex_files(root, cid)
         row = {"complex": cid, "rmsd_top1": math.inf, "rmsd_top5": math.inf, "pb_valid": False, "pb_failed": "",
                "score_top1": math.nan, "confidence_top1": math.nan, "seconds": math.nan, "error": ""}
         try:

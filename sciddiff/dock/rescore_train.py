@@ -62,13 +62,13 @@ def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
 
 def complex_decoys(cid: str, root: Path, settings, model=None) -> dict:
     from sciddiff.dock import io
+    from sciddiff.dock.data import complex_files
     from sciddiff.dock.docking import dock
     from sciddiff.dock.ligand import rotatable_torsions, symmetric_rmsd
     from sciddiff.dock.rescore import Featurizer
 
-    name = cid.split("/")[-1]
-    ligand = str(root / cid / f"{name}_ligand.sdf.gz")
-    receptor = io.load_receptor(root / cid / f"{name}_protein.pdb.gz")
+    protein, ligand = complex_files(root, cid)
+    receptor = io.load_receptor(protein)
     mol = io.load_ligand(ligand)
     result = dock(receptor, mol, io.box_from_ligand(ligand, 4.0), model, settings, show_progress=False)
     search, cand = torch.as_tensor(result.search), torch.as_tensor(result.candidates)
@@ -83,13 +83,13 @@ def complex_decoys(cid: str, root: Path, settings, model=None) -> dict:
 
 def run_decoys(args) -> None:
     from sciddiff.cli import UserError
-    from sciddiff.dock.data import default_data_root
+    from sciddiff.dock.data import default_data_root, read_split
     from sciddiff.dock.docking import DockSettings, settings_dict
     from sciddiff.train.checkpoint import save_checkpoint
 
     torch.set_num_threads(1)
     root = Path(args.data) if args.data else default_data_root()
-    ids = [ln.strip() for ln in Path(args.split).read_text().splitlines() if ln.strip()]
+    ids = read_split(args.split)
     if args.every:  # dock-eval's selection (so that its candidates are reproduced exactly)
         ids = ids[args.offset:: args.every][: args.limit]
     else:

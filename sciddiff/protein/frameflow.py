@@ -31,7 +31,7 @@ from sciddiff.core import so3
 from sciddiff.core.flow import flow_matching_loss, sample_flow
 from sciddiff.core.spaces import SO3, Euclidean, Product
 from sciddiff.nn.graph import radius_graph
-from sciddiff.protein.geometry import IDEAL_C, IDEAL_N, backbone_from_frames
+from sciddiff.protein.geometry import backbone_from_frames, frame_atoms
 from sciddiff.protein.model import FrameDenoiser
 from sciddiff.protein.refine import idealize_frames
 
@@ -74,12 +74,6 @@ def sample_noise(batch: Tensor, generator: torch.Generator | None = None, rot_si
     return {"trans": trans, "rot": rot}
 
 
-def backbone_atoms(rot: Tensor, trans: Tensor, scale: float) -> Tensor:
-    """Ideal N, CA, C (N, 3, 3) of frames whose translations are in units of `scale` Angstrom (same units out)."""
-    local = torch.tensor([IDEAL_N, (0.0, 0.0, 0.0), IDEAL_C], dtype=trans.dtype, device=trans.device) / scale
-    return torch.einsum("nij,aj->nai", rot, local) + trans[:, None]
-
-
 def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, residue_index: Tensor,
                   cfg: FlowConfig, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """One flow-matching training loss on a batch of clean frames (see module doc); returns (loss, parts)."""
@@ -107,8 +101,8 @@ def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, 
     late = (t > cfg.aux_t).float() / (1.0 - t.clamp(max=cfg.t_clip)).pow(2)
     n_late = (t > cfg.aux_t).float().sum().clamp_min(1.0)
     scale = net.cfg.scale
-    atoms_pred = backbone_atoms(pred["rot"], pred["trans"], scale)
-    atoms_true = backbone_atoms(x_data["rot"], x_data["trans"], scale)
+    atoms_pred = frame_atoms(pred["rot"], pred["trans"], scale)
+    atoms_true = frame_atoms(x_data["rot"], x_data["trans"], scale)
     atom_loss = ((atoms_pred - atoms_true).pow(2).sum(-1).mean(-1) * late).sum() / n_late
     src, dst = radius_graph(x_data["trans"], cfg.aux_pair_radius, batch)
     d_true = (atoms_true[src][:, :, None] - atoms_true[dst][:, None, :]).norm(dim=-1)  # (E, 3, 3) atom pairs

@@ -29,6 +29,13 @@ DEFAULT_PSI_LAST = math.radians(-40.0)
 ATOMS = ("N", "CA", "C", "O")
 
 
+def frame_atoms(rot: Tensor, trans: Tensor, scale: float = 1.0) -> Tensor:
+    """Ideal N, CA, C (N, 3, 3) of frames rot (N, 3, 3), trans (N, 3) whose translations are in units of `scale`
+    Angstrom (same units out)."""
+    local = torch.tensor([IDEAL_N, (0.0, 0.0, 0.0), IDEAL_C], dtype=trans.dtype, device=trans.device) / scale
+    return torch.einsum("nij,aj->nai", rot, local) + trans[:, None]
+
+
 def frames_from_backbone(n: Tensor, ca: Tensor, c: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     """Gram-Schmidt frames from N, CA, C (..., 3) -> (R (..., 3, 3), t (..., 3))."""
     e1 = c - ca

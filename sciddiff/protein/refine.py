@@ -29,11 +29,10 @@ from sciddiff.protein.geometry import (
     C_N_CA_ANGLE,
     CA_C_BOND,
     CA_C_N_ANGLE,
-    IDEAL_C,
-    IDEAL_N,
     N_CA_BOND,
     backbone_from_dihedrals,
     dihedral,
+    frame_atoms,
 )
 
 
@@ -60,11 +59,6 @@ class IdealizeConfig:
     max_iter: int = 80  # L-BFGS iterations per chain; ~0.15 CPU-s for 100 residues
 
 
-def _atoms(rot: Tensor, trans: Tensor) -> Tensor:
-    local = torch.tensor([IDEAL_N, (0.0, 0.0, 0.0), IDEAL_C], dtype=trans.dtype, device=trans.device)
-    return torch.einsum("nij,aj->nai", rot, local) + trans[:, None]
-
-
 def _phi_psi(atoms: Tensor) -> Tensor:
     """phi(i+1) and psi(i) of every peptide i -> i+1 of one chain: (L - 1, 2)."""
     n, ca, c = atoms[:, 0], atoms[:, 1], atoms[:, 2]
@@ -83,7 +77,7 @@ def _peptide_distances(atoms: Tensor) -> Tensor:
 def idealize_chain(rot: Tensor, trans: Tensor, cfg: IdealizeConfig = IdealizeConfig()) -> tuple[Tensor, Tensor]:
     """Idealize the frames rot (L, 3, 3), trans (L, 3) (Angstrom) of one chain; returns new (rot, trans), input dtype."""
     rot0, trans0 = rot.detach().double().cpu(), trans.detach().double().cpu()
-    atoms0 = _atoms(rot0, trans0)
+    atoms0 = frame_atoms(rot0, trans0)
     phi_psi0 = _phi_psi(atoms0)
     targets = torch.tensor(_peptide_targets(), dtype=torch.float64)
     sigmas = torch.tensor([cfg.bond_sigma, cfg.angle_sigma, cfg.angle_sigma, cfg.angle_sigma], dtype=torch.float64)
@@ -94,7 +88,7 @@ def idealize_chain(rot: Tensor, trans: Tensor, cfg: IdealizeConfig = IdealizeCon
         return rot0 @ so3.exp_map(params[:, :3]), trans0 + params[:, 3:]
 
     def energy() -> Tensor:
-        atoms = _atoms(*moved())
+        atoms = frame_atoms(*moved())
         bonded = (((_peptide_distances(atoms) - targets) / sigmas) ** 2).sum()
         d_ca = (atoms[ii, 1] - atoms[jj, 1]).norm(dim=-1)
         clash = ((cfg.clash_distance - d_ca).clamp_min(0.0) / cfg.clash_sigma).pow(2).sum()
