@@ -89,6 +89,8 @@ def train(args: argparse.Namespace) -> Path:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.init and not Path(args.init).is_file():
+        raise UserError(f"--init {args.init} not found")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
