@@ -111,3 +111,38 @@ def test_symmetric_rmsd_sees_through_atom_permutations():
     plain = np.sqrt(((x - y) ** 2).sum(-1).mean())
     assert plain > 0.5
     assert ligand.symmetric_rmsd(mol, y, x) < 1e-3
+
+
+def test_several_conformers_differ_and_the_first_does_not_depend_on_n():
+    # RDKit seeds conformer k of one EmbedMultipleConfs call with seed * (k + 1): all equal for seed 0
+    mol = Chem.MolFromSmiles("OC1C(O)C(O)C(OP(=O)(O)O)C(O)C1O")  # inositol phosphate: ring puckers differ
+    confs = ligand.generate_conformers(mol, 4, seed=0)
+    np.testing.assert_array_equal(confs[0], ligand.generate_conformers(mol, 1, seed=0)[0])
+    assert min(np.abs(confs[0] - c).max() for c in confs[1:]) > 0.1
+
+
+def test_distinct_shapes_ignores_torsion_only_differences():
+    mol = Chem.MolFromSmiles("c1ccccc1CCCc1ccccc1")  # rigid rings: shapes differ only by torsions
+    tors = ligand.rotatable_torsions(mol)
+    confs = ligand.generate_conformers(mol, 4, seed=0)
+    assert ligand.distinct_shapes(confs, tors) == [0]
+    ring = Chem.MolFromSmiles("C[C@H]1CC[C@@H](C)CC1")  # cis-1,4-dimethylcyclohexane: two chairs
+    x = ligand.generate_conformers(ring, 8, seed=0)
+    keep = ligand.distinct_shapes(x, ligand.rotatable_torsions(ring), threshold=0.3)
+    assert keep[0] == 0 and len(keep) >= 2
+
+
+def test_pose_space_with_several_conformers_matches_one_space_per_conformer():
+    from sciddiff.dock.pose import PoseSpace
+
+    mol = Chem.MolFromSmiles("OC1CCC(CCc2ccccc2)CC1")
+    tors = ligand.rotatable_torsions(mol)
+    confs = [torch.as_tensor(c, dtype=torch.float64) for c in ligand.generate_conformers(mol, 2, seed=0)]
+    both = PoseSpace(torch.stack(confs), tors)
+    gen = torch.Generator().manual_seed(0)
+    tr, rot, theta = both.random(4, torch.zeros(3, dtype=torch.float64), 2.0, generator=gen)
+    conf = torch.tensor([0, 1, 1, 0])
+    x = both.coords(tr, rot, theta, realign=False, conf=conf)
+    for k in (0, 1):
+        y = PoseSpace(confs[k], tors).coords(tr, rot, theta, realign=False)
+        torch.testing.assert_close(x[conf == k], y[conf == k])

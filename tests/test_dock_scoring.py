@@ -42,6 +42,13 @@ def test_receptor_typing_uses_residue_templates(complex_1uou):
     assert t.donor[ser_og].all() and t.acceptor[ser_og].all()
     assert not t.donor[pro_n].any() and t.donor[bb_n].all()
     assert not t.hydrophobic[(rec.atom_names == "C")].any()  # carbonyl carbons touch O
+    # as in Vina: S is neither donor nor acceptor, and carbon bonded to S (C-S 1.82 A) is not hydrophobic
+    cys_sg = (rec.res_names == "CYS") & (rec.atom_names == "SG")
+    c_s = ((rec.res_names == "MET") & np.isin(rec.atom_names, ["CG", "CE"])) | \
+        ((rec.res_names == "CYS") & (rec.atom_names == "CB"))
+    assert cys_sg.any() and not (t.donor[cys_sg].any() or t.acceptor[cys_sg].any())
+    assert c_s.any() and not t.hydrophobic[c_s].any()
+    assert t.hydrophobic[(rec.res_names == "MET") & (rec.atom_names == "CB")].all()
 
 
 def test_gradient_matches_finite_differences(complex_1uou):

@@ -32,6 +32,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-rounds", type=int, default=d.mc_rounds,
                    help=f"Monte Carlo rounds of the physics search per chain (default {d.mc_rounds})")
     p.add_argument("--pockets", type=int, default=d.pockets, help=f"blind docking: pockets searched (default {d.pockets})")
+    p.add_argument("--conformers", type=int, default=d.conformers,
+                   help=f"ETKDG conformers embedded; their distinct ring/angle shapes are searched (default {d.conformers})")
     p.add_argument("--scoring", choices=("vina", "vinardo"), default=d.scoring,
                    help=f"empirical scoring function for search and ranking (default {d.scoring})")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same poses (default 0)")
@@ -86,15 +88,15 @@ def register(subparsers) -> None:
 def _settings(args):
     from sciddiff.dock.docking import DockSettings
 
-    for name in ("samples", "random_starts", "steps", "poses", "mc_chains", "mc_rounds", "pockets"):
-        low = 1 if name in ("poses", "pockets", "mc_chains") else 0
+    for name in ("samples", "random_starts", "steps", "poses", "mc_chains", "mc_rounds", "pockets", "conformers"):
+        low = 1 if name in ("poses", "pockets", "mc_chains", "conformers") else 0
         if getattr(args, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low}")
     if args.samples + args.random_starts < 1:
         raise UserError("need at least one search chain: --samples + --random-starts >= 1")
     return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=max(args.steps, 1),
                         poses=args.poses, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, pockets=args.pockets,
-                        scoring=args.scoring, ranking=args.ranking, seed=args.seed)
+                        conformers=args.conformers, scoring=args.scoring, ranking=args.ranking, seed=args.seed)
 
 
 def _model(args):

@@ -136,17 +136,24 @@ def generate_conformers(mol: Chem.Mol, n: int = 1, seed: int = 0, optimize: bool
     """Fresh ETKDGv3 conformers (heavy-atom coordinates (N, 3)), seeded; input coordinates are ignored.
 
     Hydrogens are added for embedding (and a short MMFF clean-up) and removed afterwards, so heavy-atom geometry
-    is that of a physical conformer.
+    is that of a physical conformer. Conformer k is embedded with seed `seed + 7919 k` (conformer 0 does not depend on
+    n): RDKit's EmbedMultipleConfs seeds conformer k with seed * (k + 1), which makes every conformer identical
+    for seed 0 (and RDKit maps seeds 0 and 1 to the same stream).
     """
     molh = Chem.AddHs(Chem.Mol(mol), addCoords=False)
     molh.RemoveAllConformers()
     params = AllChem.ETKDGv3()
-    params.randomSeed = int(seed) & 0x7FFFFFFF
     params.numThreads = 1
-    ids = list(AllChem.EmbedMultipleConfs(molh, numConfs=n, params=params))
-    if not ids:  # rare: fall back to random-coordinate embedding
-        params.useRandomCoords = True
-        ids = list(AllChem.EmbedMultipleConfs(molh, numConfs=n, params=params))
+    params.clearConfs = False
+    ids = []
+    for k in range(n):
+        params.randomSeed = (int(seed) + 7919 * k) & 0x7FFFFFFF
+        params.useRandomCoords = False
+        new = list(AllChem.EmbedMultipleConfs(molh, numConfs=1, params=params))
+        if not new:  # rare: fall back to random-coordinate embedding
+            params.useRandomCoords = True
+            new = list(AllChem.EmbedMultipleConfs(molh, numConfs=1, params=params))
+        ids += new
     if not ids:
         raise ValueError("RDKit could not embed a conformer")
     if optimize and AllChem.MMFFHasAllMoleculeParams(molh):
@@ -168,6 +175,18 @@ def match_torsions(conf: np.ndarray, target: np.ndarray, tors: Torsions) -> np.n
     x = set_torsions(x, tors, delta, realign=False)
     r, t = kabsch(x, y)
     return (x @ r.T + t).numpy().astype(np.float32)
+
+
+def distinct_shapes(confs: list[np.ndarray], tors: Torsions, threshold: float = 0.4) -> list[int]:
+    """Indices of the conformers (in order, the first always) whose shape differs from every earlier kept one by
+    more than `threshold` A RMSD after conformer matching, i.e. by what torsions cannot express (ring puckers,
+    bond angles, frozen amides). Conformers that differ only in torsions are redundant for a torsion search."""
+    keep = [0]
+    for k in range(1, len(confs)):
+        if all(np.sqrt(((match_torsions(confs[k], confs[j], tors) - confs[j]) ** 2).sum(-1).mean()) > threshold
+               for j in keep):
+            keep.append(k)
+    return keep
 
 
 # ----------------------------------------------------------------------------------------------------- RMSD

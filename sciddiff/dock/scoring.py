@@ -9,10 +9,10 @@ Two parameter sets (`FUNCTIONS`), as in AutoDock Vina 1.2:
           -0.0351 (0.5 -> 1.5), H-bond -0.587 (-0.7 -> 0); X-Score radii C 1.9, N 1.8, O 1.7.
   vinardo (Quiroga & Villarreal 2016): w 0.8; gauss1 -0.045, no gauss2, repulsion 0.8, hydrophobic -0.035
           (0 -> 2.5), H-bond -0.6 (-0.6 -> 0); radii C 2.0, N 1.7, O 1.6.
-Atom typing follows Vina: carbon is hydrophobic unless bonded to a heteroatom; halogens are hydrophobic; O is an
-acceptor and a donor when it carries H; N donates when it carries H and accepts when its lone pair is free; metals
-are donors with R = 1.2 A. Receptor hydrogens are not read: protein donors/acceptors come from residue templates,
-cofactor N/O are treated as acceptors only.
+Atom typing follows Vina: carbon is hydrophobic unless bonded to a heteroatom (any element but C and H, S included);
+halogens are hydrophobic; O is an acceptor and a donor when it carries H; N donates when it carries H and accepts
+when its lone pair is free; S is neither; metals are donors with R = 1.2 A. Receptor hydrogens are not read:
+protein donors/acceptors come from residue templates, cofactor N/O are treated as acceptors only.
 
 Protein-ligand energies are looked up in precomputed grid maps (one per ligand atom class, trilinear interpolation,
 differentiable in the coordinates; atoms outside the grid pay a quadratic wall) during search, and evaluated
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from rdkit import Chem
 from scipy.spatial import cKDTree
 
-from sciddiff.dock.io import Box, Receptor
+from sciddiff.dock.io import AA_ALIASES, Box, Receptor
 
 W_ROT = 0.0585  # Vina's conformational-entropy factor: score / (1 + W_ROT * n_torsions)
 CUTOFF = 8.0
@@ -64,10 +64,12 @@ HALOGENS = {"F", "Cl", "Br", "I"}
 METAL_RADIUS = 1.2
 
 # Protein polar atoms by residue template (hydrogens are not read from the PDB).
+# Vina's donors and acceptors are N and O only: Cys SG (type SA) is neither.
 PROTEIN_DONORS = {("ARG", "NE"), ("ARG", "NH1"), ("ARG", "NH2"), ("ASN", "ND2"), ("GLN", "NE2"), ("HIS", "ND1"),
-                  ("HIS", "NE2"), ("LYS", "NZ"), ("TRP", "NE1"), ("SER", "OG"), ("THR", "OG1"), ("TYR", "OH"),
-                  ("CYS", "SG")}
+                  ("HIS", "NE2"), ("LYS", "NZ"), ("TRP", "NE1"), ("SER", "OG"), ("THR", "OG1"), ("TYR", "OH")}
 PROTEIN_ACCEPTOR_N = {("HIS", "ND1"), ("HIS", "NE2")}
+# Longest C-X bond (A) per heteroatom, for "carbon bonded to a heteroatom" without bond records (C-S is 1.82 A).
+C_BOND = {"N": 1.75, "O": 1.75, "S": 2.0, "P": 2.0, "Se": 2.1, "F": 1.75, "Cl": 2.0, "Br": 2.15, "I": 2.35}
 
 
 @dataclass
@@ -137,10 +139,12 @@ def receptor_types(rec: Receptor, function: str = "vina") -> AtomTypes:
     carbons = np.where(el == "C")[0]
     others = np.where((el != "C") & ~np.isin(el, list(METALS)))[0]
     if len(carbons) and len(others):
-        pairs = cKDTree(rec.coords[carbons]).query_ball_tree(cKDTree(rec.coords[others]), 1.75)
-        hetero_nbr[carbons] = [len(p) > 0 for p in pairs]
+        cut = np.array([C_BOND.get(e, 1.75) for e in el[others]])
+        d = cKDTree(rec.coords[carbons]).sparse_distance_matrix(cKDTree(rec.coords[others]), float(cut.max()),
+                                                                output_type="coo_matrix")
+        hetero_nbr[carbons[d.row[d.data < cut[d.col]]]] = True
     hyd = ((el == "C") & ~hetero_nbr) | np.isin(el, list(HALOGENS))
-    key = list(zip(rec.res_names.tolist(), rec.atom_names.tolist()))
+    key = list(zip([AA_ALIASES.get(r, r) for r in rec.res_names.tolist()], rec.atom_names.tolist()))  # HID -> HIS
     is_aa = ~rec.is_hetero
     don = np.array([k in PROTEIN_DONORS for k in key]) & is_aa
     don |= (rec.atom_names == "N") & (rec.res_names != "PRO") & is_aa
