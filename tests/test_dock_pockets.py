@@ -1,22 +1,60 @@
-"""Blind docking's pocket finder on the example complexes."""
+"""Blind docking's pocket finder on the example complexes and on a synthetic tunnel."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sciddiff.dock import io
-from sciddiff.dock.pockets import find_pockets
+from sciddiff.dock.docking import DockSettings, dock
+from sciddiff.dock.pockets import POCKET_MARGIN, find_pockets
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 
 @pytest.mark.parametrize("cid", ["1s3v", "1uou", "1ia1"])
-def test_crystal_site_is_among_the_top_pockets(cid):
+def test_crystal_ligand_fits_one_of_the_top_pockets(cid):
     rec = io.load_receptor(EXAMPLES / cid / f"{cid}_protein.pdb.gz")
     xyz = io.ligand_coords(io.load_ligand(EXAMPLES / cid / f"{cid}_ligand.sdf"))
-    boxes = find_pockets(rec, n=3, ligand_extent=float(np.ptp(xyz, 0).max()))
+    extent = float(np.ptp(xyz, 0).max())
+    boxes = find_pockets(rec, n=3, ligand_extent=extent)
     assert 1 <= len(boxes) <= 3
-    assert any(b.contains(xyz.mean(0)[None])[0] for b in boxes)
-    for b in boxes:  # boxes hold the ligand and stay within the protein's extent
-        assert np.all(b.size >= np.ptp(xyz, 0).max()) and np.all(b.size <= 28.0)
+    assert any(b.contains(xyz).all() for b in boxes)  # the whole crystal ligand, not only its centroid
+    for b in boxes:  # ligand-sized boxes within the protein's extent
+        np.testing.assert_allclose(b.size, extent + 2 * POCKET_MARGIN, rtol=1e-6)
         assert np.all(b.center > rec.coords.min(0)) and np.all(b.center < rec.coords.max(0))
+
+
+def _tunnel_receptor(length: float = 40.0, width: float = 10.0) -> io.Receptor:
+    """A block of carbon atoms (1.5 A lattice) pierced along x by a square tunnel `width` A wide."""
+    axes = [np.arange(0, length + 0.1, 1.5), np.arange(-12, 12.1, 1.5), np.arange(-12, 12.1, 1.5)]
+    xyz = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    xyz = xyz[(np.abs(xyz[:, 1]) > width / 2) | (np.abs(xyz[:, 2]) > width / 2)].astype(np.float32)
+    n, none = len(xyz), np.zeros((0, 3), np.float32)
+    return io.Receptor(coords=xyz, elements=np.full(n, "C"), atom_names=np.full(n, "C"), res_names=np.full(n, "UNK"),
+                       atom_res=np.full(n, -1), is_hetero=np.ones(n, bool), res_type=np.zeros(0, int), res_ca=none,
+                       res_n=none, res_c=none, res_sc=none)
+
+
+def test_a_long_tunnel_gives_several_ligand_sized_pockets():
+    # one buried region much longer than the ligand: the pockets tile it instead of one box around all of it
+    rec = _tunnel_receptor()
+    boxes = find_pockets(rec, n=10, ligand_extent=8.0)
+    assert len(boxes) >= 3
+    centers = np.stack([b.center for b in boxes])
+    assert np.all(np.abs(centers[:, 1:]) <= 3.0)  # inside the tunnel (walls at 6 A, free points 3 A from them)
+    assert np.ptp(centers[:, 0]) > 15.0          # spread along it
+    gaps = np.linalg.norm(centers[:, None] - centers[None], axis=-1)[np.triu_indices(len(boxes), 1)]
+    assert gaps.min() > 4.0                      # distinct pockets, not copies of one
+    for b in boxes:
+        np.testing.assert_allclose(b.size, 8.0 + 2 * POCKET_MARGIN)
+
+
+def test_blind_dock_searches_each_pocket_and_keeps_poses_in_their_own():
+    rec = io.load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+    mol = io.load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+    s = DockSettings(samples=0, random_starts=8, mc_chains=6, mc_rounds=2, poses=4, conformers=1, pockets=3)
+    res = dock(rec, mol, None, None, s, show_progress=False)
+    assert len(res.boxes) == 3 and len(res.coords) >= 1
+    assert np.all(np.diff(res.energy) >= 0)  # one energy ranks the poses of all pockets
+    for x, region in zip(res.coords, res.region):  # a pose stays in the box it was searched in (its grid: + 2 A)
+        assert res.boxes[int(region)].contains(x.mean(0)[None], pad=2.0)[0]

@@ -1,7 +1,8 @@
 """The docking pipeline: fresh conformers (their distinct shapes) -> pose proposals (reverse diffusion and/or random)
 -> physics search with the scoring function -> exact polishing -> clustering and ranking.
 
-Blind docking (no box) docks into the `pockets` best geometric pockets and ranks all poses together. Scores are
+Blind docking (no box) docks into the `pockets` best ligand-sized geometric pockets (`sciddiff.dock.pockets`), each
+with the search a box gets, and ranks all poses together by the same energy. Scores are
 the Vina-like intermolecular energy / (1 + 0.0585 n_torsions) in kcal/mol-like units (lower is better). The
 candidates (the 2 x `poses` best distinct polished minima) are ranked by the search objective (intermolecular +
 intra-ligand energy) or (settings.ranking "learned") by a learned rescorer's ranking score
@@ -42,7 +43,7 @@ class DockSettings:
     mc_rounds: int = 40       # basin-hopping rounds per chain
     mc_steps: int = 20        # gradient steps per round
     conformers: int = 4       # ETKDG conformers embedded; the distinct shapes among them are searched together
-    pockets: int = 3          # blind docking: number of pockets searched
+    pockets: int = 6          # blind docking: ligand-sized pockets searched, each with the full search
     scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
     ranking: str = "energy"   # with a rescorer: order poses by "energy" or by its "learned" score
     seed: int = 0

@@ -1,0 +1,108 @@
+"""Why does BLIND docking miss? Pocket recall, search within the right pocket, or ranking across pockets.
+
+Per TRAINING complex (the seeded subset of `dock_diagnose.training_subset`; physics only, `--model none`: the
+score network saw these complexes; fresh ETKDG conformers, seed 0): the pockets `sciddiff.dock.pockets` finds
+(up to --list of them) and the rank of the first one whose centre lies within 4 A of the crystal ligand's centroid
+and of the first whose box contains it; then each of the --pockets best pockets is docked on its own with
+`dock(..., box=pocket)`, which is what blind `dock()` does per pocket (it shares one random stream among them and
+polishes the best distinct minima over all pockets). Blind top-1 = the lowest-energy top-1 over the pockets, as in
+`dock()`. A blind miss is then
+- recall: no searched pocket contains the crystal centroid;
+- search: a searched pocket contains it, but no pocket's top-1 is within 2 A;
+- ranking: some pocket's top-1 is within 2 A but a pose in another pocket has a lower energy.
+
+    python examples/dock_blind_diagnose.py --n 20 --out runs/diag_blind/before.jsonl > runs/diag_blind/before.log 2>&1
+    python examples/dock_blind_diagnose.py --n 20 --pockets 6 --out runs/diag_blind/after_p6.jsonl
+    python examples/dock_blind_diagnose.py --n 20 --pockets 6 --mc-chains 48 --out runs/diag_blind/after_p6_c48.jsonl
+
+Writes one JSON line per complex (rewritten after each) and a summary line at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sciddiff.dock import io
+from sciddiff.dock.data import complex_files, default_data_root
+from sciddiff.dock.docking import DockSettings, dock
+from sciddiff.dock.ligand import generate_conformers, symmetric_rmsd
+from sciddiff.dock.pockets import find_pockets
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dock_diagnose import training_subset
+
+SITE_DISTANCE = 4.0  # A: a pocket centre this close to the crystal centroid "is" the site
+
+
+def site_ranks(boxes: list, centroid: np.ndarray) -> tuple[int | None, int | None]:
+    """Rank of the first pocket whose centre is within SITE_DISTANCE of `centroid` and of the first containing it."""
+    near = [i for i, b in enumerate(boxes) if np.linalg.norm(b.center - centroid) < SITE_DISTANCE]
+    inside = [i for i, b in enumerate(boxes) if b.contains(centroid[None])[0]]
+    return (near[0] if near else None), (inside[0] if inside else None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--out", required=True)
+    p.add_argument("--pockets", type=int, default=DockSettings.pockets, help="pockets docked")
+    p.add_argument("--list", type=int, default=10, help="pockets listed for the recall numbers")
+    p.add_argument("--mc-chains", type=int, default=DockSettings.mc_chains)
+    p.add_argument("--mc-rounds", type=int, default=DockSettings.mc_rounds)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    settings = DockSettings(samples=0, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds)
+    root = default_data_root()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for cid in training_subset(args.n):
+        protein, ligand = complex_files(root, cid)
+        receptor, mol = io.load_receptor(protein), io.load_ligand(ligand)
+        xtal = io.ligand_coords(mol)
+        extent = float(np.ptp(generate_conformers(mol, 1, seed=0)[0], 0).max())  # as dock() sizes pockets
+        t0 = time.perf_counter()
+        boxes = find_pockets(receptor, n=max(args.list, args.pockets), ligand_extent=extent)
+        near, inside = site_ranks(boxes, xtal.mean(0))
+        per = []
+        for box in boxes[: args.pockets]:
+            res = dock(receptor, mol, box, None, settings, show_progress=False)
+            rm = [symmetric_rmsd(mol, x, xtal) for x in res.coords]
+            per.append({"energy": [round(float(e), 3) for e in res.energy],
+                        "score": [round(float(e), 3) for e in res.score], "rmsd": [round(r, 2) for r in rm],
+                        "best_candidate": round(min(symmetric_rmsd(mol, x, xtal) for x in res.candidates), 2)})
+        seconds = time.perf_counter() - t0
+        pool = sorted((e, r) for q in per for e, r in zip(q["energy"], q["rmsd"]))
+        row = {"complex": cid, "n_heavy": mol.GetNumAtoms(), "extent": round(extent, 1), "n_pockets": len(boxes),
+               "rank_near": near, "rank_inside": inside, "seconds": round(seconds, 1),
+               "centre_distance": [round(float(np.linalg.norm(b.center - xtal.mean(0))), 1) for b in boxes],
+               "sizes": [b.size.round(1).tolist() for b in boxes[: args.pockets]],
+               "top1": pool[0][1] if pool else None, "top5": min(r for _, r in pool[:5]) if pool else None,
+               "pockets": per}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "pockets"}), flush=True)
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(json.dumps(summarize(rows, args.pockets)), flush=True)
+
+
+def summarize(rows: list[dict], searched: int) -> dict:
+    """Counts of blind hits and of misses by cause (recall / search / ranking)."""
+    hit = [r for r in rows if r["top1"] is not None and r["top1"] < 2]
+    miss = [r for r in rows if r not in hit]
+    found = [r for r in miss if r["rank_inside"] is not None and r["rank_inside"] < searched]
+    ranking = [r for r in found if any(q["rmsd"] and q["rmsd"][0] < 2 for q in r["pockets"])]
+    return {"n": len(rows), "top1": len(hit), "top5": sum(r["top5"] is not None and r["top5"] < 2 for r in rows),
+            "site_near_in_searched": sum(r["rank_near"] is not None and r["rank_near"] < searched for r in rows),
+            "site_inside_searched": sum(r["rank_inside"] is not None and r["rank_inside"] < searched for r in rows),
+            "miss_recall": len(miss) - len(found), "miss_search": len(found) - len(ranking),
+            "miss_ranking": len(ranking), "median_seconds": float(np.median([r["seconds"] for r in rows]))}
+
+
+if __name__ == "__main__":
+    main()
