@@ -135,9 +135,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         net, flow_cfg, meta = load_model(args.checkpoint, device)
     except (FileNotFoundError, KeyError, RuntimeError) as err:
         raise UserError(f"cannot load checkpoint: {err}") from None
-    steps = args.steps or flow_cfg.steps
-    flow_cfg = replace(flow_cfg, **{k: v for k, v in (("rot_rate", args.rot_rate), ("noise_scale", args.noise_scale))
-                                    if v is not None})
+    overrides = {"steps": args.steps, "rot_rate": args.rot_rate, "noise_scale": args.noise_scale}
+    flow_cfg = replace(flow_cfg, **{k: v for k, v in overrides.items() if v is not None})
+    steps = flow_cfg.steps
     start = time.time()
     bar = progress(total=args.num * steps, desc="sampling", unit="backbone-step")
     for first in range(0, args.num, args.batch_size):

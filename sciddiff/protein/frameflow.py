@@ -13,8 +13,9 @@ chain shares its chain's t). Time runs from 0 (noise) to 1 (data). Translations 
   contacts; summed per residue). Like the velocity loss they are divided by (1 - t)^2 (FrameFlow), which makes them comparable in size to it;
   without that factor they were ~1e-3 of the total and the samples' CA spacing and peptide bonds drifted. Self-conditioning: with probability 1/2 the model first predicts
   without it (no gradient) and is then given that guess.
-- Sampling: the core's Euler sampler on geodesics with FrameFlow's exponential rotation schedule (rate 10 in FrameFlow;
-  20 for the shipped model, chosen on tuning seeds: more secondary structure, better Ramachandran), feeding each
+- Sampling: the core's Euler sampler on geodesics with an exponential rotation schedule of rate 20 (FrameFlow uses 10;
+  20 gave more secondary structure and better Ramachandran on tuning seeds) and the translation prior scaled by
+  `noise_scale` (a temperature), feeding each
   step's clean prediction back as the next step's self-conditioning input; frames are idealized (`refine`) and become
   ideal 4-atom backbones.
 """
