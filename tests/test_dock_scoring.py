@@ -8,7 +8,7 @@ from rdkit import Chem
 
 from sciddiff.dock import io, ligand, scoring
 from sciddiff.dock.pose import PoseSpace
-from sciddiff.dock.search import fit_pose, local_opt
+from sciddiff.dock.search import fit_pose, local_opt, move, pose_gradient
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
@@ -51,21 +51,65 @@ def test_receptor_typing_uses_residue_templates(complex_1uou):
     assert t.hydrophobic[(rec.res_names == "MET") & (rec.atom_names == "CB")].all()
 
 
-def test_gradient_matches_finite_differences(complex_1uou):
+@pytest.mark.parametrize("exact", [True, False])
+def test_gradient_matches_finite_differences(complex_1uou, exact):
     _, mol, _, _, sf = complex_1uou
     x0 = torch.as_tensor(io.ligand_coords(mol), dtype=torch.float64)[None]
     x0 = x0 + 0.3 * torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    x = x0.clone().requires_grad_()
-    (e := sf.inter_exact(x) + sf.intra(x)).sum().backward()
-    g = x.grad[0]
+    e, g = sf.energy_and_gradient(x0, exact=exact)
+    assert torch.allclose(e, sf.energy(x0, exact=exact))
     eps = 1e-5
     for i, k in [(0, 0), (3, 1), (7, 2), (12, 0)]:
         xp, xm = x0.clone(), x0.clone()
         xp[0, i, k] += eps
         xm[0, i, k] -= eps
-        fd = ((sf.inter_exact(xp) + sf.intra(xp)) - (sf.inter_exact(xm) + sf.intra(xm))) / (2 * eps)
-        assert abs(float(fd[0]) - float(g[i, k])) < 1e-4 * max(1.0, abs(float(fd[0])))
+        fd = (sf.energy(xp, exact=exact) - sf.energy(xm, exact=exact)) / (2 * eps)
+        assert abs(float(fd[0]) - float(g[0, i, k])) < 1e-4 * max(1.0, abs(float(fd[0])))
     assert torch.isfinite(e).all()
+
+
+def test_grid_gradient_matches_grid_sample(complex_1uou):
+    """The hand-written trilinear lookup is torch's grid_sample (align_corners, border padding), value and gradient."""
+    _, mol, _, box, sf = complex_1uou
+    x = torch.as_tensor(io.ligand_coords(mol))[None] + 4.0 * torch.randn(6, 1, 3, generator=torch.Generator().manual_seed(2))
+    x = x.clone().requires_grad_()
+    cls = torch.as_tensor(sf.atom_class)
+    for grid in sf.maps:
+        value, grad = grid.interpolate(x.detach(), cls)
+        hi = grid.lo + grid.spacing * (torch.as_tensor(grid.values.shape[1:]) - 1)
+        u = ((x - grid.lo) / (hi - grid.lo) * 2 - 1).flip(-1).reshape(1, -1, 1, 1, 3)
+        ref = torch.nn.functional.grid_sample(grid.values[None], u, mode="bilinear", padding_mode="border",
+                                              align_corners=True).reshape(len(grid.values), *x.shape[:2])
+        ref = ref.gather(0, cls[None, None].expand(1, x.shape[0], -1))[0]
+        (ref_grad,) = torch.autograd.grad(ref.sum(), x)
+        assert torch.allclose(value, ref.detach(), atol=1e-4)
+        assert torch.allclose(grad, ref_grad, atol=1e-4)
+
+
+def test_pose_gradient_matches_finite_differences():
+    """Rigid and torsion components of the search gradient, on a ligand with nested and disjoint rotatable bonds."""
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCCc1ccc(OCC(=O)NCCc2ccccc2)cc1"))
+    from rdkit.Chem import AllChem
+    AllChem.EmbedMolecule(mol, randomSeed=3)
+    mol = Chem.RemoveHs(mol)
+    tors = ligand.rotatable_torsions(mol)
+    assert tors.n >= 6
+    x0 = torch.as_tensor(io.ligand_coords(mol), dtype=torch.float64)
+    space = PoseSpace(x0, tors)
+    target = torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def energy(x):  # any smooth function of all coordinates will do
+        return ((x - target) ** 2).sum((-1, -2)) + torch.sin(x).sum((-1, -2))
+
+    x = x0[None]
+    grad_x = 2 * (x - target) + torch.cos(x)
+    g = pose_gradient(x, grad_x, space)[0]
+    eps = 1e-6
+    for k in range(6 + tors.n):
+        step = torch.zeros(1, 6 + tors.n, dtype=torch.float64)
+        step[0, k] = eps
+        fd = (energy(move(x, step, space)) - energy(move(x, -step, space))) / (2 * eps)
+        assert abs(float(fd[0]) - float(g[k])) < 1e-5 * max(1.0, abs(float(fd[0])))
 
 
 @pytest.mark.parametrize("function", ["vina", "vinardo"])

@@ -58,15 +58,18 @@ def sample_wrapped_normal(sigma: Tensor | float, shape: tuple[int, ...] | None =
 
 
 class _ScoreNormTable:
-    # the integrand is smooth and periodic, so the trapezoid rule converges spectrally: 1025 points are plenty
-    sigma_min, sigma_max, n_sigma, n_x = 0.05, 20.0, 512, 1025
+    # the integrand is smooth and periodic, so the trapezoid rule converges spectrally: with 257 points the spacing is
+    # half the smallest sigma and the error ~exp(-2 pi^2 (sigma / h)^2) ~ 1e-35 (1025 points agreed to 1e-15 wherever
+    # E[score^2] > 1e-20; beyond sigma ~ 5 the values are round-off around zero either way)
+    sigma_min, sigma_max, n_sigma, n_x = 0.05, 20.0, 512, 257
 
     def __init__(self, device: torch.device):
         self.log_sigmas = torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.n_sigma, dtype=torch.float64)
         x = torch.linspace(-math.pi, math.pi, self.n_x, dtype=torch.float64)
-        s = self.log_sigmas.exp()[:, None]
-        p = wrapped_normal_log_density(x[None], s).exp()
-        self.log_values = torch.trapezoid(wrapped_normal_score(x[None], s) ** 2 * p, x, dim=-1).log().to(device)
+        u, s, logits = _terms(x[None].expand(self.n_sigma, -1), self.log_sigmas.exp()[:, None].expand(-1, self.n_x))
+        density = (torch.logsumexp(logits, -1) - torch.log(s[..., 0]) - 0.5 * math.log(2 * math.pi)).exp()
+        score = (torch.softmax(logits, -1) * (-u / (s * s))).sum(-1)
+        self.log_values = torch.trapezoid(score**2 * density, x, dim=-1).log().to(device)
         self.log_sigmas = self.log_sigmas.to(device)
 
     def __call__(self, sigma: Tensor) -> Tensor:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rdkit import Chem
 from scipy.spatial import cKDTree
 
@@ -197,6 +196,27 @@ def pair_energy(r: torch.Tensor, r_sum: torch.Tensor, hyd: torch.Tensor, hb: tor
     return torch.where(r < CUTOFF, e, torch.zeros_like(e))
 
 
+def pair_energy_and_derivative(r: torch.Tensor, r_sum: torch.Tensor, hyd: torch.Tensor, hb: torch.Tensor,
+                               fn: Function = FUNCTIONS["vina"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pair_energy` (all terms) and its derivative d energy / d r, both zero beyond CUTOFF."""
+    d = r - r_sum
+    e, de = torch.zeros_like(r), torch.zeros_like(r)
+    if fn.gauss1:
+        g = torch.exp(-(d / fn.gauss1_width) ** 2)
+        e, de = e + fn.gauss1 * g, de - fn.gauss1 * 2 * d / fn.gauss1_width**2 * g
+    if fn.gauss2:
+        g = torch.exp(-((d - 3.0) / 2.0) ** 2)
+        e, de = e + fn.gauss2 * g, de - fn.gauss2 * (d - 3.0) / 2 * g
+    overlap = torch.clamp(d, max=0.0)
+    e, de = e + fn.repulsion * overlap**2, de + fn.repulsion * 2 * overlap
+    for weight, (good, bad), mask in ((fn.hydrophobic, fn.hydrophobic_range, hyd), (fn.hbond, fn.hbond_range, hb)):
+        ramp = (bad - d) / (bad - good)
+        e = e + weight * mask * torch.clamp(ramp, 0.0, 1.0)
+        de = de - weight * mask * ((ramp > 0) & (ramp < 1)) / (bad - good)
+    near = r < CUTOFF
+    return torch.where(near, e, torch.zeros_like(e)), torch.where(near, de, torch.zeros_like(de))
+
+
 class IntraLigand:
     """Intra-ligand energy (B,) of poses x (B, N, 3): steric + hydrophobic terms (no H-bonds) over heavy-atom pairs
     more than three bonds apart."""
@@ -213,6 +233,53 @@ class IntraLigand:
             return x.new_zeros(x.shape[:-2])
         r = (x[..., self.i, :] - x[..., self.j, :]).norm(dim=-1)
         return pair_energy(r, self.rsum.to(x.dtype), self.hyd.to(x.dtype), torch.zeros_like(r), fn=self.fn).sum(-1)
+
+    def energy_and_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energy (B,) and its gradient (B, N, 3) with respect to x (B, N, 3)."""
+        grad = torch.zeros_like(x)
+        if len(self.i) == 0:
+            return x.new_zeros(x.shape[0]), grad
+        diff = x[:, self.i] - x[:, self.j]
+        r = diff.norm(dim=-1)
+        e, de = pair_energy_and_derivative(r, self.rsum.to(x.dtype), self.hyd.to(x.dtype), torch.zeros_like(r), self.fn)
+        pull = diff * (de / r.clamp_min(1e-6))[..., None]
+        return e.sum(-1), grad.index_add_(1, self.i, pull).index_add_(1, self.j, -pull)
+
+
+@dataclass
+class GridMap:
+    """Energy maps (C, X, Y, Z), one per ligand atom class, on a regular grid: point (i, j, k) sits at
+    lo + (i, j, k) * spacing (Angstrom)."""
+
+    values: torch.Tensor
+    lo: torch.Tensor
+    spacing: torch.Tensor
+
+    def interpolate(self, x: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trilinear value (B, N) of atoms x (B, N, 3) of classes cls (N,) and its gradient (B, N, 3). Outside the
+        grid the nearest border value is used, with zero gradient along the clamped axes (torch's grid_sample with
+        padding_mode="border", align_corners=True)."""
+        c, nx, ny, nz = self.values.shape
+        top = torch.as_tensor([nx - 1, ny - 1, nz - 1], dtype=x.dtype)
+        u = (x - self.lo.to(x.dtype)) / self.spacing.to(x.dtype)
+        inside = (u >= 0) & (u <= top)
+        u = torch.minimum(u.clamp(min=0), top)
+        i0 = torch.minimum(u.floor(), top - 1)
+        f = u - i0
+        i0 = i0.long()
+        base = ((cls * nx + i0[..., 0]) * ny + i0[..., 1]) * nz + i0[..., 2]
+        offsets = torch.tensor([(a * ny + b) * nz + d for a in (0, 1) for b in (0, 1) for d in (0, 1)])
+        v = self.values.reshape(-1).to(x.dtype)[base[..., None] + offsets].unflatten(-1, (2, 2, 2))  # [dx, dy, dz]
+        fx, fy, fz = f.unbind(-1)
+        vz = v[..., 0] + fz[..., None, None] * (v[..., 1] - v[..., 0])  # (B, N, 2, 2): interpolated along z
+        dz = v[..., 1] - v[..., 0]
+        vy = vz[..., 0] + fy[..., None] * (vz[..., 1] - vz[..., 0])     # (B, N, 2): then along y
+        dy = vz[..., 1] - vz[..., 0]
+        dzy = dz[..., 0] + fy[..., None] * (dz[..., 1] - dz[..., 0])
+        value = vy[..., 0] + fx * (vy[..., 1] - vy[..., 0])
+        grad = torch.stack([vy[..., 1] - vy[..., 0], dy[..., 0] + fx * (dy[..., 1] - dy[..., 0]),
+                            dzy[..., 0] + fx * (dzy[..., 1] - dzy[..., 0])], -1)
+        return value, grad * inside / self.spacing.to(x.dtype)
 
 
 class ScoringFunction:
@@ -242,22 +309,32 @@ class ScoringFunction:
     # -------------------------------------------------------------------------------------------- exact
     def inter_exact(self, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """Protein-ligand energy (B,) by explicit pairs (used for final scores; cost B x N x receptor atoms near x)."""
+        return self._inter_exact(x, chunk, gradient=False)[0]
+
+    def _inter_exact(self, x: torch.Tensor, chunk: int = 64, gradient: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Energy (B,) and, with gradient=True, d energy / d x (B, N, 3) (else None)."""
         lig = self.lig
-        with torch.no_grad():  # receptor atoms that any pose can feel; poses move little during polishing
-            near = (torch.cdist(x.detach().reshape(-1, 3).float(), self.rec_xyz) < CUTOFF + 2.0).any(0)
+        # receptor atoms that any pose can feel; poses move little during polishing
+        near = (torch.cdist(x.reshape(-1, 3).float(), self.rec_xyz) < CUTOFF + 2.0).any(0)
         rec_xyz, rec_r, rec_hyd, rec_don, rec_acc = (a[near].to(x.dtype) for a in (
             self.rec_xyz, self.rec_r, self.rec_hyd, self.rec_don, self.rec_acc))
         r_l = torch.as_tensor(lig.radius, dtype=x.dtype)
         h_l = torch.as_tensor(lig.hydrophobic, dtype=x.dtype)
         d_l = torch.as_tensor(lig.donor, dtype=x.dtype)
         a_l = torch.as_tensor(lig.acceptor, dtype=x.dtype)
-        out = []
+        energies, grads = [], []
         for xb in x.split(chunk):
             r = torch.cdist(xb, rec_xyz[None].expand(xb.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
-            e = pair_energy(r, r_l[:, None] + rec_r, h_l[:, None] * rec_hyd, d_l[:, None] * rec_acc + a_l[:, None] * rec_don,
-                            fn=self.fn)
-            out.append(e.sum((-1, -2)))
-        return torch.cat(out)
+            args = (r, r_l[:, None] + rec_r, h_l[:, None] * rec_hyd, d_l[:, None] * rec_acc + a_l[:, None] * rec_don)
+            if not gradient:
+                energies.append(pair_energy(*args, fn=self.fn).sum((-1, -2)))
+                continue
+            e, de = pair_energy_and_derivative(*args, fn=self.fn)
+            energies.append(e.sum((-1, -2)))
+            c = de / r.clamp_min(1e-6)  # d e / d x_i = sum_j c_ij (x_i - y_j)
+            grads.append(xb * c.sum(-1, keepdim=True) - c @ rec_xyz)
+        return torch.cat(energies), (torch.cat(grads) if gradient else None)
 
     # -------------------------------------------------------------------------------------------- grid
     def _build_grid(self, region: Box, spacing: float, pad: float) -> None:
@@ -283,30 +360,37 @@ class ScoringFunction:
                 maps.append(torch.zeros(len(pts)).index_add_(0, gi, e).reshape(shape))
             lo_t = torch.as_tensor([a[0] for a in axes])
             hi_t = torch.as_tensor([a[-1] for a in axes])
-            self.maps.append((torch.stack(maps)[None], lo_t, hi_t))  # (1, C, X, Y, Z)
-        self.grid_lo, self.grid_hi = self.maps[0][1], self.maps[0][2]
+            self.maps.append(GridMap(torch.stack(maps), lo_t, (hi_t - lo_t) / (torch.as_tensor(shape) - 1)))
+        self.grid_lo, self.grid_hi = self.maps[0].lo, self.maps[0].lo + self.maps[0].spacing * (
+            torch.as_tensor(self.maps[0].values.shape[1:]) - 1)
         self.grid = True
 
     def inter_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Protein-ligand energy (B,) by trilinear interpolation in the grid maps, plus a wall outside the grid."""
-        b, n, _ = x.shape
+        return self._inter_grid(x)[0]
+
+    def _inter_grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`inter_grid` and its gradient (B, N, 3)."""
         cls = torch.as_tensor(self.atom_class, device=x.device)
-        e = x.new_zeros(b)
-        for grid, lo, hi in self.maps:
-            u = (x - lo) / (hi - lo) * 2 - 1  # [-1, 1] per axis
-            # grid_sample reads coordinates as (W, H, D) = our (Z, Y, X): reverse the last axis.
-            g = u.flip(-1).reshape(1, b * n, 1, 1, 3)
-            vals = F.grid_sample(grid.to(x.dtype), g, mode="bilinear", padding_mode="border", align_corners=True)
-            vals = vals.reshape(len(self.classes), b, n)
-            e = e + vals.gather(0, cls[None, None, :].expand(1, b, n))[0].sum(-1)
-        outside = (torch.relu(self.grid_lo - x) + torch.relu(x - self.grid_hi)).pow(2).sum((-1, -2))
-        return e + 10.0 * outside
+        e, grad = x.new_zeros(x.shape[0]), torch.zeros_like(x)
+        for grid in self.maps:
+            v, g = grid.interpolate(x, cls)
+            e, grad = e + v.sum(-1), grad + g
+        below, above = torch.relu(self.grid_lo - x), torch.relu(x - self.grid_hi)
+        return e + 10.0 * (below.pow(2) + above.pow(2)).sum((-1, -2)), grad + 20.0 * (above - below)
 
     # -------------------------------------------------------------------------------------------- totals
     def energy(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """Search objective (B,): inter (grid or exact) + intra."""
         inter = self.inter_exact(x) if exact or self.grid is None else self.inter_grid(x)
         return inter + self.intra(x)
+
+    def energy_and_gradient(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`energy` (B,) and its gradient (B, N, 3) with respect to the coordinates, computed analytically (the
+        search's inner loop: about 3x cheaper than autograd, whose cost here is mostly per-operation overhead)."""
+        inter, g_inter = self._inter_exact(x) if exact or self.grid is None else self._inter_grid(x)
+        intra, g_intra = self.intra.energy_and_gradient(x)
+        return inter + intra, g_inter + g_intra
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Reported score (B,), Vina-style: exact inter-molecular energy / (1 + 0.0585 n_torsions)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sciddiff.core import so3, torus
-from sciddiff.dock.ligand import dihedral_angles, kabsch
+from sciddiff.dock.ligand import apply_torsion_deltas, dihedral_angles, kabsch
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.scoring import ScoringFunction
 
@@ -54,32 +54,59 @@ def local_opt(sf: ScoringFunction, space: PoseSpace, tr: torch.Tensor, rot: torc
               steps: int = 50, lr: tuple[float, float, float] = (0.25, 0.06, 0.15), exact: bool = False,
               conf: torch.Tensor | None = None) -> Poses:
     """Adam on the energy with a cosine-decayed step size; returns the best pose seen per sample. conf (B,):
-    conformer indices (default 0)."""
+    conformer indices (default 0).
+
+    Each step moves the current coordinates by a shift (A), a rotation vector about the centroid (radians, lab frame)
+    and torsion increments (radians), with step sizes lr = (shift, rotation, torsion); the gradient with respect to
+    these moves comes from the analytic atom gradient (`pose_gradient`), as in Vina, not from autograd."""
     conf = torch.zeros(tr.shape[0], dtype=torch.long) if conf is None else conf
-    t = tr.clone().requires_grad_()
-    w = torch.zeros_like(tr).requires_grad_()
-    th = theta.clone().requires_grad_()
-    opt = torch.optim.Adam([{"params": [t], "lr": lr[0]}, {"params": [w], "lr": lr[1]}, {"params": [th], "lr": lr[2]}])
-    base = [g["lr"] for g in opt.param_groups]
-    best_e = torch.full((tr.shape[0],), math.inf, dtype=tr.dtype)
-    best = (tr.clone(), rot.clone(), theta.clone())
+    x = space.coords(tr, rot, theta, realign=False, conf=conf)
+    rates = torch.tensor([lr[0]] * 3 + [lr[1]] * 3 + [lr[2]] * space.n_torsions, dtype=x.dtype)
+    m1, m2 = x.new_zeros(x.shape[0], len(rates)), x.new_zeros(x.shape[0], len(rates))
+    beta1, beta2 = 0.9, 0.999  # Adam's defaults
+    best_e, best_x = torch.full((x.shape[0],), math.inf, dtype=x.dtype), x
     for step in range(steps + 1):
-        r = so3.exp_map(w) @ rot
-        e = sf.energy(space.coords(t, r, th, realign=False, conf=conf), exact=exact)
-        with torch.no_grad():
-            better = e < best_e
-            best_e = torch.where(better, e, best_e)
-            best = (torch.where(better[:, None], t, best[0]), torch.where(better[:, None, None], r, best[1]),
-                    torch.where(better[:, None], th, best[2]))
+        e, grad_x = sf.energy_and_gradient(x, exact=exact)
+        better = e < best_e
+        best_e, best_x = torch.where(better, e, best_e), torch.where(better[:, None, None], x, best_x)
         if step == steps:
             break
-        opt.zero_grad(set_to_none=True)
-        e.sum().backward()
-        scale = 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g, b in zip(opt.param_groups, base):
-            g["lr"] = b * (0.1 + 0.9 * scale)
-        opt.step()
-    return Poses(best[0].detach(), best[1].detach(), torus.wrap(best[2].detach()), best_e, conf)
+        g = pose_gradient(x, grad_x, space)
+        m1 = beta1 * m1 + (1 - beta1) * g
+        m2 = beta2 * m2 + (1 - beta2) * g * g
+        m1_hat, m2_hat = m1 / (1 - beta1 ** (step + 1)), m2 / (1 - beta2 ** (step + 1))
+        scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        x = move(x, -scale * rates * m1_hat / (m2_hat.sqrt() + 1e-8), space)
+    tr, rot, theta = fit_pose(space, best_x, conf)
+    return Poses(tr, rot, torus.wrap(theta), best_e, conf)
+
+
+def pose_gradient(x: torch.Tensor, grad_x: torch.Tensor, space: PoseSpace) -> torch.Tensor:
+    """Gradient (B, 6 + m) of the energy with respect to the moves of `move` at zero, from its gradient grad_x
+    (B, N, 3) with respect to the coordinates x (B, N, 3): total force, torque about the centroid, and per rotatable
+    bond the torque of its moving side about the bond axis, less that of the recentring shift."""
+    force = grad_x.sum(1)
+    arm = x - x.mean(1, keepdim=True)
+    parts = [force, torch.linalg.cross(arm, grad_x, dim=-1).sum(1)]
+    if space.n_torsions:
+        mask = space.mask.to(x.dtype)  # (m, N)
+        pivot = x[:, space.bonds[:, 1]]  # (B, m, 3)
+        axis = pivot - x[:, space.bonds[:, 0]]
+        axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        torque = mask @ torch.linalg.cross(x, grad_x, dim=-1) - torch.linalg.cross(pivot, mask @ grad_x, dim=-1)
+        shift = (mask @ x - mask.sum(1)[:, None] * pivot) / x.shape[1]  # mean displacement direction of the recentring
+        parts.append((axis * (torque - torch.linalg.cross(shift, force[:, None], dim=-1))).sum(-1))
+    return torch.cat(parts, -1)
+
+
+def move(x: torch.Tensor, step: torch.Tensor, space: PoseSpace) -> torch.Tensor:
+    """Coordinates x (B, N, 3) after torsion increments step[:, 6:] (the centroid kept), a rotation by the vector
+    step[:, 3:6] about the centroid and a shift step[:, :3]."""
+    center = x.mean(1, keepdim=True)
+    if space.n_torsions:
+        x = apply_torsion_deltas(x, space.bonds, space.mask, step[:, 6:])
+        x = x - x.mean(1, keepdim=True) + center
+    return (x - center) @ so3.exp_map(step[:, 3:6]).transpose(-1, -2) + center + step[:, None, :3]
 
 
 def perturb(poses: Poses, space: PoseSpace, generator: torch.Generator, step: float = 2.0) -> Poses:
