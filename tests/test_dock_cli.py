@@ -140,3 +140,15 @@ def test_dock_eval_reports_success_rates(tmp_path):
     assert summary["ranking"] == "learned" and summary["top1_rmsd_lt_2A"] == summary["top1_rmsd_lt_2A_learned"]
     assert {"top5_rmsd_lt_2A_energy", "median_rmsd_top1_energy"} <= summary.keys()
     assert (tmp_path / "ev" / "results.csv").read_text().startswith("complex,")
+
+
+def test_idle_threads_follows_the_load(monkeypatch):
+    from sciddiff import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert cli.idle_threads() == 2
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # another process holds a core
+    assert cli.idle_threads() == 1
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert cli.idle_threads() == 1

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, idle_threads
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "dock" / "score_model.pt"
 MODEL_HELP = f"score-model checkpoint, or 'none' for physics-only docking (default: {DEFAULT_MODEL} when present)"
@@ -43,8 +43,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranking", choices=("energy", "learned"), default=d.ranking,
                    help=f"with a rescoring model: order poses by energy or by the learned P(RMSD < 2 A) "
                         f"(default {d.ranking}; see docs/dock.md for the measurements behind it)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch (default 1: the tensors are small, more threads rarely help)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: 2 when two cores are idle by the load average, else 1; "
+                        "on two idle cores 2 threads dock 1.4x faster, next to another busy process 2x slower)")
 
 
 def register(subparsers) -> None:
@@ -102,7 +103,7 @@ def _settings(args):
 def _model(args):
     import torch
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(idle_threads() if args.threads is None else max(1, args.threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available")
 
