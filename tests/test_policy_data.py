@@ -125,6 +125,16 @@ def test_pusht_features_match_the_env():
     assert feats["image"].shape == (3, 96, 96) and feats["image"].dtype == np.uint8
 
 
+def test_random_state_frames_show_their_states():
+    pytest.importorskip("gym_pusht")
+    frames, states = pusht.render_random_states(4, seed=1)
+    assert frames.shape == (4, 96, 96, 3) and frames.dtype == np.uint8 and states.shape == (4, 5)
+    assert (states[:, :2] >= 40).all() and (states[:, :2] <= 460).all()
+    for frame, state in zip(frames, states):  # the block (LightSlateGray) is drawn where its state says
+        x, y = (state[2:4] / 512 * 96).astype(int)
+        assert np.abs(frame[y, x].astype(int) - [119, 136, 153]).max() < 12
+
+
 @pytest.mark.skipif(not default_zarr().exists(), reason="PushT demonstrations not available")
 def test_real_pusht_store_reads_and_prepares(tmp_path):
     buf = ReplayBuffer.open(default_zarr())

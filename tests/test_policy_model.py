@@ -138,3 +138,27 @@ def test_frozen_cpu_unet_gives_the_same_actions():
     assert set(policy.state_dict()) == keys  # the traced copy is not a submodule
     torch.testing.assert_close(policy.predict_action(obs, generator=torch.Generator().manual_seed(3)), before,
                                rtol=0, atol=1e-3)
+
+
+def test_image_policy_from_state_reuses_the_unet_exactly():
+    """Fed the true block vertices in place of the encoder's output, the transferred image policy's U-Net gives the
+    state policy's output: the FiLM input permutation is exact."""
+    from sciddiff.policy.image_transfer import image_config, image_policy_from_state
+
+    torch.manual_seed(0)
+    state = DiffusionPolicy(PolicyConfig(obs_type="state", state_dim=18, down_dims=(16, 32), step_embed_dim=16))
+    for p in state.unet.parameters():
+        p.data.normal_(0, 0.3)
+    state.state_normalizer.low.copy_(torch.linspace(0, 10, 18))
+    state.state_normalizer.high.copy_(torch.linspace(500, 520, 18))
+    config = image_config(state.config, (8, 8, 8), 4)
+    image = image_policy_from_state(state, DiffusionPolicy(config).encoder, config)
+    assert image.config.obs_type == "image" and image.config.vision_dim == 16 and image.config.crop_size == 96
+    raw = torch.rand(3, 2, 18) * 500
+    nstate = state.state_normalizer.normalize(raw)
+    nagent = image.state_normalizer.normalize(raw[..., :2])
+    assert torch.allclose(nagent, nstate[..., :2])
+    cond_image = torch.cat([nstate[..., 2:], nagent], -1).flatten(1)  # what encode_obs builds with perfect vertices
+    x, t = torch.randn(3, 16, 2), torch.tensor([3, 50, 99])
+    with torch.no_grad():
+        assert torch.allclose(image.unet(x, t, cond_image), state.unet(x, t, nstate.flatten(1)), atol=1e-5)

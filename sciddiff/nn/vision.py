@@ -50,7 +50,7 @@ class SpatialSoftmax(nn.Module):
 
 class ImageEncoder(nn.Module):
     def __init__(self, in_channels: int = 3, channels: Sequence[int] = (32, 64, 128), num_keypoints: int = 32,
-                 out_dim: int = 64, n_groups: int = 8):
+                 out_dim: int = 64, n_groups: int = 8, out_norm: bool = True):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, stride=2, padding=1, bias=False),
                                   nn.GroupNorm(n_groups, channels[0]), nn.Mish())
@@ -60,7 +60,8 @@ class ImageEncoder(nn.Module):
             c_prev = c
         self.stages = nn.Sequential(*stages)
         self.pool = SpatialSoftmax(c_prev, num_keypoints)
-        self.out = nn.Sequential(nn.Linear(2 * num_keypoints, out_dim), nn.LayerNorm(out_dim))
+        # out_norm=False leaves the features unnormalized, for encoders that regress coordinates
+        self.out = nn.Sequential(nn.Linear(2 * num_keypoints, out_dim), nn.LayerNorm(out_dim) if out_norm else nn.Identity())
         self.out_dim = out_dim
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

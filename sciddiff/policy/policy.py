@@ -47,6 +47,7 @@ class PolicyConfig:
     vision_channels: tuple[int, ...] = (32, 64, 128)
     vision_keypoints: int = 32
     vision_dim: int = 64
+    vision_norm: bool = True  # LayerNorm on the encoder's output features
     extra: dict = field(default_factory=dict)  # free-form notes (task, feature names) carried with the checkpoint
 
     def __post_init__(self):
@@ -76,7 +77,8 @@ class DiffusionPolicy(nn.Module):
         per_step = c.state_dim
         self.encoder = None
         if c.obs_type == "image":
-            self.encoder = ImageEncoder(3, c.vision_channels, c.vision_keypoints, c.vision_dim, c.n_groups)
+            self.encoder = ImageEncoder(3, c.vision_channels, c.vision_keypoints, c.vision_dim, c.n_groups,
+                                        out_norm=c.vision_norm)
             per_step += c.vision_dim
         self.unet = ConditionalUnet1D(c.action_dim, per_step * c.n_obs_steps, c.down_dims, c.kernel_size, c.n_groups,
                                       c.step_embed_dim)

@@ -49,3 +49,22 @@ def obs_to_features(obs, obs_type: str) -> dict[str, np.ndarray]:
         return {"image": np.ascontiguousarray(obs["pixels"].transpose(2, 0, 1)),
                 "agent_pos": np.asarray(obs["agent_pos"], dtype=np.float32)}
     raise ValueError(f"unsupported PushT obs_type {obs_type!r}")
+
+
+def render_random_states(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n frames (n, 96, 96, 3) uint8 of random PushT states, drawn as gym-pusht's reset draws them (agent in [50, 450]^2,
+    block in [100, 400]^2, angle uniform), rendered by the env itself, and the states (n, 5) it settled in (one physics
+    step may push an overlapping block). Frames of states the demonstrations rarely visit, for perception training."""
+    import gymnasium as gym
+    import gym_pusht  # noqa: F401  (registers the env)
+
+    env = gym.make(ENV_ID, obs_type="pixels_agent_pos")
+    rng = np.random.default_rng(seed)
+    frames, states = np.empty((n, 96, 96, 3), np.uint8), np.empty((n, 5), np.float64)
+    for i in range(n):
+        start = [*rng.integers(50, 450, 2), *rng.integers(100, 400, 2), rng.uniform(-np.pi, np.pi)]
+        obs, _ = env.reset(seed=seed, options={"reset_to_state": start})
+        u = env.unwrapped
+        frames[i], states[i] = obs["pixels"], [*u.agent.position, *u.block.position, u.block.angle]
+    env.close()
+    return frames, states
