@@ -140,3 +140,24 @@ def test_image_policy_drives_the_pixel_env():
     results = run_episodes(TorchPolicyActor(policy.eval()), PushTAdapter("pixels_agent_pos", max_steps=16),
                            seeds=[0, 1], show_progress=False)
     assert [r.steps for r in results] == [16, 16]
+
+
+def test_shipped_image_policy_sees_the_block():
+    """The shipped image policy's encoder finds the T's 8 vertices in frames gym-pusht renders from random states."""
+    from sciddiff.policy.io import load_policy
+    from sciddiff.policy.normalizer import pixels_to_unit
+
+    path = REPO / "data" / "policy" / "pusht_image.pt"
+    if not path.exists():
+        pytest.skip("no shipped image policy")
+    policy = load_policy(path)
+    frames, states = pusht.render_random_states(16, seed=123)
+    with torch.no_grad():
+        feats = policy.encoder(pixels_to_unit(torch.from_numpy(frames).permute(0, 3, 1, 2)))
+    truth = pusht.state_features(states)[:, 2:].reshape(-1, 8, 2)
+    # the encoder outputs the vertices as the state policy normalizes them
+    state = load_policy(REPO / "data" / "policy" / "pusht_state.pt")
+    lo, hi = state.state_normalizer.low[2:], state.state_normalizer.high[2:]
+    pred = ((feats + 1) / 2 * (hi - lo) + lo).numpy().reshape(-1, 8, 2)
+    error = np.linalg.norm(pred - truth, axis=-1).mean(-1)  # gym-pusht pixels per frame
+    assert np.median(error) < 3.0 and error.max() < 10.0  # measured 0.64 / 1.7 px on 200 such frames
