@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 
 APPLICATIONS = ("sciddiff.dock.cli", "sciddiff.protein.cli", "sciddiff.policy.cli", "sciddiff.bench")
 
@@ -19,12 +20,26 @@ class UserError(Exception):
 
 
 def idle_threads(most: int = 2) -> int:
-    """CPU threads for a command's default: up to `most`, but only as many as there are idle cores by the 1-minute
-    load average. Two threads on two idle cores make docking 1.4x and backbone sampling 1.4x faster, but when another
+    """CPU threads for a command's default: up to `most`, but no more than the cores that no other process is running
+    on right now. Two threads on two idle cores make docking and backbone sampling 1.4-1.7x faster, but when another
     process holds one of the cores they measured 2-30x SLOWER than one (OpenMP threads waiting on each other)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(most, int(cores - load + 0.5)))
+    return max(1, min(most, cores - round(_other_running())))
+
+
+def _other_running(samples: int = 3, interval: float = 0.02) -> float:
+    """Processes running or runnable besides this one, averaged over a few instants (/proc/loadavg's 4th field on
+    Linux; elsewhere the 1-minute load average, which also remembers the last minute)."""
+    try:
+        counts = []
+        for i in range(samples):
+            with open("/proc/loadavg") as handle:
+                counts.append(int(handle.read().split()[3].split("/")[0]) - 1)
+            if i + 1 < samples:
+                time.sleep(interval)
+        return sum(counts) / len(counts)
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:

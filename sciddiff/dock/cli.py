@@ -44,7 +44,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help=f"with a rescoring model: order poses by energy or by the learned P(RMSD < 2 A) "
                         f"(default {d.ranking}; see docs/dock.md for the measurements behind it)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: 2 when two cores are idle by the load average, else 1; "
+                   help="CPU threads for torch (default: 2 when no other process is running on the two cores, else 1; "
                         "on two idle cores 2 threads dock 1.4x faster, next to another busy process 2x slower)")
 
 

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     s.add_argument("--batch-size", type=int, default=16, help="backbones generated together (default: 16)")
     s.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: 2 when two cores are idle by the load average, else 1; on a busy "
+                   help="CPU threads (default: 2 when no other process is running on the two cores, else 1; on a busy "
                         "2-core machine two threads measured 30x slower than one)")
     s.add_argument("--checkpoint", default=None, help="model.pt from `sciddiff backbone train` (default: shipped model)")
     s.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
