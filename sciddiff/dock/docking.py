@@ -45,7 +45,7 @@ class DockSettings:
     conformers: int = 4       # ETKDG conformers embedded; the distinct shapes among them are searched together
     pockets: int = 6          # blind docking: ligand-sized pockets searched, each with the full search
     scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
-    ranking: str = "energy"   # with a rescorer: order poses by "energy" or by its "learned" score
+    ranking: str = "learned"  # with a rescorer: order poses by its "learned" score or by "energy"
     seed: int = 0
 
 
