@@ -1,10 +1,12 @@
 """Pose optimisation with the scoring function: batched gradient descent over rigid + torsion degrees of freedom and
 Monte Carlo basin hopping (Vina's global search, in batch, with Adam instead of BFGS).
 
-Parameters are the `PoseSpace` ones with realign=False (the frame follows the fixed part of the ligand; no SVD
-in the gradient path): t (B, 3) centroid in Angstrom, R (B, 3, 3), theta (B, m) radians. Rotation steps are
-left-multiplied rotation vectors, R <- Exp(w) R, i.e. rotations about the centroid in the lab frame. Each pose
-keeps its conformer index conf (B,) into the space's conformers; the search never changes it.
+Poses go in and out as `PoseSpace` parameters with realign=False (the frame follows the fixed part of the ligand):
+t (B, 3) centroid in Angstrom, R (B, 3, 3), theta (B, m) radians. Inside `local_opt` the state is the coordinates;
+each step moves them by a shift, a rotation about the centroid (lab frame, R <- Exp(w) R) and torsion increments,
+with gradients from the scoring function's analytic atom gradient (no autograd), and the best coordinates are fitted
+back to parameters. Each pose keeps its conformer index conf (B,) into the space's conformers; the search never
+changes it.
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def image_policy_from_state(state_policy: DiffusionPolicy, encoder: nn.Module, c
     perm = torch.cat([s * n_feat + per_step for s in range(n_obs)])
     embed = config.step_embed_dim
     weights = dict(state_policy.unet.state_dict())
-    for name, module in state_policy.unet.named_modules():
+    for name, _ in state_policy.unet.named_modules():
         if name.endswith("film"):
             key = f"{name}.1.weight"
             w = weights[key]
