@@ -162,3 +162,15 @@ def test_image_policy_from_state_reuses_the_unet_exactly():
     x, t = torch.randn(3, 16, 2), torch.tensor([3, 50, 99])
     with torch.no_grad():
         assert torch.allclose(image.unet(x, t, cond_image), state.unet(x, t, nstate.flatten(1)), atol=1e-5)
+
+
+def test_image_transfer_bad_input_is_one_line(tmp_path, capsys):
+    from sciddiff.policy.image_transfer import main
+
+    assert main(["--out", str(tmp_path / "run"), "--state-policy", str(tmp_path / "missing.pt")]) == 2
+    assert "no policy checkpoint" in capsys.readouterr().err
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    assert main(["--out", str(tmp_path / "run"), "--state-policy", str(bogus), "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: cannot load")
+    assert not (tmp_path / "run").exists()

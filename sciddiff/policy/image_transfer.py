@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from sciddiff.cli import UserError
 from sciddiff.policy import pusht
 from sciddiff.policy.data import dataset_from_zarr, default_zarr
-from sciddiff.policy.io import load_policy, save_policy
+from sciddiff.policy.io import save_policy
 from sciddiff.policy.normalizer import pixels_to_unit
 from sciddiff.policy.policy import DiffusionPolicy, PolicyConfig
 from sciddiff.policy.train import lr_at
@@ -87,9 +88,15 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
     """Stage 1 (resumable: re-running the same command continues from OUT/train_state.pt), then stage 2 at each
     checkpoint: OUT/policy.pt is always a complete image policy."""
     torch.set_num_threads(args.threads)
+    from sciddiff.policy.cli import load_checkpoint_or_fail
+
+    state_policy = load_checkpoint_or_fail(Path(args.state_policy))
+    if not Path(args.data).exists():
+        raise UserError(f"no PushT demonstrations at {args.data} (--data)")
+    if state_policy.config.obs_type != "state":
+        raise UserError(f"{args.state_policy} is not a state policy (obs_type {state_policy.config.obs_type!r})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    state_policy = load_policy(args.state_policy)
     config = image_config(state_policy.config, tuple(args.channels), args.keypoints)
     images = dataset_from_zarr(args.data, "image")
     features = dataset_from_zarr(args.data, "state")["state"]
@@ -202,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    train_vertex_encoder(build_parser().parse_args(argv))
+    try:
+        train_vertex_encoder(build_parser().parse_args(argv))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
