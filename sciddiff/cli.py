@@ -19,6 +19,16 @@ class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit status 2, never as a traceback."""
 
 
+def run_command(func, args) -> int:
+    """Run func(args) for a module's own `main`: a UserError becomes one line on stderr and exit status 2."""
+    try:
+        func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def idle_threads(most: int = 2) -> int:
     """CPU threads for a command's default: up to `most`, but no more than the cores that no other process is running
     on right now. Two threads on two idle cores make docking and backbone sampling 1.4-1.7x faster, but when another

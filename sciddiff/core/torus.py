@@ -34,18 +34,25 @@ def _terms(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return u, s, -(u * u) / (2 * s * s)
 
 
+def _log_density(s: Tensor, logits: Tensor) -> Tensor:
+    return torch.logsumexp(logits, -1) - torch.log(s[..., 0]) - 0.5 * math.log(2 * math.pi)
+
+
+def _score(u: Tensor, s: Tensor, logits: Tensor) -> Tensor:
+    return (torch.softmax(logits, -1) * (-u / (s * s))).sum(-1)
+
+
 def wrapped_normal_log_density(x: Tensor, sigma: Tensor | float) -> Tensor:
     """log p(x; sigma) with respect to the Lebesgue measure on [-pi, pi)."""
     x, sigma = torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(sigma, dtype=torch.as_tensor(x).dtype))
     _, s, logits = _terms(x, sigma)
-    return torch.logsumexp(logits, -1) - torch.log(s[..., 0]) - 0.5 * math.log(2 * math.pi)
+    return _log_density(s, logits)
 
 
 def wrapped_normal_score(x: Tensor, sigma: Tensor | float) -> Tensor:
     """d/dx log p(x; sigma), broadcasting x against sigma."""
     x, sigma = torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(sigma, dtype=torch.as_tensor(x).dtype))
-    u, s, logits = _terms(x, sigma)
-    return (torch.softmax(logits, -1) * (-u / (s * s))).sum(-1)
+    return _score(*_terms(x, sigma))
 
 
 def sample_wrapped_normal(sigma: Tensor | float, shape: tuple[int, ...] | None = None,
@@ -67,9 +74,8 @@ class _ScoreNormTable:
         self.log_sigmas = torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.n_sigma, dtype=torch.float64)
         x = torch.linspace(-math.pi, math.pi, self.n_x, dtype=torch.float64)
         u, s, logits = _terms(x[None].expand(self.n_sigma, -1), self.log_sigmas.exp()[:, None].expand(-1, self.n_x))
-        density = (torch.logsumexp(logits, -1) - torch.log(s[..., 0]) - 0.5 * math.log(2 * math.pi)).exp()
-        score = (torch.softmax(logits, -1) * (-u / (s * s))).sum(-1)
-        self.log_values = torch.trapezoid(score**2 * density, x, dim=-1).log().to(device)
+        # one pass over the terms for both factors of E[score^2] = integral of score^2 p
+        self.log_values = torch.trapezoid(_score(u, s, logits) ** 2 * _log_density(s, logits).exp(), x, dim=-1).log().to(device)
         self.log_sigmas = self.log_sigmas.to(device)
 
     def __call__(self, sigma: Tensor) -> Tensor:

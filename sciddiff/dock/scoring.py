@@ -255,12 +255,18 @@ class GridMap:
     lo: torch.Tensor
     spacing: torch.Tensor
 
+    def __post_init__(self):
+        _, nx, ny, nz = self.values.shape
+        self._top = torch.tensor([nx - 1, ny - 1, nz - 1])
+        # flat-index offsets of a cell's 8 corners, in [dx, dy, dz] order
+        self._corners = torch.tensor([(a * ny + b) * nz + d for a in (0, 1) for b in (0, 1) for d in (0, 1)])
+
     def interpolate(self, x: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Trilinear value (B, N) of atoms x (B, N, 3) of classes cls (N,) and its gradient (B, N, 3). Outside the
         grid the nearest border value is used, with zero gradient along the clamped axes (torch's grid_sample with
         padding_mode="border", align_corners=True)."""
-        c, nx, ny, nz = self.values.shape
-        top = torch.as_tensor([nx - 1, ny - 1, nz - 1], dtype=x.dtype)
+        _, nx, ny, nz = self.values.shape
+        top = self._top.to(x.dtype)
         u = (x - self.lo.to(x.dtype)) / self.spacing.to(x.dtype)
         inside = (u >= 0) & (u <= top)
         u = torch.minimum(u.clamp(min=0), top)
@@ -268,8 +274,7 @@ class GridMap:
         f = u - i0
         i0 = i0.long()
         base = ((cls * nx + i0[..., 0]) * ny + i0[..., 1]) * nz + i0[..., 2]
-        offsets = torch.tensor([(a * ny + b) * nz + d for a in (0, 1) for b in (0, 1) for d in (0, 1)])
-        v = self.values.reshape(-1).to(x.dtype)[base[..., None] + offsets].unflatten(-1, (2, 2, 2))  # [dx, dy, dz]
+        v = self.values.reshape(-1).to(x.dtype)[base[..., None] + self._corners].unflatten(-1, (2, 2, 2))
         fx, fy, fz = f.unbind(-1)
         vz = v[..., 0] + fz[..., None, None] * (v[..., 1] - v[..., 0])  # (B, N, 2, 2): interpolated along z
         dz = v[..., 1] - v[..., 0]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, run_command
 from sciddiff.policy import pusht
 from sciddiff.policy.data import dataset_from_zarr, default_zarr
 from sciddiff.policy.io import save_policy
@@ -113,6 +113,7 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         targets = torch.cat([targets, vertex_targets(state_policy, pusht.state_features(extra_states))])
         train_idx = np.concatenate([train_idx, np.arange(len(features), len(frames))])
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, 96, 96) uint8 view
+    train_rows = torch.as_tensor(train_idx)
 
     encoder = DiffusionPolicy(config).encoder
     opt = torch.optim.AdamW(encoder.parameters(), lr=args.lr, weight_decay=1e-6)
@@ -159,7 +160,7 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         val_px = math.nan
         encoder.train()
         while seconds < args.max_seconds:
-            rows = torch.as_tensor(train_idx)[torch.randint(len(train_idx), (args.batch_size,), generator=gen)]
+            rows = train_rows[torch.randint(len(train_rows), (args.batch_size,), generator=gen)]
             lr = lr_at(seconds / args.max_seconds, step, args.lr, args.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -209,12 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        train_vertex_encoder(build_parser().parse_args(argv))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(train_vertex_encoder, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

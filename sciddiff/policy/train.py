@@ -366,14 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sciddiff.cli import UserError
+    from sciddiff.cli import run_command
 
-    try:
-        train(build_parser().parse_args(argv))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(train, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
