@@ -118,3 +118,15 @@ def test_lr_schedule_warms_up_then_decays():
 def test_train_needs_a_budget(tmp_path):
     with pytest.raises(UserError):
         train(build_parser().parse_args(["--out", str(tmp_path / "run")]))
+
+
+def test_extra_demonstrations_train_and_validation_stays_on_data(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr")
+    extra = _demo_store(tmp_path / "extra.zarr", n_episodes=3, seed=1)
+    args = build_parser().parse_args(["--data", str(data), "--extra-data", str(extra), "--out", str(tmp_path / "run"),
+                                      "--steps", "5", "--batch-size", "8", "--val-episodes", "1", *SMALL])
+    train(args)
+    meta = json.loads((tmp_path / "run" / "policy.json").read_text())["meta"]
+    policy = load_policy(tmp_path / "run" / "policy.pt")
+    assert policy.config.extra["train_episodes"] == 5 + 3 and max(policy.config.extra["val_episodes"]) < 6
+    assert meta["extra_data"] == [str(extra)] and f"--extra-data {extra}" in meta["command"]

@@ -1,4 +1,4 @@
-"""`sciddiff policy prepare|train|eval`: diffusion policies for PushT (and the pieces for other gymnasium tasks)."""
+"""`sciddiff policy prepare|train|demos|eval`: diffusion policies for PushT (and the pieces for other gymnasium tasks)."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Train a diffusion policy; re-running the same command resumes it.")
     add_arguments(p)
     p.set_defaults(func=_train)
+
+    from sciddiff.policy import scripted
+    p = sub.add_parser("demos", help="write scripted PushT demonstrations (a sampling-based push planner) to a zarr",
+                       description=scripted.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    scripted.add_arguments(p)
+    p.set_defaults(func=scripted.run_demos)
 
     p = sub.add_parser("eval", help="closed-loop PushT episodes: mean max reward / coverage, success rate, latency",
                        description="Roll a policy out in gym_pusht/PushT-v0 from seeds S, S+1, ...")

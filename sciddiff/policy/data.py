@@ -72,6 +72,17 @@ def prepare_pusht(zarr_path: str | Path, out_path: str | Path, obs_type: str) ->
     return out_path
 
 
+def concat_datasets(datasets: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Training arrays of several datasets, episodes back to back in the given order."""
+    keys = set(datasets[0])
+    if any(set(d) != keys for d in datasets):
+        raise UserError(f"datasets differ in their arrays: {[sorted(d) for d in datasets]}")
+    offsets = np.cumsum([0] + [int(d["episode_ends"][-1]) for d in datasets[:-1]])
+    out = {k: np.concatenate([d[k] for d in datasets]) for k in keys if k != "episode_ends"}
+    out["episode_ends"] = np.concatenate([d["episode_ends"] + o for d, o in zip(datasets, offsets)])
+    return out
+
+
 def load_dataset(path: str | Path, obs_type: str) -> dict[str, np.ndarray]:
     """Training arrays from a `.zarr` replay buffer or a `.npz` written by `prepare_pusht`."""
     path = Path(path)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sciddiff.core.ema import EMA
-from sciddiff.policy.data import OBS_KEYS, default_zarr, load_dataset
+from sciddiff.policy.data import OBS_KEYS, concat_datasets, default_zarr, load_dataset
 from sciddiff.policy.io import save_policy
 from sciddiff.policy.policy import SAMPLERS, DiffusionPolicy, PolicyConfig
 from sciddiff.policy.sampler import sequence_windows, split_episodes
@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, default=None,
                    help="replay buffer (.zarr) or prepared arrays (.npz); default: the PushT demonstrations under "
                         "$SCIDDIFF_DATA (../shared/data)")
+    g.add_argument("--extra-data", type=Path, nargs="+", default=(),
+                   help="more demonstrations (.zarr / .npz, e.g. from `sciddiff policy demos`), all used for training; "
+                        "the validation episodes come from --data only")
     g.add_argument("--obs-type", choices=("state", "image"), default="state",
                    help="state: agent xy + 8 block vertices; image: 96x96 frames + agent xy")
     g.add_argument("--val-episodes", type=int, default=4, help="episodes held out for the validation loss")
@@ -210,6 +213,9 @@ def train(args: argparse.Namespace) -> dict:
     arrays = load_dataset(data_path, args.obs_type)
     n_episodes = len(arrays["episode_ends"])
     train_eps, val_eps = split_episodes(n_episodes, args.val_episodes, args.seed, args.max_train_episodes)
+    if args.extra_data:
+        arrays = concat_datasets([arrays, *(load_dataset(path, args.obs_type) for path in args.extra_data)])
+        train_eps = np.concatenate([train_eps, np.arange(n_episodes, len(arrays["episode_ends"]))])
     config = PolicyConfig(
         obs_type=args.obs_type, state_dim=arrays[OBS_KEYS[args.obs_type][-1]].shape[-1],
         action_dim=arrays["action"].shape[-1], down_dims=_ints(args.down_dims), prediction_type=args.prediction_type,
@@ -257,7 +263,8 @@ def train(args: argparse.Namespace) -> dict:
         print(f"resuming from step {step} ({elapsed_before:.0f} s trained)", flush=True)
 
     command = getattr(args, "command", None) or command_line(args)
-    meta_base = {"command": command, "data": str(data_path), "batch_size": args.batch_size, "lr": lr,
+    meta_base = {"command": command, "data": str(data_path), "extra_data": [str(path) for path in args.extra_data],
+                 "batch_size": args.batch_size, "lr": lr,
                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "torch": str(torch.__version__), "n_params": sum(p.numel() for p in policy.parameters())}
 
@@ -354,8 +361,10 @@ def command_line(args: argparse.Namespace) -> str:
         value = getattr(args, action.dest, None)
         if not action.option_strings or action.dest == "help" or value == action.default:
             continue
-        words += [action.option_strings[0]] if isinstance(action, argparse._StoreTrueAction) else \
-            [action.option_strings[0], str(value)]
+        if isinstance(action, argparse._StoreTrueAction):
+            words.append(action.option_strings[0])
+        else:
+            words += [action.option_strings[0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
     return shlex.join(words)
 
 
