@@ -76,6 +76,7 @@ BAD = [
     (["--center", "500", "500", "500", "--size", "10", "10", "10"], "no protein atoms"),
     (["--autobox-ligand", LIGAND, "--center", "0", "0", "0", "--size", "5", "5", "5"], "not both"),
     (["--center", "0", "0", "0", "--size", "-1", "5", "5"], "positive"),
+    (["--center", "nan", "0", "0", "--size", "10", "10", "10"], "finite"),
 ]
 
 
@@ -120,6 +121,42 @@ def test_batch_skips_failing_rows(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1 and "bad: skipped" in captured.err
     assert (tmp_path / "o" / "good" / "rank1.sdf").exists() and not (tmp_path / "o" / "bad").exists()
+
+
+def test_out_under_a_file_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code = main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", LIGAND,
+                 "--out", str(tmp_path / "afile" / "run"), *FAST, "--model", "none"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot create output folder" in err and len(err.splitlines()) == 1
+
+
+def test_nmr_models_keep_the_first(tmp_path):
+    from sciddiff.dock import io
+
+    atoms = ["ATOM      1  N   ALA A   1       0.000   0.000   0.000  1.00  0.00           N",
+             "ATOM      2  CA  ALA A   1       1.458   0.000   0.000  1.00  0.00           C",
+             "ATOM      3  C   ALA A   1       2.009   1.420   0.000  1.00  0.00           C"]
+    shifted = [ln[:30] + f"{float(ln[30:38]) + 1:8.3f}" + ln[38:] for ln in atoms]
+    pdb = tmp_path / "nmr.pdb"
+    pdb.write_text("MODEL        1\n" + "\n".join(atoms) + "\nENDMDL\nMODEL        2\n" + "\n".join(shifted) + "\nENDMDL\nEND\n")
+    rec = io.load_receptor(pdb)
+    assert len(rec.coords) == 3 and rec.coords[0, 0] == 0.0
+    assert rec.pdb_text.count("ATOM") == 3  # the complex output holds one copy of the protein
+
+
+def test_batch_table_from_a_spreadsheet(tmp_path, capsys):
+    shutil.copy(LIGAND, tmp_path / "lig.sdf")
+    shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
+    table = tmp_path / "table.csv"
+    run = ["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST, "--model", "none"]
+    table.write_text("protein,ligand,name\nrec.pdb.gz,lig.sdf,good\nrec.pdb.gz\n")  # a short row: no name
+    assert main(run) == 2 and "names must be unique, non-empty" in capsys.readouterr().err
+    # byte-order mark, blanks after commas, CRLF; an empty ligand cell skips its row
+    table.write_bytes("\ufeffprotein, ligand, name\r\nrec.pdb.gz, lig.sdf, good\r\nrec.pdb.gz,,empty\r\n".encode())
+    code = main(run)
+    assert code == 1 and "empty: skipped: empty protein or ligand cell" in capsys.readouterr().err
+    assert (tmp_path / "o" / "good" / "rank1.sdf").exists() and not (tmp_path / "o" / "empty").exists()
 
 
 def test_dock_eval_reports_success_rates(tmp_path):

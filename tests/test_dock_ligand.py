@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from rdkit import Chem
+from rdkit.Chem import AllChem
 
 from sciddiff.dock import io, ligand
 
@@ -146,3 +147,38 @@ def test_pose_space_with_several_conformers_matches_one_space_per_conformer():
     for k in (0, 1):
         y = PoseSpace(confs[k], tors).coords(tr, rot, theta, realign=False)
         torch.testing.assert_close(x[conf == k], y[conf == k])
+
+
+def test_either_double_bonds_take_the_geometry_of_a_3d_file(tmp_path):
+    # SD files often flag double bonds "either" (bond stereo 3); the 3D coordinates still say which isomer it is
+    mol = Chem.AddHs(Chem.MolFromSmiles("OC(=O)/C=C/c1ccccc1"))  # trans-cinnamic acid
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    heavy = Chem.RemoveHs(mol)
+    block = Chem.MolToMolBlock(heavy).splitlines()
+    line = 4 + heavy.GetNumAtoms() + heavy.GetBondBetweenAtoms(3, 4).GetIdx()  # the C=C bond's line
+    block[line] = block[line][:9] + "  3" + block[line][12:]
+    path = tmp_path / "either.sdf"
+    path.write_text("\n".join(block) + "\n$$$$\n")
+    assert Chem.MolFromMolFile(str(path)).GetBondBetweenAtoms(3, 4).GetStereo() == Chem.BondStereo.STEREOANY
+    loaded = io.load_ligand(path)
+    assert loaded.GetBondBetweenAtoms(3, 4).GetStereo() == Chem.BondStereo.STEREOE
+    conf = ligand.generate_conformers(loaded, 1, seed=0)[0]  # the docked conformer keeps it
+    x = torch.as_tensor(conf, dtype=torch.float64)
+    assert abs(float(ligand.dihedral_angles(x, torch.tensor([[1, 3, 4, 5]]))[0])) > 2.5
+
+
+def test_smiles_file_with_a_title_line(tmp_path):
+    path = tmp_path / "ligands.smi"
+    path.write_text("SMILES Name\nCC(=O)Nc1ccc(O)cc1 paracetamol\nCCO ethanol\n")
+    assert Chem.MolToSmiles(io.load_ligand(path)) == "CC(=O)Nc1ccc(O)cc1"  # the first molecule
+
+
+def test_pdb_ligand_is_refused_but_boxes_from_it(tmp_path):
+    # no bond orders in PDB: RDKit would read benzoic acid as a saturated ring, a different molecule
+    mol = Chem.AddHs(Chem.MolFromSmiles("OC(=O)c1ccccc1"))
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    path = tmp_path / "lig.pdb"
+    path.write_text("".join(ln + "\n" for ln in Chem.MolToPDBBlock(mol).splitlines() if not ln.startswith("CONECT")))
+    with pytest.raises(io.UserError, match="bond orders"):
+        io.load_ligand(path)
+    assert io.box_from_ligand(path).size.min() > 8

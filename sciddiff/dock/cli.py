@@ -192,11 +192,12 @@ def _run_batch(args, settings) -> int:
     table = Path(args.batch)
     if not table.is_file():
         raise UserError(f"batch table not found: {table}")
-    with open(table, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark; skipinitialspace: "protein, ligand"
+    with open(table, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh, skipinitialspace=True))
     if not rows or not {"protein", "ligand", "name"} <= set(rows[0].keys()):
-        raise UserError(f"{table} needs a header with columns protein, ligand, name")
-    names = [r["name"].strip() for r in rows]
+        raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
+    names = [_cell(r, "name") for r in rows]
     if len(set(names)) != len(names) or any(not n or "/" in n for n in names):
         raise UserError(f"{table}: names must be unique, non-empty and contain no '/'")
     out = Path(args.out)
@@ -206,11 +207,13 @@ def _run_batch(args, settings) -> int:
     failed = 0
     base = table.parent
     for row, name in zip(rows, names):
-        protein, ligand = row["protein"].strip(), row["ligand"].strip()
-        protein = str(base / protein) if not Path(protein).is_absolute() else protein
-        lig_path = base / ligand
-        ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
+        protein, ligand = _cell(row, "protein"), _cell(row, "ligand")
         try:
+            if not protein or not ligand:
+                raise UserError("empty protein or ligand cell")
+            protein = str(base / protein) if not Path(protein).is_absolute() else protein
+            lig_path = base / ligand
+            ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
             check_out_dir(out / name, args.overwrite)
             s = _dock_one(protein, ligand, out / name, args, model, rescorer, settings, name)
             print(f"{name}: rank 1 score {s['poses'][0]['score']:.2f} ({s['timings']['total']:.1f} s)")
@@ -219,6 +222,10 @@ def _run_batch(args, settings) -> int:
             print(f"{name}: skipped: {err}", file=sys.stderr)
     print(f"{len(rows) - failed}/{len(rows)} complexes docked into {out}")
     return 1 if failed else 0
+
+
+def _cell(row: dict, column: str) -> str:
+    return (row.get(column) or "").strip()  # a short row has None in its missing cells
 
 
 def run_eval(args) -> int:

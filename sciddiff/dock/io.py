@@ -11,8 +11,10 @@ import gzip
 import io
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from rdkit import Chem, RDLogger
@@ -79,6 +81,9 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
     if suffix not in (".pdb", ".ent"):
         raise UserError(f"protein must be a .pdb or .pdb.gz file, got {Path(path).name}")
     text = _read_text(path)
+    # NMR-style files: the first MODEL only (the parser below never sees MODEL records, and the complex output
+    # reuses these records, so later models would come out as copies of the protein on top of it)
+    text = text.split("\nENDMDL", 1)[0]
     records = [ln for ln in text.splitlines() if ln.startswith(("ATOM", "HETATM", "TER"))]
     if not any(ln.startswith(("ATOM", "HETATM")) for ln in records):
         raise UserError(f"no ATOM/HETATM records in {path}: not a PDB file?")
@@ -151,25 +156,54 @@ def _mol_from_file(path: Path, sanitize: bool) -> Chem.Mol | None:
     if suffix == ".mol2":
         return Chem.MolFromMol2Block(text, sanitize=sanitize, removeHs=False)
     if suffix in (".smi", ".smiles", ".txt"):
-        first = text.strip().split()
-        return Chem.MolFromSmiles(first[0], sanitize=sanitize) if first else None
+        # the first molecule; a title line ("SMILES Name", as RDKit and many tools write) is skipped: no SMILES
+        # contains the letters "smiles" (m is no element symbol)
+        lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+        if lines and "smiles" in lines[0][0].lower():
+            lines = lines[1:]
+        return Chem.MolFromSmiles(lines[0][0], sanitize=sanitize) if lines else None
     if suffix == ".pdb":
         return Chem.MolFromPDBBlock(text, sanitize=sanitize, removeHs=False)
     raise UserError(f"ligand must be .sdf, .mol, .mol2, .smi or .pdb (optionally .gz), or a SMILES string; got {path.name}")
+
+
+@contextmanager
+def _rdkit_quiet() -> Iterator[None]:
+    """RDKit logs parse errors and warnings over several lines; ours are one UserError line."""
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        yield
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+
+
+def _stereo_from_3d(mol: Chem.Mol) -> None:
+    """Chirality and E/Z from the 3D coordinates. SD files often flag double bonds as "either" (bond stereo 3; 45
+    of the 878 readable reference ligands in shared/data/docking, macrocycle ring bonds among them); RDKit then ignores
+    their geometry, and ETKDG would embed the unflagged isomer at random."""
+    for bond in mol.GetBonds():
+        if bond.GetStereo() == Chem.BondStereo.STEREOANY or bond.GetBondDir() == Chem.BondDir.EITHERDOUBLE:
+            bond.SetStereo(Chem.BondStereo.STEREONONE)
+            bond.SetBondDir(Chem.BondDir.NONE)
+    Chem.AssignStereochemistryFrom3D(mol)
 
 
 def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS, largest_fragment: bool = True) -> Chem.Mol:
     """Read a ligand from a file or a SMILES string and return a sanitized heavy-atom molecule.
 
     The input coordinates are kept on the returned molecule (they are only used as a reference, e.g. for RMSD);
-    docking always starts from fresh conformers. Salts/solvents: the largest fragment is kept.
+    docking always starts from fresh conformers, with the stereochemistry of the input (from 3D coordinates when it
+    has them). Salts/solvents: the largest fragment is kept. Files with several molecules: the first.
     """
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    with _rdkit_quiet():
         path = Path(spec)
         looks_like_file = path.suffix != "" or os.sep in str(spec) or path.exists()
         if looks_like_file and not path.is_file() and Chem.MolFromSmiles(str(spec)) is None:
             raise UserError(f"ligand file not found: {spec}")
+        if path.is_file() and _stem_suffix(path) == ".pdb":
+            # RDKit reads a PDB ligand with single bonds only (no bond orders): a different molecule would be docked
+            raise UserError(f"ligand {path}: PDB files carry no bond orders; give the ligand as SDF, MOL2 or SMILES "
+                            "(a PDB file is fine for --autobox-ligand)")
         if path.is_file():
             raw = _mol_from_file(path, sanitize=False)
             what = str(path)
@@ -183,6 +217,8 @@ def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
             Chem.SanitizeMol(mol)
         except Exception as err:  # rdkit raises several sanitization exception types
             raise UserError(f"ligand {what} fails RDKit sanitization: {str(err).splitlines()[0]}") from None
+        if mol.GetNumConformers() and mol.GetConformer().Is3D():
+            _stereo_from_3d(mol)
         mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
         if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
             frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
@@ -194,8 +230,6 @@ def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
             raise UserError(f"ligand {what} has {n_heavy} heavy atoms; the limit is {max_heavy_atoms}")
         Chem.SanitizeMol(mol)
         return mol
-    finally:
-        RDLogger.EnableLog("rdApp.*")
 
 
 def ligand_coords(mol: Chem.Mol, conf_id: int = -1) -> np.ndarray:
@@ -217,7 +251,8 @@ def box_from_ligand(path: str | os.PathLike, add: float = 4.0) -> Box:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"autobox ligand not found: {path}")
-    mol = _mol_from_file(path, sanitize=False)
+    with _rdkit_quiet():
+        mol = _mol_from_file(path, sanitize=False)
     if mol is None or mol.GetNumConformers() == 0 or mol.GetNumAtoms() == 0:
         raise UserError(f"cannot read coordinates from autobox ligand {path}")
     xyz = mol.GetConformer().GetPositions()
@@ -243,14 +278,17 @@ def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_a
         size_arr = np.asarray(size, dtype=np.float32)
         if np.any(~np.isfinite(size_arr)) or np.any(size_arr <= 0):
             raise UserError("--size values must be positive")
+        if not np.all(np.isfinite(center)):
+            raise UserError("--center values must be finite numbers")
         box = Box(center=np.asarray(center, dtype=np.float32), size=size_arr)
     else:
         return None
+    centre, size_a = (np.round(v.astype(float), 2).tolist() for v in (box.center, box.size))  # no float32 digits
     if not np.any(box.contains(receptor.coords, pad=4.0)):
-        raise UserError(f"the box (centre {np.round(box.center, 2).tolist()}, size {np.round(box.size, 2).tolist()}) "
+        raise UserError(f"the box (centre {centre}, size {size_a}) "
                         "contains no protein atoms (within 4 A): wrong coordinates or wrong protein?")
     if np.any(box.size > 60):
-        raise UserError(f"box size {box.size.tolist()} exceeds 60 A per side; leave the box out for blind docking")
+        raise UserError(f"box size {size_a} exceeds 60 A per side; leave the box out for blind docking")
     return box
 
 

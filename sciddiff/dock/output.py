@@ -31,8 +31,11 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary folder next to `out`; on success it replaces `out` (old contents removed), on error it is
     deleted."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as err:  # a parent that is a file, no write permission, read-only file system
+        raise UserError(f"cannot create output folder {out}: {err.strerror or err}") from None
     try:
         yield tmp
     except BaseException:
