@@ -29,7 +29,10 @@ class ReplayBuffer:
         """Open an existing store ("r" read-only, "a" to append episodes)."""
         if not Path(path).exists():
             raise UserError(f"no zarr replay buffer at {path}")
-        root = zarr.open_group(str(path), mode=mode)
+        try:
+            root = zarr.open_group(str(path), mode=mode)
+        except (FileNotFoundError, ValueError) as err:  # zarr's GroupNotFoundError is both
+            raise UserError(f"{path} is not a zarr replay buffer ({type(err).__name__})") from None
         if "meta" not in root or "episode_ends" not in root["meta"]:
             raise UserError(f"{path} is not a replay buffer (no meta/episode_ends)")
         buffer = cls(root)

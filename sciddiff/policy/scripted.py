@@ -269,8 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
 def run_demos(args: argparse.Namespace) -> int:
     from sciddiff.train.log import progress
 
-    if args.episodes < 1:
-        raise UserError("--episodes must be at least 1")
+    if args.episodes < 1 or args.max_steps < 1:
+        raise UserError("--episodes and --max-steps must be at least 1")
+    if Path(args.out).exists():  # appending: the episodes must have the store's arrays (checked before any work)
+        from sciddiff.policy.replay_buffer import ReplayBuffer
+
+        keys = ReplayBuffer.open(args.out).keys
+        want = sorted(["action", "n_contacts", "state"] + ([] if args.no_images else ["img"]))
+        if keys and keys != want:
+            raise UserError(f"{args.out} holds {keys}; these episodes would have {want} "
+                            f"({'drop' if args.no_images else 'add'} --no-images or choose another --out)")
     planner = PushPlanner(PlannerConfig(max_steps=args.max_steps, seed=args.seed))
     rows, t0 = [], time.perf_counter()
     bar = progress(range(args.seed, args.seed + args.episodes), desc="scripted demos", unit="episode")
