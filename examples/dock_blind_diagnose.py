@@ -30,7 +30,8 @@ import torch
 
 from sciddiff.dock import io
 from sciddiff.dock.data import complex_files, default_data_root
-from sciddiff.dock.docking import DockSettings, dock
+from sciddiff.dock.docking import dock
+from sciddiff.dock.settings import DockSettings
 from sciddiff.dock.ligand import generate_conformers, symmetric_rmsd
 from sciddiff.dock.pockets import find_pockets
 

@@ -1,8 +1,9 @@
 """The `sciddiff` command line: one entry point, one sub-command module per application.
 
 Each application exposes `register(subparsers)` in `sciddiff/<app>/cli.py`; it adds its sub-commands and sets
-`func(args) -> int` on each. Applications are imported lazily so that `sciddiff --help` stays fast and a broken
-optional dependency of one application does not take down the others.
+`func(args) -> int` on each. Only the application of the command being run is imported, so that a command (and its
+bad-input error) does not wait for the others' heavy imports, and a broken optional dependency of one application
+does not take down the others.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import os
 import sys
 import time
 
-APPLICATIONS = ("sciddiff.dock.cli", "sciddiff.protein.cli", "sciddiff.policy.cli", "sciddiff.bench")
+# sub-command -> the module whose register() adds it; only the module of the command being run is imported
+COMMANDS = {"dock": "sciddiff.dock.cli", "dock-eval": "sciddiff.dock.cli", "backbone": "sciddiff.protein.cli",
+            "policy": "sciddiff.policy.cli", "bench": "sciddiff.bench"}
 
 
 class UserError(Exception):
@@ -52,10 +55,13 @@ def _other_running(samples: int = 3, interval: float = 0.02) -> float:
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: with a known sub-command first, only that application is imported (its modules import
+    torch, e3nn or torch-geometric: seconds); otherwise (`--help`, a typo) every application."""
     parser = argparse.ArgumentParser(prog="sciddiff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in APPLICATIONS:
+    first = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    for module_name in [COMMANDS[first]] if first in COMMANDS else dict.fromkeys(COMMANDS.values()):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:  # an application not built yet, or its dependency missing
@@ -68,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -18,7 +18,7 @@ RESCORE_HELP = (f"learned rescoring/confidence model, or 'none' to rank by energ
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from sciddiff.dock.docking import DockSettings
+    from sciddiff.dock.settings import DockSettings
 
     d = DockSettings()
     p.add_argument("--samples", type=int, default=d.samples,
@@ -87,7 +87,7 @@ def register(subparsers) -> None:
 
 
 def _settings(args):
-    from sciddiff.dock.docking import DockSettings
+    from sciddiff.dock.settings import DockSettings
 
     for name in ("samples", "random_starts", "steps", "poses", "mc_chains", "mc_rounds", "pockets", "conformers"):
         low = 1 if name in ("poses", "pockets", "mc_chains", "conformers") else 0
@@ -137,15 +137,24 @@ def _load_optional(value: str | None, default: Path, what: str, load):
         raise UserError(f"cannot load {what} {path}: {str(err).splitlines()[0]}") from None
 
 
-def _dock_one(protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str) -> dict:
+def _read_inputs(protein: str, ligand: str, args) -> tuple:
+    """(receptor, ligand molecule, box or None, seconds): read before any model is loaded, so bad input fails fast."""
     from sciddiff.dock import io
-    from sciddiff.dock.docking import dock, settings_dict
-    from sciddiff.dock.output import atomic_dir, write_result
 
     t0 = time.perf_counter()
     receptor = io.load_receptor(protein)
     mol = io.load_ligand(ligand)
     box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
+    return receptor, mol, box, time.perf_counter() - t0
+
+
+def _dock_one(inputs: tuple, protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str) -> dict:
+    from sciddiff.dock.docking import dock
+    from sciddiff.dock.output import atomic_dir, write_result
+    from sciddiff.dock.settings import settings_dict
+
+    receptor, mol, box, read_seconds = inputs
+    t0 = time.perf_counter() - read_seconds
     with atomic_dir(out) as tmp:
         result = dock(receptor, mol, box, model, settings, device=args.device, show_progress=sys.stderr.isatty(),
                       rescorer=rescorer)
@@ -178,8 +187,10 @@ def run_dock(args) -> int:
     if not args.protein or not args.ligand:
         raise UserError("give --protein and --ligand (or --batch table.csv)")
     out = check_out_dir(args.out, args.overwrite)
+    inputs = _read_inputs(args.protein, args.ligand, args)
     model, rescorer = _model(args), _rescorer(args)
-    summary = _dock_one(args.protein, args.ligand, out, args, model, rescorer, settings, Path(str(args.ligand)).name.split(".")[0])
+    summary = _dock_one(inputs, args.protein, args.ligand, out, args, model, rescorer, settings,
+                        Path(str(args.ligand)).name.split(".")[0])
     best = summary["poses"][0]
     print(f"wrote {len(summary['poses'])} poses to {out}  (rank 1: score {best['score']:.2f}, "
           f"confidence {best['confidence']:.2f}; {summary['timings']['total']:.1f} s)")
@@ -215,7 +226,8 @@ def _run_batch(args, settings) -> int:
             lig_path = base / ligand
             ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
             check_out_dir(out / name, args.overwrite)
-            s = _dock_one(protein, ligand, out / name, args, model, rescorer, settings, name)
+            s = _dock_one(_read_inputs(protein, ligand, args), protein, ligand, out / name, args, model, rescorer,
+                          settings, name)
             print(f"{name}: rank 1 score {s['poses'][0]['score']:.2f} ({s['timings']['total']:.1f} s)")
         except UserError as err:
             failed += 1

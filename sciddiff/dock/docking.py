@@ -13,7 +13,7 @@ Both rankings of the same candidates are kept in the result so that evaluations 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,32 +21,17 @@ from rdkit import Chem
 from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError
-from sciddiff.dock import featurize
 from sciddiff.dock.io import Box, Receptor
 from sciddiff.dock.ligand import distinct_shapes, generate_conformers, rmsd_matrix, rotatable_torsions
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.scoring import ScoringFunction
 from sciddiff.dock.search import Poses, basin_hopping, fit_pose, local_opt
+from sciddiff.dock.settings import DockSettings
 
 RECEPTOR_CROP = 22.0  # residues the score model sees around the box centre (as in training, data.TRAIN_CROP)
 
 
-@dataclass
-class DockSettings:
-    samples: int = 8          # reverse-diffusion samples, each a search start (needs a model)
-    random_starts: int = 80   # further starts: uniformly random poses in the box
-    steps: int = 10           # reverse-diffusion steps
-    poses: int = 10           # ranked poses returned
-    opt_steps: int = 60       # gradient steps on every start
-    mc_chains: int = 96       # the best this many local minima continue as Monte Carlo chains
-    mc_rounds: int = 40       # basin-hopping rounds per chain
-    mc_steps: int = 20        # gradient steps per round
-    conformers: int = 4       # ETKDG conformers embedded; the distinct shapes among them are searched together
-    pockets: int = 6          # blind docking: ligand-sized pockets searched, each with the full search
-    scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
-    ranking: str = "learned"  # with a rescorer: order poses by its "learned" score or by "energy"
-    seed: int = 0
 
 
 @dataclass
@@ -195,6 +180,7 @@ def _counting(iterable, bar):
 
 def _diffusion_starts(model, receptor: Receptor, mol: Chem.Mol, tors, space: PoseSpace, region: Box, s: DockSettings,
                       gen: torch.Generator, device: str, progress) -> tuple[torch.Tensor, ...]:
+    from sciddiff.dock import featurize  # e3nn: only when a score model is used
     from sciddiff.dock.sampler import ComplexScore, sample_poses
 
     rec = featurize.receptor_graph(receptor, center=region.center, radius=RECEPTOR_CROP)
@@ -212,5 +198,3 @@ def _diffusion_starts(model, receptor: Receptor, mol: Chem.Mol, tors, space: Pos
     return fit_pose(space, x) + (torch.zeros(len(x), dtype=torch.long),)  # the diffusion samples conformer 0
 
 
-def settings_dict(s: DockSettings) -> dict:
-    return asdict(s)

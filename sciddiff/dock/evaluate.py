@@ -42,7 +42,8 @@ def _posebusters_valid(pose, crystal, protein_path: str) -> tuple[bool, str]:
 def evaluate(args, settings, model, rescorer=None) -> dict:
     from sciddiff.dock import io
     from sciddiff.dock.data import complex_files, default_data_root, read_split
-    from sciddiff.dock.docking import dock, settings_dict
+    from sciddiff.dock.docking import dock
+    from sciddiff.dock.settings import settings_dict
     from sciddiff.dock.ligand import symmetric_rmsd
     from sciddiff.dock.output import atomic_file_text
     from sciddiff.train.log import progress

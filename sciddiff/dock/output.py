@@ -8,13 +8,15 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from rdkit import Chem
 
 from sciddiff.cli import UserError
-from sciddiff.dock.docking import DockResult
 from sciddiff.dock.io import Receptor, complex_pdb, pose_mol, sdf_block
+
+if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an output folder
+    from sciddiff.dock.docking import DockResult
 
 
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:

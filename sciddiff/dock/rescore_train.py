@@ -84,7 +84,7 @@ def complex_decoys(cid: str, root: Path, settings, model=None) -> dict:
 def run_decoys(args) -> None:
     from sciddiff.cli import UserError
     from sciddiff.dock.data import default_data_root, read_split
-    from sciddiff.dock.docking import DockSettings, settings_dict
+    from sciddiff.dock.settings import DockSettings, settings_dict
     from sciddiff.train.checkpoint import save_checkpoint
 
     torch.set_num_threads(1)

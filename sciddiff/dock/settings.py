@@ -1,0 +1,26 @@
+"""Docking settings: the search budget and the choices `sciddiff dock` and `dock-eval` expose (no heavy imports, so
+that the command line can show its defaults without loading torch or e3nn)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class DockSettings:
+    samples: int = 8          # reverse-diffusion samples, each a search start (needs a model)
+    random_starts: int = 80   # further starts: uniformly random poses in the box
+    steps: int = 10           # reverse-diffusion steps
+    poses: int = 10           # ranked poses returned
+    opt_steps: int = 60       # gradient steps on every start
+    mc_chains: int = 96       # the best this many local minima continue as Monte Carlo chains
+    mc_rounds: int = 40       # basin-hopping rounds per chain
+    mc_steps: int = 20        # gradient steps per round
+    conformers: int = 4       # ETKDG conformers embedded; the distinct shapes among them are searched together
+    pockets: int = 6          # blind docking: ligand-sized pockets searched, each with the full search
+    scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
+    ranking: str = "learned"  # with a rescorer: order poses by its "learned" score or by "energy"
+    seed: int = 0
+
+
+def settings_dict(s: DockSettings) -> dict:
+    return asdict(s)
