@@ -93,7 +93,8 @@ def run_decoys(args) -> None:
     if args.every:  # dock-eval's selection (so that its candidates are reproduced exactly)
         ids = ids[args.offset:: args.every][: args.limit]
     else:
-        ids = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))][args.shard:: args.shards][: args.limit]
+        ids = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))][args.shard:: args.shards][args.skip:]
+        ids = ids[: args.limit]
     model = None
     if args.score_model:
         from sciddiff.dock.sampler import load_score_model
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--shard", type=int, default=0)
     d.add_argument("--shards", type=int, default=1)
     d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--skip", type=int, default=0, help="leave out the first SKIP complexes of the (seeded) order: "
+                   "decoys for more complexes without redoing earlier ones")
     d.add_argument("--every", type=int, default=0,
                    help="take every k-th complex from --offset, in split order, instead of a seeded random order")
     d.add_argument("--offset", type=int, default=0)
