@@ -145,9 +145,10 @@ class PushPlanner:
         ang = abs((block_pose[2] - pusht.GOAL_POSE[2] + np.pi) % (2 * np.pi) - np.pi)
         return float(pos / 100.0 + self.config.angle_weight * ang - coverage)
 
-    def _set_sim(self, agent: np.ndarray, agent_velocity: np.ndarray, block_pose: np.ndarray) -> None:
+    def _set_sim(self, agent: np.ndarray, block_pose: np.ndarray) -> None:
+        """The simulation env in this state, the agent at rest."""
         s = self.sim
-        s.agent.position, s.agent.velocity = tuple(agent), tuple(agent_velocity)
+        s.agent.position, s.agent.velocity = tuple(agent), (0.0, 0.0)
         s.block.position, s.block.angle = tuple(block_pose[:2]), float(block_pose[2])
         s.block.velocity, s.block.angular_velocity = (0.0, 0.0), 0.0
         s.space.reindex_shapes_for_body(s.agent)
@@ -171,14 +172,15 @@ class PushPlanner:
         keep = inside & free
         return start[keep], direction[keep], self.distance[keep]
 
-    def plan(self, block_pose: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], float]:
-        """Best push from `block_pose` -> (pre-contact agent position, push targets, predicted cost)."""
+    def plan(self, block_pose: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """Best push from `block_pose` -> (pre-contact agent position, push targets); None if no push is feasible
+        (the block pressed into a corner of the arena)."""
         starts, directions, distances = self.candidates(block_pose)
         if not len(starts):
-            raise RuntimeError("no feasible push (block pressed into a corner?)")
+            return None
         costs = np.empty(len(starts))
         for i, (start, direction, distance) in enumerate(zip(starts, directions, distances)):
-            self._set_sim(start, np.zeros(2), block_pose)
+            self._set_sim(start, block_pose)
             info = None
             for target in self.push_targets(start, direction, distance):
                 *_, info = self.sim.step(target)
@@ -186,7 +188,7 @@ class PushPlanner:
             costs[i] = self.cost(pose, info["coverage"])
         best = np.flatnonzero(costs <= costs.min() + 1e-9)
         i = int(self.rng.choice(best))
-        return starts[i], self.push_targets(starts[i], directions[i], distances[i]), float(costs[i])
+        return starts[i], self.push_targets(starts[i], directions[i], distances[i])
 
 
 def run_episode(planner: PushPlanner, seed: int, render: bool = True, start_state: np.ndarray | None = None) -> Episode:
@@ -216,7 +218,10 @@ def run_episode(planner: PushPlanner, seed: int, render: bool = True, start_stat
     done = False
     while not done:
         s = state()
-        start, push, _ = planner.plan(s[2:])
+        planned = planner.plan(s[2:])
+        if planned is None:  # stuck: the episode ends as a failure
+            break
+        start, push = planned
         ep.pushes += 1
         route = approach_path(s[:2], start, s[2:], c.clearance)
         targets = _targets_along(s[:2], route, c.approach_speed)
