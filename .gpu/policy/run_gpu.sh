@@ -5,6 +5,9 @@
 # Returns 2 files: $OUT/policy_state.tar and $OUT/policy_image.tar (policy.pt + policy.json + log.csv + train.log each;
 # the state tar also holds latency.log: CPU ms per action chunk on 2 pinned cores).
 # POLICY_SECONDS: training seconds per process after data loading (default 400; the whole script takes ~+40 s).
+# POLICY_STATE_EXTRA: extra options for the state run only, e.g. the scripted demonstrations made on the CPU with
+#   sciddiff policy demos --out D.zarr --episodes 100 --seed 1000000 --no-images && sciddiff policy prepare --zarr D.zarr ...
+#   POLICY_STATE_EXTRA="--extra-data .gpu/policy/scripted_a_state.npz .gpu/policy/scripted_b_state.npz"
 # CPU smoke test: OUT=/tmp/o POLICY_SECONDS=5 POLICY_COMPILE= POLICY_LOG_EVERY=2 POLICY_EXTRA="--threads 1" bash .gpu/policy/run_gpu.sh
 set -u
 OUT=${OUT:-/tmp/policy_out}
@@ -19,7 +22,7 @@ pin python3 -m sciddiff.policy.latency data/policy/pusht_state.pt --threads 2 --
 cat $WORK/latency.log
 common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler dpmpp_2m --inference-steps 5 ${POLICY_EXTRA:-}"
 python3 -m sciddiff.policy.train --data .gpu/policy/pusht_state.npz --obs-type state --out $WORK/policy_state \
-    --state $WORK/state_train.pt --batch-size 1024 $common > $WORK/state.log 2>&1 &
+    --state $WORK/state_train.pt --batch-size 1024 $common ${POLICY_STATE_EXTRA:-} > $WORK/state.log 2>&1 &
 pid_state=$!
 python3 -m sciddiff.policy.train --data .gpu/policy/pusht_image.npz --obs-type image --out $WORK/policy_image \
     --state $WORK/image_train.pt --batch-size 512 $common > $WORK/image.log 2>&1 &
