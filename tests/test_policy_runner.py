@@ -124,6 +124,12 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
     assert main(["policy", "eval", "--checkpoint", str(tmp_path / "junk.pt")]) == 2
     assert "cannot load" in capsys.readouterr().err
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "0"]) == 2
+    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--action-steps", "4",
+                 "--inference-steps", "1", "--metrics-json", str(tmp_path / "m4.json")]) == 0
+    assert json.loads((tmp_path / "m4.json").read_text())["action_steps"] == 4
+    capsys.readouterr()
+    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--action-steps", "16"]) == 2
+    assert "--action-steps must be in 1..15" in capsys.readouterr().err
 
 
 def test_image_policy_drives_the_pixel_env():

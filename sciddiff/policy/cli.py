@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=10, help="episodes run in lockstep")
     p.add_argument("--sampler", choices=("ddim", "ddim_trailing", "dpmpp_2m", "ddpm"), default=None, help="override the policy's")
     p.add_argument("--inference-steps", type=int, default=None, help="override the policy's denoising steps")
+    p.add_argument("--action-steps", type=int, default=None,
+                   help="actions executed per chunk before re-planning (default: the policy's, 8 as trained)")
     p.add_argument("--env-obs-type", choices=("state", "environment_state_agent_pos", "pixels_agent_pos"),
                    default=None, help="gym-pusht observation type (default: matches the policy)")
     p.add_argument("--gif", type=Path, default=None, help="write a GIF of the first episode here")
@@ -96,6 +98,11 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = load_checkpoint_or_fail(args.checkpoint or SHIPPED[args.obs_type])
+    if args.action_steps is not None:
+        c = policy.config
+        if not 1 <= args.action_steps <= c.horizon - c.n_obs_steps + 1:
+            raise UserError(f"--action-steps must be in 1..{c.horizon - c.n_obs_steps + 1} for this policy")
+        c.n_action_steps = args.action_steps
     metrics = evaluate_pusht(policy, args.episodes, args.seed, batch_size=args.batch_size,
                              env_obs_type=args.env_obs_type, gif_path=args.gif, sampler=args.sampler,
                              steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager)

@@ -41,7 +41,8 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
     metrics["seconds_per_action_chunk"] = float(np.median(times))
     metrics["seconds_per_action_chunk_min"] = float(times.min())
     metrics.update(seed=seed, env_obs_type=obs_type, sampler=sampler or policy.config.sampler,
-                   inference_steps=steps or policy.config.num_inference_steps, torch_threads=torch.get_num_threads())
+                   inference_steps=steps or policy.config.num_inference_steps, action_steps=policy.config.n_action_steps,
+                   torch_threads=torch.get_num_threads())
     if per_episode:
         metrics["per_episode"] = results_to_dicts(results)
     return metrics
