@@ -117,4 +117,4 @@ def format_metrics(m: dict) -> str:
     return (f"{m['episodes']} episodes from seed {m['seed']}: mean max coverage {m['mean_max_coverage']:.3f}, "
             f"mean max reward {m['mean_max_reward']:.3f}, success {m['success_rate']:.0%}, "
             f"{m['seconds_per_action_chunk'] * 1e3:.1f} ms (min {m['seconds_per_action_chunk_min'] * 1e3:.1f}) per "
-            f"{m.get('action_steps', 8)}-action chunk on {m['torch_threads']} CPU thread(s) ({m['sampler']}, {m['inference_steps']} steps)")
+            f"{m['action_steps']}-action chunk on {m['torch_threads']} CPU thread(s) ({m['sampler']}, {m['inference_steps']} steps)")
