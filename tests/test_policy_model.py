@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sciddiff.nn.unet1d import ConditionalUnet1D
+from sciddiff.nn.unet1d import ConditionalUnet1D, MatmulConv1d, with_matmul_convs
 from sciddiff.nn.vision import ImageEncoder, SpatialSoftmax
 from sciddiff.policy.io import load_policy, save_policy
 from sciddiff.policy.normalizer import MinMaxNormalizer
@@ -38,6 +38,25 @@ def test_unet_film_conditioning():
     films = [m for name, m in net.named_modules() if name.endswith("film")]
     assert len(films) == 2 * 2 + 2 + 2 * 1
     assert all(f[1].weight.grad is not None and f[1].weight.grad.abs().sum() > 0 for f in films)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,bias", [(5, 1, 2, True), (1, 1, 0, True), (3, 2, 1, False), (4, 1, 0, True)])
+def test_matmul_conv1d_equals_conv1d(kernel, stride, padding, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 5, kernel, stride=stride, padding=padding, bias=bias)
+    x = torch.randn(3, 6, 16)
+    assert torch.allclose(MatmulConv1d(conv)(x), conv(x), atol=1e-6)
+
+
+def test_unet_with_matmul_convs_is_the_same_function_and_leaves_the_original():
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, global_cond_dim=6, down_dims=(16, 32, 64), diffusion_step_embed_dim=16).eval()
+    fast = with_matmul_convs(net)
+    assert any(isinstance(m, MatmulConv1d) for m in fast.modules())
+    assert not any(isinstance(m, MatmulConv1d) for m in net.modules())
+    x, t, cond = torch.randn(2, 16, 2), torch.tensor([3, 90]), torch.randn(2, 6)
+    with torch.no_grad():
+        assert torch.allclose(fast(x, t, cond), net(x, t, cond), atol=1e-5)
 
 
 def test_spatial_softmax_finds_the_bright_spot():

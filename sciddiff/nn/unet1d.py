@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import copy
+
 import torch
 from torch import nn
 
@@ -111,3 +113,36 @@ class ConditionalUnet1D(nn.Module):
             x = torch.cat([x, skips.pop()], dim=1)
             x = upsample(res2(res1(x, cond), cond))
         return self.final(x).transpose(1, 2)
+
+
+class MatmulConv1d(nn.Module):
+    """Inference copy of an `nn.Conv1d` (groups 1, dilation 1, zero padding) computed as one matmul over unfolded windows.
+
+    Why: for the U-Net's small inputs (batch 1, length 4-16) PyTorch's CPU conv1d takes its generic im2col path, which
+    costs ~100 us a call at 64-512 channels; the same product as one GEMM is 2-4x faster (docs/benchmarks.md).
+    """
+
+    def __init__(self, conv: nn.Conv1d):
+        super().__init__()
+        if conv.groups != 1 or conv.dilation != (1,) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("MatmulConv1d supports plain convolutions only")
+        self.kernel, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).t().contiguous(), requires_grad=False)  # (C*K, O)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.bias = nn.Parameter(bias.clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (self.padding, self.padding))
+        windows = x.unfold(2, self.kernel, self.stride)  # (B, C, L_out, K)
+        cols = windows.permute(0, 2, 1, 3).flatten(2)  # (B, L_out, C*K), the weight's (C, K) order
+        return torch.addmm(self.bias, cols.flatten(0, 1), self.weight).unflatten(0, cols.shape[:2]).transpose(1, 2)
+
+
+def with_matmul_convs(module: nn.Module) -> nn.Module:
+    """A deep copy of `module` with every plain `nn.Conv1d` replaced by `MatmulConv1d` (for CPU inference)."""
+    module = copy.deepcopy(module)
+    for name, child in list(module.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if type(sub) is nn.Conv1d and sub.groups == 1 and sub.dilation == (1,) and sub.padding_mode == "zeros":
+                setattr(child, attr, MatmulConv1d(sub))
+    return module

@@ -17,7 +17,7 @@ from torch import nn
 from sciddiff.core.ddpm import DiscreteSchedule
 from sciddiff.core.losses import ddpm_loss
 from sciddiff.core.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m
-from sciddiff.nn.unet1d import ConditionalUnet1D
+from sciddiff.nn.unet1d import ConditionalUnet1D, with_matmul_convs
 from sciddiff.nn.vision import ImageEncoder
 from sciddiff.policy.normalizer import MinMaxNormalizer, pixels_to_unit
 
@@ -127,8 +127,8 @@ class DiffusionPolicy(nn.Module):
 
     # --- inference ----------------------------------------------------------------------------------------------
     def freeze_for_cpu(self) -> DiffusionPolicy:
-        """Trace and freeze the U-Net with TorchScript for CPU inference (~25% faster per call at batch 1; the
-        module and its state_dict are unchanged). Call again after changing the weights."""
+        """Trace and freeze a copy of the U-Net for CPU inference, its convolutions as matmuls (`MatmulConv1d`); the
+        module and its state_dict are unchanged. Call again after changing the weights."""
         import warnings
 
         c = self.config
@@ -136,7 +136,7 @@ class DiffusionPolicy(nn.Module):
         example = (torch.zeros(1, c.horizon, c.action_dim), torch.zeros(1, dtype=torch.long), torch.zeros(1, cond_dim))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript deprecation notices
-            traced = torch.jit.trace(self.unet.eval(), example)
+            traced = torch.jit.trace(with_matmul_convs(self.unet.eval()), example)
             self.__dict__["_frozen_unet"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         return self
 
