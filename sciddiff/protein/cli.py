@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--noise-scale", type=float, default=None,
                    help="sampling temperature, the std of the translation prior (default: the checkpoint's, 1.0); "
                         "0.8 gives more helix and more compact chains")
+    s.add_argument("--ss", default=None, metavar="natural|none|STRING",
+                   help="secondary structure to build (models trained with it): 'natural' draws each backbone's helix/"
+                        "strand/loop layout from a natural training chain of similar length, 'none' leaves it to the "
+                        "model, or one string of H, E and L (or -) per residue; default: natural when the checkpoint "
+                        "supports it, else none")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     s.add_argument("--batch-size", type=int, default=16, help="backbones generated together (default: 16)")
     s.add_argument("--threads", type=int, default=None,
@@ -128,6 +133,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from sciddiff.protein.frameflow import sample
     from sciddiff.protein.pdbio import write_backbone
     from sciddiff.protein.pretrained import DEFAULT_CHECKPOINT, load_model
+    from sciddiff.protein.ss import chain_labels, labels_to_string
     from sciddiff.train import atomic_file, progress
 
     torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
@@ -135,6 +141,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         net, flow_cfg, meta = load_model(args.checkpoint, device)
     except (FileNotFoundError, KeyError, RuntimeError) as err:
         raise UserError(f"cannot load checkpoint: {err}") from None
+    conditional = bool(net.cfg.ss_condition)
+    spec = args.ss if args.ss is not None else ("natural" if conditional and meta.get("ss_library") else "none")
+    if spec != "none" and not conditional:
+        raise UserError("--ss needs a checkpoint trained with secondary-structure conditioning (--ss-condition)")
+    try:
+        targets = chain_labels(spec, args.length, [(args.seed, i) for i in range(args.num)], meta.get("ss_library"))
+    except ValueError as err:
+        raise UserError(f"--ss: {err}") from None
     overrides = {"steps": args.steps, "rot_rate": args.rot_rate, "noise_scale": args.noise_scale}
     flow_cfg = replace(flow_cfg, **{k: v for k, v in overrides.items() if v is not None})
     steps = flow_cfg.steps
@@ -149,7 +163,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 yield item
 
         backbones = sample(net, [args.length] * len(idx), flow_cfg, steps=steps, seeds=[(args.seed, i) for i in idx],
-                           device=device, progress=ticking, idealize=not args.no_idealize)
+                           device=device, progress=ticking, idealize=not args.no_idealize,
+                           ss=None if targets is None else [targets[i] for i in idx])
         for i, bb in zip(idx, backbones):
             write_backbone(out / names[i], bb)
     bar.close()
@@ -157,7 +172,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     info = {"length": args.length, "num": args.num, "seed": args.seed, "steps": steps,
             "rot_rate": flow_cfg.rot_rate, "noise_scale": flow_cfg.noise_scale, "device": str(device),
             "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("step"),
-            "idealized": not args.no_idealize, "seconds": round(seconds, 2), "files": names}
+            "idealized": not args.no_idealize, "ss": spec, "seconds": round(seconds, 2), "files": names}
+    if targets is not None:
+        info["ss_targets"] = {n: labels_to_string(t) for n, t in zip(names, targets)}
     with atomic_file(out / "samples.json", "w") as handle:
         json.dump(info, handle, indent=2)
     print(f"wrote {args.num} backbones of {args.length} residues to {out}/ in {seconds:.1f} s")

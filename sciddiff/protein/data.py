@@ -12,7 +12,8 @@ and shipped as `data/protein/split.tsv` (id, cluster, split).
 
 `chains.pt` (written by `prepare_chains`, read on the GPU machine without biopython) holds:
 coords float32 (total_residues, 3, 3) N/CA/C in Angstrom; lengths int64 (n,); split int64 (n,) 0/1/2 = train/val/test;
-ids list[str]; sequences list[str]; cluster int64 (n,).
+ids list[str]; sequences list[str]; cluster int64 (n,); ss int64 (total_residues,) DSSP labels 0/1/2 = loop/helix/strand
+(`sciddiff.protein.ss`) for secondary-structure conditioning.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sciddiff.protein.ss import SS_UNKNOWN, labels_to_string, secondary_structure_labels
 from sciddiff.train.checkpoint import atomic_file, save_checkpoint
 
 SPLITS = ("train", "val", "test")
@@ -189,6 +191,7 @@ def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split
         "ids": ids,
         "sequences": seqs,
     }
+    data["ss"] = secondary_structure_labels(data["coords"], data["lengths"])
     save_checkpoint(out, data)
     return data
 
@@ -214,10 +217,18 @@ class ChainSet:
         chain = torch.repeat_interleave(torch.arange(len(pieces), device=device), self.lengths)
         mean = torch.zeros(len(pieces), 3, device=device).index_add_(0, chain, ca) / self.lengths[:, None]
         self.rot, self.trans = rot, (ca - mean[chain]) / scale
+        # Chain files prepared before secondary-structure labels existed: every residue "not given".
+        ss = data["ss"] if "ss" in data else torch.full((len(data["coords"]),), SS_UNKNOWN)
+        self.ss = torch.cat([ss[s : s + n] for s, n, k in zip(starts.tolist(), data["lengths"].tolist(), keep.tolist())
+                             if k]).to(device)
         self.starts = torch.cumsum(self.lengths, 0) - self.lengths
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def ss_strings(self) -> list[str]:
+        """Each chain's secondary-structure labels as an L/H/E string."""
+        return [labels_to_string(self.ss[s : s + n]) for s, n in zip(self.starts.tolist(), self.lengths.tolist())]
 
     def batch(self, chains: Tensor) -> dict[str, Tensor]:
         """Frames of the given chain indices: rot (N,3,3), trans (N,3), batch (N,), residue index (N,)."""
@@ -226,7 +237,7 @@ class ChainSet:
         offsets = torch.cumsum(lengths, 0) - lengths
         pos = torch.arange(int(lengths.sum()), device=lengths.device) - offsets[batch]
         idx = self.starts[chains][batch] + pos
-        return {"rot": self.rot[idx], "trans": self.trans[idx], "batch": batch, "residue_index": pos}
+        return {"rot": self.rot[idx], "trans": self.trans[idx], "batch": batch, "residue_index": pos, "ss": self.ss[idx]}
 
     def sample_chains(self, max_residues: int, generator: torch.Generator | None = None) -> Tensor:
         """Random chain indices whose total length stays within max_residues (at least one chain)."""

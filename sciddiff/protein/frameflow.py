@@ -12,7 +12,9 @@ chain shares its chain's t). Time runs from 0 (noise) to 1 (data). Translations 
   distances between the N/CA/C atoms of different residues closer than 6 A in the clean chain (peptide bonds, CA(i)-CA(i+1),
   contacts; summed per residue). Like the velocity loss they are divided by (1 - t)^2 (FrameFlow), which makes them comparable in size to it;
   without that factor they were ~1e-3 of the total and the samples' CA spacing and peptide bonds drifted. Self-conditioning: with probability 1/2 the model first predicts
-  without it (no gradient) and is then given that guess.
+  without it (no gradient) and is then given that guess. Secondary-structure conditioning (models built with
+  `ss_condition`): the chain's DSSP labels are given, except for a fraction `ss_drop` of chains that get "not given", so one
+  model samples both with and without a target secondary structure.
 - Sampling: the core's Euler sampler on geodesics with an exponential rotation schedule of rate 20 (FrameFlow uses 10;
   20 gave more secondary structure and better Ramachandran on tuning seeds) and the translation prior scaled by
   `noise_scale` (a temperature), feeding each
@@ -33,6 +35,7 @@ from sciddiff.core import so3
 from sciddiff.core.flow import flow_matching_loss, sample_flow
 from sciddiff.core.spaces import SO3, Euclidean, Product
 from sciddiff.nn.graph import radius_graph
+from sciddiff.protein.ss import SS_UNKNOWN
 from sciddiff.protein.geometry import backbone_from_frames, frame_atoms
 from sciddiff.protein.model import FrameDenoiser
 from sciddiff.protein.refine import idealize_frames
@@ -55,6 +58,7 @@ class FlowConfig:
     aux_pair_radius: float = 1.0  # residues whose CAs are this close are compared (model units, 10 A)
     aux_atom_cutoff: float = 0.6  # ...on their atom pairs closer than this in the clean chain (6 A)
     self_condition: float = 0.5  # probability of a self-conditioned training step
+    ss_drop: float = 0.25  # fraction of chains trained without their secondary-structure labels (ss_condition models)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,12 +82,16 @@ def sample_noise(batch: Tensor, generator: torch.Generator | None = None, rot_si
 
 
 def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, residue_index: Tensor,
-                  cfg: FlowConfig, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                  cfg: FlowConfig, generator: torch.Generator | None = None, ss: Tensor | None = None
+                  ) -> tuple[Tensor, dict[str, Tensor]]:
     """One flow-matching training loss on a batch of clean frames (see module doc); returns (loss, parts)."""
     num_chains = int(batch.max()) + 1
     device = batch.device
     t_chain = cfg.min_t + (1.0 - cfg.min_t) * torch.rand(num_chains, generator=generator, device=device)
     t = t_chain[batch]
+    if net.cfg.ss_condition and ss is not None:
+        dropped = torch.rand(num_chains, generator=generator, device=device) < cfg.ss_drop
+        ss = torch.where(dropped[batch], torch.full_like(ss, SS_UNKNOWN), ss)
     x_noise = sample_noise(batch, generator, cfg.train_rot_sigma, x_data["trans"].dtype)
     use_sc = bool(torch.rand((), generator=generator, device=device) < cfg.self_condition)
     captured: dict[str, dict[str, Tensor]] = {}
@@ -92,8 +100,8 @@ def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, 
         sc = None
         if use_sc:
             with torch.no_grad():
-                sc = net(x_t["rot"], x_t["trans"], t_, batch, residue_index)[1]
-        rot, trans = net(x_t["rot"], x_t["trans"], t_, batch, residue_index, sc_trans=sc)
+                sc = net(x_t["rot"], x_t["trans"], t_, batch, residue_index, ss=ss)[1]
+        rot, trans = net(x_t["rot"], x_t["trans"], t_, batch, residue_index, sc_trans=sc, ss=ss)
         captured["x1"] = {"trans": trans.float(), "rot": rot.float()}
         return captured["x1"]
 
@@ -123,7 +131,7 @@ def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, 
 @torch.no_grad()
 def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int | None = None,
            seeds: list | None = None, device: torch.device | str = "cpu", progress: Callable = iter,
-           idealize: bool = True) -> list[np.ndarray]:
+           idealize: bool = True, ss: list[Tensor] | None = None) -> list[np.ndarray]:
     """Generate one backbone per entry of `lengths`; returns float arrays (L, 4, 3) of N, CA, C, O in Angstrom.
 
     With `idealize`, the generated frames are finally moved to ideal peptide geometry without CA clashes by a restrained
@@ -131,6 +139,7 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
 
     Chain i's noise comes from its own CPU generator seeded by `seeds[i]` (an int or a tuple of ints, mixed by NumPy's
     SeedSequence; default i), so a backbone depends on its seed only, not on which chains share its batch or on the device.
+    `ss` (models built with `ss_condition`): per-chain secondary-structure labels (L_i,) to condition on (`sciddiff.protein.ss`).
     """
     seeds = list(range(len(lengths))) if seeds is None else seeds
     if len(seeds) != len(lengths):
@@ -145,10 +154,16 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
     batch = torch.repeat_interleave(torch.arange(len(lengths)), lengths_t)
     residue_index = torch.arange(int(lengths_t.sum())) - (torch.cumsum(lengths_t, 0) - lengths_t)[batch]
     batch, residue_index = batch.to(device), residue_index.to(device)
+    if ss is not None:
+        if not net.cfg.ss_condition:
+            raise ValueError("this model was trained without secondary-structure conditioning")
+        if [len(s) for s in ss] != list(lengths):
+            raise ValueError("secondary-structure labels do not match the chain lengths")
+        ss = torch.cat(list(ss)).to(device)
     state: dict[str, Tensor | None] = {"sc": None}
 
     def model(x_t: dict[str, Tensor], t: Tensor) -> dict[str, Tensor]:
-        rot, trans = net(x_t["rot"], x_t["trans"], t, batch, residue_index, sc_trans=state["sc"])
+        rot, trans = net(x_t["rot"], x_t["trans"], t, batch, residue_index, sc_trans=state["sc"], ss=ss)
         state["sc"] = trans
         return {"trans": trans, "rot": rot}
 

@@ -2,8 +2,9 @@
 
 Inputs are noisy residue frames (rot (N, 3, 3), trans (N, 3) in model units = Angstrom / `scale`, 10 A by default), the flow
 time t (N,) in [0, 1] (0 = noise, 1 = data, FrameFlow's convention), PyG-style `batch` (N,) and `residue_index` (N,)
-vectors for chains concatenated along N, and an optional self-conditioning guess of the clean translations. The output is
-the predicted clean frames (rot, trans).
+vectors for chains concatenated along N, an optional self-conditioning guess of the clean translations and, for a model
+built with `ss_condition`, optional per-residue secondary-structure labels (N,) (0/1/2/3 = loop/helix/strand/not given,
+`sciddiff.protein.ss`). The output is the predicted clean frames (rot, trans).
 
 Why it is exactly SE(3)-equivariant: every feature the network sees is invariant - the pose of residue j in the frame of
 residue i, R_i^T (x_j - x_i) and R_i^T R_j, distances, sequence offsets, time - and every output is a frame update expressed
@@ -28,6 +29,7 @@ from torch_geometric.utils import softmax as edge_softmax
 from sciddiff.core import so3
 from sciddiff.nn.embeddings import sinusoidal_embedding
 from sciddiff.nn.graph import knn_graph_dense
+from sciddiff.protein.ss import SS_UNKNOWN
 
 
 @dataclass
@@ -44,6 +46,7 @@ class DenoiserConfig:
     rbf: int = 16  # radial basis functions for distances
     rbf_max: float = 2.0  # model units (20 A at scale 10)
     scale: float = 10.0  # Angstrom per model unit
+    ss_condition: bool = False  # per-residue secondary-structure labels as an (invariant) node input
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,9 +162,13 @@ class FrameDenoiser(nn.Module):
         self.embed_offset = nn.Embedding(2 * cfg.max_offset + 2, e)  # last index: "farther than max_offset"
         self.embed_sc = nn.Linear(cfg.rbf + 1, e)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.blocks))
+        if cfg.ss_condition:
+            # Zero-initialised, so a model fine-tuned from an unconditional one starts out exactly as that model.
+            self.embed_ss = nn.Embedding(SS_UNKNOWN + 1, d)
+            nn.init.zeros_(self.embed_ss.weight)
 
     def forward(self, rot: Tensor, trans: Tensor, t: Tensor, batch: Tensor, residue_index: Tensor,
-                sc_trans: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                sc_trans: Tensor | None = None, ss: Tensor | None = None) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
         dtype = self.embed_offset.weight.dtype
         # Chain length per residue, so each residue knows its distance to both termini.
@@ -171,6 +178,8 @@ class FrameDenoiser(nn.Module):
             sinusoidal_embedding(residue_index.float(), 32, max_period=1000.0),
             sinusoidal_embedding((length - 1 - residue_index).float(), 32, max_period=1000.0),
         ], dim=-1).to(dtype))
+        if cfg.ss_condition:
+            h = h + self.embed_ss(ss if ss is not None else torch.full_like(batch, SS_UNKNOWN))
 
         edges = build_graph(trans, batch, cfg, sc_trans)
         src, dst = edges

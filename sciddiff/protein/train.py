@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from sciddiff.core.ema import EMA
 from sciddiff.protein.data import ChainSet
 from sciddiff.protein.frameflow import FlowConfig, training_loss
 from sciddiff.protein.model import DenoiserConfig, FrameDenoiser
+from sciddiff.protein.ss import SS_UNKNOWN
 from sciddiff.train import (
     CSVLogger,
     atomic_file,
@@ -63,9 +65,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     for name, value in DenoiserConfig().to_dict().items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help="model: " + name)
+        if isinstance(value, bool):
+            p.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value,
+                           help="model: " + name)
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help="model: " + name)
     p.add_argument("--self-condition", type=float, default=FlowConfig.self_condition, help="self-conditioning prob.")
     p.add_argument("--aux-weight", type=float, default=FlowConfig.aux_weight, help="weight of the auxiliary atom losses")
+    p.add_argument("--ss-drop", type=float, default=FlowConfig.ss_drop,
+                   help="with --ss-condition: fraction of chains trained without their secondary-structure labels")
     p.add_argument("--init", default=None, help="start a new run from the EMA weights of this model file (model.pt)")
 
 
@@ -79,7 +87,8 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
     for _ in range(batches):
         b = data.batch(data.sample_chains(batch_residues, cpu_gen))
         with autocast(device):
-            loss, _ = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"], cfg, gen)
+            loss, _ = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"], cfg, gen,
+                                    ss=b["ss"])
         total += float(loss)
     return total / batches
 
@@ -100,18 +109,23 @@ def train(args: argparse.Namespace) -> Path:
     val_set = ChainSet(data, "val", device=device) if has_val else None  # tiny data sets may have no val cluster
 
     model_cfg = DenoiserConfig(**{k: getattr(args, k) for k in DenoiserConfig().to_dict()})
-    flow_cfg = FlowConfig(self_condition=args.self_condition, aux_weight=args.aux_weight)
+    flow_cfg = FlowConfig(self_condition=args.self_condition, aux_weight=args.aux_weight, ss_drop=args.ss_drop)
     state_path = out / "state.pt"
     resumed = state_path.is_file()
     if resumed:  # the stored configs win, so a resumed run is the same run
         state = load_checkpoint(state_path, map_location=device)
         model_cfg, flow_cfg = DenoiserConfig(**state["model_config"]), FlowConfig(**state["flow_config"])
+    if model_cfg.ss_condition and not bool((train_set.ss < SS_UNKNOWN).any()):
+        raise UserError(f"--ss-condition needs secondary-structure labels: re-run `sciddiff backbone prepare` "
+                        f"({args.chains} predates them)")
     net = FrameDenoiser(model_cfg).to(device)
     if args.init and not resumed:  # fine-tuning: weights only, fresh optimizer and EMA
         init = load_checkpoint(args.init, map_location=device)
-        if init["model_config"] != model_cfg.to_dict():
+        init_cfg = DenoiserConfig(**init["model_config"])
+        # Adding secondary-structure conditioning to an unconditional model is allowed: its embedding starts at zero.
+        if replace(init_cfg, ss_condition=model_cfg.ss_condition) != model_cfg or init_cfg.ss_condition > model_cfg.ss_condition:
             raise UserError(f"--init {args.init} has a different model configuration than this run")
-        net.load_state_dict(init["ema"])
+        net.load_state_dict(init["ema"], strict=init_cfg.ss_condition == model_cfg.ss_condition)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
     # Warm-up matters for short runs: a fixed 0.999 would still weigh the random init by 37% after 1,000 steps.
     ema = EMA(net, decay=args.ema, power=args.ema_power or None, max_decay=args.ema)
@@ -128,12 +142,15 @@ def train(args: argparse.Namespace) -> Path:
     print(f"{net.num_parameters()} parameters, {config['train_chains']} train / {config['val_chains']} val chains, "
           f"device {device}", flush=True)
 
+    # The default secondary-structure prior at sampling draws from the training chains' labels (`ss.draw_ss_labels`).
+    library = {"ss_library": train_set.ss_strings()} if model_cfg.ss_condition else {}
+
     def save() -> None:
         extra = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(),
                  "train_seconds": elapsed_before + time.time() - start}
         save_checkpoint(state_path, training_state(model=net, step=step, optimizer=opt, ema=ema, **extra))
         save_checkpoint(out / "model.pt", {"ema": {k: v.float() for k, v in ema.state_dict()["shadow"].items()},
-                                           "step": step, **config})
+                                           "step": step, **config, **library})
 
     log = CSVLogger(out / "log.csv", resume_step=step if resumed else None)
     last_ckpt = time.time()
@@ -148,7 +165,7 @@ def train(args: argparse.Namespace) -> Path:
         b = train_set.batch(train_set.sample_chains(args.batch_residues))
         with autocast(device):
             loss, parts = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
-                                        flow_cfg)
+                                        flow_cfg, ss=b["ss"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
