@@ -187,3 +187,28 @@ def test_idle_threads_follows_the_load(monkeypatch):
         monkeypatch.setattr(cli, "_other_running", lambda: others)
         assert cli.idle_threads() == threads
     assert cli._other_running() >= 0  # the real reading works here
+
+
+def test_mmcif_protein_reads_like_its_pdb(tmp_path, capsys):
+    from Bio.PDB import MMCIFIO, PDBParser
+
+    from sciddiff.dock import io
+
+    structure = PDBParser(QUIET=True).get_structure("p", gzip.open(PROTEIN, "rt"))
+    for chain in structure[0]:
+        chain.id = chain.id * 3  # large assemblies use multi-letter chain ids, which PDB records cannot hold
+    writer = MMCIFIO()
+    writer.set_structure(structure)
+    cif = tmp_path / "rec.cif"
+    writer.save(str(cif))
+    with open(cif, "rb") as src, gzip.open(tmp_path / "rec.cif.gz", "wb") as dst:
+        dst.write(src.read())
+    ref = io.load_receptor(PROTEIN)
+    for path in (cif, tmp_path / "rec.cif.gz"):
+        rec = io.load_receptor(path)
+        assert np.array_equal(rec.coords, ref.coords) and np.array_equal(rec.res_type, ref.res_type)
+        assert np.array_equal(rec.elements, ref.elements) and rec.pdb_text.count("ATOM") == ref.pdb_text.count("ATOM")
+    (tmp_path / "bad.cif").write_text("data_x\nloop_\n_atom_site.id\n1\n")
+    code = main(["dock", "--protein", str(tmp_path / "bad.cif"), "--ligand", LIGAND, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "bad.cif" in err and not (tmp_path / "o").exists()

@@ -54,7 +54,8 @@ def register(subparsers) -> None:
         description="Dock a ligand into a protein: fresh RDKit conformer, pose proposals by reverse diffusion over "
                     "translation x rotation x torsions, a Vina-like physics search, ranked poses. Without a box the "
                     "whole protein is searched (blind: the best geometric pockets). See docs/dock.md.")
-    p.add_argument("--protein", help="receptor PDB (.pdb or .pdb.gz); cofactors/metals (HETATM) are kept, waters dropped")
+    p.add_argument("--protein", help="receptor PDB or mmCIF (.pdb, .cif, optionally .gz; first model); cofactors/metals "
+                                     "(HETATM) are kept, waters dropped")
     p.add_argument("--ligand", help="ligand SDF/MOL/MOL2/SMI file (optionally .gz) or a SMILES string; "
                                     "its coordinates are ignored")
     p.add_argument("--out", required=True, help="output folder (written atomically; one sub-folder per row with --batch)")

@@ -72,15 +72,53 @@ class Receptor:
         return len(self.res_ca)
 
 
+def _mmcif_to_pdb(text: str, path: str | os.PathLike) -> str:
+    """The first model of an mmCIF file as PDB records (biopython), so that one reader and one complex writer serve
+    both formats. Multi-letter chain ids (large assemblies) are renamed to unused single characters."""
+    from Bio.PDB import PDBIO, MMCIFParser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            structure = MMCIFParser(QUIET=True).get_structure("rec", io.StringIO(text))
+        except Exception as err:  # biopython raises many kinds on malformed files
+            raise UserError(f"cannot parse protein {path} as mmCIF: {err}") from None
+    models = list(structure)
+    if not models:
+        raise UserError(f"no atoms in {path}: not an mmCIF coordinate file?")
+    model = models[0]
+    for extra in models[1:]:
+        structure.detach_child(extra.id)
+    chains = list(model)
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" if c not in {ch.id for ch in chains}]
+    long_ids = [ch for ch in chains if len(ch.id) != 1]
+    if len(long_ids) > len(free):
+        raise UserError(f"protein {path} has {len(chains)} chains: too many for one PDB-style receptor; keep the "
+                        f"chains around the site")
+    for chain, new_id in zip(long_ids, free):
+        chain.id = new_id
+    out = io.StringIO()
+    writer = PDBIO()
+    writer.set_structure(structure)
+    try:
+        writer.save(out)
+    except Exception as err:  # e.g. more than 99,999 atoms
+        raise UserError(f"cannot convert protein {path} to PDB records: {err}") from None
+    return out.getvalue()
+
+
 def load_receptor(path: str | os.PathLike) -> Receptor:
-    """Parse a PDB(.gz) with biopython. Raises UserError for unreadable files or a protein without residues."""
+    """Parse a PDB or mmCIF file (optionally .gz) with biopython. Raises UserError for unreadable files or a protein
+    without residues."""
     from Bio.PDB import PDBParser
     from Bio.PDB.PDBExceptions import PDBConstructionWarning
 
     suffix = _stem_suffix(path)
-    if suffix not in (".pdb", ".ent"):
-        raise UserError(f"protein must be a .pdb or .pdb.gz file, got {Path(path).name}")
+    if suffix not in (".pdb", ".ent", ".cif", ".mmcif"):
+        raise UserError(f"protein must be a .pdb or .cif file (optionally .gz), got {Path(path).name}")
     text = _read_text(path)
+    if suffix in (".cif", ".mmcif"):
+        text = _mmcif_to_pdb(text, path)
     # NMR-style files: the first MODEL only (the parser below never sees MODEL records, and the complex output
     # reuses these records, so later models would come out as copies of the protein on top of it)
     text = text.split("\nENDMDL", 1)[0]
