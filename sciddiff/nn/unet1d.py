@@ -8,9 +8,8 @@ T must be divisible by 2**(len(down_dims) - 1) (16 with three levels works).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -85,9 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="train (or resume) a model from a prepared tensor file", formatter_class=fmt,
                        description="Same as `python -m sciddiff.protein.train` (which needs no biopython).")
-    from sciddiff.protein.train import add_arguments
+    from sciddiff.protein.config import add_training_arguments
 
-    add_arguments(t)
+    add_training_arguments(t)
     t.set_defaults(func=cmd_train)
 
 

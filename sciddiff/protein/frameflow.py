@@ -23,7 +23,6 @@ chain shares its chain's t). Time runs from 0 (noise) to 1 (data). Translations 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -35,33 +34,13 @@ from sciddiff.core import so3
 from sciddiff.core.flow import flow_matching_loss, sample_flow
 from sciddiff.core.spaces import SO3, Euclidean, Product
 from sciddiff.nn.graph import radius_graph
-from sciddiff.protein.ss import SS_UNKNOWN
+from sciddiff.protein.config import FlowConfig
 from sciddiff.protein.geometry import backbone_from_frames, frame_atoms
 from sciddiff.protein.model import FrameDenoiser
 from sciddiff.protein.refine import idealize_frames
+from sciddiff.protein.ss import SS_UNKNOWN
 
 SPACE = Product(trans=Euclidean(3), rot=SO3())
-
-
-@dataclass
-class FlowConfig:
-    steps: int = 50  # Euler steps at sampling
-    rot_rate: float = 20.0  # exponential rotation schedule at sampling (FrameFlow: 10; 20 measured better here)
-    noise_scale: float = 1.0  # sampling temperature: the translation prior's std (below 1: more helix, more compact)
-    train_rot_sigma: float = 1.5  # IGSO(3) noise for rotations during training
-    min_t: float = 0.01
-    t_clip: float = 0.9  # 1 - t is floored at 1 - t_clip in the loss weight
-    trans_weight: float = 2.0
-    rot_weight: float = 1.0
-    aux_weight: float = 0.5
-    aux_t: float = 0.75  # auxiliary losses only where t > aux_t
-    aux_pair_radius: float = 1.0  # residues whose CAs are this close are compared (model units, 10 A)
-    aux_atom_cutoff: float = 0.6  # ...on their atom pairs closer than this in the clean chain (6 A)
-    self_condition: float = 0.5  # probability of a self-conditioned training step
-    ss_drop: float = 0.25  # fraction of chains trained without their secondary-structure labels (ss_condition models)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def center(x: Tensor, batch: Tensor) -> Tensor:

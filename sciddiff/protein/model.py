@@ -19,8 +19,6 @@ points), a transition MLP, and a zero-initialised frame update (AlphaFold struct
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
@@ -29,27 +27,8 @@ from torch_geometric.utils import softmax as edge_softmax
 from sciddiff.core import so3
 from sciddiff.nn.embeddings import sinusoidal_embedding
 from sciddiff.nn.graph import knn_graph_dense
+from sciddiff.protein.config import DenoiserConfig
 from sciddiff.protein.ss import SS_UNKNOWN
-
-
-@dataclass
-class DenoiserConfig:
-    dim: int = 128  # residue feature width
-    edge_dim: int = 48  # edge feature width
-    heads: int = 4
-    points: int = 4  # value points per head
-    blocks: int = 4
-    k: int = 12  # spatial neighbours in the noisy structure
-    k_sc: int = 6  # spatial neighbours in the self-conditioning guess
-    seq_window: int = 2  # sequence neighbours on each side
-    max_offset: int = 32  # sequence offsets are clipped to +/- this
-    rbf: int = 16  # radial basis functions for distances
-    rbf_max: float = 2.0  # model units (20 A at scale 10)
-    scale: float = 10.0  # Angstrom per model unit
-    ss_condition: bool = False  # per-residue secondary-structure labels as an (invariant) node input
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def rbf(d: Tensor, n: int, d_max: float) -> Tensor:

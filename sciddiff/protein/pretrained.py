@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from sciddiff.protein.frameflow import FlowConfig
-from sciddiff.protein.model import DenoiserConfig, FrameDenoiser
+from sciddiff.protein.config import DenoiserConfig, FlowConfig
+from sciddiff.protein.model import FrameDenoiser
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "protein" / "backbone_flow.pt"
 

@@ -24,9 +24,10 @@ import torch
 
 from sciddiff.cli import UserError
 from sciddiff.core.ema import EMA
+from sciddiff.protein.config import DenoiserConfig, FlowConfig, add_training_arguments
 from sciddiff.protein.data import ChainSet
-from sciddiff.protein.frameflow import FlowConfig, training_loss
-from sciddiff.protein.model import DenoiserConfig, FrameDenoiser
+from sciddiff.protein.frameflow import training_loss
+from sciddiff.protein.model import FrameDenoiser
 from sciddiff.protein.ss import SS_UNKNOWN
 from sciddiff.train import (
     CSVLogger,
@@ -43,38 +44,8 @@ from sciddiff.train import (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sciddiff.protein.train", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(p)
+    add_training_arguments(p)
     return p
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chains", required=True, help="tensor file from `sciddiff backbone prepare` (chains.pt)")
-    p.add_argument("--out", required=True, help="run folder (state.pt, model.pt, log.csv); resumed if it has state.pt")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="wall-clock budget of this call")
-    p.add_argument("--max-steps", type=int, default=None, help="stop at this total step count")
-    p.add_argument("--batch-residues", type=int, default=4096, help="residues per batch (whole chains)")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay (the ceiling when --ema-power is set)")
-    p.add_argument("--ema-power", type=float, default=0.75,
-                   help="EMA warm-up power (decay 1 - (1 + step)^-power, capped at --ema); 0 = fixed decay")
-    p.add_argument("--ckpt-seconds", type=float, default=120.0, help="checkpoint interval")
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    for name, value in DenoiserConfig().to_dict().items():
-        if isinstance(value, bool):
-            p.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value,
-                           help="model: " + name)
-        else:
-            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help="model: " + name)
-    p.add_argument("--self-condition", type=float, default=FlowConfig.self_condition, help="self-conditioning prob.")
-    p.add_argument("--aux-weight", type=float, default=FlowConfig.aux_weight, help="weight of the auxiliary atom losses")
-    p.add_argument("--ss-drop", type=float, default=FlowConfig.ss_drop,
-                   help="with --ss-condition: fraction of chains trained without their secondary-structure labels")
-    p.add_argument("--init", default=None, help="start a new run from the EMA weights of this model file (model.pt)")
 
 
 @torch.no_grad()
@@ -95,7 +66,7 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
 
 def train(args: argparse.Namespace) -> Path:
     start = time.time()
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.init and not Path(args.init).is_file():
