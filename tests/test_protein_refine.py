@@ -4,7 +4,7 @@ import torch
 
 from sciddiff.core import so3
 from sciddiff.protein import geometry, metrics
-from sciddiff.protein.refine import idealize_frames
+from sciddiff.protein.refine import IdealizeConfig, hbond_energy, idealize_frames
 
 
 def helix(length: int) -> torch.Tensor:
@@ -50,3 +50,24 @@ def test_chains_in_one_batch_are_idealized_independently():
     chain = torch.cat([torch.zeros(20, dtype=torch.long), torch.ones(25, dtype=torch.long)])
     both_r, both_t = idealize_frames(rot, trans, chain)
     assert torch.equal(both_t[:20], alone_t) and torch.equal(both_r[:20], alone_r)
+
+
+def test_hbond_energy_is_pydssps():
+    from pydssp.pydssp_torch import get_hbond_map
+
+    bb = geometry.backbone_from_frames(*distort(*frames(helix(20)), seed=3))
+    table = get_hbond_map(bb, return_e=True)[0]  # [donor, acceptor]
+    acceptor, donor = torch.tensor([0, 3, 10, 15]), torch.tensor([4, 7, 14, 2])
+    assert torch.allclose(hbond_energy(bb, acceptor, donor), table[donor, acceptor], atol=1e-12)
+    assert hbond_energy(helix(20), torch.tensor([0]), torch.tensor([4]))[0] < -1.5  # an alpha-helix i -> i+4 bond
+
+
+def test_hbond_term_restores_bonds_of_a_distorted_helix():
+    chain = torch.zeros(40, dtype=torch.long)
+    distorted = distort(*frames(helix(40)), seed=4)
+    ss = {}
+    for name, cfg in (("geometry", IdealizeConfig(hbond_weight=0.0)), ("hbonds", IdealizeConfig())):
+        bb = geometry.backbone_from_frames(*idealize_frames(*distorted, chain, cfg)).numpy()
+        ss[name] = (metrics.secondary_structure(bb) == "H").sum()
+        assert metrics.ca_clashes(bb) == 0 and np.all(np.abs(metrics.ca_ca_distances(bb) - 3.8) < 0.1)
+    assert ss["hbonds"] > ss["geometry"], ss

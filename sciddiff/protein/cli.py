@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "2-core machine two threads measured 30x slower than one)")
     s.add_argument("--checkpoint", default=None, help="model.pt from `sciddiff backbone train` (default: shipped model)")
     s.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
+    s.add_argument("--no-hbonds", action="store_true",
+                   help="idealize peptide geometry only, without the relax's backbone H-bond term (see docs/protein.md)")
     s.add_argument("--no-idealize", action="store_true",
                    help="return the network's frames as they are, without the final restrained idealization of peptide geometry")
     s.set_defaults(func=cmd_sample)
@@ -133,6 +135,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from sciddiff.protein.frameflow import sample
     from sciddiff.protein.pdbio import write_backbone
     from sciddiff.protein.pretrained import DEFAULT_CHECKPOINT, load_model
+    from sciddiff.protein.refine import IdealizeConfig
     from sciddiff.protein.ss import chain_labels, labels_to_string
     from sciddiff.train import atomic_file, progress
 
@@ -152,6 +155,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "rot_rate": args.rot_rate, "noise_scale": args.noise_scale}
     flow_cfg = replace(flow_cfg, **{k: v for k, v in overrides.items() if v is not None})
     steps = flow_cfg.steps
+    idealize = False if args.no_idealize else IdealizeConfig(hbond_weight=0.0) if args.no_hbonds else IdealizeConfig()
     start = time.time()
     bar = progress(total=args.num * steps, desc="sampling", unit="backbone-step")
     for first in range(0, args.num, args.batch_size):
@@ -163,7 +167,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 yield item
 
         backbones = sample(net, [args.length] * len(idx), flow_cfg, steps=steps, seeds=[(args.seed, i) for i in idx],
-                           device=device, progress=ticking, idealize=not args.no_idealize,
+                           device=device, progress=ticking, idealize=idealize,
                            ss=None if targets is None else [targets[i] for i in idx])
         for i, bb in zip(idx, backbones):
             write_backbone(out / names[i], bb)
@@ -172,7 +176,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     info = {"length": args.length, "num": args.num, "seed": args.seed, "steps": steps,
             "rot_rate": flow_cfg.rot_rate, "noise_scale": flow_cfg.noise_scale, "device": str(device),
             "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("step"),
-            "idealized": not args.no_idealize, "ss": spec, "seconds": round(seconds, 2), "files": names}
+            "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec, "seconds": round(seconds, 2), "files": names}
     if targets is not None:
         info["ss_targets"] = {n: labels_to_string(t) for n, t in zip(names, targets)}
     with atomic_file(out / "samples.json", "w") as handle:
