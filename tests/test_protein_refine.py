@@ -50,6 +50,8 @@ def test_chains_in_one_batch_are_idealized_independently():
     chain = torch.cat([torch.zeros(20, dtype=torch.long), torch.ones(25, dtype=torch.long)])
     both_r, both_t = idealize_frames(rot, trans, chain)
     assert torch.equal(both_t[:20], alone_t) and torch.equal(both_r[:20], alone_r)
+    forked_r, forked_t = idealize_frames(rot, trans, chain, workers=2)  # the same numbers from worker processes
+    assert torch.equal(forked_r, both_r) and torch.equal(forked_t, both_t)
 
 
 def test_hbond_energy_is_pydssps():

@@ -110,12 +110,13 @@ def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, 
 @torch.no_grad()
 def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int | None = None,
            seeds: list | None = None, device: torch.device | str = "cpu", progress: Callable = iter,
-           idealize: bool | IdealizeConfig = True, ss: list[Tensor] | None = None) -> list[np.ndarray]:
+           idealize: bool | IdealizeConfig = True, ss: list[Tensor] | None = None, workers: int = 1
+           ) -> list[np.ndarray]:
     """Generate one backbone per entry of `lengths`; returns float arrays (L, 4, 3) of N, CA, C, O in Angstrom.
 
     With `idealize` (True: the default `IdealizeConfig`, or a config), the generated frames are finally moved to ideal
     peptide geometry without CA clashes, completing nearly formed backbone H-bonds, by a restrained minimization
-    (`sciddiff.protein.refine`); with False, the network's frames are returned as they are.
+    (`sciddiff.protein.refine`, in `workers` processes); with False, the network's frames are returned as they are.
 
     Chain i's noise comes from its own CPU generator seeded by `seeds[i]` (an int or a tuple of ints, mixed by NumPy's
     SeedSequence; default i), so a backbone depends on its seed only, not on which chains share its batch or on the device.
@@ -150,5 +151,5 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
     x1 = sample_flow(model, SPACE, x_init, steps=steps or cfg.steps, rates={"rot": cfg.rot_rate}, progress=progress)
     rot, trans, batch = x1["rot"].double().cpu(), x1["trans"].double().cpu() * net.cfg.scale, batch.cpu()
     if idealize:
-        rot, trans = idealize_frames(rot, trans, batch, IdealizeConfig() if idealize is True else idealize)
+        rot, trans = idealize_frames(rot, trans, batch, IdealizeConfig() if idealize is True else idealize, workers)
     return [backbone_from_frames(rot[batch == i], trans[batch == i]).numpy() for i in range(len(lengths))]

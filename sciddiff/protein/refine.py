@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -155,12 +157,23 @@ def idealize_chain(rot: Tensor, trans: Tensor, cfg: IdealizeConfig = IdealizeCon
     return r.to(rot), t.to(trans)
 
 
-def idealize_frames(rot: Tensor, trans: Tensor, chain: Tensor, cfg: IdealizeConfig = IdealizeConfig()
-                    ) -> tuple[Tensor, Tensor]:
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def idealize_frames(rot: Tensor, trans: Tensor, chain: Tensor, cfg: IdealizeConfig = IdealizeConfig(),
+                    workers: int = 1) -> tuple[Tensor, Tensor]:
     """`idealize_chain` on each chain of frames concatenated in residue order (chain (N,) ids); one chain's result
-    does not depend on the others."""
+    does not depend on the others. With workers > 1 (Linux), chains are idealized in that many forked processes: the
+    minimization is a Python loop over small tensors, which threads cannot share out."""
     rot, trans = rot.clone(), trans.clone()
-    for c in torch.unique(chain):
-        sel = chain == c
-        rot[sel], trans[sel] = idealize_chain(rot[sel], trans[sel], cfg)
+    masks = [chain == c for c in torch.unique(chain)]
+    jobs = [(rot[m], trans[m], cfg) for m in masks]
+    if workers > 1 and len(jobs) > 1 and sys.platform == "linux":
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), initializer=_one_thread) as pool:
+            results = pool.starmap(idealize_chain, jobs)
+    else:
+        results = [idealize_chain(*job) for job in jobs]
+    for m, (r, t) in zip(masks, results):
+        rot[m], trans[m] = r, t
     return rot, trans
