@@ -212,6 +212,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=args.plots or folder)
     except FileNotFoundError as err:
         raise UserError(f"{err} (or pass --reference DIR)") from None
+    info = folder / "samples.json"
+    if info.is_file():
+        try:
+            targets = json.loads(info.read_text()).get("ss_targets") or {}
+        except (ValueError, AttributeError):
+            targets = {}
+        from sciddiff.protein.evaluate import target_agreement
+
+        result["ss_targets"] = target_agreement(result["chains"], targets)
     json_path = Path(args.json) if args.json else folder / "eval.json"
     with atomic_file(json_path, "w") as handle:
         json.dump(result, handle, indent=2)

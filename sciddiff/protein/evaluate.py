@@ -117,6 +117,23 @@ def evaluate(backbones: list[np.ndarray], names: list[str], reference: list[np.n
     return result
 
 
+def target_agreement(chains: list[dict], targets: dict[str, str]) -> dict | None:
+    """How well DSSP of the samples matches the secondary structure they were asked for (`sample --ss`, whose targets
+    samples.json lists): per-residue agreement and the fraction of target helix / strand residues built as such."""
+    pairs = [(c["dssp"].replace("-", "L"), targets[c["name"]]) for c in chains
+             if c["name"] in targets and len(targets[c["name"]]) == len(c["dssp"])]
+    if not pairs:
+        return None
+    got, want = "".join(g for g, _ in pairs), "".join(w for _, w in pairs)
+
+    def recall(state: str) -> float:
+        hits = [g == w for g, w in zip(got, want) if w == state]
+        return float(np.mean(hits)) if hits else math.nan
+
+    return {"chains": len(pairs), "agreement": float(np.mean([g == w for g, w in zip(got, want)])),
+            "helix_recall": recall("H"), "strand_recall": recall("E")}
+
+
 def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candidates: dict[str, list[np.ndarray]],
                folder: Path) -> list[str]:
     import matplotlib
@@ -197,6 +214,10 @@ def format_report(result: dict) -> str:
     for label, key, fmt in rows:
         vals = [s.get(key, math.nan) for _, s in cols]
         lines.append(label.ljust(width) + "".join(fmt.format(v).rjust(15) for v in vals))
+    if result.get("ss_targets"):
+        t = result["ss_targets"]
+        lines.append(f"secondary structure asked for (samples.json, {t['chains']} chains): DSSP agrees on "
+                     f"{t['agreement']:.1%} of residues; helix built {t['helix_recall']:.1%}, strand {t['strand_recall']:.1%}")
     mmd = result["mmd_distance_profile"]
     lines.append("MMD^2 to reference (distance profiles, lower is closer; bandwidth {:.3f}):".format(mmd["bandwidth"]))
     lines.append("  " + "  ".join(f"{k} {v:.4f}" for k, v in mmd.items() if k != "bandwidth"))
