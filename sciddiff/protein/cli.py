@@ -178,7 +178,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     info = {"length": args.length, "num": args.num, "seed": args.seed, "steps": steps,
             "rot_rate": flow_cfg.rot_rate, "noise_scale": flow_cfg.noise_scale, "device": str(device),
             "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("step"),
-            "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec, "seconds": round(seconds, 2), "files": names}
+            "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec,
+            "seconds": round(seconds, 2), "files": names}
     if targets is not None:
         info["ss_targets"] = {n: labels_to_string(t) for n, t in zip(names, targets)}
     with atomic_file(out / "samples.json", "w") as handle:

@@ -115,6 +115,7 @@ def idealize_chain(rot: Tensor, trans: Tensor, cfg: IdealizeConfig = IdealizeCon
     targets = torch.tensor(_peptide_targets(), dtype=torch.float64)
     sigmas = torch.tensor([cfg.bond_sigma, cfg.angle_sigma, cfg.angle_sigma, cfg.angle_sigma], dtype=torch.float64)
     ii, jj = torch.triu_indices(len(trans0), len(trans0), offset=3)
+    acc = don = torch.zeros(0, dtype=torch.long)
     if cfg.hbond_weight:
         # candidate H-bonds: acceptor O and donor N of residues >= 3 apart within 5 A at the start (atoms move < ~0.5 A)
         o, n = backbone_from_frames(rot0, trans0)[:, 3], atoms0[:, 0]
@@ -135,7 +136,7 @@ def idealize_chain(rot: Tensor, trans: Tensor, cfg: IdealizeConfig = IdealizeCon
         restraint = ((atoms - atoms0) / cfg.restraint_sigma).pow(2).sum()
         torsion = ((2 - 2 * torch.cos(_phi_psi(atoms) - phi_psi0)) / cfg.dihedral_sigma ** 2).sum()
         total = bonded + clash + restraint + torsion
-        if cfg.hbond_weight and len(acc):
+        if len(acc):
             # pydssp's smooth H-bond indicator: 0 above the cutoff, 1 below cutoff - 2 margin, a sine ramp between
             e = hbond_energy(backbone_from_frames(*frames), acc, don)
             ramp = (cfg.hbond_cutoff - cfg.hbond_margin - e).clamp(-cfg.hbond_margin, cfg.hbond_margin)

@@ -22,16 +22,16 @@ _ALIASES = {"L": 0, "-": 0, "C": 0, "H": 1, "E": 2}
 
 
 def secondary_structure_labels(coords: Tensor, lengths: Tensor) -> Tensor:
-    """DSSP labels (0/1/2) per residue of concatenated N/CA/C chains (total, 3, 3) in Angstrom, via pydssp."""
-    import pydssp
-
+    """DSSP labels (0/1/2) per residue of concatenated N/CA/C chains (total, 3, 3) in Angstrom: the eval metric
+    (`metrics.secondary_structure`) on the ideal backbone rebuilt from each chain's frames."""
     from sciddiff.protein.geometry import backbone_from_frames, frames_from_backbone
+    from sciddiff.protein.metrics import secondary_structure
 
     labels = []
     for xyz in torch.split(coords.double(), lengths.tolist()):
         rot, ca = frames_from_backbone(xyz[:, 0], xyz[:, 1], xyz[:, 2])
-        bb = backbone_from_frames(rot, ca).float().numpy()
-        labels.append(torch.as_tensor(np.asarray(pydssp.assign(bb, out_type="index")), dtype=torch.long))
+        states = secondary_structure(backbone_from_frames(rot, ca).float().numpy())
+        labels.append(torch.tensor([_ALIASES[c] for c in states], dtype=torch.long))
     return torch.cat(labels)
 
 
