@@ -121,9 +121,13 @@ class MatmulConv1d(nn.Module):
     costs ~100 us a call at 64-512 channels; the same product as one GEMM is 2-4x faster (docs/benchmarks.md).
     """
 
+    @staticmethod
+    def supports(conv: nn.Conv1d) -> bool:
+        return conv.groups == 1 and conv.dilation == (1,) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
     def __init__(self, conv: nn.Conv1d):
         super().__init__()
-        if conv.groups != 1 or conv.dilation != (1,) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        if not self.supports(conv):
             raise ValueError("MatmulConv1d supports plain convolutions only")
         self.kernel, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         self.weight = nn.Parameter(conv.weight.detach().flatten(1).t().contiguous(), requires_grad=False)  # (C*K, O)
@@ -140,8 +144,8 @@ class MatmulConv1d(nn.Module):
 def with_matmul_convs(module: nn.Module) -> nn.Module:
     """A deep copy of `module` with every plain `nn.Conv1d` replaced by `MatmulConv1d` (for CPU inference)."""
     module = copy.deepcopy(module)
-    for name, child in list(module.named_modules()):
+    for child in list(module.modules()):
         for attr, sub in list(child.named_children()):
-            if type(sub) is nn.Conv1d and sub.groups == 1 and sub.dilation == (1,) and sub.padding_mode == "zeros":
+            if type(sub) is nn.Conv1d and MatmulConv1d.supports(sub):
                 setattr(child, attr, MatmulConv1d(sub))
     return module
