@@ -219,8 +219,7 @@ class ChainSet:
         self.rot, self.trans = rot, (ca - mean[chain]) / scale
         # Chain files prepared before secondary-structure labels existed: every residue "not given".
         ss = data["ss"] if "ss" in data else torch.full((len(data["coords"]),), SS_UNKNOWN)
-        self.ss = torch.cat([ss[s : s + n] for s, n, k in zip(starts.tolist(), data["lengths"].tolist(), keep.tolist())
-                             if k]).to(device)
+        self.ss = ss[keep.repeat_interleave(data["lengths"])].to(device)
         self.starts = torch.cumsum(self.lengths, 0) - self.lengths
 
     def __len__(self) -> int:
