@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sciddiff.core import Euclidean, classifier_free_guidance, flow_matching_loss, sample_flow
+from sciddiff.core import SO3, Euclidean, Product, classifier_free_guidance, flow_matching_loss, sample_flow
 
 M, S0 = 1.5, 0.4
 
@@ -19,6 +19,25 @@ def test_flow_ode_transports_noise_to_data(method, steps):
     x1 = sample_flow(exact_x1, Euclidean(1), z, steps=steps, method=method)
     assert x1.mean().item() == pytest.approx(M, abs=0.02)
     assert x1.std().item() == pytest.approx(S0, rel=0.03)
+
+
+def test_langevin_sampling_keeps_marginals_at_temperature_one_and_sharpens_below():
+    z = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    noise = lambda x: torch.randn(x.shape, generator=g, dtype=x.dtype)  # noqa: E731
+    x1 = sample_flow(exact_x1, Euclidean(1), z, steps=200, langevin={"x": 2.0}, noise=noise)
+    assert x1.mean().item() == pytest.approx(M, abs=0.02)
+    assert x1.std().item() == pytest.approx(S0, rel=0.03)
+    cold = sample_flow(exact_x1, Euclidean(1), z, steps=200, langevin={"x": 2.0}, temperature=0.3, noise=noise)
+    assert cold.mean().item() == pytest.approx(M, abs=0.02)
+    assert cold.std().item() < 0.9 * S0
+
+
+def test_langevin_sampling_refuses_non_euclidean_components():
+    space = Product(x=Euclidean(1), rot=SO3())
+    x = {"x": torch.zeros(2, 1), "rot": torch.eye(3).expand(2, 3, 3)}
+    with pytest.raises(ValueError, match="Euclidean"):
+        sample_flow(lambda x, t: x, space, x, steps=3, langevin={"rot": 1.0})
 
 
 def test_flow_matching_loss_smallest_for_exact_predictor():

@@ -82,8 +82,9 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     # sampling knobs: a lower temperature (translation prior std) gives a different, more compact backbone
     cold = tmp_path / "cold"
     assert main([*args[:-4], "--out", str(cold), "--checkpoint", str(run / "model.pt"), "--noise-scale", "0.5",
-                 "--rot-rate", "5"]) == 0
-    assert json.loads((cold / "samples.json").read_text())["noise_scale"] == 0.5
+                 "--rot-rate", "5", "--langevin-eta", "1", "--langevin-temperature", "0.3"]) == 0
+    cold_info = json.loads((cold / "samples.json").read_text())
+    assert (cold_info["noise_scale"], cold_info["langevin_eta"], cold_info["langevin_temperature"]) == (0.5, 1.0, 0.3)
     assert (cold / pdbs[0].name).read_text() != first
 
     reference = data_root / "proteins" / "pdb"
@@ -103,8 +104,9 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
                  str(tmp_path / "nope.pt")]) == 2
     assert main(["backbone", "train", "--chains", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r")]) == 2
     assert main(["backbone", "sample", "--length", "50", "--out", str(tmp_path), "--noise-scale", "0"]) == 2
+    assert main(["backbone", "sample", "--length", "50", "--out", str(tmp_path), "--langevin-eta", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 6 and all(line.startswith("sciddiff backbone: error:") for line in err)
+    assert len(err) == 7 and all(line.startswith("sciddiff backbone: error:") for line in err)
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="shipped checkpoint not present")

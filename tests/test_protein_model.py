@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from sciddiff.core import so3
@@ -114,12 +115,13 @@ def test_tiny_training_run_lowers_the_loss():
     assert after < 0.9 * before, (before, after)
 
 
-def test_sampling_depends_on_each_chains_seed_only():
+@pytest.mark.parametrize("langevin_eta", [0.0, 1.0])
+def test_sampling_depends_on_each_chains_seed_only(langevin_eta):
     net = FrameDenoiser(TINY).eval()
     _randomise(net, seed=1)
     for p in net.parameters():
         p.data *= 0.1  # keep the random map tame
-    cfg = frameflow.FlowConfig()
+    cfg = frameflow.FlowConfig(langevin_eta=langevin_eta, langevin_temperature=0.5)
     together = frameflow.sample(net, [12, 12, 12], cfg, steps=4, seeds=[(7, 0), (7, 1), (7, 2)])
     alone = frameflow.sample(net, [12], cfg, steps=4, seeds=[(7, 1)])
     # neighbours are found per chain, so batch-mates can only change float rounding

@@ -34,6 +34,8 @@ class FlowConfig:
     steps: int = 50  # Euler steps at sampling
     rot_rate: float = 20.0  # exponential rotation schedule at sampling (FrameFlow: 10; 20 measured better here)
     noise_scale: float = 1.0  # sampling temperature: the translation prior's std (below 1: more helix, more compact)
+    langevin_eta: float = 0.0  # Langevin strength on translations at sampling (core.flow; 0: the plain ODE)
+    langevin_temperature: float = 1.0  # ...and its temperature (1 keeps the model's distribution, < 1 sharpens it)
     train_rot_sigma: float = 1.5  # IGSO(3) noise for rotations during training
     min_t: float = 0.01
     t_clip: float = 0.9  # 1 - t is floored at 1 - t_clip in the loss weight
@@ -57,6 +59,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=600.0, help="wall-clock budget of this call")
     p.add_argument("--max-steps", type=int, default=None, help="stop at this total step count")
     p.add_argument("--batch-residues", type=int, default=4096, help="residues per batch (whole chains)")
+    p.add_argument("--length-balance", type=float, default=0.0,
+                   help="draw chains with probability ~ length^-x: 0 uniform (long chains dominate the per-residue "
+                        "loss), 1 equal expected weight per chain")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (the ceiling when --ema-power is set)")

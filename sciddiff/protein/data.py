@@ -238,8 +238,20 @@ class ChainSet:
         idx = self.starts[chains][batch] + pos
         return {"rot": self.rot[idx], "trans": self.trans[idx], "batch": batch, "residue_index": pos, "ss": self.ss[idx]}
 
-    def sample_chains(self, max_residues: int, generator: torch.Generator | None = None) -> Tensor:
-        """Random chain indices whose total length stays within max_residues (at least one chain)."""
-        order = torch.randperm(len(self), generator=generator, device="cpu").to(self.lengths.device)
+    def sample_chains(self, max_residues: int, generator: torch.Generator | None = None,
+                      length_balance: float = 0.0) -> Tensor:
+        """Random chain indices whose total length stays within max_residues (at least one chain).
+
+        Chains are drawn without replacement with probability proportional to length^-length_balance: 0 draws chains
+        uniformly, so a chain weighs in the per-residue loss by its length; 1 gives every chain the same expected weight
+        (as FrameDiff's one-length batches do), so short chains are not drowned by long ones.
+        """
+        if length_balance:
+            # Weighted sampling without replacement: sort exponential clocks of rate w (Efraimidis & Spirakis).
+            rate = self.lengths.cpu().double().pow(-length_balance)
+            clocks = torch.empty(len(self), dtype=torch.float64).exponential_(generator=generator) / rate
+            order = clocks.argsort().to(self.lengths.device)
+        else:
+            order = torch.randperm(len(self), generator=generator, device="cpu").to(self.lengths.device)
         total = torch.cumsum(self.lengths[order], 0)
         return order[: max(1, int((total <= max_residues).sum()))]

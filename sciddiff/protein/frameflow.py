@@ -17,8 +17,9 @@ chain shares its chain's t). Time runs from 0 (noise) to 1 (data). Translations 
   model samples both with and without a target secondary structure.
 - Sampling: the core's Euler sampler on geodesics with an exponential rotation schedule of rate 20 (FrameFlow uses 10;
   20 gave more secondary structure and better Ramachandran on tuning seeds) and the translation prior scaled by
-  `noise_scale` (a temperature), feeding each
-  step's clean prediction back as the next step's self-conditioning input; frames are idealized (`refine`) and become
+  `noise_scale` (a temperature), optionally with the core's Langevin term on translations (`langevin_eta`,
+  `langevin_temperature`: low-temperature sampling), feeding each step's clean prediction back as the next step's
+  self-conditioning input; frames are idealized (`refine`) and become
   ideal 4-atom backbones.
 """
 from __future__ import annotations
@@ -125,11 +126,12 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
     seeds = list(range(len(lengths))) if seeds is None else seeds
     if len(seeds) != len(lengths):
         raise ValueError(f"{len(lengths)} lengths but {len(seeds)} seeds")
-    parts = []
+    parts, generators = [], []
     for n, seed in zip(lengths, seeds):
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1))
         noise = sample_noise(torch.zeros(n, dtype=torch.long), gen)
         parts.append({"trans": noise["trans"] * cfg.noise_scale, "rot": noise["rot"]})
+        generators.append(gen)
     x_init = {k: torch.cat([p[k] for p in parts]).to(device) for k in ("trans", "rot")}
     lengths_t = torch.as_tensor(lengths)
     batch = torch.repeat_interleave(torch.arange(len(lengths)), lengths_t)
@@ -148,7 +150,14 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
         state["sc"] = trans
         return {"trans": trans, "rot": rot}
 
-    x1 = sample_flow(model, SPACE, x_init, steps=steps or cfg.steps, rates={"rot": cfg.rot_rate}, progress=progress)
+    def langevin_noise(x: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Centred per chain, drawn from each chain's own generator (so a backbone still depends on its seed only)."""
+        z = torch.cat([torch.randn(n, 3, generator=g, dtype=x["trans"].dtype) for n, g in zip(lengths, generators)])
+        return {"trans": center(z.to(device), batch)}
+
+    x1 = sample_flow(model, SPACE, x_init, steps=steps or cfg.steps, rates={"rot": cfg.rot_rate},
+                     langevin={"trans": cfg.langevin_eta}, temperature=cfg.langevin_temperature, noise=langevin_noise,
+                     progress=progress)
     rot, trans, batch = x1["rot"].double().cpu(), x1["trans"].double().cpu() * net.cfg.scale, batch.cpu()
     if idealize:
         rot, trans = idealize_frames(rot, trans, batch, IdealizeConfig() if idealize is True else idealize, workers)

@@ -133,7 +133,7 @@ def train(args: argparse.Namespace) -> Path:
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        b = train_set.batch(train_set.sample_chains(args.batch_residues))
+        b = train_set.batch(train_set.sample_chains(args.batch_residues, length_balance=args.length_balance))
         with autocast(device):
             loss, parts = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
                                         flow_cfg, ss=b["ss"])
