@@ -59,6 +59,10 @@ def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, met
     langevin = {k: eta for k, eta in (langevin or {}).items() if eta > 0}
     if langevin and method != "euler":
         raise ValueError("Langevin sampling is implemented for the euler method only")
+    parts = space.components if isinstance(space, Product) else {"x": space}
+    for k in langevin:
+        if not isinstance(parts.get(k), Euclidean):
+            raise ValueError(f"Langevin sampling needs a Euclidean component; {k!r} is {parts.get(k)!r}")
     noise = noise or space.randn_tangent
 
     def velocity(x, t):
@@ -91,13 +95,10 @@ def _add_langevin(space: Space, x_next: Point, x: Point, x1: Point, t: float, dt
                   temperature: float, noise: Callable[[Point], Point]) -> Point:
     """Add the Langevin drift g s dt and noise sqrt(2 g T dt) z (module doc) to the Euler step x_next of each listed
     Euclidean component (where exp is addition, so the two parts simply add)."""
-    parts = space.components if isinstance(space, Product) else {"x": space}
     z = noise(x)
     wrap = (lambda p: p) if isinstance(x, dict) else (lambda p: {"x": p})
     x_next, x, x1, z = dict(wrap(x_next)), wrap(x), wrap(x1), wrap(z)
     for k, eta in langevin.items():
-        if not isinstance(parts.get(k), Euclidean):
-            raise ValueError(f"Langevin sampling needs a Euclidean component; {k!r} is {parts.get(k)!r}")
         g = eta * (1 - t)
         score = (t * x1[k] - x[k]) / (1 - t) ** 2
         x_next[k] = x_next[k] + g * score * dt + (2 * g * temperature * dt) ** 0.5 * z[k]

@@ -5,7 +5,8 @@ these complexes, so its samples would be unrealistically good) from a fresh ETKD
 + 4 A, and keep every pose the ranker has to choose among: each Monte Carlo chain's best minimum (kind 0), the
 polished distinct candidates the ranking sees (kind 1), and the crystal pose relaxed under the same energy (kind 2:
 the conformer with the crystal's torsions, aligned onto it, then polished). Each is labelled with its
-symmetry-corrected RMSD (A) to the crystal ligand. Complexes are taken in a seeded random order and the output file
+symmetry-corrected RMSD (A) to the crystal ligand and kept with its heavy-atom coordinates (`coords`, A), so new
+features can be computed without docking again. Complexes are taken in a seeded random order and the output file
 is rewritten after every complex, so a run can be stopped at any time.
 
 train: loss per complex = listwise softmax cross-entropy whose target puts the mass on the poses within 2 A (or,
@@ -77,7 +78,7 @@ def complex_decoys(cid: str, root: Path, settings, model=None) -> dict:
     feats = Featurizer(receptor, mol, rotatable_torsions(mol).n)(poses, search)
     xtal = io.ligand_coords(mol)
     rmsd = torch.tensor([symmetric_rmsd(mol, p, xtal) for p in poses.numpy()], dtype=torch.float32)
-    return {"complex": cid, "features": feats, "rmsd": rmsd, "kind": kind,
+    return {"complex": cid, "features": feats, "rmsd": rmsd, "kind": kind, "coords": poses.float(),
             "order_energy": torch.as_tensor(result.order_energy)}
 
 

@@ -42,11 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sampling temperature, the std of the translation prior (default: the checkpoint's, 1.0); "
                         "0.8 gives more helix and more compact chains")
     s.add_argument("--langevin-eta", type=float, default=None,
-                   help="strength of the Langevin term on translations (stochastic sampling; default: the "
-                        "checkpoint's); 0 = the deterministic ODE")
+                   help="strength of the Langevin term on translations (stochastic low-temperature sampling; "
+                        "default: the checkpoint's, 1.0); 0 = the deterministic ODE")
     s.add_argument("--langevin-temperature", type=float, default=None,
                    help="temperature of that term: 1 keeps the model's distribution, below 1 sharpens it toward its "
-                        "modes (more secondary structure; default: the checkpoint's)")
+                        "modes: more helix and strand (default: the checkpoint's, 0.1)")
     s.add_argument("--ss", default=None, metavar="natural|none|STRING",
                    help="secondary structure to build (models trained with it): 'natural' draws each backbone's helix/"
                         "strand/loop layout from a natural training chain of similar length, 'none' leaves it to the "
