@@ -82,9 +82,9 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     # sampling knobs: a lower temperature (translation prior std) gives a different, more compact backbone
     cold = tmp_path / "cold"
     assert main([*args[:-4], "--out", str(cold), "--checkpoint", str(run / "model.pt"), "--noise-scale", "0.5",
-                 "--rot-rate", "5", "--langevin-eta", "1", "--langevin-temperature", "0.3"]) == 0
+                 "--rot-rate", "5", "--langevin-eta", "1", "--langevin-temperature", "0.3", "--compactness", "0"]) == 0
     cold_info = json.loads((cold / "samples.json").read_text())
-    assert (cold_info["noise_scale"], cold_info["langevin_eta"], cold_info["langevin_temperature"]) == (0.5, 1.0, 0.3)
+    assert [cold_info[k] for k in ("noise_scale", "langevin_eta", "langevin_temperature", "compactness")] == [0.5, 1, 0.3, 0]
     assert (cold / pdbs[0].name).read_text() != first
 
     reference = data_root / "proteins" / "pdb"

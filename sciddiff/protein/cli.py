@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--langevin-temperature", type=float, default=None,
                    help="temperature of that term: 1 keeps the model's distribution, below 1 sharpens it toward its "
                         "modes: more helix and strand (default: the checkpoint's, 0.1)")
+    s.add_argument("--compactness", type=float, default=None,
+                   help="radius-of-gyration guidance: chains predicted more extended than natural proteins of their "
+                        "length (Rg > 1.59 N^0.465 A) are pulled in with this strength during sampling (default: the "
+                        "checkpoint's, 1.0); 0 = off")
     s.add_argument("--ss", default=None, metavar="natural|none|STRING",
                    help="secondary structure to build (models trained with it): 'natural' draws each backbone's helix/"
                         "strand/loop layout from a natural training chain of similar length, 'none' leaves it to the "
@@ -129,8 +133,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if (args.rot_rate is not None and args.rot_rate <= 0) or (args.noise_scale is not None and args.noise_scale <= 0):
         raise UserError("--rot-rate and --noise-scale must be > 0")
-    if any(v is not None and not 0 <= v <= 100 for v in (args.langevin_eta, args.langevin_temperature)):
-        raise UserError("--langevin-eta and --langevin-temperature must be between 0 and 100")
+    if any(v is not None and not 0 <= v <= 100 for v in (args.langevin_eta, args.langevin_temperature, args.compactness)):
+        raise UserError("--langevin-eta, --langevin-temperature and --compactness must be between 0 and 100")
     device = _device(args.device)
     out = Path(args.out)
     _check_out_dir(out)
@@ -163,7 +167,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(f"--ss: {err}") from None
     overrides = {"steps": args.steps, "rot_rate": args.rot_rate, "noise_scale": args.noise_scale,
-                 "langevin_eta": args.langevin_eta, "langevin_temperature": args.langevin_temperature}
+                 "langevin_eta": args.langevin_eta, "langevin_temperature": args.langevin_temperature,
+                 "compactness": args.compactness}
     flow_cfg = replace(flow_cfg, **{k: v for k, v in overrides.items() if v is not None})
     steps = flow_cfg.steps
     idealize = False if args.no_idealize else IdealizeConfig(hbond_weight=0.0) if args.no_hbonds else IdealizeConfig()
@@ -186,7 +191,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     seconds = time.time() - start
     info = {"length": args.length, "num": args.num, "seed": args.seed, "steps": steps,
             "rot_rate": flow_cfg.rot_rate, "noise_scale": flow_cfg.noise_scale, "langevin_eta": flow_cfg.langevin_eta,
-            "langevin_temperature": flow_cfg.langevin_temperature, "device": str(device),
+            "langevin_temperature": flow_cfg.langevin_temperature, "compactness": flow_cfg.compactness,
+            "device": str(device),
             "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("step"),
             "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec,
             "seconds": round(seconds, 2), "files": names}

@@ -37,6 +37,7 @@ from sciddiff.core.spaces import SO3, Euclidean, Product
 from sciddiff.nn.graph import radius_graph
 from sciddiff.protein.config import FlowConfig
 from sciddiff.protein.geometry import backbone_from_frames, frame_atoms
+from sciddiff.protein.metrics import RG_EXPONENT, RG_PREFACTOR
 from sciddiff.protein.model import FrameDenoiser
 from sciddiff.protein.refine import IdealizeConfig, idealize_frames
 from sciddiff.protein.ss import SS_UNKNOWN
@@ -47,6 +48,17 @@ SPACE = Product(trans=Euclidean(3), rot=SO3())
 def center(x: Tensor, batch: Tensor) -> Tensor:
     """Subtract each chain's mean: x (N, 3), batch (N,)."""
     return x - scatter(x, batch, dim=0, reduce="mean")[batch]
+
+
+def contract_to_natural_rg(trans: Tensor, batch: Tensor, strength: float, scale: float) -> Tensor:
+    """Scale each chain about its centroid by (fit / Rg)^strength where its CA radius of gyration Rg exceeds the natural
+    fit RG_PREFACTOR N^RG_EXPONENT (Angstrom; translations in model units of `scale` Angstrom); other chains unchanged."""
+    centre = scatter(trans, batch, dim=0, reduce="mean")
+    rel = trans - centre[batch]
+    rg = scatter(rel.pow(2).sum(-1), batch, dim=0, reduce="mean").sqrt()
+    fit = RG_PREFACTOR * torch.bincount(batch).to(trans.dtype) ** RG_EXPONENT / scale
+    factor = torch.where(rg > fit, (fit / rg.clamp_min(1e-6)) ** strength, torch.ones_like(rg))
+    return centre[batch] + rel * factor[batch, None]
 
 
 def sample_noise(batch: Tensor, generator: torch.Generator | None = None, rot_sigma: float | None = None,
@@ -147,6 +159,8 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
 
     def model(x_t: dict[str, Tensor], t: Tensor) -> dict[str, Tensor]:
         rot, trans = net(x_t["rot"], x_t["trans"], t, batch, residue_index, sc_trans=state["sc"], ss=ss)
+        if cfg.compactness and float(t[0]) < cfg.compactness_until:
+            trans = contract_to_natural_rg(trans, batch, cfg.compactness, net.cfg.scale)
         state["sc"] = trans
         return {"trans": trans, "rot": rot}
 
