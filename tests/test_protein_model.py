@@ -88,6 +88,17 @@ def _tiny_chain_set() -> ChainSet:
     return ChainSet(data, "train")
 
 
+def test_length_balanced_chain_sampling_favours_short_chains():
+    data = _tiny_chain_set()  # lengths 16, 18, ..., 30
+    first = {}
+    for balance in (0.0, 4.0):
+        g = torch.Generator().manual_seed(0)
+        draws = [data.sample_chains(60, g, length_balance=balance) for _ in range(400)]
+        assert all(int(data.lengths[d].sum()) <= 60 and len(set(d.tolist())) == len(d) for d in draws)
+        first[balance] = np.bincount([int(d[0]) for d in draws], minlength=8)
+    assert first[4.0][0] > 2 * first[0.0][0] and first[4.0][7] < first[0.0][7] / 2  # shortest chain first more often
+
+
 def test_tiny_training_run_lowers_the_loss():
     torch.manual_seed(0)
     chains = _tiny_chain_set()
