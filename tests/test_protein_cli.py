@@ -87,6 +87,18 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     assert [cold_info[k] for k in ("noise_scale", "langevin_eta", "langevin_temperature", "compactness")] == [0.5, 1, 0.3, 0]
     assert (cold / pdbs[0].name).read_text() != first
 
+    # a length range: each sample's length is drawn from it by (seed, index), so the first samples stay the same
+    mixed, more = tmp_path / "mixed", tmp_path / "more"
+    ranged = ["backbone", "sample", "--length", "20-30", "--seed", "4", "--steps", "3", "--checkpoint", str(run / "model.pt")]
+    assert main([*ranged, "--num", "4", "--out", str(mixed)]) == 0
+    assert main([*ranged, "--num", "6", "--out", str(more)]) == 0
+    mixed_info = json.loads((mixed / "samples.json").read_text())
+    assert all(20 <= n <= 30 for n in mixed_info["lengths"]) and len(set(mixed_info["lengths"])) > 1
+    for name, n in zip(mixed_info["files"], mixed_info["lengths"]):
+        assert name.startswith(f"len{n}_") and len(list(PDBParser(QUIET=True).get_structure("s", mixed / name)[0]["A"])) == n
+        xyz = [np.array([a.coord for a in PDBParser(QUIET=True).get_structure("s", d / name).get_atoms()]) for d in (mixed, more)]
+        assert np.allclose(*xyz, atol=0.01)  # batch-mates may change float rounding only
+
     reference = data_root / "proteins" / "pdb"
     assert main(["backbone", "eval", str(designs), "--reference", str(reference)]) == 0
     result = json.loads((designs / "eval.json").read_text())
@@ -105,8 +117,10 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert main(["backbone", "train", "--chains", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r")]) == 2
     assert main(["backbone", "sample", "--length", "50", "--out", str(tmp_path), "--noise-scale", "0"]) == 2
     assert main(["backbone", "sample", "--length", "50", "--out", str(tmp_path), "--langevin-eta", "-1"]) == 2
+    assert main(["backbone", "sample", "--length", "90-60", "--out", str(tmp_path)]) == 2
+    assert main(["backbone", "sample", "--length", "6O", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 7 and all(line.startswith("sciddiff backbone: error:") for line in err)
+    assert len(err) == 9 and all(line.startswith("sciddiff backbone: error:") for line in err)
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="shipped checkpoint not present")

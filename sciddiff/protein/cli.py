@@ -28,9 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     s = sub.add_parser("sample", help="generate backbones and write them as PDB files",
-                       description="Generate backbones of one length; writes OUT/len<L>_seed<S>_<i>.pdb (poly-Gly N, "
+                       description="Generate backbones; writes OUT/len<L>_seed<S>_<i>.pdb (poly-Gly N, "
                                    "CA, C, O) and OUT/samples.json. Sample i depends only on (seed, i, steps), not --num.")
-    s.add_argument("--length", type=int, required=True, help="residues per backbone")
+    s.add_argument("--length", required=True, metavar="L|MIN-MAX",
+                   help="residues per backbone, or a range: each backbone's length drawn uniformly from MIN..MAX "
+                        "(seeded by --seed and its index)")
     s.add_argument("--num", type=int, default=1, help="number of backbones (default: 1)")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same backbones (default: 0)")
     s.add_argument("--out", required=True, help="output folder (created if missing)")
@@ -122,9 +124,22 @@ def _device(name: str):
     return device
 
 
+def sample_lengths(text: str, num: int, seed: int) -> list[int]:
+    """`--length L` or `MIN-MAX` -> one length per sample; sample i's length depends on (seed, i) only."""
+    try:
+        lo, hi = (int(v) for v in text.split("-")) if "-" in text.strip("-") else (int(text),) * 2
+    except ValueError:
+        raise UserError(f"--length must be a number of residues or a range MIN-MAX, got {text!r}") from None
+    if not 5 <= lo <= hi <= MAX_LENGTH:
+        raise UserError(f"--length must lie between 5 and {MAX_LENGTH} (MIN <= MAX), got {text}")
+    if lo == hi:
+        return [lo] * num
+    import numpy as np
+
+    return [int(np.random.default_rng([seed, i, 2]).integers(lo, hi + 1)) for i in range(num)]
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    if not 5 <= args.length <= MAX_LENGTH:
-        raise UserError(f"--length must be between 5 and {MAX_LENGTH}, got {args.length}")
     if args.num < 1 or args.batch_size < 1:
         raise UserError("--num and --batch-size must be >= 1")
     if args.steps is not None and args.steps < 1:
@@ -135,10 +150,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError("--rot-rate and --noise-scale must be > 0")
     if any(v is not None and not 0 <= v <= 100 for v in (args.langevin_eta, args.langevin_temperature, args.compactness)):
         raise UserError("--langevin-eta, --langevin-temperature and --compactness must be between 0 and 100")
+    lengths = sample_lengths(args.length, args.num, args.seed)
     device = _device(args.device)
     out = Path(args.out)
     _check_out_dir(out)
-    names = [f"len{args.length}_seed{args.seed}_{i:03d}.pdb" for i in range(args.num)]
+    names = [f"len{n}_seed{args.seed}_{i:03d}.pdb" for i, n in enumerate(lengths)]
     clash = [n for n in names if (out / n).exists()]
     if clash and not args.overwrite:
         raise UserError(f"{out / clash[0]} exists ({len(clash)} of the outputs do); pass --overwrite or another --out")
@@ -163,7 +179,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if spec != "none" and not conditional:
         raise UserError("--ss needs a checkpoint trained with secondary-structure conditioning (--ss-condition)")
     try:
-        targets = chain_labels(spec, args.length, [(args.seed, i) for i in range(args.num)], meta.get("ss_library"))
+        targets = chain_labels(spec, lengths, [(args.seed, i) for i in range(args.num)], meta.get("ss_library"))
     except ValueError as err:
         raise UserError(f"--ss: {err}") from None
     overrides = {"steps": args.steps, "rot_rate": args.rot_rate, "noise_scale": args.noise_scale,
@@ -182,14 +198,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 bar.update(n)  # counted as the step starts: the sampler returns from inside its last step
                 yield item
 
-        backbones = sample(net, [args.length] * len(idx), flow_cfg, steps=steps, seeds=[(args.seed, i) for i in idx],
+        backbones = sample(net, [lengths[i] for i in idx], flow_cfg, steps=steps, seeds=[(args.seed, i) for i in idx],
                            device=device, progress=ticking, idealize=idealize,
                            ss=None if targets is None else [targets[i] for i in idx], workers=threads)
         for i, bb in zip(idx, backbones):
             write_backbone(out / names[i], bb)
     bar.close()
     seconds = time.time() - start
-    info = {"length": args.length, "num": args.num, "seed": args.seed, "steps": steps,
+    info = {"length": lengths[0] if len(set(lengths)) == 1 else args.length, "lengths": lengths, "num": args.num,
+            "seed": args.seed, "steps": steps,
             "rot_rate": flow_cfg.rot_rate, "noise_scale": flow_cfg.noise_scale, "langevin_eta": flow_cfg.langevin_eta,
             "langevin_temperature": flow_cfg.langevin_temperature, "compactness": flow_cfg.compactness,
             "device": str(device),

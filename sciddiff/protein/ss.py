@@ -62,15 +62,19 @@ def draw_ss_labels(library: list[str], length: int, rng: np.random.Generator, wi
     return torch.tensor([SS_CODES.index(source[i]) for i in index], dtype=torch.long)
 
 
-def chain_labels(spec: str, length: int, seeds: list, library: list[str] | None) -> list[Tensor] | None:
-    """Per-chain labels for `sciddiff backbone sample --ss SPEC`: "none" -> None (unconditional); "natural" -> drawn from
-    `library` with a generator seeded by (*seed, 1) per chain, so chain i's labels depend on its seed only; otherwise SPEC
-    is one H/E/L string used for every chain."""
+def chain_labels(spec: str, length: int | list[int], seeds: list, library: list[str] | None) -> list[Tensor] | None:
+    """Per-chain labels for `sciddiff backbone sample --ss SPEC` (`length`: one for all chains or one per chain):
+    "none" -> None (unconditional); "natural" -> drawn from `library` with a generator seeded by (*seed, 1) per chain,
+    so chain i's labels depend on its seed only; otherwise SPEC is one H/E/L string used for every chain."""
+    lengths = [length] * len(seeds) if isinstance(length, int) else list(length)
     if spec == "none":
         return None
     if spec == "natural":
         if not library:
             raise ValueError("this checkpoint has no secondary-structure library for --ss natural")
-        return [draw_ss_labels(library, length, np.random.default_rng([*np.atleast_1d(s).tolist(), 1])) for s in seeds]
-    labels = parse_ss(spec, length)
+        return [draw_ss_labels(library, n, np.random.default_rng([*np.atleast_1d(s).tolist(), 1]))
+                for n, s in zip(lengths, seeds)]
+    if len(set(lengths)) > 1:
+        raise ValueError("one secondary-structure string fits one length; give a single --length")
+    labels = parse_ss(spec, lengths[0])
     return [labels] * len(seeds)
