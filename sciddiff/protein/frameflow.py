@@ -17,10 +17,11 @@ chain shares its chain's t). Time runs from 0 (noise) to 1 (data). Translations 
   model samples both with and without a target secondary structure.
 - Sampling: the core's Euler sampler on geodesics with an exponential rotation schedule of rate 20 (FrameFlow uses 10;
   20 gave more secondary structure and better Ramachandran on tuning seeds) and the translation prior scaled by
-  `noise_scale` (a temperature), optionally with the core's Langevin term on translations (`langevin_eta`,
-  `langevin_temperature`: low-temperature sampling), feeding each step's clean prediction back as the next step's
-  self-conditioning input; frames are idealized (`refine`) and become
-  ideal 4-atom backbones.
+  `noise_scale` (a temperature), with the core's Langevin term on translations (`langevin_eta`,
+  `langevin_temperature`: low-temperature sampling) and, while t < `compactness_until`, predicted chains more extended
+  than the natural radius-of-gyration fit pulled back toward it (`contract_to_natural_rg`, an RFdiffusion-style
+  potential), feeding each step's clean prediction back as the next step's self-conditioning input; frames are
+  idealized (`refine`) and become ideal 4-atom backbones.
 """
 from __future__ import annotations
 
