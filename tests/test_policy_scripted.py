@@ -15,10 +15,28 @@ NEAR_GOAL = np.array([120.0, 420.0, 280.0, 240.0, np.pi / 4 + 0.3])  # block 30 
 
 def test_planner_finishes_a_push_near_the_goal():
     ep = run_episode(PushPlanner(), seed=0, render=False, start_state=NEAR_GOAL)
+    assert np.allclose(ep.states[0], NEAR_GOAL, atol=1e-6)  # the episode starts where it was asked to
     assert ep.success and ep.max_coverage > pusht.SUCCESS_COVERAGE
     assert len(ep.actions) < 150 and len(ep.states) == len(ep.actions) == len(ep.contacts)
     acts = np.asarray(ep.actions)
     assert ((acts >= 0) & (acts <= 512)).all()
+
+
+@pytest.mark.parametrize("obs_type", ["state", "pixels_agent_pos"])
+def test_reset_to_state_restores_the_block_pose(obs_type):
+    """gym-pusht's own reset_to_state sets the position before the angle and lands tens of px off a turned block."""
+    import gymnasium as gym
+    env = gym.make(pusht.ENV_ID, obs_type=obs_type)
+    for angle in (0.0, 1.2, -2.5):
+        state = np.array([100.0, 400.0, 300.0, 200.0, angle])
+        obs = pusht.reset_to_state(env, state, seed=0)
+        u = env.unwrapped
+        assert np.allclose([*u.agent.position, *u.block.position, u.block.angle], state, atol=1e-6)
+        assert np.allclose(obs["agent_pos"] if obs_type != "state" else obs[:2], state[:2])
+        if obs_type == "state":
+            assert np.allclose(obs[:4], state[:4], atol=1e-4)
+            assert np.isclose(np.cos(obs[4] - state[4]), 1.0)  # the obs wraps the angle to [0, 2 pi)
+    env.close()
 
 
 def test_approach_goes_around_the_block():

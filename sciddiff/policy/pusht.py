@@ -51,6 +51,20 @@ def obs_to_features(obs, obs_type: str) -> dict[str, np.ndarray]:
     raise ValueError(f"unsupported PushT obs_type {obs_type!r}")
 
 
+def reset_to_state(env, state: np.ndarray, seed: int | None = None):
+    """Reset a gym-pusht env and put it in `state` (agent x, y, block x, y, angle) -> the observation there.
+    gym-pusht's own `reset_to_state` option sets the block's position before its angle; pymunk turns a body about its
+    centre of gravity, which is off the T's origin, so the block lands up to ~90 px away from a recorded state. Here
+    the angle is set first, which restores the demonstrations' states exactly."""
+    env.reset(seed=seed)
+    u = env.unwrapped
+    u.agent.position = tuple(float(v) for v in state[:2])
+    u.block.angle = float(state[4])
+    u.block.position = tuple(float(v) for v in state[2:4])
+    u.space.step(u.dt)  # as gym-pusht does after setting a state: contacts and shape positions take effect
+    return u.get_obs()
+
+
 def render_random_states(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n frames (n, 96, 96, 3) uint8 of random PushT states, drawn as gym-pusht's reset draws them (agent in [50, 450]^2,
     block in [100, 400]^2, angle uniform), rendered by the env itself, and the states (n, 5) it settled in (one physics

@@ -198,7 +198,7 @@ def run_episode(planner: PushPlanner, seed: int, render: bool = True, start_stat
 
     c = planner.config
     env = gym.make(pusht.ENV_ID, obs_type="pixels_agent_pos" if render else "state")
-    obs, _ = env.reset(seed=seed, options=None if start_state is None else {"reset_to_state": start_state})
+    obs = env.reset(seed=seed)[0] if start_state is None else pusht.reset_to_state(env, start_state, seed)
     u, ep = env.unwrapped, Episode(seed=seed)
 
     def state() -> np.ndarray:
