@@ -1,6 +1,8 @@
 """Scripted PushT demonstrator: it finishes pushes in the real gym-pusht env and writes the paper's zarr layout."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from shapely.geometry import LineString
@@ -86,3 +88,31 @@ def test_failed_episodes_are_written_only_when_asked(tmp_path):
     assert main(["--out", str(out), "--episodes", "1", "--max-steps", "5", "--no-images", "--keep-failures"]) == 0
     buf = ReplayBuffer.open(out)
     assert buf.n_steps == 5 and buf.keys == ["action", "n_contacts", "state"]
+
+
+def test_complete_appends_the_last_push_to_recorded_episodes(tmp_path, capsys):
+    src = tmp_path / "human.zarr"
+    buf = ReplayBuffer.create(src)
+    states = np.stack([NEAR_GOAL + [0.0, 5.0 * k, 0.0, 0.0, 0.0] for k in range(3, -1, -1)])  # ends at NEAR_GOAL
+    recorded = {"state": states.astype(np.float32), "action": states[:, :2].astype(np.float32),
+                "n_contacts": np.zeros((4, 1), np.float32)}
+    buf.add_episode(recorded)
+    buf.add_episode({k: v[:2] for k, v in recorded.items()})
+    out = tmp_path / "completed.zarr"
+    assert main(["--complete", str(src), "--out", str(out), "--episodes", "1", "--no-images"]) == 0
+    done = ReplayBuffer.open(out)
+    assert done.n_episodes == 1 and done.keys == ["action", "n_contacts", "state"]
+    ep = done.get_episode(0)
+    assert np.array_equal(ep["state"][:4], recorded["state"]) and np.array_equal(ep["action"][:4], recorded["action"])
+    assert np.allclose(ep["state"][4], NEAR_GOAL, atol=1e-4)  # the planner starts from the last recorded state
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["success_rate"] == 1.0 and summary["mean_steps"] == done.n_steps - 4
+    # replaying the appended actions from the last recorded state reaches success
+    import gymnasium as gym
+    env = gym.make(pusht.ENV_ID, obs_type="state")
+    pusht.reset_to_state(env, NEAR_GOAL, seed=0)
+    coverage = max(env.step(a)[-1]["coverage"] for a in ep["action"][4:])
+    env.close()
+    assert coverage > pusht.SUCCESS_COVERAGE
+    assert main(["--complete", str(src), "--out", str(tmp_path / "x.zarr")]) == 2  # no frames to copy
+    assert "--no-images" in capsys.readouterr().err

@@ -241,24 +241,51 @@ def run_episode(planner: PushPlanner, seed: int, render: bool = True, start_stat
     return ep
 
 
-def write_episodes(path: str | Path, episodes: list[Episode]) -> None:
-    """Append episodes to a replay buffer (created if missing), in the paper's layout."""
+def episode_arrays(ep: Episode) -> dict[str, np.ndarray]:
+    """An episode as replay-buffer arrays in the paper's layout (`img` only when frames were rendered)."""
+    data = {"state": np.asarray(ep.states, np.float32), "action": np.asarray(ep.actions, np.float32),
+            "n_contacts": np.asarray(ep.contacts, np.float32)[:, None]}
+    if ep.frames:
+        data["img"] = np.asarray(ep.frames, np.float32)
+    return data
+
+
+def append_episode(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Append one episode's arrays to a replay buffer (created if missing)."""
     from sciddiff.policy.replay_buffer import ReplayBuffer
 
     path = Path(path)
-    buffer = ReplayBuffer.open(path, mode="a") if path.exists() else ReplayBuffer.create(path)
+    (ReplayBuffer.open(path, mode="a") if path.exists() else ReplayBuffer.create(path)).add_episode(arrays)
+
+
+def write_episodes(path: str | Path, episodes: list[Episode]) -> None:
+    """Append episodes to a replay buffer (created if missing), in the paper's layout."""
     for ep in episodes:
-        data = {"state": np.asarray(ep.states, np.float32), "action": np.asarray(ep.actions, np.float32),
-                "n_contacts": np.asarray(ep.contacts, np.float32)[:, None]}
-        if ep.frames:
-            data["img"] = np.asarray(ep.frames, np.float32)
-        buffer.add_episode(data)
+        append_episode(path, episode_arrays(ep))
+
+
+def complete_episode(planner: PushPlanner, recorded: dict[str, np.ndarray], seed: int = 0,
+                     render: bool = False) -> tuple[dict[str, np.ndarray], Episode]:
+    """A recorded episode (replay-buffer arrays) followed by the planner's pushes from its last recorded state until
+    coverage exceeds 0.95 -> (arrays, the planner's episode). The PushT human demonstrations stop just short of
+    success (peak coverage ~0.90), so no demonstration shows the last push; this appends one. The planner starts from
+    that state at rest; when it fails, the recording comes back unchanged."""
+    ep = run_episode(planner, seed, render=render, start_state=np.asarray(recorded["state"][-1], float))
+    if not ep.success:
+        return dict(recorded), ep
+    added = episode_arrays(ep)
+    return {k: np.concatenate([np.asarray(v, np.float32), added[k]]) for k, v in recorded.items()}, ep
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="zarr replay buffer to create or append to")
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=int, default=None,
+                   help="episodes to write (default 10), or with --complete the first N recorded ones (default all)")
     p.add_argument("--seed", type=int, default=0, help="first env seed (episodes use seed, seed+1, ...)")
+    p.add_argument("--complete", type=Path, default=None, metavar="ZARR",
+                   help="instead of new episodes, copy each episode of this replay buffer (e.g. the human PushT "
+                        "demonstrations, which stop short of success) and append the planner's pushes from its last "
+                        "state until coverage > 0.95 (episodes it cannot finish are copied unchanged)")
     p.add_argument("--max-steps", type=int, default=PlannerConfig.max_steps)
     p.add_argument("--no-images", action="store_true", help="skip data/img (state-only demonstrations, ~2x faster)")
     p.add_argument("--keep-failures", action="store_true", help="also write episodes that never reached 0.95")
@@ -272,33 +299,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_demos(args: argparse.Namespace) -> int:
+    from sciddiff.policy.replay_buffer import ReplayBuffer
     from sciddiff.train.log import progress
 
+    source = ReplayBuffer.open(args.complete) if args.complete else None
+    if args.episodes is None:
+        args.episodes = source.n_episodes if source else 10
     if args.episodes < 1 or args.max_steps < 1:
         raise UserError("--episodes and --max-steps must be at least 1")
+    want = sorted(["action", "n_contacts", "state"] + ([] if args.no_images else ["img"]))
+    if source and set(want) - set(source.keys):
+        raise UserError(f"{args.complete} has {source.keys}, not {want} (add --no-images for state-only episodes)")
     if Path(args.out).exists():  # appending: the episodes must have the store's arrays (checked before any work)
-        from sciddiff.policy.replay_buffer import ReplayBuffer
-
         keys = ReplayBuffer.open(args.out).keys
-        want = sorted(["action", "n_contacts", "state"] + ([] if args.no_images else ["img"]))
         if keys and keys != want:
             raise UserError(f"{args.out} holds {keys}; these episodes would have {want} "
                             f"({'drop' if args.no_images else 'add'} --no-images or choose another --out)")
     planner = PushPlanner(PlannerConfig(max_steps=args.max_steps, seed=args.seed))
+    episodes = range(min(args.episodes, source.n_episodes)) if source else range(args.seed, args.seed + args.episodes)
     rows, t0 = [], time.perf_counter()
-    bar = progress(range(args.seed, args.seed + args.episodes), desc="scripted demos", unit="episode")
-    for seed in bar:
+    bar = progress(episodes, desc="completing demos" if source else "scripted demos", unit="episode")
+    for i in bar:
         t = time.perf_counter()
-        ep = run_episode(planner, seed, render=not args.no_images)
-        rows.append({"seed": seed, "max_coverage": round(ep.max_coverage, 4), "success": ep.success,
-                     "steps": len(ep.actions), "pushes": ep.pushes, "seconds": round(time.perf_counter() - t, 2)})
-        if ep.success or args.keep_failures:
-            write_episodes(args.out, [ep])  # one episode at a time: an interrupted run keeps what it finished
+        if source:  # one episode at a time: an interrupted run keeps what it finished
+            arrays, ep = complete_episode(planner, source.get_episode(i, want), args.seed + i, not args.no_images)
+            append_episode(args.out, arrays)
+        else:
+            ep = run_episode(planner, i, render=not args.no_images)
+            if ep.success or args.keep_failures:
+                write_episodes(args.out, [ep])
+        rows.append({"episode" if source else "seed": i, "max_coverage": round(ep.max_coverage, 4),
+                     "success": ep.success, "steps": len(ep.actions), "pushes": ep.pushes,
+                     "seconds": round(time.perf_counter() - t, 2)})
         bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.0%}")
     summary = {"episodes": len(rows), "success_rate": float(np.mean([r["success"] for r in rows])),
                "mean_max_coverage": float(np.mean([r["max_coverage"] for r in rows])),
                "mean_steps": float(np.mean([r["steps"] for r in rows])),
                "seconds_per_episode": (time.perf_counter() - t0) / len(rows), "out": str(args.out), "per_episode": rows}
+    if source:
+        summary["completed_from"] = str(args.complete)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
     if args.metrics_json:
         from sciddiff.train.checkpoint import atomic_file
