@@ -130,3 +130,11 @@ def test_extra_demonstrations_train_and_validation_stays_on_data(tmp_path):
     policy = load_policy(tmp_path / "run" / "policy.pt")
     assert policy.config.extra["train_episodes"] == 5 + 3 and max(policy.config.extra["val_episodes"]) < 6
     assert meta["extra_data"] == [str(extra)] and f"--extra-data {extra}" in meta["command"]
+
+
+def test_cli_train_reports_bad_data_in_one_line(tmp_path, capsys):
+    from sciddiff.cli import main
+
+    assert main(["policy", "train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "none.zarr"),
+                 "--steps", "1"]) == 2
+    assert capsys.readouterr().err.strip() == f"sciddiff policy: error: no dataset at {tmp_path / 'none.zarr'}"

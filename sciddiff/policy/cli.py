@@ -71,7 +71,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from sciddiff.policy.train import train
 
-    args.command = shlex.join(["sciddiff", *sys.argv[1:]])
+    args.command_line = shlex.join(["sciddiff", *sys.argv[1:]])
     train(args)
     return 0
 

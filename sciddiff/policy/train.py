@@ -262,7 +262,7 @@ def train(args: argparse.Namespace) -> dict:
         schedule_seconds = args.schedule_seconds or state.get("schedule_seconds") or schedule_seconds
         print(f"resuming from step {step} ({elapsed_before:.0f} s trained)", flush=True)
 
-    command = getattr(args, "command", None) or command_line(args)
+    command = getattr(args, "command_line", None) or command_line(args)
     meta_base = {"command": command, "data": str(data_path), "extra_data": [str(path) for path in args.extra_data],
                  "batch_size": args.batch_size, "lr": lr,
                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
