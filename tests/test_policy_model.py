@@ -1,6 +1,8 @@
 """1D U-Net with FiLM, image encoder, the policy's sampling interface and its checkpoint files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -193,3 +195,21 @@ def test_image_transfer_bad_input_is_one_line(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "run"), "--state-policy", str(bogus), "--data", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: cannot load")
     assert not (tmp_path / "run").exists()
+
+
+def test_reusing_the_shipped_encoder_rebuilds_the_shipped_image_policy(tmp_path, capsys):
+    """`--encoder-from`: the shipped image policy's encoder under the shipped state policy's U-Net is the shipped image
+    policy, bit for bit (its own sampler kept); a state policy as the donor is refused in one line."""
+    from sciddiff.policy.image_transfer import main
+    from sciddiff.policy.io import load_policy
+
+    shipped = Path(__file__).resolve().parents[1] / "data" / "policy"
+    assert main(["--encoder-from", str(shipped / "pusht_image.pt"), "--state-policy", str(shipped / "pusht_state.pt"),
+                 "--out", str(tmp_path / "run")]) == 0
+    rebuilt, image = load_policy(tmp_path / "run" / "policy.pt"), load_policy(shipped / "pusht_image.pt")
+    assert rebuilt.config.sampler == image.config.sampler
+    ours, theirs = rebuilt.state_dict(), image.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    capsys.readouterr()
+    assert main(["--encoder-from", str(shipped / "pusht_state.pt"), "--out", str(tmp_path / "bad")]) == 2
+    assert "--encoder-from an image policy" in capsys.readouterr().err and not (tmp_path / "bad").exists()

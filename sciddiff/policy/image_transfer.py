@@ -84,6 +84,35 @@ def vertex_error_px(state_policy: DiffusionPolicy, pred: torch.Tensor, target: t
     return float(((pred - target) * scale).reshape(-1, 8, 2).norm(dim=-1).mean())
 
 
+def reuse_encoder(args: argparse.Namespace) -> dict:
+    """Stage 2 alone: the encoder of an image policy built here (`--encoder-from`) under another state policy's U-Net,
+    e.g. after the state policy was trained further (its normalizers must be the ones the encoder was trained for)."""
+    from sciddiff.policy.cli import load_checkpoint_or_fail
+
+    state_policy = load_checkpoint_or_fail(Path(args.state_policy))
+    donor = load_checkpoint_or_fail(Path(args.encoder_from))
+    if state_policy.config.obs_type != "state" or donor.config.obs_type != "image":
+        raise UserError("--state-policy must be a state policy and --encoder-from an image policy")
+    config = image_config(state_policy.config, donor.config.vision_channels, donor.config.vision_keypoints)
+    config.sampler, config.num_inference_steps = donor.config.sampler, donor.config.num_inference_steps  # its own choice
+    if config.to_dict() | {"extra": {}} != donor.config.to_dict() | {"extra": {}}:
+        raise UserError(f"{args.encoder_from} was not built for a U-Net like {args.state_policy}'s")
+    # the image policy keeps only the agent part of the state normalizer; a state policy fine-tuned with --init keeps all
+    state_norm, agent_norm = state_policy.state_normalizer, donor.state_normalizer
+    if not (torch.equal(state_norm.low[:AGENT_DIMS], agent_norm.low) and torch.equal(state_norm.high[:AGENT_DIMS], agent_norm.high)):
+        raise UserError(f"{args.state_policy} normalizes observations differently from {args.encoder_from}")
+    policy = image_policy_from_state(state_policy, donor.encoder, config)
+    meta = {"command": " ".join(["python -m sciddiff.policy.image_transfer", *sys.argv[1:]]),
+            "state_policy": str(args.state_policy), "encoder_from": str(args.encoder_from),
+            **{k: v for k, v in donor.meta.items() if k.startswith("encoder") or k.startswith("val_")},
+            "device": "cpu", "torch": str(torch.__version__)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_policy(out / "policy.pt", policy, meta)
+    print(f"wrote {out / 'policy.pt'}: the encoder of {args.encoder_from} under the U-Net of {args.state_policy}")
+    return meta
+
+
 def train_vertex_encoder(args: argparse.Namespace) -> dict:
     """Stage 1 (resumable: re-running the same command continues from OUT/train_state.pt), then stage 2 at each
     checkpoint: OUT/policy.pt is always a complete image policy."""
@@ -194,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trained state policy whose U-Net and normalizers are reused (default: the shipped one)")
     p.add_argument("--data", default=str(default_zarr()), help="PushT zarr with data/img frames (default: shared data)")
     p.add_argument("--out", required=True, help="run folder: policy.pt, train_state.pt, log.csv (resumed if present)")
+    p.add_argument("--encoder-from", default=None, metavar="IMAGE_POLICY",
+                   help="no training: put this image policy's encoder (built here) under --state-policy's U-Net")
     p.add_argument("--max-seconds", type=float, default=2700.0, help="encoder training budget over all runs")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -210,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(train_vertex_encoder, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    return run_command(reuse_encoder if args.encoder_from else train_vertex_encoder, args)
 
 
 if __name__ == "__main__":
