@@ -302,6 +302,8 @@ def run_demos(args: argparse.Namespace) -> int:
     from sciddiff.policy.replay_buffer import ReplayBuffer
     from sciddiff.train.log import progress
 
+    if args.complete and Path(args.complete).resolve() == Path(args.out).resolve():
+        raise UserError("--complete and --out must be different stores (the copies are appended to --out)")
     source = ReplayBuffer.open(args.complete) if args.complete else None
     if args.episodes is None:
         args.episodes = source.n_episodes if source else 10
