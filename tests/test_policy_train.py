@@ -72,6 +72,25 @@ def test_training_resumes_where_it_stopped(tmp_path):
         train(build_parser().parse_args([*common, "--steps", "30", "--down-dims", "8,16"]))
 
 
+def test_init_takes_network_and_normalizers_from_the_checkpoint(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    common = ["--data", str(data), "--batch-size", "8", "--val-episodes", "0", "--threads", "1", "--device", "cpu"]
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "a"), "--steps", "2", "--down-dims", "16,32"]))
+    first = load_policy(tmp_path / "a" / "policy.pt")
+    # the model options given here (default widths) are ignored: the run continues the checkpoint's network
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "b"), "--steps", "0",
+                                     "--init", str(tmp_path / "a" / "policy.pt"), "--sampler", "ddim_trailing"]))
+    second = load_policy(tmp_path / "b" / "policy.pt")
+    assert second.config.down_dims == (16, 32) and second.config.sampler == "ddim_trailing"
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    with pytest.raises(UserError, match="expects state observations"):  # image data cannot continue a state policy
+        images = _demo_store(tmp_path / "img.zarr", n_episodes=2, length=20, images=True)
+        train(build_parser().parse_args(["--data", str(images), "--obs-type", "image", "--out", str(tmp_path / "c"),
+                                         "--steps", "1", "--batch-size", "4", "--val-episodes", "0", "--device", "cpu",
+                                         "--init", str(tmp_path / "a" / "policy.pt")]))
+
+
 def test_image_policy_trains_end_to_end(tmp_path):
     data = _demo_store(tmp_path / "img.zarr", n_episodes=2, length=20, images=True)
     summary = train(build_parser().parse_args(

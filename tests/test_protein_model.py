@@ -49,6 +49,20 @@ def test_denoiser_is_se3_equivariant_in_float64():
     assert frameflow.center(trans2, batch).sub(trans2).abs().max() < 1e-12
 
 
+def test_denoiser_runs_under_bf16_autocast_with_float32_frames():
+    """GPU training runs the forward under bf16 autocast (here on the CPU): the features go bf16, the frames stay float32."""
+    net = FrameDenoiser(TINY)
+    _randomise(net)
+    rot, trans, batch, ri, g = _two_chains(torch.float32)
+    t = torch.rand(50, generator=g)
+    rot1, trans1 = net(rot, trans, t, batch, ri)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rot2, trans2 = net(rot, trans, t, batch, ri)
+    assert rot2.dtype == trans2.dtype == torch.float32
+    assert torch.allclose(rot2.transpose(-1, -2) @ rot2, torch.eye(3).expand(50, 3, 3), atol=1e-5)
+    assert (trans2 - trans1).abs().max() < 0.1 * (trans1 - trans).abs().max()  # bf16 features: close, not equal
+
+
 def test_graph_has_sequence_neighbours_and_no_cross_chain_edges():
     rot, trans, batch, ri, _ = _two_chains(torch.float32)
     cfg = DenoiserConfig(k=5, k_sc=0, seq_window=2)
@@ -97,6 +111,23 @@ def test_length_balanced_chain_sampling_favours_short_chains():
         assert all(int(data.lengths[d].sum()) <= 60 and len(set(d.tolist())) == len(d) for d in draws)
         first[balance] = np.bincount([int(d[0]) for d in draws], minlength=8)
     assert first[4.0][0] > 2 * first[0.0][0] and first[4.0][7] < first[0.0][7] / 2  # shortest chain first more often
+
+
+def test_training_loss_with_bf16_network_matches_float32():
+    """amp=True (bf16 autocast, as on CUDA; here the CPU's) runs only the network in bf16: the loss stays close."""
+    torch.manual_seed(0)
+    chains = _tiny_chain_set()
+    net = FrameDenoiser(TINY)
+    _randomise(net, seed=1)
+    b = chains.batch(torch.arange(len(chains)))
+    x_data = {"rot": b["rot"], "trans": b["trans"]}
+    cfg = frameflow.FlowConfig(self_condition=1.0)
+    losses = [frameflow.training_loss(net, x_data, b["batch"], b["residue_index"], cfg, torch.Generator().manual_seed(3),
+                                      amp=amp)[0] for amp in (False, True)]
+    assert losses[1].dtype == torch.float32 and torch.isfinite(losses[1])
+    assert abs(float(losses[1] - losses[0])) < 0.05 * float(losses[0])
+    losses[1].backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
 
 
 def test_tiny_training_run_lowers_the_loss():

@@ -1,9 +1,10 @@
 #!/bin/bash
-# Train the PushT state and image diffusion policies concurrently on one GPU (run from the repo root).
+# Train three PushT diffusion policies concurrently on one GPU (run from the repo root): a state policy from scratch,
+# the shipped state policy fine-tuned, and the shipped image policy fine-tuned end to end.
 # Needs only python3 + torch + numpy + tqdm there; data = .gpu/policy/pusht_{state,image}.npz, made on the CPU with
 #   sciddiff policy prepare --obs-type state --out .gpu/policy/pusht_state.npz   (and --obs-type image)
-# Returns 2 files: $OUT/policy_state.tar and $OUT/policy_image.tar (policy.pt + policy.json + log.csv + train.log each;
-# the state tar also holds latency.log: CPU ms per action chunk on 2 pinned cores).
+# Returns 3 files: $OUT/policy_{state,state_ft,image}.tar (policy.pt + policy.json + log.csv + train.log each;
+# measure CPU latency back on the dev machine: python -m sciddiff.policy.latency CKPT --threads 2).
 # POLICY_SECONDS: training seconds per process after data loading (default 400; the whole script takes ~+40 s).
 # POLICY_STATE_DATA: the state run's data (default .gpu/policy/pusht_completed_state.npz when present: the human demos
 #   completed by the planner, which lifted the CPU policy's success 62 -> 69%; made with
@@ -19,32 +20,34 @@ BUDGET=${POLICY_SECONDS:-400}
 WORK=$(mktemp -d /tmp/policy_gpu.XXXX)
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-# CPU latency of the shipped (CPU-trained) state policy on 2 pinned cores, before the GPU work starts (~10 s)
-pin() { if command -v taskset >/dev/null; then taskset -c 0,1 "$@"; else "$@"; fi; }
-pin python3 -m sciddiff.policy.latency data/policy/pusht_state.pt --threads 2 --repeats 50 \
-    --settings default,ddim:8,dpmpp_2m:4 > $WORK/latency.log 2>&1
-cat $WORK/latency.log
-common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler dpmpp_2m --inference-steps 5 ${POLICY_EXTRA:-}"
+common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler ddim_trailing --inference-steps 8 ${POLICY_EXTRA:-}"
 STATE_DATA=${POLICY_STATE_DATA:-.gpu/policy/pusht_completed_state.npz}
 [ -f "$STATE_DATA" ] || STATE_DATA=.gpu/policy/pusht_state.npz
-echo "state data: $STATE_DATA"
+IMAGE_DATA=${POLICY_IMAGE_DATA:-.gpu/policy/pusht_completed_image.npz}
+[ -f "$IMAGE_DATA" ] || IMAGE_DATA=.gpu/policy/pusht_image.npz
+echo "state data: $STATE_DATA  image data: $IMAGE_DATA"
+# 1. state policy from scratch (the "one 10-minute GPU run"; its steps/s and samples/s are the throughput)
 python3 -m sciddiff.policy.train --data $STATE_DATA --obs-type state --out $WORK/policy_state \
     --state $WORK/state_train.pt --batch-size 1024 $common ${POLICY_STATE_EXTRA:-} > $WORK/state.log 2>&1 &
 pid_state=$!
-python3 -m sciddiff.policy.train --data .gpu/policy/pusht_image.npz --obs-type image --out $WORK/policy_image \
-    --state $WORK/image_train.pt --batch-size 512 $common > $WORK/image.log 2>&1 &
+# 2. the shipped (CPU-trained) state policy, fine-tuned at batch 1024 on the same data
+python3 -m sciddiff.policy.train --data $STATE_DATA --obs-type state --out $WORK/policy_state_ft \
+    --state $WORK/state_ft_train.pt --batch-size 1024 --init data/policy/pusht_state.pt --lr 2e-4 --warmup-steps 200 \
+    $common > $WORK/state_ft.log 2>&1 &
+pid_state_ft=$!
+# 3. the shipped image policy (CPU vertex encoder + state U-Net) fine-tuned END TO END (encoder + U-Net, diffusion loss)
+python3 -m sciddiff.policy.train --data $IMAGE_DATA --obs-type image --out $WORK/policy_image \
+    --state $WORK/image_train.pt --batch-size 512 --init data/policy/pusht_image.pt --lr 1e-4 --warmup-steps 200 \
+    $common --sampler dpmpp_2m --inference-steps 6 > $WORK/image.log 2>&1 &
 pid_image=$!
 wait $pid_state; rc_state=$?
+wait $pid_state_ft; rc_state_ft=$?
 wait $pid_image; rc_image=$?
-pin python3 -m sciddiff.policy.latency $WORK/policy_state/policy.pt $WORK/policy_image/policy.pt --threads 2 \
-    --repeats 50 --settings default >> $WORK/latency.log 2>&1
-tail -n 4 $WORK/latency.log
-cp $WORK/latency.log $WORK/policy_state/latency.log 2>/dev/null
-for kind in state image; do
+for kind in state state_ft image; do
     mkdir -p $WORK/policy_$kind
     tr '\r' '\n' < $WORK/$kind.log | grep -v '^train ' > $WORK/policy_$kind/train.log
     tail -n 4 $WORK/policy_$kind/train.log
     (cd $WORK && tar cf $OUT/policy_$kind.tar policy_$kind)
 done
-echo "exit codes: state=$rc_state image=$rc_image"
+echo "exit codes: state=$rc_state state_ft=$rc_state_ft image=$rc_image"
 ls -la $OUT

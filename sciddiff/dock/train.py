@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--save-every", type=float, default=60.0, help="seconds between checkpoints")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None,
+                   help="start a new run from the weights of this score_model.pt (its architecture; fresh optimizer)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (ignored on CUDA)")
     p.add_argument("--ns", type=int, default=ScoreModelConfig.ns)
     p.add_argument("--nv", type=int, default=ScoreModelConfig.nv)
@@ -70,10 +72,18 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
     cfg = ScoreModelConfig(ns=args.ns, nv=args.nv, rec_layers=args.rec_layers, lig_layers=args.lig_layers)
+    init = None
     if state_path.exists():  # the architecture of a resumed run is the one it started with
         cfg = ScoreModelConfig(**load_checkpoint(state_path)["config"])
+    elif args.init:
+        if not Path(args.init).is_file():
+            raise SystemExit(f"error: --init {args.init} not found")
+        init = load_checkpoint(args.init, map_location="cpu")
+        cfg = ScoreModelConfig(**init["config"])
     data = TrainSet(args.data, device, cfg)
     model = ScoreModel(cfg).to(device)
+    if init is not None:
+        model.load_state_dict(init["weights"])
     ema = EMA(model, decay=args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-6)
     step = 0

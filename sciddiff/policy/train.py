@@ -18,6 +18,7 @@ GPU (no gymnasium/zarr needed there; data prepared here with `sciddiff policy pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shlex
@@ -53,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="run directory (created; an existing run is resumed)")
     g.add_argument("--state", type=Path, default=None, help="full training state file (default: OUT/train_state.pt)")
-    g.add_argument("--init", type=Path, default=None, help="start from the weights of this policy checkpoint")
+    g.add_argument("--init", type=Path, default=None, help="start from this policy checkpoint: its network, weights and normalizers "
+                        "(the model options below are then ignored)")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (length of the LR schedule)")
     g.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of this run")
     g.add_argument("--schedule-seconds", type=float, default=None,
@@ -221,15 +223,19 @@ def train(args: argparse.Namespace) -> dict:
         action_dim=arrays["action"].shape[-1], down_dims=_ints(args.down_dims), prediction_type=args.prediction_type,
         sampler=args.sampler, num_inference_steps=args.inference_steps, vision_channels=_ints(args.vision_channels),
         extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
-    policy = DiffusionPolicy(config)
-    if args.init:
+    if args.init:  # the network (and its normalizers) come from the checkpoint; the model options are ignored
         from sciddiff.policy.io import load_policy
         init = load_policy(args.init)
-        inference_only = {"extra": {}, "sampler": "", "num_inference_steps": 0}  # not part of the weights
-        if init.config.to_dict() | inference_only != config.to_dict() | inference_only:
-            raise UserError(f"--init {args.init} has a different network configuration than this run")
+        data_shape = {"obs_type": config.obs_type, "state_dim": config.state_dim, "action_dim": config.action_dim}
+        if {k: getattr(init.config, k) for k in data_shape} != data_shape:
+            raise UserError(f"--init {args.init} expects {init.config.obs_type} observations of "
+                            f"{init.config.state_dim} features and {init.config.action_dim} actions, not {data_shape}")
+        config = dataclasses.replace(init.config, sampler=args.sampler, num_inference_steps=args.inference_steps,
+                                     extra={**init.config.extra, **config.extra})
+        policy = DiffusionPolicy(config)
         policy.load_state_dict(init.state_dict())
     else:  # normalizers fitted on every episode (train and val), as Diffusion Policy does
+        policy = DiffusionPolicy(config)
         key = OBS_KEYS[args.obs_type][-1]
         policy.state_normalizer.load_state_dict(type(policy.state_normalizer).fit(arrays[key]).state_dict())
         policy.action_normalizer.load_state_dict(type(policy.action_normalizer).fit(arrays["action"]).state_dict())

@@ -75,9 +75,13 @@ def sample_noise(batch: Tensor, generator: torch.Generator | None = None, rot_si
 
 
 def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, residue_index: Tensor,
-                  cfg: FlowConfig, generator: torch.Generator | None = None, ss: Tensor | None = None
-                  ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One flow-matching training loss on a batch of clean frames (see module doc); returns (loss, parts)."""
+                  cfg: FlowConfig, generator: torch.Generator | None = None, ss: Tensor | None = None,
+                  amp: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+    """One flow-matching training loss on a batch of clean frames (see module doc); returns (loss, parts).
+
+    `amp`: run the network under bf16 autocast. Only the network: noising, interpolation and the losses compose rotations
+    and must stay float32 (bf16 matmuls there would feed the network non-orthogonal frames and skew the targets).
+    """
     num_chains = int(batch.max()) + 1
     device = batch.device
     t_chain = cfg.min_t + (1.0 - cfg.min_t) * torch.rand(num_chains, generator=generator, device=device)
@@ -91,10 +95,11 @@ def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, 
 
     def model(x_t: dict[str, Tensor], t_: Tensor) -> dict[str, Tensor]:
         sc = None
-        if use_sc:
-            with torch.no_grad():
-                sc = net(x_t["rot"], x_t["trans"], t_, batch, residue_index, ss=ss)[1]
-        rot, trans = net(x_t["rot"], x_t["trans"], t_, batch, residue_index, sc_trans=sc, ss=ss)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if use_sc:
+                with torch.no_grad():
+                    sc = net(x_t["rot"], x_t["trans"], t_, batch, residue_index, ss=ss)[1]
+            rot, trans = net(x_t["rot"], x_t["trans"], t_, batch, residue_index, sc_trans=sc, ss=ss)
         captured["x1"] = {"trans": trans.float(), "rot": rot.float()}
         return captured["x1"]
 

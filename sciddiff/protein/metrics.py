@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pydssp
 import torch
 
 from sciddiff.protein import geometry, ramachandran
@@ -68,6 +67,7 @@ def phi_psi(bb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def secondary_structure(bb: np.ndarray) -> np.ndarray:
     """DSSP 3-state string per residue ('-', 'H', 'E') from pydssp (hydrogens placed by pydssp)."""
+    import pydssp  # here, not at the top: training imports this module on GPU machines that lack pydssp
     index = pydssp.assign(np.asarray(bb, dtype=np.float32), out_type="index")
     return np.array(["-", "H", "E"])[np.asarray(index)]
 

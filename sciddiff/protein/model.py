@@ -110,11 +110,12 @@ class Block(nn.Module):
         v = v.to(acc).unflatten(-1, (self.heads, -1)) * attn.unsqueeze(-1)
         agg = torch.zeros(h.shape[0], v.shape[1] * v.shape[2], device=h.device, dtype=v.dtype)
         agg.index_add_(0, dst, v.flatten(1))
+        hp = self.heads * self.points
+        vp = self.value_points(x)  # under autocast: bf16, like the other feature maps
         with _full_precision(trans):
             # Value points go to global coordinates per residue, are averaged per edge, and come back to the centre's frame
             # per residue: R_i^T (sum_j a_ij (R_j p_j + x_j) - x_i), since the attention weights of a head sum to 1.
-            hp = self.heads * self.points
-            vp = self.value_points(x).to(trans.dtype).view(-1, hp, 3)
+            vp = vp.to(trans.dtype).view(-1, hp, 3)
             glob = (rot[:, None] @ vp.unsqueeze(-1)).squeeze(-1) + trans[:, None]
             weighted = glob[src] * attn.to(trans.dtype).repeat_interleave(self.points, dim=1)[..., None]
             summed = torch.zeros(h.shape[0], hp, 3, device=h.device, dtype=trans.dtype).index_add_(0, dst, weighted)

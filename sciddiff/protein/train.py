@@ -7,7 +7,8 @@ budget of this call. Every --ckpt-seconds (and at the end) it writes, atomically
 - OUT/state.pt: the full training state (for resuming);
 - OUT/model.pt: EMA weights only + model/flow config (the shipped checkpoint, ~2 MB; what `sciddiff backbone sample` loads);
 - OUT/log.csv: step, time, losses (train, and held-out val every --val-every steps), learning rate, residues/s.
-On CUDA the forward runs under bf16 autocast (frames are composed in float32 inside the model) and all data stays on the GPU.
+On CUDA the network runs under bf16 autocast (noising, losses and the frames inside the model stay float32) and all data
+stays on the GPU.
 Batches are whole chains up to --batch-residues residues in total.
 """
 from __future__ import annotations
@@ -32,7 +33,6 @@ from sciddiff.protein.ss import SS_UNKNOWN
 from sciddiff.train import (
     CSVLogger,
     atomic_file,
-    autocast,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
@@ -57,9 +57,8 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
     total = 0.0
     for _ in range(batches):
         b = data.batch(data.sample_chains(batch_residues, cpu_gen))
-        with autocast(device):
-            loss, _ = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"], cfg, gen,
-                                    ss=b["ss"])
+        loss, _ = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"], cfg, gen,
+                                ss=b["ss"], amp=device.type == "cuda")
         total += float(loss)
     return total / batches
 
@@ -134,9 +133,8 @@ def train(args: argparse.Namespace) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr
         b = train_set.batch(train_set.sample_chains(args.batch_residues, length_balance=args.length_balance))
-        with autocast(device):
-            loss, parts = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
-                                        flow_cfg, ss=b["ss"])
+        loss, parts = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
+                                    flow_cfg, ss=b["ss"], amp=device.type == "cuda")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
