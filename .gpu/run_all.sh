@@ -1,11 +1,12 @@
 #!/bin/bash
-# One GPU call trains every sciddiff model concurrently (run from the repo root on the device machine; carry .gpu).
+# One GPU call trains every sciddiff model concurrently (run from the repo root on the device machine).
 #   OUT=... bash .gpu/run_all.sh SECONDS
-# Returns 7 files (each < 16 MiB) under $OUT: policy_{state,state_ft,image}.tar, protein.tar, dock.tar, dock_optimizer.tar,
-# logs.tar ({policy,protein,dock,gpu}.txt). The backbone and docking runs
+# Carry the four data files (made on the CPU, docs/training.md): .gpu/policy/pusht_completed_{state,image}.npz
+# .gpu/protein/chains.pt .gpu/dock/train.pt. Returns 7 files (each < 16 MiB) under $OUT: policy_{state,state_ft,image}.tar,
+# protein.tar, dock.tar, dock_optimizer.tar, logs.tar ({policy,protein,dock,gpu}.txt). The backbone and docking runs
 # continue the shipped models (PROTEIN_EXTRA / DOCK_EXTRA override; the dock run resumes .gpu/dock/run/ when carried).
-# Carry the four data files: .gpu/policy/pusht_completed_{state,image}.npz .gpu/protein/chains.pt .gpu/dock/train.pt. CPU smoke test (blocks the packages the GPU machine lacks; see docs/training.md):
-#   OUT=/tmp/smoke POLICY_COMPILE= bash .gpu/run_all.sh 20
+# CPU smoke test (blocks the packages the GPU machine lacks):
+#   PYTHONPATH=.gpu/gpusim OUT=/tmp/smoke POLICY_COMPILE= POLICY_EXTRA="--threads 1" bash .gpu/run_all.sh 20
 set -u
 S=${1:-420}
 export PYTHONUNBUFFERED=1

@@ -103,6 +103,18 @@ def test_image_policy_trains_end_to_end(tmp_path):
     assert policy.predict_action(obs).shape == (1, 8, 2)
 
 
+def test_encoder_lr_scale_zero_freezes_the_image_encoder(tmp_path):
+    data = _demo_store(tmp_path / "img.zarr", n_episodes=2, length=20, images=True)
+    common = ["--data", str(data), "--obs-type", "image", "--batch-size", "4", "--val-episodes", "0", "--lr", "1e-2",
+              "--warmup-steps", "1", "--ema-power", "0.01", *SMALL]  # EMA decay ~0.02: it follows the weights
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "a"), "--steps", "1"]))
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "b"), "--steps", "5", "--encoder-lr-scale", "0",
+                                     "--init", str(tmp_path / "a" / "policy.pt")]))
+    before, after = (load_policy(tmp_path / d / "policy.pt").state_dict() for d in "ab")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(not k.startswith("encoder.") for k in changed), sorted(changed)[:5]
+
+
 def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
     data = _demo_store(tmp_path / "demo.zarr", n_episodes=2, length=20)
 

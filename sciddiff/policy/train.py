@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4 * sqrt(batch / 256))")
     g.add_argument("--weight-decay", type=float, default=1e-6)
     g.add_argument("--warmup-steps", type=int, default=500)
+    g.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                   help="image encoder's learning rate / the U-Net's (e.g. 0.1 to fine-tune a pretrained encoder gently: "
+                        "at 1.0, Adam's steps wrecked a regression-trained encoder within 500 steps, docs/policy.md)")
     g.add_argument("--ema-power", type=float, default=0.75)
     g = p.add_argument_group("model")
     g.add_argument("--down-dims", default="64,128,256", help="U-Net widths per level, comma separated")
@@ -254,7 +257,13 @@ def train(args: argparse.Namespace) -> dict:
 
     lr = args.lr or 1e-4 * math.sqrt(args.batch_size / 256)
     fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=args.weight_decay,
+    encoder_params = set(policy.encoder.parameters()) if policy.encoder is not None else set()
+    if args.encoder_lr_scale == 1.0:
+        encoder_params = set()  # one parameter group, as in runs saved before the option existed
+    groups = [{"params": [q for q in policy.parameters() if q not in encoder_params], "lr_scale": 1.0}]
+    if encoder_params:
+        groups.append({"params": list(policy.encoder.parameters()), "lr_scale": args.encoder_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.95, 0.999), weight_decay=args.weight_decay,
                                   **({"fused": True} if fused else {"foreach": True}))
     ema = EMA(policy, power=args.ema_power)
     step, elapsed_before = 0, 0.0
@@ -311,7 +320,7 @@ def train(args: argparse.Namespace) -> dict:
                 break
             frac = step / args.steps if args.steps else trained_seconds() / schedule_seconds
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(frac, step, lr, args.warmup_steps)
+                group["lr"] = group["lr_scale"] * lr_at(frac, step, lr, args.warmup_steps)
             try:
                 loss_sum += one_step()
             except Exception as err:  # a compiler failure must not cost the GPU run: continue eagerly
