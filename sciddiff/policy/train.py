@@ -78,8 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=1e-6)
     g.add_argument("--warmup-steps", type=int, default=500)
     g.add_argument("--encoder-lr-scale", type=float, default=1.0,
-                   help="image encoder's learning rate / the U-Net's (e.g. 0.1 to fine-tune a pretrained encoder gently: "
-                        "at 1.0, Adam's steps wrecked a regression-trained encoder within 500 steps, docs/policy.md)")
+                   help="image encoder's learning rate / the U-Net's: 0 freezes a pretrained encoder (e.g. the vertex "
+                        "regressor of `image_transfer`) while the U-Net fine-tunes on its outputs")
     g.add_argument("--ema-power", type=float, default=0.75)
     g = p.add_argument_group("model")
     g.add_argument("--down-dims", default="64,128,256", help="U-Net widths per level, comma separated")
