@@ -54,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="run directory (created; an existing run is resumed)")
     g.add_argument("--state", type=Path, default=None, help="full training state file (default: OUT/train_state.pt)")
-    g.add_argument("--init", type=Path, default=None, help="start from this policy checkpoint: its network, weights and normalizers "
-                        "(the model options below are then ignored)")
+    g.add_argument("--init", type=Path, default=None,
+                   help="start from this policy checkpoint: its network, weights and normalizers (the model options "
+                        "below are then ignored)")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (length of the LR schedule)")
     g.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of this run")
     g.add_argument("--schedule-seconds", type=float, default=None,
@@ -257,12 +258,12 @@ def train(args: argparse.Namespace) -> dict:
 
     lr = args.lr or 1e-4 * math.sqrt(args.batch_size / 256)
     fused = device.type == "cuda"
-    encoder_params = set(policy.encoder.parameters()) if policy.encoder is not None else set()
-    if args.encoder_lr_scale == 1.0:
-        encoder_params = set()  # one parameter group, as in runs saved before the option existed
-    groups = [{"params": [q for q in policy.parameters() if q not in encoder_params], "lr_scale": 1.0}]
-    if encoder_params:
-        groups.append({"params": list(policy.encoder.parameters()), "lr_scale": args.encoder_lr_scale})
+    # a second parameter group only when the encoder's rate differs (runs saved before the option have one group)
+    encoder = list(policy.encoder.parameters()) if policy.encoder is not None and args.encoder_lr_scale != 1 else []
+    in_encoder = {id(q) for q in encoder}
+    groups = [{"params": [q for q in policy.parameters() if id(q) not in in_encoder], "lr_scale": 1.0}]
+    if encoder:
+        groups.append({"params": encoder, "lr_scale": args.encoder_lr_scale})
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.95, 0.999), weight_decay=args.weight_decay,
                                   **({"fused": True} if fused else {"foreach": True}))
     ema = EMA(policy, power=args.ema_power)
