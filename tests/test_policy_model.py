@@ -1,6 +1,7 @@
 """1D U-Net with FiLM, image encoder, the policy's sampling interface and its checkpoint files."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,20 @@ def test_matmul_conv1d_equals_conv1d(kernel, stride, padding, bias):
     conv = torch.nn.Conv1d(6, 5, kernel, stride=stride, padding=padding, bias=bias)
     x = torch.randn(3, 6, 16)
     assert torch.allclose(MatmulConv1d(conv)(x), conv(x), atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(torch, "_weight_int8pack_mm"), reason="this torch has no weight-only int8 CPU kernel")
+def test_int8_matmul_conv1d_is_close_to_conv1d_and_skips_unsupported_widths():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(32, 48, 5, padding=2)  # C*K = 160, a multiple of 16: quantized
+    x = torch.randn(1, 32, 16)
+    fast = MatmulConv1d(conv, int8_weights=True)
+    assert fast.int8 and fast.weight.dtype == torch.int8
+    ref = conv(x)
+    err = (fast(x) - ref).abs().max() / ref.abs().max()
+    assert 0 < err < 0.02  # quantized (not bit-equal), but within ~1% of the output's range
+    narrow = MatmulConv1d(torch.nn.Conv1d(2, 8, 5, padding=2), int8_weights=True)  # C*K = 10: kernel unsupported
+    assert not narrow.int8 and narrow.weight.dtype == torch.float32
 
 
 def test_unet_with_matmul_convs_is_the_same_function_and_leaves_the_original():
@@ -159,6 +174,13 @@ def test_frozen_cpu_unet_gives_the_same_actions():
     assert set(policy.state_dict()) == keys  # the traced copy is not a submodule
     torch.testing.assert_close(policy.predict_action(obs, generator=torch.Generator().manual_seed(3)), before,
                                rtol=0, atol=1e-3)
+    policy.config.cpu_weights = "int8"
+    policy.freeze_for_cpu()
+    int8 = policy.predict_action(obs, generator=torch.Generator().manual_seed(3))
+    span = float(policy.action_normalizer.high.max() - policy.action_normalizer.low.min())
+    assert 0 < (int8 - before).abs().max() < 0.02 * span  # quantized, and close
+    with pytest.raises(ValueError, match="cpu_weights"):
+        PolicyConfig(cpu_weights="int4")
 
 
 def test_image_policy_from_state_reuses_the_unet_exactly():
@@ -213,3 +235,16 @@ def test_reusing_the_shipped_encoder_rebuilds_the_shipped_image_policy(tmp_path,
     capsys.readouterr()
     assert main(["--encoder-from", str(shipped / "pusht_state.pt"), "--out", str(tmp_path / "bad")]) == 2
     assert "--encoder-from an image policy" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_latency_tool_times_every_variant_and_setting(tmp_path, capsys):
+    from sciddiff.policy import latency
+
+    config = PolicyConfig(sampler="ddim_trailing", num_inference_steps=2, **TINY)
+    save_policy(tmp_path / "p.pt", _fitted(DiffusionPolicy(config)))
+    assert latency.main([str(tmp_path / "p.pt"), "--threads", "1", "--repeats", "2",
+                         "--settings", "default,dpmpp_2m:3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [(r["unet"], r["sampler"], r["steps"]) for r in rows] == [
+        (u, s, k) for u in ("eager", "float32", "int8") for s, k in (("ddim_trailing", 2), ("dpmpp_2m", 3))]
+    assert all(0 < r["min_ms"] <= r["median_ms"] for r in rows)

@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-episode", action="store_true", help="include per-episode rows in the metrics")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--eager", action="store_true", help="do not trace/freeze the U-Net for CPU inference")
+    p.add_argument("--cpu-weights", choices=("float32", "int8"), default=None,
+                   help="the frozen CPU U-Net's convolution weights (default: the policy's; int8 = weight-only "
+                        "quantized, ~2x faster per chunk)")
     p.set_defaults(func=_eval)
 
 
@@ -103,6 +106,8 @@ def _eval(args: argparse.Namespace) -> int:
         if not 1 <= args.action_steps <= c.horizon - c.n_obs_steps + 1:
             raise UserError(f"--action-steps must be in 1..{c.horizon - c.n_obs_steps + 1} for this policy")
         c.n_action_steps = args.action_steps
+    if args.cpu_weights is not None:
+        policy.config.cpu_weights = args.cpu_weights
     metrics = evaluate_pusht(policy, args.episodes, args.seed, batch_size=args.batch_size,
                              env_obs_type=args.env_obs_type, gif_path=args.gif, sampler=args.sampler,
                              steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager)

@@ -1,7 +1,8 @@
 """CPU latency of one action chunk (batch 1), without gymnasium: `python -m sciddiff.policy.latency data/policy/*.pt`.
 
 Pin the process to the cores you mean to measure (e.g. `taskset -c 0,1 ... --threads 2`). Reports, per checkpoint and
-sampler setting, the min and median wall time over `--repeats` calls, for the eager and the TorchScript-frozen U-Net.
+sampler setting, the min and median wall time over `--repeats` calls (timed round-robin across settings), for the eager U-Net and the TorchScript-frozen one
+with each `--cpu-weights` precision (float32, int8 weight-only).
 The observation is a fixed, plausible PushT state (or a blank frame for image policies): the cost does not depend on it.
 """
 from __future__ import annotations
@@ -36,17 +37,23 @@ def example_obs(policy: DiffusionPolicy) -> dict[str, torch.Tensor]:
             "image": torch.full((1, c.n_obs_steps, 3, c.image_size, c.image_size), 255, dtype=torch.uint8)}
 
 
-def measure(policy: DiffusionPolicy, sampler: str | None, steps: int | None, repeats: int) -> tuple[float, float]:
-    obs, gen = example_obs(policy), torch.Generator().manual_seed(0)
+def measure(cases: list, repeats: int) -> list[tuple[float, float]]:
+    """(min, median) seconds per `predict_action` call for each (policy, sampler, steps) case. The cases are timed
+    round-robin, one call each in turn, so that a machine whose speed drifts (other tenants, frequency changes) slows
+    all of them alike and their ratios stay meaningful."""
+    obs = [example_obs(policy) for policy, _, _ in cases]
+    gen = torch.Generator().manual_seed(0)
+    times = [[] for _ in cases]
     with torch.inference_mode():
         for _ in range(5):
-            policy.predict_action(obs, generator=gen, sampler=sampler, steps=steps)
-        times = []
+            for (policy, sampler, steps), o in zip(cases, obs):
+                policy.predict_action(o, generator=gen, sampler=sampler, steps=steps)
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            policy.predict_action(obs, generator=gen, sampler=sampler, steps=steps)
-            times.append(time.perf_counter() - t0)
-    return float(np.min(times)), float(np.median(times))
+            for (policy, sampler, steps), o, t in zip(cases, obs, times):
+                t0 = time.perf_counter()
+                policy.predict_action(o, generator=gen, sampler=sampler, steps=steps)
+                t.append(time.perf_counter() - t0)
+    return [(float(np.min(t)), float(np.median(t))) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,22 +63,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated sampler:steps ('default' = the policy's own)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--cpu-weights", default="float32,int8", help="comma-separated frozen-U-Net weight precisions")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager U-Net")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(json.dumps({"cpu": cpu_name(), "threads": args.threads,
                       "torch": str(torch.__version__)}))
+    cases, labels = [], []
     for path in args.checkpoints:
-        policy = load_policy(path)
-        for frozen in (False, True):
-            if frozen:
+        for variant in ([] if args.no_eager else ["eager"]) + args.cpu_weights.split(","):
+            policy = load_policy(path)
+            if variant != "eager":
+                policy.config.cpu_weights = variant
                 policy.freeze_for_cpu()
             for setting in args.settings.split(","):
                 sampler, steps = (None, None) if setting == "default" else setting.split(":")
-                lo, med = measure(policy, sampler, int(steps) if steps else None, args.repeats)
-                print(json.dumps({"checkpoint": path, "frozen": frozen,
-                                  "sampler": sampler or policy.config.sampler,
-                                  "steps": int(steps) if steps else policy.config.num_inference_steps,
-                                  "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)
+                steps = int(steps) if steps else None
+                cases.append((policy, sampler, steps))
+                labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
+                               "steps": steps or policy.config.num_inference_steps})
+    for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
+        print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)
     return 0
 
 

@@ -22,6 +22,7 @@ from sciddiff.nn.vision import ImageEncoder
 from sciddiff.policy.normalizer import MinMaxNormalizer, pixels_to_unit
 
 SAMPLERS = ("ddim", "dpmpp_2m", "ddpm", "ddim_trailing")
+CPU_WEIGHTS = ("float32", "int8")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class PolicyConfig:
     clip_sample: float | None = 1.0
     sampler: str = "ddim"
     num_inference_steps: int = 8
+    cpu_weights: str = "float32"  # the frozen CPU U-Net's convolution weights: "float32" or "int8" (weight-only)
     image_size: int = 96
     crop_size: int = 84
     vision_channels: tuple[int, ...] = (32, 64, 128)
@@ -55,6 +57,8 @@ class PolicyConfig:
             raise ValueError(f"obs_type must be 'state' or 'image', got {self.obs_type!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.cpu_weights not in CPU_WEIGHTS:
+            raise ValueError(f"cpu_weights must be one of {CPU_WEIGHTS}, got {self.cpu_weights!r}")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
             raise ValueError("n_obs_steps - 1 + n_action_steps must fit in the horizon")
         self.down_dims, self.vision_channels = tuple(self.down_dims), tuple(self.vision_channels)
@@ -127,8 +131,9 @@ class DiffusionPolicy(nn.Module):
 
     # --- inference ----------------------------------------------------------------------------------------------
     def freeze_for_cpu(self) -> DiffusionPolicy:
-        """Trace and freeze a copy of the U-Net for CPU inference, its convolutions as matmuls (`MatmulConv1d`); the
-        module and its state_dict are unchanged. Call again after changing the weights."""
+        """Trace and freeze a copy of the U-Net for CPU inference, its convolutions as matmuls (`MatmulConv1d`, with
+        int8 weights if `config.cpu_weights == "int8"`); the module and its state_dict are unchanged. Call again after
+        changing the weights or `cpu_weights`."""
         import warnings
 
         c = self.config
@@ -136,7 +141,8 @@ class DiffusionPolicy(nn.Module):
         example = (torch.zeros(1, c.horizon, c.action_dim), torch.zeros(1, dtype=torch.long), torch.zeros(1, cond_dim))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript deprecation notices
-            traced = torch.jit.trace(with_matmul_convs(self.unet.eval()), example)
+            fast = with_matmul_convs(self.unet.eval(), int8_weights=c.cpu_weights == "int8")
+            traced = torch.jit.trace(fast, example)
             self.__dict__["_frozen_unet"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         return self
 
