@@ -51,6 +51,14 @@ def test_matmul_conv1d_equals_conv1d(kernel, stride, padding, bias):
     assert torch.allclose(MatmulConv1d(conv)(x), conv(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(4, 2, 1), (3, 1, 0), (5, 3, 2)])
+def test_matmul_conv1d_from_transposed_equals_conv_transpose1d(kernel, stride, padding):
+    torch.manual_seed(0)
+    deconv = torch.nn.ConvTranspose1d(6, 5, kernel, stride=stride, padding=padding)
+    x = torch.randn(3, 6, 7)
+    assert torch.allclose(MatmulConv1d.from_transposed(deconv)(x), deconv(x), atol=1e-6)
+
+
 @pytest.mark.skipif(not hasattr(torch, "_weight_int8pack_mm"), reason="this torch has no weight-only int8 CPU kernel")
 def test_int8_matmul_conv1d_is_close_to_conv1d_and_skips_unsupported_widths():
     torch.manual_seed(0)
@@ -65,11 +73,25 @@ def test_int8_matmul_conv1d_is_close_to_conv1d_and_skips_unsupported_widths():
     assert not narrow.int8 and narrow.weight.dtype == torch.float32
 
 
+def test_timestep_film_table_is_the_same_function_for_integer_timesteps():
+    from sciddiff.nn.unet1d import TimestepFiLMTable
+
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, global_cond_dim=6, down_dims=(16, 32, 64), diffusion_step_embed_dim=16).eval()
+    tabled = TimestepFiLMTable(net, 100)
+    assert tabled.table.shape == (100, sum(res.film[1].out_features for res in net.residual_blocks()))
+    x, cond = torch.randn(2, 16, 2), torch.randn(2, 6)
+    with torch.no_grad():
+        for t in (torch.tensor([3, 99]), torch.tensor(0), 57):
+            assert torch.allclose(tabled(x, t, cond), net(x, t, cond), atol=1e-5)
+
+
 def test_unet_with_matmul_convs_is_the_same_function_and_leaves_the_original():
     torch.manual_seed(0)
     net = ConditionalUnet1D(2, global_cond_dim=6, down_dims=(16, 32, 64), diffusion_step_embed_dim=16).eval()
     fast = with_matmul_convs(net)
     assert any(isinstance(m, MatmulConv1d) for m in fast.modules())
+    assert not any(isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)) for m in fast.modules())
     assert not any(isinstance(m, MatmulConv1d) for m in net.modules())
     x, t, cond = torch.randn(2, 16, 2), torch.tensor([3, 90]), torch.randn(2, 6)
     with torch.no_grad():
@@ -229,7 +251,7 @@ def test_reusing_the_shipped_encoder_rebuilds_the_shipped_image_policy(tmp_path,
     assert main(["--encoder-from", str(shipped / "pusht_image.pt"), "--state-policy", str(shipped / "pusht_state.pt"),
                  "--out", str(tmp_path / "run")]) == 0
     rebuilt, image = load_policy(tmp_path / "run" / "policy.pt"), load_policy(shipped / "pusht_image.pt")
-    assert rebuilt.config.sampler == image.config.sampler
+    assert rebuilt.config.to_dict() == image.config.to_dict()
     ours, theirs = rebuilt.state_dict(), image.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     capsys.readouterr()

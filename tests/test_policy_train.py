@@ -75,13 +75,15 @@ def test_training_resumes_where_it_stopped(tmp_path):
 def test_init_takes_network_and_normalizers_from_the_checkpoint(tmp_path):
     data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
     common = ["--data", str(data), "--batch-size", "8", "--val-episodes", "0", "--threads", "1", "--device", "cpu"]
-    train(build_parser().parse_args([*common, "--out", str(tmp_path / "a"), "--steps", "2", "--down-dims", "16,32"]))
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "a"), "--steps", "2", "--down-dims", "16,32",
+                                     "--cpu-weights", "int8"]))
     first = load_policy(tmp_path / "a" / "policy.pt")
     # the model options given here (default widths) are ignored: the run continues the checkpoint's network
     train(build_parser().parse_args([*common, "--out", str(tmp_path / "b"), "--steps", "0",
                                      "--init", str(tmp_path / "a" / "policy.pt"), "--sampler", "ddim_trailing"]))
     second = load_policy(tmp_path / "b" / "policy.pt")
     assert second.config.down_dims == (16, 32) and second.config.sampler == "ddim_trailing"
+    assert first.config.cpu_weights == second.config.cpu_weights == "int8"  # inherited unless given
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
     with pytest.raises(UserError, match="expects state observations"):  # image data cannot continue a state policy

@@ -39,7 +39,11 @@ class ConditionalResidualBlock1D(nn.Module):
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        return self.modulated(x, self.film(cond))
+
+    def modulated(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """The block given its FiLM output `(B, 2 * c_out)` (scales, then biases)."""
+        scale, bias = film.unsqueeze(-1).chunk(2, dim=1)
         h = self.block1(x)
         h = self.block2(scale * h + bias)
         return h + self.skip(x)
@@ -94,24 +98,63 @@ class ConditionalUnet1D(nn.Module):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
                 global_cond: torch.Tensor | None = None) -> torch.Tensor:
         """sample (B, T, D), timestep scalar or (B,), global_cond (B, C) -> (B, T, D)."""
-        x = sample.transpose(1, 2)
         t = torch.as_tensor(timestep, device=sample.device)
         t = t.expand(sample.shape[0]) if t.ndim == 0 else t
-        cond = self.step_mlp(sinusoidal_embedding(t.float(), self.step_embed_dim).to(x.dtype))
+        cond = self.step_mlp(sinusoidal_embedding(t.float(), self.step_embed_dim).to(sample.dtype))
         if global_cond is not None:
             cond = torch.cat([cond, global_cond.to(cond.dtype)], dim=-1)
+        return self.modulated(sample, [res.film(cond) for res in self.residual_blocks()])
 
-        skips = []
+    def residual_blocks(self) -> list[ConditionalResidualBlock1D]:
+        """The FiLM-conditioned blocks in the order `modulated` applies them."""
+        return [res for level in self.down for res in level[:2]] + list(self.mid) + [
+            res for level in self.up for res in level[:2]]
+
+    def modulated(self, sample: torch.Tensor, films: list[torch.Tensor]) -> torch.Tensor:
+        """The network given every residual block's FiLM output, in `residual_blocks` order."""
+        x, films, skips = sample.transpose(1, 2), iter(films), []
         for res1, res2, downsample in self.down:
-            x = res2(res1(x, cond), cond)
+            x = res2.modulated(res1.modulated(x, next(films)), next(films))
             skips.append(x)
             x = downsample(x)
         for res in self.mid:
-            x = res(x, cond)
+            x = res.modulated(x, next(films))
         for res1, res2, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = upsample(res2(res1(x, cond), cond))
+            x = upsample(res2.modulated(res1.modulated(x, next(films)), next(films)))
         return self.final(x).transpose(1, 2)
+
+
+class TimestepFiLMTable(nn.Module):
+    """Inference copy of a `ConditionalUnet1D` for integer timesteps 0..T-1 whose FiLM maps skip the timestep MLP.
+
+    Every FiLM layer computes W [Mish(step_mlp(emb(t))); Mish(global_cond)] + b; Mish acts elementwise, so this is
+    W_t Mish(step_mlp(emb(t))) + W_c Mish(global_cond) + b. The first term (with b) depends on t alone and is kept as
+    one float32 table (T, sum of FiLM widths); a call costs a row lookup and one small product with the condition
+    instead of the step MLP and the FiLM weights (for the PushT policy 2.9 of its 18 MB of float32 weights).
+    Same function up to float rounding, for timesteps that are integers in [0, T).
+    """
+
+    def __init__(self, unet: ConditionalUnet1D, num_timesteps: int):
+        super().__init__()
+        self.unet = unet
+        blocks, e = unet.residual_blocks(), unet.step_embed_dim
+        weight = torch.cat([res.film[1].weight.detach() for res in blocks])  # (sum F, e + C)
+        bias = torch.cat([res.film[1].bias.detach() for res in blocks])
+        self.widths = [res.film[1].out_features for res in blocks]
+        with torch.no_grad():
+            t = torch.arange(num_timesteps, dtype=torch.float32)
+            step = nn.functional.mish(unet.step_mlp(sinusoidal_embedding(t, e)))
+            self.register_buffer("table", step @ weight[:, :e].t() + bias)  # (T, sum F)
+        self.register_buffer("cond_weight", weight[:, e:].t().contiguous())  # (C, sum F)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int,
+                global_cond: torch.Tensor | None = None) -> torch.Tensor:
+        t = torch.as_tensor(timestep, device=sample.device).long()
+        film = self.table[t.expand(sample.shape[0]) if t.ndim == 0 else t]
+        if global_cond is not None:
+            film = film + nn.functional.mish(global_cond.to(film.dtype)) @ self.cond_weight
+        return self.unet.modulated(sample, list(film.split(self.widths, dim=1)))
 
 
 class MatmulConv1d(nn.Module):
@@ -134,11 +177,12 @@ class MatmulConv1d(nn.Module):
     def int8_available(conv: nn.Conv1d) -> bool:
         return hasattr(torch, "_weight_int8pack_mm") and conv.in_channels * conv.kernel_size[0] % 16 == 0
 
-    def __init__(self, conv: nn.Conv1d, int8_weights: bool = False):
+    def __init__(self, conv: nn.Conv1d, int8_weights: bool = False, upsample: int = 1):
         super().__init__()
         if not self.supports(conv):
             raise ValueError("MatmulConv1d supports plain convolutions only")
         self.kernel, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        self.upsample = upsample  # > 1: zeros inserted between input samples first (a transposed convolution)
         weight = conv.weight.detach().flatten(1)  # (O, C*K)
         self.int8 = int8_weights and self.int8_available(conv)
         if self.int8:
@@ -150,23 +194,45 @@ class MatmulConv1d(nn.Module):
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
         self.register_buffer("bias", bias.clone())
 
+    @classmethod
+    def from_transposed(cls, deconv: nn.ConvTranspose1d, int8_weights: bool = False) -> MatmulConv1d:
+        """A `ConvTranspose1d` (groups 1, dilation 1, no output padding) as the equivalent convolution of the
+        zero-upsampled input: flipped kernel, in/out channels swapped, padding K - 1 - p. PyTorch's CPU path for
+        these small transposed convolutions is ~200 us a call; this is a few tens."""
+        k, p = deconv.kernel_size[0], deconv.padding[0]
+        if deconv.groups != 1 or deconv.dilation != (1,) or deconv.output_padding != (0,) or p > k - 1:
+            raise ValueError("MatmulConv1d.from_transposed supports plain transposed convolutions only")
+        conv = nn.Conv1d(deconv.in_channels, deconv.out_channels, k, padding=k - 1 - p, bias=deconv.bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(deconv.weight.transpose(0, 1).flip(-1))
+            if deconv.bias is not None:
+                conv.bias.copy_(deconv.bias)
+        return cls(conv, int8_weights, upsample=deconv.stride[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8:
+            x = x.to(torch.bfloat16)  # before unfolding: the K-times larger columns are then built once, in bf16
+        if self.upsample > 1:
+            x = nn.functional.pad(x.unsqueeze(-1), (0, self.upsample - 1)).flatten(2)[..., :1 - self.upsample]
         x = nn.functional.pad(x, (self.padding, self.padding))
         windows = x.unfold(2, self.kernel, self.stride)  # (B, C, L_out, K)
         cols = windows.permute(0, 2, 1, 3).flatten(2)  # (B, L_out, C*K), the weight's (C, K) order
+        rows = cols.flatten(0, 1).contiguous()
         if self.int8:
-            rows = cols.flatten(0, 1).to(torch.bfloat16, memory_format=torch.contiguous_format)
             out = torch._weight_int8pack_mm(rows, self.weight, self.scales).float() + self.bias
         else:
-            out = torch.addmm(self.bias, cols.flatten(0, 1), self.weight)
+            out = torch.addmm(self.bias, rows, self.weight)
         return out.unflatten(0, cols.shape[:2]).transpose(1, 2)
 
 
 def with_matmul_convs(module: nn.Module, int8_weights: bool = False) -> nn.Module:
-    """A deep copy of `module` with every plain `nn.Conv1d` replaced by `MatmulConv1d` (for CPU inference)."""
+    """A deep copy of `module` with every plain `nn.Conv1d` and `nn.ConvTranspose1d` replaced by `MatmulConv1d` (for
+    CPU inference)."""
     module = copy.deepcopy(module)
     for child in list(module.modules()):
         for attr, sub in list(child.named_children()):
             if type(sub) is nn.Conv1d and MatmulConv1d.supports(sub):
                 setattr(child, attr, MatmulConv1d(sub, int8_weights))
+            elif type(sub) is nn.ConvTranspose1d and sub.groups == 1 and sub.output_padding == (0,):
+                setattr(child, attr, MatmulConv1d.from_transposed(sub, int8_weights))
     return module

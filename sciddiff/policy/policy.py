@@ -17,7 +17,7 @@ from torch import nn
 from sciddiff.core.ddpm import DiscreteSchedule
 from sciddiff.core.losses import ddpm_loss
 from sciddiff.core.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m
-from sciddiff.nn.unet1d import ConditionalUnet1D, with_matmul_convs
+from sciddiff.nn.unet1d import ConditionalUnet1D, TimestepFiLMTable, with_matmul_convs
 from sciddiff.nn.vision import ImageEncoder
 from sciddiff.policy.normalizer import MinMaxNormalizer, pixels_to_unit
 
@@ -132,7 +132,8 @@ class DiffusionPolicy(nn.Module):
     # --- inference ----------------------------------------------------------------------------------------------
     def freeze_for_cpu(self) -> DiffusionPolicy:
         """Trace and freeze a copy of the U-Net for CPU inference, its convolutions as matmuls (`MatmulConv1d`, with
-        int8 weights if `config.cpu_weights == "int8"`); the module and its state_dict are unchanged. Call again after
+        int8 weights if `config.cpu_weights == "int8"`) and its FiLM timestep terms tabulated (`TimestepFiLMTable`;
+        the policy's samplers use integer timesteps); the module and its state_dict are unchanged. Call again after
         changing the weights or `cpu_weights`."""
         import warnings
 
@@ -141,7 +142,8 @@ class DiffusionPolicy(nn.Module):
         example = (torch.zeros(1, c.horizon, c.action_dim), torch.zeros(1, dtype=torch.long), torch.zeros(1, cond_dim))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript deprecation notices
-            fast = with_matmul_convs(self.unet.eval(), int8_weights=c.cpu_weights == "int8")
+            fast = TimestepFiLMTable(with_matmul_convs(self.unet.eval(), int8_weights=c.cpu_weights == "int8"),
+                                     c.num_train_timesteps).eval()
             traced = torch.jit.trace(fast, example)
             self.__dict__["_frozen_unet"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         return self

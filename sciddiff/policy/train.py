@@ -32,7 +32,7 @@ import torch
 from sciddiff.core.ema import EMA
 from sciddiff.policy.data import OBS_KEYS, concat_datasets, default_zarr, load_dataset
 from sciddiff.policy.io import save_policy
-from sciddiff.policy.policy import SAMPLERS, DiffusionPolicy, PolicyConfig
+from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig
 from sciddiff.policy.sampler import sequence_windows, split_episodes
 from sciddiff.train import CSVLogger, autocast, load_checkpoint, progress, save_checkpoint, seed_everything
 from sciddiff.train.checkpoint import restore_training_state, training_state
@@ -87,6 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
     g.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default inference sampler stored in the policy")
     g.add_argument("--inference-steps", type=int, default=8, help="default denoising steps at inference")
+    g.add_argument("--cpu-weights", choices=CPU_WEIGHTS, default=None,
+                   help="the frozen CPU U-Net's weights stored in the policy (default: --init's, else float32)")
     g.add_argument("--vision-channels", default="32,64,128", help="image encoder widths (image policy)")
     return p
 
@@ -226,6 +228,7 @@ def train(args: argparse.Namespace) -> dict:
         obs_type=args.obs_type, state_dim=arrays[OBS_KEYS[args.obs_type][-1]].shape[-1],
         action_dim=arrays["action"].shape[-1], down_dims=_ints(args.down_dims), prediction_type=args.prediction_type,
         sampler=args.sampler, num_inference_steps=args.inference_steps, vision_channels=_ints(args.vision_channels),
+        cpu_weights=args.cpu_weights or "float32",
         extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
     if args.init:  # the network (and its normalizers) come from the checkpoint; the model options are ignored
         from sciddiff.policy.io import load_policy
@@ -235,6 +238,7 @@ def train(args: argparse.Namespace) -> dict:
             raise UserError(f"--init {args.init} expects {init.config.obs_type} observations of "
                             f"{init.config.state_dim} features and {init.config.action_dim} actions, not {data_shape}")
         config = dataclasses.replace(init.config, sampler=args.sampler, num_inference_steps=args.inference_steps,
+                                     cpu_weights=args.cpu_weights or init.config.cpu_weights,
                                      extra={**init.config.extra, **config.extra})
         policy = DiffusionPolicy(config)
         policy.load_state_dict(init.state_dict())
