@@ -174,6 +174,11 @@ class MatmulConv1d(nn.Module):
         return conv.groups == 1 and conv.dilation == (1,) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
     @staticmethod
+    def supports_transposed(deconv: nn.ConvTranspose1d) -> bool:
+        return (deconv.groups == 1 and deconv.dilation == (1,) and deconv.output_padding == (0,)
+                and deconv.padding_mode == "zeros" and deconv.padding[0] <= deconv.kernel_size[0] - 1)
+
+    @staticmethod
     def int8_available(conv: nn.Conv1d) -> bool:
         return hasattr(torch, "_weight_int8pack_mm") and conv.in_channels * conv.kernel_size[0] % 16 == 0
 
@@ -199,9 +204,9 @@ class MatmulConv1d(nn.Module):
         """A `ConvTranspose1d` (groups 1, dilation 1, no output padding) as the equivalent convolution of the
         zero-upsampled input: flipped kernel, in/out channels swapped, padding K - 1 - p. PyTorch's CPU path for
         these small transposed convolutions is ~200 us a call; this is a few tens."""
-        k, p = deconv.kernel_size[0], deconv.padding[0]
-        if deconv.groups != 1 or deconv.dilation != (1,) or deconv.output_padding != (0,) or p > k - 1:
+        if not cls.supports_transposed(deconv):
             raise ValueError("MatmulConv1d.from_transposed supports plain transposed convolutions only")
+        k, p = deconv.kernel_size[0], deconv.padding[0]
         conv = nn.Conv1d(deconv.in_channels, deconv.out_channels, k, padding=k - 1 - p, bias=deconv.bias is not None)
         with torch.no_grad():
             conv.weight.copy_(deconv.weight.transpose(0, 1).flip(-1))
@@ -233,6 +238,6 @@ def with_matmul_convs(module: nn.Module, int8_weights: bool = False) -> nn.Modul
         for attr, sub in list(child.named_children()):
             if type(sub) is nn.Conv1d and MatmulConv1d.supports(sub):
                 setattr(child, attr, MatmulConv1d(sub, int8_weights))
-            elif type(sub) is nn.ConvTranspose1d and sub.groups == 1 and sub.output_padding == (0,):
+            elif type(sub) is nn.ConvTranspose1d and MatmulConv1d.supports_transposed(sub):
                 setattr(child, attr, MatmulConv1d.from_transposed(sub, int8_weights))
     return module

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eager", action="store_true", help="do not trace/freeze the U-Net for CPU inference")
     p.add_argument("--cpu-weights", choices=("float32", "int8"), default=None,
                    help="the frozen CPU U-Net's convolution weights (default: the policy's; int8 = weight-only "
-                        "quantized, ~2x faster per chunk)")
+                        "quantized, ~0.6x the time per network call)")
     p.set_defaults(func=_eval)
 
 

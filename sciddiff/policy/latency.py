@@ -1,8 +1,8 @@
 """CPU latency of one action chunk (batch 1), without gymnasium: `python -m sciddiff.policy.latency data/policy/*.pt`.
 
 Pin the process to the cores you mean to measure (e.g. `taskset -c 0,1 ... --threads 2`). Reports, per checkpoint and
-sampler setting, the min and median wall time over `--repeats` calls (timed round-robin across settings), for the eager U-Net and the TorchScript-frozen one
-with each `--cpu-weights` precision (float32, int8 weight-only).
+sampler setting, the min and median wall time over `--repeats` calls (timed round-robin across all settings), for the
+eager U-Net and the TorchScript-frozen one with each `--cpu-weights` precision (float32, int8 weight-only).
 The observation is a fixed, plausible PushT state (or a blank frame for image policies): the cost does not depend on it.
 """
 from __future__ import annotations
