@@ -20,7 +20,7 @@ BUDGET=${POLICY_SECONDS:-400}
 WORK=$(mktemp -d /tmp/policy_gpu.XXXX)
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler ddim_trailing --inference-steps 8 ${POLICY_EXTRA:-}"
+common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler ddim_trailing --inference-steps 14 --cpu-weights int8 ${POLICY_EXTRA:-}"
 STATE_DATA=${POLICY_STATE_DATA:-.gpu/policy/pusht_completed_state.npz}
 [ -f "$STATE_DATA" ] || STATE_DATA=.gpu/policy/pusht_state.npz
 IMAGE_DATA=${POLICY_IMAGE_DATA:-.gpu/policy/pusht_completed_image.npz}
@@ -41,7 +41,7 @@ pid_state_ft=$!
 python3 -m sciddiff.policy.train --data $IMAGE_DATA --obs-type image --out $WORK/policy_image \
     --state $WORK/image_train.pt --batch-size 512 --init data/policy/pusht_image.pt --lr 5e-5 --encoder-lr-scale 0 \
     --warmup-steps 200 \
-    $common --sampler dpmpp_2m --inference-steps 6 > $WORK/image.log 2>&1 &
+    $common --sampler ddim_trailing --inference-steps 10 > $WORK/image.log 2>&1 &
 pid_image=$!
 wait $pid_state; rc_state=$?
 wait $pid_state_ft; rc_state_ft=$?
