@@ -9,7 +9,6 @@ read the ratios. Pin the cores: `taskset -c 0,1 python examples/policy_latency_a
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import torch
@@ -24,17 +23,10 @@ BEFORE = {"pusht_state.pt": ("ddim_trailing", 8), "pusht_image.pt": ("dpmpp_2m",
 
 
 def frozen_as_before(policy: DiffusionPolicy) -> DiffusionPolicy:
-    c = policy.config
     fast = with_matmul_convs(policy.unet.eval())
     for level, original in zip(fast.up, policy.unet.up):
         level[2] = original[2]  # the transposed convolution as PyTorch runs it
-    cond_dim = (c.state_dim + (c.vision_dim if policy.encoder is not None else 0)) * c.n_obs_steps
-    example = (torch.zeros(1, c.horizon, c.action_dim), torch.zeros(1, dtype=torch.long), torch.zeros(1, cond_dim))
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(fast, example)
-        policy.__dict__["_frozen_unet"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-    return policy
+    return policy.freeze_for_cpu(unet=fast)
 
 
 def main() -> int:

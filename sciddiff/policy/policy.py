@@ -130,21 +130,22 @@ class DiffusionPolicy(nn.Module):
                          generator=generator, global_cond=cond)
 
     # --- inference ----------------------------------------------------------------------------------------------
-    def freeze_for_cpu(self) -> DiffusionPolicy:
+    def freeze_for_cpu(self, unet: nn.Module | None = None) -> DiffusionPolicy:
         """Trace and freeze a copy of the U-Net for CPU inference, its convolutions as matmuls (`MatmulConv1d`, with
         int8 weights if `config.cpu_weights == "int8"`) and its FiLM timestep terms tabulated (`TimestepFiLMTable`;
         the policy's samplers use integer timesteps); the module and its state_dict are unchanged. Call again after
-        changing the weights or `cpu_weights`."""
+        changing the weights or `cpu_weights`. `unet`: trace this inference copy instead (same call signature)."""
         import warnings
 
         c = self.config
+        if unet is None:
+            unet = TimestepFiLMTable(with_matmul_convs(self.unet.eval(), int8_weights=c.cpu_weights == "int8"),
+                                     c.num_train_timesteps)
         cond_dim = (c.state_dim + (c.vision_dim if self.encoder is not None else 0)) * c.n_obs_steps
         example = (torch.zeros(1, c.horizon, c.action_dim), torch.zeros(1, dtype=torch.long), torch.zeros(1, cond_dim))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript deprecation notices
-            fast = TimestepFiLMTable(with_matmul_convs(self.unet.eval(), int8_weights=c.cpu_weights == "int8"),
-                                     c.num_train_timesteps).eval()
-            traced = torch.jit.trace(fast, example)
+            traced = torch.jit.trace(unet.eval(), example)
             self.__dict__["_frozen_unet"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         return self
 
