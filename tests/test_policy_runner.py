@@ -167,3 +167,44 @@ def test_shipped_image_policy_sees_the_block():
     pred = ((feats + 1) / 2 * (hi - lo) + lo).numpy().reshape(-1, 8, 2)
     error = np.linalg.norm(pred - truth, axis=-1).mean(-1)  # gym-pusht pixels per frame
     assert np.median(error) < 3.0 and error.max() < 10.0  # measured 0.64 / 1.7 px on 200 such frames
+
+
+def test_recorded_states_follow_the_episode():
+    from sciddiff.policy.runner import results_to_dicts
+
+    adapter = PushTAdapter("state", max_steps=16)
+    (r,) = run_episodes(RecordingStub(), adapter, seeds=[3], show_progress=False, record_states=True)
+    assert r.states.shape == (17, 5)  # before each of the 16 actions and after the last
+    env = adapter.make_env()
+    env.reset(seed=3)
+    assert np.allclose(r.states[0], pusht.env_state(env))
+    for k, target in enumerate([(256.0, 256.0)] * 3):  # the stub's actions, replayed: the same states
+        env.step(np.asarray(target, np.float32))
+        assert np.allclose(r.states[k + 1], pusht.env_state(env))
+    env.close()
+    assert "states" not in results_to_dicts([r])[0]
+    assert run_episodes(RecordingStub(), adapter, seeds=[3], show_progress=False)[0].states is None
+
+
+def test_dagger_starts_the_planner_from_a_failed_episode(tmp_path, tiny_checkpoint, capsys):
+    from sciddiff.policy.dagger import failure_start_states
+    from sciddiff.policy.replay_buffer import ReplayBuffer
+    from sciddiff.policy.scripted import main as demos
+
+    starts, rollout = failure_start_states(tiny_checkpoint, [7], [0, 8], show_progress=False)
+    assert rollout["success_rate"] == 0.0  # an untrained policy
+    assert [(s, t) for s, t, _ in starts] == [(7, 0), (7, 8)]
+    env = PushTAdapter("state").make_env()
+    env.reset(seed=7)
+    assert np.allclose(starts[0][2], pusht.env_state(env)) and not np.allclose(starts[1][2], starts[0][2])
+    env.close()
+    out = tmp_path / "dagger.zarr"
+    args = ["--from-policy", str(tiny_checkpoint), "--episodes", "1", "--seed", "7", "--restart-steps", "0,8",
+            "--max-steps", "5", "--keep-failures", "--no-images", "--out", str(out)]
+    assert demos(args) == 0
+    buf = ReplayBuffer.open(out)
+    assert buf.n_episodes == 2  # the planner's episodes start where the policy was at steps 0 and 8
+    for k in range(2):
+        assert np.allclose(buf.get_episode(k)["state"][0], starts[k][2], atol=1e-4)
+    assert demos(args[:-2] + ["--restart-steps", "zero", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert "--restart-steps" in capsys.readouterr().err

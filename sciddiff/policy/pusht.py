@@ -51,6 +51,12 @@ def obs_to_features(obs, obs_type: str) -> dict[str, np.ndarray]:
     raise ValueError(f"unsupported PushT obs_type {obs_type!r}")
 
 
+def env_state(env) -> np.ndarray:
+    """The simulator state of a gym-pusht env: agent x, y, block x, y, angle (pixels, radians)."""
+    u = env.unwrapped
+    return np.array([*u.agent.position, *u.block.position, u.block.angle])
+
+
 def reset_to_state(env, state: np.ndarray, seed: int | None = None):
     """Reset a gym-pusht env and put it in `state` (agent x, y, block x, y, angle) -> the observation there.
     gym-pusht's own `reset_to_state` option sets the block's position before its angle; pymunk turns a body about its
@@ -78,7 +84,6 @@ def render_random_states(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     for i in range(n):
         start = [*rng.integers(50, 450, 2), *rng.integers(100, 400, 2), rng.uniform(-np.pi, np.pi)]
         obs, _ = env.reset(seed=seed, options={"reset_to_state": start})
-        u = env.unwrapped
-        frames[i], states[i] = obs["pixels"], [*u.agent.position, *u.block.position, u.block.angle]
+        frames[i], states[i] = obs["pixels"], env_state(env)
     env.close()
     return frames, states

@@ -50,6 +50,10 @@ class EnvAdapter:
     def is_success(self, max_score: float, terminated: bool) -> bool:
         return bool(terminated)
 
+    def snapshot(self, env) -> np.ndarray | None:
+        """The simulator state an expert could restart from (None where the task has no such notion)."""
+        return None
+
 
 class PushTAdapter(EnvAdapter):
     """gym-pusht: score = coverage of the goal by the T, reward = min(coverage / 0.95, 1), success = coverage > 0.95."""
@@ -77,6 +81,9 @@ class PushTAdapter(EnvAdapter):
     def is_success(self, max_score: float, terminated: bool) -> bool:
         return max_score > pusht.SUCCESS_COVERAGE
 
+    def snapshot(self, env) -> np.ndarray:
+        return pusht.env_state(env)
+
 
 @dataclass
 class EpisodeResult:
@@ -85,6 +92,7 @@ class EpisodeResult:
     max_reward: float  # max env reward over the episode (PushT: min(coverage / 0.95, 1))
     success: bool
     steps: int
+    states: np.ndarray | None = None  # (steps + 1, ...) adapter snapshots before each action, with record_states
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict:
@@ -113,8 +121,9 @@ class TorchPolicyActor:
 
 def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *, n_obs_steps: int = 2,
                  batch_size: int = 10, gif_path: str | Path | None = None, show_progress: bool = True,
-                 ) -> list[EpisodeResult]:
-    """Run one episode per seed; write a GIF of the first one if `gif_path` is given."""
+                 record_states: bool = False) -> list[EpisodeResult]:
+    """Run one episode per seed; write a GIF of the first one if `gif_path` is given; with `record_states`, each
+    result carries the adapter's snapshot of the simulator before every action and after the last."""
     seeds = [int(s) for s in seeds]
     results: list[EpisodeResult] = []
     frames: list[np.ndarray] = []
@@ -124,7 +133,7 @@ def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *,
         for start in range(0, len(seeds), batch_size):
             group = seeds[start:start + batch_size]
             record = frames if gif_path is not None and start == 0 else None
-            results += _run_group(policy, adapter, envs[:len(group)], group, n_obs_steps, record, bar)
+            results += _run_group(policy, adapter, envs[:len(group)], group, n_obs_steps, record, bar, record_states)
     finally:
         bar.close()
         for env in envs:
@@ -135,14 +144,17 @@ def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *,
 
 
 def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[int], n_obs_steps: int,
-               frames: list | None, bar) -> list[EpisodeResult]:
+               frames: list | None, bar, record_states: bool = False) -> list[EpisodeResult]:
     n = len(envs)
+    snapshots: list[list] = [[] for _ in range(n)]
     history, max_score, max_reward, steps = [], np.full(n, -np.inf), np.full(n, -np.inf), np.zeros(n, dtype=int)
     terminated, alive = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
     for env, seed in zip(envs, seeds):
         obs, _ = env.reset(seed=seed)
         feats = adapter.features(obs)
         history.append(deque([feats] * n_obs_steps, maxlen=n_obs_steps))
+        if record_states:
+            snapshots[len(history) - 1].append(adapter.snapshot(env))
     if frames is not None:
         frames.append(envs[0].render())
     while alive.any():
@@ -156,6 +168,8 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
                 max_score[i] = max(max_score[i], adapter.score(reward, info))
                 max_reward[i] = max(max_reward[i], float(reward))
                 history[i].append(adapter.features(obs))
+                if record_states:
+                    snapshots[i].append(adapter.snapshot(envs[i]))
                 if frames is not None and i == 0:
                     frames.append(envs[0].render())
                 if term or trunc or steps[i] >= adapter.max_steps:
@@ -163,7 +177,8 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
                     bar.update(1)
                     break
     return [EpisodeResult(seed, float(max_score[i]), float(max_reward[i]),
-                          adapter.is_success(float(max_score[i]), bool(terminated[i])), int(steps[i]))
+                          adapter.is_success(float(max_score[i]), bool(terminated[i])), int(steps[i]),
+                          np.asarray(snapshots[i]) if record_states else None)
             for i, seed in enumerate(seeds)]
 
 
@@ -197,4 +212,5 @@ def time_action_chunk(policy: PolicyFn, obs: dict[str, np.ndarray], repeats: int
 
 
 def results_to_dicts(results: Sequence[EpisodeResult]) -> list[dict]:
-    return [asdict(r) for r in results]
+    """Per-episode rows for JSON (without recorded states)."""
+    return [{k: v for k, v in asdict(r).items() if k != "states"} for r in results]

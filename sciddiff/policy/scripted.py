@@ -201,12 +201,9 @@ def run_episode(planner: PushPlanner, seed: int, render: bool = True, start_stat
     obs = env.reset(seed=seed)[0] if start_state is None else pusht.reset_to_state(env, start_state, seed)
     u, ep = env.unwrapped, Episode(seed=seed)
 
-    def state() -> np.ndarray:
-        return np.array([*u.agent.position, *u.block.position, u.block.angle])
-
     def act(target: np.ndarray) -> bool:
         nonlocal obs
-        ep.states.append(state())
+        ep.states.append(pusht.env_state(env))
         if render:
             ep.frames.append(obs["pixels"])  # the observation a pixel policy sees in this state
         ep.actions.append(np.asarray(target, float))
@@ -217,7 +214,7 @@ def run_episode(planner: PushPlanner, seed: int, render: bool = True, start_stat
 
     done = False
     while not done:
-        s = state()
+        s = pusht.env_state(env)
         planned = planner.plan(s[2:])
         if planned is None:  # stuck: the episode ends as a failure
             break
@@ -286,6 +283,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="instead of new episodes, copy each episode of this replay buffer (e.g. the human PushT "
                         "demonstrations, which stop short of success) and append the planner's pushes from its last "
                         "state until coverage > 0.95 (episodes it cannot finish are copied unchanged)")
+    p.add_argument("--from-policy", type=Path, default=None, metavar="CHECKPOINT",
+                   help="DAgger: roll this policy out on --episodes seeds from --seed and start the planner from the "
+                        "states its failed episodes reach at --restart-steps (sciddiff.policy.dagger)")
+    p.add_argument("--restart-steps", default="0,100", metavar="T1,T2,...",
+                   help="with --from-policy: env steps of a failed episode whose states the planner starts from")
     p.add_argument("--max-steps", type=int, default=PlannerConfig.max_steps)
     p.add_argument("--no-images", action="store_true", help="skip data/img (state-only demonstrations, ~2x faster)")
     p.add_argument("--keep-failures", action="store_true", help="also write episodes that never reached 0.95")
@@ -304,6 +306,12 @@ def run_demos(args: argparse.Namespace) -> int:
 
     if args.complete and Path(args.complete).resolve() == Path(args.out).resolve():
         raise UserError("--complete and --out must be different stores (the copies are appended to --out)")
+    if args.complete and args.from_policy:
+        raise UserError("--complete and --from-policy are alternatives; give one")
+    try:
+        restart_steps = [int(t) for t in args.restart_steps.split(",")]
+    except ValueError:
+        raise UserError(f"--restart-steps must be comma-separated integers, got {args.restart_steps!r}") from None
     source = ReplayBuffer.open(args.complete) if args.complete else None
     if args.episodes is None:
         args.episodes = source.n_episodes if source else 10
@@ -318,21 +326,34 @@ def run_demos(args: argparse.Namespace) -> int:
             raise UserError(f"{args.out} holds {keys}; these episodes would have {want} "
                             f"({'drop' if args.no_images else 'add'} --no-images or choose another --out)")
     planner = PushPlanner(PlannerConfig(max_steps=args.max_steps, seed=args.seed))
-    episodes = range(min(args.episodes, source.n_episodes)) if source else range(args.seed, args.seed + args.episodes)
+    seeds = range(args.seed, args.seed + args.episodes)
+    if source:
+        episodes, desc = [(i, None) for i in range(min(args.episodes, source.n_episodes))], "completing demos"
+    elif args.from_policy:
+        from sciddiff.policy.cli import load_checkpoint_or_fail
+        from sciddiff.policy.dagger import failure_start_states
+
+        load_checkpoint_or_fail(args.from_policy)  # one clear line for a missing or foreign file
+        episodes, rollout = failure_start_states(args.from_policy, seeds, restart_steps)
+        episodes, desc = [(seed, (step, state)) for seed, step, state in episodes], "corrective demos"
+        print(f"{args.from_policy}: {rollout['success_rate']:.1%} success on {len(seeds)} episodes; "
+              f"{len(episodes)} start states", flush=True)
+    else:
+        episodes, desc = [(i, None) for i in seeds], "scripted demos"
     rows, t0 = [], time.perf_counter()
-    bar = progress(episodes, desc="completing demos" if source else "scripted demos", unit="episode")
-    for i in bar:
+    bar = progress(episodes, desc=desc, unit="episode")
+    for i, start in bar:
         t = time.perf_counter()
         if source:  # one episode at a time: an interrupted run keeps what it finished
             arrays, ep = complete_episode(planner, source.get_episode(i, want), args.seed + i, not args.no_images)
             append_episode(args.out, arrays)
         else:
-            ep = run_episode(planner, i, render=not args.no_images)
+            ep = run_episode(planner, i, render=not args.no_images, start_state=None if start is None else start[1])
             if ep.success or args.keep_failures:
                 write_episodes(args.out, [ep])
         rows.append({"episode" if source else "seed": i, "max_coverage": round(ep.max_coverage, 4),
                      "success": ep.success, "steps": len(ep.actions), "pushes": ep.pushes,
-                     "seconds": round(time.perf_counter() - t, 2)})
+                     "seconds": round(time.perf_counter() - t, 2)} | ({} if start is None else {"from_step": start[0]}))
         bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.0%}")
     summary = {"episodes": len(rows), "success_rate": float(np.mean([r["success"] for r in rows])),
                "mean_max_coverage": float(np.mean([r["max_coverage"] for r in rows])),
@@ -340,6 +361,8 @@ def run_demos(args: argparse.Namespace) -> int:
                "seconds_per_episode": (time.perf_counter() - t0) / len(rows), "out": str(args.out), "per_episode": rows}
     if source:
         summary["completed_from"] = str(args.complete)
+    if args.from_policy:
+        summary.update(from_policy=str(args.from_policy), restart_steps=restart_steps, policy_rollout=rollout)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
     if args.metrics_json:
         from sciddiff.train.checkpoint import atomic_file
