@@ -188,10 +188,11 @@ def test_recorded_states_follow_the_episode():
 
 def test_dagger_starts_the_planner_from_a_failed_episode(tmp_path, tiny_checkpoint, capsys):
     from sciddiff.policy.dagger import failure_start_states
+    from sciddiff.policy.io import load_policy
     from sciddiff.policy.replay_buffer import ReplayBuffer
     from sciddiff.policy.scripted import main as demos
 
-    starts, rollout = failure_start_states(tiny_checkpoint, [7], [0, 8], show_progress=False)
+    starts, rollout = failure_start_states(load_policy(tiny_checkpoint), [7], [0, 8], show_progress=False)
     assert rollout["success_rate"] == 0.0  # an untrained policy
     assert [(s, t) for s, t, _ in starts] == [(7, 0), (7, 8)]
     env = PushTAdapter("state").make_env()

@@ -1,7 +1,7 @@
 """Corrective demonstrations on the states a policy itself visits (DAgger, Ross et al. 2011).
 
 A policy trained on demonstrations drifts into states the demonstrations never show and can stall there: the
-shipped PushT state policy loses ~7% of episodes with the agent hovering in place and the T never touching the
+shipped PushT state policy loses 6-7% of episodes with the agent hovering in place and the T never touching the
 goal. DAgger asks an expert what to do in the learner's own states. Here the learner's failed episodes are rolled
 out (`runner.run_episodes(record_states=True)`), and the simulator states at chosen steps of them become start
 states for the scripted planner (`sciddiff.policy.scripted`), whose episodes from there are new demonstrations.
@@ -9,20 +9,24 @@ states for the scripted planner (`sciddiff.policy.scripted`), whose episodes fro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from sciddiff.policy.policy import DiffusionPolicy
 
-def failure_start_states(checkpoint: str | Path, seeds: Sequence[int], restart_steps: Sequence[int],
-                         batch_size: int = 10, show_progress: bool = True) -> tuple[list[tuple[int, int, np.ndarray]], dict]:
-    """Roll the policy out from `seeds`; for every episode that does not succeed, the simulator state (agent x, y,
-    block x, y, angle) before each step in `restart_steps` -> ([(seed, step, state), ...], the rollout's summary)."""
+
+StartState = tuple[int, int, np.ndarray]  # (seed, env step, simulator state)
+
+
+def failure_start_states(policy: DiffusionPolicy, seeds: Sequence[int], restart_steps: Sequence[int],
+                         batch_size: int = 10, show_progress: bool = True) -> tuple[list[StartState], dict]:
+    """Roll `policy` out (frozen for CPU inference) from `seeds`; for every episode that does not succeed, the
+    simulator state (agent x, y, block x, y, angle) before each step in `restart_steps`
+    -> ([(seed, step, state), ...], the rollout's summary)."""
     from sciddiff.policy.evaluate import DEFAULT_ENV_OBS
-    from sciddiff.policy.io import load_policy
     from sciddiff.policy.runner import PushTAdapter, TorchPolicyActor, run_episodes, summarize
 
-    policy = load_policy(checkpoint).eval().freeze_for_cpu()
+    policy.eval().freeze_for_cpu()
     adapter = PushTAdapter(DEFAULT_ENV_OBS[policy.config.obs_type])
     results = run_episodes(TorchPolicyActor(policy, seed=int(seeds[0])), adapter, seeds,
                            n_obs_steps=policy.config.n_obs_steps, batch_size=batch_size,

@@ -333,8 +333,8 @@ def run_demos(args: argparse.Namespace) -> int:
         from sciddiff.policy.cli import load_checkpoint_or_fail
         from sciddiff.policy.dagger import failure_start_states
 
-        load_checkpoint_or_fail(args.from_policy)  # one clear line for a missing or foreign file
-        episodes, rollout = failure_start_states(args.from_policy, seeds, restart_steps)
+        policy = load_checkpoint_or_fail(args.from_policy)  # one clear line for a missing or foreign file
+        episodes, rollout = failure_start_states(policy, seeds, restart_steps)
         episodes, desc = [(seed, (step, state)) for seed, step, state in episodes], "corrective demos"
         print(f"{args.from_policy}: {rollout['success_rate']:.1%} success on {len(seeds)} episodes; "
               f"{len(episodes)} start states", flush=True)
