@@ -23,13 +23,9 @@ def failure_start_states(policy: DiffusionPolicy, seeds: Sequence[int], restart_
     """Roll `policy` out (frozen for CPU inference) from `seeds`; for every episode that does not succeed, the
     simulator state (agent x, y, block x, y, angle) before each step in `restart_steps`
     -> ([(seed, step, state), ...], the rollout's summary)."""
-    from sciddiff.policy.evaluate import DEFAULT_ENV_OBS
-    from sciddiff.policy.runner import PushTAdapter, TorchPolicyActor, run_episodes, summarize
+    from sciddiff.policy.evaluate import rollout_pusht
+    from sciddiff.policy.runner import summarize
 
-    policy.eval().freeze_for_cpu()
-    adapter = PushTAdapter(DEFAULT_ENV_OBS[policy.config.obs_type])
-    results = run_episodes(TorchPolicyActor(policy, seed=int(seeds[0])), adapter, seeds,
-                           n_obs_steps=policy.config.n_obs_steps, batch_size=batch_size,
-                           show_progress=show_progress, record_states=True)
+    results = rollout_pusht(policy, seeds, batch_size=batch_size, show_progress=show_progress, record_states=True)
     starts = [(r.seed, t, r.states[t]) for r in results if not r.success for t in restart_steps if t < len(r.states)]
     return starts, summarize(results)

@@ -8,16 +8,33 @@ i.e. one 8-action chunk) on the CPU with the current torch thread count (`..._mi
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sciddiff.policy.policy import DiffusionPolicy
-from sciddiff.policy.runner import (PushTAdapter, TorchPolicyActor, results_to_dicts, run_episodes, summarize,
-                                    time_action_chunk)
+from sciddiff.policy.runner import (EpisodeResult, PushTAdapter, TorchPolicyActor, results_to_dicts, run_episodes,
+                                    summarize, time_action_chunk)
 
 DEFAULT_ENV_OBS = {"state": "environment_state_agent_pos", "image": "pixels_agent_pos"}
+
+
+def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, batch_size: int = 10,
+                  env_obs_type: str | None = None, gif_path: str | Path | None = None, sampler: str | None = None,
+                  steps: int | None = None, show_progress: bool = True, freeze: bool = True,
+                  record_states: bool = False) -> list[EpisodeResult]:
+    """One PushT episode of `policy` per seed (its sampling noise seeded by the first seed). `freeze` traces the
+    U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`); `record_states` keeps the simulator states."""
+    kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
+    adapter = PushTAdapter(env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type])
+    policy.eval()
+    if freeze and next(policy.parameters()).device.type == "cpu":
+        policy.freeze_for_cpu()
+    actor = TorchPolicyActor(policy, seed=int(seeds[0]), **kwargs)
+    return run_episodes(actor, adapter, seeds, n_obs_steps=policy.config.n_obs_steps, batch_size=batch_size,
+                        gif_path=gif_path, show_progress=show_progress, record_states=record_states)
 
 
 def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, batch_size: int = 10,
@@ -28,13 +45,9 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
     `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`)."""
     kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
     obs_type = env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type]
+    results = rollout_pusht(policy, range(seed, seed + episodes), batch_size=batch_size, env_obs_type=obs_type,
+                            gif_path=gif_path, show_progress=show_progress, freeze=freeze, **kwargs)
     adapter = PushTAdapter(obs_type)
-    policy.eval()
-    if freeze and next(policy.parameters()).device.type == "cpu":
-        policy.freeze_for_cpu()
-    actor = TorchPolicyActor(policy, seed=seed, **kwargs)
-    results = run_episodes(actor, adapter, range(seed, seed + episodes), n_obs_steps=policy.config.n_obs_steps,
-                           batch_size=batch_size, gif_path=gif_path, show_progress=show_progress)
     metrics = summarize(results)
     times = chunk_latency(policy, adapter, seed, freeze=freeze, **kwargs)
     # median = the headline number; min = the same call without interference from other processes on the CPU

@@ -149,12 +149,12 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
     snapshots: list[list] = [[] for _ in range(n)]
     history, max_score, max_reward, steps = [], np.full(n, -np.inf), np.full(n, -np.inf), np.zeros(n, dtype=int)
     terminated, alive = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
-    for env, seed in zip(envs, seeds):
+    for env, seed, snaps in zip(envs, seeds, snapshots):
         obs, _ = env.reset(seed=seed)
         feats = adapter.features(obs)
         history.append(deque([feats] * n_obs_steps, maxlen=n_obs_steps))
         if record_states:
-            snapshots[len(history) - 1].append(adapter.snapshot(env))
+            snaps.append(adapter.snapshot(env))
     if frames is not None:
         frames.append(envs[0].render())
     while alive.any():
