@@ -10,7 +10,8 @@
 #   completed by the planner, which lifted the CPU policy's success 62 -> 69%; made with
 #   sciddiff policy demos --complete ../shared/data/pusht/pusht_cchi_v7_replay.zarr --out runs/policy/completed.zarr --no-images --max-steps 150
 #   sciddiff policy prepare --zarr runs/policy/completed.zarr --obs-type state --out .gpu/policy/pusht_completed_state.npz)
-# POLICY_STATE_EXTRA: extra options for the state run only, e.g. the scripted demonstrations made on the CPU with
+# POLICY_STATE_EXTRA: extra options for both state runs (not the image run), e.g. the DAgger demonstrations the shipped
+#   state policy was fine-tuned on (docs/training.md), or the scripted demonstrations made on the CPU with
 #   sciddiff policy demos --out D.zarr --episodes 100 --seed 1000000 --no-images && sciddiff policy prepare --zarr D.zarr ...
 #   POLICY_STATE_EXTRA="--extra-data .gpu/policy/scripted_a_state.npz .gpu/policy/scripted_b_state.npz"
 # CPU smoke test: OUT=/tmp/o POLICY_SECONDS=5 POLICY_COMPILE= POLICY_LOG_EVERY=2 POLICY_EXTRA="--threads 1" bash .gpu/policy/run_gpu.sh
@@ -33,7 +34,7 @@ pid_state=$!
 # 2. the shipped (CPU-trained) state policy, fine-tuned at batch 1024 on the same data
 python3 -m sciddiff.policy.train --data $STATE_DATA --obs-type state --out $WORK/policy_state_ft \
     --state $WORK/state_ft_train.pt --batch-size 1024 --init data/policy/pusht_state.pt --lr 2e-4 --warmup-steps 200 \
-    $common > $WORK/state_ft.log 2>&1 &
+    $common ${POLICY_STATE_EXTRA:-} > $WORK/state_ft.log 2>&1 &
 pid_state_ft=$!
 # 3. the shipped image policy (CPU vertex encoder + state U-Net) fine-tuned on its own encoder's features: encoder frozen
 #    (--encoder-lr-scale 0). End to end at --lr 1e-4 (encoder trained too, bf16, compiled) the loss went 0.011 -> 0.037
