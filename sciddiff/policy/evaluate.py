@@ -46,7 +46,7 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
     kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
     obs_type = env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type]
     results = rollout_pusht(policy, range(seed, seed + episodes), batch_size=batch_size, env_obs_type=obs_type,
-                            gif_path=gif_path, show_progress=show_progress, freeze=freeze, **kwargs)
+                            gif_path=gif_path, sampler=sampler, steps=steps, show_progress=show_progress, freeze=freeze)
     adapter = PushTAdapter(obs_type)
     metrics = summarize(results)
     times = chunk_latency(policy, adapter, seed, freeze=freeze, **kwargs)
