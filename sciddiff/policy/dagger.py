@@ -2,7 +2,7 @@
 
 A policy trained on demonstrations drifts into states the demonstrations never show and can stall there: the PushT
 state policy trained on demonstrations alone lost 6.3% of episodes with the agent hovering in place and the T never
-touching the goal; three rounds of this (each on the previous round's policy) brought that to 2.7% (docs/policy.md).
+touching the goal; rounds of this (each on the previous round's policy) brought that to ~2% (docs/policy.md).
 DAgger asks an expert what to do in the learner's own states. Here the learner's failed episodes are rolled
 out (`runner.run_episodes(record_states=True)`), and the simulator states at chosen steps of them become start
 states for the scripted planner (`sciddiff.policy.scripted`), whose episodes from there are new demonstrations.

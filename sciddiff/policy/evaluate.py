@@ -27,12 +27,11 @@ def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, batch_size: 
                   record_states: bool = False) -> list[EpisodeResult]:
     """One PushT episode of `policy` per seed (its sampling noise seeded by the first seed). `freeze` traces the
     U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`); `record_states` keeps the simulator states."""
-    kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
     adapter = PushTAdapter(env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type])
     policy.eval()
     if freeze and next(policy.parameters()).device.type == "cpu":
         policy.freeze_for_cpu()
-    actor = TorchPolicyActor(policy, seed=int(seeds[0]), **kwargs)
+    actor = TorchPolicyActor(policy, seed=int(seeds[0]), sampler=sampler, steps=steps)
     return run_episodes(actor, adapter, seeds, n_obs_steps=policy.config.n_obs_steps, batch_size=batch_size,
                         gif_path=gif_path, show_progress=show_progress, record_states=record_states)
 
@@ -43,13 +42,12 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
                    freeze: bool = True) -> dict:
     """Roll `policy` out for `episodes` seeds from `seed`; returns the metrics dict (plus per-episode rows if asked).
     `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`)."""
-    kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
     obs_type = env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type]
     results = rollout_pusht(policy, range(seed, seed + episodes), batch_size=batch_size, env_obs_type=obs_type,
                             gif_path=gif_path, sampler=sampler, steps=steps, show_progress=show_progress, freeze=freeze)
     adapter = PushTAdapter(obs_type)
     metrics = summarize(results)
-    times = chunk_latency(policy, adapter, seed, freeze=freeze, **kwargs)
+    times = chunk_latency(policy, adapter, seed, freeze=freeze, sampler=sampler, steps=steps)
     # median = the headline number; min = the same call without interference from other processes on the CPU
     metrics["seconds_per_action_chunk"] = float(np.median(times))
     metrics["seconds_per_action_chunk_min"] = float(times.min())
