@@ -209,3 +209,60 @@ def test_dagger_starts_the_planner_from_a_failed_episode(tmp_path, tiny_checkpoi
         assert np.allclose(buf.get_episode(k)["state"][0], starts[k][2], atol=1e-4)
     assert demos(args[:-2] + ["--restart-steps", "zero", "--out", str(tmp_path / "x.zarr")]) == 2
     assert "--restart-steps" in capsys.readouterr().err
+
+
+def test_eval_writes_the_states_it_visits(tmp_path, tiny_checkpoint):
+    from sciddiff.policy.evaluate import evaluate_pusht
+    from sciddiff.policy.io import load_policy
+
+    metrics = evaluate_pusht(load_policy(tiny_checkpoint), 2, seed=5, show_progress=False, per_episode=True,
+                             states_out=tmp_path / "states.npz")
+    with np.load(tmp_path / "states.npz") as d:
+        states, ends = d["states"], d["episode_ends"]
+        assert list(d["seed"]) == [5, 6] and list(d["success"]) == [False, False]
+        assert np.allclose(d["max_score"], [r["max_score"] for r in metrics["per_episode"]])
+    assert list(ends) == list(np.cumsum([r["steps"] + 1 for r in metrics["per_episode"]])) and states.shape[1] == 5
+    env = PushTAdapter("state").make_env()
+    for first, seed in ((0, 5), (ends[0], 6)):  # each episode starts at its seed's reset state
+        env.reset(seed=seed)
+        assert np.allclose(states[first], pusht.env_state(env))
+    env.close()
+
+
+def _image_store(path: Path, states: np.ndarray) -> Path:
+    """A two-episode PushT replay buffer whose frames gym-pusht rendered from `states`."""
+    from sciddiff.policy.replay_buffer import ReplayBuffer
+
+    frames, settled = pusht.render_states(states)
+    buf = ReplayBuffer.create(path)
+    half = len(states) // 2
+    for rows in (slice(0, half), slice(half, None)):
+        buf.add_episode({"state": settled[rows].astype(np.float32), "action": settled[rows, :2].astype(np.float32),
+                         "img": frames[rows].astype(np.float32)})
+    return path
+
+
+def test_encoder_trains_on_rollout_states_and_resumes_from_an_image_policy(tmp_path, tiny_checkpoint, capsys):
+    """`--extra-states` renders a rollout's states as training frames (every 10th episode held out and scored);
+    `--init-encoder` starts from another image policy's encoder: at LR 0 it comes out unchanged."""
+    from sciddiff.policy.evaluate import evaluate_pusht
+    from sciddiff.policy.image_transfer import main
+    from sciddiff.policy.io import load_policy
+
+    rng = np.random.default_rng(0)
+    store = _image_store(tmp_path / "demos.zarr", np.column_stack(
+        [rng.uniform(50, 450, (12, 4)), rng.uniform(-np.pi, np.pi, 12)]))
+    evaluate_pusht(load_policy(tiny_checkpoint), 1, seed=9, show_progress=False, states_out=tmp_path / "roll.npz")
+    common = ["--state-policy", str(tiny_checkpoint), "--data", str(store), "--extra-states", str(tmp_path / "roll.npz"),
+              "--extra-stride", "50", "--log-every", "2", "--batch-size", "4"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--max-seconds", "2"]) == 0
+    first = load_policy(tmp_path / "a" / "policy.pt")
+    assert np.isfinite(first.meta["val_rollout_vertex_error_px"])  # the one rollout episode is the held-out one
+    assert main([*common, "--out", str(tmp_path / "b"), "--max-seconds", "1", "--lr", "0",
+                 "--init-encoder", str(tmp_path / "a" / "policy.pt")]) == 0
+    second = load_policy(tmp_path / "b" / "policy.pt")
+    ours, theirs = second.encoder.state_dict(), first.encoder.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "c"), "--init-encoder", str(tiny_checkpoint)]) == 2
+    assert "is not an image policy" in capsys.readouterr().err

@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gif", type=Path, default=None, help="write a GIF of the first episode here")
     p.add_argument("--metrics-json", type=Path, default=None, help="write the metrics here")
     p.add_argument("--per-episode", action="store_true", help="include per-episode rows in the metrics")
+    p.add_argument("--states-out", type=Path, default=None, metavar="NPZ",
+                   help="write the simulator states the episodes visit here (e.g. to train an image encoder on them)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--eager", action="store_true", help="do not trace/freeze the U-Net for CPU inference")
     p.add_argument("--cpu-weights", choices=("float32", "int8"), default=None,
@@ -110,7 +112,8 @@ def _eval(args: argparse.Namespace) -> int:
         policy.config.cpu_weights = args.cpu_weights
     metrics = evaluate_pusht(policy, args.episodes, args.seed, batch_size=args.batch_size,
                              env_obs_type=args.env_obs_type, gif_path=args.gif, sampler=args.sampler,
-                             steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager)
+                             steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager,
+                             states_out=args.states_out)
     print(format_metrics(metrics))
     if args.metrics_json:
         with atomic_file(args.metrics_json, "w") as handle:

@@ -39,12 +39,16 @@ def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, batch_size: 
 def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, batch_size: int = 10,
                    env_obs_type: str | None = None, gif_path: str | Path | None = None, sampler: str | None = None,
                    steps: int | None = None, show_progress: bool = True, per_episode: bool = False,
-                   freeze: bool = True) -> dict:
+                   freeze: bool = True, states_out: str | Path | None = None) -> dict:
     """Roll `policy` out for `episodes` seeds from `seed`; returns the metrics dict (plus per-episode rows if asked).
-    `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`)."""
+    `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`); `states_out` writes the visited
+    simulator states there (`save_rollout_states`)."""
     obs_type = env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type]
     results = rollout_pusht(policy, range(seed, seed + episodes), batch_size=batch_size, env_obs_type=obs_type,
-                            gif_path=gif_path, sampler=sampler, steps=steps, show_progress=show_progress, freeze=freeze)
+                            gif_path=gif_path, sampler=sampler, steps=steps, show_progress=show_progress, freeze=freeze,
+                            record_states=states_out is not None)
+    if states_out is not None:
+        save_rollout_states(states_out, results)
     adapter = PushTAdapter(obs_type)
     metrics = summarize(results)
     times = chunk_latency(policy, adapter, seed, freeze=freeze, sampler=sampler, steps=steps)
@@ -58,6 +62,19 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
     if per_episode:
         metrics["per_episode"] = results_to_dicts(results)
     return metrics
+
+
+def save_rollout_states(path: str | Path, results: Sequence[EpisodeResult]) -> Path:
+    """Atomically write the episodes' simulator states to an .npz: `states` (all episodes' states before each action
+    and after the last, concatenated: agent x, y, block x, y, angle), `episode_ends` (cumulative row counts, as
+    the replay buffer's), and per episode `seed`, `max_score` and `success`."""
+    from sciddiff.train.checkpoint import atomic_file
+
+    with atomic_file(path, "wb") as handle:
+        np.savez(handle, states=np.concatenate([r.states for r in results]),
+                 episode_ends=np.cumsum([len(r.states) for r in results]), seed=np.array([r.seed for r in results]),
+                 max_score=np.array([r.max_score for r in results]), success=np.array([r.success for r in results]))
+    return Path(path)
 
 
 def chunk_latency(policy: DiffusionPolicy, adapter: PushTAdapter, seed: int = 0, repeats: int = 30,

@@ -5,7 +5,10 @@ and U-Net run at ~0.65 optimizer steps/s. This builds a working one in under an 
 
 1. `train_vertex_encoder`: an `ImageEncoder` (spatial softmax, 16 outputs, no output LayerNorm) learns to predict, from
    one 96x96 frame, the 8 T-block vertices exactly as the state policy sees them (its min-max normalization to [-1, 1]):
-   supervised regression on the demonstration frames and their recorded states (mean squared error).
+   supervised regression on the demonstration frames and their recorded states (mean squared error), optionally
+   also on frames gym-pusht renders from random states (`--random-frames`) and from the states a policy visits in
+   closed loop (`--extra-states`, written by `sciddiff policy eval --states-out`): its failed episodes reach
+   poses the demonstrations never show (a T against a wall, half covered by the agent), where the encoder erred most.
 2. `image_policy_from_state`: an image `DiffusionPolicy` (per observation step: the 16 predicted vertex features, then the
    agent's x, y) whose U-Net is the state policy's, with the columns of every FiLM layer's input permuted from the state
    layout (agent x, y, vertices) to the image layout. FiLM applies Mish elementwise before its linear map, so the
@@ -84,6 +87,19 @@ def vertex_error_px(state_policy: DiffusionPolicy, pred: torch.Tensor, target: t
     return float(((pred - target) * scale).reshape(-1, 8, 2).norm(dim=-1).mean())
 
 
+def rollout_states(path: Path, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every `stride`-th state of each episode in a `--states-out` file -> (states (n, 5), held out for validation
+    (n,) bool: the states of every 10th episode)."""
+    if not path.exists():
+        raise UserError(f"no rollout states at {path} (write them with `sciddiff policy eval --states-out`)")
+    with np.load(path) as data:
+        states, ends = data["states"], data["episode_ends"]
+    starts = np.concatenate([[0], ends[:-1]])
+    rows = [np.arange(a, b, stride) for a, b in zip(starts, ends)]
+    held_out = np.concatenate([np.full(len(r), i % 10 == 0) for i, r in enumerate(rows)])
+    return states[np.concatenate(rows)], held_out
+
+
 def reuse_encoder(args: argparse.Namespace) -> dict:
     """Stage 2 alone: the encoder of an image policy built here (`--encoder-from`) under another state policy's U-Net,
     e.g. after the state policy was trained further (its normalizers must be the ones the encoder was trained for)."""
@@ -127,7 +143,13 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         raise UserError(f"{args.state_policy} is not a state policy (obs_type {state_policy.config.obs_type!r})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = image_config(state_policy.config, tuple(args.channels), args.keypoints)
+    channels, keypoints = tuple(args.channels), args.keypoints
+    if args.init_encoder:
+        donor = load_checkpoint_or_fail(Path(args.init_encoder))
+        if donor.config.obs_type != "image":
+            raise UserError(f"--init-encoder {args.init_encoder} is not an image policy")
+        channels, keypoints = donor.config.vision_channels, donor.config.vision_keypoints
+    config = image_config(state_policy.config, channels, keypoints)
     images = dataset_from_zarr(args.data, "image")
     features = dataset_from_zarr(args.data, "state")["state"]
     targets = vertex_targets(state_policy, features)
@@ -137,15 +159,29 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
     is_val = np.isin(episode, val_eps)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     frames = images["image"]
+    extra_frames, extra_states, extra_val = [], [], []
     if args.random_frames:  # rendered random states: poses the demonstrations rarely show (training only)
-        extra_frames, extra_states = pusht.render_random_states(args.random_frames, seed=args.seed)
-        frames = np.concatenate([frames, extra_frames])
-        targets = torch.cat([targets, vertex_targets(state_policy, pusht.state_features(extra_states))])
-        train_idx = np.concatenate([train_idx, np.arange(len(features), len(frames))])
+        f, states = pusht.render_random_states(args.random_frames, seed=args.seed)
+        extra_frames.append(f), extra_states.append(states), extra_val.append(np.zeros(len(f), bool))
+    for path in args.extra_states:  # states a policy visits in closed loop, failures included (every 10th episode: val)
+        states, held_out = rollout_states(Path(path), args.extra_stride)
+        print(f"rendering {len(states)} states of {path}", flush=True)
+        f, states = pusht.render_states(states, seed=args.seed)
+        extra_frames.append(f), extra_states.append(states), extra_val.append(held_out)
+    rollout_val_idx = np.zeros(0, np.int64)
+    if extra_frames:
+        first = len(frames)
+        frames = np.concatenate([frames, *extra_frames])
+        targets = torch.cat([targets, vertex_targets(state_policy, pusht.state_features(np.concatenate(extra_states)))])
+        held_out = np.concatenate(extra_val)
+        train_idx = np.concatenate([train_idx, first + np.flatnonzero(~held_out)])
+        rollout_val_idx = first + np.flatnonzero(held_out)
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, 96, 96) uint8 view
     train_rows = torch.as_tensor(train_idx)
 
     encoder = DiffusionPolicy(config).encoder
+    if args.init_encoder:
+        encoder.load_state_dict(donor.encoder.state_dict())
     opt = torch.optim.AdamW(encoder.parameters(), lr=args.lr, weight_decay=1e-6)
     gen = torch.Generator().manual_seed(args.seed)
     step, seconds = 0, 0.0
@@ -158,13 +194,17 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         step, seconds = saved["step"], saved["seconds"]
         print(f"resumed {state_path} at step {step}", flush=True)
 
-    def validate() -> float:
+    def error_px(rows: np.ndarray) -> float:
+        if not len(rows):
+            return math.nan
         encoder.eval()
         with torch.no_grad():
-            pred = torch.cat([encoder(pixels_to_unit(frames[val_idx[i:i + 256]]))
-                              for i in range(0, len(val_idx), 256)])
+            pred = torch.cat([encoder(pixels_to_unit(frames[rows[i:i + 256]])) for i in range(0, len(rows), 256)])
         encoder.train()
-        return vertex_error_px(state_policy, pred, targets[val_idx])
+        return vertex_error_px(state_policy, pred, targets[rows])
+
+    def validate() -> float:
+        return error_px(val_idx)
 
     def checkpoint(val_px: float) -> None:
         save_checkpoint(state_path, {"encoder": encoder.state_dict(), "optimizer": opt.state_dict(),
@@ -173,6 +213,7 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         meta = {"command": " ".join(["python -m sciddiff.policy.image_transfer", *sys.argv[1:]]),
                 "state_policy": str(args.state_policy), "data": str(args.data), "encoder_steps": step,
                 "encoder_seconds": round(seconds, 1), "val_vertex_error_px": round(val_px, 2),
+                "val_rollout_vertex_error_px": round(error_px(rollout_val_idx), 2),
                 "device": "cpu", "torch": str(torch.__version__)}
         save_policy(out / "policy.pt", policy, meta)
 
@@ -185,7 +226,7 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
     with open(log_path, "a", newline="") as handle:
         log = csv.writer(handle)
         if new_log:
-            log.writerow(["step", "seconds", "loss", "lr", "val_vertex_error_px"])
+            log.writerow(["step", "seconds", "loss", "lr", "val_vertex_error_px", "val_rollout_vertex_error_px"])
         start, last_ckpt, running = time.perf_counter() - seconds, time.perf_counter(), []
         val_px = math.nan
         encoder.train()
@@ -202,11 +243,11 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
             seconds = time.perf_counter() - start
             running.append(loss.item())
             if step % args.log_every == 0:
-                val_px = validate()
-                log.writerow([step, round(seconds, 1), np.mean(running), lr, round(val_px, 3)])
+                val_px, rollout_px = validate(), error_px(rollout_val_idx)
+                log.writerow([step, round(seconds, 1), np.mean(running), lr, round(val_px, 3), round(rollout_px, 3)])
                 handle.flush()
-                print(f"step {step} {seconds:.0f}s loss {np.mean(running):.5f} val vertex error {val_px:.2f} px",
-                      flush=True)
+                print(f"step {step} {seconds:.0f}s loss {np.mean(running):.5f} vertex error: demos {val_px:.2f} px, "
+                      f"rollouts {rollout_px:.2f} px", flush=True)
                 running = []
             if time.perf_counter() - last_ckpt > args.checkpoint_every:
                 checkpoint(val_px)
@@ -234,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keypoints", type=int, default=32, help="spatial-softmax keypoints")
     p.add_argument("--random-frames", type=int, default=0,
                    help="add this many frames of random states rendered by gym-pusht to the training frames")
+    p.add_argument("--extra-states", nargs="+", default=[], metavar="NPZ",
+                   help="also train on frames of the states a policy visits (`sciddiff policy eval --states-out`), "
+                        "rendered by gym-pusht; every 10th episode is held out for validation")
+    p.add_argument("--extra-stride", type=int, default=3, help="render every k-th state of --extra-states episodes")
+    p.add_argument("--init-encoder", default=None, metavar="IMAGE_POLICY",
+                   help="start from this image policy's encoder (built here) instead of random weights")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=250)

@@ -71,19 +71,24 @@ def reset_to_state(env, state: np.ndarray, seed: int | None = None):
     return u.get_obs()
 
 
-def render_random_states(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """n frames (n, 96, 96, 3) uint8 of random PushT states, drawn as gym-pusht's reset draws them (agent in [50, 450]^2,
-    block in [100, 400]^2, angle uniform), rendered by the env itself, and the states (n, 5) it settled in (one physics
-    step may push an overlapping block). Frames of states the demonstrations rarely visit, for perception training."""
+def render_states(states: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (n, 96, 96, 3) uint8 of PushT states (n, 5), rendered by gym-pusht itself (`reset_to_state`), and the
+    states (n, 5) the simulator settled in (one physics step may push an overlapping block): image/label pairs."""
     import gymnasium as gym
     import gym_pusht  # noqa: F401  (registers the env)
 
     env = gym.make(ENV_ID, obs_type="pixels_agent_pos")
-    rng = np.random.default_rng(seed)
-    frames, states = np.empty((n, 96, 96, 3), np.uint8), np.empty((n, 5), np.float64)
-    for i in range(n):
-        start = [*rng.integers(50, 450, 2), *rng.integers(100, 400, 2), rng.uniform(-np.pi, np.pi)]
-        obs, _ = env.reset(seed=seed, options={"reset_to_state": start})
-        frames[i], states[i] = obs["pixels"], env_state(env)
+    frames, settled = np.empty((len(states), 96, 96, 3), np.uint8), np.empty((len(states), 5), np.float64)
+    for i, state in enumerate(states):
+        frames[i] = reset_to_state(env, state, seed=seed)["pixels"]
+        settled[i] = env_state(env)
     env.close()
-    return frames, states
+    return frames, settled
+
+
+def render_random_states(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`render_states` of n random states drawn as gym-pusht's reset draws them (agent in [50, 450]^2, block in
+    [100, 400]^2, angle uniform): states the demonstrations rarely visit, for perception training."""
+    rng = np.random.default_rng(seed)
+    starts = np.column_stack([rng.integers(50, 450, (n, 2)), rng.integers(100, 400, (n, 2)), rng.uniform(-np.pi, np.pi, n)])
+    return render_states(starts, seed)
