@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps = int(steps) if steps else None
                 cases.append((policy, sampler, steps))
                 labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
-                               "steps": steps or policy.config.num_inference_steps})
+                               "steps": policy.denoising_steps(sampler, steps)})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)
     return 0

@@ -153,6 +153,11 @@ class DiffusionPolicy(nn.Module):
         frozen = self.__dict__.get("_frozen_unet")
         return frozen if frozen is not None and device.type == "cpu" and not self.training else self.unet
 
+    def denoising_steps(self, sampler: str | None = None, steps: int | None = None) -> int:
+        """Network calls per chunk that `sample(..., sampler, steps)` makes (DDPM runs the whole training chain)."""
+        c = self.config
+        return c.num_train_timesteps if (sampler or c.sampler) == "ddpm" else steps or c.num_inference_steps
+
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None, sampler: str | None = None,
                steps: int | None = None) -> torch.Tensor:
