@@ -92,8 +92,11 @@ def rollout_states(path: Path, stride: int) -> tuple[np.ndarray, np.ndarray]:
     (n,) bool: the states of every 10th episode)."""
     if not path.exists():
         raise UserError(f"no rollout states at {path} (write them with `sciddiff policy eval --states-out`)")
-    with np.load(path) as data:
-        states, ends = data["states"], data["episode_ends"]
+    try:
+        with np.load(path) as data:
+            states, ends = data["states"], data["episode_ends"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot read rollout states from {path}: {err}") from err
     starts = np.concatenate([[0], ends[:-1]])
     rows = [np.arange(a, b, stride) for a, b in zip(starts, ends)]
     held_out = np.concatenate([np.full(len(r), i % 10 == 0) for i, r in enumerate(rows)])
@@ -141,14 +144,15 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         raise UserError(f"no PushT demonstrations at {args.data} (--data)")
     if state_policy.config.obs_type != "state":
         raise UserError(f"{args.state_policy} is not a state policy (obs_type {state_policy.config.obs_type!r})")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    rollouts = {path: rollout_states(Path(path), args.extra_stride) for path in args.extra_states}
     channels, keypoints = tuple(args.channels), args.keypoints
     if args.init_encoder:
         donor = load_checkpoint_or_fail(Path(args.init_encoder))
         if donor.config.obs_type != "image":
             raise UserError(f"--init-encoder {args.init_encoder} is not an image policy")
         channels, keypoints = donor.config.vision_channels, donor.config.vision_keypoints
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     config = image_config(state_policy.config, channels, keypoints)
     images = dataset_from_zarr(args.data, "image")
     features = dataset_from_zarr(args.data, "state")["state"]
@@ -159,21 +163,19 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
     is_val = np.isin(episode, val_eps)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     frames = images["image"]
-    extra_frames, extra_states, extra_val = [], [], []
+    extra = []  # (frames, settled states, held out) rendered by gym-pusht
     if args.random_frames:  # rendered random states: poses the demonstrations rarely show (training only)
-        f, states = pusht.render_random_states(args.random_frames, seed=args.seed)
-        extra_frames.append(f), extra_states.append(states), extra_val.append(np.zeros(len(f), bool))
-    for path in args.extra_states:  # states a policy visits in closed loop, failures included (every 10th episode: val)
-        states, held_out = rollout_states(Path(path), args.extra_stride)
+        rendered = pusht.render_random_states(args.random_frames, seed=args.seed)
+        extra.append((*rendered, np.zeros(args.random_frames, bool)))
+    for path, (states, held_out) in rollouts.items():  # a policy's closed-loop states, failures included
         print(f"rendering {len(states)} states of {path}", flush=True)
-        f, states = pusht.render_states(states, seed=args.seed)
-        extra_frames.append(f), extra_states.append(states), extra_val.append(held_out)
+        extra.append((*pusht.render_states(states, seed=args.seed), held_out))
     rollout_val_idx = np.zeros(0, np.int64)
-    if extra_frames:
+    if extra:
         first = len(frames)
-        frames = np.concatenate([frames, *extra_frames])
-        targets = torch.cat([targets, vertex_targets(state_policy, pusht.state_features(np.concatenate(extra_states)))])
-        held_out = np.concatenate(extra_val)
+        frames = np.concatenate([frames, *(e[0] for e in extra)])
+        targets = torch.cat([targets, vertex_targets(state_policy, pusht.state_features(np.concatenate([e[1] for e in extra])))])
+        held_out = np.concatenate([e[2] for e in extra])
         train_idx = np.concatenate([train_idx, first + np.flatnonzero(~held_out)])
         rollout_val_idx = first + np.flatnonzero(held_out)
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, 96, 96) uint8 view
@@ -203,17 +205,14 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         encoder.train()
         return vertex_error_px(state_policy, pred, targets[rows])
 
-    def validate() -> float:
-        return error_px(val_idx)
-
-    def checkpoint(val_px: float) -> None:
+    def checkpoint(val_px: float, rollout_px: float) -> None:
         save_checkpoint(state_path, {"encoder": encoder.state_dict(), "optimizer": opt.state_dict(),
                                      "generator": gen.get_state(), "step": step, "seconds": seconds})
         policy = image_policy_from_state(state_policy, encoder, config)
         meta = {"command": " ".join(["python -m sciddiff.policy.image_transfer", *sys.argv[1:]]),
                 "state_policy": str(args.state_policy), "data": str(args.data), "encoder_steps": step,
                 "encoder_seconds": round(seconds, 1), "val_vertex_error_px": round(val_px, 2),
-                "val_rollout_vertex_error_px": round(error_px(rollout_val_idx), 2),
+                "val_rollout_vertex_error_px": round(rollout_px, 2),
                 "device": "cpu", "torch": str(torch.__version__)}
         save_policy(out / "policy.pt", policy, meta)
 
@@ -228,7 +227,7 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         if new_log:
             log.writerow(["step", "seconds", "loss", "lr", "val_vertex_error_px", "val_rollout_vertex_error_px"])
         start, last_ckpt, running = time.perf_counter() - seconds, time.perf_counter(), []
-        val_px = math.nan
+        val_px = rollout_px = math.nan
         encoder.train()
         while seconds < args.max_seconds:
             rows = train_rows[torch.randint(len(train_rows), (args.batch_size,), generator=gen)]
@@ -243,17 +242,17 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
             seconds = time.perf_counter() - start
             running.append(loss.item())
             if step % args.log_every == 0:
-                val_px, rollout_px = validate(), error_px(rollout_val_idx)
+                val_px, rollout_px = error_px(val_idx), error_px(rollout_val_idx)
                 log.writerow([step, round(seconds, 1), np.mean(running), lr, round(val_px, 3), round(rollout_px, 3)])
                 handle.flush()
                 print(f"step {step} {seconds:.0f}s loss {np.mean(running):.5f} vertex error: demos {val_px:.2f} px, "
                       f"rollouts {rollout_px:.2f} px", flush=True)
                 running = []
             if time.perf_counter() - last_ckpt > args.checkpoint_every:
-                checkpoint(val_px)
+                checkpoint(val_px, rollout_px)
                 last_ckpt = time.perf_counter()
-        val_px = validate()
-        checkpoint(val_px)
+        val_px, rollout_px = error_px(val_idx), error_px(rollout_val_idx)
+        checkpoint(val_px, rollout_px)
     print(f"wrote {out / 'policy.pt'}: {step} encoder steps, validation vertex error {val_px:.2f} px")
     return {"steps": step, "val_vertex_error_px": val_px}
 
