@@ -267,6 +267,8 @@ def test_encoder_trains_on_rollout_states_and_resumes_from_an_image_policy(tmp_p
     assert main([*common, "--out", str(tmp_path / "c"), "--init-encoder", str(tiny_checkpoint)]) == 2
     assert "is not an image policy" in capsys.readouterr().err and not (tmp_path / "c").exists()
     (tmp_path / "bogus.npz").write_bytes(b"not an npz")
-    for states, message in (("missing.npz", "no rollout states"), ("bogus.npz", "cannot read rollout states")):
-        args = [*common[:4], "--extra-states", str(tmp_path / states), "--out", str(tmp_path / "d")]
+    for extra, message in (([str(tmp_path / "missing.npz")], "no rollout states"),
+                           ([str(tmp_path / "bogus.npz")], "cannot read rollout states"),
+                           ([str(tmp_path / "roll.npz"), "--extra-stride", "0"], "--extra-stride must be at least 1")):
+        args = [*common[:4], "--extra-states", *extra, "--out", str(tmp_path / "d")]
         assert main(args) == 2 and message in capsys.readouterr().err and not (tmp_path / "d").exists()

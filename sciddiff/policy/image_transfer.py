@@ -90,6 +90,8 @@ def vertex_error_px(state_policy: DiffusionPolicy, pred: torch.Tensor, target: t
 def rollout_states(path: Path, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Every `stride`-th state of each episode in a `--states-out` file -> (states (n, 5), held out for validation
     (n,) bool: the states of every 10th episode)."""
+    if stride < 1:
+        raise UserError(f"--extra-stride must be at least 1, got {stride}")
     if not path.exists():
         raise UserError(f"no rollout states at {path} (write them with `sciddiff policy eval --states-out`)")
     try:
@@ -144,7 +146,7 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         raise UserError(f"no PushT demonstrations at {args.data} (--data)")
     if state_policy.config.obs_type != "state":
         raise UserError(f"{args.state_policy} is not a state policy (obs_type {state_policy.config.obs_type!r})")
-    rollouts = {path: rollout_states(Path(path), args.extra_stride) for path in args.extra_states}
+    rollouts = [(path, *rollout_states(Path(path), args.extra_stride)) for path in args.extra_states]
     channels, keypoints = tuple(args.channels), args.keypoints
     if args.init_encoder:
         donor = load_checkpoint_or_fail(Path(args.init_encoder))
@@ -167,15 +169,15 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
     if args.random_frames:  # rendered random states: poses the demonstrations rarely show (training only)
         rendered = pusht.render_random_states(args.random_frames, seed=args.seed)
         extra.append((*rendered, np.zeros(args.random_frames, bool)))
-    for path, (states, held_out) in rollouts.items():  # a policy's closed-loop states, failures included
+    for path, states, held_out in rollouts:  # a policy's closed-loop states, failures included
         print(f"rendering {len(states)} states of {path}", flush=True)
         extra.append((*pusht.render_states(states, seed=args.seed), held_out))
     rollout_val_idx = np.zeros(0, np.int64)
     if extra:
+        extra_frames, extra_states, held_out = (np.concatenate(parts) for parts in zip(*extra))
         first = len(frames)
-        frames = np.concatenate([frames, *(e[0] for e in extra)])
-        targets = torch.cat([targets, vertex_targets(state_policy, pusht.state_features(np.concatenate([e[1] for e in extra])))])
-        held_out = np.concatenate([e[2] for e in extra])
+        frames = np.concatenate([frames, extra_frames])
+        targets = torch.cat([targets, vertex_targets(state_policy, pusht.state_features(extra_states))])
         train_idx = np.concatenate([train_idx, first + np.flatnonzero(~held_out)])
         rollout_val_idx = first + np.flatnonzero(held_out)
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, 96, 96) uint8 view
