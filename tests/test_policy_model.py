@@ -147,6 +147,27 @@ def test_policy_predicts_action_chunks(obs_type, state_dim, sampler):
         assert policy.encoder.stem[0].weight.grad.abs().sum() > 0  # trained end to end
 
 
+def test_ddim_eta_adds_noise_per_step_and_rides_with_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    config = PolicyConfig(sampler="ddim_trailing", num_inference_steps=4, **TINY)
+    policy = _fitted(DiffusionPolicy(config))
+    obs = _obs(config)
+
+    def act(p, seed):
+        return p.predict_action(obs, generator=torch.Generator().manual_seed(seed))
+
+    # eta = 0: the generator only draws x_T; eta = 1 draws fresh noise at every step, so the same x_T ends elsewhere
+    deterministic = act(policy, 5)
+    policy.config.ddim_eta = 1.0
+    ancestral = act(policy, 5)
+    assert not torch.allclose(ancestral, deterministic, atol=1e-3)
+    torch.testing.assert_close(act(policy, 5), ancestral, rtol=0, atol=0)  # still seeded
+    save_policy(tmp_path / "eta.pt", policy, half=False)
+    assert load_policy(tmp_path / "eta.pt").config.ddim_eta == 1.0
+    with pytest.raises(ValueError, match="ddim_eta"):
+        PolicyConfig(ddim_eta=1.5)
+
+
 def test_image_crop_random_in_training_centre_in_eval():
     policy = DiffusionPolicy(PolicyConfig(obs_type="image", state_dim=2, **TINY))
     img = torch.arange(96 * 96, dtype=torch.int32).reshape(1, 1, 96, 96).expand(6, 3, 96, 96)

@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=10, help="episodes run in lockstep")
     p.add_argument("--sampler", choices=("ddim", "ddim_trailing", "dpmpp_2m", "ddpm"), default=None, help="override the policy's")
     p.add_argument("--inference-steps", type=int, default=None, help="override the policy's denoising steps")
+    p.add_argument("--ddim-eta", type=float, default=None, metavar="ETA",
+                   help="override the policy's DDIM noise scale: 0 deterministic, 1 ancestral (DDIM samplers only)")
     p.add_argument("--action-steps", type=int, default=None,
                    help="actions executed per chunk before re-planning (default: the policy's, 8 as trained)")
     p.add_argument("--env-obs-type", choices=("state", "environment_state_agent_pos", "pixels_agent_pos"),
@@ -110,6 +112,10 @@ def _eval(args: argparse.Namespace) -> int:
         c.n_action_steps = args.action_steps
     if args.cpu_weights is not None:
         policy.config.cpu_weights = args.cpu_weights
+    if args.ddim_eta is not None:
+        if not 0.0 <= args.ddim_eta <= 1.0:
+            raise UserError("--ddim-eta must be in [0, 1]")
+        policy.config.ddim_eta = args.ddim_eta
     metrics = evaluate_pusht(policy, args.episodes, args.seed, batch_size=args.batch_size,
                              env_obs_type=args.env_obs_type, gif_path=args.gif, sampler=args.sampler,
                              steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager,

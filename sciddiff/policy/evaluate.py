@@ -56,7 +56,8 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
     metrics["seconds_per_action_chunk"] = float(np.median(times))
     metrics["seconds_per_action_chunk_min"] = float(times.min())
     metrics.update(seed=seed, env_obs_type=obs_type, sampler=sampler or policy.config.sampler,
-                   inference_steps=policy.denoising_steps(sampler, steps), action_steps=policy.config.n_action_steps,
+                   inference_steps=policy.denoising_steps(sampler, steps), ddim_eta=policy.config.ddim_eta,
+                   action_steps=policy.config.n_action_steps,
                    cpu_weights=policy.config.cpu_weights if freeze else "float32",
                    torch_threads=torch.get_num_threads())
     if per_episode:

@@ -43,6 +43,7 @@ class PolicyConfig:
     clip_sample: float | None = 1.0
     sampler: str = "ddim"
     num_inference_steps: int = 8
+    ddim_eta: float = 0.0  # DDIM's noise scale: 0 = deterministic ODE step, 1 = ancestral (DDPM-like) noise per step
     cpu_weights: str = "float32"  # the frozen CPU U-Net's convolution weights: "float32" or "int8" (weight-only)
     image_size: int = 96
     crop_size: int = 84
@@ -57,6 +58,8 @@ class PolicyConfig:
             raise ValueError(f"obs_type must be 'state' or 'image', got {self.obs_type!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if not 0.0 <= self.ddim_eta <= 1.0:
+            raise ValueError(f"ddim_eta must be in [0, 1], got {self.ddim_eta!r}")
         if self.cpu_weights not in CPU_WEIGHTS:
             raise ValueError(f"cpu_weights must be one of {CPU_WEIGHTS}, got {self.cpu_weights!r}")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
@@ -170,7 +173,8 @@ class DiffusionPolicy(nn.Module):
         unet = self._denoiser(cond.device)
         if sampler in ("ddim", "ddim_trailing"):  # trailing spacing starts at t = T - 1: better with few steps
             spacing = "trailing" if sampler == "ddim_trailing" else "leading"
-            return sample_ddim(unet, x_T, self.schedule, steps=steps, generator=generator, timestep_spacing=spacing, **common)
+            return sample_ddim(unet, x_T, self.schedule, steps=steps, eta=c.ddim_eta, generator=generator,
+                               timestep_spacing=spacing, **common)
         if sampler == "dpmpp_2m":
             return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, **common)
         if sampler == "ddpm":
