@@ -115,7 +115,7 @@ def reuse_encoder(args: argparse.Namespace) -> dict:
     if state_policy.config.obs_type != "state" or donor.config.obs_type != "image":
         raise UserError("--state-policy must be a state policy and --encoder-from an image policy")
     config = image_config(state_policy.config, donor.config.vision_channels, donor.config.vision_keypoints)
-    for setting in ("sampler", "num_inference_steps", "cpu_weights"):  # inference settings: the image policy's own choice
+    for setting in ("sampler", "num_inference_steps", "ddim_eta", "cpu_weights"):  # inference settings: the image policy's own choice
         setattr(config, setting, getattr(donor.config, setting))
     if config.to_dict() | {"extra": {}} != donor.config.to_dict() | {"extra": {}}:
         raise UserError(f"{args.encoder_from} was not built for a U-Net like {args.state_policy}'s")

@@ -87,6 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
     g.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default inference sampler stored in the policy")
     g.add_argument("--inference-steps", type=int, default=8, help="default denoising steps at inference")
+    g.add_argument("--ddim-eta", type=float, default=0.0, help="DDIM noise scale stored in the policy (0 deterministic, 1 ancestral)")
     g.add_argument("--cpu-weights", choices=CPU_WEIGHTS, default=None,
                    help="the frozen CPU U-Net's weights stored in the policy (default: --init's, else float32)")
     g.add_argument("--vision-channels", default="32,64,128", help="image encoder widths (image policy)")
@@ -212,6 +213,8 @@ def train(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     amp = not args.no_amp and device.type == "cuda"
+    if not 0.0 <= args.ddim_eta <= 1.0:
+        raise UserError("--ddim-eta must be in [0, 1]")
     seed_everything(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,8 +230,8 @@ def train(args: argparse.Namespace) -> dict:
     config = PolicyConfig(
         obs_type=args.obs_type, state_dim=arrays[OBS_KEYS[args.obs_type][-1]].shape[-1],
         action_dim=arrays["action"].shape[-1], down_dims=_ints(args.down_dims), prediction_type=args.prediction_type,
-        sampler=args.sampler, num_inference_steps=args.inference_steps, vision_channels=_ints(args.vision_channels),
-        cpu_weights=args.cpu_weights or "float32",
+        sampler=args.sampler, num_inference_steps=args.inference_steps, ddim_eta=args.ddim_eta,
+        vision_channels=_ints(args.vision_channels), cpu_weights=args.cpu_weights or "float32",
         extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
     if args.init:  # the network (and its normalizers) come from the checkpoint; the model options are ignored
         from sciddiff.policy.io import load_policy
@@ -238,6 +241,7 @@ def train(args: argparse.Namespace) -> dict:
             raise UserError(f"--init {args.init} expects {init.config.obs_type} observations of "
                             f"{init.config.state_dim} features and {init.config.action_dim} actions, not {data_shape}")
         config = dataclasses.replace(init.config, sampler=args.sampler, num_inference_steps=args.inference_steps,
+                                     ddim_eta=args.ddim_eta,
                                      cpu_weights=args.cpu_weights or init.config.cpu_weights,
                                      extra={**init.config.extra, **config.extra})
         policy = DiffusionPolicy(config)
