@@ -133,6 +133,7 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--ddim-eta", "1",
                  "--inference-steps", "1", "--metrics-json", str(tmp_path / "eta.json")]) == 0
     assert json.loads((tmp_path / "eta.json").read_text())["ddim_eta"] == 1.0
+    assert "steps, eta 1)" in capsys.readouterr().out  # the tiny policy samples with DDIM
     capsys.readouterr()
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--ddim-eta", "2"]) == 2
     assert "--ddim-eta must be in [0, 1]" in capsys.readouterr().err

@@ -131,4 +131,8 @@ def format_metrics(m: dict) -> str:
     return (f"{m['episodes']} episodes from seed {m['seed']}: mean max coverage {m['mean_max_coverage']:.3f}, "
             f"mean max reward {m['mean_max_reward']:.3f}, success {m['success_rate']:.0%}, "
             f"{m['seconds_per_action_chunk'] * 1e3:.1f} ms (min {m['seconds_per_action_chunk_min'] * 1e3:.1f}) per "
-            f"{m['action_steps']}-action chunk on {m['torch_threads']} CPU thread(s) ({m['sampler']}, {m['inference_steps']} steps)")
+            f"{m['action_steps']}-action chunk on {m['torch_threads']} CPU thread(s) ({m['sampler']}, {m['inference_steps']} steps{_eta_note(m)})")
+
+
+def _eta_note(m: dict) -> str:
+    return f", eta {m['ddim_eta']:g}" if m.get("ddim_eta") and m["sampler"].startswith("ddim") else ""

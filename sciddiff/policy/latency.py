@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 steps = int(steps) if steps else None
                 cases.append((policy, sampler, steps))
                 labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
-                               "steps": policy.denoising_steps(sampler, steps)})
+                               "steps": policy.denoising_steps(sampler, steps),
+                               "ddim_eta": policy.config.ddim_eta})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)
     return 0
