@@ -21,7 +21,7 @@ BUDGET=${POLICY_SECONDS:-400}
 WORK=$(mktemp -d /tmp/policy_gpu.XXXX)
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler ddim_trailing --inference-steps 14 --cpu-weights int8 ${POLICY_EXTRA:-}"
+common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler ddim_trailing --inference-steps 14 --ddim-eta 1 --cpu-weights int8 ${POLICY_EXTRA:-}"
 STATE_DATA=${POLICY_STATE_DATA:-.gpu/policy/pusht_completed_state.npz}
 [ -f "$STATE_DATA" ] || STATE_DATA=.gpu/policy/pusht_state.npz
 IMAGE_DATA=${POLICY_IMAGE_DATA:-.gpu/policy/pusht_completed_image.npz}
