@@ -76,3 +76,21 @@ def test_dpmpp_2m_matches_diffusers(steps, prediction_type):
                                                                       beta_start=0.00085, beta_end=0.012),
                            steps=steps, prediction_type=prediction_type)
     assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("steps", [5, 14])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_sde_dpmpp_2m_matches_diffusers(steps, prediction_type):
+    """eta = 1 is diffusers' "sde-dpmsolver++": the same generator gives the same noise, step for step."""
+    T = 100
+    ref_sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
+                                                      prediction_type=prediction_type, algorithm_type="sde-dpmsolver++",
+                                                      solver_order=2, final_sigmas_type="zero")
+    x = torch.randn(3, 16, 2, generator=torch.Generator().manual_seed(3))
+    ref = _diffusers_loop(ref_sched, FixedModel(), x.clone(), steps, generator=torch.Generator().manual_seed(11))
+    ours = sample_dpmpp_2m(FixedModel(), x.clone(), DiscreteSchedule(name="cosine", num_train_timesteps=T), steps=steps,
+                           eta=1.0, prediction_type=prediction_type, generator=torch.Generator().manual_seed(11))
+    assert_close(ours, ref)
+    ode = sample_dpmpp_2m(FixedModel(), x.clone(), DiscreteSchedule(name="cosine", num_train_timesteps=T), steps=steps,
+                          prediction_type=prediction_type)
+    assert (ours - ode).abs().max() > 1e-2  # the noise is really there

@@ -162,6 +162,12 @@ def test_ddim_eta_adds_noise_per_step_and_rides_with_the_checkpoint(tmp_path):
     ancestral = act(policy, 5)
     assert not torch.allclose(ancestral, deterministic, atol=1e-3)
     torch.testing.assert_close(act(policy, 5), ancestral, rtol=0, atol=0)  # still seeded
+    policy.config.sampler = "dpmpp_2m"  # the same noise scale makes DPM-Solver++(2M) its SDE form
+    sde = act(policy, 5)
+    policy.config.ddim_eta = 0.0
+    assert not torch.allclose(sde, act(policy, 5), atol=1e-3)
+    torch.testing.assert_close(act(policy, 5), act(policy, 5), rtol=0, atol=0)
+    policy.config.sampler, policy.config.ddim_eta = "ddim_trailing", 1.0
     save_policy(tmp_path / "eta.pt", policy, half=False)
     assert load_policy(tmp_path / "eta.pt").config.ddim_eta == 1.0
     with pytest.raises(ValueError, match="ddim_eta"):

@@ -254,7 +254,7 @@ def test_encoder_trains_on_rollout_states_and_resumes_from_an_image_policy(tmp_p
     `--init-encoder` starts from another image policy's encoder: at LR 0 it comes out unchanged."""
     from sciddiff.policy.evaluate import evaluate_pusht
     from sciddiff.policy.image_transfer import main
-    from sciddiff.policy.io import load_policy
+    from sciddiff.policy.io import load_policy, save_policy
 
     rng = np.random.default_rng(0)
     store = _image_store(tmp_path / "demos.zarr", np.column_stack(
@@ -265,11 +265,14 @@ def test_encoder_trains_on_rollout_states_and_resumes_from_an_image_policy(tmp_p
     assert main([*common, "--out", str(tmp_path / "a"), "--max-seconds", "2"]) == 0
     first = load_policy(tmp_path / "a" / "policy.pt")
     assert np.isfinite(first.meta["val_rollout_vertex_error_px"])  # the one rollout episode is the held-out one
+    first.config.num_inference_steps, first.config.ddim_eta = 3, 0.5  # the image policy's own inference settings...
+    save_policy(tmp_path / "donor.pt", first, first.meta)
     assert main([*common, "--out", str(tmp_path / "b"), "--max-seconds", "1", "--lr", "0",
-                 "--init-encoder", str(tmp_path / "a" / "policy.pt")]) == 0
+                 "--init-encoder", str(tmp_path / "donor.pt")]) == 0
     second = load_policy(tmp_path / "b" / "policy.pt")
     ours, theirs = second.encoder.state_dict(), first.encoder.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert (second.config.num_inference_steps, second.config.ddim_eta) == (3, 0.5)  # ...are kept, not the state policy's
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "c"), "--init-encoder", str(tiny_checkpoint)]) == 2
     assert "is not an image policy" in capsys.readouterr().err and not (tmp_path / "c").exists()

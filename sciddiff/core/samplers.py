@@ -2,8 +2,9 @@
 with the caller (k-diffusion's seam):
 
 - Discrete DDPM chain (``DiscreteSchedule``), ``model(x_t, t, **cond)`` with integer t (B,) returning the ``prediction_type``:
-  ``sample_ddpm`` (ancestral), ``sample_ddim`` (eta), ``sample_dpmpp_2m`` (DPM-Solver++(2M), Lu et al. 2022). Each step equals
-  diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` / ``DPMSolverMultistepScheduler`` for identical model outputs (tested).
+  ``sample_ddpm`` (ancestral), ``sample_ddim`` (eta), ``sample_dpmpp_2m`` (DPM-Solver++(2M), Lu et al. 2022; eta = 1: its SDE
+  form). Each step equals diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` / ``DPMSolverMultistepScheduler`` for identical
+  model outputs (tested).
 - Continuous SDEs on R^n (``sciddiff.core.sde``), ``score_fn(x, t, **cond)``: ``sample_sde`` (reverse SDE by Euler-Maruyama, or the
   probability-flow ODE by Euler or Heun).
 - Variance-exploding diffusion on any ``Space`` (R^n, SO(3), torus, products), ``score_model(x, sigma, **cond)`` returning the score
@@ -81,11 +82,14 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int,
-                    prediction_type: str = "epsilon", clip_sample: float | None = None, progress: Callable = iter,
-                    **cond) -> Tensor:
+def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int, eta: float = 0.0,
+                    prediction_type: str = "epsilon", clip_sample: float | None = None,
+                    generator: torch.Generator | None = None, progress: Callable = iter, **cond) -> Tensor:
     """DPM-Solver++(2M), midpoint form, first order on the first and the last step, final sigma 0. In the
-    log-SNR lambda = log(alpha / sigma): x_next = (sigma_next / sigma) x - alpha_next (e^{-h} - 1) D, h = lambda_next - lambda."""
+    log-SNR lambda = log(alpha / sigma), with D the (extrapolated) data prediction:
+    x_next = (sigma_next / sigma) e^{-eta h} x - alpha_next (e^{-(1 + eta) h} - 1) D + sigma_next sqrt(1 - e^{-2 eta h}) z,
+    h = lambda_next - lambda. eta = 0 is the ODE solver (diffusers' "dpmsolver++"); eta = 1 the SDE solver
+    ("sde-dpmsolver++", k-diffusion's ``dpmpp_2m_sde``), whose first-order step is DDPM's ancestral step."""
     abar = schedule.alphas_cumprod.tolist()
     timesteps = schedule.linspace_timesteps(steps)
     # (alpha, sigma, lambda) per grid point; the final point is clean data: alpha 1, sigma 0, lambda inf
@@ -98,7 +102,11 @@ def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *,
         h = lam_next - lam
         # the step into sigma = 0 has h = inf, so it is always first order (as diffusers with final_sigmas_type="zero")
         d = x0 if x0_prev is None or i == len(timesteps) - 1 else x0 + 0.5 * (h / h_prev) * (x0 - x0_prev)
-        x = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * d
+        decay = math.exp(-eta * h) if eta > 0 else 1.0  # (0 * inf is nan on the last step)
+        x = (sigma_next / sigma * decay) * x - alpha_next * math.expm1(-(1 + eta) * h) * d
+        if eta > 0:  # drawn on the last step too (its sigma_next is 0), as diffusers does: the same generator, the same noise
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * z
         x0_prev, h_prev = x0, h
     return x
 

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=("ddim", "ddim_trailing", "dpmpp_2m", "ddpm"), default=None, help="override the policy's")
     p.add_argument("--inference-steps", type=int, default=None, help="override the policy's denoising steps")
     p.add_argument("--ddim-eta", type=float, default=None, metavar="ETA",
-                   help="override the policy's DDIM noise scale: 0 deterministic, 1 ancestral (DDIM samplers only)")
+                   help="override the policy's sampler noise scale: 0 deterministic (ODE), 1 ancestral / SDE (DDIM and DPM-Solver++)")
     p.add_argument("--action-steps", type=int, default=None,
                    help="actions executed per chunk before re-planning (default: the policy's, 8 as trained)")
     p.add_argument("--env-obs-type", choices=("state", "environment_state_agent_pos", "pixels_agent_pos"),
@@ -135,4 +135,4 @@ def format_metrics(m: dict) -> str:
 
 
 def _eta_note(m: dict) -> str:
-    return f", eta {m['ddim_eta']:g}" if m.get("ddim_eta") and m["sampler"].startswith("ddim") else ""
+    return f", eta {m['ddim_eta']:g}" if m.get("ddim_eta") and m["sampler"] != "ddpm" else ""

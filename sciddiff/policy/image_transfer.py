@@ -105,6 +105,13 @@ def rollout_states(path: Path, stride: int) -> tuple[np.ndarray, np.ndarray]:
     return states[np.concatenate(rows)], held_out
 
 
+def keep_inference_settings(config: PolicyConfig, donor: PolicyConfig) -> None:
+    """Inference settings are the image policy's own choice (its encoder leaves less time per chunk): a rebuilt or
+    fine-tuned image policy keeps its donor's, not the state policy's."""
+    for setting in ("sampler", "num_inference_steps", "ddim_eta", "cpu_weights"):
+        setattr(config, setting, getattr(donor, setting))
+
+
 def reuse_encoder(args: argparse.Namespace) -> dict:
     """Stage 2 alone: the encoder of an image policy built here (`--encoder-from`) under another state policy's U-Net,
     e.g. after the state policy was trained further (its normalizers must be the ones the encoder was trained for)."""
@@ -115,8 +122,7 @@ def reuse_encoder(args: argparse.Namespace) -> dict:
     if state_policy.config.obs_type != "state" or donor.config.obs_type != "image":
         raise UserError("--state-policy must be a state policy and --encoder-from an image policy")
     config = image_config(state_policy.config, donor.config.vision_channels, donor.config.vision_keypoints)
-    for setting in ("sampler", "num_inference_steps", "ddim_eta", "cpu_weights"):  # inference settings: the image policy's own choice
-        setattr(config, setting, getattr(donor.config, setting))
+    keep_inference_settings(config, donor.config)
     if config.to_dict() | {"extra": {}} != donor.config.to_dict() | {"extra": {}}:
         raise UserError(f"{args.encoder_from} was not built for a U-Net like {args.state_policy}'s")
     # the image policy keeps only the agent part of the state normalizer; a state policy fine-tuned with --init keeps all
@@ -156,6 +162,8 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = image_config(state_policy.config, channels, keypoints)
+    if args.init_encoder:
+        keep_inference_settings(config, donor.config)
     images = dataset_from_zarr(args.data, "image")
     features = dataset_from_zarr(args.data, "state")["state"]
     targets = vertex_targets(state_policy, features)

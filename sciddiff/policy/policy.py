@@ -43,7 +43,7 @@ class PolicyConfig:
     clip_sample: float | None = 1.0
     sampler: str = "ddim"
     num_inference_steps: int = 8
-    ddim_eta: float = 0.0  # DDIM's noise scale: 0 = deterministic ODE step, 1 = ancestral (DDPM-like) noise per step
+    ddim_eta: float = 0.0  # noise scale of DDIM and DPM-Solver++: 0 = deterministic ODE step, 1 = ancestral / SDE step
     cpu_weights: str = "float32"  # the frozen CPU U-Net's convolution weights: "float32" or "int8" (weight-only)
     image_size: int = 96
     crop_size: int = 84
@@ -176,7 +176,7 @@ class DiffusionPolicy(nn.Module):
             return sample_ddim(unet, x_T, self.schedule, steps=steps, eta=c.ddim_eta, generator=generator,
                                timestep_spacing=spacing, **common)
         if sampler == "dpmpp_2m":
-            return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, **common)
+            return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, eta=c.ddim_eta, generator=generator, **common)
         if sampler == "ddpm":
             return sample_ddpm(unet, x_T, self.schedule, generator=generator, **common)
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")

@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
     g.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default inference sampler stored in the policy")
     g.add_argument("--inference-steps", type=int, default=8, help="default denoising steps at inference")
-    g.add_argument("--ddim-eta", type=float, default=0.0, help="DDIM noise scale stored in the policy (0 deterministic, 1 ancestral)")
+    g.add_argument("--ddim-eta", type=float, default=0.0, help="sampler noise scale stored in the policy (DDIM, DPM-Solver++; 0 deterministic, 1 ancestral)")
     g.add_argument("--cpu-weights", choices=CPU_WEIGHTS, default=None,
                    help="the frozen CPU U-Net's weights stored in the policy (default: --init's, else float32)")
     g.add_argument("--vision-channels", default="32,64,128", help="image encoder widths (image policy)")
