@@ -1,8 +1,9 @@
 #!/bin/bash
 # One GPU call trains every sciddiff model concurrently (run from the repo root on the device machine).
 #   OUT=... bash .gpu/run_all.sh SECONDS
-# Carry the four data files (made on the CPU by `bash .gpu/prepare.sh`, docs/training.md): .gpu/policy/pusht_completed_{state,image}.npz
-# .gpu/protein/chains.pt .gpu/dock/train.pt (carry the folders .gpu/policy .gpu/protein .gpu/dock). Returns 7 files (each < 16 MiB) under $OUT: policy_{state,state_ft,image}.tar,
+# Carry the four data files, made on the CPU by `bash .gpu/prepare.sh` (docs/training.md):
+# .gpu/policy/pusht_completed_{state,image}.npz .gpu/protein/chains.pt .gpu/dock/train.pt (carry the folders .gpu/policy
+# .gpu/protein .gpu/dock). Returns 7 files (each < 16 MiB) under $OUT: policy_{state,state_ft,image}.tar,
 # protein.tar, dock.tar, dock_optimizer.tar, logs.tar ({policy,protein,dock,gpu}.txt). The backbone and docking runs
 # continue the shipped models (PROTEIN_EXTRA / DOCK_EXTRA override; the dock run resumes .gpu/dock/run/ when carried).
 # CPU smoke test (blocks the packages the GPU machine lacks):
