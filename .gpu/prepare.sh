@@ -15,7 +15,11 @@ mkdir -p .gpu/policy .gpu/protein .gpu/dock runs/policy
 
 completed() {  # completed() NPZ OBS_TYPE ZARR_OUT [--no-images]
     [ -f "$1" ] && return
-    [ -d "$3" ] || sciddiff policy demos --complete "$ZARR" --out "$3" --max-steps 150 "${@:4}"
+    if [ ! -d "$3" ]; then  # demos appends episode by episode: build under another name so a stopped run is redone
+        rm -rf "$3.part"
+        sciddiff policy demos --complete "$ZARR" --out "$3.part" --max-steps 150 "${@:4}"
+        mv "$3.part" "$3"
+    fi
     sciddiff policy prepare --zarr "$3" --obs-type "$2" --out "$1"
 }
 completed .gpu/policy/pusht_completed_state.npz state runs/policy/completed.zarr --no-images
