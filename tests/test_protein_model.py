@@ -174,22 +174,30 @@ def test_sampling_depends_on_each_chains_seed_only(langevin_eta):
     assert math.isfinite(float(ca_ca.mean()))
 
 
-def test_compactness_guidance_pulls_extended_chains_to_the_natural_fit_only():
+def test_compactness_guidance_pulls_extended_chains_in_and_pushes_compact_long_chains_out():
     from sciddiff.protein.metrics import RG_EXPONENT, RG_PREFACTOR
 
     g = torch.Generator().manual_seed(0)
-    lengths = [60, 40]
-    batch = torch.repeat_interleave(torch.arange(2), torch.tensor(lengths))
-    trans = torch.randn(100, 3, generator=g, dtype=torch.float64)
+    lengths = [60, 40, 160]
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths))
+    trans = torch.randn(sum(lengths), 3, generator=g, dtype=torch.float64)
     fits = [RG_PREFACTOR * n**RG_EXPONENT / 10.0 for n in lengths]
     rel = frameflow.center(trans, batch)
-    rg = [rel[batch == i].pow(2).sum(-1).mean().sqrt() for i in range(2)]
-    rel = torch.cat([rel[batch == 0] * 2 * fits[0] / rg[0], rel[batch == 1] * 0.8 * fits[1] / rg[1]])  # 2x, 0.8x fit
+
+    def rg(x, i):
+        return x[batch == i].pow(2).sum(-1).mean().sqrt()
+
+    scales = [2.0, 0.8, 0.7]  # x fit: extended, compact short, compact long
+    rel = torch.cat([rel[batch == i] * scales[i] * fits[i] / rg(rel, i) for i in range(3)])
     trans = rel + torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
-    out = frameflow.contract_to_natural_rg(trans, batch, 1.0, 10.0)
+    out = frameflow.guide_to_natural_rg(trans, batch, 1.0, 10.0, floor=0.9, floor_min_length=150)
     new_rel = frameflow.center(out, batch)
     assert torch.allclose(out.mean(0), trans.mean(0))  # centroids stay
-    assert new_rel[batch == 0].pow(2).sum(-1).mean().sqrt().item() == pytest.approx(fits[0], rel=1e-9)
-    assert torch.allclose(out[batch == 1], trans[batch == 1])  # already compact: untouched
-    half = frameflow.center(frameflow.contract_to_natural_rg(trans, batch, 0.5, 10.0), batch)
-    assert half[batch == 0].pow(2).sum(-1).mean().sqrt().item() == pytest.approx(2**0.5 * fits[0], rel=1e-9)
+    assert rg(new_rel, 0).item() == pytest.approx(fits[0], rel=1e-9)
+    assert torch.allclose(out[batch == 1], trans[batch == 1])  # compact but short: untouched
+    assert rg(new_rel, 2).item() == pytest.approx(0.9 * fits[2], rel=1e-9)
+    one_sided = frameflow.guide_to_natural_rg(trans, batch, 1.0, 10.0)  # floor 0: the lower side is off
+    assert torch.allclose(one_sided[batch == 2], trans[batch == 2])
+    half = frameflow.center(frameflow.guide_to_natural_rg(trans, batch, 0.5, 10.0, 0.9, 150), batch)
+    assert rg(half, 0).item() == pytest.approx(2**0.5 * fits[0], rel=1e-9)
+    assert rg(half, 2).item() == pytest.approx((0.7 * 0.9) ** 0.5 * fits[2], rel=1e-9)

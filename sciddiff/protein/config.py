@@ -40,9 +40,13 @@ class FlowConfig:
     langevin_temperature: float = 0.1  # 1 keeps the model's distribution, < 1 sharpens it toward its modes
     # Compactness guidance (an RFdiffusion-style radius-of-gyration potential): while t < compactness_until, a predicted
     # chain whose CA radius of gyration exceeds the natural fit 1.59 N^0.465 A is scaled about its centroid by
-    # (fit / Rg)^compactness; 0 turns it off. The model alone builds short chains too extended (docs/protein.md).
+    # (fit / Rg)^compactness, and one of at least compactness_floor_min_length residues whose Rg is below
+    # compactness_floor x fit by (floor x fit / Rg)^compactness; compactness 0 turns both off, floor 0 the second.
+    # The model alone builds short chains too extended and long ones too compact (docs/protein.md).
     compactness: float = 1.0
     compactness_until: float = 0.9
+    compactness_floor: float = 0.9
+    compactness_floor_min_length: int = 150
     train_rot_sigma: float = 1.5  # IGSO(3) noise for rotations during training
     min_t: float = 0.01
     t_clip: float = 0.9  # 1 - t is floored at 1 - t_clip in the loss weight

@@ -19,8 +19,8 @@ chain shares its chain's t). Time runs from 0 (noise) to 1 (data). Translations 
   20 gave more secondary structure and better Ramachandran on tuning seeds) and the translation prior scaled by
   `noise_scale` (a temperature), with the core's Langevin term on translations (`langevin_eta`,
   `langevin_temperature`: low-temperature sampling) and, while t < `compactness_until`, predicted chains more extended
-  than the natural radius-of-gyration fit pulled back toward it (`contract_to_natural_rg`, an RFdiffusion-style
-  potential), feeding each step's clean prediction back as the next step's self-conditioning input; frames are
+  than the natural radius-of-gyration fit pulled back toward it, and those of 150 residues or more below 0.9 of it
+  pushed out to that (`guide_to_natural_rg`, an RFdiffusion-style potential, two-sided for long chains), feeding each step's clean prediction back as the next step's self-conditioning input; frames are
   idealized (`refine`) and become ideal 4-atom backbones.
 """
 from __future__ import annotations
@@ -51,15 +51,20 @@ def center(x: Tensor, batch: Tensor) -> Tensor:
     return x - scatter(x, batch, dim=0, reduce="mean")[batch]
 
 
-def contract_to_natural_rg(trans: Tensor, batch: Tensor, strength: float, scale: float) -> Tensor:
-    """Scale each chain about its centroid by (fit / Rg)^strength where its CA radius of gyration Rg exceeds the natural
-    fit RG_PREFACTOR N^RG_EXPONENT (Angstrom; translations in model units of `scale` Angstrom); other chains unchanged."""
+def guide_to_natural_rg(trans: Tensor, batch: Tensor, strength: float, scale: float, floor: float = 0.0,
+                        floor_min_length: int = 0) -> Tensor:
+    """Scale each chain about its centroid toward the natural radius-of-gyration fit RG_PREFACTOR N^RG_EXPONENT
+    (Angstrom; translations in model units of `scale` Angstrom): by (fit / Rg)^strength where its CA radius of
+    gyration Rg exceeds the fit, and, for chains of at least `floor_min_length` residues, by (floor fit / Rg)^strength
+    where Rg is below `floor` times the fit; other chains unchanged."""
     centre = scatter(trans, batch, dim=0, reduce="mean")
     rel = trans - centre[batch]
-    rg = scatter(rel.pow(2).sum(-1), batch, dim=0, reduce="mean").sqrt()
-    fit = RG_PREFACTOR * torch.bincount(batch).to(trans.dtype) ** RG_EXPONENT / scale
-    factor = torch.where(rg > fit, (fit / rg.clamp_min(1e-6)) ** strength, torch.ones_like(rg))
-    return centre[batch] + rel * factor[batch, None]
+    rg = scatter(rel.pow(2).sum(-1), batch, dim=0, reduce="mean").sqrt().clamp_min(1e-6)
+    length = torch.bincount(batch)
+    fit = RG_PREFACTOR * length.to(trans.dtype) ** RG_EXPONENT / scale
+    low = torch.where(length >= floor_min_length, floor * fit, torch.zeros_like(fit))
+    target = torch.where(rg > fit, fit, torch.where(rg < low, low, rg))
+    return centre[batch] + rel * ((target / rg) ** strength)[batch, None]
 
 
 def sample_noise(batch: Tensor, generator: torch.Generator | None = None, rot_sigma: float | None = None,
@@ -166,7 +171,8 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
     def model(x_t: dict[str, Tensor], t: Tensor) -> dict[str, Tensor]:
         rot, trans = net(x_t["rot"], x_t["trans"], t, batch, residue_index, sc_trans=state["sc"], ss=ss)
         if cfg.compactness and float(t[0]) < cfg.compactness_until:
-            trans = contract_to_natural_rg(trans, batch, cfg.compactness, net.cfg.scale)
+            trans = guide_to_natural_rg(trans, batch, cfg.compactness, net.cfg.scale, cfg.compactness_floor,
+                                        cfg.compactness_floor_min_length)
         state["sc"] = trans
         return {"trans": trans, "rot": rot}
 
