@@ -19,9 +19,10 @@ chain shares its chain's t). Time runs from 0 (noise) to 1 (data). Translations 
   20 gave more secondary structure and better Ramachandran on tuning seeds) and the translation prior scaled by
   `noise_scale` (a temperature), with the core's Langevin term on translations (`langevin_eta`,
   `langevin_temperature`: low-temperature sampling) and, while t < `compactness_until`, predicted chains more extended
-  than the natural radius-of-gyration fit pulled back toward it, and those of 150 residues or more below 0.9 of it
-  pushed out to that (`guide_to_natural_rg`, an RFdiffusion-style potential, two-sided for long chains), feeding each step's clean prediction back as the next step's self-conditioning input; frames are
-  idealized (`refine`) and become ideal 4-atom backbones.
+  than the natural radius-of-gyration fit pulled back toward it and long chains (`compactness_floor_min_length`) more
+  compact than `compactness_floor` x fit pushed out to that (`guide_to_natural_rg`, an RFdiffusion-style potential),
+  feeding each step's clean prediction back as the next step's self-conditioning input; frames are idealized
+  (`refine`) and become ideal 4-atom backbones.
 """
 from __future__ import annotations
 
