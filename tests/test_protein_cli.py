@@ -83,11 +83,12 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     cold = tmp_path / "cold"
     assert main([*args[:-4], "--out", str(cold), "--checkpoint", str(run / "model.pt"), "--noise-scale", "0.5",
                  "--rot-rate", "5", "--langevin-eta", "1", "--langevin-temperature", "0.3", "--compactness", "0",
-                 "--compactness-floor", "0.8"]) == 0
+                 "--compactness-floor", "0.8", "--compactness-floor-length", "0"]) == 0
     cold_info = json.loads((cold / "samples.json").read_text())
-    keys = ("noise_scale", "langevin_eta", "langevin_temperature", "compactness", "compactness_floor")
-    assert [cold_info[k] for k in keys] == [0.5, 1, 0.3, 0, 0.8]
-    assert info["compactness_floor"] == 0.9
+    keys = ("noise_scale", "langevin_eta", "langevin_temperature", "compactness", "compactness_floor",
+            "compactness_floor_min_length")
+    assert [cold_info[k] for k in keys] == [0.5, 1, 0.3, 0, 0.8, 0]
+    assert info["compactness_floor"] == 0.9 and info["compactness_floor_min_length"] == 150
     assert (cold / pdbs[0].name).read_text() != first
 
     # a length range: each sample's length is drawn from it by (seed, index), so the first samples stay the same
@@ -121,10 +122,11 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert main(["backbone", "sample", "--length", "50", "--out", str(tmp_path), "--noise-scale", "0"]) == 2
     assert main(["backbone", "sample", "--length", "50", "--out", str(tmp_path), "--langevin-eta", "-1"]) == 2
     assert main(["backbone", "sample", "--length", "50", "--out", str(tmp_path), "--compactness-floor", "1.5"]) == 2
+    assert main(["backbone", "sample", "--length", "50", "--out", str(tmp_path), "--compactness-floor-length", "-1"]) == 2
     assert main(["backbone", "sample", "--length", "90-60", "--out", str(tmp_path)]) == 2
     assert main(["backbone", "sample", "--length", "6O", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 10 and all(line.startswith("sciddiff backbone: error:") for line in err)
+    assert len(err) == 11 and all(line.startswith("sciddiff backbone: error:") for line in err)
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="shipped checkpoint not present")

@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the same guidance's lower side: chains of 150 residues or more predicted more compact than "
                         "this fraction of that fit are pushed out to it (the model alone packs long chains too "
                         "densely; default: the checkpoint's, 0.9); 0 = off (one-sided guidance)")
+    s.add_argument("--compactness-floor-length", type=int, default=None, metavar="N",
+                   help="shortest chain that --compactness-floor applies to (default: the checkpoint's, 150; shorter "
+                        "chains, which the model builds too extended, measured worse with it)")
     s.add_argument("--ss", default=None, metavar="natural|none|STRING",
                    help="secondary structure to build (models trained with it): 'natural' draws each backbone's helix/"
                         "strand/loop layout from a natural training chain of similar length, 'none' leaves it to the "
@@ -156,6 +159,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError("--langevin-eta, --langevin-temperature and --compactness must be between 0 and 100")
     if args.compactness_floor is not None and not 0 <= args.compactness_floor <= 1:
         raise UserError(f"--compactness-floor must be between 0 and 1, got {args.compactness_floor}")
+    if args.compactness_floor_length is not None and args.compactness_floor_length < 0:
+        raise UserError(f"--compactness-floor-length must be >= 0, got {args.compactness_floor_length}")
     lengths = sample_lengths(args.length, args.num, args.seed)
     device = _device(args.device)
     out = Path(args.out)
@@ -190,7 +195,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--ss: {err}") from None
     overrides = {"steps": args.steps, "rot_rate": args.rot_rate, "noise_scale": args.noise_scale,
                  "langevin_eta": args.langevin_eta, "langevin_temperature": args.langevin_temperature,
-                 "compactness": args.compactness, "compactness_floor": args.compactness_floor}
+                 "compactness": args.compactness, "compactness_floor": args.compactness_floor,
+                 "compactness_floor_min_length": args.compactness_floor_length}
     flow_cfg = replace(flow_cfg, **{k: v for k, v in overrides.items() if v is not None})
     steps = flow_cfg.steps
     idealize = False if args.no_idealize else IdealizeConfig(hbond_weight=0.0) if args.no_hbonds else IdealizeConfig()
@@ -216,6 +222,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "rot_rate": flow_cfg.rot_rate, "noise_scale": flow_cfg.noise_scale, "langevin_eta": flow_cfg.langevin_eta,
             "langevin_temperature": flow_cfg.langevin_temperature, "compactness": flow_cfg.compactness,
             "compactness_floor": flow_cfg.compactness_floor,
+            "compactness_floor_min_length": flow_cfg.compactness_floor_min_length,
             "device": str(device),
             "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("step"),
             "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec,
