@@ -293,7 +293,10 @@ def test_latency_tool_times_every_variant_and_setting(tmp_path, capsys):
     save_policy(tmp_path / "p.pt", _fitted(DiffusionPolicy(config)))
     assert latency.main([str(tmp_path / "p.pt"), "--threads", "1", "--repeats", "2",
                          "--settings", "default,dpmpp_2m:3,ddpm:"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()[1:]]
+    lines = capsys.readouterr().out.splitlines()
+    header = json.loads(lines[0])
+    assert header["isa"] == torch.backends.cpu.get_cpu_capability() and header["threads"] == 1
+    rows = [json.loads(line) for line in lines[1:]]
     chain = config.num_train_timesteps  # DDPM runs the whole chain: its label says so
     assert [(r["unet"], r["sampler"], r["steps"]) for r in rows] == [
         (u, s, k) for u in ("eager", "float32", "int8") for s, k in (("ddim_trailing", 2), ("dpmpp_2m", 3), ("ddpm", chain))]
