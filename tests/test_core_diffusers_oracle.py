@@ -27,9 +27,9 @@ class FixedModel:
         return torch.tanh(0.3 * x + 0.01 * t.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))) * 0.9
 
 
-def _diffusers_loop(scheduler, model, x, steps, generator=None):
+def _diffusers_loop(scheduler, model, x, steps, generator=None, first_step=0):
     scheduler.set_timesteps(steps)
-    for t in scheduler.timesteps:
+    for t in scheduler.timesteps[first_step:]:
         out = model(x, torch.full((x.shape[0],), int(t)))
         kw = {"generator": generator} if generator is not None else {}
         x = scheduler.step(out, t, x, **kw).prev_sample
@@ -49,6 +49,25 @@ def test_ddim_matches_diffusers(prediction_type, clip, spacing, steps):
     ours = sample_ddim(FixedModel(), x.clone(), DiscreteSchedule(name="cosine", num_train_timesteps=T), steps=steps,
                        prediction_type=prediction_type, clip_sample=clip, timestep_spacing=spacing)
     assert_close(ours, ref)
+
+
+def test_ddim_from_an_intermediate_step_matches_diffusers_img2img():
+    """SDEdit / img2img: a guess noised to the grid's step k, then the remaining steps (diffusers' img2img loop)."""
+    T, steps, k = 100, 14, 6
+    ref_sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                                        timestep_spacing="trailing")
+    sched = DiscreteSchedule(name="cosine", num_train_timesteps=T)
+    g = torch.Generator().manual_seed(3)
+    guess, noise = torch.randn(4, 16, 2, generator=g), torch.randn(4, 16, 2, generator=g)
+    t_k = sched.timesteps(steps, "trailing")[k]
+    x = sched.add_noise(guess, noise, torch.full((4,), t_k)).float()
+    ref_sched.set_timesteps(steps)
+    assert int(ref_sched.timesteps[k]) == t_k
+    ref = _diffusers_loop(ref_sched, FixedModel(), x.clone(), steps, first_step=k)
+    ours = sample_ddim(FixedModel(), x.clone(), sched, steps=steps, timestep_spacing="trailing", first_step=k)
+    assert_close(ours, ref)
+    full = sample_ddim(FixedModel(), x.clone(), sched, steps=steps, timestep_spacing="trailing")
+    assert (full - ours).abs().max() > 0.1  # the same x taken as pure noise at t = 99 ends elsewhere
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])

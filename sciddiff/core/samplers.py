@@ -67,11 +67,14 @@ def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
 @torch.no_grad()
 def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int, eta: float = 0.0,
                 prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
-                timestep_spacing: str = "leading", progress: Callable = iter, **cond) -> Tensor:
-    """DDIM (Song et al. 2021): eta = 0 is the deterministic first-order solver of the probability-flow ODE."""
+                timestep_spacing: str = "leading", first_step: int = 0, progress: Callable = iter, **cond) -> Tensor:
+    """DDIM (Song et al. 2021): eta = 0 is the deterministic first-order solver of the probability-flow ODE.
+
+    `first_step` > 0 skips the grid's first steps: x_T is then x at timestep ``schedule.timesteps(steps, spacing)
+    [first_step]``, e.g. a guess noised there by ``schedule.add_noise`` (SDEdit, Meng et al. 2022)."""
     abar = schedule.alphas_cumprod.tolist()
     ratio, x = schedule.num_train_timesteps // steps, x_T
-    for t in progress(schedule.timesteps(steps, timestep_spacing)):
+    for t in progress(schedule.timesteps(steps, timestep_spacing)[first_step:]):
         a_t, a_prev = abar[t], abar[t - ratio] if t - ratio >= 0 else 1.0
         x0, eps = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
         std = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
