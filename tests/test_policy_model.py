@@ -301,3 +301,51 @@ def test_latency_tool_times_every_variant_and_setting(tmp_path, capsys):
     assert [(r["unet"], r["sampler"], r["steps"]) for r in rows] == [
         (u, s, k) for u in ("eager", "float32", "int8") for s, k in (("ddim_trailing", 2), ("dpmpp_2m", 3), ("ddpm", chain))]
     assert all(0 < r["min_ms"] <= r["median_ms"] for r in rows)
+
+
+def test_warm_start_begins_at_the_grid_step_and_skips_the_first_calls():
+    config = PolicyConfig(sampler="ddim_trailing", num_inference_steps=14, ddim_eta=1.0, warm_start_t=50, **TINY)
+    policy = _fitted(DiffusionPolicy(config))
+    assert policy.warm_start_step() == 7  # trailing grid 99, 92, ..., 56, 49: first timestep <= 50
+    assert policy.warm_start_step("dpmpp_2m") == 0 and policy.warm_start_step(steps=4) == 2  # 99, 74, 49, 24
+    calls = []
+    policy.unet.register_forward_hook(lambda module, inputs, output: calls.append(int(inputs[1][0])))
+    cond = torch.randn(3, config.state_dim * config.n_obs_steps)
+    previous = torch.rand(3, config.horizon, config.action_dim) * 2 - 1
+    cold = policy.sample(cond, torch.Generator().manual_seed(0))
+    assert len(calls) == 14 and calls[0] == 99
+    calls.clear()
+    warm = policy.sample(cond, torch.Generator().manual_seed(0), previous=previous)
+    assert calls == [49, 42, 35, 28, 20, 13, 6]
+    again = policy.sample(cond, torch.Generator().manual_seed(0), previous=previous)
+    assert torch.equal(warm, again) and not torch.allclose(warm, cold)
+    assert warm.shape == cold.shape and warm.abs().max() <= 1.0  # clipped samples
+    policy.config.warm_start_t = 0  # off: a previous plan changes nothing
+    assert torch.equal(policy.sample(cond, torch.Generator().manual_seed(0), previous=previous), cold)
+    with pytest.raises(ValueError, match="warm_start_t"):
+        PolicyConfig(warm_start_t=100)
+
+
+def test_actor_keeps_each_environments_plan_for_warm_starts():
+    from sciddiff.policy.runner import TorchPolicyActor
+
+    config = PolicyConfig(sampler="ddim_trailing", num_inference_steps=4, warm_start_t=50, **TINY)
+    policy = _fitted(DiffusionPolicy(config))
+    seen = []
+    predict_plan = policy.predict_plan
+
+    def spy(obs, previous=None, **kw):
+        seen.append(previous)
+        return predict_plan(obs, previous=previous, **kw)
+
+    policy.predict_plan = spy
+    actor = TorchPolicyActor(policy, seed=0)
+    obs = {"state": (torch.rand(2, 2, config.state_dim, generator=torch.Generator().manual_seed(0)) * 512).numpy()}
+    first = actor(obs, env_ids=[0, 1])
+    assert first.shape == (2, config.n_action_steps, 2) and seen[-1] is None and set(actor.plans) == {0, 1}
+    plan_1 = actor.plans[1].clone()
+    actor({"state": obs["state"][1:]}, env_ids=[1])  # environment 0 finished: the batch shrinks
+    assert torch.equal(seen[-1][0], plan_1) and not torch.equal(actor.plans[1], plan_1)
+    actor.reset()
+    actor({"state": obs["state"][:1]})  # no env ids: row 0 is environment 0
+    assert seen[-1] is None and set(actor.plans) == {0}

@@ -83,6 +83,25 @@ def test_runner_drives_any_gymnasium_env():
     assert all(r.max_reward <= 0 for r in results)  # Pendulum rewards are negative costs
 
 
+def test_stateful_policy_is_reset_per_batch_and_told_its_environments():
+    class Stateful(RecordingStub):
+        def __init__(self):
+            super().__init__()
+            self.log = []
+
+        def reset(self):
+            self.log.append("reset")
+
+        def __call__(self, obs, env_ids):
+            self.log.append(list(env_ids))
+            return super().__call__(obs)
+
+    stub = Stateful()
+    run_episodes(stub, PushTAdapter("environment_state_agent_pos", max_steps=16), seeds=[3, 4, 5], batch_size=2,
+                 show_progress=False)
+    assert stub.log == ["reset", [0, 1], [0, 1], "reset", [0], [0]]
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
@@ -137,6 +156,13 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
     capsys.readouterr()
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--ddim-eta", "2"]) == 2
     assert "--ddim-eta must be in [0, 1]" in capsys.readouterr().err
+    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--warm-start-t", "60",
+                 "--inference-steps", "4", "--metrics-json", str(tmp_path / "warm.json")]) == 0
+    warm = json.loads((tmp_path / "warm.json").read_text())  # DDIM leading, 4 steps: 75, 50, 25, 0
+    assert (warm["warm_start_t"], warm["inference_steps"], warm["network_calls_per_chunk"]) == (60, 4, 3)
+    assert "warm starts from t <= 60: 3 network calls" in capsys.readouterr().out
+    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--warm-start-t", "100"]) == 2
+    assert "--warm-start-t must be in 0..99" in capsys.readouterr().err
 
 
 def test_image_policy_drives_the_pixel_env():

@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--inference-steps", type=int, default=None, help="override the policy's denoising steps")
     p.add_argument("--ddim-eta", type=float, default=None, metavar="ETA",
                    help="override the policy's sampler noise scale: 0 deterministic (ODE), 1 ancestral / SDE (DDIM and DPM-Solver++)")
+    p.add_argument("--warm-start-t", type=int, default=None, metavar="T",
+                   help="override the policy's warm starts (DDIM): each chunk after the first starts from the previous "
+                        "plan noised to the first grid timestep <= T and takes only the remaining steps; 0 = off")
     p.add_argument("--action-steps", type=int, default=None,
                    help="actions executed per chunk before re-planning (default: the policy's, 8 as trained)")
     p.add_argument("--env-obs-type", choices=("state", "environment_state_agent_pos", "pixels_agent_pos"),
@@ -116,6 +119,10 @@ def _eval(args: argparse.Namespace) -> int:
         if not 0.0 <= args.ddim_eta <= 1.0:
             raise UserError("--ddim-eta must be in [0, 1]")
         policy.config.ddim_eta = args.ddim_eta
+    if args.warm_start_t is not None:
+        if not 0 <= args.warm_start_t < policy.config.num_train_timesteps:
+            raise UserError(f"--warm-start-t must be in 0..{policy.config.num_train_timesteps - 1}")
+        policy.config.warm_start_t = args.warm_start_t
     metrics = evaluate_pusht(policy, args.episodes, args.seed, batch_size=args.batch_size,
                              env_obs_type=args.env_obs_type, gif_path=args.gif, sampler=args.sampler,
                              steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager,
@@ -135,4 +142,7 @@ def format_metrics(m: dict) -> str:
 
 
 def _eta_note(m: dict) -> str:
-    return f", eta {m['ddim_eta']:g}" if m.get("ddim_eta") and m["sampler"] != "ddpm" else ""
+    note = f", eta {m['ddim_eta']:g}" if m.get("ddim_eta") and m["sampler"] != "ddpm" else ""
+    if m.get("network_calls_per_chunk", m["inference_steps"]) != m["inference_steps"]:
+        note += f", warm starts from t <= {m['warm_start_t']}: {m['network_calls_per_chunk']} network calls"
+    return note

@@ -38,20 +38,28 @@ def example_obs(policy: DiffusionPolicy) -> dict[str, torch.Tensor]:
 
 
 def measure(cases: list, repeats: int) -> list[tuple[float, float]]:
-    """(min, median) seconds per `predict_action` call for each (policy, sampler, steps) case. The cases are timed
-    round-robin, one call each in turn, so that a machine whose speed drifts (other tenants, frequency changes) slows
-    all of them alike and their ratios stay meaningful."""
+    """(min, median) seconds per action chunk (`predict_plan` + `plan_actions`) for each (policy, sampler, steps)
+    case, in the steady state: a warm-starting policy (`config.warm_start_t`) gets its previous plan. The cases are
+    timed round-robin, one call each in turn, so that a machine whose speed drifts (other tenants, frequency changes)
+    slows all of them alike and their ratios stay meaningful."""
     obs = [example_obs(policy) for policy, _, _ in cases]
     gen = torch.Generator().manual_seed(0)
     times = [[] for _ in cases]
+    plans = [None] * len(cases)
+
+    def chunk(j: int) -> None:
+        policy, sampler, steps = cases[j]
+        plans[j] = policy.predict_plan(obs[j], generator=gen, sampler=sampler, steps=steps, previous=plans[j])
+        policy.plan_actions(plans[j])
+
     with torch.inference_mode():
         for _ in range(5):
-            for (policy, sampler, steps), o in zip(cases, obs):
-                policy.predict_action(o, generator=gen, sampler=sampler, steps=steps)
+            for j in range(len(cases)):
+                chunk(j)
         for _ in range(repeats):
-            for (policy, sampler, steps), o, t in zip(cases, obs, times):
+            for j, t in enumerate(times):
                 t0 = time.perf_counter()
-                policy.predict_action(o, generator=gen, sampler=sampler, steps=steps)
+                chunk(j)
                 t.append(time.perf_counter() - t0)
     return [(float(np.min(t)), float(np.median(t))) for t in times]
 
@@ -83,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 cases.append((policy, sampler, steps))
                 labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
                                "steps": policy.denoising_steps(sampler, steps),
+                               "network_calls": policy.denoising_steps(sampler, steps)
+                               - policy.warm_start_step(sampler, steps),
                                "ddim_eta": policy.config.ddim_eta})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)

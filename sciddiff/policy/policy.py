@@ -44,6 +44,10 @@ class PolicyConfig:
     sampler: str = "ddim"
     num_inference_steps: int = 8
     ddim_eta: float = 0.0  # noise scale of DDIM and DPM-Solver++: 0 = deterministic ODE step, 1 = ancestral / SDE step
+    # Warm starts (DDIM only; 0 = off): a chunk that follows another starts from the previous plan shifted by the
+    # executed actions (its tail padded with its last action), noised to the first DDIM grid timestep <= this (SDEdit),
+    # and takes only the grid's remaining steps
+    warm_start_t: int = 0
     cpu_weights: str = "float32"  # the frozen CPU U-Net's convolution weights: "float32" or "int8" (weight-only)
     image_size: int = 96
     crop_size: int = 84
@@ -60,6 +64,8 @@ class PolicyConfig:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not 0.0 <= self.ddim_eta <= 1.0:
             raise ValueError(f"ddim_eta must be in [0, 1], got {self.ddim_eta!r}")
+        if not 0 <= self.warm_start_t < self.num_train_timesteps:
+            raise ValueError(f"warm_start_t must be in [0, {self.num_train_timesteps}), got {self.warm_start_t!r}")
         if self.cpu_weights not in CPU_WEIGHTS:
             raise ValueError(f"cpu_weights must be one of {CPU_WEIGHTS}, got {self.cpu_weights!r}")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
@@ -161,10 +167,20 @@ class DiffusionPolicy(nn.Module):
         c = self.config
         return c.num_train_timesteps if (sampler or c.sampler) == "ddpm" else steps or c.num_inference_steps
 
+    def warm_start_step(self, sampler: str | None = None, steps: int | None = None) -> int:
+        """Index of the DDIM grid step that warm-started chunks begin at (0 = from noise: no warm start)."""
+        c = self.config
+        sampler, steps = sampler or c.sampler, steps or c.num_inference_steps
+        if not c.warm_start_t or sampler not in ("ddim", "ddim_trailing"):
+            return 0
+        grid = self.schedule.timesteps(steps, "trailing" if sampler == "ddim_trailing" else "leading")
+        return next((i for i, t in enumerate(grid) if t <= c.warm_start_t), 0)
+
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None, sampler: str | None = None,
-               steps: int | None = None) -> torch.Tensor:
-        """Global condition (B, C) -> normalized trajectories (B, horizon, action_dim)."""
+               steps: int | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Global condition (B, C) -> normalized trajectories (B, horizon, action_dim). `previous`: the last chunk's
+        trajectories (B, horizon, action_dim), the start of a warm-started chunk (`config.warm_start_t`)."""
         c = self.config
         sampler, steps = sampler or c.sampler, steps or c.num_inference_steps
         x_T = torch.randn((cond.shape[0], c.horizon, c.action_dim), generator=generator, device=cond.device,
@@ -173,8 +189,14 @@ class DiffusionPolicy(nn.Module):
         unet = self._denoiser(cond.device)
         if sampler in ("ddim", "ddim_trailing"):  # trailing spacing starts at t = T - 1: better with few steps
             spacing = "trailing" if sampler == "ddim_trailing" else "leading"
+            first = self.warm_start_step(sampler, steps) if previous is not None else 0
+            if first:
+                k = c.n_action_steps
+                guess = torch.cat([previous[:, k:], previous[:, -1:].expand(-1, k, -1)], dim=1).to(x_T)
+                t = torch.full((x_T.shape[0],), self.schedule.timesteps(steps, spacing)[first], device=x_T.device)
+                x_T = self.schedule.add_noise(guess, x_T, t).to(x_T.dtype)
             return sample_ddim(unet, x_T, self.schedule, steps=steps, eta=c.ddim_eta, generator=generator,
-                               timestep_spacing=spacing, **common)
+                               timestep_spacing=spacing, first_step=first, **common)
         if sampler == "dpmpp_2m":
             return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, eta=c.ddim_eta, generator=generator, **common)
         if sampler == "ddpm":
@@ -182,10 +204,21 @@ class DiffusionPolicy(nn.Module):
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
 
     @torch.no_grad()
+    def predict_plan(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                     sampler: str | None = None, steps: int | None = None,
+                     previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw observations (B, n_obs, ...) -> normalized trajectories (B, horizon, action_dim); `previous`: the
+        last call's, for warm starts (`config.warm_start_t`)."""
+        return self.sample(self.encode_obs(self.normalize_obs(obs)), generator, sampler, steps, previous)
+
+    def plan_actions(self, plan: torch.Tensor) -> torch.Tensor:
+        """Normalized trajectories -> the n_action_steps raw actions from step t on (B, n_action_steps, action_dim)."""
+        start = self.config.n_obs_steps - 1
+        return self.action_normalizer.unnormalize(plan[:, start:start + self.config.n_action_steps].float())
+
+    @torch.no_grad()
     def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                        sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
-        """Raw observations (B, n_obs, ...) -> the next n_action_steps raw actions (B, n_action_steps, action_dim)."""
-        c = self.config
-        traj = self.sample(self.encode_obs(self.normalize_obs(obs)), generator, sampler, steps)
-        start = c.n_obs_steps - 1
-        return self.action_normalizer.unnormalize(traj[:, start:start + c.n_action_steps].float())
+        """Raw observations (B, n_obs, ...) -> the next n_action_steps raw actions (B, n_action_steps, action_dim),
+        each chunk from noise (`TorchPolicyActor` keeps the previous plans for warm starts)."""
+        return self.plan_actions(self.predict_plan(obs, generator, sampler, steps))

@@ -8,6 +8,8 @@ asked again (the episode stops early at termination, truncation or `max_steps`).
 An `EnvAdapter` holds what is task specific: how to make the env, how to turn an observation into the policy's
 per-step features, which number is the episode's score (PushT: `info["coverage"]`) and when it counts as a success.
 A policy is any callable `obs -> actions` on numpy dicts: obs[key] (B, n_obs_steps, ...) -> (B, n_actions, action_dim).
+One that carries state from chunk to chunk (e.g. a warm-started diffusion policy) also has `reset()`: it is then reset
+at the start of each batch of episodes and called as `policy(obs, env_ids)`, env_ids naming the batch's environments.
 """
 from __future__ import annotations
 
@@ -106,17 +108,30 @@ def summarize(results: Sequence[EpisodeResult]) -> dict:
 
 
 class TorchPolicyActor:
-    """Wrap a module with `predict_action(obs_tensors, generator=...)` as a numpy policy; sampling noise is seeded."""
+    """Wrap a module with `predict_action(obs_tensors, generator=...)` as a numpy policy; sampling noise is seeded.
+    For a policy with warm starts (`config.warm_start_t`) it keeps each environment's last plan (`predict_plan`):
+    without env_ids, row i of every call is environment i (one robot: row 0)."""
 
     def __init__(self, policy: torch.nn.Module, seed: int = 0, **predict_kwargs):
         self.policy = policy
         self.device = next(policy.parameters()).device
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.predict_kwargs = predict_kwargs
+        self.warm = bool(getattr(getattr(policy, "config", None), "warm_start_t", 0))
+        self.plans: dict[int, torch.Tensor] = {}
 
-    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def reset(self) -> None:
+        self.plans.clear()
+
+    def __call__(self, obs: dict[str, np.ndarray], env_ids: Sequence[int] | None = None) -> np.ndarray:
         tensors = {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in obs.items()}
-        return self.policy.predict_action(tensors, generator=self.generator, **self.predict_kwargs).cpu().numpy()
+        if not self.warm:
+            return self.policy.predict_action(tensors, generator=self.generator, **self.predict_kwargs).cpu().numpy()
+        ids = [int(i) for i in (range(len(next(iter(obs.values())))) if env_ids is None else env_ids)]
+        previous = torch.stack([self.plans[i] for i in ids]) if all(i in self.plans for i in ids) else None
+        plan = self.policy.predict_plan(tensors, generator=self.generator, previous=previous, **self.predict_kwargs)
+        self.plans.update(zip(ids, plan))
+        return self.policy.plan_actions(plan).cpu().numpy()
 
 
 def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *, n_obs_steps: int = 2,
@@ -146,6 +161,9 @@ def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *,
 def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[int], n_obs_steps: int,
                frames: list | None, bar, record_states: bool = False) -> list[EpisodeResult]:
     n = len(envs)
+    stateful = callable(getattr(policy, "reset", None))
+    if stateful:
+        policy.reset()
     snapshots: list[list] = [[] for _ in range(n)]
     history, max_score, max_reward, steps = [], np.full(n, -np.inf), np.full(n, -np.inf), np.zeros(n, dtype=int)
     terminated, alive = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
@@ -160,7 +178,7 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
     while alive.any():
         idx = np.flatnonzero(alive)
         batch = {k: np.stack([np.stack([h[k] for h in history[i]]) for i in idx]) for k in history[idx[0]][0]}
-        actions = np.asarray(policy(batch))
+        actions = np.asarray(policy(batch, idx) if stateful else policy(batch))
         for row, i in enumerate(idx):
             for action in actions[row]:
                 obs, reward, term, trunc, info = envs[i].step(action)
@@ -199,7 +217,8 @@ def write_gif(path: str | Path, frames: Sequence[np.ndarray], fps: int = 10) -> 
 
 def time_action_chunk(policy: PolicyFn, obs: dict[str, np.ndarray], repeats: int = 20, warmup: int = 3,
                       ) -> np.ndarray:
-    """Wall seconds of `repeats` policy calls on one observation history (batch of 1)."""
+    """Wall seconds of `repeats` policy calls on one observation history (batch of 1); a stateful policy is timed
+    in its steady state (e.g. warm-started chunks), the warm-up calls having set it up."""
     single = {k: np.asarray(v)[:1] for k, v in obs.items()}
     for _ in range(warmup):
         policy(single)
