@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--cpu-weights", default="float32,int8", help="comma-separated frozen-U-Net weight precisions")
     p.add_argument("--no-eager", action="store_true", help="skip the eager U-Net")
+    p.add_argument("--warm-start-t", type=int, default=None, metavar="T",
+                   help="override the policies' warm starts (0 = off; chunks are timed in the steady state)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     # the vector ISA decides what int8 weights buy (0.51x a float32 call with AVX-512, ~0.7x with AVX2 only)
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.checkpoints:
         for variant in ([] if args.no_eager else ["eager"]) + args.cpu_weights.split(","):
             policy = load_policy(path)
+            if args.warm_start_t is not None:
+                policy.config.warm_start_t = args.warm_start_t
             if variant != "eager":
                 policy.config.cpu_weights = variant
                 policy.freeze_for_cpu()
