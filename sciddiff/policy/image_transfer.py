@@ -108,7 +108,7 @@ def rollout_states(path: Path, stride: int) -> tuple[np.ndarray, np.ndarray]:
 def keep_inference_settings(config: PolicyConfig, donor: PolicyConfig) -> None:
     """Inference settings are the image policy's own choice (its encoder leaves less time per chunk): a rebuilt or
     fine-tuned image policy keeps its donor's, not the state policy's."""
-    for setting in ("sampler", "num_inference_steps", "ddim_eta", "cpu_weights"):
+    for setting in ("sampler", "num_inference_steps", "ddim_eta", "cpu_weights", "warm_start_t"):
         setattr(config, setting, getattr(donor, setting))
 
 
