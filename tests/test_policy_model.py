@@ -302,9 +302,9 @@ def test_latency_tool_times_every_variant_and_setting(tmp_path, capsys):
         (u, s, k) for u in ("eager", "float32", "int8") for s, k in (("ddim_trailing", 2), ("dpmpp_2m", 3), ("ddpm", chain))]
     assert all(0 < r["min_ms"] <= r["median_ms"] for r in rows)
     assert latency.main([str(tmp_path / "p.pt"), "--threads", "1", "--repeats", "2", "--no-eager", "--cpu-weights",
-                         "float32", "--settings", "ddim_trailing:14", "--warm-start-t", "50"]) == 0
-    warm = json.loads(capsys.readouterr().out.splitlines()[1])
-    assert (warm["steps"], warm["network_calls"]) == (14, 7)
+                         "float32", "--settings", "ddim_trailing:14", "--warm-start-t", "0,50"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [(r["warm_start_t"], r["steps"], r["network_calls"]) for r in rows] == [(0, 14, 14), (50, 14, 7)]
 
 
 def test_warm_start_begins_at_the_grid_step_and_skips_the_first_calls():

@@ -73,31 +73,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--cpu-weights", default="float32,int8", help="comma-separated frozen-U-Net weight precisions")
     p.add_argument("--no-eager", action="store_true", help="skip the eager U-Net")
-    p.add_argument("--warm-start-t", type=int, default=None, metavar="T",
-                   help="override the policies' warm starts (0 = off; chunks are timed in the steady state)")
+    p.add_argument("--warm-start-t", default=None, metavar="T[,T...]",
+                   help="comma-separated warm-start timesteps to time instead of each policy's own (0 = off; "
+                        "chunks are timed in the steady state)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     # the vector ISA decides what int8 weights buy (0.51x a float32 call with AVX-512, ~0.7x with AVX2 only)
     print(json.dumps({"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
                       "torch": str(torch.__version__)}))
+    warm = [None] if args.warm_start_t is None else [int(t) for t in args.warm_start_t.split(",")]
     cases, labels = [], []
     for path in args.checkpoints:
         for variant in ([] if args.no_eager else ["eager"]) + args.cpu_weights.split(","):
-            policy = load_policy(path)
-            if args.warm_start_t is not None:
-                policy.config.warm_start_t = args.warm_start_t
-            if variant != "eager":
-                policy.config.cpu_weights = variant
-                policy.freeze_for_cpu()
-            for setting in args.settings.split(","):
-                sampler, steps = (None, None) if setting == "default" else setting.split(":")
-                steps = int(steps) if steps else None
-                cases.append((policy, sampler, steps))
-                labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
-                               "steps": policy.denoising_steps(sampler, steps),
-                               "network_calls": policy.denoising_steps(sampler, steps)
-                               - policy.warm_start_step(sampler, steps),
-                               "ddim_eta": policy.config.ddim_eta})
+            for warm_t in warm:
+                policy = load_policy(path)
+                if warm_t is not None:
+                    policy.config.warm_start_t = warm_t
+                if variant != "eager":
+                    policy.config.cpu_weights = variant
+                    policy.freeze_for_cpu()
+                for setting in args.settings.split(","):
+                    sampler, steps = (None, None) if setting == "default" else setting.split(":")
+                    steps = int(steps) if steps else None
+                    calls = policy.denoising_steps(sampler, steps)
+                    cases.append((policy, sampler, steps))
+                    labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
+                                   "steps": calls, "warm_start_t": policy.config.warm_start_t,
+                                   "network_calls": calls - policy.warm_start_step(sampler, steps),
+                                   "ddim_eta": policy.config.ddim_eta})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)
     return 0
