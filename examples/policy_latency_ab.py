@@ -2,7 +2,8 @@
 
 "Before" rebuilds the frozen U-Net as it was until 2026-12-03 (float32 convolutions as matmuls, PyTorch's own
 ConvTranspose1d, FiLM computed per call) with the then-default sampler (state: DDIM trailing 8; image: DPM-Solver++ 6);
-"shipped" is `DiffusionPolicy.freeze_for_cpu` with the checkpoint's settings (int8 weights, FiLM timestep table).
+"shipped" is `DiffusionPolicy.freeze_for_cpu` with the checkpoint's settings (int8 weights, FiLM timestep table, and
+for the state policy warm-started chunks, timed in their steady state).
 All cases are timed round-robin (`sciddiff.policy.latency.measure`), so a machine whose speed drifts slows them alike:
 read the ratios. Pin the cores: `taskset -c 0,1 python examples/policy_latency_ab.py --repeats 200`.
 """
@@ -23,6 +24,7 @@ BEFORE = {"pusht_state.pt": ("ddim_trailing", 8), "pusht_image.pt": ("dpmpp_2m",
 
 
 def frozen_as_before(policy: DiffusionPolicy) -> DiffusionPolicy:
+    policy.config.warm_start_t = 0  # every chunk from noise, as then
     fast = with_matmul_convs(policy.unet.eval())
     for level, original in zip(fast.up, policy.unet.up):
         level[2] = original[2]  # the transposed convolution as PyTorch runs it
@@ -42,7 +44,8 @@ def main() -> int:
         c = shipped.config
         cases += [(frozen_as_before(load_policy(path)), sampler, steps), (shipped, None, None)]
         labels += [f"{name} before (float32, {sampler} {steps})",
-                   f"{name} shipped ({c.cpu_weights}, {c.sampler} {c.num_inference_steps})"]
+                   f"{name} shipped ({c.cpu_weights}, {c.sampler} {c.num_inference_steps}"
+                   + (f", warm from t <= {c.warm_start_t})" if c.warm_start_t else ")")]
     results = measure(cases, args.repeats)
     for i, (label, (lo, med)) in enumerate(zip(labels, results)):
         ratio = f", {med / results[i - 1][1]:.2f}x before" if i % 2 else ""
