@@ -55,10 +55,10 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
     # median = the headline number; min = the same call without interference from other processes on the CPU
     metrics["seconds_per_action_chunk"] = float(np.median(times))
     metrics["seconds_per_action_chunk_min"] = float(times.min())
-    calls = policy.denoising_steps(sampler, steps)
     metrics.update(seed=seed, env_obs_type=obs_type, sampler=sampler or policy.config.sampler,
-                   inference_steps=calls, ddim_eta=policy.config.ddim_eta, warm_start_t=policy.config.warm_start_t,
-                   network_calls_per_chunk=calls - policy.warm_start_step(sampler, steps),
+                   inference_steps=policy.denoising_steps(sampler, steps), ddim_eta=policy.config.ddim_eta,
+                   warm_start_t=policy.config.warm_start_t,
+                   network_calls_per_chunk=policy.chunk_network_calls(sampler, steps),
                    action_steps=policy.config.n_action_steps,
                    cpu_weights=policy.config.cpu_weights if freeze else "float32",
                    torch_threads=torch.get_num_threads())

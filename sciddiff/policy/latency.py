@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                 for setting in args.settings.split(","):
                     sampler, steps = (None, None) if setting == "default" else setting.split(":")
                     steps = int(steps) if steps else None
-                    calls = policy.denoising_steps(sampler, steps)
                     cases.append((policy, sampler, steps))
                     labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
-                                   "steps": calls, "warm_start_t": policy.config.warm_start_t,
-                                   "network_calls": calls - policy.warm_start_step(sampler, steps),
+                                   "steps": policy.denoising_steps(sampler, steps),
+                                   "warm_start_t": policy.config.warm_start_t,
+                                   "network_calls": policy.chunk_network_calls(sampler, steps),
                                    "ddim_eta": policy.config.ddim_eta})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)

@@ -22,6 +22,7 @@ from sciddiff.nn.vision import ImageEncoder
 from sciddiff.policy.normalizer import MinMaxNormalizer, pixels_to_unit
 
 SAMPLERS = ("ddim", "dpmpp_2m", "ddpm", "ddim_trailing")
+DDIM_SPACING = {"ddim": "leading", "ddim_trailing": "trailing"}  # trailing starts at t = T - 1: better with few steps
 CPU_WEIGHTS = ("float32", "int8")
 
 
@@ -171,10 +172,14 @@ class DiffusionPolicy(nn.Module):
         """Index of the DDIM grid step that warm-started chunks begin at (0 = from noise: no warm start)."""
         c = self.config
         sampler, steps = sampler or c.sampler, steps or c.num_inference_steps
-        if not c.warm_start_t or sampler not in ("ddim", "ddim_trailing"):
+        if not c.warm_start_t or sampler not in DDIM_SPACING:
             return 0
-        grid = self.schedule.timesteps(steps, "trailing" if sampler == "ddim_trailing" else "leading")
+        grid = self.schedule.timesteps(steps, DDIM_SPACING[sampler])
         return next((i for i, t in enumerate(grid) if t <= c.warm_start_t), 0)
+
+    def chunk_network_calls(self, sampler: str | None = None, steps: int | None = None) -> int:
+        """Network calls of a chunk in the steady state (warm-started chunks skip the grid's first steps)."""
+        return self.denoising_steps(sampler, steps) - self.warm_start_step(sampler, steps)
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None, sampler: str | None = None,
@@ -187,8 +192,8 @@ class DiffusionPolicy(nn.Module):
                           dtype=cond.dtype)
         common = dict(prediction_type=c.prediction_type, clip_sample=c.clip_sample, global_cond=cond)
         unet = self._denoiser(cond.device)
-        if sampler in ("ddim", "ddim_trailing"):  # trailing spacing starts at t = T - 1: better with few steps
-            spacing = "trailing" if sampler == "ddim_trailing" else "leading"
+        if sampler in DDIM_SPACING:
+            spacing = DDIM_SPACING[sampler]
             first = self.warm_start_step(sampler, steps) if previous is not None else 0
             if first:
                 k = c.n_action_steps

@@ -108,16 +108,15 @@ def summarize(results: Sequence[EpisodeResult]) -> dict:
 
 
 class TorchPolicyActor:
-    """Wrap a module with `predict_action(obs_tensors, generator=...)` as a numpy policy; sampling noise is seeded.
-    For a policy with warm starts (`config.warm_start_t`) it keeps each environment's last plan (`predict_plan`):
-    without env_ids, row i of every call is environment i (one robot: row 0)."""
+    """Wrap a `DiffusionPolicy` (`predict_plan`, `plan_actions`) as a numpy policy; sampling noise is seeded. It keeps
+    each environment's last plan, the start of the next chunk when the policy warm-starts (`config.warm_start_t`;
+    ignored otherwise): without env_ids, row i of every call is environment i (one robot: row 0)."""
 
     def __init__(self, policy: torch.nn.Module, seed: int = 0, **predict_kwargs):
         self.policy = policy
         self.device = next(policy.parameters()).device
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.predict_kwargs = predict_kwargs
-        self.warm = bool(getattr(getattr(policy, "config", None), "warm_start_t", 0))
         self.plans: dict[int, torch.Tensor] = {}
 
     def reset(self) -> None:
@@ -125,8 +124,6 @@ class TorchPolicyActor:
 
     def __call__(self, obs: dict[str, np.ndarray], env_ids: Sequence[int] | None = None) -> np.ndarray:
         tensors = {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in obs.items()}
-        if not self.warm:
-            return self.policy.predict_action(tensors, generator=self.generator, **self.predict_kwargs).cpu().numpy()
         ids = [int(i) for i in (range(len(next(iter(obs.values())))) if env_ids is None else env_ids)]
         previous = torch.stack([self.plans[i] for i in ids]) if all(i in self.plans for i in ids) else None
         plan = self.policy.predict_plan(tensors, generator=self.generator, previous=previous, **self.predict_kwargs)
