@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "length (Rg > 1.59 N^0.465 A) are pulled in with this strength during sampling (default: the "
                         "checkpoint's, 1.0); 0 = off")
     s.add_argument("--compactness-floor", type=float, default=None,
-                   help="the same guidance's lower side: chains of 150 residues or more predicted more compact than "
-                        "this fraction of that fit are pushed out to it (the model alone packs long chains too "
+                   help="the same guidance's lower side: chains of --compactness-floor-length residues or more predicted "
+                        "more compact than this fraction of that fit are pushed out to it (the model alone packs long chains too "
                         "densely; default: the checkpoint's, 0.9); 0 = off (one-sided guidance)")
     s.add_argument("--compactness-floor-length", type=int, default=None, metavar="N",
                    help="shortest chain that --compactness-floor applies to (default: the checkpoint's, 150; shorter "

@@ -64,8 +64,7 @@ def guide_to_natural_rg(trans: Tensor, batch: Tensor, strength: float, scale: fl
     length = torch.bincount(batch)
     fit = RG_PREFACTOR * length.to(trans.dtype) ** RG_EXPONENT / scale
     low = torch.where(length >= floor_min_length, floor * fit, torch.zeros_like(fit))
-    target = torch.where(rg > fit, fit, torch.where(rg < low, low, rg))
-    return centre[batch] + rel * ((target / rg) ** strength)[batch, None]
+    return centre[batch] + rel * ((rg.clamp(low, fit) / rg) ** strength)[batch, None]
 
 
 def sample_noise(batch: Tensor, generator: torch.Generator | None = None, rot_sigma: float | None = None,
