@@ -83,20 +83,25 @@ def bench_core(repeats: int = 7) -> dict:
 BENCHES = {"core": bench_core}
 
 
+def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("name", choices=sorted(BENCHES), metavar="NAME", help="the benchmark: " + ", ".join(sorted(BENCHES)))
+    p.add_argument("--repeats", type=int, default=7, help="timed repetitions, the median is reported (default 7)")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    print(json.dumps(BENCHES[args.name](max(1, args.repeats)), indent=2))
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="run a benchmark and print JSON (see docs/benchmarks.md)")
-    p.add_argument("name", choices=sorted(BENCHES))
-    p.add_argument("--repeats", type=int, default=7)
-    p.set_defaults(func=lambda a: print(json.dumps(BENCHES[a.name](a.repeats), indent=2)) or 0)
+    _add_arguments(p).set_defaults(func=_run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sciddiff.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=sorted(BENCHES))
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
-    print(json.dumps(BENCHES[args.name](args.repeats), indent=2))
-    return 0
+    return _run(_add_arguments(argparse.ArgumentParser(prog="python -m sciddiff.bench",
+                                                       description=__doc__.splitlines()[0])).parse_args(argv))
 
 
 if __name__ == "__main__":

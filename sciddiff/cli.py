@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 # sub-command -> the module whose register() adds it; only the module of the command being run is imported
 COMMANDS = {"dock": "sciddiff.dock.cli", "dock-eval": "sciddiff.dock.cli", "backbone": "sciddiff.protein.cli",
@@ -23,13 +26,61 @@ class UserError(Exception):
 
 
 def run_command(func, args) -> int:
-    """Run func(args) for a module's own `main`: a UserError becomes one line on stderr and exit status 2."""
+    """Run func(args) for a module's own `main`: a UserError becomes one line on stderr and exit status 2, a
+    file-system error (disk full, permissions) one line and exit status 1."""
     try:
         func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def check_output_path(path: str | os.PathLike, *, folder: bool = False, replaced: bool = False,
+                      option: str = "--out") -> Path:
+    """An output path, checked before any work is done so that a run does not fail at its end: an existing path must
+    be of the right kind (a folder with `folder`), the nearest existing parent must be a folder this process can
+    create files in (probed with a temporary folder: permission bits say nothing for root or on read-only and
+    virtual file systems), and a folder that will be `replaced` as a whole must be named (not '', '.', '..' or a
+    folder above the current one). Creates nothing."""
+    out = Path(path)
+    if replaced and (not str(path).strip() or out.name in ("", ".", "..") or Path.cwd().is_relative_to(out.resolve())):
+        raise UserError(f"{option} must name the output folder itself, not {str(path)!r} (it is replaced as a whole)")
+    if out.exists() and out.is_dir() != folder:
+        raise UserError(f"{option} {out} exists and is {'not ' if folder else ''}a folder")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is not a folder")
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as err:
+        raise UserError(f"{option} {out} cannot be written: {err.strerror or err}") from None
+    return out
+
+
+def load_or_fail(load, path: str | os.PathLike, what: str):
+    """load(path) for a file the user named: a missing file, or one that is not a `what` (not a torch checkpoint,
+    missing entries, wrong shapes), becomes one UserError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no {what} at {path}")
+    try:
+        return load(path)
+    except (pickle.UnpicklingError, EOFError) as err:
+        raise UserError(f"{path} is not a {what} (not a readable torch checkpoint: {_first_line(err)})") from None
+    except KeyError as err:
+        raise UserError(f"{path} is not a {what} (no {err} entry)") from None
+    except (RuntimeError, ValueError, TypeError, OSError) as err:
+        raise UserError(f"cannot load {what} {path}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def idle_threads(most: int = 2) -> int:
@@ -84,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"sciddiff {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, permissions, a file that vanished: one line, not a traceback
+        print(f"sciddiff {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -141,8 +141,18 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
     assert err.strip().count("\n") == 0 and "no policy checkpoint" in err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert main(["policy", "eval", "--checkpoint", str(tmp_path / "junk.pt")]) == 2
-    assert "cannot load" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "junk.pt is not a policy checkpoint" in err
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "0"]) == 2
+    for bad, message in ((["--batch-size", "0"], "--batch-size must be at least 1"),
+                         (["--inference-steps", "-3"], "--inference-steps must be at least 1"),
+                         (["--env-obs-type", "pixels_agent_pos"], "a state policy reads --env-obs-type"),
+                         (["--metrics-json", str(tmp_path / "m.json" / "x.json")], "cannot be written"),
+                         (["--gif", str(tmp_path)], "--gif")):
+        capsys.readouterr()
+        assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and message in err, (bad, err)
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--action-steps", "4",
                  "--inference-steps", "1", "--metrics-json", str(tmp_path / "m4.json")]) == 0
     assert json.loads((tmp_path / "m4.json").read_text())["action_steps"] == 4

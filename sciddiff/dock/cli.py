@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sciddiff.cli import UserError, idle_threads
+from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "dock" / "score_model.pt"
 MODEL_HELP = f"score-model checkpoint, or 'none' for physics-only docking (default: {DEFAULT_MODEL} when present)"
@@ -93,12 +93,14 @@ def _settings(args):
     from sciddiff.dock.settings import DockSettings
 
     for name in ("samples", "random_starts", "steps", "poses", "mc_chains", "mc_rounds", "pockets", "conformers"):
-        low = 1 if name in ("poses", "pockets", "mc_chains", "conformers") else 0
+        low = 1 if name in ("steps", "poses", "pockets", "mc_chains", "conformers") else 0
         if getattr(args, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be >= 1")
     if args.samples + args.random_starts < 1:
         raise UserError("need at least one search chain: --samples + --random-starts >= 1")
-    return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=max(args.steps, 1),
+    return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=args.steps,
                         poses=args.poses, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, pockets=args.pockets,
                         conformers=args.conformers, scoring=args.scoring, ranking=args.ranking, seed=args.seed)
 
@@ -106,7 +108,7 @@ def _settings(args):
 def _model(args):
     import torch
 
-    torch.set_num_threads(idle_threads() if args.threads is None else max(1, args.threads))
+    torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available")
 
@@ -131,13 +133,7 @@ def _load_optional(value: str | None, default: Path, what: str, load):
     """`none` -> None; no value -> the shipped file if present; a path must exist and load (one-line errors)."""
     if value == "none" or (value is None and not default.exists()):
         return None
-    path = Path(value) if value else default
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        return load(path)
-    except (RuntimeError, KeyError, OSError) as err:
-        raise UserError(f"cannot load {what} {path}: {str(err).splitlines()[0]}") from None
+    return load_or_fail(load, Path(value) if value else default, what)
 
 
 def _read_inputs(protein: str, ligand: str, args) -> tuple:
@@ -209,14 +205,19 @@ def _run_batch(args, settings) -> int:
     # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark; skipinitialspace: "protein, ligand"
     with open(table, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh, skipinitialspace=True))
-    if not rows or not {"protein", "ligand", "name"} <= set(rows[0].keys()):
+    with open(table, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh, skipinitialspace=True), [])
+    if not {"protein", "ligand", "name"} <= {h.strip() for h in header}:
         raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
+    if not rows:
+        raise UserError(f"{table} has a header but no rows")
     names = [_cell(r, "name") for r in rows]
     if len(set(names)) != len(names) or any(not n or "/" in n for n in names):
         raise UserError(f"{table}: names must be unique, non-empty and contain no '/'")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_output_path(out, folder=True)
     model, rescorer = _model(args), _rescorer(args)
     failed = 0
     base = table.parent
@@ -247,6 +248,14 @@ def run_eval(args) -> int:
     from sciddiff.dock.evaluate import evaluate
 
     settings = _settings(args)
+    for name, low in (("every", 1), ("offset", 0), ("limit", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < low:
+            raise UserError(f"--{name} must be >= {low}")
+    check_output_path(args.out, folder=True)
     summary = evaluate(args, settings, _model(args), _rescorer(args))
     print(json.dumps(summary, indent=1))
+    if summary["errors"]:
+        print(f"{summary['errors']} of {summary['n']} complexes failed to dock (counted as misses; see the error "
+              f"column of {Path(args.out) / 'results.csv'})", file=sys.stderr)
+        return 1
     return 0

@@ -14,11 +14,13 @@ import gzip
 import json
 import math
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError
 
@@ -49,10 +51,12 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     from sciddiff.train.log import progress
 
     root = Path(args.data) if args.data else default_data_root()
+    if not root.is_dir():
+        raise UserError(f"docking data folder not found: {root} (pass --data or set SCIDDIFF_DATA)")
     split = Path(args.split)
     if not split.is_file():
         raise UserError(f"split file not found: {split}")
-    ids = read_split(split)[args.offset:: max(1, args.every)][: args.limit]
+    ids = read_split(split)[args.offset:: args.every][: args.limit]
     if not ids:
         raise UserError(f"no complexes in {split}")
     out = Path(args.out)
@@ -92,6 +96,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                 row["pb_valid"], row["pb_failed"] = row[f"pb_valid_{default}"], row[f"pb_failed_{default}"]
         except UserError as err:
             row["error"] = str(err)
+            tqdm.write(f"{cid}: failed, counted as a miss: {err}", file=sys.stderr)
         rows.append(row)
         _write_csv(out / "results.csv", rows)
     summary = {"n": len(rows), "mode": f"box (crystal ligand + {args.autobox_add:.1f} A)" if args.autobox else "blind"}
@@ -130,9 +135,14 @@ def _rates(rows: list[dict], suffix: str, no_posebusters: bool) -> dict:
     top5 = np.array([r.get(f"rmsd_top5{suffix}", math.inf) for r in rows], float)
     return {f"top1_rmsd_lt_2A{suffix}": round(float((top1 < 2).mean()), 4),
             f"top5_rmsd_lt_2A{suffix}": round(float((top5 < 2).mean()), 4),
-            f"median_rmsd_top1{suffix}": round(float(np.median(top1)), 3),
+            f"median_rmsd_top1{suffix}": _finite(round(float(np.median(top1)), 3)),
             f"pb_valid_top1{suffix}": None if no_posebusters else
             round(float(np.mean([bool(r.get(f"pb_valid{suffix}", False)) for r in rows])), 4)}
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no Infinity: a median over mostly failed complexes is reported as null."""
+    return value if math.isfinite(value) else None
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -315,7 +315,7 @@ def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_a
     elif center is not None:
         size_arr = np.asarray(size, dtype=np.float32)
         if np.any(~np.isfinite(size_arr)) or np.any(size_arr <= 0):
-            raise UserError("--size values must be positive")
+            raise UserError("--size values must be finite and positive (A)")
         if not np.all(np.isfinite(center)):
             raise UserError("--center values must be finite numbers")
         box = Box(center=np.asarray(center, dtype=np.float32), size=size_arr)

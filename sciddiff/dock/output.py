@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from rdkit import Chem
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, check_output_path
 from sciddiff.dock.io import Receptor, complex_pdb, pose_mol, sdf_block
 
 if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an output folder
@@ -23,9 +23,7 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder")
-    return out
+    return check_output_path(out, folder=True, replaced=True)
 
 
 @contextmanager

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import shlex
 import sys
 from pathlib import Path
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, check_output_path, load_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {"state": REPO / "data" / "policy" / "pusht_state.pt", "image": REPO / "data" / "policy" / "pusht_image.pt"}
@@ -43,9 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="policy .pt (default: the shipped data/policy/pusht_<obs-type>.pt)")
     p.add_argument("--obs-type", choices=("state", "image"), default="state", help="which shipped policy to load")
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=int, default=10, help="episodes, one per seed (default 10)")
     p.add_argument("--seed", type=int, default=0, help="first env seed")
-    p.add_argument("--batch-size", type=int, default=10, help="episodes run in lockstep")
+    p.add_argument("--batch-size", type=int, default=10, help="episodes run in lockstep (default 10)")
     p.add_argument("--sampler", choices=("ddim", "ddim_trailing", "dpmpp_2m", "ddpm"), default=None, help="override the policy's")
     p.add_argument("--inference-steps", type=int, default=None, help="override the policy's denoising steps")
     p.add_argument("--ddim-eta", type=float, default=None, metavar="ETA",
@@ -89,25 +88,27 @@ def _train(args: argparse.Namespace) -> int:
 def load_checkpoint_or_fail(path: Path):
     from sciddiff.policy.io import load_policy
 
-    if not path.exists():
-        raise UserError(f"no policy checkpoint at {path}")
-    try:
-        return load_policy(path)
-    except (ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:
-        raise UserError(f"cannot load {path}: {err}") from err
+    return load_or_fail(load_policy, path, "policy checkpoint")
 
 
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from sciddiff.policy.evaluate import evaluate_pusht
+    from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_pusht
     from sciddiff.train.checkpoint import atomic_file
 
-    if args.episodes < 1:
-        raise UserError("--episodes must be at least 1")
+    for name in ("episodes", "batch_size", "inference_steps", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    for option, path in (("--gif", args.gif), ("--metrics-json", args.metrics_json), ("--states-out", args.states_out)):
+        if path is not None:
+            check_output_path(path, option=option)
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = load_checkpoint_or_fail(args.checkpoint or SHIPPED[args.obs_type])
+    if args.env_obs_type is not None and args.env_obs_type not in ENV_OBS_TYPES[policy.config.obs_type]:
+        raise UserError(f"a {policy.config.obs_type} policy reads --env-obs-type "
+                        f"{' or '.join(ENV_OBS_TYPES[policy.config.obs_type])}, not {args.env_obs_type}")
     if args.action_steps is not None:
         c = policy.config
         if not 1 <= args.action_steps <= c.horizon - c.n_obs_steps + 1:

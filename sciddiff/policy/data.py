@@ -90,8 +90,14 @@ def load_dataset(path: str | Path, obs_type: str) -> dict[str, np.ndarray]:
         raise UserError(f"no dataset at {path}")
     if path.suffix == ".zarr" or path.is_dir():
         return dataset_from_zarr(path, obs_type)
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files if k != "meta"}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files if k != "meta"}
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"{path} is neither a zarr replay buffer nor an .npz from `sciddiff policy prepare` "
+                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    except (TypeError, AttributeError):  # np.load returned a plain array (.npy), not an archive
+        raise UserError(f"{path} is a single array, not an .npz from `sciddiff policy prepare`") from None
     needed = {"action", "episode_ends", *OBS_KEYS.get(obs_type, ())}
     if obs_type not in OBS_KEYS or not needed <= arrays.keys():
         raise UserError(f"{path} lacks {sorted(needed - arrays.keys())} for a {obs_type!r} policy")

@@ -18,7 +18,9 @@ from sciddiff.policy.policy import DiffusionPolicy
 from sciddiff.policy.runner import (EpisodeResult, PushTAdapter, TorchPolicyActor, results_to_dicts, run_episodes,
                                     summarize, time_action_chunk)
 
-DEFAULT_ENV_OBS = {"state": "environment_state_agent_pos", "image": "pixels_agent_pos"}
+# the gym-pusht observation types that give each policy type its features (`pusht.obs_to_features`), default first
+ENV_OBS_TYPES = {"state": ("environment_state_agent_pos", "state"), "image": ("pixels_agent_pos",)}
+DEFAULT_ENV_OBS = {kind: types[0] for kind, types in ENV_OBS_TYPES.items()}
 
 
 def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, batch_size: int = 10,

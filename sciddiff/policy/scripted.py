@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, check_output_path
 from sciddiff.policy import pusht
 
 AGENT_RADIUS = 15.0
@@ -286,9 +287,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--from-policy", type=Path, default=None, metavar="CHECKPOINT",
                    help="DAgger: roll this policy out on --episodes seeds from --seed and start the planner from the "
                         "states its failed episodes reach at --restart-steps (sciddiff.policy.dagger)")
-    p.add_argument("--restart-steps", default="0,100", metavar="T1,T2,...",
-                   help="with --from-policy: env steps of a failed episode whose states the planner starts from")
-    p.add_argument("--max-steps", type=int, default=PlannerConfig.max_steps)
+    p.add_argument("--restart-steps", default=None, metavar="T1,T2,...",
+                   help="with --from-policy: env steps of a failed episode whose states the planner starts from "
+                        "(default 0,100)")
+    p.add_argument("--max-steps", type=int, default=PlannerConfig.max_steps,
+                   help=f"env steps per planner episode (default {PlannerConfig.max_steps})")
     p.add_argument("--no-images", action="store_true", help="skip data/img (state-only demonstrations, ~2x faster)")
     p.add_argument("--keep-failures", action="store_true", help="also write episodes that never reached 0.95")
     p.add_argument("--metrics-json", type=Path, default=None, help="write the summary and per-episode rows here")
@@ -308,8 +311,13 @@ def run_demos(args: argparse.Namespace) -> int:
         raise UserError("--complete and --out must be different stores (the copies are appended to --out)")
     if args.complete and args.from_policy:
         raise UserError("--complete and --from-policy are alternatives; give one")
+    if args.restart_steps is not None and not args.from_policy:
+        raise UserError("--restart-steps needs --from-policy (the failed episodes it restarts from)")
+    check_output_path(args.out, folder=True)
+    if args.metrics_json:
+        check_output_path(args.metrics_json, option="--metrics-json")
     try:
-        restart_steps = [int(t) for t in args.restart_steps.split(",")]
+        restart_steps = [int(t) for t in (args.restart_steps or "0,100").split(",")]
     except ValueError:
         raise UserError(f"--restart-steps must be comma-separated integers, got {args.restart_steps!r}") from None
     source = ReplayBuffer.open(args.complete) if args.complete else None
@@ -340,17 +348,19 @@ def run_demos(args: argparse.Namespace) -> int:
               f"{len(episodes)} start states", flush=True)
     else:
         episodes, desc = [(i, None) for i in seeds], "scripted demos"
-    rows, t0 = [], time.perf_counter()
+    rows, written, t0 = [], 0, time.perf_counter()
     bar = progress(episodes, desc=desc, unit="episode")
     for i, start in bar:
         t = time.perf_counter()
         if source:  # one episode at a time: an interrupted run keeps what it finished
             arrays, ep = complete_episode(planner, source.get_episode(i, want), args.seed + i, not args.no_images)
             append_episode(args.out, arrays)
+            written += 1
         else:
             ep = run_episode(planner, i, render=not args.no_images, start_state=None if start is None else start[1])
             if ep.success or args.keep_failures:
                 write_episodes(args.out, [ep])
+                written += 1
         rows.append({"episode" if source else "seed": i, "max_coverage": round(ep.max_coverage, 4),
                      "success": ep.success, "steps": len(ep.actions), "pushes": ep.pushes,
                      "seconds": round(time.perf_counter() - t, 2)} | ({} if start is None else {"from_step": start[0]}))
@@ -358,12 +368,16 @@ def run_demos(args: argparse.Namespace) -> int:
     summary = {"episodes": len(rows), "success_rate": float(np.mean([r["success"] for r in rows])),
                "mean_max_coverage": float(np.mean([r["max_coverage"] for r in rows])),
                "mean_steps": float(np.mean([r["steps"] for r in rows])),
-               "seconds_per_episode": (time.perf_counter() - t0) / len(rows), "out": str(args.out), "per_episode": rows}
+               "seconds_per_episode": (time.perf_counter() - t0) / len(rows), "written": written,
+               "out": str(args.out) if written else None, "per_episode": rows}
     if source:
         summary["completed_from"] = str(args.complete)
     if args.from_policy:
         summary.update(from_policy=str(args.from_policy), restart_steps=restart_steps, policy_rollout=rollout)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
+    if not written:
+        print(f"no episode reached coverage 0.95: nothing written to {args.out} (--keep-failures writes them)",
+              file=sys.stderr)
     if args.metrics_json:
         from sciddiff.train.checkpoint import atomic_file
 

@@ -57,11 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--init", type=Path, default=None,
                    help="start from this policy checkpoint: its network, weights and normalizers (the model options "
                         "below are then ignored)")
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps (length of the LR schedule)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (length of the LR schedule); 0 with --init re-saves that policy")
     g.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of this run")
     g.add_argument("--schedule-seconds", type=float, default=None,
                    help="without --steps: decay the LR over this much training time (default: --max-seconds)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the validation split, initialization and batches")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks (falls back to eager on error)")
@@ -74,14 +75,15 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="steps between closed-loop PushT rollouts of the EMA policy (0: never; needs gym-pusht)")
     g.add_argument("--eval-episodes", type=int, default=10, help="rollouts per evaluation (seeds 100000, ...)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--batch-size", type=int, default=256, help="windows per optimizer step (default 256)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4 * sqrt(batch / 256))")
-    g.add_argument("--weight-decay", type=float, default=1e-6)
+    g.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay (default 1e-6)")
     g.add_argument("--warmup-steps", type=int, default=500)
     g.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="image encoder's learning rate / the U-Net's: 0 freezes a pretrained encoder (e.g. the vertex "
                         "regressor of `image_transfer`) while the U-Net fine-tunes on its outputs")
-    g.add_argument("--ema-power", type=float, default=0.75)
+    g.add_argument("--ema-power", type=float, default=0.75,
+                   help="EMA warm-up power: decay 1 - (1 + step)^-power, as Diffusion Policy (default 0.75)")
     g = p.add_argument_group("model")
     g.add_argument("--down-dims", default="64,128,256", help="U-Net widths per level, comma separated")
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
@@ -202,10 +204,18 @@ def rollout_score(policy: DiffusionPolicy, n_episodes: int) -> dict | None:
 
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) training as configured by `add_arguments`; returns a summary dict."""
-    from sciddiff.cli import UserError
+    from sciddiff.cli import UserError, check_output_path, load_or_fail
 
     if args.steps is None and args.max_seconds is None:
         raise UserError("give --steps and/or --max-seconds")
+    for name in ("batch_size", "threads", "log_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.steps is not None and (args.steps < 0 or (args.steps == 0 and not args.init)):
+        raise UserError("--steps must be at least 1 (0 only re-saves an --init policy with new inference settings)")
+    if (args.max_seconds is not None and args.max_seconds <= 0) or args.ema_power <= 0:
+        raise UserError("--max-seconds and --ema-power must be positive")
+    check_output_path(args.out, folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
@@ -216,14 +226,13 @@ def train(args: argparse.Namespace) -> dict:
     if not 0.0 <= args.ddim_eta <= 1.0:
         raise UserError("--ddim-eta must be in [0, 1]")
     seed_everything(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = Path(args.state) if args.state else out / "train_state.pt"
-
     data_path = args.data or default_zarr()
     arrays = load_dataset(data_path, args.obs_type)
     n_episodes = len(arrays["episode_ends"])
-    train_eps, val_eps = split_episodes(n_episodes, args.val_episodes, args.seed, args.max_train_episodes)
+    try:
+        train_eps, val_eps = split_episodes(n_episodes, args.val_episodes, args.seed, args.max_train_episodes)
+    except ValueError as err:
+        raise UserError(f"--val-episodes: {err}") from None
     if args.extra_data:
         arrays = concat_datasets([arrays, *(load_dataset(path, args.obs_type) for path in args.extra_data)])
         train_eps = np.concatenate([train_eps, np.arange(n_episodes, len(arrays["episode_ends"]))])
@@ -235,7 +244,7 @@ def train(args: argparse.Namespace) -> dict:
         extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
     if args.init:  # the network (and its normalizers) come from the checkpoint; the model options are ignored
         from sciddiff.policy.io import load_policy
-        init = load_policy(args.init)
+        init = load_or_fail(load_policy, args.init, "policy checkpoint")
         data_shape = {"obs_type": config.obs_type, "state_dim": config.state_dim, "action_dim": config.action_dim}
         if {k: getattr(init.config, k) for k in data_shape} != data_shape:
             raise UserError(f"--init {args.init} expects {init.config.obs_type} observations of "
@@ -264,6 +273,9 @@ def train(args: argparse.Namespace) -> dict:
         val_data = Batches(policy, val_arrays, windows(val_arrays), device)
     del arrays, train_arrays
 
+    out = Path(args.out)  # created only once the data and --init have loaded: a bad input leaves no empty run
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = Path(args.state) if args.state else out / "train_state.pt"
     lr = args.lr or 1e-4 * math.sqrt(args.batch_size / 256)
     fused = device.type == "cuda"
     # a second parameter group only when the encoder's rate differs (runs saved before the option have one group)

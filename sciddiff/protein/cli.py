@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sciddiff.cli import UserError, idle_threads
+from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail
 
 MAX_LENGTH = 1000
 
@@ -113,12 +113,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _device(name: str):
     import torch
 
@@ -163,8 +157,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--compactness-floor-length must be >= 0, got {args.compactness_floor_length}")
     lengths = sample_lengths(args.length, args.num, args.seed)
     device = _device(args.device)
-    out = Path(args.out)
-    _check_out_dir(out)
+    out = check_output_path(args.out, folder=True)
     names = [f"len{n}_seed{args.seed}_{i:03d}.pdb" for i, n in enumerate(lengths)]
     clash = [n for n in names if (out / n).exists()]
     if clash and not args.overwrite:
@@ -181,10 +174,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     threads = idle_threads() if args.threads is None else args.threads
     torch.set_num_threads(threads)
-    try:
-        net, flow_cfg, meta = load_model(args.checkpoint, device)
-    except (FileNotFoundError, KeyError, RuntimeError) as err:
-        raise UserError(f"cannot load checkpoint: {err}") from None
+    net, flow_cfg, meta = load_or_fail(lambda path: load_model(path, device), args.checkpoint or DEFAULT_CHECKPOINT,
+                                       "backbone checkpoint")
     conditional = bool(net.cfg.ss_condition)
     spec = args.ss if args.ss is not None else ("natural" if conditional and meta.get("ss_library") else "none")
     if spec != "none" and not conditional:
@@ -202,20 +193,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
     idealize = False if args.no_idealize else IdealizeConfig(hbond_weight=0.0) if args.no_hbonds else IdealizeConfig()
     start = time.time()
     bar = progress(total=args.num * steps, desc="sampling", unit="backbone-step")
-    for first in range(0, args.num, args.batch_size):
-        idx = list(range(first, min(args.num, first + args.batch_size)))
+    created, written = not out.exists(), []
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for first in range(0, args.num, args.batch_size):
+            idx = list(range(first, min(args.num, first + args.batch_size)))
 
-        def ticking(steps_iter, n=len(idx)):
-            for item in steps_iter:
-                bar.update(n)  # counted as the step starts: the sampler returns from inside its last step
-                yield item
+            def ticking(steps_iter, n=len(idx)):
+                for item in steps_iter:
+                    bar.update(n)  # counted as the step starts: the sampler returns from inside its last step
+                    yield item
 
-        backbones = sample(net, [lengths[i] for i in idx], flow_cfg, steps=steps, seeds=[(args.seed, i) for i in idx],
-                           device=device, progress=ticking, idealize=idealize,
-                           ss=None if targets is None else [targets[i] for i in idx], workers=threads)
-        for i, bb in zip(idx, backbones):
-            write_backbone(out / names[i], bb)
-    bar.close()
+            backbones = sample(net, [lengths[i] for i in idx], flow_cfg, steps=steps,
+                               seeds=[(args.seed, i) for i in idx], device=device, progress=ticking,
+                               idealize=idealize, ss=None if targets is None else [targets[i] for i in idx],
+                               workers=threads)
+            for i, bb in zip(idx, backbones):
+                write_backbone(out / names[i], bb)
+                written.append(out / names[i])
+    except BaseException:  # interrupted or failed: no partial set of files (a rerun would refuse them)
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        bar.close()
     seconds = time.time() - start
     info = {"length": lengths[0] if len(set(lengths)) == 1 else args.length, "lengths": lengths, "num": args.num,
             "seed": args.seed, "steps": steps,
@@ -242,6 +245,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sciddiff.protein.evaluate import evaluate, format_report, read_folder
     from sciddiff.train import atomic_file
 
+    json_path = check_output_path(args.json or folder / "eval.json", option="--json")
+    if args.plots:
+        check_output_path(args.plots, folder=True, option="--plots")
     try:
         names, backbones = read_folder(folder)
     except ValueError as err:
@@ -252,7 +258,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.reference:
         if not Path(args.reference).is_dir():
             raise UserError(f"--reference {args.reference} is not a folder")
-        _, reference = read_folder(args.reference)
+        try:
+            _, reference = read_folder(args.reference)
+        except ValueError as err:
+            raise UserError(f"--reference: {err}") from None
         if len(reference) < 2:
             raise UserError(f"--reference {args.reference} has fewer than 2 PDB files")
         ref_name = str(args.reference)
@@ -269,7 +278,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from sciddiff.protein.evaluate import target_agreement
 
         result["ss_targets"] = target_agreement(result["chains"], targets)
-    json_path = Path(args.json) if args.json else folder / "eval.json"
     with atomic_file(json_path, "w") as handle:
         json.dump(result, handle, indent=2)
     print(format_report(result))

@@ -47,9 +47,12 @@ def _open_text(path: Path) -> io.TextIOBase:
 def read_chain(path: str | os.PathLike, chain_id: str | None = None) -> Chain:
     """Read the backbone of one chain (the first one unless chain_id is given) from a PDB / PDB.gz file, first model only."""
     path = Path(path)
-    with _open_text(path) as handle, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # biopython warns on every discontinuous chain; breaks are measured, not warned
-        structure = PDBParser(QUIET=True).get_structure(path.stem, handle)
+    try:
+        with _open_text(path) as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # biopython warns on every discontinuous chain; breaks are measured
+            structure = PDBParser(QUIET=True).get_structure(path.stem, handle)
+    except (ValueError, EOFError, UnicodeDecodeError, OSError) as err:  # empty, corrupt .gz, binary, unreadable
+        raise ValueError(f"{path}: not a readable PDB file ({str(err) or type(err).__name__})") from None
     models = list(structure)
     if not models:
         raise ValueError(f"{path}: no model in file")

@@ -1,0 +1,122 @@
+"""Bad input anywhere in the command line: one error line, a non-zero exit, and nothing written."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sciddiff.cli import UserError, check_output_path, load_or_fail, main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+PROTEIN = str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+LIGAND = str(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.strip() and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+def test_check_output_path_fails_early_and_creates_nothing(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="cannot be written"):
+        check_output_path(tmp_path / "a_file" / "out.json")  # a file on the way
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        check_output_path(tmp_path / "a_file", folder=True)
+    with pytest.raises(UserError, match="exists and is a folder"):
+        check_output_path(tmp_path, option="--json")
+    monkeypatch.chdir(tmp_path)
+    for name in ("", ".", "..", str(tmp_path)):  # replacing these would delete the current folder or its parents
+        with pytest.raises(UserError, match="must name the output folder itself"):
+            check_output_path(name, folder=True, replaced=True)
+    assert check_output_path(".", folder=True) == Path(".")  # writing into it is fine
+    assert check_output_path(tmp_path / "new" / "deeper", folder=True) == tmp_path / "new" / "deeper"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_load_or_fail_names_what_the_file_is_not(tmp_path):
+    def load(path):
+        return torch.load(path, weights_only=True)["config"]
+
+    junk = tmp_path / "ligand.sdf"
+    junk.write_text("not a checkpoint\n")
+    with pytest.raises(UserError, match=r"ligand.sdf is not a score model \(not a readable torch checkpoint"):
+        load_or_fail(load, junk, "score model")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match=r"other.pt is not a score model \(no 'config' entry\)"):
+        load_or_fail(load, tmp_path / "other.pt", "score model")
+    with pytest.raises(UserError, match="no score model at"):
+        load_or_fail(load, tmp_path / "missing.pt", "score model")
+
+
+def test_dock_refuses_to_replace_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", LIGAND, "--out", ".",
+                 "--overwrite", "--model", "none"]) == 2
+    assert "must name the output folder itself" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
+    assert main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", LIGAND, "--model",
+                 LIGAND, "--out", "o"]) == 2
+    assert "1uou_ligand.sdf is not a score model" in one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_dock_eval_reports_a_missing_data_folder_and_failed_complexes(tmp_path, capsys):
+    split = tmp_path / "split.txt"
+    split.write_text("set/NOPE\n")
+    assert main(["dock-eval", "--data", str(tmp_path / "nope"), "--split", str(split), "--out", str(tmp_path / "e")]) == 2
+    assert "docking data folder not found" in one_line_error(capsys)
+    (tmp_path / "data").mkdir()
+    assert main(["dock-eval", "--data", str(tmp_path / "data"), "--split", str(split), "--out", str(tmp_path / "e"),
+                 "--every", "0"]) == 2
+    assert "--every must be >= 1" in one_line_error(capsys)
+    assert main(["dock-eval", "--data", str(tmp_path / "data"), "--split", str(split), "--out", str(tmp_path / "e"),
+                 "--model", "none", "--no-posebusters"]) == 1  # a failed complex counts as a miss AND is reported
+    captured = capsys.readouterr()
+    assert "set/NOPE: failed" in captured.err and "1 of 1 complexes failed" in captured.err
+    summary = (tmp_path / "e" / "summary.json").read_text()
+    assert "Infinity" not in summary and '"median_rmsd_top1": null' in summary  # strict JSON
+
+
+def test_backbone_commands_refuse_foreign_files(tmp_path, capsys):
+    assert main(["backbone", "sample", "--length", "20", "--checkpoint", LIGAND, "--out", str(tmp_path / "s")]) == 2
+    assert "is not a backbone checkpoint" in one_line_error(capsys)
+    assert not (tmp_path / "s").exists()  # the output folder is made only once the model has loaded
+    folder = tmp_path / "designs"
+    folder.mkdir()
+    (folder / "a.pdb.gz").write_bytes(b"garbage, not gzip")
+    (folder / "b.pdb").write_text("")
+    assert main(["backbone", "eval", str(folder)]) == 2
+    assert "not a readable PDB file" in one_line_error(capsys)
+    assert main(["backbone", "eval", str(folder), "--json", str(folder)]) == 2
+    assert "--json" in one_line_error(capsys)
+
+
+def test_policy_train_bad_data_leaves_no_run_folder(tmp_path, capsys):
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "junk.npz").write_bytes(gzip.compress(b"junk"))
+    for data in ("single.npy", "junk.npz"):
+        assert main(["policy", "train", "--data", str(tmp_path / data), "--out", str(tmp_path / "run"),
+                     "--steps", "1"]) == 2
+        assert "from `sciddiff policy prepare`" in one_line_error(capsys)
+    assert main(["policy", "train", "--data", str(tmp_path / "junk.npz"), "--out", str(tmp_path / "run"),
+                 "--steps", "0"]) == 2
+    assert "--steps must be at least 1 (0 only re-saves an --init policy" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_small_mistakes_get_their_own_message(tmp_path, capsys):
+    assert main(["policy", "demos", "--out", str(tmp_path / "d.zarr"), "--restart-steps", "50"]) == 2
+    assert "--restart-steps needs --from-policy" in one_line_error(capsys)
+    table = tmp_path / "table.csv"
+    table.write_text("protein,ligand,name\n")
+    assert main(["dock", "--batch", str(table), "--out", str(tmp_path / "o"), "--model", "none"]) == 2
+    assert "has a header but no rows" in one_line_error(capsys)
+    assert main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--center", "0", "0", "0", "--size", "inf", "9",
+                 "9", "--out", str(tmp_path / "o")]) == 2
+    assert "finite and positive" in one_line_error(capsys)
+    assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "o").exists()
