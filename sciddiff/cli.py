@@ -71,8 +71,8 @@ def load_or_fail(load, path: str | os.PathLike, what: str):
         raise UserError(f"no {what} at {path}")
     try:
         return load(path)
-    except (pickle.UnpicklingError, EOFError) as err:
-        raise UserError(f"{path} is not a {what} (not a readable torch checkpoint: {_first_line(err)})") from None
+    except (pickle.UnpicklingError, EOFError):  # torch's own text suggests weights_only=False: not for a foreign file
+        raise UserError(f"{path} is not a {what} (not a torch checkpoint file)") from None
     except KeyError as err:
         raise UserError(f"{path} is not a {what} (no {err} entry)") from None
     except (RuntimeError, ValueError, TypeError, OSError) as err:

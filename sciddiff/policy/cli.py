@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from sciddiff.policy.data import default_zarr, prepare_pusht
 
+    check_output_path(args.out)
     path = prepare_pusht(args.zarr or default_zarr(), args.out, args.obs_type)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, check_output_path, load_or_fail
 from sciddiff.core.ema import EMA
 from sciddiff.protein.config import DenoiserConfig, FlowConfig, add_training_arguments
 from sciddiff.protein.data import ChainSet
@@ -70,10 +70,13 @@ def train(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     if args.init and not Path(args.init).is_file():
         raise UserError(f"--init {args.init} not found")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_path(args.out, folder=True)
     seed_everything(args.seed)
-    data = load_checkpoint(args.chains, map_location="cpu")
+    data = load_or_fail(lambda path: load_checkpoint(path, map_location="cpu"), args.chains,
+                        "chain tensor file from `sciddiff backbone prepare`")
+    if not isinstance(data, dict) or "split" not in data:
+        raise UserError(f"{args.chains} is not a chain tensor file from `sciddiff backbone prepare`")
+    out.mkdir(parents=True, exist_ok=True)  # only once the data have loaded: a bad input leaves no empty run
     train_set = ChainSet(data, "train", device=device)
     has_val = bool((data["split"] == 1).any())
     val_set = ChainSet(data, "val", device=device) if has_val else None  # tiny data sets may have no val cluster
@@ -90,7 +93,7 @@ def train(args: argparse.Namespace) -> Path:
                         f"({args.chains} predates them)")
     net = FrameDenoiser(model_cfg).to(device)
     if args.init and not resumed:  # fine-tuning: weights only, fresh optimizer and EMA
-        init = load_checkpoint(args.init, map_location=device)
+        init = load_or_fail(lambda path: load_checkpoint(path, map_location=device), args.init, "backbone checkpoint")
         init_cfg = DenoiserConfig(**init["model_config"])
         # Adding secondary-structure conditioning to an unconditional model is allowed: its embedding starts at zero.
         if replace(init_cfg, ss_condition=model_cfg.ss_condition) != model_cfg or init_cfg.ss_condition > model_cfg.ss_condition:
