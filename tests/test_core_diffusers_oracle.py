@@ -38,8 +38,10 @@ def _diffusers_loop(scheduler, model, x, steps, generator=None, first_step=0):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("clip", [None, 1.0])
-@pytest.mark.parametrize("spacing, steps", [("leading", 10), ("trailing", 4), ("trailing", 7)])
+@pytest.mark.parametrize("spacing, steps", [("leading", 10), ("leading", 7), ("trailing", 4), ("trailing", 20)])
 def test_ddim_matches_diffusers(prediction_type, clip, spacing, steps):
+    """Where diffusers' DDIMScheduler steps along its own grid: leading spacing, or trailing with steps dividing T
+    (otherwise it steps t -> t - T // steps off the grid: `test_ddim_steps_along_its_grid_to_clean_data`)."""
     T = 100
     ref_sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
                                         prediction_type=prediction_type, clip_sample=clip is not None,
@@ -53,7 +55,7 @@ def test_ddim_matches_diffusers(prediction_type, clip, spacing, steps):
 
 def test_ddim_from_an_intermediate_step_matches_diffusers_img2img():
     """SDEdit / img2img: a guess noised to the grid's step k, then the remaining steps (diffusers' img2img loop)."""
-    T, steps, k = 100, 14, 6
+    T, steps, k = 100, 20, 8
     ref_sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=False,
                                         timestep_spacing="trailing")
     sched = DiscreteSchedule(name="cosine", num_train_timesteps=T)
@@ -68,6 +70,28 @@ def test_ddim_from_an_intermediate_step_matches_diffusers_img2img():
     assert_close(ours, ref)
     full = sample_ddim(FixedModel(), x.clone(), sched, steps=steps, timestep_spacing="trailing")
     assert (full - ours).abs().max() > 0.1  # the same x taken as pure noise at t = 99 ends elsewhere
+
+
+@pytest.mark.parametrize("steps", [10, 14, 28])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_steps_along_its_grid_to_clean_data(steps, eta):
+    """The last step lands on clean data: a denoiser that knows the one data point predicts it from any x, so DDIM
+    must return it exactly. diffusers' t -> t - T // steps does not for trailing grids whose steps do not divide T:
+    at 28 of 100 its last step ends at t = 0 and keeps noise of std sqrt(1 - alpha-bar_0) = 0.025 (~6 px on
+    PushT's normalized actions). Intermediate steps now also move to the noise level the next step is evaluated at
+    (`samplers._steps`)."""
+    sched = DiscreteSchedule(name="cosine", num_train_timesteps=100)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(1, 16, 2, generator=g, dtype=torch.float64)
+    abar = sched.alphas_cumprod
+
+    def oracle(x, t):  # the exact epsilon of x_t when the data are `data`
+        a = abar[t].view(-1, 1, 1)
+        return (x - a.sqrt() * data) / (1 - a).sqrt()
+
+    x_T = torch.randn(64, 16, 2, generator=g, dtype=torch.float64)
+    out = sample_ddim(oracle, x_T, sched, steps=steps, eta=eta, timestep_spacing="trailing", generator=g)
+    assert (out - data).abs().max() < 1e-9
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])

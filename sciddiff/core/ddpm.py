@@ -49,7 +49,8 @@ class DiscreteSchedule(nn.Module):
     def timesteps(self, steps: int, spacing: str = "leading") -> list[int]:
         """Sampling timesteps, largest first, as diffusers spaces them. "leading" (DDPM/DDIM default): 0, r, 2r, ... with
         r = T // steps; "trailing": round(T, T - T/steps, ...) - 1, which starts at T - 1 and so suits few-step sampling
-        (Lin et al. 2024). The step from t goes to t - T // steps (clean data below 0), as in diffusers."""
+        (Lin et al. 2024). The samplers step from each timestep to the next one of the grid, and from the last to
+        clean data."""
         T = self.num_train_timesteps
         if spacing == "leading":
             return [i * (T // steps) for i in reversed(range(steps))]

@@ -38,6 +38,16 @@ def _clip(x0: Tensor, clip_sample: float | None) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------------------ discrete chain
 # Per-step coefficients are Python floats (float64) taken from the schedule's float64 table: exact and cheap per step.
+def _steps(schedule: DiscreteSchedule, steps: int, spacing: str) -> list[tuple[int, int]]:
+    """(t, t_prev) per step of the grid; t_prev = -1 (clean data, alpha-bar 1) after the last. t_prev is the grid's
+    next timestep, not t - T // steps as diffusers' DDIMScheduler takes it: with trailing spacing and steps that do
+    not divide T the two differ, and there the stride lands the last step at t = 0 (alpha-bar 0.9994 for the cosine
+    schedule at T = 100), i.e. it returns noisy samples (diffusers issues #9261, #12633; its DDPMScheduler looks the
+    grid up since PR #9384). Where steps divide T, and always with leading spacing, both are the same."""
+    grid = schedule.timesteps(steps, spacing)
+    return list(zip(grid, [*grid[1:], -1]))
+
+
 def _x0_eps(model, x, t: int, abar: float, prediction_type: str, clip_sample: float | None, cond) -> tuple[Tensor, Tensor]:
     out = model(x, _full(t, x), **cond)
     alpha, sigma = math.sqrt(abar), math.sqrt(1 - abar)
@@ -50,11 +60,9 @@ def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
                 prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
                 timestep_spacing: str = "leading", progress: Callable = iter, **cond) -> Tensor:
     """Ancestral sampling with the "fixed_small" posterior variance (Ho et al. 2020); ``steps`` < T strides the chain."""
-    abar = schedule.alphas_cumprod.tolist()
-    steps = steps or schedule.num_train_timesteps
-    ratio, x = schedule.num_train_timesteps // steps, x_T
-    for t in progress(schedule.timesteps(steps, timestep_spacing)):
-        a_t, a_prev = abar[t], abar[t - ratio] if t - ratio >= 0 else 1.0
+    abar, x = schedule.alphas_cumprod.tolist(), x_T
+    for t, t_prev in progress(_steps(schedule, steps or schedule.num_train_timesteps, timestep_spacing)):
+        a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
         alpha_step = a_t / a_prev
         x0, _ = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
         x = (math.sqrt(a_prev) * (1 - alpha_step) / (1 - a_t)) * x0 + (math.sqrt(alpha_step) * (1 - a_prev) / (1 - a_t)) * x
@@ -72,10 +80,9 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
 
     `first_step` > 0 skips the grid's first steps: x_T is then x at timestep ``schedule.timesteps(steps, spacing)
     [first_step]``, e.g. a guess noised there by ``schedule.add_noise`` (SDEdit, Meng et al. 2022)."""
-    abar = schedule.alphas_cumprod.tolist()
-    ratio, x = schedule.num_train_timesteps // steps, x_T
-    for t in progress(schedule.timesteps(steps, timestep_spacing)[first_step:]):
-        a_t, a_prev = abar[t], abar[t - ratio] if t - ratio >= 0 else 1.0
+    abar, x = schedule.alphas_cumprod.tolist(), x_T
+    for t, t_prev in progress(_steps(schedule, steps, timestep_spacing)[first_step:]):
+        a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
         x0, eps = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
         std = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
         x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - std**2) * eps
