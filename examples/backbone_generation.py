@@ -10,31 +10,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from sciddiff.cli import UserError, check_output_path, load_or_fail, run_command
+from sciddiff.protein.cli import MAX_LENGTH
 from sciddiff.protein.evaluate import baselines, evaluate, format_report
 from sciddiff.protein.frameflow import sample
 from sciddiff.protein.pdbio import write_backbone
-from sciddiff.protein.pretrained import load_model
+from sciddiff.protein.pretrained import DEFAULT_CHECKPOINT, load_model
 from sciddiff.train import atomic_file
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="backbone_demo", help="output folder")
-    parser.add_argument("--length", type=int, default=100)
-    parser.add_argument("--num", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="backbone_demo", help="output folder (default backbone_demo)")
+    parser.add_argument("--length", type=int, default=100, help=f"residues per backbone, 5..{MAX_LENGTH} (default 100)")
+    parser.add_argument("--num", type=int, default=4, help="backbones, at least 2: the metrics compare distributions (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same backbones (default 0)")
     parser.add_argument("--steps", type=int, default=None, help="Euler steps (default: the checkpoint's)")
     parser.add_argument("--checkpoint", default=None, help="default: data/protein/backbone_flow.pt")
-    args = parser.parse_args()
+    return run_command(generate, parser.parse_args(argv))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    net, flow_cfg, meta = load_model(args.checkpoint)
+
+def generate(args: argparse.Namespace) -> None:
+    if not 5 <= args.length <= MAX_LENGTH or args.num < 2 or (args.steps is not None and args.steps < 1):
+        raise UserError(f"need 5 <= --length <= {MAX_LENGTH}, --num >= 2 and --steps >= 1")
+    out = check_output_path(args.out, folder=True)
+    net, flow_cfg, meta = load_or_fail(load_model, args.checkpoint or DEFAULT_CHECKPOINT, "backbone checkpoint")
     print(f"model: {net.num_parameters()} parameters, trained {meta['step']} steps")
 
     start = time.time()
@@ -42,6 +48,7 @@ def main() -> None:
                        seeds=[(args.seed, i) for i in range(args.num)])
     print(f"sampled {args.num} x {args.length} residues in {time.time() - start:.1f} s")
     names = [f"backbone_{i:02d}.pdb" for i in range(args.num)]
+    out.mkdir(parents=True, exist_ok=True)
     for name, bb in zip(names, backbones):
         write_backbone(out / name, bb)
 
@@ -60,4 +67,4 @@ def main() -> None:
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)  # small per-step tensors: one thread is as fast, and robust on a busy machine
-    main()
+    sys.exit(main())

@@ -9,16 +9,16 @@ prior vs target, so you can see what training bought.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 
 import torch
 from tqdm import tqdm
 
 from sciddiff import toy
+from sciddiff.cli import UserError, check_output_path
 from sciddiff.core import SO3, Torus, sample_reverse_sde
 from sciddiff.core.schedules import geometric_sigma
+from sciddiff.train import atomic_file
 
 
 def run(space, kind, target, sigma_range, args, g):
@@ -43,15 +43,19 @@ def sphere_coords(rotations):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="core_manifolds.png", help="PNG to write (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=800, help="training steps per model (default: %(default)s)")
     parser.add_argument("--sample-steps", type=int, default=60, help="reverse-SDE steps (default: %(default)s)")
     parser.add_argument("--n", type=int, default=1000, help="samples to draw (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.n < 1 or args.sample_steps < 1:
         parser.error("--steps, --sample-steps and --n must be positive")
+    try:
+        check_output_path(args.out)
+    except UserError as err:  # before the two models train, not after
+        parser.error(str(err))
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
 
@@ -73,11 +77,8 @@ def main(argv=None):
     for ax in axes:
         ax.legend(loc="lower left", markerscale=4)
     fig.tight_layout()
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out_dir)  # atomic: never leave a half-written PNG
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, args.out)
+    with atomic_file(args.out, "wb") as handle:  # never a half-written PNG
+        fig.savefig(handle, format="png", dpi=110)
     print(f"wrote {args.out}")
     return 0
 

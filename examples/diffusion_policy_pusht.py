@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, check_output_path
 from sciddiff.policy.cli import SHIPPED, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
 from sciddiff.train.checkpoint import atomic_file
@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.episodes < 1:
             raise UserError("--episodes must be at least 1")
+        if args.train and args.train_seconds <= 0:
+            raise UserError("--train-seconds must be positive")
+        check_output_path(args.gif, option="--gif")
+        if args.metrics_json:
+            check_output_path(args.metrics_json, option="--metrics-json")
         checkpoint = args.checkpoint or SHIPPED[args.obs_type]
         if args.train:
             from sciddiff.policy.train import add_arguments, train

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 
 from sciddiff.dock import io
-from sciddiff.dock.data import complex_files, default_data_root
+from sciddiff.dock.data import complex_files
 from sciddiff.dock.docking import dock
 from sciddiff.dock.settings import DockSettings
 from sciddiff.dock.ligand import generate_conformers, symmetric_rmsd
 from sciddiff.dock.pockets import find_pockets
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dock_diagnose import training_subset
+from dock_diagnose import check_args, training_subset
 
 SITE_DISTANCE = 4.0  # A: a pocket centre this close to the crystal centroid "is" the site
 
@@ -50,16 +50,18 @@ def site_ranks(boxes: list, centroid: np.ndarray) -> tuple[int | None, int | Non
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=20)
-    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=20, help="training complexes of the seeded subset (default 20)")
+    p.add_argument("--out", required=True, help="JSON-lines file, one row per complex")
     p.add_argument("--pockets", type=int, default=DockSettings.pockets, help="pockets docked")
     p.add_argument("--list", type=int, default=10, help="pockets listed for the recall numbers")
-    p.add_argument("--mc-chains", type=int, default=DockSettings.mc_chains)
-    p.add_argument("--mc-rounds", type=int, default=DockSettings.mc_rounds)
+    p.add_argument("--mc-chains", type=int, default=DockSettings.mc_chains,
+                   help=f"Monte Carlo chains per pocket (default {DockSettings.mc_chains})")
+    p.add_argument("--mc-rounds", type=int, default=DockSettings.mc_rounds,
+                   help=f"Monte Carlo rounds (default {DockSettings.mc_rounds})")
     args = p.parse_args()
+    root = check_args(p, args, ("n", "pockets", "list", "mc_chains", "mc_rounds"))
     torch.set_num_threads(1)
     settings = DockSettings(samples=0, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds)
-    root = default_data_root()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sciddiff.cli import UserError, check_output_path
 from sciddiff.dock import io
 from sciddiff.dock.data import complex_files, default_data_root, read_split
 from sciddiff.dock.docking import DockSettings, dock
@@ -90,25 +91,42 @@ def vina_tools(protein: str, box):
     return score, dock_
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, counts: tuple[str, ...]) -> Path:
+    """Refuse bad counts, a missing data folder or an unwritable --out before any docking (parser.error: one line,
+    exit 2); returns the data root."""
+    bad = [name for name in counts if getattr(args, name) is not None and getattr(args, name) < 1]
+    if bad:
+        parser.error(", ".join(f"--{name.replace('_', '-')}" for name in bad) + " must be at least 1")
+    root = default_data_root()
+    if not (root / "splits" / "train.txt").is_file():
+        parser.error(f"no docking data at {root} (set SCIDDIFF_DATA)")
+    try:
+        check_output_path(args.out)
+    except UserError as err:
+        parser.error(str(err))
+    return root
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=36)
+    p.add_argument("--n", type=int, default=36, help="training complexes of the seeded subset (default 36)")
     p.add_argument("--ids", nargs="*", default=None, help="complex ids instead of the seeded subset")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="JSON-lines file, one row per complex")
     p.add_argument("--vina", action="store_true", help="score with Vina and dock with Vina too (slow)")
     p.add_argument("--vina-dock-only-misses", action="store_true", help="Vina docking only where our top-1 misses")
-    p.add_argument("--mc-rounds", type=int, default=None)
-    p.add_argument("--mc-chains", type=int, default=None)
-    p.add_argument("--scoring", default="vina")
-    p.add_argument("--conformers", type=int, default=DockSettings.conformers)
+    p.add_argument("--mc-rounds", type=int, default=None, help="Monte Carlo rounds (default: dock's)")
+    p.add_argument("--mc-chains", type=int, default=None, help="Monte Carlo chains (default: dock's)")
+    p.add_argument("--scoring", choices=("vina", "vinardo"), default="vina", help="scoring function (default vina)")
+    p.add_argument("--conformers", type=int, default=DockSettings.conformers,
+                   help=f"ETKDG conformers embedded (default {DockSettings.conformers})")
     args = p.parse_args()
+    root = check_args(p, args, ("n", "mc_rounds", "mc_chains", "conformers"))
     torch.set_num_threads(1)
     settings = DockSettings(samples=0, scoring=args.scoring, conformers=args.conformers)
     if args.mc_rounds:
         settings.mc_rounds = args.mc_rounds
     if args.mc_chains:
         settings.mc_chains = args.mc_chains
-    root = default_data_root()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

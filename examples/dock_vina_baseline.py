@@ -17,6 +17,7 @@ import csv
 import gzip
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from scipy.spatial import cKDTree
 
+from sciddiff.cli import UserError, check_output_path, run_command
 from sciddiff.dock import io
-from sciddiff.dock.evaluate import _posebusters_valid
+from sciddiff.dock.data import complex_files, default_data_root, read_split
+from sciddiff.dock.evaluate import posebusters_valid, success_rates
 from sciddiff.dock.ligand import symmetric_rmsd
 
 AROMATIC_C = {("PHE", n) for n in ("CG", "CD1", "CD2", "CE1", "CE2", "CZ")} | \
@@ -106,23 +109,34 @@ def dock_vina(protein: str, crystal: Chem.Mol, box, seed: int = 0) -> tuple[list
     return coords, time.process_time() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="AutoDock Vina baseline, dock-eval's selection and box")
-    p.add_argument("--split", required=True)
-    p.add_argument("--data", default="../shared/data/docking")
-    p.add_argument("--offset", type=int, default=0)
-    p.add_argument("--every", type=int, default=1)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    ids = [ln.strip() for ln in Path(args.split).read_text().splitlines() if ln.strip()][args.offset:: args.every][: args.limit]
-    out = Path(args.out)
+    p.add_argument("--split", required=True, help="file with one <folder>/<complex_id> per line")
+    p.add_argument("--data", default=None, help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
+    p.add_argument("--offset", type=int, default=0, help="start at this index of the split (default 0)")
+    p.add_argument("--every", type=int, default=1, help="take every k-th complex of the split (default 1)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N complexes")
+    p.add_argument("--out", required=True, help="folder for results.csv and summary.json")
+    return run_command(run_baseline, p.parse_args(argv))
+
+
+def run_baseline(args: argparse.Namespace) -> None:
+    try:
+        import meeko  # noqa: F401
+        import vina  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"this baseline needs AutoDock Vina and meeko: pip install vina meeko ({err})") from None
+    root = Path(args.data) if args.data else default_data_root()
+    if not root.is_dir() or not Path(args.split).is_file():
+        raise UserError(f"need the docking data folder ({root}) and the split file ({args.split})")
+    if args.every < 1 or args.offset < 0 or (args.limit is not None and args.limit < 1):
+        raise UserError("need --every >= 1, --offset >= 0, --limit >= 1")
+    ids = read_split(args.split)[args.offset:: args.every][: args.limit]
+    out = check_output_path(args.out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for cid in ids:
-        name = cid.split("/")[-1]
-        protein = f"{args.data}/{cid}/{name}_protein.pdb.gz"
-        ligand = f"{args.data}/{cid}/{name}_ligand.sdf.gz"
+        protein, ligand = complex_files(root, cid)
         row = {"complex": cid, "rmsd_top1": math.inf, "rmsd_top5": math.inf, "pb_valid": False, "pb_failed": "",
                "cpu_s": math.nan, "error": ""}
         try:
@@ -131,7 +145,7 @@ def main() -> None:
             xtal = io.ligand_coords(crystal)
             rmsd = [symmetric_rmsd(crystal, c, xtal) for c in coords]
             row.update(rmsd_top1=round(rmsd[0], 3), rmsd_top5=round(min(rmsd[:5]), 3), cpu_s=round(cpu, 1))
-            row["pb_valid"], row["pb_failed"] = _posebusters_valid(io.pose_mol(crystal, coords[0]), crystal, protein)
+            row["pb_valid"], row["pb_failed"] = posebusters_valid(io.pose_mol(crystal, coords[0]), crystal, protein)
         except Exception as err:  # noqa: BLE001 - a baseline run records failures as misses and goes on
             row["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
         rows.append(row)
@@ -140,16 +154,13 @@ def main() -> None:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    top1 = np.array([r["rmsd_top1"] for r in rows], float)
-    top5 = np.array([r["rmsd_top5"] for r in rows], float)
-    summary = {"n": len(rows), "top1_rmsd_lt_2A": round(float((top1 < 2).mean()), 4),
-               "top5_rmsd_lt_2A": round(float((top5 < 2).mean()), 4), "median_rmsd_top1": round(float(np.median(top1)), 3),
-               "pb_valid_top1": round(float(np.mean([r["pb_valid"] for r in rows])), 4),
-               "cpu_seconds_per_complex": round(float(np.nanmean([r["cpu_s"] for r in rows])), 1),
+    cpu = [r["cpu_s"] for r in rows if math.isfinite(r["cpu_s"])]
+    summary = {"n": len(rows), **success_rates(rows, "", no_posebusters=False),
+               "cpu_seconds_per_complex": round(float(np.mean(cpu)), 1) if cpu else None,
                "errors": sum(1 for r in rows if r["error"])}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

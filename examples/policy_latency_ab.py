@@ -33,9 +33,11 @@ def frozen_as_before(policy: DiffusionPolicy) -> DiffusionPolicy:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=200, help="timed chunks per setting (default 200)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = p.parse_args()
+    if args.repeats < 1 or args.threads < 1:
+        p.error("--repeats and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     cases, labels = [], []
     for name, (sampler, steps) in BEFORE.items():

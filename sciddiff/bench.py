@@ -90,18 +90,22 @@ def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    print(json.dumps(BENCHES[args.name](max(1, args.repeats)), indent=2))
+    if args.repeats < 3:  # a median of fewer is one noisy sample; the overhead ratios need it
+        print("error: --repeats must be at least 3", file=sys.stderr)
+        return 2
+    print(json.dumps(BENCHES[args.name](args.repeats), indent=2))
     return 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="run a benchmark and print JSON (see docs/benchmarks.md)")
+    p = subparsers.add_parser("bench", help="run a benchmark and print JSON (see docs/benchmarks.md)",
+                              description=__doc__.split("\n\n")[0])
     _add_arguments(p).set_defaults(func=_run)
 
 
 def main(argv: list[str] | None = None) -> int:
     return _run(_add_arguments(argparse.ArgumentParser(prog="python -m sciddiff.bench",
-                                                       description=__doc__.splitlines()[0])).parse_args(argv))
+                                                       description=__doc__.split("\n\n")[0])).parse_args(argv))
 
 
 if __name__ == "__main__":

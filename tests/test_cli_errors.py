@@ -120,3 +120,25 @@ def test_small_mistakes_get_their_own_message(tmp_path, capsys):
                  "9", "--out", str(tmp_path / "o")]) == 2
     assert "finite and positive" in one_line_error(capsys)
     assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "o").exists()
+
+
+def _example(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_examples_refuse_bad_input_before_the_work(tmp_path, capsys):
+    generation = _example("backbone_generation")
+    assert generation.main(["--num", "1", "--out", str(tmp_path / "b")]) == 2
+    assert "--num >= 2" in one_line_error(capsys)
+    assert generation.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "b")]) == 2
+    assert "no backbone checkpoint" in one_line_error(capsys)
+    assert not (tmp_path / "b").exists()
+    from sciddiff.policy.latency import main as latency
+
+    assert latency([LIGAND]) == 2
+    assert "is not a policy checkpoint" in one_line_error(capsys)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from sciddiff.cli import UserError
 
 
-def _posebusters_valid(pose, crystal, protein_path: str) -> tuple[bool, str]:
+def posebusters_valid(pose, crystal, protein_path: str) -> tuple[bool, str]:
     """All redock checks except the RMSD one; returns (valid, names of failed checks)."""
     from posebusters import PoseBusters
 
@@ -90,7 +90,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                        all_rmsd=" ".join(f"{cand_rmsd[j]:.2f}" for j in orders[default]))
             if not args.no_posebusters:
                 for key, order in orders.items():
-                    valid, failed = _posebusters_valid(io.pose_mol(crystal, result.candidates[order[0]]), crystal,
+                    valid, failed = posebusters_valid(io.pose_mol(crystal, result.candidates[order[0]]), crystal,
                                                        protein)
                     row[f"pb_valid_{key}"], row[f"pb_failed_{key}"] = valid, failed
                 row["pb_valid"], row["pb_failed"] = row[f"pb_valid_{default}"], row[f"pb_failed_{default}"]
@@ -101,7 +101,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         _write_csv(out / "results.csv", rows)
     summary = {"n": len(rows), "mode": f"box (crystal ligand + {args.autobox_add:.1f} A)" if args.autobox else "blind"}
     for suffix in ("", "_energy", "_learned") if rescorer is not None else ("",):
-        summary.update(_rates(rows, suffix, args.no_posebusters))
+        summary.update(success_rates(rows, suffix, args.no_posebusters))
     hit = np.array([r["rmsd_top1"] < 2 for r in rows])
     for key in ("confidence_top1", "consensus_top1"):  # does the number separate right from wrong top-1 poses?
         summary[f"auc_{key}"] = roc_auc(np.array([r.get(key, math.nan) for r in rows], float), hit)
@@ -129,7 +129,7 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
     return round(float(greater), 4)
 
 
-def _rates(rows: list[dict], suffix: str, no_posebusters: bool) -> dict:
+def success_rates(rows: list[dict], suffix: str, no_posebusters: bool) -> dict:
     """Success rates of one ranking; failed complexes (no such column) count as misses."""
     top1 = np.array([r.get(f"rmsd_top1{suffix}", math.inf) for r in rows], float)
     top5 = np.array([r.get(f"rmsd_top5{suffix}", math.inf) for r in rows], float)

@@ -83,13 +83,19 @@ def complex_decoys(cid: str, root: Path, settings, model=None) -> dict:
 
 
 def run_decoys(args) -> None:
-    from sciddiff.cli import UserError
+    from sciddiff.cli import UserError, check_output_path
     from sciddiff.dock.data import default_data_root, read_split
     from sciddiff.dock.settings import DockSettings, settings_dict
     from sciddiff.train.checkpoint import save_checkpoint
 
     torch.set_num_threads(1)
     root = Path(args.data) if args.data else default_data_root()
+    if not root.is_dir() or not Path(args.split).is_file():
+        raise UserError(f"need the docking data folder ({root}) and the split file ({args.split})")
+    if args.shards < 1 or not 0 <= args.shard < args.shards or args.every < 0 or args.offset < 0 or args.skip < 0 \
+            or (args.limit is not None and args.limit < 1) or min(args.mc_chains, args.mc_rounds) < 1:
+        raise UserError("need 0 <= --shard < --shards, --every/--offset/--skip >= 0, --limit/--mc-chains/--mc-rounds >= 1")
+    check_output_path(args.out)
     ids = read_split(args.split)
     if args.every:  # dock-eval's selection (so that its candidates are reproduced exactly)
         ids = ids[args.offset:: args.every][: args.limit]
@@ -209,8 +215,16 @@ def fit_confidence(scored: list) -> torch.Tensor:
 def run_train(args) -> None:
     from sciddiff.dock.rescore import save_rescorer
 
+    from sciddiff.cli import UserError, check_output_path, load_or_fail
+
+    if args.folds < 2 or args.epochs < 1:
+        raise UserError("--folds must be at least 2 (cross-validation) and --epochs at least 1")
+    check_output_path(args.out)
     torch.set_num_threads(1)
-    by_id = {it["complex"]: it for path in args.decoys for it in torch.load(path, weights_only=True)["items"]}
+    files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file") for path in args.decoys]
+    by_id = {it["complex"]: it for items in files for it in items}
+    if len(by_id) < args.folds:
+        raise UserError(f"{len(by_id)} complexes in the decoy files: fewer than --folds {args.folds}")
     items = list(by_id.values())  # shards may overlap
     folds = np.array_split(np.random.default_rng(1).permutation(len(items)), args.folds)
     report, out_of_fold = {}, {}
@@ -248,12 +262,12 @@ def _command() -> str:
     return " ".join(["python -m sciddiff.dock.rescore_train", *sys.argv[1:]])
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sciddiff.dock.rescore_train", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("decoys", help="dock training complexes and save labelled pose features")
     d.add_argument("--split", required=True)
-    d.add_argument("--data", default=None, help="docking data root (default ../shared/data/docking)")
+    d.add_argument("--data", default=None, help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
     d.add_argument("--shard", type=int, default=0)
     d.add_argument("--shards", type=int, default=1)
     d.add_argument("--limit", type=int, default=None)
@@ -279,9 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--folds", type=int, default=4)
     t.add_argument("--out", required=True)
     t.set_defaults(func=run_train)
+    from sciddiff.cli import run_command
+
     args = p.parse_args(argv)
-    args.func(args)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

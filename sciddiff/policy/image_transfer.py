@@ -144,6 +144,8 @@ def reuse_encoder(args: argparse.Namespace) -> dict:
 def train_vertex_encoder(args: argparse.Namespace) -> dict:
     """Stage 1 (resumable: re-running the same command continues from OUT/train_state.pt), then stage 2 at each
     checkpoint: OUT/policy.pt is always a complete image policy."""
+    if args.max_seconds <= 0 or args.batch_size < 1 or args.threads < 1:
+        raise UserError("--max-seconds must be positive, --batch-size and --threads at least 1")
     torch.set_num_threads(args.threads)
     from sciddiff.policy.cli import load_checkpoint_or_fail
 

@@ -8,6 +8,7 @@ The observation is a fixed, plausible PushT state (or a blank frame for image po
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -66,35 +67,49 @@ def measure(cases: list, repeats: int) -> list[tuple[float, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("checkpoints", nargs="+", help="policy .pt files")
     p.add_argument("--settings", default="default,ddim:8,dpmpp_2m:5,dpmpp_2m:4",
                    help="comma-separated sampler:steps ('default' = the policy's own)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--repeats", type=int, default=100, help="timed chunks per setting (default 100)")
     p.add_argument("--cpu-weights", default="float32,int8", help="comma-separated frozen-U-Net weight precisions")
     p.add_argument("--no-eager", action="store_true", help="skip the eager U-Net")
     p.add_argument("--warm-start-t", default=None, metavar="T[,T...]",
                    help="comma-separated warm-start timesteps to time instead of each policy's own (0 = off; "
                         "chunks are timed in the steady state)")
     args = p.parse_args(argv)
+    from sciddiff.cli import run_command
+
+    return run_command(_time_settings, args)
+
+
+def _time_settings(args: argparse.Namespace) -> None:
+    from sciddiff.cli import UserError, load_or_fail
+
+    if args.threads < 1 or args.repeats < 1:
+        raise UserError("--threads and --repeats must be at least 1")
+    try:
+        settings = [(None, None) if s == "default" else (s.split(":")[0], int(s.split(":")[1]))
+                    for s in args.settings.split(",")]
+        warm = [None] if args.warm_start_t is None else [int(t) for t in args.warm_start_t.split(",")]
+    except (ValueError, IndexError):
+        raise UserError("--settings takes default or SAMPLER:STEPS, --warm-start-t integers, comma-separated") from None
+    policies = {path: load_or_fail(load_policy, path, "policy checkpoint") for path in args.checkpoints}
     torch.set_num_threads(args.threads)
     # the vector ISA decides what int8 weights buy (0.51x a float32 call with AVX-512, ~0.7x with AVX2 only)
     print(json.dumps({"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
                       "torch": str(torch.__version__)}))
-    warm = [None] if args.warm_start_t is None else [int(t) for t in args.warm_start_t.split(",")]
     cases, labels = [], []
     for path in args.checkpoints:
         for variant in ([] if args.no_eager else ["eager"]) + args.cpu_weights.split(","):
             for warm_t in warm:
-                policy = load_policy(path)
+                policy = copy.deepcopy(policies[path])
                 if warm_t is not None:
                     policy.config.warm_start_t = warm_t
                 if variant != "eager":
                     policy.config.cpu_weights = variant
                     policy.freeze_for_cpu()
-                for setting in args.settings.split(","):
-                    sampler, steps = (None, None) if setting == "default" else setting.split(":")
-                    steps = int(steps) if steps else None
+                for sampler, steps in settings:
                     cases.append((policy, sampler, steps))
                     labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
                                    "steps": policy.denoising_steps(sampler, steps),
@@ -103,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
                                    "ddim_eta": policy.config.ddim_eta})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device (cuda when available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     for name, value in DenoiserConfig().to_dict().items():
         if isinstance(value, bool):

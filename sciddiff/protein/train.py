@@ -70,6 +70,8 @@ def train(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     if args.init and not Path(args.init).is_file():
         raise UserError(f"--init {args.init} not found")
+    if (args.max_steps is not None and args.max_steps < 1) or args.batch_residues < 1 or args.max_seconds <= 0:
+        raise UserError("--max-steps, --batch-residues and --max-seconds must be positive")
     out = check_output_path(args.out, folder=True)
     seed_everything(args.seed)
     data = load_or_fail(lambda path: load_checkpoint(path, map_location="cpu"), args.chains,
@@ -169,8 +171,9 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(build_parser().parse_args(argv))
-    return 0
+    from sciddiff.cli import run_command
+
+    return run_command(train, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
