@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="backbone_demo", help="output folder (default backbone_demo)")
     parser.add_argument("--length", type=int, default=100, help=f"residues per backbone, 5..{MAX_LENGTH} (default 100)")
-    parser.add_argument("--num", type=int, default=4, help="backbones, at least 2: the metrics compare distributions (default 4)")
+    parser.add_argument("--num", type=int, default=4,
+                        help="backbones, at least 2: the metrics compare distributions (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same backbones (default 0)")
     parser.add_argument("--steps", type=int, default=None, help="Euler steps (default: the checkpoint's)")
     parser.add_argument("--checkpoint", default=None, help="default: data/protein/backbone_flow.pt")

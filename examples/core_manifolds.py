@@ -3,8 +3,8 @@ sample with the reverse SDE (geodesic random walk), and save a PNG of samples ag
 
     python examples/core_manifolds.py [--out core_manifolds.png] [--steps 800] [--seed 0]
 
-Runs in well under a minute on a laptop CPU. Prints an MMD (geodesic kernel) of samples vs target, next to the MMD of the uniform
-prior vs target, so you can see what training bought.
+Runs in about a minute on a 2-core CPU (1-2 min on the dev machines). Prints an MMD (geodesic kernel) of samples vs
+target, next to the MMD of the uniform prior vs target, so you can see what training bought.
 """
 from __future__ import annotations
 

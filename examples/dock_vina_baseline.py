@@ -112,7 +112,8 @@ def dock_vina(protein: str, crystal: Chem.Mol, box, seed: int = 0) -> tuple[list
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="AutoDock Vina baseline, dock-eval's selection and box")
     p.add_argument("--split", required=True, help="file with one <folder>/<complex_id> per line")
-    p.add_argument("--data", default=None, help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
+    p.add_argument("--data", default=None,
+                   help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
     p.add_argument("--offset", type=int, default=0, help="start at this index of the split (default 0)")
     p.add_argument("--every", type=int, default=1, help="take every k-th complex of the split (default 1)")
     p.add_argument("--limit", type=int, default=None, help="only the first N complexes")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sciddiff.cli import UserError, run_command
+from sciddiff.cli import UserError, check_output_path, run_command
 from sciddiff.policy import pusht
 from sciddiff.policy.data import dataset_from_zarr, default_zarr
 from sciddiff.policy.io import save_policy
@@ -117,6 +117,7 @@ def reuse_encoder(args: argparse.Namespace) -> dict:
     e.g. after the state policy was trained further (its normalizers must be the ones the encoder was trained for)."""
     from sciddiff.policy.cli import load_checkpoint_or_fail
 
+    check_output_path(args.out, folder=True)
     state_policy = load_checkpoint_or_fail(Path(args.state_policy))
     donor = load_checkpoint_or_fail(Path(args.encoder_from))
     if state_policy.config.obs_type != "state" or donor.config.obs_type != "image":
@@ -146,6 +147,7 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
     checkpoint: OUT/policy.pt is always a complete image policy."""
     if args.max_seconds <= 0 or args.batch_size < 1 or args.threads < 1:
         raise UserError("--max-seconds must be positive, --batch-size and --threads at least 1")
+    check_output_path(args.out, folder=True)
     torch.set_num_threads(args.threads)
     from sciddiff.policy.cli import load_checkpoint_or_fail
 
