@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciddiff.cli import UserError, check_output_path
+from sciddiff.cli import UserError, check_output_path, options_below
 from sciddiff.dock import io
 from sciddiff.dock.data import complex_files, default_data_root, read_split
 from sciddiff.dock.docking import DockSettings, dock
@@ -94,9 +94,8 @@ def vina_tools(protein: str, box):
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, counts: tuple[str, ...]) -> Path:
     """Refuse bad counts, a missing data folder or an unwritable --out before any docking (parser.error: one line,
     exit 2); returns the data root."""
-    bad = [name for name in counts if getattr(args, name) is not None and getattr(args, name) < 1]
-    if bad:
-        parser.error(", ".join(f"--{name.replace('_', '-')}" for name in bad) + " must be at least 1")
+    if bad := options_below(args, 1, *counts):
+        parser.error(", ".join(bad) + " must be at least 1")
     root = default_data_root()
     if not (root / "splits" / "train.txt").is_file():
         parser.error(f"no docking data at {root} (set SCIDDIFF_DATA)")

@@ -39,6 +39,13 @@ def run_command(func, args) -> int:
     return 0
 
 
+def options_below(args: argparse.Namespace, low: int, *names: str) -> list[str]:
+    """The options among `names` (attribute names) that are set and below `low`, spelled as on the command line
+    ("--batch-size"): each command words its own one-line error."""
+    return [f"--{name.replace('_', '-')}" for name in names
+            if getattr(args, name) is not None and getattr(args, name) < low]
+
+
 def check_output_path(path: str | os.PathLike, *, folder: bool = False, replaced: bool = False,
                       option: str = "--out") -> Path:
     """An output path, checked before any work is done so that a run does not fail at its end: an existing path must

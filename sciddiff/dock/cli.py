@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail
+from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail, options_below
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "dock" / "score_model.pt"
 MODEL_HELP = f"score-model checkpoint, or 'none' for physics-only docking (default: {DEFAULT_MODEL} when present)"
@@ -92,12 +92,10 @@ def register(subparsers) -> None:
 def _settings(args):
     from sciddiff.dock.settings import DockSettings
 
-    for name in ("samples", "random_starts", "steps", "poses", "mc_chains", "mc_rounds", "pockets", "conformers"):
-        low = 1 if name in ("steps", "poses", "pockets", "mc_chains", "conformers") else 0
-        if getattr(args, name) < low:
-            raise UserError(f"--{name.replace('_', '-')} must be >= {low}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be >= 1")
+    for low, names in ((0, ("samples", "random_starts", "mc_rounds")),
+                       (1, ("steps", "poses", "mc_chains", "pockets", "conformers", "threads"))):
+        if bad := options_below(args, low, *names):
+            raise UserError(f"{bad[0]} must be >= {low}")
     if args.samples + args.random_starts < 1:
         raise UserError("need at least one search chain: --samples + --random-starts >= 1")
     return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=args.steps,
@@ -204,9 +202,8 @@ def _run_batch(args, settings) -> int:
         raise UserError(f"batch table not found: {table}")
     # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark; skipinitialspace: "protein, ligand"
     with open(table, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh, skipinitialspace=True))
-    with open(table, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh, skipinitialspace=True), [])
+        reader = csv.DictReader(fh, skipinitialspace=True)
+        rows, header = list(reader), reader.fieldnames or ()  # None for an empty file
     if not {"protein", "ligand", "name"} <= {h.strip() for h in header}:
         raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
     if not rows:
@@ -248,9 +245,9 @@ def run_eval(args) -> int:
     from sciddiff.dock.evaluate import evaluate
 
     settings = _settings(args)
-    for name, low in (("every", 1), ("offset", 0), ("limit", 1)):
-        if getattr(args, name) is not None and getattr(args, name) < low:
-            raise UserError(f"--{name} must be >= {low}")
+    for low, names in ((1, ("every", "limit")), (0, ("offset",))):
+        if bad := options_below(args, low, *names):
+            raise UserError(f"{bad[0]} must be >= {low}")
     check_output_path(args.out, folder=True)
     summary = evaluate(args, settings, _model(args), _rescorer(args))
     print(json.dumps(summary, indent=1))

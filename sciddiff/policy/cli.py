@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from sciddiff.cli import UserError, check_output_path, load_or_fail
+from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {"state": REPO / "data" / "policy" / "pusht_state.pt", "image": REPO / "data" / "policy" / "pusht_image.pt"}
@@ -98,9 +98,8 @@ def _eval(args: argparse.Namespace) -> int:
     from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_pusht
     from sciddiff.train.checkpoint import atomic_file
 
-    for name in ("episodes", "batch_size", "inference_steps", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads"):
+        raise UserError(f"{bad[0]} must be at least 1")
     for option, path in (("--gif", args.gif), ("--metrics-json", args.metrics_json), ("--states-out", args.states_out)):
         if path is not None:
             check_output_path(path, option=option)

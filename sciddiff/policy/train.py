@@ -204,13 +204,12 @@ def rollout_score(policy: DiffusionPolicy, n_episodes: int) -> dict | None:
 
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) training as configured by `add_arguments`; returns a summary dict."""
-    from sciddiff.cli import UserError, check_output_path, load_or_fail
+    from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below
 
     if args.steps is None and args.max_seconds is None:
         raise UserError("give --steps and/or --max-seconds")
-    for name in ("batch_size", "threads", "log_every"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if bad := options_below(args, 1, "batch_size", "threads", "log_every"):
+        raise UserError(f"{bad[0]} must be at least 1")
     if args.steps is not None and (args.steps < 0 or (args.steps == 0 and not args.init)):
         raise UserError("--steps must be at least 1 (0 only re-saves an --init policy with new inference settings)")
     if (args.max_seconds is not None and args.max_seconds <= 0) or args.ema_power <= 0:
