@@ -141,11 +141,14 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
     t0 = time.perf_counter()
     receptor = io.load_receptor(protein)
     mol = io.load_ligand(ligand)
+    if mol.HasProp(io.REPAIRS_PROP):
+        print(f"note: ligand {ligand}: {mol.GetProp(io.REPAIRS_PROP)}", file=sys.stderr)
     box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
     return receptor, mol, box, time.perf_counter() - t0
 
 
 def _dock_one(inputs: tuple, protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str) -> dict:
+    from sciddiff.dock import io
     from sciddiff.dock.docking import dock
     from sciddiff.dock.output import atomic_dir, write_result
     from sciddiff.dock.settings import settings_dict
@@ -157,6 +160,7 @@ def _dock_one(inputs: tuple, protein: str, ligand: str, out: Path, args, model, 
                       rescorer=rescorer)
         result.timings["total"] = time.perf_counter() - t0
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
+                "ligand_repairs": mol.GetProp(io.REPAIRS_PROP) if mol.HasProp(io.REPAIRS_PROP) else None,
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
                 "model_version": getattr(model, "version", "none (physics only)"), "settings": settings_dict(settings),
                 "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"

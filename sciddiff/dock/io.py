@@ -11,10 +11,11 @@ import gzip
 import io
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from rdkit import Chem, RDLogger
@@ -22,6 +23,7 @@ from rdkit import Chem, RDLogger
 from sciddiff.cli import UserError
 
 MAX_HEAVY_ATOMS = 150
+REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file, if anything
 WATERS = {"HOH", "WAT", "DOD", "H2O", "TIP", "TIP3", "SOL"}
 AMINO_ACIDS = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
                "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL")
@@ -226,6 +228,55 @@ def _stereo_from_3d(mol: Chem.Mol) -> None:
     Chem.AssignStereochemistryFrom3D(mol)
 
 
+def _aromatic_n_without_h(mol: Chem.Mol, atoms: Iterable[int]) -> list[int]:
+    """Neutral two-bonded N in an aromatic bond with no hydrogen (before sanitization only bonds carry aromaticity)."""
+    return [i for i in sorted(atoms) if (a := mol.GetAtomWithIdx(i)).GetSymbol() == "N" and a.GetFormalCharge() == 0
+            and a.GetDegree() == 2 and a.GetNumExplicitHs() == 0
+            and any(b.GetBondType() == Chem.BondType.AROMATIC for b in a.GetBonds())]
+
+
+def sanitize_with_repairs(mol: Chem.Mol, max_added_h: int = 3) -> tuple[Chem.Mol, list[str]]:
+    """Sanitize, repairing the two defects that make valid ligand files fail RDKit (`SanitizeMol` raises otherwise).
+
+    - A neutral nitrogen with four bonds gets charge +1 (quaternary N written without its charge).
+    - Aromatic rings that cannot be kekulized because a pyrrole-type nitrogen lacks its hydrogen (files that store
+      aromatic bond orders but no hydrogens, or none on that N) get one H on the fewest such nitrogens, in the
+      file's atom order first: the crystal does not say which tautomer it is. Reads 26 of the 29 PDBbind SD files
+      in shared/data that RDKit refuses (the other 3 have partly aromatic ring systems). This is RDKit's cookbook repair of aromatic nitrogens; OpenBabel guesses the same way.
+    Returns the sanitized molecule and the repairs as text, with atom numbers counted from 1 as in the file.
+    """
+    mol, repairs = Chem.RWMol(mol), []
+    for problem in Chem.DetectChemistryProblems(mol):
+        if problem.GetType() == "AtomValenceException":
+            atom = mol.GetAtomWithIdx(problem.GetAtomIdx())
+            valence = sum(b.GetBondTypeAsDouble() for b in atom.GetBonds()) + atom.GetNumExplicitHs()
+            if atom.GetSymbol() == "N" and atom.GetFormalCharge() == 0 and valence == 4:
+                atom.SetFormalCharge(1)
+                repairs.append(f"charge +1 on four-bonded N {atom.GetIdx() + 1}")
+    added: list[int] = []
+    while unkekulized := _unkekulized_atoms(mol):  # one ring system per problem RDKit reports
+        for subset in (s for k in range(1, max_added_h + 1)
+                       for s in combinations(_aromatic_n_without_h(mol, unkekulized), k)):
+            trial = Chem.RWMol(mol)
+            for i in subset:
+                trial.GetAtomWithIdx(i).SetNumExplicitHs(1)
+                trial.GetAtomWithIdx(i).SetNoImplicit(True)
+            if not _unkekulized_atoms(trial) & unkekulized:
+                mol, added = trial, added + list(subset)
+                break
+        else:
+            break  # SanitizeMol below raises RDKit's message
+    if added:
+        repairs.append(f"H added to aromatic N {', '.join(str(i + 1) for i in sorted(added))} to kekulize")
+    Chem.SanitizeMol(mol)
+    return mol.GetMol(), repairs
+
+
+def _unkekulized_atoms(mol: Chem.Mol) -> set[int]:
+    return {i for problem in Chem.DetectChemistryProblems(mol) if problem.GetType() == "KekulizeException"
+            for i in problem.GetAtomIndices()}
+
+
 def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS, largest_fragment: bool = True) -> Chem.Mol:
     """Read a ligand from a file or a SMILES string and return a sanitized heavy-atom molecule.
 
@@ -250,11 +301,11 @@ def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
             what = f"SMILES {spec!r}"
         if raw is None:
             raise UserError(f"cannot parse ligand {what}")
-        mol = Chem.Mol(raw)
         try:
-            Chem.SanitizeMol(mol)
+            mol, repairs = sanitize_with_repairs(raw)
         except Exception as err:  # rdkit raises several sanitization exception types
-            raise UserError(f"ligand {what} fails RDKit sanitization: {str(err).splitlines()[0]}") from None
+            raise UserError(f"ligand {what} fails RDKit sanitization: {str(err).splitlines()[0]} "
+                            "(a MOL2 file or a SMILES string of the ligand may read)") from None
         if mol.GetNumConformers() and mol.GetConformer().Is3D():
             _stereo_from_3d(mol)
         mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
@@ -267,6 +318,8 @@ def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
         if n_heavy > max_heavy_atoms:
             raise UserError(f"ligand {what} has {n_heavy} heavy atoms; the limit is {max_heavy_atoms}")
         Chem.SanitizeMol(mol)
+        if repairs:
+            mol.SetProp(REPAIRS_PROP, "; ".join(repairs))
         return mol
 
 
