@@ -212,3 +212,36 @@ def test_mmcif_protein_reads_like_its_pdb(tmp_path, capsys):
     code = main(["dock", "--protein", str(tmp_path / "bad.cif"), "--ligand", LIGAND, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "bad.cif" in err and not (tmp_path / "o").exists()
+
+
+def _autodock_type(line: str) -> str:
+    """The AutoDock type a PDBQT writer gives this PDB atom (enough of it for a reader test)."""
+    element, name = line[76:78].strip(), line[12:16].strip()
+    return {"C": "A" if name in ("CG", "CZ") else "C", "N": "NA", "O": "OA", "S": "SA", "H": "HD"}.get(
+        element, element.capitalize())
+
+
+def test_pdbqt_receptor_and_ligand_read_like_pdb_and_smiles(tmp_path, capsys):
+    from sciddiff.dock import io
+
+    records = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith(("ATOM", "HETATM"))]
+    rec_path = tmp_path / "rec.pdbqt"
+    rec_path.write_text("".join(f"{ln[:54]}  1.00  0.00    {0.1:+6.3f} {_autodock_type(ln):<2}\n" for ln in records))
+    ref, rec = io.load_receptor(PROTEIN), io.load_receptor(rec_path)
+    assert np.array_equal(rec.coords, ref.coords) and np.array_equal(rec.elements, ref.elements)
+    assert np.array_equal(rec.res_type, ref.res_type) and set(rec.elements) >= {"C", "N", "O"}
+
+    crystal = Chem.MolFromMolFile(LIGAND)
+    lig_path = tmp_path / "lig.pdbqt"
+    atoms = Chem.MolToPDBBlock(crystal).splitlines()
+    body = "".join(f"{ln[:54]}  1.00  0.00    {0.0:+6.3f} {_autodock_type(ln):<2}\n" for ln in atoms
+                   if ln.startswith(("ATOM", "HETATM")))
+    assert np.allclose(io.box_from_ligand(lig_path.write_text(body) and lig_path).center,
+                       io.box_from_ligand(LIGAND).center, atol=1e-3)
+    with pytest.raises(io.UserError, match="bond orders"):
+        io.load_ligand(lig_path)
+    lig_path.write_text(f"REMARK SMILES {Chem.MolToSmiles(crystal)}\nREMARK SMILES IDX 1 1\n" + body)
+    assert Chem.MolToSmiles(io.load_ligand(lig_path)) == Chem.MolToSmiles(crystal)
+    code = main(["dock", "--protein", str(rec_path), "--ligand", str(lig_path), "--autobox-ligand", LIGAND,
+                 "--out", str(tmp_path / "o"), *FAST])
+    assert code == 0 and (tmp_path / "o" / "complex_rank1.pdb").read_text().count("ATOM") >= len(records) // 2

@@ -56,10 +56,10 @@ def register(subparsers) -> None:
         description="Dock a ligand into a protein: fresh RDKit conformer, pose proposals by reverse diffusion over "
                     "translation x rotation x torsions, a Vina-like physics search, ranked poses. Without a box the "
                     "whole protein is searched (blind: the best geometric pockets). See docs/dock.md.")
-    p.add_argument("--protein", help="receptor PDB or mmCIF (.pdb, .cif, optionally .gz; first model); cofactors/metals "
-                                     "(HETATM) are kept, waters dropped")
-    p.add_argument("--ligand", help="ligand SDF/MOL/MOL2/SMI file (optionally .gz) or a SMILES string; "
-                                    "its coordinates are ignored")
+    p.add_argument("--protein", help="receptor PDB, mmCIF or PDBQT (.pdb, .cif, .pdbqt, optionally .gz; first model); "
+                                     "cofactors/metals (HETATM) are kept, waters dropped")
+    p.add_argument("--ligand", help="ligand SDF/MOL/MOL2/SMI file (optionally .gz), a meeko PDBQT (its SMILES remark) "
+                                    "or a SMILES string; its coordinates are ignored")
     p.add_argument("--out", required=True, help="output folder (written atomically; one sub-folder per row with --batch)")
     p.add_argument("--batch", help="CSV with columns protein, ligand, name (paths relative to the CSV's folder)")
     box = p.add_argument_group("search box (default: blind docking)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from rdkit import Chem, RDLogger
 from sciddiff.cli import UserError
 
 MAX_HEAVY_ATOMS = 150
+# AutoDock types that are not an element symbol (PDBQT files)
+AUTODOCK_TYPES = {"A": "C", "NA": "N", "NS": "N", "OA": "O", "OS": "O", "SA": "S", "HD": "H", "HS": "H"}
 REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file, if anything
 WATERS = {"HOH", "WAT", "DOD", "H2O", "TIP", "TIP3", "SOL"}
 AMINO_ACIDS = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
@@ -109,18 +112,39 @@ def _mmcif_to_pdb(text: str, path: str | os.PathLike) -> str:
     return out.getvalue()
 
 
+def _pdbqt_element(autodock_type: str) -> str:
+    """AutoDock 4 / Vina atom type -> element: A aromatic carbon, NA/NS/OA/OS/SA acceptors, HD/HS polar H, G0-G9 and
+    CG0-CG9 macrocycle carbons; metals and halogens are their elements (Zn, CL, Br)."""
+    t = autodock_type.upper()
+    return AUTODOCK_TYPES.get(t) or ("C" if re.fullmatch(r"C?G\d", t) else t.capitalize())
+
+
+def _pdbqt_to_pdb(text: str) -> str:
+    """The ATOM/HETATM records of a PDBQT file as PDB records: the AutoDock type (last field) becomes the element
+    (columns 77-78); partial charges and the torsion tree (ROOT, BRANCH, TORSDOF) are dropped."""
+    lines = []
+    for ln in text.splitlines():
+        if ln.startswith(("ATOM", "HETATM")) and len(fields := ln[66:].split()) >= 1:
+            lines.append(f"{ln[:66]:<66}          {_pdbqt_element(fields[-1]):>2}")
+        elif ln.startswith(("MODEL", "ENDMDL", "TER")):
+            lines.append(ln)
+    return "\n".join(lines) + "\n"
+
+
 def load_receptor(path: str | os.PathLike) -> Receptor:
-    """Parse a PDB or mmCIF file (optionally .gz) with biopython. Raises UserError for unreadable files or a protein
-    without residues."""
+    """Parse a PDB, mmCIF or PDBQT file (optionally .gz) with biopython. Raises UserError for unreadable files or a
+    protein without residues."""
     from Bio.PDB import PDBParser
     from Bio.PDB.PDBExceptions import PDBConstructionWarning
 
     suffix = _stem_suffix(path)
-    if suffix not in (".pdb", ".ent", ".cif", ".mmcif"):
-        raise UserError(f"protein must be a .pdb or .cif file (optionally .gz), got {Path(path).name}")
+    if suffix not in (".pdb", ".ent", ".cif", ".mmcif", ".pdbqt"):
+        raise UserError(f"protein must be a .pdb, .cif or .pdbqt file (optionally .gz), got {Path(path).name}")
     text = _read_text(path)
     if suffix in (".cif", ".mmcif"):
         text = _mmcif_to_pdb(text, path)
+    elif suffix == ".pdbqt":
+        text = _pdbqt_to_pdb(text)
     # NMR-style files: the first MODEL only (the parser below never sees MODEL records, and the complex output
     # reuses these records, so later models would come out as copies of the protein on top of it)
     text = text.split("\nENDMDL", 1)[0]
@@ -204,7 +228,19 @@ def _mol_from_file(path: Path, sanitize: bool) -> Chem.Mol | None:
         return Chem.MolFromSmiles(lines[0][0], sanitize=sanitize) if lines else None
     if suffix == ".pdb":
         return Chem.MolFromPDBBlock(text, sanitize=sanitize, removeHs=False)
-    raise UserError(f"ligand must be .sdf, .mol, .mol2, .smi or .pdb (optionally .gz), or a SMILES string; got {path.name}")
+    if suffix == ".pdbqt":
+        return Chem.MolFromPDBBlock(_pdbqt_to_pdb(text), sanitize=sanitize, removeHs=False)
+    raise UserError(f"ligand must be .sdf, .mol, .mol2, .smi, .pdb or .pdbqt (optionally .gz), or a SMILES string; "
+                    f"got {path.name}")
+
+
+def _pdbqt_smiles(path: Path) -> str | None:
+    """The SMILES that meeko writes into a ligand PDBQT (`REMARK SMILES ...`), if any."""
+    for ln in _read_text(path).splitlines():
+        fields = ln.split()
+        if fields[:2] == ["REMARK", "SMILES"] and len(fields) >= 3 and fields[2] != "IDX":
+            return fields[2]
+    return None
 
 
 @contextmanager
@@ -289,11 +325,16 @@ def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
         looks_like_file = path.suffix != "" or os.sep in str(spec) or path.exists()
         if looks_like_file and not path.is_file() and Chem.MolFromSmiles(str(spec)) is None:
             raise UserError(f"ligand file not found: {spec}")
-        if path.is_file() and _stem_suffix(path) == ".pdb":
+        smiles = _pdbqt_smiles(path) if path.is_file() and _stem_suffix(path) == ".pdbqt" else None
+        if path.is_file() and _stem_suffix(path) in (".pdb", ".pdbqt") and smiles is None:
             # RDKit reads a PDB ligand with single bonds only (no bond orders): a different molecule would be docked
-            raise UserError(f"ligand {path}: PDB files carry no bond orders; give the ligand as SDF, MOL2 or SMILES "
-                            "(a PDB file is fine for --autobox-ligand)")
-        if path.is_file():
+            raise UserError(f"ligand {path}: {_stem_suffix(path)[1:].upper()} files carry no bond orders (a PDBQT "
+                            "file does when meeko wrote its SMILES); give the ligand as SDF, MOL2 or SMILES (a "
+                            "PDB or PDBQT file is fine for --autobox-ligand)")
+        if smiles is not None:  # docking starts from fresh conformers: the SMILES is the whole ligand
+            raw = Chem.MolFromSmiles(smiles, sanitize=False)
+            what = f"{path} (its SMILES remark)"
+        elif path.is_file():
             raw = _mol_from_file(path, sanitize=False)
             what = str(path)
         else:
