@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 # sub-command -> the module whose register() adds it; only the module of the command being run is imported
-COMMANDS = {"dock": "sciddiff.dock.cli", "dock-eval": "sciddiff.dock.cli", "backbone": "sciddiff.protein.cli",
+COMMANDS = {"dock": "sciddiff.dock.cli", "dock-eval": "sciddiff.dock.cli", "dock-score": "sciddiff.dock.cli",
+            "backbone": "sciddiff.protein.cli",
             "policy": "sciddiff.policy.cli", "bench": "sciddiff.bench"}
 
 

@@ -245,3 +245,41 @@ def test_pdbqt_receptor_and_ligand_read_like_pdb_and_smiles(tmp_path, capsys):
     code = main(["dock", "--protein", str(rec_path), "--ligand", str(lig_path), "--autobox-ligand", LIGAND,
                  "--out", str(tmp_path / "o"), *FAST])
     assert code == 0 and (tmp_path / "o" / "complex_rank1.pdb").read_text().count("ATOM") >= len(records) // 2
+
+
+def test_dock_score_reproduces_the_docked_scores_and_minimize_only_lowers_the_energy(tmp_path, capsys):
+    code, out = _dock(tmp_path, "run", "--rescore", "none")
+    assert code == 0
+    poses = tmp_path / "poses.sdf"
+    poses.write_text("".join((out / f"rank{i}.sdf").read_text() for i in (1, 2, 3)))
+    capsys.readouterr()
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", str(poses), "--json", str(tmp_path / "s.json")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4  # header + one row per pose
+    scored = json.loads((tmp_path / "s.json").read_text())["poses"]
+    for i, row in enumerate(scored, 1):
+        tags = next(Chem.SDMolSupplier(str(out / f"rank{i}.sdf"))).GetPropsAsDict()
+        assert row["score"] == pytest.approx(tags["score"], abs=2e-3) and row["energy"] == pytest.approx(tags["energy"], abs=2e-3)
+
+    # the crystal pose shifted by 0.7 A: relaxing lowers the energy, moves it back towards the crystal, keeps its bonds
+    crystal = Chem.MolFromMolFile(LIGAND)
+    shifted = Chem.Mol(crystal)
+    conf = shifted.GetConformer()
+    for i in range(shifted.GetNumAtoms()):
+        p = conf.GetAtomPosition(i)
+        conf.SetAtomPosition(i, (p.x + 0.7, p.y, p.z))
+    (tmp_path / "shifted.sdf").write_text(Chem.MolToMolBlock(shifted) + "$$$$\n")
+    args = ["dock-score", "--protein", PROTEIN, "--ligand", str(tmp_path / "shifted.sdf")]
+    assert main([*args, "--json", str(tmp_path / "before.json")]) == 0
+    assert main([*args, "--minimize", "--out", str(tmp_path / "min.sdf"), "--json", str(tmp_path / "after.json")]) == 0
+    before, after = (json.loads((tmp_path / f).read_text())["poses"][0] for f in ("before.json", "after.json"))
+    assert after["energy"] < before["energy"] - 0.5 and after["moved"] > 0.1
+    relaxed = next(Chem.SDMolSupplier(str(tmp_path / "min.sdf")))
+    xyz, ref = relaxed.GetConformer().GetPositions(), crystal.GetConformer().GetPositions()
+    assert np.sqrt(((xyz - ref) ** 2).sum(1).mean()) < 0.7  # closer to the crystal than the shifted input
+    for b in crystal.GetBonds():
+        i, j = b.GetBeginAtomIdx(), b.GetEndAtomIdx()
+        assert np.linalg.norm(xyz[i] - xyz[j]) == pytest.approx(np.linalg.norm(ref[i] - ref[j]), abs=1e-3)
+
+    capsys.readouterr()
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", "CCO"]) == 2  # a SMILES has no pose
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""`sciddiff dock` and `sciddiff dock-eval`."""
+"""`sciddiff dock`, `sciddiff dock-eval` and `sciddiff dock-score`."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,21 @@ def register(subparsers) -> None:
     e.add_argument("--no-posebusters", action="store_true", help="skip the PoseBusters checks")
     _add_common(e)
     e.set_defaults(func=run_eval)
+
+    s = subparsers.add_parser(
+        "dock-score", help="score given ligand poses, or relax them in place (Vina's --score_only / --local_only)",
+        description="Score each pose of a ligand file in a protein with the docking energy (no search): Vina-like "
+                    "score = inter-molecular energy / (1 + 0.0585 n_torsions), the inter- and intra-molecular "
+                    "energies and the unweighted protein-ligand term sums. --minimize first relaxes each pose "
+                    "rigidly and about its rotatable bonds (bond lengths, angles and rings stay as given).")
+    s.add_argument("--protein", required=True, help="receptor PDB, mmCIF or PDBQT (optionally .gz)")
+    s.add_argument("--ligand", required=True, help="poses: SDF (every molecule), MOL or MOL2 with 3D coordinates")
+    s.add_argument("--minimize", action="store_true", help="relax each pose before scoring it")
+    s.add_argument("--minimize-steps", type=int, default=200, help="local optimisation steps (default 200)")
+    s.add_argument("--scoring", choices=("vina", "vinardo"), default="vina", help="energy function (default vina)")
+    s.add_argument("--out", default=None, help="write the (relaxed) poses with their scores as SD tags to this SDF")
+    s.add_argument("--json", default=None, help="write the scores to this JSON file")
+    s.set_defaults(func=run_score)
 
 
 def _settings(args):
@@ -259,4 +274,38 @@ def run_eval(args) -> int:
         print(f"{summary['errors']} of {summary['n']} complexes failed to dock (counted as misses; see the error "
               f"column of {Path(args.out) / 'results.csv'})", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_score(args) -> int:
+    from sciddiff.dock import io
+    from sciddiff.dock.output import atomic_file_text
+
+    if bad := options_below(args, 1, "minimize_steps"):
+        raise UserError(f"{bad[0]} must be >= 1")
+    for path in (args.out, args.json):
+        if path is not None:
+            check_output_path(path)
+    receptor, poses = io.load_receptor(args.protein), io.load_poses(args.ligand)
+    from sciddiff.dock.pose_scoring import score_pose
+
+    results = [score_pose(receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring) for mol in poses]
+    names = [mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name").strip() else f"pose{i + 1}"
+             for i, mol in enumerate(poses)]
+    rows = [{"pose": i + 1, "name": name, "score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra,
+             **r.terms, "n_torsions": r.n_torsions, **({"moved": r.moved} if args.minimize else {})}
+            for i, (name, r) in enumerate(zip(names, results))]
+    columns = ["score", "inter", "intra", *results[0].terms, *(["moved"] if args.minimize else [])]
+    print("pose  " + "  ".join(f"{c:>11}" for c in columns) + "  name")
+    for row in rows:
+        print(f"{row['pose']:>4}  " + "  ".join(f"{row[c]:>11.3f}" for c in columns) + f"  {row['name']}")
+    if args.out:
+        atomic_file_text(args.out, "".join(io.sdf_block(io.pose_mol(mol, r.coords, {k: v for k, v in row.items()
+                                                                                  if k not in ("pose", "name")}))
+                                           for mol, r, row in zip(poses, results, rows)))
+    if args.json:
+        atomic_file_text(args.json, json.dumps({"protein": str(args.protein), "ligand": str(args.ligand),
+                                                "scoring": args.scoring, "minimized": args.minimize,
+                                                "score_units": "kcal/mol-like (Vina weights), lower is better",
+                                                "poses": rows}, indent=1))
     return 0

@@ -340,28 +340,57 @@ def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
         else:
             raw = Chem.MolFromSmiles(str(spec), sanitize=False)
             what = f"SMILES {spec!r}"
-        if raw is None:
-            raise UserError(f"cannot parse ligand {what}")
-        try:
-            mol, repairs = sanitize_with_repairs(raw)
-        except Exception as err:  # rdkit raises several sanitization exception types
-            raise UserError(f"ligand {what} fails RDKit sanitization: {str(err).splitlines()[0]} "
-                            "(a MOL2 file or a SMILES string of the ligand may read)") from None
-        if mol.GetNumConformers() and mol.GetConformer().Is3D():
-            _stereo_from_3d(mol)
-        mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
-        if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
-            frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-            mol = max(frags, key=lambda m: m.GetNumAtoms())
-        n_heavy = mol.GetNumAtoms()
-        if n_heavy == 0:
-            raise UserError(f"ligand {what} has no heavy atoms")
-        if n_heavy > max_heavy_atoms:
-            raise UserError(f"ligand {what} has {n_heavy} heavy atoms; the limit is {max_heavy_atoms}")
-        Chem.SanitizeMol(mol)
-        if repairs:
-            mol.SetProp(REPAIRS_PROP, "; ".join(repairs))
-        return mol
+        return _heavy_atom_ligand(raw, what, max_heavy_atoms, largest_fragment)
+
+
+def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
+                       largest_fragment: bool = True) -> Chem.Mol:
+    """`load_ligand`'s checks and clean-up of one unsanitized molecule; `what` names it in errors."""
+    if raw is None:
+        raise UserError(f"cannot parse ligand {what}")
+    try:
+        mol, repairs = sanitize_with_repairs(raw)
+    except Exception as err:  # rdkit raises several sanitization exception types
+        raise UserError(f"ligand {what} fails RDKit sanitization: {str(err).splitlines()[0]} "
+                        "(a MOL2 file or a SMILES string of the ligand may read)") from None
+    if mol.GetNumConformers() and mol.GetConformer().Is3D():
+        _stereo_from_3d(mol)
+    mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
+    if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
+        frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+        mol = max(frags, key=lambda m: m.GetNumAtoms())
+    n_heavy = mol.GetNumAtoms()
+    if n_heavy == 0:
+        raise UserError(f"ligand {what} has no heavy atoms")
+    if n_heavy > max_heavy_atoms:
+        raise UserError(f"ligand {what} has {n_heavy} heavy atoms; the limit is {max_heavy_atoms}")
+    Chem.SanitizeMol(mol)
+    if repairs:
+        mol.SetProp(REPAIRS_PROP, "; ".join(repairs))
+    return mol
+
+
+def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
+    """Every molecule of an SDF (or the one of a MOL/MOL2 file) as a heavy-atom ligand with its 3D coordinates, each
+    checked and cleaned as `load_ligand` does: poses to score, not ligands to dock."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ligand file not found: {path}")
+    suffix = _stem_suffix(path)
+    if suffix not in (".sdf", ".sd", ".mol", ".mol2"):
+        raise UserError(f"poses must be an SDF, MOL or MOL2 file with 3D coordinates (optionally .gz); got {path.name}")
+    with _rdkit_quiet():
+        if suffix == ".mol2":
+            raws = [_mol_from_file(path, sanitize=False)]
+        else:
+            raws = list(Chem.ForwardSDMolSupplier(io.BytesIO(_read_text(path).encode()), sanitize=False, removeHs=False))
+        mols = [_heavy_atom_ligand(raw, f"{path} (molecule {i + 1})") for i, raw in enumerate(raws)]
+    if not mols:
+        raise UserError(f"no molecule in {path}")
+    for i, mol in enumerate(mols):
+        if mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D():
+            raise UserError(f"{path} (molecule {i + 1}) has no 3D coordinates: nothing to score")
+    return mols
 
 
 def ligand_coords(mol: Chem.Mol, conf_id: int = -1) -> np.ndarray:

@@ -316,22 +316,33 @@ class ScoringFunction:
         """Protein-ligand energy (B,) by explicit pairs (used for final scores; cost B x N x receptor atoms near x)."""
         return self._inter_exact(x, chunk, gradient=False)[0]
 
-    def _inter_exact(self, x: torch.Tensor, chunk: int = 64, gradient: bool = True
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Energy (B,) and, with gradient=True, d energy / d x (B, N, 3) (else None)."""
+    def inter_terms(self, x: torch.Tensor) -> torch.Tensor:
+        """Unweighted protein-ligand term sums (B, 5) in PAIR_TERMS order over pairs within CUTOFF (what Vina's
+        --score_only lists); weighted by `term_weights` they sum to `inter_exact`."""
+        rec_xyz, pair_args = self._pair_inputs(x)
+        r = torch.cdist(x, rec_xyz[None].expand(x.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
+        terms = torch.stack(pair_terms(r, *pair_args, self.fn), -1)
+        return (terms * (r < CUTOFF)[..., None]).sum((1, 2))
+
+    def _pair_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Receptor atoms (M, 3) that any pose in x can feel (poses move little during polishing) and the (N, M)
+        summed radii, hydrophobic and H-bond pair masks of the ligand against them."""
         lig = self.lig
-        # receptor atoms that any pose can feel; poses move little during polishing
         near = (torch.cdist(x.reshape(-1, 3).float(), self.rec_xyz) < CUTOFF + 2.0).any(0)
         rec_xyz, rec_r, rec_hyd, rec_don, rec_acc = (a[near].to(x.dtype) for a in (
             self.rec_xyz, self.rec_r, self.rec_hyd, self.rec_don, self.rec_acc))
-        r_l = torch.as_tensor(lig.radius, dtype=x.dtype)
-        h_l = torch.as_tensor(lig.hydrophobic, dtype=x.dtype)
-        d_l = torch.as_tensor(lig.donor, dtype=x.dtype)
-        a_l = torch.as_tensor(lig.acceptor, dtype=x.dtype)
+        r_l, h_l, d_l, a_l = (torch.as_tensor(v, dtype=x.dtype) for v in (
+            lig.radius, lig.hydrophobic, lig.donor, lig.acceptor))
+        return rec_xyz, (r_l[:, None] + rec_r, h_l[:, None] * rec_hyd, d_l[:, None] * rec_acc + a_l[:, None] * rec_don)
+
+    def _inter_exact(self, x: torch.Tensor, chunk: int = 64, gradient: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Energy (B,) and, with gradient=True, d energy / d x (B, N, 3) (else None)."""
+        rec_xyz, pair_args = self._pair_inputs(x)
         energies, grads = [], []
         for xb in x.split(chunk):
             r = torch.cdist(xb, rec_xyz[None].expand(xb.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
-            args = (r, r_l[:, None] + rec_r, h_l[:, None] * rec_hyd, d_l[:, None] * rec_acc + a_l[:, None] * rec_don)
+            args = (r, *pair_args)
             if not gradient:
                 energies.append(pair_energy(*args, fn=self.fn).sum((-1, -2)))
                 continue
