@@ -283,3 +283,15 @@ def test_dock_score_reproduces_the_docked_scores_and_minimize_only_lowers_the_en
     capsys.readouterr()
     assert main(["dock-score", "--protein", PROTEIN, "--ligand", "CCO"]) == 2  # a SMILES has no pose
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_complex_files_take_plain_or_gzipped_files(tmp_path):
+    from sciddiff.dock.data import complex_files
+
+    for cid, files in {"pb/7abc": ("7abc_protein.pdb", "7abc_ligand.sdf"),  # the PoseBusters sets' layout
+                       "set/1xyz": ("1xyz_protein.cif.gz", "1xyz_ligand.mol2")}.items():
+        (tmp_path / cid).mkdir(parents=True)
+        for name in files:
+            (tmp_path / cid / name).write_text("")
+        assert complex_files(tmp_path, cid) == tuple(str(tmp_path / cid / name) for name in files)
+    assert complex_files(tmp_path, "set/none")[0].endswith("none_protein.pdb.gz")  # reported as not found

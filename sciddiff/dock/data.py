@@ -224,10 +224,21 @@ def read_split(path: str | Path) -> list[str]:
     return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
 
 
+PROTEIN_SUFFIXES = (".pdb.gz", ".pdb", ".cif.gz", ".cif", ".pdbqt")
+LIGAND_SUFFIXES = (".sdf.gz", ".sdf", ".mol2.gz", ".mol2")
+
+
 def complex_files(root: str | Path, cid: str) -> tuple[str, str]:
-    """(protein .pdb.gz, ligand .sdf.gz) paths of complex `cid` under the docking data root."""
+    """(protein, ligand) paths of complex `cid` under the docking data root: `<cid>/<name>_protein.pdb[.gz]` (or
+    .cif[.gz], .pdbqt) and `<cid>/<name>_ligand.sdf[.gz]` (or .mol2[.gz]), name = the last part of cid; the layout of
+    shared/data/docking and of the PoseBusters benchmark sets. The first suffix that exists wins, else the first."""
     name, folder = cid.split("/")[-1], Path(root) / cid
-    return str(folder / f"{name}_protein.pdb.gz"), str(folder / f"{name}_ligand.sdf.gz")
+
+    def first(stem: str, suffixes: tuple[str, ...]) -> str:
+        paths = [folder / f"{name}_{stem}{suffix}" for suffix in suffixes]
+        return str(next((p for p in paths if p.is_file()), paths[0]))
+
+    return first("protein", PROTEIN_SUFFIXES), first("ligand", LIGAND_SUFFIXES)
 
 
 def default_data_root() -> Path:
