@@ -58,3 +58,16 @@ def test_blind_dock_searches_each_pocket_and_keeps_poses_in_their_own():
     assert np.all(np.diff(res.energy) >= 0)  # one energy ranks the poses of all pockets
     for x, region in zip(res.coords, res.region):  # a pose stays in the box it was searched in (its grid: + 2 A)
         assert res.boxes[int(region)].contains(x.mean(0)[None], pad=2.0)[0]
+
+
+def test_blind_refinement_searches_a_ligand_box_around_the_best_pockets_best_pose():
+    rec = io.load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+    mol = io.load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+    s = DockSettings(samples=0, random_starts=8, mc_chains=6, mc_rounds=2, poses=4, conformers=1, pockets=2)
+    plain = dock(rec, mol, None, None, s, show_progress=False)
+    s.refine_sites = 1
+    refined = dock(rec, mol, None, None, s, show_progress=False)
+    assert len(refined.boxes) == 3 and all(np.allclose(a.center, b.center) for a, b in zip(plain.boxes, refined.boxes))
+    site = refined.boxes[2]
+    assert any(b.contains(site.center[None], pad=2.0)[0] for b in plain.boxes)  # around a pose found in a pocket
+    assert refined.energy[0] <= plain.energy[0] + 1e-4  # the pockets' own search is unchanged; more candidates

@@ -34,6 +34,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pockets", type=int, default=d.pockets,
                    help=f"blind docking: pockets searched (default {d.pockets}; 3 takes about half the time for a few "
                         "fewer hits, docs/dock.md)")
+    p.add_argument("--refine-sites", type=int, default=d.refine_sites,
+                   help=f"blind docking: search again in a box around the best pose of this many best pockets, as "
+                        f"--autobox-ligand would (default {d.refine_sites})")
     p.add_argument("--conformers", type=int, default=d.conformers,
                    help=f"ETKDG conformers embedded; their distinct ring/angle shapes are searched (default {d.conformers})")
     p.add_argument("--scoring", choices=("vina", "vinardo"), default=d.scoring,
@@ -107,7 +110,7 @@ def register(subparsers) -> None:
 def _settings(args):
     from sciddiff.dock.settings import DockSettings
 
-    for low, names in ((0, ("samples", "random_starts", "mc_rounds")),
+    for low, names in ((0, ("samples", "random_starts", "mc_rounds", "refine_sites")),
                        (1, ("steps", "poses", "mc_chains", "pockets", "conformers", "threads"))):
         if bad := options_below(args, low, *names):
             raise UserError(f"{bad[0]} must be >= {low}")
@@ -115,6 +118,7 @@ def _settings(args):
         raise UserError("need at least one search chain: --samples + --random-starts >= 1")
     return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=args.steps,
                         poses=args.poses, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, pockets=args.pockets,
+                        refine_sites=args.refine_sites,
                         conformers=args.conformers, scoring=args.scoring, ranking=args.ranking, seed=args.seed)
 
 

@@ -21,7 +21,7 @@ from rdkit import Chem
 from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError
-from sciddiff.dock.io import Box, Receptor
+from sciddiff.dock.io import Box, Receptor, box_around
 from sciddiff.dock.ligand import distinct_shapes, generate_conformers, rmsd_matrix, rotatable_torsions
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
@@ -96,9 +96,12 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     timings["prepare"] = time.perf_counter() - tick
 
     pool, pool_region, grids = [], [], []
-    bar = tqdm(total=len(regions) * (s.mc_rounds + (s.steps if model is not None else 0)), disable=not show_progress,
-               desc="docking", leave=False)
-    for i, region in enumerate(regions):
+    refine = s.refine_sites if box is None else 0
+    bar = tqdm(total=(len(regions) + refine) * (s.mc_rounds + (s.steps if model is not None else 0)),
+               disable=not show_progress, desc="docking", leave=False)
+
+    def search(region: Box) -> None:
+        """The full search in one box; its chains' minima join the pool."""
         tick = time.perf_counter()
         sf = ScoringFunction(receptor, mol, tors.n, region=region, function=s.scoring)
         grids.append(sf)
@@ -126,8 +129,18 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         poses = poses.take(poses.energy.argsort()[: s.mc_chains])
         poses = basin_hopping(sf, space, poses, s.mc_rounds, s.mc_steps, gen, progress=lambda it: _counting(it, bar))
         timings["search"] = timings.get("search", 0.0) + time.perf_counter() - tick
+        pool_region.append(torch.full((len(poses.energy),), len(pool)))
         pool.append(poses)
-        pool_region.append(torch.full((len(poses.energy),), i))
+
+    for region in regions:
+        search(region)
+    # blind: the pockets' boxes are placed by geometry, not around a ligand; search again in a box around the best
+    # pose of each of the `refine` best pockets, as --autobox-ligand would around that pose
+    best_sites = sorted(range(len(pool)), key=lambda i: float(pool[i].energy.min()))[:refine]
+    for i in best_sites:
+        p = pool[i].take(pool[i].energy.argmin()[None])
+        regions.append(box_around(space.coords(p.tr, p.rot, p.theta, realign=False, conf=p.conf)[0].detach().numpy()))
+        search(regions[-1])
     bar.close()
 
     tick = time.perf_counter()

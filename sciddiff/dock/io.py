@@ -24,6 +24,7 @@ from rdkit import Chem, RDLogger
 from sciddiff.cli import UserError
 
 MAX_HEAVY_ATOMS = 150
+AUTOBOX_ADD = 4.0  # A around a ligand on every side: gnina's --autobox_add default
 # AutoDock types that are not an element symbol (PDBQT files)
 AUTODOCK_TYPES = {"A": "C", "NA": "N", "NS": "N", "OA": "O", "OS": "O", "SA": "S", "HD": "H", "HS": "H"}
 REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file, if anything
@@ -407,7 +408,13 @@ class Box:
         return np.all(np.abs(xyz - self.center) <= self.size / 2 + pad, axis=-1)
 
 
-def box_from_ligand(path: str | os.PathLike, add: float = 4.0) -> Box:
+def box_around(xyz: np.ndarray, add: float = AUTOBOX_ADD) -> Box:
+    """The bounding box of the points xyz (N, 3) grown by `add` Angstrom on every side."""
+    lo, hi = xyz.min(0), xyz.max(0)
+    return Box(center=((lo + hi) / 2).astype(np.float32), size=(hi - lo + 2 * add).astype(np.float32))
+
+
+def box_from_ligand(path: str | os.PathLike, add: float = AUTOBOX_ADD) -> Box:
     """gnina's --autobox_ligand: the reference's bounding box grown by `add` Angstrom on every side."""
     path = Path(path)
     if not path.is_file():
@@ -416,9 +423,7 @@ def box_from_ligand(path: str | os.PathLike, add: float = 4.0) -> Box:
         mol = _mol_from_file(path, sanitize=False)
     if mol is None or mol.GetNumConformers() == 0 or mol.GetNumAtoms() == 0:
         raise UserError(f"cannot read coordinates from autobox ligand {path}")
-    xyz = mol.GetConformer().GetPositions()
-    lo, hi = xyz.min(0), xyz.max(0)
-    return Box(center=((lo + hi) / 2).astype(np.float32), size=(hi - lo + 2 * add).astype(np.float32))
+    return box_around(mol.GetConformer().GetPositions(), add)
 
 
 def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_add: float | None = None,
@@ -431,7 +436,7 @@ def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_a
     if (center is None) != (size is None):
         raise UserError("--center and --size go together")
     if autobox_ligand:
-        add = 4.0 if autobox_add is None else float(autobox_add)
+        add = AUTOBOX_ADD if autobox_add is None else float(autobox_add)
         if add < 0:
             raise UserError("--autobox-add must be >= 0")
         box = box_from_ligand(autobox_ligand, add)
