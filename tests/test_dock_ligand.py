@@ -185,7 +185,7 @@ def test_pdb_ligand_is_refused_but_boxes_from_it(tmp_path):
 
 
 def _molblock_without_h(smiles: str, seed: int = 0) -> str:
-    """A 3D SD record of `smiles` with aromatic bond orders (type 4) and no hydrogens: the form of many PDBbind files."""
+    """A 3D SD record of `smiles` with aromatic bond orders (type 4) and no hydrogens (many PDBbind files)."""
     mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
     AllChem.EmbedMolecule(mol, randomSeed=seed)
     return Chem.MolToMolBlock(Chem.RemoveHs(mol), kekulize=False)
@@ -202,13 +202,14 @@ def test_aromatic_nitrogen_without_its_hydrogen_is_repaired(tmp_path, smiles, ad
     assert repaired.GetNumAtoms() == Chem.MolFromSmiles(smiles).GetNumAtoms()
     assert sum(a.GetTotalNumHs() for a in repaired.GetAtoms() if a.GetSymbol() == "N") == added  # a tautomer of it
     assert "H added to aromatic N" in mol.GetProp(io.REPAIRS_PROP)
-    assert np.allclose(io.ligand_coords(mol), Chem.MolFromMolFile(str(path), sanitize=False).GetConformer().GetPositions())
+    given = Chem.MolFromMolFile(str(path), sanitize=False).GetConformer().GetPositions()
+    assert np.allclose(io.ligand_coords(mol), given)
 
 
 def test_four_bonded_neutral_nitrogen_gets_its_charge_and_clean_files_no_repair(tmp_path):
     path = tmp_path / "lig.sdf"
-    path.write_text(Chem.MolToMolBlock(Chem.MolFromSmiles("C[N+](C)(C)CCO")).replace("  1  0  0  0  0  0", "  0  0  0  0  0  0")
-                    .replace("M  CHG  1   2   1\n", ""))
+    block = Chem.MolToMolBlock(Chem.MolFromSmiles("C[N+](C)(C)CCO"))  # then the charge is taken out of it
+    path.write_text(block.replace("  1  0  0  0  0  0", "  0  0  0  0  0  0").replace("M  CHG  1   2   1\n", ""))
     mol = io.load_ligand(path)
     assert Chem.MolToSmiles(mol) == "C[N+](C)(C)CCO" and "charge +1" in mol.GetProp(io.REPAIRS_PROP)
     assert not io.load_ligand("Cc1ccc2[nH]ccc2c1").HasProp(io.REPAIRS_PROP)

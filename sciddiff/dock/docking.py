@@ -26,7 +26,7 @@ from sciddiff.dock.ligand import distinct_shapes, generate_conformers, rmsd_matr
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.scoring import ScoringFunction
-from sciddiff.dock.search import Poses, basin_hopping, fit_pose, local_opt
+from sciddiff.dock.search import POLISH_STEP_SIZES, Poses, basin_hopping, fit_pose, local_opt
 from sciddiff.dock.settings import DockSettings
 
 RECEPTOR_CROP = 22.0  # residues the score model sees around the box centre (as in training, data.TRAIN_CROP)
@@ -155,7 +155,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         if len(idx) == 0:
             continue
         p = allp.take(idx)
-        polished.append(local_opt(grids[i], space, p.tr, p.rot, p.theta, steps=30, lr=(0.05, 0.02, 0.05), exact=True,
+        polished.append(local_opt(grids[i], space, p.tr, p.rot, p.theta, steps=30, lr=POLISH_STEP_SIZES, exact=True,
                                   conf=p.conf))
         polished_reg.append(regs[idx])
     best = Poses.cat(polished)

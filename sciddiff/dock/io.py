@@ -278,8 +278,9 @@ def sanitize_with_repairs(mol: Chem.Mol, max_added_h: int = 3) -> tuple[Chem.Mol
     - A neutral nitrogen with four bonds gets charge +1 (quaternary N written without its charge).
     - Aromatic rings that cannot be kekulized because a pyrrole-type nitrogen lacks its hydrogen (files that store
       aromatic bond orders but no hydrogens, or none on that N) get one H on the fewest such nitrogens, in the
-      file's atom order first: the crystal does not say which tautomer it is. Reads 26 of the 29 PDBbind SD files
-      in shared/data that RDKit refuses (the other 3 have partly aromatic ring systems). This is RDKit's cookbook repair of aromatic nitrogens; OpenBabel guesses the same way.
+      file's atom order first, one ring system at a time: the crystal does not say which tautomer it is. This
+      reads 28 of the 29 PDBbind SD files in shared/data that RDKit refuses (6j3p's ring system is only partly
+      aromatic). The same repair as the RDKit cookbook's for aromatic nitrogens; OpenBabel guesses likewise.
     Returns the sanitized molecule and the repairs as text, with atom numbers counted from 1 as in the file.
     """
     mol, repairs = Chem.RWMol(mol), []
@@ -384,7 +385,8 @@ def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
         if suffix == ".mol2":
             raws = [_mol_from_file(path, sanitize=False)]
         else:
-            raws = list(Chem.ForwardSDMolSupplier(io.BytesIO(_read_text(path).encode()), sanitize=False, removeHs=False))
+            text = _read_text(path).encode()
+            raws = list(Chem.ForwardSDMolSupplier(io.BytesIO(text), sanitize=False, removeHs=False))
         mols = [_heavy_atom_ligand(raw, f"{path} (molecule {i + 1})") for i, raw in enumerate(raws)]
     if not mols:
         raise UserError(f"no molecule in {path}")

@@ -18,9 +18,7 @@ from sciddiff.dock.io import Receptor, ligand_coords
 from sciddiff.dock.ligand import rotatable_torsions, symmetric_rmsd
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.scoring import PAIR_TERMS, ScoringFunction
-from sciddiff.dock.search import fit_pose, local_opt
-
-POLISH_STEP_SIZES = (0.05, 0.02, 0.05)  # shift (A), rotation and torsion (radians): the pipeline's final polish
+from sciddiff.dock.search import POLISH_STEP_SIZES, fit_pose, local_opt
 
 
 @dataclass

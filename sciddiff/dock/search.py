@@ -43,6 +43,9 @@ class Poses:
         return Poses(*(torch.cat([getattr(p, f) for p in items]) for f in ("tr", "rot", "theta", "energy", "conf")))
 
 
+POLISH_STEP_SIZES = (0.05, 0.02, 0.05)  # local_opt's step sizes (shift A, rotation and torsion radians) near a minimum
+
+
 def fit_pose(space: PoseSpace, x: torch.Tensor, conf: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(t, R, theta) whose realign=False coordinates best match the coordinates x (B, N, 3) of conformers conf."""
