@@ -125,8 +125,9 @@ def _pdbqt_to_pdb(text: str) -> str:
     (columns 77-78); partial charges and the torsion tree (ROOT, BRANCH, TORSDOF) are dropped."""
     lines = []
     for ln in text.splitlines():
-        if ln.startswith(("ATOM", "HETATM")) and len(fields := ln[66:].split()) >= 1:
-            lines.append(f"{ln[:66]:<66}          {_pdbqt_element(fields[-1]):>2}")
+        if ln.startswith(("ATOM", "HETATM")):  # no type field: the element is guessed from the atom name
+            fields = ln[66:].split()
+            lines.append(f"{ln[:66]:<66}          {_pdbqt_element(fields[-1]) if fields else '':>2}")
         elif ln.startswith(("MODEL", "ENDMDL", "TER")):
             lines.append(ln)
     return "\n".join(lines) + "\n"
