@@ -36,7 +36,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "fewer hits, docs/dock.md)")
     p.add_argument("--refine-sites", type=int, default=d.refine_sites,
                    help=f"blind docking: search again in a box around the best pose of this many best pockets, as "
-                        f"--autobox-ligand would (default {d.refine_sites})")
+                        f"--autobox-ligand would (default {d.refine_sites}; 2 finds more poses within 2 A, but the "
+                        "ranking did not pick them: docs/dock.md)")
     p.add_argument("--conformers", type=int, default=d.conformers,
                    help=f"ETKDG conformers embedded; their distinct ring/angle shapes are searched (default {d.conformers})")
     p.add_argument("--scoring", choices=("vina", "vinardo"), default=d.scoring,
