@@ -161,10 +161,16 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
     t0 = time.perf_counter()
     receptor = io.load_receptor(protein)
     mol = io.load_ligand(ligand)
-    if mol.HasProp(io.REPAIRS_PROP):
-        print(f"note: ligand {ligand}: {mol.GetProp(io.REPAIRS_PROP)}", file=sys.stderr)
+    _note_repairs(mol, ligand)
     box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
     return receptor, mol, box, time.perf_counter() - t0
+
+
+def _note_repairs(mol, what: str) -> None:
+    from sciddiff.dock import io
+
+    if repairs := io.ligand_repairs(mol):
+        print(f"note: ligand {what}: {repairs}", file=sys.stderr)
 
 
 def _dock_one(inputs: tuple, protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str) -> dict:
@@ -180,7 +186,7 @@ def _dock_one(inputs: tuple, protein: str, ligand: str, out: Path, args, model, 
                       rescorer=rescorer)
         result.timings["total"] = time.perf_counter() - t0
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
-                "ligand_repairs": mol.GetProp(io.REPAIRS_PROP) if mol.HasProp(io.REPAIRS_PROP) else None,
+                "ligand_repairs": io.ligand_repairs(mol),
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
                 "model_version": getattr(model, "version", "none (physics only)"), "settings": settings_dict(settings),
                 "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
@@ -292,22 +298,24 @@ def run_score(args) -> int:
         if path is not None:
             check_output_path(path)
     receptor, poses = io.load_receptor(args.protein), io.load_poses(args.ligand)
-    from sciddiff.dock.pose_scoring import score_pose
+    for i, mol in enumerate(poses):
+        _note_repairs(mol, f"{args.ligand} (molecule {i + 1})")
+    from sciddiff.dock.pose_scoring import score_pose  # torch: imported once the inputs have passed their checks
 
-    results = [score_pose(receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring) for mol in poses]
-    names = [mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name").strip() else f"pose{i + 1}"
-             for i, mol in enumerate(poses)]
-    rows = [{"pose": i + 1, "name": name, "score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra,
-             **r.terms, "n_torsions": r.n_torsions, **({"moved": r.moved} if args.minimize else {})}
-            for i, (name, r) in enumerate(zip(names, results))]
-    columns = ["score", "inter", "intra", *results[0].terms, *(["moved"] if args.minimize else [])]
+    rows, sd_records = [], []
+    for i, mol in enumerate(poses):
+        r = score_pose(receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
+        tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,
+                "n_torsions": r.n_torsions, **({"moved": r.moved} if args.minimize else {})}
+        name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+        rows.append({"pose": i + 1, "name": name or f"pose{i + 1}", **tags})
+        sd_records.append(io.sdf_block(io.pose_mol(mol, r.coords, tags)))
+    columns = ["score", "inter", "intra", *r.terms, *(["moved"] if args.minimize else [])]
     print("pose  " + "  ".join(f"{c:>11}" for c in columns) + "  name")
     for row in rows:
         print(f"{row['pose']:>4}  " + "  ".join(f"{row[c]:>11.3f}" for c in columns) + f"  {row['name']}")
     if args.out:
-        atomic_file_text(args.out, "".join(io.sdf_block(io.pose_mol(mol, r.coords, {k: v for k, v in row.items()
-                                                                                  if k not in ("pose", "name")}))
-                                           for mol, r, row in zip(poses, results, rows)))
+        atomic_file_text(args.out, "".join(sd_records))
     if args.json:
         atomic_file_text(args.json, json.dumps({"protein": str(args.protein), "ligand": str(args.ligand),
                                                 "scoring": args.scoring, "minimized": args.minimize,

@@ -213,12 +213,16 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
 
 
 # ----------------------------------------------------------------------------------------------------- ligand
+def _sd_records(text: str, sanitize: bool = False) -> Iterator[Chem.Mol | None]:
+    """The molecules of an SD file's text, hydrogens kept (None for a record RDKit cannot parse)."""
+    return iter(Chem.ForwardSDMolSupplier(io.BytesIO(text.encode()), sanitize=sanitize, removeHs=False))
+
+
 def _mol_from_file(path: Path, sanitize: bool) -> Chem.Mol | None:
     suffix = _stem_suffix(path)
     text = _read_text(path)
     if suffix in (".sdf", ".mol", ".sd"):
-        supplier = Chem.ForwardSDMolSupplier(io.BytesIO(text.encode()), sanitize=sanitize, removeHs=False)
-        return next(iter(supplier), None)
+        return next(_sd_records(text, sanitize), None)
     if suffix == ".mol2":
         return Chem.MolFromMol2Block(text, sanitize=sanitize, removeHs=False)
     if suffix in (".smi", ".smiles", ".txt"):
@@ -383,11 +387,7 @@ def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
     if suffix not in (".sdf", ".sd", ".mol", ".mol2"):
         raise UserError(f"poses must be an SDF, MOL or MOL2 file with 3D coordinates (optionally .gz); got {path.name}")
     with _rdkit_quiet():
-        if suffix == ".mol2":
-            raws = [_mol_from_file(path, sanitize=False)]
-        else:
-            text = _read_text(path).encode()
-            raws = list(Chem.ForwardSDMolSupplier(io.BytesIO(text), sanitize=False, removeHs=False))
+        raws = [_mol_from_file(path, sanitize=False)] if suffix == ".mol2" else list(_sd_records(_read_text(path)))
         mols = [_heavy_atom_ligand(raw, f"{path} (molecule {i + 1})") for i, raw in enumerate(raws)]
     if not mols:
         raise UserError(f"no molecule in {path}")
@@ -395,6 +395,11 @@ def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
         if mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D():
             raise UserError(f"{path} (molecule {i + 1}) has no 3D coordinates: nothing to score")
     return mols
+
+
+def ligand_repairs(mol: Chem.Mol) -> str | None:
+    """What `load_ligand` / `load_poses` changed to read this molecule (`sanitize_with_repairs`), if anything."""
+    return mol.GetProp(REPAIRS_PROP) if mol.HasProp(REPAIRS_PROP) else None
 
 
 def ligand_coords(mol: Chem.Mol, conf_id: int = -1) -> np.ndarray:
