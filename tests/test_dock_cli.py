@@ -123,6 +123,50 @@ def test_batch_skips_failing_rows(tmp_path, capsys):
     assert (tmp_path / "o" / "good" / "rank1.sdf").exists() and not (tmp_path / "o" / "bad").exists()
 
 
+def test_a_library_docks_each_molecule_as_alone_and_ranks_them(tmp_path, capsys):
+    import csv
+
+    from rdkit.Chem import AllChem
+
+    records = []
+    for smiles, name in [("OC(=O)c1ccccc1O", "salicylic acid"), ("CC(=O)Nc1ccc(O)cc1", "")]:
+        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        AllChem.EmbedMolecule(mol, randomSeed=0)
+        mol.SetProp("_Name", name)
+        records.append(Chem.MolToMolBlock(mol) + "$$$$\n")
+    records.insert(1, "broken\n\n\n  2  1  0  0  0  0  0  0  0  0999 V2000\nnonsense\n$$$$\n")
+    library = tmp_path / "lib.sdf"
+    library.write_text("".join(records))
+    box = ["--autobox-ligand", LIGAND, *FAST, "--model", "none", "--seed", "3"]
+    code = main(["dock", "--protein", PROTEIN, "--ligand", str(library), "--out", str(tmp_path / "screen"), *box])
+    assert code == 1 and "lib_2: skipped: cannot parse ligand" in capsys.readouterr().err  # the run goes on
+    screen = tmp_path / "screen"
+    assert sorted(p.name for p in screen.iterdir()) == ["1_salicylic_acid", "3_lib_3", "best_poses.sdf", "results.csv"]
+    rows = list(csv.DictReader((screen / "results.csv").open()))
+    assert [r["folder"] for r in rows[:2]] == sorted(["1_salicylic_acid", "3_lib_3"],
+                                                     key=lambda f: float(json.loads((screen / f / "summary.json").read_text())["poses"][0]["score"]))
+    assert rows[2]["folder"] == "2_lib_2" and rows[2]["error"] and rows[2]["score"] == ""
+    best = [m for m in Chem.SDMolSupplier(str(screen / "best_poses.sdf"))]
+    assert [float(m.GetProp("score")) for m in best] == [float(r["score"]) for r in rows[:2]]
+    # a molecule of the library gets the poses it gets alone (same seed)
+    (tmp_path / "alone.smi").write_text("CC(=O)Nc1ccc(O)cc1\n")
+    assert main(["dock", "--protein", PROTEIN, "--ligand", str(tmp_path / "alone.smi"), "--out", str(tmp_path / "a"),
+                 *box]) == 0
+    coords = lambda f: Chem.MolFromMolFile(str(f)).GetConformer().GetPositions()  # noqa: E731
+    assert np.allclose(coords(screen / "3_lib_3" / "rank1.sdf"), coords(tmp_path / "a" / "rank1.sdf"), atol=1e-3)
+
+
+def test_a_batch_row_with_a_library_is_skipped_with_the_way_to_screen_it(tmp_path, capsys):
+    (tmp_path / "two.smi").write_text("CCO ethanol\nCCN ethylamine\n")
+    shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
+    table = tmp_path / "table.csv"
+    table.write_text("protein,ligand,name\nrec.pdb.gz,two.smi,lib\nrec.pdb.gz,CCO,one\n")
+    code = main(["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST,
+                 "--model", "none"])
+    assert code == 1 and "holds 2 molecules" in capsys.readouterr().err
+    assert (tmp_path / "o" / "results.csv").read_text().splitlines()[1].startswith("one,one,")
+
+
 def test_out_under_a_file_is_one_line_error(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     code = main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", LIGAND,

@@ -173,6 +173,35 @@ def test_smiles_file_with_a_title_line(tmp_path):
     assert Chem.MolToSmiles(io.load_ligand(path)) == "CC(=O)Nc1ccc(O)cc1"  # the first molecule
 
 
+MOL2_ETHANOL = """@<TRIPOS>MOLECULE
+{name}
+ 3 2 0 0 0
+SMALL
+NO_CHARGES
+
+@<TRIPOS>ATOM
+      1 C1          0.0000    0.0000    0.0000 C.3     1  LIG1        0.0000
+      2 C2          1.5200    0.0000    0.0000 C.3     1  LIG1        0.0000
+      3 O1          2.0300    1.3400    0.0000 O.3     1  LIG1        0.0000
+@<TRIPOS>BOND
+     1     1     2    1
+     2     2     3    1
+"""
+
+
+def test_libraries_read_every_molecule_with_its_name(tmp_path):
+    smi = tmp_path / "lib.smi"
+    smi.write_text("SMILES Name\nCC(=O)Nc1ccc(O)cc1 paracetamol\nC1CC not a ring\nCCO\n")
+    records = io.load_ligands(smi)
+    assert [r.name for r in records] == ["paracetamol", "not a ring", "lib_3"]
+    assert records[0].mol.GetNumAtoms() == 11 and records[2].mol.GetNumAtoms() == 3
+    assert records[1].mol is None and "molecule 2" in records[1].error
+    mol2 = tmp_path / "lib.mol2"
+    mol2.write_text(MOL2_ETHANOL.format(name="first") + MOL2_ETHANOL.format(name="second"))
+    assert [(r.name, r.mol.GetNumAtoms()) for r in io.load_ligands(mol2)] == [("first", 3), ("second", 3)]
+    assert io.load_ligand(mol2).GetNumAtoms() == 3 and len(io.load_ligands(mol2, limit=1)) == 1
+
+
 def test_pdb_ligand_is_refused_but_boxes_from_it(tmp_path):
     # no bond orders in PDB: RDKit would read benzoic acid as a saturated ring, a different molecule
     mol = Chem.AddHs(Chem.MolFromSmiles("OC(=O)c1ccccc1"))

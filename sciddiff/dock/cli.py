@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,8 +64,11 @@ def register(subparsers) -> None:
     p.add_argument("--protein", help="receptor PDB, mmCIF or PDBQT (.pdb, .cif, .pdbqt, optionally .gz; first model); "
                                      "cofactors/metals (HETATM) are kept, waters dropped")
     p.add_argument("--ligand", help="ligand SDF/MOL/MOL2/SMI file (optionally .gz), a meeko PDBQT (its SMILES remark) "
-                                    "or a SMILES string; its coordinates are ignored")
-    p.add_argument("--out", required=True, help="output folder (written atomically; one sub-folder per row with --batch)")
+                                    "or a SMILES string; its coordinates are ignored. A file with several molecules "
+                                    "is a library: each is docked (a screen; see --out)")
+    p.add_argument("--out", required=True,
+                   help="output folder (written atomically). A library or --batch: one sub-folder per molecule/row "
+                        "and a hit list results.csv (+ best_poses.sdf for a library), best score first")
     p.add_argument("--batch", help="CSV with columns protein, ligand, name (paths relative to the CSV's folder)")
     box = p.add_argument_group("search box (default: blind docking)")
     box.add_argument("--autobox-ligand", help="box = this ligand's extent plus --autobox-add on every side")
@@ -155,15 +159,24 @@ def _load_optional(value: str | None, default: Path, what: str, load):
 
 
 def _read_inputs(protein: str, ligand: str, args) -> tuple:
-    """(receptor, ligand molecule, box or None, seconds): read before any model is loaded, so bad input fails fast."""
+    """(receptor, ligand records, box or None, seconds): read before any model is loaded, so bad input fails fast."""
     from sciddiff.dock import io
 
     t0 = time.perf_counter()
     receptor = io.load_receptor(protein)
-    mol = io.load_ligand(ligand)
-    _note_repairs(mol, ligand)
+    ligands = io.load_ligands(ligand)
     box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
-    return receptor, mol, box, time.perf_counter() - t0
+    return receptor, ligands, box, time.perf_counter() - t0
+
+
+def _one_ligand(ligands: list, ligand: str):
+    """The molecule of a ligand input that must hold exactly one (a --batch row)."""
+    if len(ligands) > 1:
+        raise UserError(f"{ligand} holds {len(ligands)} molecules; a --batch row docks one (give the file as "
+                        "--ligand to dock each of them)")
+    if ligands[0].mol is None:
+        raise UserError(ligands[0].error)
+    return ligands[0].mol
 
 
 def _note_repairs(mol, what: str) -> None:
@@ -173,18 +186,17 @@ def _note_repairs(mol, what: str) -> None:
         print(f"note: ligand {what}: {repairs}", file=sys.stderr)
 
 
-def _dock_one(inputs: tuple, protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str) -> dict:
+def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str,
+              started: float, show_progress: bool = True) -> dict:
     from sciddiff.dock import io
     from sciddiff.dock.docking import dock
     from sciddiff.dock.output import atomic_dir, write_result
     from sciddiff.dock.settings import settings_dict
 
-    receptor, mol, box, read_seconds = inputs
-    t0 = time.perf_counter() - read_seconds
     with atomic_dir(out) as tmp:
-        result = dock(receptor, mol, box, model, settings, device=args.device, show_progress=sys.stderr.isatty(),
-                      rescorer=rescorer)
-        result.timings["total"] = time.perf_counter() - t0
+        result = dock(receptor, mol, box, model, settings, device=args.device,
+                      show_progress=show_progress and sys.stderr.isatty(), rescorer=rescorer)
+        result.timings["total"] = time.perf_counter() - started
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
                 "ligand_repairs": io.ligand_repairs(mol),
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
@@ -214,18 +226,58 @@ def run_dock(args) -> int:
     if not args.protein or not args.ligand:
         raise UserError("give --protein and --ligand (or --batch table.csv)")
     out = check_out_dir(args.out, args.overwrite)
-    inputs = _read_inputs(args.protein, args.ligand, args)
+    started = time.perf_counter()
+    receptor, ligands, box, _ = _read_inputs(args.protein, args.ligand, args)
+    if len(ligands) > 1:
+        return _run_screen(args, settings, receptor, ligands, box, out)
+    mol = _one_ligand(ligands, args.ligand)
+    _note_repairs(mol, args.ligand)
     model, rescorer = _model(args), _rescorer(args)
-    summary = _dock_one(inputs, args.protein, args.ligand, out, args, model, rescorer, settings,
-                        Path(str(args.ligand)).name.split(".")[0])
+    summary = _dock_one(receptor, mol, box, args.protein, args.ligand, out, args, model, rescorer, settings,
+                        ligands[0].name, started)
     best = summary["poses"][0]
     print(f"wrote {len(summary['poses'])} poses to {out}  (rank 1: score {best['score']:.2f}, "
           f"confidence {best['confidence']:.2f}; {summary['timings']['total']:.1f} s)")
     return 0
 
 
+def _run_screen(args, settings, receptor, ligands: list, box, out: Path) -> int:
+    """A ligand file with several molecules: each docked into its own sub-folder with the run's seed (the same poses
+    as docking it alone), a hit list (results.csv, best_poses.sdf) rewritten after each one."""
+    from tqdm.auto import tqdm
+
+    from sciddiff.dock.output import HitList
+
+    model, rescorer = _model(args), _rescorer(args)
+    width = len(str(len(ligands)))
+    hits = HitList(out)
+    print(f"{args.ligand}: {len(ligands)} molecules; each docked into {out}/<index>_<name>/, hit list in "
+          f"{out}/results.csv", file=sys.stderr)
+    for i, rec in enumerate(tqdm(ligands, desc="molecules", disable=not sys.stderr.isatty())):
+        folder = f"{i + 1:0{width}d}_{_safe_name(rec.name)}"
+        started = time.perf_counter()
+        if rec.mol is None:
+            hits.add(rec.name, folder, error=rec.error)
+            tqdm.write(f"{rec.name}: skipped: {rec.error}", file=sys.stderr)
+            continue
+        _note_repairs(rec.mol, rec.name)
+        summary = _dock_one(receptor, rec.mol, box, args.protein, args.ligand, out / folder, args, model, rescorer,
+                            settings, rec.name, started, show_progress=False)
+        hits.add(rec.name, folder, summary=summary, mol=rec.mol)
+        tqdm.write(f"{rec.name}: rank 1 score {summary['poses'][0]['score']:.2f} "
+                   f"({summary['timings']['total']:.1f} s)", file=sys.stderr)
+    failed = sum(e is not None for e in hits.errors)
+    print(f"{len(ligands) - failed}/{len(ligands)} molecules docked into {out}; ranked by score in {out}/results.csv "
+          f"and {out}/best_poses.sdf")
+    return 1 if failed else 0
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "mol"
+
+
 def _run_batch(args, settings) -> int:
-    from sciddiff.dock.output import check_out_dir
+    from sciddiff.dock.output import HitList, check_out_dir
 
     table = Path(args.batch)
     if not table.is_file():
@@ -239,17 +291,18 @@ def _run_batch(args, settings) -> int:
     if not rows:
         raise UserError(f"{table} has a header but no rows")
     names = [_cell(r, "name") for r in rows]
-    if len(set(names)) != len(names) or any(not n or "/" in n for n in names):
-        raise UserError(f"{table}: names must be unique, non-empty and contain no '/'")
+    if len(set(names)) != len(names) or any(not n or "/" in n or n == "results.csv" for n in names):
+        raise UserError(f"{table}: names must be unique, non-empty, contain no '/' and not be results.csv")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
     check_output_path(out, folder=True)
     model, rescorer = _model(args), _rescorer(args)
-    failed = 0
+    hits = HitList(out, best_poses=False)
     base = table.parent
     for row, name in zip(rows, names):
         protein, ligand = _cell(row, "protein"), _cell(row, "ligand")
+        started = time.perf_counter()
         try:
             if not protein or not ligand:
                 raise UserError("empty protein or ligand cell")
@@ -257,13 +310,18 @@ def _run_batch(args, settings) -> int:
             lig_path = base / ligand
             ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
             check_out_dir(out / name, args.overwrite)
-            s = _dock_one(_read_inputs(protein, ligand, args), protein, ligand, out / name, args, model, rescorer,
-                          settings, name)
+            receptor, ligands, box, _ = _read_inputs(protein, ligand, args)
+            mol = _one_ligand(ligands, ligand)
+            _note_repairs(mol, ligand)
+            s = _dock_one(receptor, mol, box, protein, ligand, out / name, args, model, rescorer, settings, name,
+                          started)
+            hits.add(name, name, summary=s, mol=mol)
             print(f"{name}: rank 1 score {s['poses'][0]['score']:.2f} ({s['timings']['total']:.1f} s)")
         except UserError as err:
-            failed += 1
+            hits.add(name, name, error=str(err))
             print(f"{name}: skipped: {err}", file=sys.stderr)
-    print(f"{len(rows) - failed}/{len(rows)} complexes docked into {out}")
+    failed = sum(e is not None for e in hits.errors)
+    print(f"{len(rows) - failed}/{len(rows)} complexes docked into {out} (results.csv)")
     return 1 if failed else 0
 
 

@@ -218,26 +218,37 @@ def _sd_records(text: str, sanitize: bool = False) -> Iterator[Chem.Mol | None]:
     return iter(Chem.ForwardSDMolSupplier(io.BytesIO(text.encode()), sanitize=sanitize, removeHs=False))
 
 
-def _mol_from_file(path: Path, sanitize: bool) -> Chem.Mol | None:
+LIGAND_SUFFIXES = (".sdf", ".sd", ".mol", ".mol2", ".smi", ".smiles", ".txt", ".pdb", ".pdbqt")
+
+
+def _raw_records(path: Path, limit: int | None = None) -> Iterator[tuple[str, Chem.Mol | None]]:
+    """(name, unsanitized molecule or None where RDKit cannot parse it) for each molecule of a ligand file: SD
+    records, MOL2 molecules, SMILES lines ("SMILES name"; a title line is skipped), the one molecule of a PDB or
+    PDBQT file. Names come from the file (SD/MOL2 title, SMILES name column), '' where it has none."""
     suffix = _stem_suffix(path)
+    if suffix not in LIGAND_SUFFIXES:
+        raise UserError(f"ligand must be .sdf, .mol, .mol2, .smi, .pdb or .pdbqt (optionally .gz), or a SMILES "
+                        f"string; got {path.name}")
     text = _read_text(path)
     if suffix in (".sdf", ".mol", ".sd"):
-        return next(_sd_records(text, sanitize), None)
-    if suffix == ".mol2":
-        return Chem.MolFromMol2Block(text, sanitize=sanitize, removeHs=False)
-    if suffix in (".smi", ".smiles", ".txt"):
-        # the first molecule; a title line ("SMILES Name", as RDKit and many tools write) is skipped: no SMILES
-        # contains the letters "smiles" (m is no element symbol)
+        records = ((m.GetProp("_Name") if m is not None else "", m) for m in _sd_records(text))
+    elif suffix == ".mol2":
+        blocks = ["@<TRIPOS>MOLECULE" + b for b in text.split("@<TRIPOS>MOLECULE")[1:]] or [text]
+        records = ((b.splitlines()[1].strip() if len(b.splitlines()) > 1 else "",
+                    Chem.MolFromMol2Block(b, sanitize=False, removeHs=False)) for b in blocks)
+    elif suffix in (".smi", ".smiles", ".txt"):
+        # no SMILES contains the letters "smiles" (m is no element symbol): that line is a title
         lines = [ln.split() for ln in text.splitlines() if ln.strip()]
         if lines and "smiles" in lines[0][0].lower():
             lines = lines[1:]
-        return Chem.MolFromSmiles(lines[0][0], sanitize=sanitize) if lines else None
-    if suffix == ".pdb":
-        return Chem.MolFromPDBBlock(text, sanitize=sanitize, removeHs=False)
-    if suffix == ".pdbqt":
-        return Chem.MolFromPDBBlock(_pdbqt_to_pdb(text), sanitize=sanitize, removeHs=False)
-    raise UserError(f"ligand must be .sdf, .mol, .mol2, .smi, .pdb or .pdbqt (optionally .gz), or a SMILES string; "
-                    f"got {path.name}")
+        records = ((" ".join(f[1:]), Chem.MolFromSmiles(f[0], sanitize=False)) for f in lines)
+    else:
+        pdb = text if suffix == ".pdb" else _pdbqt_to_pdb(text)
+        records = iter([("", Chem.MolFromPDBBlock(pdb, sanitize=False, removeHs=False))])
+    for i, record in enumerate(records):
+        if limit is not None and i >= limit:
+            return
+        yield record
 
 
 def _pdbqt_smiles(path: Path) -> str | None:
@@ -320,34 +331,65 @@ def _unkekulized_atoms(mol: Chem.Mol) -> set[int]:
             for i in problem.GetAtomIndices()}
 
 
-def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS, largest_fragment: bool = True) -> Chem.Mol:
-    """Read a ligand from a file or a SMILES string and return a sanitized heavy-atom molecule.
+@dataclass
+class LigandRecord:
+    """One molecule of a ligand input: its name and the checked molecule, or the one line that says why not."""
+    name: str
+    mol: Chem.Mol | None
+    error: str | None = None
 
-    The input coordinates are kept on the returned molecule (they are only used as a reference, e.g. for RMSD);
-    docking always starts from fresh conformers, with the stereochemistry of the input (from 3D coordinates when it
-    has them). Salts/solvents: the largest fragment is kept. Files with several molecules: the first.
-    """
+
+def load_ligands(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS, largest_fragment: bool = True,
+                 limit: int | None = None) -> list[LigandRecord]:
+    """Every molecule of a ligand file (a library: SD records, MOL2 molecules, SMILES lines) or the one of a SMILES
+    string, each checked and cleaned as `load_ligand` describes. A molecule that cannot be docked carries its error
+    instead, so that a screen skips it; a missing or unreadable file raises `UserError`. Unnamed molecules are
+    called `<file stem>_<index from 1>`."""
     with _rdkit_quiet():
         path = Path(spec)
         looks_like_file = path.suffix != "" or os.sep in str(spec) or path.exists()
         if looks_like_file and not path.is_file() and Chem.MolFromSmiles(str(spec)) is None:
             raise UserError(f"ligand file not found: {spec}")
-        smiles = _pdbqt_smiles(path) if path.is_file() and _stem_suffix(path) == ".pdbqt" else None
-        if path.is_file() and _stem_suffix(path) in (".pdb", ".pdbqt") and smiles is None:
-            # RDKit reads a PDB ligand with single bonds only (no bond orders): a different molecule would be docked
-            raise UserError(f"ligand {path}: {_stem_suffix(path)[1:].upper()} files carry no bond orders (a PDBQT "
-                            "file does when meeko wrote its SMILES); give the ligand as SDF, MOL2 or SMILES (a "
-                            "PDB or PDBQT file is fine for --autobox-ligand)")
-        if smiles is not None:  # docking starts from fresh conformers: the SMILES is the whole ligand
-            raw = Chem.MolFromSmiles(smiles, sanitize=False)
-            what = f"{path} (its SMILES remark)"
-        elif path.is_file():
-            raw = _mol_from_file(path, sanitize=False)
-            what = str(path)
+        if not path.is_file():
+            raws = [("", Chem.MolFromSmiles(str(spec), sanitize=False))]
+            whats = [f"SMILES {spec!r}"]
         else:
-            raw = Chem.MolFromSmiles(str(spec), sanitize=False)
-            what = f"SMILES {spec!r}"
-        return _heavy_atom_ligand(raw, what, max_heavy_atoms, largest_fragment)
+            smiles = _pdbqt_smiles(path) if _stem_suffix(path) == ".pdbqt" else None
+            if _stem_suffix(path) in (".pdb", ".pdbqt") and smiles is None:
+                # RDKit reads a PDB ligand with single bonds only (no bond orders): a different molecule would be docked
+                raise UserError(f"ligand {path}: {_stem_suffix(path)[1:].upper()} files carry no bond orders (a "
+                                "PDBQT file does when meeko wrote its SMILES); give the ligand as SDF, MOL2 or SMILES "
+                                "(a PDB or PDBQT file is fine for --autobox-ligand)")
+            if smiles is not None:  # docking starts from fresh conformers: the SMILES is the whole ligand
+                raws, whats = [("", Chem.MolFromSmiles(smiles, sanitize=False))], [f"{path} (its SMILES remark)"]
+            else:
+                raws = list(_raw_records(path, limit))
+                whats = [str(path) if i == 0 else f"{path} (molecule {i + 1})" for i in range(len(raws))]
+        if not raws:
+            raise UserError(f"no molecule in {spec}")
+        stem = path.name.split(".")[0] if path.is_file() else "ligand"
+        records = []
+        for i, ((name, raw), what) in enumerate(zip(raws, whats)):
+            name = name.strip() or (stem if len(raws) == 1 else f"{stem}_{i + 1}")
+            try:
+                records.append(LigandRecord(name, _heavy_atom_ligand(raw, what, max_heavy_atoms, largest_fragment)))
+            except UserError as err:
+                records.append(LigandRecord(name, None, str(err)))
+        return records
+
+
+def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS, largest_fragment: bool = True) -> Chem.Mol:
+    """Read a ligand from a file or a SMILES string and return a sanitized heavy-atom molecule.
+
+    The input coordinates are kept on the returned molecule (they are only used as a reference, e.g. for RMSD);
+    docking always starts from fresh conformers, with the stereochemistry of the input (from 3D coordinates when it
+    has them). Salts/solvents: the largest fragment is kept. Files with several molecules: the first
+    (`load_ligands` reads them all).
+    """
+    record = load_ligands(spec, max_heavy_atoms, largest_fragment, limit=1)[0]
+    if record.mol is None:
+        raise UserError(record.error)
+    return record.mol
 
 
 def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
@@ -378,16 +420,15 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
 
 
 def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
-    """Every molecule of an SDF (or the one of a MOL/MOL2 file) as a heavy-atom ligand with its 3D coordinates, each
-    checked and cleaned as `load_ligand` does: poses to score, not ligands to dock."""
+    """Every molecule of an SDF or MOL2 file as a heavy-atom ligand with its 3D coordinates, each checked and cleaned
+    as `load_ligand` does: poses to score, not ligands to dock."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ligand file not found: {path}")
-    suffix = _stem_suffix(path)
-    if suffix not in (".sdf", ".sd", ".mol", ".mol2"):
+    if _stem_suffix(path) not in (".sdf", ".sd", ".mol", ".mol2"):
         raise UserError(f"poses must be an SDF, MOL or MOL2 file with 3D coordinates (optionally .gz); got {path.name}")
     with _rdkit_quiet():
-        raws = [_mol_from_file(path, sanitize=False)] if suffix == ".mol2" else list(_sd_records(_read_text(path)))
+        raws = [raw for _, raw in _raw_records(path)]
         mols = [_heavy_atom_ligand(raw, f"{path} (molecule {i + 1})") for i, raw in enumerate(raws)]
     if not mols:
         raise UserError(f"no molecule in {path}")
@@ -428,7 +469,7 @@ def box_from_ligand(path: str | os.PathLike, add: float = AUTOBOX_ADD) -> Box:
     if not path.is_file():
         raise UserError(f"autobox ligand not found: {path}")
     with _rdkit_quiet():
-        mol = _mol_from_file(path, sanitize=False)
+        mol = next(_raw_records(path, limit=1), ("", None))[1]
     if mol is None or mol.GetNumConformers() == 0 or mol.GetNumAtoms() == 0:
         raise UserError(f"cannot read coordinates from autobox ligand {path}")
     return box_around(mol.GetConformer().GetPositions(), add)

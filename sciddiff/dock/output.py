@@ -2,6 +2,8 @@
 place at the end, so an interrupted or failed run never leaves a partial output folder."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -73,3 +75,47 @@ def atomic_file_text(path: str | os.PathLike, text: str) -> None:
 
     with atomic_file(path, "w") as fh:
         fh.write(text)
+
+
+class HitList:
+    """The hit list of a screen or a --batch run: `results.csv`, one row per molecule, docked ones by rank-1 score
+    (best first), then the skipped ones with their error; with `best_poses`, `best_poses.sdf` holds each docked
+    molecule's rank-1 pose in the same order. Both are rewritten atomically after every molecule, so an interrupted
+    run leaves a consistent list of what it finished."""
+
+    COLUMNS = ("name", "folder", "score", "confidence", "energy", "heavy_atoms", "torsions", "seconds", "smiles",
+               "error")
+
+    def __init__(self, out: str | os.PathLike, best_poses: bool = True):
+        self.out, self.best_poses = Path(out), best_poses
+        self.rows: list[dict] = []
+        self.poses: dict[str, str] = {}  # folder -> its rank1.sdf record
+
+    @property
+    def errors(self) -> list[str | None]:
+        return [row["error"] or None for row in self.rows]
+
+    def add(self, name: str, folder: str, summary: dict | None = None, mol: Chem.Mol | None = None,
+            error: str | None = None) -> None:
+        row = dict.fromkeys(self.COLUMNS, "") | {"name": name, "folder": folder, "error": error or ""}
+        if summary is not None:
+            best = summary["poses"][0]
+            row |= {"score": best["score"], "confidence": best["confidence"], "energy": best["energy"],
+                    "heavy_atoms": mol.GetNumAtoms(), "torsions": summary["n_torsions"],
+                    "seconds": round(summary["timings"]["total"], 1), "smiles": summary["smiles"]}
+            if self.best_poses:
+                self.poses[folder] = (self.out / folder / best["file"]).read_text()
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
+        ranked = sorted(self.rows, key=lambda r: (r["error"] != "", r["score"] if r["score"] != "" else 0.0))
+        self.out.mkdir(parents=True, exist_ok=True)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, self.COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(ranked)
+        atomic_file_text(self.out / "results.csv", text.getvalue())
+        if self.best_poses:
+            atomic_file_text(self.out / "best_poses.sdf", "".join(self.poses[r["folder"]] for r in ranked
+                                                                    if r["folder"] in self.poses))
