@@ -156,6 +156,24 @@ def test_a_library_docks_each_molecule_as_alone_and_ranks_them(tmp_path, capsys)
     assert np.allclose(coords(screen / "3_lib_3" / "rank1.sdf"), coords(tmp_path / "a" / "rank1.sdf"), atol=1e-3)
 
 
+def test_a_molecule_that_fails_to_dock_does_not_stop_the_screen(tmp_path, capsys, monkeypatch):
+    from sciddiff.dock import docking
+
+    real_dock = docking.dock
+
+    def dock(receptor, mol, *args, **kwargs):
+        if mol.GetNumAtoms() == 2:
+            raise docking.UserError("cannot generate a 3D conformer for the ligand: test")
+        return real_dock(receptor, mol, *args, **kwargs)
+
+    monkeypatch.setattr(docking, "dock", dock)
+    (tmp_path / "two.smi").write_text("CC ethane\nCCO ethanol\n")
+    code = main(["dock", "--protein", PROTEIN, "--ligand", str(tmp_path / "two.smi"), "--autobox-ligand", LIGAND,
+                 "--out", str(tmp_path / "o"), *FAST, "--model", "none"])
+    assert code == 1 and "ethane: skipped: cannot generate" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["2_ethanol", "best_poses.sdf", "results.csv"]
+
+
 def test_a_batch_row_with_a_library_is_skipped_with_the_way_to_screen_it(tmp_path, capsys):
     (tmp_path / "two.smi").write_text("CCO ethanol\nCCN ethylamine\n")
     shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")

@@ -159,14 +159,12 @@ def _load_optional(value: str | None, default: Path, what: str, load):
 
 
 def _read_inputs(protein: str, ligand: str, args) -> tuple:
-    """(receptor, ligand records, box or None, seconds): read before any model is loaded, so bad input fails fast."""
+    """(receptor, ligand records, box or None): read before any model is loaded, so bad input fails fast."""
     from sciddiff.dock import io
 
-    t0 = time.perf_counter()
     receptor = io.load_receptor(protein)
     ligands = io.load_ligands(ligand)
-    box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
-    return receptor, ligands, box, time.perf_counter() - t0
+    return receptor, ligands, io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
 
 
 def _one_ligand(ligands: list, ligand: str):
@@ -227,7 +225,7 @@ def run_dock(args) -> int:
         raise UserError("give --protein and --ligand (or --batch table.csv)")
     out = check_out_dir(args.out, args.overwrite)
     started = time.perf_counter()
-    receptor, ligands, box, _ = _read_inputs(args.protein, args.ligand, args)
+    receptor, ligands, box = _read_inputs(args.protein, args.ligand, args)
     if len(ligands) > 1:
         return _run_screen(args, settings, receptor, ligands, box, out)
     mol = _one_ligand(ligands, args.ligand)
@@ -256,13 +254,16 @@ def _run_screen(args, settings, receptor, ligands: list, box, out: Path) -> int:
     for i, rec in enumerate(tqdm(ligands, desc="molecules", disable=not sys.stderr.isatty())):
         folder = f"{i + 1:0{width}d}_{_safe_name(rec.name)}"
         started = time.perf_counter()
-        if rec.mol is None:
-            hits.add(rec.name, folder, error=rec.error)
-            tqdm.write(f"{rec.name}: skipped: {rec.error}", file=sys.stderr)
+        try:
+            if rec.mol is None:
+                raise UserError(rec.error)
+            _note_repairs(rec.mol, rec.name)
+            summary = _dock_one(receptor, rec.mol, box, args.protein, args.ligand, out / folder, args, model,
+                                rescorer, settings, rec.name, started, show_progress=False)
+        except UserError as err:  # e.g. no conformer embeds: the screen goes on
+            hits.add(rec.name, folder, error=str(err))
+            tqdm.write(f"{rec.name}: skipped: {err}", file=sys.stderr)
             continue
-        _note_repairs(rec.mol, rec.name)
-        summary = _dock_one(receptor, rec.mol, box, args.protein, args.ligand, out / folder, args, model, rescorer,
-                            settings, rec.name, started, show_progress=False)
         hits.add(rec.name, folder, summary=summary, mol=rec.mol)
         tqdm.write(f"{rec.name}: rank 1 score {summary['poses'][0]['score']:.2f} "
                    f"({summary['timings']['total']:.1f} s)", file=sys.stderr)
@@ -310,7 +311,7 @@ def _run_batch(args, settings) -> int:
             lig_path = base / ligand
             ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
             check_out_dir(out / name, args.overwrite)
-            receptor, ligands, box, _ = _read_inputs(protein, ligand, args)
+            receptor, ligands, box = _read_inputs(protein, ligand, args)
             mol = _one_ligand(ligands, ligand)
             _note_repairs(mol, ligand)
             s = _dock_one(receptor, mol, box, protein, ligand, out / name, args, model, rescorer, settings, name,
