@@ -185,6 +185,20 @@ def test_a_batch_row_with_a_library_is_skipped_with_the_way_to_screen_it(tmp_pat
     assert (tmp_path / "o" / "results.csv").read_text().splitlines()[1].startswith("one,one,")
 
 
+def test_conformers_of_one_ligand_are_docked_once(tmp_path, capsys):
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("OC(=O)c1ccccc1O"))
+    AllChem.EmbedMultipleConfs(mol, 3, randomSeed=0)
+    with Chem.SDWriter(str(tmp_path / "confs.sdf")) as writer:
+        for conf in mol.GetConformers():
+            writer.write(mol, confId=conf.GetId())
+    code = main(["dock", "--protein", PROTEIN, "--ligand", str(tmp_path / "confs.sdf"), "--autobox-ligand", LIGAND,
+                 "--out", str(tmp_path / "o"), *FAST, "--model", "none"])
+    assert code == 0 and "3 records of the same molecule, docked once" in capsys.readouterr().err
+    assert (tmp_path / "o" / "rank1.sdf").exists() and not (tmp_path / "o" / "results.csv").exists()
+
+
 def test_out_under_a_file_is_one_line_error(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     code = main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", LIGAND,

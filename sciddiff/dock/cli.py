@@ -164,6 +164,11 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
 
     receptor = io.load_receptor(protein)
     ligands = io.load_ligands(ligand)
+    if len(ligands) > 1 and all(r.mol is not None for r in ligands) and len({_smiles(r.mol) for r in ligands}) == 1:
+        # conformers of one ligand (what conformer generators write): docking starts from fresh conformers anyway
+        print(f"note: {ligand}: {len(ligands)} records of the same molecule, docked once (input coordinates are not "
+              "used)", file=sys.stderr)
+        ligands = ligands[:1]
     return receptor, ligands, io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
 
 
