@@ -154,6 +154,16 @@ def test_a_library_docks_each_molecule_as_alone_and_ranks_them(tmp_path, capsys)
                  *box]) == 0
     coords = lambda f: Chem.MolFromMolFile(str(f)).GetConformer().GetPositions()  # noqa: E731
     assert np.allclose(coords(screen / "3_lib_3" / "rank1.sdf"), coords(tmp_path / "a" / "rank1.sdf"), atol=1e-3)
+    # an interrupted screen continues: what was docked with the same settings is kept, the rest is docked
+    results = (screen / "results.csv").read_text()
+    shutil.rmtree(screen / "3_lib_3")
+    run = ["dock", "--protein", PROTEIN, "--ligand", str(library), "--out", str(screen), *box]
+    assert main(run) == 2 and "--resume" in capsys.readouterr().err  # the folder exists
+    assert main([*run, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "salicylic acid: kept from the earlier run" in err and "lib_3: rank 1 score" in err
+    strip = lambda text: [ln.rsplit(",", 4)[0] for ln in text.splitlines()]  # noqa: E731  (seconds differ)
+    assert strip((screen / "results.csv").read_text()) == strip(results)
 
 
 def test_a_molecule_that_fails_to_dock_does_not_stop_the_screen(tmp_path, capsys, monkeypatch):

@@ -76,6 +76,9 @@ def register(subparsers) -> None:
     box.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"), help="box centre (A)")
     box.add_argument("--size", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="box edge lengths (A)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted library screen or --batch run in OUT: molecules already docked there "
+                        "with the same settings and model are kept, the rest are docked")
     _add_common(p)
     p.set_defaults(func=run_dock)
 
@@ -222,17 +225,30 @@ def run_dock(args) -> int:
     from sciddiff.dock.output import check_out_dir
 
     settings = _settings(args)
+    if args.resume and args.overwrite:
+        raise UserError("give --resume or --overwrite, not both")
     if args.batch:
         if args.protein or args.ligand:
             raise UserError("--batch replaces --protein/--ligand; give one or the other")
         return _run_batch(args, settings)
     if not args.protein or not args.ligand:
         raise UserError("give --protein and --ligand (or --batch table.csv)")
-    out = check_out_dir(args.out, args.overwrite)
+    out = check_out_dir(args.out, args.overwrite or args.resume)
     started = time.perf_counter()
     receptor, ligands, box = _read_inputs(args.protein, args.ligand, args)
     if len(ligands) > 1:
-        return _run_screen(args, settings, receptor, ligands, box, out)
+        width = len(str(len(ligands)))
+        jobs = [(r.name, f"{i + 1:0{width}d}_{_safe_name(r.name)}",
+                 lambda r=r: (receptor, _one_ligand([r], args.ligand), box, args.protein, args.ligand))
+                for i, r in enumerate(ligands)]
+        print(f"{args.ligand}: {len(ligands)} molecules; each docked into {out}/<index>_<name>/, hit list in "
+              f"{out}/results.csv", file=sys.stderr)
+        failed = _dock_each(jobs, out, args, settings, best_poses=True)
+        print(f"{len(jobs) - failed}/{len(jobs)} molecules docked into {out}; ranked by score in {out}/results.csv "
+              f"and {out}/best_poses.sdf")
+        return 1 if failed else 0
+    if args.resume:
+        raise UserError("--resume continues a library screen or a --batch run; this ligand input holds one molecule")
     mol = _one_ligand(ligands, args.ligand)
     _note_repairs(mol, args.ligand)
     model, rescorer = _model(args), _rescorer(args)
@@ -244,38 +260,51 @@ def run_dock(args) -> int:
     return 0
 
 
-def _run_screen(args, settings, receptor, ligands: list, box, out: Path) -> int:
-    """A ligand file with several molecules: each docked into its own sub-folder with the run's seed (the same poses
-    as docking it alone), a hit list (results.csv, best_poses.sdf) rewritten after each one."""
+def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
+    """Dock each (name, folder, read) job into out/folder, read() giving (receptor, molecule, box, protein, ligand);
+    a job that fails is reported and skipped. With --resume a folder that holds this molecule docked with the same
+    settings and model is kept. The hit list is rewritten after every job. Returns the number of failed jobs."""
     from tqdm.auto import tqdm
 
-    from sciddiff.dock.output import HitList
+    from sciddiff.dock.output import HitList, check_out_dir
 
     model, rescorer = _model(args), _rescorer(args)
-    width = len(str(len(ligands)))
-    hits = HitList(out)
-    print(f"{args.ligand}: {len(ligands)} molecules; each docked into {out}/<index>_<name>/, hit list in "
-          f"{out}/results.csv", file=sys.stderr)
-    for i, rec in enumerate(tqdm(ligands, desc="molecules", disable=not sys.stderr.isatty())):
-        folder = f"{i + 1:0{width}d}_{_safe_name(rec.name)}"
+    hits = HitList(out, best_poses=best_poses)
+    for name, folder, read in tqdm(jobs, desc="docking", disable=not sys.stderr.isatty()):
         started = time.perf_counter()
         try:
-            if rec.mol is None:
-                raise UserError(rec.error)
-            _note_repairs(rec.mol, rec.name)
-            summary = _dock_one(receptor, rec.mol, box, args.protein, args.ligand, out / folder, args, model,
-                                rescorer, settings, rec.name, started, show_progress=False)
-        except UserError as err:  # e.g. no conformer embeds: the screen goes on
-            hits.add(rec.name, folder, error=str(err))
-            tqdm.write(f"{rec.name}: skipped: {err}", file=sys.stderr)
+            receptor, mol, box, protein, ligand = read()
+            if args.resume and (earlier := _earlier_result(out / folder, mol, settings, model)) is not None:
+                hits.add(name, folder, summary=earlier, mol=mol)
+                tqdm.write(f"{name}: kept from the earlier run", file=sys.stderr)
+                continue
+            check_out_dir(out / folder, args.overwrite or args.resume)
+            _note_repairs(mol, name)
+            summary = _dock_one(receptor, mol, box, protein, ligand, out / folder, args, model, rescorer, settings,
+                                name, started, show_progress=False)
+        except UserError as err:  # unreadable input, no conformer embeds ...: the run goes on
+            hits.add(name, folder, error=str(err))
+            tqdm.write(f"{name}: skipped: {err}", file=sys.stderr)
             continue
-        hits.add(rec.name, folder, summary=summary, mol=rec.mol)
-        tqdm.write(f"{rec.name}: rank 1 score {summary['poses'][0]['score']:.2f} "
-                   f"({summary['timings']['total']:.1f} s)", file=sys.stderr)
-    failed = sum(e is not None for e in hits.errors)
-    print(f"{len(ligands) - failed}/{len(ligands)} molecules docked into {out}; ranked by score in {out}/results.csv "
-          f"and {out}/best_poses.sdf")
-    return 1 if failed else 0
+        hits.add(name, folder, summary=summary, mol=mol)
+        tqdm.write(f"{name}: rank 1 score {summary['poses'][0]['score']:.2f} ({summary['timings']['total']:.1f} s)",
+                   file=sys.stderr)
+    return sum(e is not None for e in hits.errors)
+
+
+def _earlier_result(folder: Path, mol, settings, model) -> dict | None:
+    """The summary of an earlier run in `folder` if it docked this molecule with these settings and model."""
+    from sciddiff.dock.settings import settings_dict
+
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = (summary.get("smiles") == _smiles(mol)
+            and summary.get("settings") == json.loads(json.dumps(settings_dict(settings)))
+            and summary.get("model_version") == getattr(model, "version", "none (physics only)")
+            and all((folder / p["file"]).is_file() for p in summary.get("poses", [])))
+    return summary if same and summary.get("poses") else None
 
 
 def _safe_name(name: str) -> str:
@@ -283,7 +312,7 @@ def _safe_name(name: str) -> str:
 
 
 def _run_batch(args, settings) -> int:
-    from sciddiff.dock.output import HitList, check_out_dir
+    from sciddiff.dock.output import check_out_dir
 
     table = Path(args.batch)
     if not table.is_file():
@@ -300,33 +329,22 @@ def _run_batch(args, settings) -> int:
     if len(set(names)) != len(names) or any(not n or "/" in n or n == "results.csv" for n in names):
         raise UserError(f"{table}: names must be unique, non-empty, contain no '/' and not be results.csv")
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+    if out.exists() and not (args.overwrite or args.resume):
+        check_out_dir(out, overwrite=False)  # its one-line error
     check_output_path(out, folder=True)
-    model, rescorer = _model(args), _rescorer(args)
-    hits = HitList(out, best_poses=False)
-    base = table.parent
-    for row, name in zip(rows, names):
+
+    def read(row: dict) -> tuple:
         protein, ligand = _cell(row, "protein"), _cell(row, "ligand")
-        started = time.perf_counter()
-        try:
-            if not protein or not ligand:
-                raise UserError("empty protein or ligand cell")
-            protein = str(base / protein) if not Path(protein).is_absolute() else protein
-            lig_path = base / ligand
-            ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
-            check_out_dir(out / name, args.overwrite)
-            receptor, ligands, box = _read_inputs(protein, ligand, args)
-            mol = _one_ligand(ligands, ligand)
-            _note_repairs(mol, ligand)
-            s = _dock_one(receptor, mol, box, protein, ligand, out / name, args, model, rescorer, settings, name,
-                          started)
-            hits.add(name, name, summary=s, mol=mol)
-            print(f"{name}: rank 1 score {s['poses'][0]['score']:.2f} ({s['timings']['total']:.1f} s)")
-        except UserError as err:
-            hits.add(name, name, error=str(err))
-            print(f"{name}: skipped: {err}", file=sys.stderr)
-    failed = sum(e is not None for e in hits.errors)
+        if not protein or not ligand:
+            raise UserError("empty protein or ligand cell")
+        protein = str(table.parent / protein) if not Path(protein).is_absolute() else protein
+        lig_path = table.parent / ligand
+        ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
+        receptor, ligands, box = _read_inputs(protein, ligand, args)
+        return receptor, _one_ligand(ligands, ligand), box, protein, ligand
+
+    failed = _dock_each([(n, n, lambda r=r: read(r)) for r, n in zip(rows, names)], out, args, settings,
+                        best_poses=False)
     print(f"{len(rows) - failed}/{len(rows)} complexes docked into {out} (results.csv)")
     return 1 if failed else 0
 

@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} exists; pass --overwrite to replace it")
+        raise UserError(f"output folder {out} exists; pass --overwrite to replace it (or --resume to continue a "
+                        "library screen or --batch run)")
     return check_output_path(out, folder=True, replaced=True)
 
 
