@@ -197,7 +197,6 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
     from sciddiff.dock import io
     from sciddiff.dock.docking import dock
     from sciddiff.dock.output import atomic_dir, write_result
-    from sciddiff.dock.settings import settings_dict
 
     with atomic_dir(out) as tmp:
         result = dock(receptor, mol, box, model, settings, device=args.device,
@@ -206,13 +205,21 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
                 "ligand_repairs": io.ligand_repairs(mol),
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
-                "model_version": getattr(model, "version", "none (physics only)"), "settings": settings_dict(settings),
-                "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
-                else f"{settings.scoring} energy (inter + intra-ligand) after physics search",
+                **_how_docked(settings, model, rescorer),
                 "confidence": "learned P(RMSD < 2 A)" if rescorer is not None else
                 "search consensus: fraction of search chains ending within 2 A of the pose",
                 "score_units": "kcal/mol-like (Vina weights), lower is better"}
         return write_result(tmp, receptor, mol, result, meta, name)
+
+
+def _how_docked(settings, model, rescorer) -> dict:
+    """The summary.json entries that decide the poses: a --resume keeps a result only if they are the same."""
+    from sciddiff.dock.settings import settings_dict
+
+    return {"model_version": getattr(model, "version", "none (physics only)"),
+            "settings": json.loads(json.dumps(settings_dict(settings))),
+            "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
+            else f"{settings.scoring} energy (inter + intra-ligand) after physics search"}
 
 
 def _smiles(mol) -> str:
@@ -274,7 +281,7 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
         started = time.perf_counter()
         try:
             receptor, mol, box, protein, ligand = read()
-            if args.resume and (earlier := _earlier_result(out / folder, mol, settings, model)) is not None:
+            if args.resume and (earlier := _earlier_result(out / folder, mol, settings, model, rescorer)) is not None:
                 hits.add(name, folder, summary=earlier, mol=mol)
                 tqdm.write(f"{name}: kept from the earlier run", file=sys.stderr)
                 continue
@@ -292,19 +299,16 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
     return sum(e is not None for e in hits.errors)
 
 
-def _earlier_result(folder: Path, mol, settings, model) -> dict | None:
-    """The summary of an earlier run in `folder` if it docked this molecule with these settings and model."""
-    from sciddiff.dock.settings import settings_dict
-
+def _earlier_result(folder: Path, mol, settings, model, rescorer) -> dict | None:
+    """The summary of an earlier run in `folder` if it docked this molecule the same way (and its poses are there)."""
     try:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    same = (summary.get("smiles") == _smiles(mol)
-            and summary.get("settings") == json.loads(json.dumps(settings_dict(settings)))
-            and summary.get("model_version") == getattr(model, "version", "none (physics only)")
-            and all((folder / p["file"]).is_file() for p in summary.get("poses", [])))
-    return summary if same and summary.get("poses") else None
+    same = (summary.get("smiles") == _smiles(mol) and summary.get("poses")
+            and all(summary.get(k) == v for k, v in _how_docked(settings, model, rescorer).items())
+            and all((folder / p["file"]).is_file() for p in summary["poses"]))
+    return summary if same else None
 
 
 def _safe_name(name: str) -> str:
