@@ -364,7 +364,7 @@ def load_ligands(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS
                 raws, whats = [("", Chem.MolFromSmiles(smiles, sanitize=False))], [f"{path} (its SMILES remark)"]
             else:
                 raws = list(_raw_records(path, limit))
-                whats = [str(path) if i == 0 else f"{path} (molecule {i + 1})" for i in range(len(raws))]
+                whats = [f"{path} (molecule {i + 1})" if len(raws) > 1 else str(path) for i in range(len(raws))]
         if not raws:
             raise UserError(f"no molecule in {spec}")
         stem = path.name.split(".")[0] if path.is_file() else "ligand"
