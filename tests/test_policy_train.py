@@ -76,7 +76,7 @@ def test_init_takes_network_and_normalizers_from_the_checkpoint(tmp_path):
     data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
     common = ["--data", str(data), "--batch-size", "8", "--val-episodes", "0", "--threads", "1", "--device", "cpu"]
     train(build_parser().parse_args([*common, "--out", str(tmp_path / "a"), "--steps", "2", "--down-dims", "16,32",
-                                     "--cpu-weights", "int8"]))
+                                     "--cpu-weights", "int8", "--inference-steps", "5", "--ddim-eta", "1"]))
     first = load_policy(tmp_path / "a" / "policy.pt")
     # the model options given here (default widths) are ignored: the run continues the checkpoint's network
     train(build_parser().parse_args([*common, "--out", str(tmp_path / "b"), "--steps", "0",
@@ -84,6 +84,7 @@ def test_init_takes_network_and_normalizers_from_the_checkpoint(tmp_path):
     second = load_policy(tmp_path / "b" / "policy.pt")
     assert second.config.down_dims == (16, 32) and second.config.sampler == "ddim_trailing"
     assert first.config.cpu_weights == second.config.cpu_weights == "int8"  # inherited unless given
+    assert (second.config.num_inference_steps, second.config.ddim_eta) == (5, 1.0)
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
     with pytest.raises(UserError, match="expects state observations"):  # image data cannot continue a state policy

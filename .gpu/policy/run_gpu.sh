@@ -21,7 +21,8 @@ BUDGET=${POLICY_SECONDS:-400}
 WORK=$(mktemp -d /tmp/policy_gpu.XXXX)
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --sampler ddim_trailing --inference-steps 14 --ddim-eta 1 --cpu-weights int8 ${POLICY_EXTRA:-}"
+common="--max-seconds $BUDGET --checkpoint-every 60 --log-every ${POLICY_LOG_EVERY:-500} ${POLICY_COMPILE---compile} --val-episodes 4 --seed 0 --eval-every 2000 --cpu-weights int8 ${POLICY_EXTRA:-}"
+# runs from --init keep the shipped policy's inference settings; the run from scratch gets the shipped state ones
 STATE_DATA=${POLICY_STATE_DATA:-.gpu/policy/pusht_completed_state.npz}
 [ -f "$STATE_DATA" ] || STATE_DATA=.gpu/policy/pusht_state.npz
 IMAGE_DATA=${POLICY_IMAGE_DATA:-.gpu/policy/pusht_completed_image.npz}
@@ -29,7 +30,8 @@ IMAGE_DATA=${POLICY_IMAGE_DATA:-.gpu/policy/pusht_completed_image.npz}
 echo "state data: $STATE_DATA  image data: $IMAGE_DATA"
 # 1. state policy from scratch (the "one 10-minute GPU run"; its steps/s and samples/s are the throughput)
 python3 -m sciddiff.policy.train --data $STATE_DATA --obs-type state --out $WORK/policy_state \
-    --state $WORK/state_train.pt --batch-size 1024 $common ${POLICY_STATE_EXTRA:-} > $WORK/state.log 2>&1 &
+    --state $WORK/state_train.pt --batch-size 1024 $common --sampler ddim_trailing --inference-steps 20 --ddim-eta 1 \
+    ${POLICY_STATE_EXTRA:-} > $WORK/state.log 2>&1 &
 pid_state=$!
 # 2. the shipped (CPU-trained) state policy, fine-tuned at batch 1024 on the same data
 python3 -m sciddiff.policy.train --data $STATE_DATA --obs-type state --out $WORK/policy_state_ft \
@@ -42,7 +44,7 @@ pid_state_ft=$!
 python3 -m sciddiff.policy.train --data $IMAGE_DATA --obs-type image --out $WORK/policy_image \
     --state $WORK/image_train.pt --batch-size 512 --init data/policy/pusht_image.pt --lr 5e-5 --encoder-lr-scale 0 \
     --warmup-steps 200 \
-    $common --sampler ddim_trailing --inference-steps 10 > $WORK/image.log 2>&1 &
+    $common > $WORK/image.log 2>&1 &
 pid_image=$!
 wait $pid_state; rc_state=$?
 wait $pid_state_ft; rc_state_ft=$?

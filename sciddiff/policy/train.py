@@ -87,9 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--down-dims", default="64,128,256", help="U-Net widths per level, comma separated")
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
-    g.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default inference sampler stored in the policy")
-    g.add_argument("--inference-steps", type=int, default=8, help="default denoising steps at inference")
-    g.add_argument("--ddim-eta", type=float, default=0.0, help="sampler noise scale stored in the policy (DDIM, DPM-Solver++; 0 deterministic, 1 ancestral)")
+    g.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="default inference sampler stored in the policy (default: --init's, else ddim)")
+    g.add_argument("--inference-steps", type=int, default=None,
+                   help="default denoising steps at inference (default: --init's, else 8)")
+    g.add_argument("--ddim-eta", type=float, default=None,
+                   help="sampler noise scale stored in the policy (DDIM, DPM-Solver++; 0 deterministic, 1 ancestral; "
+                        "default: --init's, else 0)")
     g.add_argument("--cpu-weights", choices=CPU_WEIGHTS, default=None,
                    help="the frozen CPU U-Net's weights stored in the policy (default: --init's, else float32)")
     g.add_argument("--vision-channels", default="32,64,128", help="image encoder widths (image policy)")
@@ -222,7 +226,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     amp = not args.no_amp and device.type == "cuda"
-    if not 0.0 <= args.ddim_eta <= 1.0:
+    if args.ddim_eta is not None and not 0.0 <= args.ddim_eta <= 1.0:
         raise UserError("--ddim-eta must be in [0, 1]")
     seed_everything(args.seed)
     data_path = args.data or default_zarr()
@@ -238,7 +242,8 @@ def train(args: argparse.Namespace) -> dict:
     config = PolicyConfig(
         obs_type=args.obs_type, state_dim=arrays[OBS_KEYS[args.obs_type][-1]].shape[-1],
         action_dim=arrays["action"].shape[-1], down_dims=_ints(args.down_dims), prediction_type=args.prediction_type,
-        sampler=args.sampler, num_inference_steps=args.inference_steps, ddim_eta=args.ddim_eta,
+        sampler=args.sampler or "ddim", num_inference_steps=8 if args.inference_steps is None else args.inference_steps,
+        ddim_eta=args.ddim_eta or 0.0,
         vision_channels=_ints(args.vision_channels), cpu_weights=args.cpu_weights or "float32",
         extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
     if args.init:  # the network (and its normalizers) come from the checkpoint; the model options are ignored
@@ -248,9 +253,9 @@ def train(args: argparse.Namespace) -> dict:
         if {k: getattr(init.config, k) for k in data_shape} != data_shape:
             raise UserError(f"--init {args.init} expects {init.config.obs_type} observations of "
                             f"{init.config.state_dim} features and {init.config.action_dim} actions, not {data_shape}")
-        config = dataclasses.replace(init.config, sampler=args.sampler, num_inference_steps=args.inference_steps,
-                                     ddim_eta=args.ddim_eta,
-                                     cpu_weights=args.cpu_weights or init.config.cpu_weights,
+        given = {"sampler": args.sampler, "num_inference_steps": args.inference_steps, "ddim_eta": args.ddim_eta,
+                 "cpu_weights": args.cpu_weights}  # the inference settings not given stay the checkpoint's
+        config = dataclasses.replace(init.config, **{k: v for k, v in given.items() if v is not None},
                                      extra={**init.config.extra, **config.extra})
         policy = DiffusionPolicy(config)
         policy.load_state_dict(init.state_dict())
