@@ -265,6 +265,26 @@ def test_dock_eval_reports_success_rates(tmp_path):
     assert (tmp_path / "ev" / "results.csv").read_text().startswith("complex,")
 
 
+def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):
+    folder = tmp_path / "data" / "set" / "1uou"
+    folder.mkdir(parents=True)
+    shutil.copy(PROTEIN, folder / "1uou_protein.pdb.gz")
+    shutil.copy(LIGAND, folder / "1uou_ligand.sdf")
+    split = tmp_path / "split.txt"
+    split.write_text("set/1uou\nset/missing\n")
+    run = ["dock-eval", "--data", str(tmp_path / "data"), "--split", str(split), "--autobox", "--out",
+           str(tmp_path / "ev"), *FAST, "--model", "none"]
+    assert main(run) == 1  # the missing complex counts as a miss
+    full = (tmp_path / "ev" / "results.csv").read_text().splitlines()
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    (tmp_path / "ev" / "results.csv").write_text("\n".join(full[:2]) + "\n")  # stopped after the first complex
+    (tmp_path / "ev" / "summary.json").unlink()
+    assert main([*run, "--resume"]) == 1
+    assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full  # 1uou kept (its seconds too)
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text()) == summary
+    assert main([*run, "--resume", "--mc-rounds", "3"]) == 2 and "settings differ" in capsys.readouterr().err
+
+
 def test_idle_threads_follows_the_load(monkeypatch):
     from sciddiff import cli
 

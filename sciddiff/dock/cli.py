@@ -96,6 +96,9 @@ def register(subparsers) -> None:
     e.add_argument("--offset", type=int, default=0, help="start at this index of the split (default 0)")
     e.add_argument("--out", required=True, help="folder for results.csv and summary.json")
     e.add_argument("--no-posebusters", action="store_true", help="skip the PoseBusters checks")
+    e.add_argument("--resume", action="store_true",
+                   help="continue an interrupted evaluation in --out: complexes already in its results.csv are kept "
+                        "(refused if it ran with other options)")
     _add_common(e)
     e.set_defaults(func=run_eval)
 

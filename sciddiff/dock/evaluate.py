@@ -47,7 +47,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     from sciddiff.dock.docking import dock
     from sciddiff.dock.settings import settings_dict
     from sciddiff.dock.ligand import symmetric_rmsd
-    from sciddiff.dock.output import atomic_file_text
+    from sciddiff.dock.output import atomic_csv, atomic_file_text
     from sciddiff.train.log import progress
 
     root = Path(args.data) if args.data else default_data_root()
@@ -61,8 +61,17 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         raise UserError(f"no complexes in {split}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    run = {"data": str(root.resolve()), "box": f"crystal ligand + {args.autobox_add:g} A" if args.autobox else "blind",
+           "posebusters": not args.no_posebusters, "model_version": getattr(model, "version", "none (physics only)"),
+           "rescorer": None if rescorer is None else rescorer.version, "ranking": settings.ranking,
+           "settings": json.loads(json.dumps(settings_dict(settings)))}
+    done = _earlier_rows(out, run) if args.resume else {}
+    atomic_file_text(out / "run.json", json.dumps(run, indent=1))
     rows = []
     for cid in progress(ids, desc="dock-eval"):
+        if cid in done:  # --resume: docked by the interrupted run
+            rows.append(done[cid])
+            continue
         protein, ligand = complex_files(root, cid)
         row = {"complex": cid, "rmsd_top1": math.inf, "rmsd_top5": math.inf, "pb_valid": False, "pb_failed": "",
                "score_top1": math.nan, "confidence_top1": math.nan, "seconds": math.nan, "error": ""}
@@ -98,7 +107,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
             row["error"] = str(err)
             tqdm.write(f"{cid}: failed, counted as a miss: {err}", file=sys.stderr)
         rows.append(row)
-        _write_csv(out / "results.csv", rows)
+        atomic_csv(out / "results.csv", rows)
     summary = {"n": len(rows), "mode": f"box (crystal ligand + {args.autobox_add:.1f} A)" if args.autobox else "blind"}
     for suffix in ("", "_energy", "_learned") if rescorer is not None else ("",):
         summary.update(success_rates(rows, suffix, args.no_posebusters))
@@ -145,13 +154,27 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    from sciddiff.dock.output import atomic_file_text
-    import io as _io
+def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:
+    """The rows of an interrupted evaluation in `out` (results.csv), by complex, if it ran the same way (run.json)."""
+    try:
+        earlier = json.loads((out / "run.json").read_text())
+        with open(out / "results.csv", newline="") as fh:
+            table = list(csv.DictReader(fh))
+    except (OSError, ValueError):
+        return {}
+    if earlier != run:
+        changed = sorted(k for k in run.keys() | earlier.keys() if run.get(k) != earlier.get(k))
+        raise UserError(f"{out} holds an evaluation run another way ({', '.join(changed)} differ); --resume needs "
+                        "the same options, or use another --out")
+    return {row["complex"]: {k: _csv_value(k, v) for k, v in row.items() if v != "" or _is_text(k)} for row in table}
 
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_file_text(path, buf.getvalue())
+
+def _is_text(column: str) -> bool:
+    return column in ("complex", "error", "all_rmsd") or column.startswith("pb_failed")
+
+
+def _csv_value(column: str, value: str):
+    """A results.csv cell back as the row held it: text, a pb_valid* boolean, else a number (inf, nan included)."""
+    if _is_text(column):
+        return value
+    return value == "True" if column.startswith("pb_valid") else float(value)

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from rdkit import Chem
 
@@ -70,6 +70,16 @@ def write_result(folder: Path, receptor: Receptor, mol: Chem.Mol, result: DockRe
     return summary
 
 
+def atomic_csv(path: str | os.PathLike, rows: list[dict], columns: Iterable[str] | None = None) -> None:
+    """Write rows as a CSV file atomically; columns default to every key in order of first appearance ('' where a
+    row has none)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(columns or dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_file_text(path, text.getvalue())
+
+
 def atomic_file_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (temporary sibling + rename)."""
     from sciddiff.train.checkpoint import atomic_file
@@ -112,11 +122,7 @@ class HitList:
     def _write(self) -> None:
         ranked = sorted(self.rows, key=lambda r: (r["error"] != "", r["score"] if r["score"] != "" else 0.0))
         self.out.mkdir(parents=True, exist_ok=True)
-        text = io.StringIO()
-        writer = csv.DictWriter(text, self.COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(ranked)
-        atomic_file_text(self.out / "results.csv", text.getvalue())
+        atomic_csv(self.out / "results.csv", ranked, self.COLUMNS)
         if self.best_poses:
             atomic_file_text(self.out / "best_poses.sdf", "".join(self.poses[r["folder"]] for r in ranked
                                                                     if r["folder"] in self.poses))
