@@ -146,6 +146,8 @@ def test_a_library_docks_each_molecule_as_alone_and_ranks_them(tmp_path, capsys)
     assert [r["folder"] for r in rows[:2]] == sorted(["1_salicylic_acid", "3_lib_3"],
                                                      key=lambda f: float(json.loads((screen / f / "summary.json").read_text())["poses"][0]["score"]))
     assert rows[2]["folder"] == "2_lib_2" and rows[2]["error"] and rows[2]["score"] == ""
+    assert float(rows[0]["ligand_efficiency"]) == pytest.approx(-float(rows[0]["score"]) / int(rows[0]["heavy_atoms"]),
+                                                               abs=1e-4)
     best = [m for m in Chem.SDMolSupplier(str(screen / "best_poses.sdf"))]
     assert [float(m.GetProp("score")) for m in best] == [float(r["score"]) for r in rows[:2]]
     # a molecule of the library gets the poses it gets alone (same seed)

@@ -90,12 +90,12 @@ def atomic_file_text(path: str | os.PathLike, text: str) -> None:
 
 class HitList:
     """The hit list of a screen or a --batch run: `results.csv`, one row per molecule, docked ones by rank-1 score
-    (best first), then the skipped ones with their error; with `best_poses`, `best_poses.sdf` holds each docked
+    (best first; ligand efficiency = -score / heavy atoms), then the skipped ones with their error; with `best_poses`, `best_poses.sdf` holds each docked
     molecule's rank-1 pose in the same order. Both are rewritten atomically after every molecule, so an interrupted
     run leaves a consistent list of what it finished."""
 
-    COLUMNS = ("name", "folder", "score", "confidence", "energy", "heavy_atoms", "torsions", "seconds", "smiles",
-               "error")
+    COLUMNS = ("name", "folder", "score", "ligand_efficiency", "confidence", "energy", "heavy_atoms", "torsions",
+               "seconds", "smiles", "error")
 
     def __init__(self, out: str | os.PathLike, best_poses: bool = True):
         self.out, self.best_poses = Path(out), best_poses
@@ -111,7 +111,8 @@ class HitList:
         row = dict.fromkeys(self.COLUMNS, "") | {"name": name, "folder": folder, "error": error or ""}
         if summary is not None:
             best = summary["poses"][0]
-            row |= {"score": best["score"], "confidence": best["confidence"], "energy": best["energy"],
+            row |= {"score": best["score"], "ligand_efficiency": round(-best["score"] / mol.GetNumAtoms(), 4),
+                    "confidence": best["confidence"], "energy": best["energy"],
                     "heavy_atoms": mol.GetNumAtoms(), "torsions": summary["n_torsions"],
                     "seconds": round(summary["timings"]["total"], 1), "smiles": summary["smiles"]}
             if self.best_poses:
