@@ -172,3 +172,24 @@ def test_cli_train_reports_bad_data_in_one_line(tmp_path, capsys):
     assert main(["policy", "train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "none.zarr"),
                  "--steps", "1"]) == 2
     assert capsys.readouterr().err.strip() == f"sciddiff policy: error: no dataset at {tmp_path / 'none.zarr'}"
+
+
+def test_average_of_two_fine_tunes_is_their_midpoint(tmp_path, capsys):
+    from sciddiff.policy.average import main as average
+
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    common = ["--data", str(data), "--batch-size", "8", "--val-episodes", "0", "--threads", "1", "--device", "cpu"]
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "a"), "--steps", "2", "--down-dims", "16,32",
+                                     "--ddim-eta", "1"]))
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "b"), "--steps", "3", "--lr", "1e-2",
+                                     "--init", str(tmp_path / "a" / "policy.pt")]))
+    paths = [str(tmp_path / d / "policy.pt") for d in "ab"]
+    assert average([*paths, "--out", str(tmp_path / "soup.pt")]) == 0
+    a, b, soup = (load_policy(p) for p in [*paths, tmp_path / "soup.pt"])
+    key = next(k for k in a.state_dict() if k.startswith("unet.") and not torch.equal(a.state_dict()[k], b.state_dict()[k]))
+    mid = (a.state_dict()[key] + b.state_dict()[key]) / 2
+    assert torch.allclose(soup.state_dict()[key], mid, atol=2e-3)  # fp16 storage
+    assert soup.config.ddim_eta == 1.0 and soup.meta["average_of"] == paths
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "c"), "--steps", "1", "--down-dims", "8,16"]))
+    assert average([paths[0], str(tmp_path / "c" / "policy.pt"), "--out", str(tmp_path / "bad.pt")]) == 2
+    assert "not the same network" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()

@@ -15,14 +15,14 @@ from sciddiff.policy.policy import DiffusionPolicy, PolicyConfig
 from sciddiff.train.checkpoint import atomic_file, load_checkpoint, save_checkpoint
 
 FORMAT = "sciddiff.policy/1"
-_NETWORK_PREFIXES = ("unet.", "encoder.")
+NETWORK_PREFIXES = ("unet.", "encoder.")
 
 
 def policy_state_dict(policy: DiffusionPolicy, half: bool = True) -> dict[str, torch.Tensor]:
     state = {}
     for k, v in policy.state_dict().items():
         v = v.detach().cpu()
-        if half and k.startswith(_NETWORK_PREFIXES) and v.dtype == torch.float32:
+        if half and k.startswith(NETWORK_PREFIXES) and v.dtype == torch.float32:
             v = v.half()
         state[k] = v.clone()
     return state
