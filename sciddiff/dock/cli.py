@@ -170,7 +170,8 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
 
     receptor = io.load_receptor(protein)
     ligands = io.load_ligands(ligand)
-    if len(ligands) > 1 and all(r.mol is not None for r in ligands) and len({_smiles(r.mol) for r in ligands}) == 1:
+    first = _smiles(ligands[0].mol) if ligands[0].mol is not None else None
+    if len(ligands) > 1 and all(r.mol is not None and _smiles(r.mol) == first for r in ligands[1:]):
         # conformers of one ligand (what conformer generators write): docking starts from fresh conformers anyway
         print(f"note: {ligand}: {len(ligands)} records of the same molecule, docked once (input coordinates are not "
               "used)", file=sys.stderr)
@@ -299,7 +300,7 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
         hits.add(name, folder, summary=summary, mol=mol)
         tqdm.write(f"{name}: rank 1 score {summary['poses'][0]['score']:.2f} ({summary['timings']['total']:.1f} s)",
                    file=sys.stderr)
-    return sum(e is not None for e in hits.errors)
+    return hits.failed
 
 
 def _earlier_result(folder: Path, mol, settings, model, rescorer) -> dict | None:

@@ -90,9 +90,9 @@ def atomic_file_text(path: str | os.PathLike, text: str) -> None:
 
 class HitList:
     """The hit list of a screen or a --batch run: `results.csv`, one row per molecule, docked ones by rank-1 score
-    (best first; ligand efficiency = -score / heavy atoms), then the skipped ones with their error; with `best_poses`, `best_poses.sdf` holds each docked
-    molecule's rank-1 pose in the same order. Both are rewritten atomically after every molecule, so an interrupted
-    run leaves a consistent list of what it finished."""
+    (best first; ligand efficiency = -score / heavy atoms), then the skipped ones with their error; with
+    `best_poses`, `best_poses.sdf` holds each docked molecule's rank-1 pose in the same order. Both are rewritten
+    atomically after every molecule, so an interrupted run leaves a consistent list of what it finished."""
 
     COLUMNS = ("name", "folder", "score", "ligand_efficiency", "confidence", "energy", "heavy_atoms", "torsions",
                "seconds", "smiles", "error")
@@ -103,8 +103,8 @@ class HitList:
         self.poses: dict[str, str] = {}  # folder -> its rank1.sdf record
 
     @property
-    def errors(self) -> list[str | None]:
-        return [row["error"] or None for row in self.rows]
+    def failed(self) -> int:
+        return sum(row["error"] != "" for row in self.rows)
 
     def add(self, name: str, folder: str, summary: dict | None = None, mol: Chem.Mol | None = None,
             error: str | None = None) -> None:
