@@ -404,3 +404,13 @@ def test_complex_files_take_plain_or_gzipped_files(tmp_path):
             (tmp_path / cid / name).write_text("")
         assert complex_files(tmp_path, cid) == tuple(str(tmp_path / cid / name) for name in files)
     assert complex_files(tmp_path, "set/none")[0].endswith("none_protein.pdb.gz")  # reported as not found
+
+
+def test_a_c_alpha_trace_is_docked_with_a_warning(tmp_path, capsys):
+    lines = gzip.open(PROTEIN, "rt").read().splitlines()
+    ca = [ln for ln in lines if ln.startswith("ATOM") and ln[12:16].strip() == "CA"]
+    (tmp_path / "ca.pdb").write_text("\n".join(ca) + "\nEND\n")
+    code = main(["dock-score", "--protein", str(tmp_path / "ca.pdb"), "--ligand", LIGAND])
+    assert code == 0 and "100% of its residues have only a C-alpha atom" in capsys.readouterr().err
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", LIGAND]) == 0
+    assert "C-alpha" not in capsys.readouterr().err  # an all-atom protein gets no warning

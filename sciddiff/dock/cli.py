@@ -169,6 +169,7 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
     from sciddiff.dock import io
 
     receptor = io.load_receptor(protein)
+    _note_receptor(receptor, protein)
     ligands = io.load_ligands(ligand)
     first = _smiles(ligands[0].mol) if ligands[0].mol is not None else None
     if len(ligands) > 1 and all(r.mol is not None and _smiles(r.mol) == first for r in ligands[1:]):
@@ -187,6 +188,13 @@ def _one_ligand(ligands: list, ligand: str):
     if ligands[0].mol is None:
         raise UserError(ligands[0].error)
     return ligands[0].mol
+
+
+def _note_receptor(receptor, protein: str) -> None:
+    from sciddiff.dock import io
+
+    if note := io.receptor_note(receptor):
+        print(f"warning: protein {protein}: {note}", file=sys.stderr)
 
 
 def _note_repairs(mol, what: str) -> None:
@@ -388,6 +396,7 @@ def run_score(args) -> int:
         if path is not None:
             check_output_path(path)
     receptor, poses = io.load_receptor(args.protein), io.load_poses(args.ligand)
+    _note_receptor(receptor, args.protein)
     for i, mol in enumerate(poses):
         _note_repairs(mol, f"{args.ligand} (molecule {i + 1})")
     from sciddiff.dock.pose_scoring import score_pose  # torch: imported once the inputs have passed their checks

@@ -212,6 +212,17 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
     )
 
 
+def receptor_note(receptor: Receptor) -> str | None:
+    """A warning for a receptor the energy cannot score properly: mostly C-alpha-only residues (a coarse-grained
+    model or a trace), where contacts, H-bonds and clashes with the missing atoms go uncounted."""
+    atoms = np.bincount(receptor.atom_res[receptor.atom_res >= 0], minlength=len(receptor.res_ca))
+    ca_only = float(np.mean(atoms == 1))
+    if ca_only > 0.5:
+        return (f"{ca_only:.0%} of its residues have only a C-alpha atom; the energy needs every heavy atom, so "
+                "scores and poses are not reliable (give an all-atom model)")
+    return None
+
+
 # ----------------------------------------------------------------------------------------------------- ligand
 def _sd_records(text: str, sanitize: bool = False) -> Iterator[Chem.Mol | None]:
     """The molecules of an SD file's text, hydrogens kept (None for a record RDKit cannot parse)."""
