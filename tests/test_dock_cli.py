@@ -285,6 +285,8 @@ def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):
     assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full  # 1uou kept (its seconds too)
     assert json.loads((tmp_path / "ev" / "summary.json").read_text()) == summary
     assert main([*run, "--resume", "--mc-rounds", "3"]) == 2 and "settings differ" in capsys.readouterr().err
+    assert main(run) == 2 and "holds an evaluation" in capsys.readouterr().err  # never rewritten by accident
+    assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full
 
 
 def test_idle_threads_follows_the_load(monkeypatch):

@@ -99,6 +99,7 @@ def register(subparsers) -> None:
     e.add_argument("--resume", action="store_true",
                    help="continue an interrupted evaluation in --out: complexes already in its results.csv are kept "
                         "(refused if it ran with other options)")
+    e.add_argument("--overwrite", action="store_true", help="start again in an --out that holds an evaluation")
     _add_common(e)
     e.set_defaults(func=run_eval)
 
@@ -373,6 +374,8 @@ def run_eval(args) -> int:
     from sciddiff.dock.evaluate import evaluate
 
     settings = _settings(args)
+    if args.resume and args.overwrite:
+        raise UserError("give --resume or --overwrite, not both")
     for low, names in ((1, ("every", "limit")), (0, ("offset",))):
         if bad := options_below(args, low, *names):
             raise UserError(f"{bad[0]} must be >= {low}")

@@ -60,6 +60,9 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     if not ids:
         raise UserError(f"no complexes in {split}")
     out = Path(args.out)
+    if (out / "results.csv").exists() and not (args.resume or args.overwrite):
+        raise UserError(f"{out} holds an evaluation (results.csv): give --resume to continue it, --overwrite to start "
+                        "again, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     run = {"data": str(root.resolve()), "box": f"crystal ligand + {args.autobox_add:g} A" if args.autobox else "blind",
            "posebusters": not args.no_posebusters, "model_version": getattr(model, "version", "none (physics only)"),
