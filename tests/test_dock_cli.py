@@ -286,6 +286,7 @@ def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):
     assert json.loads((tmp_path / "ev" / "summary.json").read_text()) == summary
     assert main([*run, "--resume", "--mc-rounds", "3"]) == 2 and "settings differ" in capsys.readouterr().err
     assert main(run) == 2 and "holds an evaluation" in capsys.readouterr().err  # never rewritten by accident
+    assert main([*run, "--resume", "--overwrite"]) == 2 and "not both" in capsys.readouterr().err
     assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full
 
 
@@ -408,7 +409,7 @@ def test_complex_files_take_plain_or_gzipped_files(tmp_path):
     assert complex_files(tmp_path, "set/none")[0].endswith("none_protein.pdb.gz")  # reported as not found
 
 
-def test_a_c_alpha_trace_is_docked_with_a_warning(tmp_path, capsys):
+def test_a_c_alpha_trace_gets_a_warning(tmp_path, capsys):
     lines = gzip.open(PROTEIN, "rt").read().splitlines()
     ca = [ln for ln in lines if ln.startswith("ATOM") and ln[12:16].strip() == "CA"]
     (tmp_path / "ca.pdb").write_text("\n".join(ca) + "\nEND\n")
