@@ -9,7 +9,8 @@ Run directory (`--out`): `policy.pt` + `policy.json` (EMA weights in fp16, confi
 `log.csv` (step, time, loss, lr, throughput, val loss, rollout scores) and, unless `--state` moves it, `train_state.pt`
 (model, EMA, optimizer, RNG, step, elapsed time). Re-running the same command resumes from `train_state.pt`.
 Learning rate: linear warm-up, then cosine decay to 0 over `--steps`, or over `--schedule-seconds` of training time when
-no step count is given (so a run bounded by `--max-seconds` still completes its schedule).
+no step count is given (so a run bounded by `--max-seconds` still completes its schedule; a re-run after the schedule
+is complete stops at once instead of training at learning rate 0).
 
 GPU (no gymnasium/zarr needed there; data prepared here with `sciddiff policy prepare`):
     python3 -m sciddiff.policy.train --data .gpu/policy/pusht_state.npz --obs-type state --out $OUT/state \
@@ -341,7 +342,8 @@ def train(args: argparse.Namespace) -> dict:
     try:
         while True:
             if (args.steps is not None and step >= args.steps) or \
-                    (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds):
+                    (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds) or \
+                    (args.steps is None and trained_seconds() >= schedule_seconds):  # a resumed run whose LR is spent
                 break
             frac = step / args.steps if args.steps else trained_seconds() / schedule_seconds
             for group in optimizer.param_groups:
