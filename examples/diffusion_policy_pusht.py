@@ -3,6 +3,7 @@
     python examples/diffusion_policy_pusht.py                      # shipped state policy, 5 episodes, writes a GIF
     python examples/diffusion_policy_pusht.py --episodes 100 --seed 0 --metrics-json out/policy/metrics.json
     python examples/diffusion_policy_pusht.py --obs-type image     # the image (96x96 pixels) policy
+    python examples/diffusion_policy_pusht.py --inference-steps 40  # more denoising steps: higher reward, 2x the time
     python examples/diffusion_policy_pusht.py --train              # train from the zarr demos first (CPU: slow)
 
 Metrics, per episode then averaged: max coverage of the goal; max reward = min(coverage / 0.95, 1) (the paper's and
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-json", type=Path, default=None, help="write the metrics JSON here")
     parser.add_argument("--obs-type", choices=("state", "image"), default="state", help="which policy")
     parser.add_argument("--checkpoint", type=Path, default=None, help="policy file (default: shipped in data/policy)")
+    parser.add_argument("--inference-steps", type=int, default=None, metavar="K",
+                        help="denoising steps (default: the policy's, 20): 40 finishes more pushes at twice the chunk time")
     parser.add_argument("--gif", type=Path, default=Path("out/policy/pusht_rollout.gif"),
                         help="GIF of the first episode (default out/policy/pusht_rollout.gif)")
     parser.add_argument("--train", action="store_true",
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.episodes < 1:
             raise UserError("--episodes must be at least 1")
+        if args.inference_steps is not None and args.inference_steps < 1:
+            raise UserError("--inference-steps must be at least 1")
         if args.train and args.train_seconds <= 0:
             raise UserError("--train-seconds must be positive")
         check_output_path(args.gif, option="--gif")
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--batch-size", "64", "--lr", "2e-4", "--seed", str(args.seed)])
             checkpoint = Path(train(train_args)["policy"])
         policy = load_checkpoint_or_fail(checkpoint)
-        metrics = evaluate_pusht(policy, args.episodes, args.seed, gif_path=args.gif)
+        metrics = evaluate_pusht(policy, args.episodes, args.seed, gif_path=args.gif, steps=args.inference_steps)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

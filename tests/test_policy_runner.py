@@ -120,12 +120,13 @@ def _run(args, **kw):
 def test_example_writes_metrics_json(tmp_path, tiny_checkpoint):
     out = tmp_path / "m.json"
     proc = _run(["examples/diffusion_policy_pusht.py", "--episodes", "2", "--seed", "7", "--metrics-json", str(out),
-                 "--checkpoint", str(tiny_checkpoint), "--gif", str(tmp_path / "r.gif")])
+                 "--checkpoint", str(tiny_checkpoint), "--gif", str(tmp_path / "r.gif"), "--inference-steps", "3"])
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text())
     keys = {"mean_max_reward", "mean_max_coverage", "success_rate", "episodes", "seconds_per_action_chunk"}
     assert keys <= set(metrics)
     assert metrics["episodes"] == 2 and 0 < metrics["seconds_per_action_chunk"] < 5
+    assert metrics["inference_steps"] == 3  # the checkpoint's own is 2
     assert "mean max coverage" in proc.stdout and (tmp_path / "r.gif").exists()
 
 
