@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from sciddiff.cli import UserError, check_output_path
+from sciddiff.cli import UserError, check_output_path, options_below
 from sciddiff.policy.cli import SHIPPED, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
 from sciddiff.train.checkpoint import atomic_file
@@ -41,10 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-out", type=Path, default=Path("runs/policy/example"), help="run directory of --train")
     args = parser.parse_args(argv)
     try:
-        if args.episodes < 1:
-            raise UserError("--episodes must be at least 1")
-        if args.inference_steps is not None and args.inference_steps < 1:
-            raise UserError("--inference-steps must be at least 1")
+        if bad := options_below(args, 1, "episodes", "inference_steps"):
+            raise UserError(f"{bad[0]} must be at least 1")
         if args.train and args.train_seconds <= 0:
             raise UserError("--train-seconds must be positive")
         check_output_path(args.gif, option="--gif")
