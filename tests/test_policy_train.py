@@ -204,3 +204,30 @@ def test_average_of_two_fine_tunes_is_their_midpoint(tmp_path, capsys):
     train(build_parser().parse_args([*common, "--out", str(tmp_path / "c"), "--steps", "1", "--down-dims", "8,16"]))
     assert average([paths[0], str(tmp_path / "c" / "policy.pt"), "--out", str(tmp_path / "bad.pt")]) == 2
     assert "not the same network" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+
+
+def test_distillation_starts_from_the_teacher_and_keeps_its_sampler(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    common = ["--data", str(data), "--batch-size", "8", "--val-episodes", "0", "--threads", "1", "--device", "cpu"]
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "t"), "--steps", "20", "--lr", "3e-3",
+                                     "--down-dims", "16,32", "--sampler", "ddim_trailing", "--inference-steps", "8",
+                                     "--ddim-eta", "1"]))
+    teacher_path = str(tmp_path / "t" / "policy.pt")
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "s"), "--steps", "10", "--lr", "1e-3",
+                                     "--log-every", "5", "--distill-from", teacher_path, "--inference-steps", "4"]))
+    teacher, student = load_policy(teacher_path), load_policy(tmp_path / "s" / "policy.pt")
+    assert student.config.down_dims == (16, 32) and student.config.num_inference_steps == 4
+    assert (student.config.sampler, student.config.ddim_eta) == ("ddim_trailing", 1.0)
+    assert all(np.isfinite(float(r["loss"])) for r in _rows(tmp_path / "s" / "log.csv"))
+    assert not torch.equal(student.state_dict()["unet.final.1.weight"], teacher.state_dict()["unet.final.1.weight"])
+    assert torch.equal(student.state_dict()["action_normalizer.high"], teacher.state_dict()["action_normalizer.high"])
+    assert f"--distill-from {teacher_path}" in student.meta["command"]
+    with pytest.raises(UserError, match="--inference-steps"):
+        train(build_parser().parse_args([*common, "--out", str(tmp_path / "x"), "--steps", "1",
+                                         "--distill-from", teacher_path]))
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "lead"), "--steps", "1", "--down-dims", "16,32",
+                                     "--sampler", "ddim"]))
+    with pytest.raises(UserError, match="does not contain"):  # leading grids: 0, 12, ..., 84 vs 0, 25, 50, 75
+        train(build_parser().parse_args([*common, "--out", str(tmp_path / "x"), "--steps", "1", "--distill-from",
+                                         str(tmp_path / "lead" / "policy.pt"), "--inference-steps", "4"]))
+    assert not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ from . import ddpm, ema, flow, losses, parameterization, samplers, schedules, sd
 from .ddpm import DiscreteSchedule
 from .ema import EMA
 from .flow import flow_matching_loss, interpolate, sample_flow
-from .losses import ddpm_loss, dsm_loss, sde_dsm_loss
+from .losses import ddim_distillation_loss, ddpm_loss, dsm_loss, sde_dsm_loss
 from .samplers import (classifier_free_guidance, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_pf_ode, sample_reverse_sde,
                        sample_sde)
 from .schedules import betas, geometric_sigma, karras_sigmas
@@ -20,7 +20,7 @@ from .torus import sample_wrapped_normal, wrapped_normal_score, wrapped_normal_s
 
 __all__ = [
     "ddpm", "ema", "EMA", "flow", "losses", "parameterization", "samplers", "schedules", "sde", "so3", "spaces", "torus",
-    "DiscreteSchedule", "flow_matching_loss", "interpolate", "sample_flow", "ddpm_loss", "dsm_loss", "sde_dsm_loss",
+    "DiscreteSchedule", "flow_matching_loss", "interpolate", "sample_flow", "ddpm_loss", "ddim_distillation_loss", "dsm_loss", "sde_dsm_loss",
     "classifier_free_guidance", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_pf_ode", "sample_reverse_sde",
     "sample_sde", "betas", "geometric_sigma", "karras_sigmas", "DDPMChain", "SubVPSDE", "VESDE", "VPSDE", "igso3_score",
     "igso3_score_norm", "sample_igso3", "SO3", "Euclidean", "Product", "Space", "Torus", "sample_wrapped_normal",

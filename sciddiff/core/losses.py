@@ -1,6 +1,8 @@
 """Training losses, each a few lines with its weighting explicit.
 
 - ``ddpm_loss``: the discrete chain, t ~ U{0..T-1}, MSE on the network's ``prediction_type`` target (Ho et al. 2020).
+- ``ddim_distillation_loss``: progressive distillation (Salimans & Ho 2022): one student DDIM step regresses onto two
+  teacher steps, MSE on the student's ``prediction_type`` target (the teacher's own weighting).
 - ``sde_dsm_loss``: continuous score SDEs on R^n, t ~ U(eps, T), weighting lambda(t) = std(t)^2 (Song et al. 2021).
 - ``dsm_loss``: VE denoising score matching on any ``Space``, weighting lambda(sigma) = 1 / E|score|^2 per component, so every
   component (translation in A, rotation, torsions) contributes O(1) whatever its sigma (DiffDock's normalisation).
@@ -13,11 +15,11 @@ import torch
 from torch import Tensor
 
 from .ddpm import DiscreteSchedule
-from .parameterization import target_for
+from .parameterization import broadcast_to_batch, target_for, to_eps, to_x0
 from .sde import SDE
 from .spaces import Point, Sigma, Space
 
-__all__ = ["ddpm_loss", "sde_dsm_loss", "dsm_loss"]
+__all__ = ["ddpm_loss", "ddim_distillation_loss", "sde_dsm_loss", "dsm_loss"]
 
 
 def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, prediction_type: str = "epsilon",
@@ -27,6 +29,65 @@ def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, predictio
     alpha, sigma = schedule.alpha_sigma(t, x0)
     out = model(alpha * x0 + sigma * eps, t, **cond)
     return (out.float() - target_for(prediction_type, x0, eps, alpha, sigma).float()).pow(2).mean()
+
+
+def _ddim_coefficients(abar: Tensor, abar_next: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """float64 (alpha, c, std) of a DDIM step t -> t_next: x_next = alpha_next x0 + c eps + std z (as ``sample_ddim``)."""
+    std = eta * ((1 - abar_next) / (1 - abar) * (1 - abar / abar_next)).sqrt()
+    return abar.sqrt(), (1 - abar_next - std**2).clamp_min(0).sqrt(), std
+
+
+def ddim_distillation_loss(student: Callable, teacher: Callable, x0: Tensor, schedule: DiscreteSchedule,
+                           timesteps: list[int], prediction_type: str = "epsilon", eta: float = 0.0,
+                           clip_sample: float | None = None, generator: torch.Generator | None = None,
+                           teacher_cond: dict | None = None, **cond) -> Tensor:
+    """Progressive distillation (Salimans & Ho 2022) of the DDIM sampler on the grid ``timesteps`` (the teacher's,
+    largest first, an even number; the student walks every other point, then clean data). For x_t = alpha x0 + sigma
+    eps at a student point t, the teacher takes two steps t -> t' -> t''; the target is the clean-data prediction
+    that lands one student step on the same point, x0~ = (x_t'' - (c''/sigma) x_t) / (alpha'' - c'' alpha / sigma).
+    With eta > 0 the regression learns the mean of the teacher's two-step transition: its first step draws noise z
+    and -z (antithetic: the part of the target linear in z cancels), its second is taken to its mean, and the target
+    is their average; the student's step adds its own noise at sampling time. ``teacher_cond``: the teacher's
+    keyword arguments where they differ from the student's ``cond`` (e.g. features of its own encoder)."""
+    if len(timesteps) % 2:
+        raise ValueError(f"the teacher's grid needs an even number of steps, got {len(timesteps)}")
+    grid = torch.tensor([*timesteps, -1], device=x0.device)
+    k = 2 * torch.randint(0, len(timesteps) // 2, (x0.shape[0],), device=x0.device, generator=generator)
+    t, t_mid, t_next = grid[k], grid[k + 1], grid[k + 2]
+
+    def abar(s: Tensor) -> Tensor:  # float64; s = -1 is clean data
+        return torch.where(s >= 0, schedule.alphas_cumprod[s.clamp_min(0)], torch.ones_like(schedule.alphas_cumprod[0]))
+
+    def cast(v: Tensor) -> Tensor:
+        return broadcast_to_batch(v, x0)
+
+    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    alpha, sigma = abar(t).sqrt(), (1 - abar(t)).sqrt()
+    x_t = cast(alpha) * x0 + cast(sigma) * eps
+
+    def teacher_mean_step(x, s, s_next, **cond) -> tuple[Tensor, Tensor]:  # (mean of x_next, std of its noise)
+        a, s_sigma = cast(abar(s).sqrt()), cast((1 - abar(s)).sqrt())
+        out = teacher(x, s, **cond)
+        x0_hat = to_x0(out, x, a, s_sigma, prediction_type)
+        x0_hat = x0_hat if clip_sample is None else x0_hat.clamp(-clip_sample, clip_sample)
+        _, c, std = _ddim_coefficients(abar(s), abar(s_next), eta)
+        return cast(abar(s_next).sqrt()) * x0_hat + cast(c) * to_eps(out, x, a, s_sigma, prediction_type), cast(std)
+
+    with torch.no_grad():
+        teacher_cond = cond if teacher_cond is None else teacher_cond
+        x_mid, std = teacher_mean_step(x_t, t, t_mid, **teacher_cond)
+        if eta > 0:
+            z = std * torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+            both = {k: torch.cat([v, v]) for k, v in teacher_cond.items()}
+            x_two = teacher_mean_step(torch.cat([x_mid + z, x_mid - z]), t_mid.repeat(2), t_next.repeat(2), **both)[0]
+            x_two = x_two.view(2, *x0.shape).mean(0)
+        else:
+            x_two = teacher_mean_step(x_mid, t_mid, t_next, **teacher_cond)[0]
+        _, c, _ = _ddim_coefficients(abar(t), abar(t_next), eta)
+        x0_target = (x_two - cast(c / sigma) * x_t) / cast(abar(t_next).sqrt() - c * alpha / sigma)
+        target = target_for(prediction_type, x0_target, (x_t - cast(alpha) * x0_target) / cast(sigma), cast(alpha),
+                            cast(sigma))
+    return (student(x_t, t, **cond).float() - target.float()).pow(2).mean()
 
 
 def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Generator | None = None, **cond) -> Tensor:

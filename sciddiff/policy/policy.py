@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sciddiff.core.ddpm import DiscreteSchedule
-from sciddiff.core.losses import ddpm_loss
+from sciddiff.core.losses import ddim_distillation_loss, ddpm_loss
 from sciddiff.core.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m
 from sciddiff.nn.unet1d import ConditionalUnet1D, TimestepFiLMTable, with_matmul_convs
 from sciddiff.nn.vision import ImageEncoder
@@ -138,6 +138,26 @@ class DiffusionPolicy(nn.Module):
         cond = self.encode_obs(nobs)
         return ddpm_loss(self.unet, naction, self.schedule, prediction_type=self.config.prediction_type,
                          generator=generator, global_cond=cond)
+
+    def distillation_grid(self, teacher: PolicyConfig, steps: int) -> list[int]:
+        """The teacher's 2 x `steps` DDIM grid, which must hold the student's `steps`-step grid at its even points."""
+        if teacher.sampler not in DDIM_SPACING:
+            raise ValueError(f"distillation needs a DDIM teacher, not {teacher.sampler!r}")
+        grid = self.schedule.timesteps(2 * steps, DDIM_SPACING[teacher.sampler])
+        if grid[::2] != self.schedule.timesteps(steps, DDIM_SPACING[teacher.sampler]):
+            raise ValueError(f"the {2 * steps}-step {teacher.sampler} grid does not contain the {steps}-step one")
+        return grid
+
+    def distillation_loss(self, teacher: DiffusionPolicy, nobs: dict[str, torch.Tensor], naction: torch.Tensor,
+                          steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Progressive distillation (the core's `ddim_distillation_loss`): this policy's DDIM sampler with `steps`
+        steps learns the `teacher`'s with 2 x `steps` (its sampler's spacing and eta), on normalized data."""
+        c, grid = teacher.config, self.distillation_grid(teacher.config, steps)
+        with torch.no_grad():
+            teacher_cond = teacher.encode_obs(nobs)
+        return ddim_distillation_loss(self.unet, teacher.unet, naction, self.schedule, grid, c.prediction_type,
+                                      c.ddim_eta, c.clip_sample, generator, teacher_cond={"global_cond": teacher_cond},
+                                      global_cond=self.encode_obs(nobs))
 
     # --- inference ----------------------------------------------------------------------------------------------
     def freeze_for_cpu(self, unet: nn.Module | None = None) -> DiffusionPolicy:

@@ -12,6 +12,10 @@ Learning rate: linear warm-up, then cosine decay to 0 over `--steps`, or over `-
 no step count is given (so a run bounded by `--max-seconds` still completes its schedule; a re-run after the schedule
 is complete stops at once instead of training at learning rate 0).
 
+`--distill-from TEACHER --inference-steps N` trains by progressive distillation instead (Salimans & Ho 2022; the
+core's `ddim_distillation_loss`): the policy, started from the teacher, learns to take in N DDIM steps what the
+teacher's sampler takes in 2N; the logged validation loss stays the DDPM loss on held-out demonstrations.
+
 GPU (no gymnasium/zarr needed there; data prepared here with `sciddiff policy prepare`):
     python3 -m sciddiff.policy.train --data .gpu/policy/pusht_state.npz --obs-type state --out $OUT/state \
         --max-seconds 420 --batch-size 1024 --compile
@@ -58,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--init", type=Path, default=None,
                    help="start from this policy checkpoint: its network, weights and normalizers (the model options "
                         "below are then ignored)")
+    g.add_argument("--distill-from", type=Path, default=None, metavar="TEACHER",
+                   help="progressive distillation (Salimans & Ho 2022): train the policy's DDIM sampler with "
+                        "--inference-steps steps to match this DDIM policy's with twice as many (its sampler, eta); "
+                        "starts from the teacher unless --init is given")
     g.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (length of the LR schedule); 0 with --init re-saves that policy")
     g.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of this run")
@@ -247,6 +255,14 @@ def train(args: argparse.Namespace) -> dict:
         ddim_eta=args.ddim_eta or 0.0,
         vision_channels=_ints(args.vision_channels), cpu_weights=args.cpu_weights or "float32",
         extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
+    teacher = None
+    if args.distill_from:
+        from sciddiff.policy.io import load_policy
+        if args.inference_steps is None:
+            raise UserError("--distill-from needs --inference-steps: the student's steps (the teacher takes twice as many)")
+        teacher = load_or_fail(load_policy, args.distill_from, "teacher policy checkpoint").to(device).eval()
+        teacher.requires_grad_(False)
+        args.init = args.init or args.distill_from
     if args.init:  # the network (and its normalizers) come from the checkpoint; the model options are ignored
         from sciddiff.policy.io import load_policy
         init = load_or_fail(load_policy, args.init, "policy checkpoint")
@@ -265,6 +281,12 @@ def train(args: argparse.Namespace) -> dict:
         key = OBS_KEYS[args.obs_type][-1]
         policy.state_normalizer.load_state_dict(type(policy.state_normalizer).fit(arrays[key]).state_dict())
         policy.action_normalizer.load_state_dict(type(policy.action_normalizer).fit(arrays["action"]).state_dict())
+
+    if teacher is not None:
+        try:
+            policy.distillation_grid(teacher.config, config.num_inference_steps)
+        except ValueError as err:
+            raise UserError(f"--distill-from: {err}") from None
 
     def windows(a: dict[str, np.ndarray]) -> np.ndarray:  # the paper's padding: n_obs - 1 before, n_action - 1 after
         return sequence_windows(a["episode_ends"], config.horizon, config.n_obs_steps - 1, config.n_action_steps - 1)
@@ -332,7 +354,8 @@ def train(args: argparse.Namespace) -> dict:
     def one_step() -> torch.Tensor:
         nobs, naction = train_data.sample(args.batch_size)
         with autocast(device, enabled=amp):
-            loss = policy.loss(nobs, naction)
+            loss = (policy.loss(nobs, naction) if teacher is None else
+                    policy.distillation_loss(teacher, nobs, naction, config.num_inference_steps))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
