@@ -31,10 +31,10 @@ def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, predictio
     return (out.float() - target_for(prediction_type, x0, eps, alpha, sigma).float()).pow(2).mean()
 
 
-def _ddim_coefficients(abar: Tensor, abar_next: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor]:
-    """float64 (alpha, c, std) of a DDIM step t -> t_next: x_next = alpha_next x0 + c eps + std z (as ``sample_ddim``)."""
+def _ddim_coefficients(abar: Tensor, abar_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """float64 (c, std) of a DDIM step t -> t_next: x_next = sqrt(abar_next) x0 + c eps + std z (as ``sample_ddim``)."""
     std = eta * ((1 - abar_next) / (1 - abar) * (1 - abar / abar_next)).sqrt()
-    return abar.sqrt(), (1 - abar_next - std**2).clamp_min(0).sqrt(), std
+    return (1 - abar_next - std**2).clamp_min(0).sqrt(), std
 
 
 def ddim_distillation_loss(student: Callable, teacher: Callable, x0: Tensor, schedule: DiscreteSchedule,
@@ -70,7 +70,7 @@ def ddim_distillation_loss(student: Callable, teacher: Callable, x0: Tensor, sch
         out = teacher(x, s, **cond)
         x0_hat = to_x0(out, x, a, s_sigma, prediction_type)
         x0_hat = x0_hat if clip_sample is None else x0_hat.clamp(-clip_sample, clip_sample)
-        _, c, std = _ddim_coefficients(abar(s), abar(s_next), eta)
+        c, std = _ddim_coefficients(abar(s), abar(s_next), eta)
         return cast(abar(s_next).sqrt()) * x0_hat + cast(c) * to_eps(out, x, a, s_sigma, prediction_type), cast(std)
 
     with torch.no_grad():
@@ -78,12 +78,12 @@ def ddim_distillation_loss(student: Callable, teacher: Callable, x0: Tensor, sch
         x_mid, std = teacher_mean_step(x_t, t, t_mid, **teacher_cond)
         if eta > 0:
             z = std * torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-            both = {k: torch.cat([v, v]) for k, v in teacher_cond.items()}
+            both = {name: torch.cat([v, v]) for name, v in teacher_cond.items()}
             x_two = teacher_mean_step(torch.cat([x_mid + z, x_mid - z]), t_mid.repeat(2), t_next.repeat(2), **both)[0]
             x_two = x_two.view(2, *x0.shape).mean(0)
         else:
             x_two = teacher_mean_step(x_mid, t_mid, t_next, **teacher_cond)[0]
-        _, c, _ = _ddim_coefficients(abar(t), abar(t_next), eta)
+        c, _ = _ddim_coefficients(abar(t), abar(t_next), eta)
         x0_target = (x_two - cast(c / sigma) * x_t) / cast(abar(t_next).sqrt() - c * alpha / sigma)
         target = target_for(prediction_type, x0_target, (x_t - cast(alpha) * x0_target) / cast(sigma), cast(alpha),
                             cast(sigma))
