@@ -1,8 +1,12 @@
-"""Training loop: a 50-step smoke run whose loss falls, resumption, the image path, and the compile fallback."""
+"""Training loop: a 50-step smoke run whose loss falls, resumption, the image path, the compile fallback,
+distillation, and data-parallel runs under torchrun."""
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -231,3 +235,42 @@ def test_distillation_starts_from_the_teacher_and_keeps_its_sampler(tmp_path):
         train(build_parser().parse_args([*common, "--out", str(tmp_path / "x"), "--steps", "1", "--distill-from",
                                          str(tmp_path / "lead" / "policy.pt"), "--inference-steps", "4"]))
     assert not (tmp_path / "x").exists()
+
+
+def test_training_runs_data_parallel_under_torchrun_and_resumes(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
+               "--data", str(data), "--out", str(tmp_path / "run"), "--batch-size", "4", "--log-every", "3",
+               "--val-episodes", "0", *SMALL]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def run(steps: int) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*command, "--steps", str(steps)], env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        return proc
+
+    run(6)
+    assert [int(r["step"]) for r in _rows(tmp_path / "run" / "log.csv")] == [3, 6]  # rank 0 alone logs
+    state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)
+    assert state["step"] == 6 and len(state["rng"]) == 2  # each process's RNG, for an exact resume
+    assert load_policy(tmp_path / "run" / "policy.pt").meta["processes"] == 2
+    weights = [torch.load(tmp_path / "run" / f"rank{r}_weights.pt") for r in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(*weights))  # different batches, gradients averaged: same weights
+    proc = run(9)
+    assert proc.stdout.count("resuming from step 6") == 1
+    assert [int(r["step"]) for r in _rows(tmp_path / "run" / "log.csv")] == [3, 6, 9]
+
+
+def _torchrun_worker(argv: list[str]) -> None:
+    """Train as `python -m sciddiff.policy.train` does, then save this process's live weights beside the run."""
+    from sciddiff.policy import train as train_module
+
+    wrapped, wrap = [], train_module.distributed.wrap
+    train_module.distributed.wrap = lambda model: wrapped.append(model) or wrap(model)
+    args = build_parser().parse_args(argv)
+    train(args)
+    torch.save([q.detach() for q in wrapped[0].parameters()], args.out / f"rank{os.environ['RANK']}_weights.pt")
+
+
+if __name__ == "__main__":
+    _torchrun_worker(sys.argv[1:])

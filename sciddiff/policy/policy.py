@@ -139,6 +139,14 @@ class DiffusionPolicy(nn.Module):
         return ddpm_loss(self.unet, naction, self.schedule, prediction_type=self.config.prediction_type,
                          generator=generator, global_cond=cond)
 
+    def forward(self, nobs: dict[str, torch.Tensor], naction: torch.Tensor,
+                teacher: DiffusionPolicy | None = None) -> torch.Tensor:
+        """The training loss (so that DDP, which averages the gradients of `forward`, can wrap the policy): `loss`,
+        or with a `teacher` `distillation_loss` at this policy's `num_inference_steps`."""
+        if teacher is None:
+            return self.loss(nobs, naction)
+        return self.distillation_loss(teacher, nobs, naction, self.config.num_inference_steps)
+
     def distillation_grid(self, teacher: PolicyConfig, steps: int) -> list[int]:
         """The teacher's 2 x `steps` DDIM grid, which must hold the student's `steps`-step grid at its even points."""
         if teacher.sampler not in DDIM_SPACING:

@@ -16,6 +16,11 @@ is complete stops at once instead of training at learning rate 0).
 core's `ddim_distillation_loss`): the policy, started from the teacher, learns to take in N DDIM steps what the
 teacher's sampler takes in 2N; the logged validation loss stays the DDPM loss on held-out demonstrations.
 
+Data-parallel under torchrun (`torchrun --standalone --nproc_per_node N -m sciddiff.policy.train ...`, PyTorch DDP
+via `sciddiff.train.distributed`; the same command without torchrun is one process): `--batch-size` is per process,
+each process draws its own batches and noise, only rank 0 logs and saves, and the time-based decisions (stop,
+checkpoint) are rank 0's, shared every `--log-every` steps so that every process takes them at the same step.
+
 GPU (no gymnasium/zarr needed there; data prepared here with `sciddiff policy prepare`):
     python3 -m sciddiff.policy.train --data .gpu/policy/pusht_state.npz --obs-type state --out $OUT/state \
         --max-seconds 420 --batch-size 1024 --compile
@@ -39,7 +44,7 @@ from sciddiff.policy.data import OBS_KEYS, concat_datasets, default_zarr, load_d
 from sciddiff.policy.io import save_policy
 from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig
 from sciddiff.policy.sampler import sequence_windows, split_episodes
-from sciddiff.train import CSVLogger, autocast, load_checkpoint, progress, save_checkpoint, seed_everything
+from sciddiff.train import CSVLogger, autocast, distributed, load_checkpoint, progress, save_checkpoint, seed_everything
 from sciddiff.train.checkpoint import restore_training_state, training_state
 
 
@@ -230,7 +235,8 @@ def train(args: argparse.Namespace) -> dict:
     check_output_path(args.out, folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    info = distributed.setup()
+    device = info.device if info.world_size > 1 else _device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -323,21 +329,27 @@ def train(args: argparse.Namespace) -> dict:
         step = restore_training_state(state, model=policy, optimizer=optimizer, ema=ema)
         elapsed_before = state["elapsed"]
         schedule_seconds = args.schedule_seconds or state.get("schedule_seconds") or schedule_seconds
-        print(f"resuming from step {step} ({elapsed_before:.0f} s trained)", flush=True)
+        if info.is_main:
+            print(f"resuming from step {step} ({elapsed_before:.0f} s trained)", flush=True)
+    elif info.world_size > 1:  # the same initial weights everywhere, different batches and noise per process
+        torch.manual_seed(args.seed * 1000 + info.rank)
 
     command = getattr(args, "command_line", None) or command_line(args)
     meta_base = {"command": command, "data": str(data_path), "extra_data": [str(path) for path in args.extra_data],
                  "batch_size": args.batch_size, "lr": lr,
                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "torch": str(torch.__version__), "n_params": sum(p.numel() for p in policy.parameters())}
+                 "torch": str(torch.__version__), "n_params": sum(p.numel() for p in policy.parameters()),
+                 "processes": info.world_size}
 
     def trained_seconds() -> float:  # over all runs of this training, resumed ones included
         return elapsed_before + time.perf_counter() - run_start
 
-    def checkpoint(val_loss: float | None = None, extra: dict | None = None) -> None:
-        save_checkpoint(state_path, training_state(model=policy, step=step, optimizer=optimizer, ema=ema,
-                                                   config=config.to_dict(), elapsed=trained_seconds(),
-                                                   schedule_seconds=schedule_seconds))
+    def checkpoint(val_loss: float | None = None, extra: dict | None = None) -> None:  # every rank: gathers RNGs
+        state = training_state(model=policy, step=step, optimizer=optimizer, ema=ema, config=config.to_dict(),
+                               elapsed=trained_seconds(), schedule_seconds=schedule_seconds)
+        if not info.is_main:
+            return
+        save_checkpoint(state_path, state)
         meta = {**meta_base, "step": step, "samples_seen": step * args.batch_size,
                 "train_seconds": round(trained_seconds(), 1),
                 **({"val_loss": val_loss} if val_loss is not None else {}), **(extra or {})}
@@ -346,7 +358,16 @@ def train(args: argparse.Namespace) -> dict:
     if args.compile:
         _compile(policy, args.compile_mode)
     policy.train()
-    logger = CSVLogger(out / "log.csv", resume_step=step)
+    model = distributed.wrap(policy)  # DDP averages the gradients of its forward (the loss) over processes
+    logger = CSVLogger(out / "log.csv", resume_step=step) if info.is_main else None
+    sync_every = 1 if info.world_size == 1 else args.log_every
+
+    def shared(*flags: bool) -> list[bool]:  # rank 0's time-based decisions, taken by every rank at the same step
+        if info.world_size == 1:
+            return list(flags)
+        t = torch.tensor(flags, dtype=torch.uint8, device=device)
+        torch.distributed.broadcast(t, 0)
+        return [bool(v) for v in t.tolist()]
     bar = progress(total=args.steps, initial=step, desc=f"train {args.obs_type}", unit="step")
     run_start = last_ckpt = last_log_time = time.perf_counter()
     last_log_step, loss_sum, last_val = step, torch.zeros((), device=device), None
@@ -354,8 +375,7 @@ def train(args: argparse.Namespace) -> dict:
     def one_step() -> torch.Tensor:
         nobs, naction = train_data.sample(args.batch_size)
         with autocast(device, enabled=amp):
-            loss = (policy.loss(nobs, naction) if teacher is None else
-                    policy.distillation_loss(teacher, nobs, naction, config.num_inference_steps))
+            loss = model(nobs, naction, teacher)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -364,10 +384,18 @@ def train(args: argparse.Namespace) -> dict:
 
     try:
         while True:
-            if (args.steps is not None and step >= args.steps) or \
-                    (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds) or \
-                    (args.steps is None and trained_seconds() >= schedule_seconds):  # a resumed run whose LR is spent
+            if args.steps is not None and step >= args.steps:
                 break
+            if step % sync_every == 0:
+                out_of_time, checkpoint_due = shared(
+                    (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds)
+                    or (args.steps is None and trained_seconds() >= schedule_seconds),  # a resumed run whose LR is spent
+                    time.perf_counter() - last_ckpt >= args.checkpoint_every)
+                if checkpoint_due:
+                    checkpoint(last_val)
+                    last_ckpt = time.perf_counter()
+                if out_of_time:
+                    break
             frac = step / args.steps if args.steps else trained_seconds() / schedule_seconds
             for group in optimizer.param_groups:
                 group["lr"] = group["lr_scale"] * lr_at(frac, step, lr, args.warmup_steps)
@@ -386,36 +414,37 @@ def train(args: argparse.Namespace) -> dict:
             evaluate = bool(args.eval_every) and step % args.eval_every == 0
             if step % args.log_every == 0 or evaluate:
                 now = time.perf_counter()
-                loss = float(loss_sum) / (step - last_log_step)
+                loss = float(distributed.all_reduce_mean(loss_sum)) / (step - last_log_step)
                 rate = (step - last_log_step) / (now - last_log_time)
-                row = {"step": step, "seconds": round(trained_seconds(), 1), "loss": round(loss, 5),
-                       "lr": optimizer.param_groups[0]["lr"], "steps_per_s": round(rate, 2),
-                       "samples_per_s": round(rate * args.batch_size), "val_loss": "", "eval_mean_max_reward": "",
-                       "eval_success_rate": ""}
-                if evaluate:
-                    ema_eval = ema_policy(config, ema, device)
-                    last_val = validation_loss(ema_eval, val_data, args.batch_size, amp)
-                    row["val_loss"] = round(last_val, 5)
-                    score = rollout_score(ema_eval, args.eval_episodes)
-                    if score is not None:
-                        row["eval_mean_max_reward"] = round(score["mean_max_reward"], 4)
-                        row["eval_success_rate"] = round(score["success_rate"], 3)
-                logger.log(**row)
-                bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.1f}")
-                bar.write(json.dumps(row))
+                if info.is_main:
+                    row = {"step": step, "seconds": round(trained_seconds(), 1), "loss": round(loss, 5),
+                           "lr": optimizer.param_groups[0]["lr"], "steps_per_s": round(rate, 2),
+                           "samples_per_s": round(rate * args.batch_size * info.world_size), "val_loss": "",
+                           "eval_mean_max_reward": "", "eval_success_rate": ""}
+                    if evaluate:
+                        ema_eval = ema_policy(config, ema, device)
+                        last_val = validation_loss(ema_eval, val_data, args.batch_size, amp)
+                        row["val_loss"] = round(last_val, 5)
+                        score = rollout_score(ema_eval, args.eval_episodes)
+                        if score is not None:
+                            row["eval_mean_max_reward"] = round(score["mean_max_reward"], 4)
+                            row["eval_success_rate"] = round(score["success_rate"], 3)
+                    logger.log(**row)
+                    bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.1f}")
+                    bar.write(json.dumps(row))
                 loss_sum.zero_()
                 last_log_step, last_log_time = step, time.perf_counter()
-            if time.perf_counter() - last_ckpt >= args.checkpoint_every:
-                checkpoint(last_val)
-                last_ckpt = time.perf_counter()
     finally:
         bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     final_val = validation_loss(ema_policy(config, ema, device), val_data, args.batch_size, amp)
     checkpoint(final_val)
     summary = {"step": step, "train_seconds": round(trained_seconds(), 1), "val_loss": final_val,
                "policy": str(out / "policy.pt")}
-    print(json.dumps(summary), flush=True)
+    if info.is_main:
+        print(json.dumps(summary), flush=True)
+    distributed.cleanup()
     return summary
 
 
