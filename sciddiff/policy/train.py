@@ -350,7 +350,7 @@ def train(args: argparse.Namespace) -> dict:
         if not info.is_main:
             return
         save_checkpoint(state_path, state)
-        meta = {**meta_base, "step": step, "samples_seen": step * args.batch_size,
+        meta = {**meta_base, "step": step, "samples_seen": step * args.batch_size * info.world_size,
                 "train_seconds": round(trained_seconds(), 1),
                 **({"val_loss": val_loss} if val_loss is not None else {}), **(extra or {})}
         save_policy(out / "policy.pt", ema_policy(config, ema, device), meta)
@@ -368,6 +368,7 @@ def train(args: argparse.Namespace) -> dict:
         t = torch.tensor(flags, dtype=torch.uint8, device=device)
         torch.distributed.broadcast(t, 0)
         return [bool(v) for v in t.tolist()]
+
     bar = progress(total=args.steps, initial=step, desc=f"train {args.obs_type}", unit="step")
     run_start = last_ckpt = last_log_time = time.perf_counter()
     last_log_step, loss_sum, last_val = step, torch.zeros((), device=device), None
