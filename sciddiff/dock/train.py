@@ -54,10 +54,12 @@ def export(path: Path, model: ScoreModel, ema: EMA, cfg: ScoreModelConfig, step:
 
 def save_state(out: Path, model, opt, ema: EMA, cfg: ScoreModelConfig, step: int) -> None:
     """Resume state in two files (optimizer.pt first, so a state.pt never points past its optimizer), each under
-    the 16 MiB that a GPU-machine run can bring back."""
-    save_checkpoint(out / "optimizer.pt", {"optimizer": opt.state_dict(), "step": step})
+    the 16 MiB that a GPU-machine run can bring back. Call it on every rank (it gathers their RNG states); rank 0
+    writes."""
     state = training_state(model=model, step=step, ema=ema, config=cfg.to_dict())
-    save_checkpoint(out / "state.pt", state)
+    if distributed.is_main():
+        save_checkpoint(out / "optimizer.pt", {"optimizer": opt.state_dict(), "step": step})
+        save_checkpoint(out / "state.pt", state)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,17 +105,32 @@ def main(argv: list[str] | None = None) -> None:
     start = last_save = time.time()
     start_step = step
     running: dict[str, float] = {}
-    while step < args.max_steps and time.time() - start < args.max_seconds:
+    sync_every = 1 if info.world_size == 1 else 25  # steps between rank 0's shared time decisions
+
+    def save() -> None:
+        save_state(out, model, opt, ema, cfg, step)
+        if info.is_main:
+            export(out / "score_model.pt", model, ema, cfg, step, command)
+
+    while step < args.max_steps:
+        if step % sync_every == 0:
+            out_of_time, save_due = distributed.main_decides(time.time() - start >= args.max_seconds,
+                                                             time.time() - last_save > args.save_every)
+            if save_due:
+                save()
+                last_save = time.time()
+            if out_of_time:
+                break
         idx = torch.randint(0, len(data), (args.batch_size,), generator=pick).tolist()
         lig, rec, t, targets = data.batch(idx, gen)
         with autocast(device):
             loss, parts = dsm_loss(ddp_model, lig, rec, t, targets)
         opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            print(f"step {step}: non-finite loss, batch skipped", flush=True)
-            continue
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)):
+            # the gradients are averaged over ranks (DDP), so every rank skips this batch alike
+            print(f"step {step}: non-finite loss or gradients, batch skipped", flush=True)
+            continue
         # short warm-up, then constant: runs are minutes long and resumable, so no schedule tied to a horizon
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / 200)
@@ -126,13 +143,8 @@ def main(argv: list[str] | None = None) -> None:
             elapsed = time.time() - start
             log.log(step=step, seconds=round(elapsed, 1), **{k: round(v, 5) for k, v in running.items()})
             print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)
-        if info.is_main and time.time() - last_save > args.save_every:
-            save_state(out, model, opt, ema, cfg, step)
-            export(out / "score_model.pt", model, ema, cfg, step, command)
-            last_save = time.time()
+    save()
     if info.is_main:
-        save_state(out, model, opt, ema, cfg, step)
-        export(out / "score_model.pt", model, ema, cfg, step, command)
         log.close()
         rate = (step - start_step) / max(time.time() - start, 1e-9)
         print(f"saved {out / 'score_model.pt'} at step {step} ({rate:.2f} steps/s this session)", flush=True)

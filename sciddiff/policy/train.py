@@ -360,15 +360,7 @@ def train(args: argparse.Namespace) -> dict:
     policy.train()
     model = distributed.wrap(policy)  # DDP averages the gradients of its forward (the loss) over processes
     logger = CSVLogger(out / "log.csv", resume_step=step) if info.is_main else None
-    sync_every = 1 if info.world_size == 1 else args.log_every
-
-    def shared(*flags: bool) -> list[bool]:  # rank 0's time-based decisions, taken by every rank at the same step
-        if info.world_size == 1:
-            return list(flags)
-        t = torch.tensor(flags, dtype=torch.uint8, device=device)
-        torch.distributed.broadcast(t, 0)
-        return [bool(v) for v in t.tolist()]
-
+    sync_every = 1 if info.world_size == 1 else args.log_every  # steps between rank 0's shared time decisions
     bar = progress(total=args.steps, initial=step, desc=f"train {args.obs_type}", unit="step")
     run_start = last_ckpt = last_log_time = time.perf_counter()
     last_log_step, loss_sum, last_val = step, torch.zeros((), device=device), None
@@ -388,7 +380,7 @@ def train(args: argparse.Namespace) -> dict:
             if args.steps is not None and step >= args.steps:
                 break
             if step % sync_every == 0:
-                out_of_time, checkpoint_due = shared(
+                out_of_time, checkpoint_due = distributed.main_decides(
                     (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds)
                     or (args.steps is None and trained_seconds() >= schedule_seconds),  # a resumed run whose LR is spent
                     time.perf_counter() - last_ckpt >= args.checkpoint_every)

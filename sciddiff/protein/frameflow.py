@@ -43,6 +43,7 @@ from sciddiff.protein.metrics import RG_EXPONENT, RG_PREFACTOR
 from sciddiff.protein.model import FrameDenoiser
 from sciddiff.protein.refine import IdealizeConfig, idealize_frames
 from sciddiff.protein.ss import SS_UNKNOWN
+from sciddiff.train.distributed import unwrap
 
 SPACE = Product(trans=Euclidean(3), rot=SO3())
 
@@ -87,11 +88,12 @@ def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, 
     `amp`: run the network under bf16 autocast. Only the network: noising, interpolation and the losses compose rotations
     and must stay float32 (bf16 matmuls there would feed the network non-orthogonal frames and skew the targets).
     """
+    net_cfg = unwrap(net).cfg  # `net` may be DDP-wrapped (`sciddiff.train.distributed.wrap`)
     num_chains = int(batch.max()) + 1
     device = batch.device
     t_chain = cfg.min_t + (1.0 - cfg.min_t) * torch.rand(num_chains, generator=generator, device=device)
     t = t_chain[batch]
-    if net.cfg.ss_condition and ss is not None:
+    if net_cfg.ss_condition and ss is not None:
         dropped = torch.rand(num_chains, generator=generator, device=device) < cfg.ss_drop
         ss = torch.where(dropped[batch], torch.full_like(ss, SS_UNKNOWN), ss)
     x_noise = sample_noise(batch, generator, cfg.train_rot_sigma, x_data["trans"].dtype)
@@ -114,7 +116,7 @@ def training_loss(net: FrameDenoiser, x_data: dict[str, Tensor], batch: Tensor, 
     # Per-residue weight: only close to data, divided by (1 - t)^2 like the velocity loss.
     late = (t > cfg.aux_t).float() / (1.0 - t.clamp(max=cfg.t_clip)).pow(2)
     n_late = (t > cfg.aux_t).float().sum().clamp_min(1.0)
-    scale = net.cfg.scale
+    scale = net_cfg.scale
     atoms_pred = frame_atoms(pred["rot"], pred["trans"], scale)
     atoms_true = frame_atoms(x_data["rot"], x_data["trans"], scale)
     atom_loss = ((atoms_pred - atoms_true).pow(2).sum(-1).mean(-1) * late).sum() / n_late

@@ -8,7 +8,10 @@ budget of this call. Every --ckpt-seconds (and at the end) it writes, atomically
 - OUT/model.pt: EMA weights only + model/flow config (the shipped checkpoint, ~2 MB; what `sciddiff backbone sample` loads);
 - OUT/log.csv: step, time, losses (train, and held-out val every --val-every steps), learning rate, residues/s.
 On CUDA the network runs under bf16 autocast (noising, losses and the frames inside the model stay float32) and all data
-stays on the GPU.
+stays on the GPU. Data-parallel under torchrun (`torchrun --standalone --nproc_per_node N -m sciddiff.protein.train ...`,
+PyTorch DDP via `sciddiff.train.distributed`): `--batch-residues` is per process, each draws its own chains and noise,
+rank 0 alone prints, logs and saves, and the time-based stop and checkpoint decisions are rank 0's, shared every
+--log-every steps.
 Batches are whole chains up to --batch-residues residues in total.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sciddiff.protein.ss import SS_UNKNOWN
 from sciddiff.train import (
     CSVLogger,
     atomic_file,
+    distributed,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
@@ -65,7 +69,9 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
 
 def train(args: argparse.Namespace) -> Path:
     start = time.time()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = distributed.setup()
+    device = info.device if info.world_size > 1 else \
+        torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.init and not Path(args.init).is_file():
@@ -108,48 +114,67 @@ def train(args: argparse.Namespace) -> Path:
     if resumed:
         step = restore_training_state(state, model=net, optimizer=opt, ema=ema)
         elapsed_before = float(state.get("train_seconds", 0.0))
-        print(f"resumed {state_path} at step {step}", flush=True)
+        if info.is_main:
+            print(f"resumed {state_path} at step {step}", flush=True)
+    elif info.world_size > 1:  # the same initial weights everywhere, different chains and noise per process
+        seed_everything(args.seed * 1000 + info.rank)
     config = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "command": " ".join(sys.argv),
               "train_chains": len(train_set), "val_chains": len(val_set) if val_set else 0, "params": net.num_parameters()}
     plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    with atomic_file(out / "config.json", "w") as handle:
-        json.dump({**config, "args": plain_args}, handle, indent=2)
-    print(f"{net.num_parameters()} parameters, {config['train_chains']} train / {config['val_chains']} val chains, "
-          f"device {device}", flush=True)
+    if info.is_main:
+        with atomic_file(out / "config.json", "w") as handle:
+            json.dump({**config, "args": plain_args, "processes": info.world_size}, handle, indent=2)
+        print(f"{net.num_parameters()} parameters, {config['train_chains']} train / {config['val_chains']} val chains, "
+              f"device {device}, {info.world_size} process(es)", flush=True)
 
     # The default secondary-structure prior at sampling draws from the training chains' labels (`ss.draw_ss_labels`).
     library = {"ss_library": train_set.ss_strings()} if model_cfg.ss_condition else {}
 
-    def save() -> None:
+    def save() -> None:  # every rank: gathers their RNG states
         extra = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(),
                  "train_seconds": elapsed_before + time.time() - start}
-        save_checkpoint(state_path, training_state(model=net, step=step, optimizer=opt, ema=ema, **extra))
+        state = training_state(model=net, step=step, optimizer=opt, ema=ema, **extra)
+        if not info.is_main:
+            return
+        save_checkpoint(state_path, state)
         save_checkpoint(out / "model.pt", {"ema": {k: v.float() for k, v in ema.state_dict()["shadow"].items()},
                                            "step": step, **config, **library})
 
-    log = CSVLogger(out / "log.csv", resume_step=step if resumed else None)
+    log = CSVLogger(out / "log.csv", resume_step=step if resumed else None) if info.is_main else None
     last_ckpt = time.time()
     residues, t_log = 0, time.time()
     net.train()
+    # DDP averages the gradients; self-conditioning makes an extra no-grad call on some steps of some ranks, so no
+    # per-call buffer broadcast, and parameters a step leaves unused are allowed
+    model = distributed.wrap(net, broadcast_buffers=False, find_unused_parameters=True)
+    sync_every = 1 if info.world_size == 1 else args.log_every  # steps between rank 0's shared time decisions
     while True:
-        if time.time() - start > args.max_seconds or (args.max_steps is not None and step >= args.max_steps):
+        if args.max_steps is not None and step >= args.max_steps:
             break
+        if step % sync_every == 0:
+            out_of_time, checkpoint_due = distributed.main_decides(time.time() - start > args.max_seconds,
+                                                                   time.time() - last_ckpt > args.ckpt_seconds)
+            if checkpoint_due:
+                save()
+                last_ckpt = time.time()
+            if out_of_time:
+                break
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         b = train_set.batch(train_set.sample_chains(args.batch_residues, length_balance=args.length_balance))
-        loss, parts = training_loss(net, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
+        loss, parts = training_loss(model, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
                                     flow_cfg, ss=b["ss"], amp=device.type == "cuda")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        if not math.isfinite(float(loss.detach())):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step}")
+        if not math.isfinite(float(grad_norm)):  # the averaged gradients: every rank stops alike
+            raise FloatingPointError(f"loss is {float(loss)} (gradient norm {float(grad_norm)}) at step {step}")
         opt.step()
         ema.update(net)
         step += 1
         residues += b["batch"].shape[0]
-        if step % args.log_every == 0:
+        if step % args.log_every == 0 and info.is_main:
             now = time.time()
             row = {"step": step, "seconds": round(elapsed_before + now - start, 1), "loss": float(loss.detach()),
                    **{k: float(v) for k, v in parts.items()}, "grad_norm": float(grad_norm), "lr": lr,
@@ -161,12 +186,11 @@ def train(args: argparse.Namespace) -> Path:
             log.log(**row)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
             residues, t_log = 0, time.time()
-        if time.time() - last_ckpt > args.ckpt_seconds:
-            save()
-            last_ckpt = time.time()
     save()
-    log.close()
-    print(f"done: step {step}, {time.time() - start:.0f} s this call; EMA weights in {out / 'model.pt'}", flush=True)
+    if info.is_main:
+        log.close()
+        print(f"done: step {step}, {time.time() - start:.0f} s this call; EMA weights in {out / 'model.pt'}", flush=True)
+    distributed.cleanup()
     return out / "model.pt"
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
 __all__ = ["DistInfo", "setup", "cleanup", "is_main", "rank", "world_size", "wrap", "unwrap", "all_reduce_mean",
-           "barrier", "sampler"]
+           "main_decides", "barrier", "sampler"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,16 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def main_decides(*flags: bool) -> list[bool]:
+    """Rank 0's `flags`, on every rank (the flags themselves in a single process). For decisions that depend on the
+    clock (stop, checkpoint now): each rank must take them at the same step, or one would wait alone in a collective."""
+    if world_size() == 1:
+        return list(flags)
+    tensor = torch.tensor(flags, dtype=torch.uint8, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(tensor, 0)
+    return [bool(v) for v in tensor.tolist()]
 
 
 def all_reduce_mean(value: torch.Tensor | float) -> torch.Tensor:
