@@ -29,9 +29,13 @@ class DiscreteSchedule(nn.Module):
     def num_train_timesteps(self) -> int:
         return self.betas.shape[0]
 
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        """abar_t (float64) for integer t of any shape; t = -1 means clean data, abar = 1."""
+        return torch.where(t >= 0, self.alphas_cumprod[t.clamp_min(0)], torch.ones_like(self.alphas_cumprod[0]))
+
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)) for integer t (B,), shaped to broadcast against ``like``. t = -1 means abar = 1."""
-        abar = torch.where(t >= 0, self.alphas_cumprod[t.clamp_min(0)], torch.ones_like(self.alphas_cumprod[0]))
+        abar = self.alpha_bar(t)
         return broadcast_to_batch(abar.sqrt(), like), broadcast_to_batch((1 - abar).sqrt(), like)
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:

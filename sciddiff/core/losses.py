@@ -54,9 +54,7 @@ def ddim_distillation_loss(student: Callable, teacher: Callable, x0: Tensor, sch
     grid = torch.tensor([*timesteps, -1], device=x0.device)
     k = 2 * torch.randint(0, len(timesteps) // 2, (x0.shape[0],), device=x0.device, generator=generator)
     t, t_mid, t_next = grid[k], grid[k + 1], grid[k + 2]
-
-    def abar(s: Tensor) -> Tensor:  # float64; s = -1 is clean data
-        return torch.where(s >= 0, schedule.alphas_cumprod[s.clamp_min(0)], torch.ones_like(schedule.alphas_cumprod[0]))
+    abar = schedule.alpha_bar  # float64: the coefficients below are formed before the cast to x0's dtype
 
     def cast(v: Tensor) -> Tensor:
         return broadcast_to_batch(v, x0)

@@ -261,16 +261,16 @@ def train(args: argparse.Namespace) -> dict:
         ddim_eta=args.ddim_eta or 0.0,
         vision_channels=_ints(args.vision_channels), cpu_weights=args.cpu_weights or "float32",
         extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
+    from sciddiff.policy.io import load_policy
+
     teacher = None
     if args.distill_from:
-        from sciddiff.policy.io import load_policy
         if args.inference_steps is None:
             raise UserError("--distill-from needs --inference-steps: the student's steps (the teacher takes twice as many)")
         teacher = load_or_fail(load_policy, args.distill_from, "teacher policy checkpoint").to(device).eval()
         teacher.requires_grad_(False)
         args.init = args.init or args.distill_from
     if args.init:  # the network (and its normalizers) come from the checkpoint; the model options are ignored
-        from sciddiff.policy.io import load_policy
         init = load_or_fail(load_policy, args.init, "policy checkpoint")
         data_shape = {"obs_type": config.obs_type, "state_dim": config.state_dim, "action_dim": config.action_dim}
         if {k: getattr(init.config, k) for k in data_shape} != data_shape:
