@@ -54,8 +54,15 @@ def worker(out_dir: Path) -> None:
         save_checkpoint(out_dir / "ckpt.pt", state)
     torch.save({"params": [p.detach() for p in D.unwrap(model).parameters()], "seen": seen, "losses": losses},
                out_dir / f"rank{info.rank}.pt")
-    D.barrier()
+    try:  # a DDP wrapper alive at cleanup can deadlock the exit (see `cleanup`): refused
+        D.cleanup()
+    except RuntimeError as err:
+        assert "wrapper is alive" in str(err)
+    else:
+        raise AssertionError("cleanup() accepted a live DDP wrapper")
+    del model
     D.cleanup()
+    assert not torch.distributed.is_initialized()
 
 
 def test_ddp_two_gloo_ranks_match_single_process(tmp_path):

@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         log.close()
         rate = (step - start_step) / max(time.time() - start, 1e-9)
         print(f"saved {out / 'score_model.pt'} at step {step} ({rate:.2f} steps/s this session)", flush=True)
+    del ddp_model  # before cleanup (see there)
     distributed.cleanup()
 
 

@@ -437,6 +437,7 @@ def train(args: argparse.Namespace) -> dict:
                "policy": str(out / "policy.pt")}
     if info.is_main:
         print(json.dumps(summary), flush=True)
+    del model  # before cleanup (see there)
     distributed.cleanup()
     return summary
 

@@ -190,6 +190,7 @@ def train(args: argparse.Namespace) -> Path:
     if info.is_main:
         log.close()
         print(f"done: step {step}, {time.time() - start:.0f} s this call; EMA weights in {out / 'model.pt'}", flush=True)
+    del model  # before cleanup (see there)
     distributed.cleanup()
     return out / "model.pt"
 

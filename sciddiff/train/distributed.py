@@ -9,6 +9,7 @@ world_size x the per-rank batch.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -53,7 +54,19 @@ def setup(backend: str | None = None) -> DistInfo:
 
 
 def cleanup() -> None:
+    """Leave the process group; every rank calls it at the end, after dropping its DDP wrapper (`del model`).
+
+    Why the order matters (a deadlock at exit, about once in ten two-process runs on a loaded 2-core machine, torch
+    2.13): a gloo thread frees each finished collective, and freeing the Python-owned tensors of one (the checkpoint's
+    RNG gather) needs the GIL. The DDP reducer holds the group; if it holds the last reference, freeing the wrapper
+    joins those threads while holding the GIL. Freed here instead, the group is released through its Python handle,
+    which lets go of the GIL first. The barrier lets no rank tear down while another still writes or communicates.
+    """
     if dist.is_initialized():
+        gc.collect()  # a DDP wrapper caught in a reference cycle would otherwise outlive the group
+        if any(isinstance(o, nn.parallel.DistributedDataParallel) for o in gc.get_objects()):
+            raise RuntimeError("distributed.cleanup() while a DistributedDataParallel wrapper is alive: `del` it first")
+        dist.barrier()
         dist.destroy_process_group()
 
 
