@@ -431,7 +431,9 @@ def train(args: argparse.Namespace) -> dict:
         bar.close()
         if logger is not None:
             logger.close()
-    final_val = validation_loss(ema_policy(config, ema, device), val_data, args.batch_size, amp)
+    final_val = None  # only rank 0 writes the policy and its validation loss
+    if info.is_main:
+        final_val = validation_loss(ema_policy(config, ema, device), val_data, args.batch_size, amp)
     checkpoint(final_val)
     summary = {"step": step, "train_seconds": round(trained_seconds(), 1), "val_loss": final_val,
                "policy": str(out / "policy.pt")}
