@@ -265,6 +265,7 @@ def test_dock_eval_reports_success_rates(tmp_path):
     assert summary["ranking"] == "learned" and summary["top1_rmsd_lt_2A"] == summary["top1_rmsd_lt_2A_learned"]
     assert {"top5_rmsd_lt_2A_energy", "median_rmsd_top1_energy"} <= summary.keys()
     assert (tmp_path / "ev" / "results.csv").read_text().startswith("complex,")
+    assert (tmp_path / "ev" / "success_curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):

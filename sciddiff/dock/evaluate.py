@@ -6,6 +6,8 @@ top-1 and top-5 fraction with RMSD < 2 A, median top-1 RMSD, PB-valid fraction, 
 that fail to dock count as failures (RMSD infinite). With a learned rescorer, the same candidates are also ranked
 by energy alone and both rankings are reported (`*_energy`, `*_learned`; the unsuffixed ones are the chosen
 ranking's), and the ROC AUC of the top-1 confidence and of the search consensus for top-1 success.
+`success_curves.png` plots the fraction of complexes below each RMSD threshold (0-10 A) for the top-1 pose of each
+ranking, the best of its top 5 and the best candidate (what a perfect ranking would pick), the usual docking figure.
 """
 from __future__ import annotations
 
@@ -128,7 +130,39 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         "split": str(split), "offset": args.offset, "every": args.every, "limit": args.limit,
     })
     atomic_file_text(out / "summary.json", json.dumps(summary, indent=1))
+    plot_success_curves(rows, out / "success_curves.png", title=f"{summary['mode']}, {len(rows)} complexes")
     return summary
+
+
+def plot_success_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    """Fraction of complexes with RMSD below each threshold (0-10 A): top-1 and best-of-top-5 per ranking, and the
+    best candidate; written atomically as a PNG. Failed complexes count as misses at every threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sciddiff.train.checkpoint import atomic_file
+
+    thresholds = np.linspace(0.0, 10.0, 201)
+    keys = [k for k in ("learned", "energy") if any(f"rmsd_top1_{k}" in r for r in rows)] or [""]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for colour, key in zip(("C0", "C1"), keys):
+        suffix = f"_{key}" if key else ""
+        for column, style, what in ((f"rmsd_top1{suffix}", "-", "top-1"), (f"rmsd_top5{suffix}", "--", "top-5")):
+            rmsd = np.array([r.get(column, math.inf) for r in rows], float)
+            ax.plot(thresholds, (rmsd[None] < thresholds[:, None]).mean(1), style, color=colour,
+                    label=f"{what} ({key} ranking)" if key else what)
+    best = np.array([r.get("rmsd_best_candidate", math.inf) for r in rows], float)
+    ax.plot(thresholds, (best[None] < thresholds[:, None]).mean(1), ":", color="0.3", label="best candidate")
+    ax.axvline(2.0, color="0.8", lw=1, zorder=0)
+    ax.set(xlabel="symmetry-corrected RMSD to the crystal ligand (A)", ylabel="fraction of complexes below",
+           xlim=(0, 10), ylim=(0, 1), title=title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
