@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                              "state policy 40 finishes more pushes at twice the chunk time (docs/policy.md)")
     parser.add_argument("--gif", type=Path, default=Path("out/policy/pusht_rollout.gif"),
                         help="GIF of the first episode (default out/policy/pusht_rollout.gif)")
+    parser.add_argument("--plot", type=Path, default=Path("out/policy/pusht_episodes.png"),
+                        help="max-coverage histogram and fraction finished by step (default out/policy/pusht_episodes.png)")
     parser.add_argument("--train", action="store_true",
                         help="train a policy from the zarr demonstrations first, then evaluate it")
     parser.add_argument("--train-seconds", type=float, default=1800, help="training budget with --train")
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.train and args.train_seconds <= 0:
             raise UserError("--train-seconds must be positive")
         check_output_path(args.gif, option="--gif")
+        check_output_path(args.plot, option="--plot")
         if args.metrics_json:
             check_output_path(args.metrics_json, option="--metrics-json")
         checkpoint = args.checkpoint or SHIPPED[args.obs_type]
@@ -57,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
                  "--batch-size", "64", "--lr", "2e-4", "--seed", str(args.seed)])
             checkpoint = Path(train(train_args)["policy"])
         policy = load_checkpoint_or_fail(checkpoint)
-        metrics = evaluate_pusht(policy, args.episodes, args.seed, gif_path=args.gif, steps=args.inference_steps)
+        metrics = evaluate_pusht(policy, args.episodes, args.seed, gif_path=args.gif, steps=args.inference_steps,
+                                 plot_path=args.plot)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_metrics(metrics))
-    print(f"rollout GIF: {args.gif}")
+    print(f"rollout GIF: {args.gif}, episode plot: {args.plot}")
     if args.metrics_json:
         keys = ("mean_max_reward", "mean_max_coverage", "success_rate", "episodes", "seconds_per_action_chunk",
                 "seconds_per_action_chunk_min", "sampler", "inference_steps", "torch_threads")

@@ -120,7 +120,8 @@ def _run(args, **kw):
 def test_example_writes_metrics_json(tmp_path, tiny_checkpoint):
     out = tmp_path / "m.json"
     proc = _run(["examples/diffusion_policy_pusht.py", "--episodes", "2", "--seed", "7", "--metrics-json", str(out),
-                 "--checkpoint", str(tiny_checkpoint), "--gif", str(tmp_path / "r.gif"), "--inference-steps", "3"])
+                 "--checkpoint", str(tiny_checkpoint), "--gif", str(tmp_path / "r.gif"), "--inference-steps", "3",
+                 "--plot", str(tmp_path / "e.png")])
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text())
     keys = {"mean_max_reward", "mean_max_coverage", "success_rate", "episodes", "seconds_per_action_chunk"}
@@ -128,14 +129,17 @@ def test_example_writes_metrics_json(tmp_path, tiny_checkpoint):
     assert metrics["episodes"] == 2 and 0 < metrics["seconds_per_action_chunk"] < 5
     assert metrics["inference_steps"] == 3  # the checkpoint's own is 2
     assert "mean max coverage" in proc.stdout and (tmp_path / "r.gif").exists()
+    assert (tmp_path / "e.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
     from sciddiff.cli import main
 
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--metrics-json",
-                 str(tmp_path / "m.json"), "--inference-steps", "1", "--sampler", "dpmpp_2m"]) == 0
+                 str(tmp_path / "m.json"), "--inference-steps", "1", "--sampler", "dpmpp_2m", "--plot",
+                 str(tmp_path / "e.png")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["sampler"] == "dpmpp_2m"
+    assert (tmp_path / "e.png").read_bytes().startswith(b"\x89PNG")
     capsys.readouterr()
     assert main(["policy", "eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err
@@ -149,7 +153,7 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
                          (["--inference-steps", "-3"], "--inference-steps must be at least 1"),
                          (["--env-obs-type", "pixels_agent_pos"], "a state policy reads --env-obs-type"),
                          (["--metrics-json", str(tmp_path / "m.json" / "x.json")], "cannot be written"),
-                         (["--gif", str(tmp_path)], "--gif")):
+                         (["--gif", str(tmp_path)], "--gif"), (["--plot", str(tmp_path)], "--plot")):
         capsys.readouterr()
         assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", *bad]) == 2, bad
         err = capsys.readouterr().err

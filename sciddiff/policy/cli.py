@@ -58,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    default=None, help="gym-pusht observation type (default: matches the policy)")
     p.add_argument("--gif", type=Path, default=None, help="write a GIF of the first episode here")
     p.add_argument("--metrics-json", type=Path, default=None, help="write the metrics here")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                   help="plot the episodes here: max-coverage histogram, fraction finished by env step")
     p.add_argument("--per-episode", action="store_true", help="include per-episode rows in the metrics")
     p.add_argument("--states-out", type=Path, default=None, metavar="NPZ",
                    help="write the simulator states the episodes visit here (e.g. to train an image encoder on them)")
@@ -100,7 +102,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads"):
         raise UserError(f"{bad[0]} must be at least 1")
-    for option, path in (("--gif", args.gif), ("--metrics-json", args.metrics_json), ("--states-out", args.states_out)):
+    for option, path in (("--gif", args.gif), ("--metrics-json", args.metrics_json), ("--states-out", args.states_out),
+                         ("--plot", args.plot)):
         if path is not None:
             check_output_path(path, option=option)
     if args.threads:
@@ -127,7 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = evaluate_pusht(policy, args.episodes, args.seed, batch_size=args.batch_size,
                              env_obs_type=args.env_obs_type, gif_path=args.gif, sampler=args.sampler,
                              steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager,
-                             states_out=args.states_out)
+                             states_out=args.states_out, plot_path=args.plot)
     print(format_metrics(metrics))
     if args.metrics_json:
         with atomic_file(args.metrics_json, "w") as handle:

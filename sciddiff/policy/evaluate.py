@@ -41,10 +41,11 @@ def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, batch_size: 
 def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, batch_size: int = 10,
                    env_obs_type: str | None = None, gif_path: str | Path | None = None, sampler: str | None = None,
                    steps: int | None = None, show_progress: bool = True, per_episode: bool = False,
-                   freeze: bool = True, states_out: str | Path | None = None) -> dict:
+                   freeze: bool = True, states_out: str | Path | None = None,
+                   plot_path: str | Path | None = None) -> dict:
     """Roll `policy` out for `episodes` seeds from `seed`; returns the metrics dict (plus per-episode rows if asked).
     `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`); `states_out` writes the visited
-    simulator states there (`save_rollout_states`)."""
+    simulator states there (`save_rollout_states`); `plot_path` a PNG of the episodes (`plot_episodes`)."""
     obs_type = env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type]
     results = rollout_pusht(policy, range(seed, seed + episodes), batch_size=batch_size, env_obs_type=obs_type,
                             gif_path=gif_path, sampler=sampler, steps=steps, show_progress=show_progress, freeze=freeze,
@@ -66,7 +67,38 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
                    torch_threads=torch.get_num_threads())
     if per_episode:
         metrics["per_episode"] = results_to_dicts(results)
+    if plot_path is not None:
+        plot_episodes(results, plot_path, title=f"{len(results)} episodes from seed {seed}")
     return metrics
+
+
+def plot_episodes(results: Sequence[EpisodeResult], path: str | Path, title: str = "", max_steps: int = 300) -> None:
+    """PNG (written atomically) of a PushT evaluation: the histogram of per-episode max coverage with the success
+    threshold, and the fraction of episodes finished (coverage > 0.95, which ends an episode) by each env step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sciddiff.policy.pusht import SUCCESS_COVERAGE
+    from sciddiff.train.checkpoint import atomic_file
+
+    coverage = np.array([r.max_score for r in results])
+    finished = np.array([r.steps for r in results if r.success])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.hist(coverage, bins=np.linspace(0, 1, 41), color="C0", log=True)  # log: the failures hide beside the peak
+    left.axvline(SUCCESS_COVERAGE, color="C3", lw=1)
+    left.set(xlabel="max coverage over the episode", ylabel="episodes (log scale)",
+             title=f"mean max reward {np.mean([r.max_reward for r in results]):.3f}")
+    steps = np.arange(max_steps + 1)
+    right.plot(steps, (finished[None] <= steps[:, None]).sum(1) / len(results), color="C0")
+    right.set(xlabel="env step (10 Hz)", ylabel="fraction of episodes finished", xlim=(0, max_steps), ylim=(0, 1),
+              title=f"success {len(finished) / len(results):.1%}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
 
 
 def save_rollout_states(path: str | Path, results: Sequence[EpisodeResult]) -> Path:
