@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from sciddiff.cli import UserError, check_output_path, options_below
+from sciddiff.cli import UserError, check_output_path, idle_threads, options_below
 from sciddiff.policy.cli import SHIPPED, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
 from sciddiff.train.checkpoint import atomic_file
@@ -37,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="GIF of the first episode (default out/policy/pusht_rollout.gif)")
     parser.add_argument("--plot", type=Path, default=Path("out/policy/pusht_episodes.png"),
                         help="max-coverage histogram and fraction finished by step (default out/policy/pusht_episodes.png)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for the episodes (default: 2 on two idle cores, else 1)")
     parser.add_argument("--train", action="store_true",
                         help="train a policy from the zarr demonstrations first, then evaluate it")
     parser.add_argument("--train-seconds", type=float, default=1800, help="training budget with --train")
     parser.add_argument("--train-out", type=Path, default=Path("runs/policy/example"), help="run directory of --train")
     args = parser.parse_args(argv)
     try:
-        if bad := options_below(args, 1, "episodes", "inference_steps"):
+        if bad := options_below(args, 1, "episodes", "inference_steps", "threads"):
             raise UserError(f"{bad[0]} must be at least 1")
         if args.train and args.train_seconds <= 0:
             raise UserError("--train-seconds must be positive")
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                  "--batch-size", "64", "--lr", "2e-4", "--seed", str(args.seed)])
             checkpoint = Path(train(train_args)["policy"])
         policy = load_checkpoint_or_fail(checkpoint)
+        import torch
+
+        torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
         metrics = evaluate_pusht(policy, args.episodes, args.seed, gif_path=args.gif, steps=args.inference_steps,
                                  plot_path=args.plot)
     except UserError as err:

@@ -132,6 +132,23 @@ def test_example_writes_metrics_json(tmp_path, tiny_checkpoint):
     assert (tmp_path / "e.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_cli_eval_threads_default_follows_the_load(tmp_path, tiny_checkpoint, monkeypatch):
+    """Without --threads, eval takes one thread when another process is running: two evaluations side by side with
+    torch's default two threads each ran 40x slower than with one thread each (docs/policy.md)."""
+    from sciddiff.cli import main
+    from sciddiff.policy import cli as policy_cli
+
+    before = torch.get_num_threads()
+    try:
+        for idle, threads in ((1, 1), (2, 2)):
+            monkeypatch.setattr(policy_cli, "idle_threads", lambda idle=idle: idle)
+            assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--inference-steps",
+                         "1", "--metrics-json", str(tmp_path / "m.json")]) == 0
+            assert json.loads((tmp_path / "m.json").read_text())["torch_threads"] == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
     from sciddiff.cli import main
 

@@ -74,7 +74,7 @@ def test_demos_cli_writes_the_paper_layout(tmp_path, capsys):
     assert both["episode_ends"].tolist() == [buf.n_steps, 2 * buf.n_steps]
     capsys.readouterr()
     assert main(["--out", str(out), "--episodes", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --episodes and --max-steps must be at least 1"
+    assert capsys.readouterr().err.strip() == "error: --episodes must be at least 1"
     assert main(["--out", str(out), "--episodes", "1", "--no-images"]) == 2  # the store has frames
     assert "--no-images" in capsys.readouterr().err and buf.n_episodes == 1
     (tmp_path / "notzarr").mkdir()

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below
+from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail, options_below
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {"state": REPO / "data" / "policy" / "pusht_state.pt", "image": REPO / "data" / "policy" / "pusht_image.pt"}
@@ -63,7 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-episode", action="store_true", help="include per-episode rows in the metrics")
     p.add_argument("--states-out", type=Path, default=None, metavar="NPZ",
                    help="write the simulator states the episodes visit here (e.g. to train an image encoder on them)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 2 on two idle cores, else 1: two threads next to another busy "
+                        "process run slower than one)")
     p.add_argument("--eager", action="store_true", help="do not trace/freeze the U-Net for CPU inference")
     p.add_argument("--cpu-weights", choices=("float32", "int8"), default=None,
                    help="the frozen CPU U-Net's convolution weights (default: the policy's; int8 = weight-only "
@@ -106,8 +108,7 @@ def _eval(args: argparse.Namespace) -> int:
                          ("--plot", args.plot)):
         if path is not None:
             check_output_path(path, option=option)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
     policy = load_checkpoint_or_fail(args.checkpoint or SHIPPED[args.obs_type])
     if args.env_obs_type is not None and args.env_obs_type not in ENV_OBS_TYPES[policy.config.obs_type]:
         raise UserError(f"a {policy.config.obs_type} policy reads --env-obs-type "

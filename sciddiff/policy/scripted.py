@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sciddiff.cli import UserError, check_output_path
+from sciddiff.cli import UserError, check_output_path, idle_threads, options_below
 from sciddiff.policy import pusht
 
 AGENT_RADIUS = 15.0
@@ -295,6 +295,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="skip data/img (state-only demonstrations, ~2x faster)")
     p.add_argument("--keep-failures", action="store_true", help="also write episodes that never reached 0.95")
     p.add_argument("--metrics-json", type=Path, default=None, help="write the summary and per-episode rows here")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the --from-policy rollouts (default: 2 on two idle cores, else 1)")
     return p
 
 
@@ -323,8 +325,8 @@ def run_demos(args: argparse.Namespace) -> int:
     source = ReplayBuffer.open(args.complete) if args.complete else None
     if args.episodes is None:
         args.episodes = source.n_episodes if source else 10
-    if args.episodes < 1 or args.max_steps < 1:
-        raise UserError("--episodes and --max-steps must be at least 1")
+    if bad := options_below(args, 1, "episodes", "max_steps", "threads"):
+        raise UserError(f"{bad[0]} must be at least 1")
     want = sorted(["action", "n_contacts", "state"] + ([] if args.no_images else ["img"]))
     if source and set(want) - set(source.keys):
         raise UserError(f"{args.complete} has {source.keys}, not {want} (add --no-images for state-only episodes)")
@@ -338,10 +340,13 @@ def run_demos(args: argparse.Namespace) -> int:
     if source:
         episodes, desc = [(i, None) for i in range(min(args.episodes, source.n_episodes))], "completing demos"
     elif args.from_policy:
+        import torch
+
         from sciddiff.policy.cli import load_checkpoint_or_fail
         from sciddiff.policy.dagger import failure_start_states
 
         policy = load_checkpoint_or_fail(args.from_policy)  # one clear line for a missing or foreign file
+        torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
         episodes, rollout = failure_start_states(policy, seeds, restart_steps)
         episodes, desc = [(seed, (step, state)) for seed, step, state in episodes], "corrective demos"
         print(f"{args.from_policy}: {rollout['success_rate']:.1%} success on {len(seeds)} episodes; "
