@@ -147,11 +147,11 @@ def plot_success_curves(rows: list[dict], path: Path, title: str = "") -> None:
     thresholds = np.linspace(0.0, 10.0, 201)
     keys = [k for k in ("learned", "energy") if any(f"rmsd_top1_{k}" in r for r in rows)] or [""]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for colour, key in zip(("C0", "C1"), keys):
+    for colour, width, key in zip(("C0", "C1"), (2.6, 1.2), keys):  # the thin line on the thick one: ties show
         suffix = f"_{key}" if key else ""
         for column, style, what in ((f"rmsd_top1{suffix}", "-", "top-1"), (f"rmsd_top5{suffix}", "--", "top-5")):
             rmsd = np.array([r.get(column, math.inf) for r in rows], float)
-            ax.plot(thresholds, (rmsd[None] < thresholds[:, None]).mean(1), style, color=colour,
+            ax.plot(thresholds, (rmsd[None] < thresholds[:, None]).mean(1), style, color=colour, lw=width,
                     label=f"{what} ({key} ranking)" if key else what)
     best = np.array([r.get("rmsd_best_candidate", math.inf) for r in rows], float)
     ax.plot(thresholds, (best[None] < thresholds[:, None]).mean(1), ":", color="0.3", label="best candidate")
