@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from sciddiff.cli import UserError, check_output_path, idle_threads, options_below
 from sciddiff.policy.cli import SHIPPED, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
@@ -62,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
                  "--batch-size", "64", "--lr", "2e-4", "--seed", str(args.seed)])
             checkpoint = Path(train(train_args)["policy"])
         policy = load_checkpoint_or_fail(checkpoint)
-        import torch
-
         torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
         metrics = evaluate_pusht(policy, args.episodes, args.seed, gif_path=args.gif, steps=args.inference_steps,
                                  plot_path=args.plot)
