@@ -18,7 +18,7 @@ from sciddiff import toy
 from sciddiff.cli import UserError, check_output_path
 from sciddiff.core import SO3, Torus, sample_reverse_sde
 from sciddiff.core.schedules import geometric_sigma
-from sciddiff.train import atomic_file
+from sciddiff.plots import pyplot, save_png
 
 
 def run(space, kind, target, sigma_range, args, g):
@@ -62,10 +62,7 @@ def main(argv=None):
     so3_samples, so3_target = run(SO3(), "so3", toy.so3_mixture, (0.05, 1.5), args, g)
     tor_samples, tor_target = run(Torus(2), "torus", toy.torus_mixture, (0.05, 3.0), args, g)
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for data, label, color in ((so3_target, "target", "tab:gray"), (so3_samples, "sciddiff samples", "tab:blue")):
         lon, lat = sphere_coords(data)
@@ -77,8 +74,7 @@ def main(argv=None):
     for ax in axes:
         ax.legend(loc="lower left", markerscale=4)
     fig.tight_layout()
-    with atomic_file(args.out, "wb") as handle:  # never a half-written PNG
-        fig.savefig(handle, format="png", dpi=110)
+    save_png(fig, args.out, dpi=110)
     print(f"wrote {args.out}")
     return 0
 

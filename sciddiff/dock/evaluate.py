@@ -137,13 +137,9 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
 def plot_success_curves(rows: list[dict], path: Path, title: str = "") -> None:
     """Fraction of complexes with RMSD below each threshold (0-10 A): top-1 and best-of-top-5 per ranking, and the
     best candidate; written atomically as a PNG. Failed complexes count as misses at every threshold."""
-    import matplotlib
+    from sciddiff.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sciddiff.train.checkpoint import atomic_file
-
+    plt = pyplot()
     thresholds = np.linspace(0.0, 10.0, 201)
     keys = [k for k in ("learned", "energy") if any(f"rmsd_top1_{k}" in r for r in rows)] or [""]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -160,9 +156,7 @@ def plot_success_curves(rows: list[dict], path: Path, title: str = "") -> None:
            xlim=(0, 10), ylim=(0, 1), title=title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float | None:

@@ -75,14 +75,10 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
 def plot_episodes(results: Sequence[EpisodeResult], path: str | Path, title: str = "", max_steps: int = 300) -> None:
     """PNG (written atomically) of a PushT evaluation: the histogram of per-episode max coverage with the success
     threshold, and the fraction of episodes finished (coverage > 0.95, which ends an episode) by each env step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from sciddiff.plots import pyplot, save_png
     from sciddiff.policy.pusht import SUCCESS_COVERAGE
-    from sciddiff.train.checkpoint import atomic_file
 
+    plt = pyplot()
     coverage = np.array([r.max_score for r in results])
     finished = np.array([r.steps for r in results if r.success])
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -96,9 +92,7 @@ def plot_episodes(results: Sequence[EpisodeResult], path: str | Path, title: str
               title=f"success {len(finished) / len(results):.1%}")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def save_rollout_states(path: str | Path, results: Sequence[EpisodeResult]) -> Path:

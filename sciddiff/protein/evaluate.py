@@ -136,11 +136,9 @@ def target_agreement(chains: list[dict], targets: dict[str, str]) -> dict | None
 
 def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candidates: dict[str, list[np.ndarray]],
                folder: Path) -> list[str]:
-    import matplotlib
+    from sciddiff.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     table = ramachandran.general_table()
     grid = np.arange(-179.0, 180.0, 2.0)
@@ -164,8 +162,7 @@ def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candida
     axes[0].set_ylabel("psi (deg)")
     fig.tight_layout()
     phi_psi_png = folder / "phi_psi.png"
-    fig.savefig(phi_psi_png, dpi=120)
-    plt.close(fig)
+    save_png(fig, phi_psi_png)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     centres = 0.5 * (metrics.PROFILE_BINS[1:] + metrics.PROFILE_BINS[:-1])
@@ -184,8 +181,7 @@ def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candida
     axes[1].legend()
     fig.tight_layout()
     dist_png = folder / "distances.png"
-    fig.savefig(dist_png, dpi=120)
-    plt.close(fig)
+    save_png(fig, dist_png)
     return [str(phi_psi_png), str(dist_png)]
 
 
