@@ -2,6 +2,8 @@
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +420,17 @@ def test_a_c_alpha_trace_gets_a_warning(tmp_path, capsys):
     assert code == 0 and "100% of its residues have only a C-alpha atom" in capsys.readouterr().err
     assert main(["dock-score", "--protein", PROTEIN, "--ligand", LIGAND]) == 0
     assert "C-alpha" not in capsys.readouterr().err  # an all-atom protein gets no warning
+
+
+def test_dock_command_imports_e3nn_without_dynamo_or_pyg():
+    """`sciddiff dock` loads its model without torch._dynamo (pulled in by one e3nn decorator) or torch-geometric,
+    1.5-2 s of imports on 2 cores (docs/dock.md); importing the library itself leaves torch's decorator alone."""
+    code = ("import sys, torch\n"
+            "from sciddiff.dock.cli import _e3nn_without_dynamo\n"
+            "disable = torch.compiler.disable\n"
+            "with _e3nn_without_dynamo():\n"
+            "    import sciddiff.dock.sampler\n"
+            "assert torch.compiler.disable is disable\n"
+            "print('torch._dynamo' in sys.modules, 'torch_geometric' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -74,7 +74,7 @@ def test_grid_gradient_matches_grid_sample(complex_1uou):
     x = torch.as_tensor(io.ligand_coords(mol))[None] + 4.0 * torch.randn(6, 1, 3, generator=torch.Generator().manual_seed(2))
     x = x.clone().requires_grad_()
     cls = torch.as_tensor(sf.atom_class)
-    for grid in sf.maps:
+    for grid in [sf.map]:
         value, grad = grid.interpolate(x.detach(), cls)
         hi = grid.lo + grid.spacing * (torch.as_tensor(grid.values.shape[1:]) - 1)
         u = ((x - grid.lo) / (hi - grid.lo) * 2 - 1).flip(-1).reshape(1, -1, 1, 1, 3)
@@ -110,6 +110,26 @@ def test_pose_gradient_matches_finite_differences():
         step[0, k] = eps
         fd = (energy(move(x, step, space)) - energy(move(x, -step, space))) / (2 * eps)
         assert abs(float(fd[0]) - float(g[k])) < 1e-5 * max(1.0, abs(float(fd[0])))
+
+
+def test_coarse_map_resampled_on_the_fine_grid_is_exact():
+    """Why the 1 A gauss2 map can be added into the 0.5 A map at its nodes: with a shared origin, the coarse
+    trilinear interpolant restricted to a fine cell is trilinear, so the fine lookup reproduces it (value and
+    gradient)."""
+    gen = torch.Generator().manual_seed(3)
+    lo = torch.tensor([-1.0, 2.0, 0.5], dtype=torch.float64)
+    coarse = scoring.GridMap(torch.randn(2, 5, 6, 4, generator=gen, dtype=torch.float64), lo,
+                             torch.ones(3, dtype=torch.float64))
+    shape = (9, 11, 7)  # every coarse node is a fine node
+    axes = [lo[k] + 0.5 * torch.arange(shape[k], dtype=torch.float64) for k in range(3)]
+    nodes = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)
+    cls = torch.arange(2)[:, None]
+    fine = scoring.GridMap(coarse.interpolate(nodes, cls)[0].reshape(2, *shape), lo,
+                           torch.full((3,), 0.5, dtype=torch.float64))
+    x = lo + torch.rand(16, 10, 3, generator=gen, dtype=torch.float64) * torch.tensor([4.0, 5.0, 3.0])
+    atom_cls = torch.randint(0, 2, (10,), generator=gen)
+    for a, b in zip(fine.interpolate(x, atom_cls), coarse.interpolate(x, atom_cls)):
+        assert torch.allclose(a, b, atol=1e-12)
 
 
 @pytest.mark.parametrize("function", ["vina", "vinardo"])

@@ -4,7 +4,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from sciddiff.nn import graph
-from sciddiff.nn.graph import knn, knn_graph, radius, radius_graph
+from sciddiff.nn.graph import knn, knn_graph, radius, radius_graph, segment_mean
 
 
 def _cloud(n, seed, dtype=torch.float64, box=10.0):
@@ -177,3 +177,14 @@ def test_cuda_matches_cpu():
     for fn in (lambda p, b: radius_graph(p, 2.0, b), lambda p, b: radius_graph(p, 2.0, b, max_num_neighbors=5),
                lambda p, b: knn_graph(p, 6, b)):
         assert _edges(fn(pos.cuda(), batch.cuda()).cpu()) == _edges(fn(pos, batch))  # sets: FMA may reorder ties
+
+
+def test_segment_mean_matches_per_group_means_and_is_differentiable():
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randn(12, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    index = torch.tensor([0, 2, 2, 0, 4, 4, 4, 0, 2, 4, 0, 2])
+    out = segment_mean(src, index, 6)
+    for g in range(6):
+        rows = src[index == g]
+        assert torch.allclose(out[g], rows.mean(0) if len(rows) else torch.zeros(3, dtype=torch.float64))
+    assert torch.autograd.gradcheck(lambda s: segment_mean(s, index, 6), (src,))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import re
@@ -143,11 +144,34 @@ def _model(args):
         raise UserError("--device cuda requested but CUDA is not available")
 
     def load(path: Path):  # e3nn is imported only when a model is used
-        from sciddiff.dock.sampler import load_score_model
+        with _e3nn_without_dynamo():
+            from sciddiff.dock.sampler import load_score_model
 
         return load_score_model(path, args.device)
 
     return _load_optional(args.model, DEFAULT_MODEL, "score model", load)
+
+
+@contextlib.contextmanager
+def _e3nn_without_dynamo():
+    """Import e3nn in this command's process without torch._dynamo.
+
+    e3nn 0.5-0.6 marks one basis-change helper (called when tensor products are built, not in forward) with
+    `@torch.compiler.disable`, and that decorator imports torch._dynamo: 1.1-1.3 s of a ~10 s docking run on 2 cores
+    (docs/dock.md), for a graph break that matters only under torch.compile, which `sciddiff dock` never uses. Here,
+    in the CLI process only (a library import must not change a user's compiled code), the decorator is an identity
+    while e3nn is imported; if torch._dynamo or e3nn is already loaded nothing changes."""
+    import torch
+
+    if "torch._dynamo" in sys.modules or "e3nn" in sys.modules:
+        yield
+        return
+    disable = torch.compiler.disable
+    torch.compiler.disable = lambda fn=None, *a, **k: fn if fn is not None else (lambda f: f)
+    try:
+        yield
+    finally:
+        torch.compiler.disable = disable
 
 
 def _rescorer(args):

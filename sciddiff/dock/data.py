@@ -22,6 +22,7 @@ import torch
 
 from sciddiff.core.spaces import SO3, Euclidean, Torus
 from sciddiff.dock.model import ScoreModelConfig
+from sciddiff.nn.graph import segment_mean
 
 CROP = 30.0          # stored residues: C-alpha within this of the crystal ligand centroid
 TRAIN_CROP = 22.0    # residues the network sees: within this of the ligand centroid + a random offset
@@ -98,12 +99,9 @@ def batched_torsion_update(pos: torch.Tensor, tor_bonds: torch.Tensor, tor_mask:
 
 def batched_kabsch_onto(p: torch.Tensor, q: torch.Tensor, batch: torch.Tensor, n: int) -> torch.Tensor:
     """Rigidly move each molecule of p onto the matching molecule of q (least squares); returns moved p."""
-    from torch_geometric.utils import scatter
-
-    pc = scatter(p, batch, 0, dim_size=n, reduce="mean")
-    qc = scatter(q, batch, 0, dim_size=n, reduce="mean")
+    pc, qc = segment_mean(p, batch, n), segment_mean(q, batch, n)
     a, b = p - pc[batch], q - qc[batch]
-    h = scatter(a[:, :, None] * b[:, None, :], batch, 0, dim_size=n, reduce="sum")
+    h = p.new_zeros(n, 3, 3).index_add(0, batch, a[:, :, None] * b[:, None, :])
     u, _, vt = torch.linalg.svd(h)
     d = torch.sign(torch.linalg.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
     diag = torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1)
@@ -171,7 +169,7 @@ class TrainSet:
             t = torch.rand(g, generator=generator, device=dev)
         sig = self.cfg.sigmas(t)
         x0 = lig["pos"]
-        center0 = _mean(x0, lig["batch"], g)
+        center0 = segment_mean(x0, lig["batch"], g)
         tr_t, tr_score = Euclidean(3).perturb(center0, sig["tr"], generator)
         eye = torch.eye(3, device=dev).expand(g, 3, 3)
         rot_t, rot_score = SO3().perturb(eye, sig["rot"], generator)
@@ -180,17 +178,13 @@ class TrainSet:
         local = x0 - center0[lig["batch"]]
         moved = batched_torsion_update(local, lig["tor_bonds"], tor_mask, lig["tor_rank"], theta_delta[0])
         local = batched_kabsch_onto(moved, local, lig["batch"], g)
-        local = local - _mean(local, lig["batch"], g)[lig["batch"]]
+        local = local - segment_mean(local, lig["batch"], g)[lig["batch"]]
         lig["pos"] = (rot_t[lig["batch"]] @ local[:, :, None])[:, :, 0] + tr_t[lig["batch"]]
         # rotation score: the kernel's body-frame score equals the lab-frame one because R0 = I
         targets = {"tr": tr_score, "rot": rot_score, "tor": tor_score[0], "sigma": sig}
         return lig, rec, t, targets
 
 
-def _mean(x: torch.Tensor, batch: torch.Tensor, n: int) -> torch.Tensor:
-    from torch_geometric.utils import scatter
-
-    return scatter(x, batch, 0, dim_size=n, reduce="mean")
 
 
 def dsm_loss(model, lig: dict, rec: dict, t: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

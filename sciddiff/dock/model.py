@@ -21,12 +21,11 @@ from dataclasses import asdict, dataclass
 import torch
 from e3nn import o3
 from torch import nn
-from torch_geometric.utils import scatter
 
 from sciddiff.core import so3, torus
 from sciddiff.core.schedules import geometric_sigma
 from sciddiff.nn.embeddings import sinusoidal_embedding
-from sciddiff.nn.graph import radius, radius_graph
+from sciddiff.nn.graph import radius, radius_graph, segment_mean
 
 
 ATOM_DIM = 33      # ligand atom features (sciddiff.dock.featurize.atom_features)
@@ -96,7 +95,7 @@ class TPConv(nn.Module):
         src, dst = edge_index
         w = self.fc(torch.cat([edge_attr, src_feat[src, : self.n_src], dst_feat[dst, : self.n_dst]], -1))
         msg = self.tp(src_feat[src], edge_sh, w)
-        out = scatter(msg, dst, dim=0, dim_size=dst_feat.shape[0], reduce="mean")
+        out = segment_mean(msg, dst, dst_feat.shape[0])
         return out + nn.functional.pad(dst_feat, (0, out.shape[-1] - dst_feat.shape[-1]))
 
 
@@ -208,7 +207,7 @@ class ScoreModel(nn.Module):
             h = h_new + xconv(rec_h, cei, cross_attr, cross_sh, h) - nn.functional.pad(h, (0, h_new.shape[-1] - h.shape[-1]))
 
         # translation and rotation: convolution from every atom to its ligand's centroid
-        center = scatter(pos, batch, dim=0, dim_size=n_graphs, reduce="mean")
+        center = segment_mean(pos, batch, n_graphs)
         cvec = pos - center[batch]
         c_ei = torch.stack([torch.arange(pos.shape[0], device=pos.device), batch])
         c_sh = o3.spherical_harmonics(self.sh, cvec, normalize=True, normalization="component")
