@@ -32,8 +32,11 @@ __all__ = ["radius_graph", "knn_graph", "radius", "knn", "segment_mean"]
 
 def segment_mean(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """Mean of the rows of src (E, ...) per index (E,) into (size, ...); 0 where no row maps (PyG's scatter "mean",
-    with torch's own `index_reduce`, so torch-geometric's ~0.6-0.9 s import is not paid for it)."""
-    return src.new_zeros(size, *src.shape[1:]).index_reduce(0, index, src, "mean", include_self=False)
+    in plain torch, so torch-geometric's ~0.6-0.9 s import is not paid for it; torch's `index_reduce` would do it in
+    one call but warns that it is in beta)."""
+    total = src.new_zeros(size, *src.shape[1:]).index_add_(0, index, src)
+    count = torch.bincount(index, minlength=size).clamp_min(1).to(src.dtype)
+    return total / count.reshape(-1, *[1] * (src.dim() - 1))
 
 
 def radius_graph(
