@@ -185,8 +185,6 @@ class TrainSet:
         return lig, rec, t, targets
 
 
-
-
 def dsm_loss(model, lig: dict, rec: dict, t: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Denoising score matching, each component weighted by 1 / E|score|^2 (core convention; DiffDock's)."""
     sig = targets["sigma"]
