@@ -306,7 +306,8 @@ class ScoringFunction:
                  spacing: float = 0.5, grid_pad: float = 2.0, function: str = "vina"):
         self.fn = FUNCTIONS[function]
         self.lig = ligand_types(mol, function)
-        self.classes, self.atom_class = self.lig.classes()
+        self.classes, atom_class = self.lig.classes()
+        self.atom_class = torch.as_tensor(atom_class)  # (N,) grid-map class per ligand atom, looked up every step
         rec_types = receptor_types(receptor, function)
         self.n_torsions = n_torsions
         self.entropy = 1.0 + W_ROT * n_torsions
@@ -407,7 +408,7 @@ class ScoringFunction:
 
     def _inter_grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`inter_grid` and its gradient (B, N, 3)."""
-        v, grad = self.map.interpolate(x, torch.as_tensor(self.atom_class, device=x.device))
+        v, grad = self.map.interpolate(x, self.atom_class.to(x.device))
         below, above = torch.relu(self.grid_lo - x), torch.relu(x - self.grid_hi)
         return v.sum(-1) + 10.0 * (below.pow(2) + above.pow(2)).sum((-1, -2)), grad + 20.0 * (above - below)
 
