@@ -132,6 +132,25 @@ def test_coarse_map_resampled_on_the_fine_grid_is_exact():
         assert torch.allclose(a, b, atol=1e-12)
 
 
+def test_stacked_grids_score_each_row_in_its_own_box(complex_1uou):
+    """Blind docking searches all pockets in one batch: each row must get exactly its own box's energy and gradient,
+    also where a smaller box's maps were padded to the largest one's shape and for atoms outside a box."""
+    rec, mol, tors, box, _ = complex_1uou
+    boxes = [box, io.Box(center=box.center + np.float32(3.0), size=box.size * np.float32(0.7))]
+    functions = [scoring.ScoringFunction(rec, mol, tors.n, region=b) for b in boxes]
+    assert functions[0].map.values.shape != functions[1].map.values.shape
+    which = torch.arange(12) % 2
+    x = torch.as_tensor(io.ligand_coords(mol))[None]
+    # rows of the small box centred on its far corner: about half their atoms beyond its maps, in the padding
+    corner = functions[1].grid_hi - x[0].mean(0)
+    x = x + which[:, None, None] * corner + torch.randn(12, 1, 3, generator=torch.Generator().manual_seed(1))
+    e, g = scoring.StackedGrids(functions).rows(which).energy_and_gradient(x)
+    for k, sf in enumerate(functions):
+        e_k, g_k = sf.energy_and_gradient(x[which == k])
+        assert torch.allclose(e[which == k], e_k, rtol=1e-5, atol=1e-4)
+        assert torch.allclose(g[which == k], g_k, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("function", ["vina", "vinardo"])
 def test_grid_tracks_exact_energy(complex_1uou, function):
     rec, mol, tors, box, _ = complex_1uou

@@ -26,13 +26,11 @@ from sciddiff.dock.io import Box, Receptor, box_around
 from sciddiff.dock.ligand import distinct_shapes, generate_conformers, rmsd_matrix, rotatable_torsions
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
-from sciddiff.dock.scoring import ScoringFunction
+from sciddiff.dock.scoring import ScoringFunction, StackedGrids
 from sciddiff.dock.search import POLISH_STEP_SIZES, Poses, basin_hopping, fit_pose, local_opt
 from sciddiff.dock.settings import DockSettings
 
 RECEPTOR_CROP = 22.0  # residues the score model sees around the box centre (as in training, data.TRAIN_CROP)
-
-
 
 
 @dataclass
@@ -98,50 +96,59 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
 
     pool, pool_region, grids = [], [], []
     refine = s.refine_sites if box is None else 0
-    bar = tqdm(total=(len(regions) + refine) * (s.mc_rounds + (s.steps if model is not None else 0)),
+    diffusion_steps = s.steps if model is not None and s.samples > 0 else 0
+    bar = tqdm(total=(len(regions) + refine) * diffusion_steps + (2 if refine else 1) * s.mc_rounds,
                disable=not show_progress, desc="docking", leave=False)
 
-    def search(region: Box) -> None:
-        """The full search in one box; its chains' minima join the pool."""
+    def search(boxes: list[Box]) -> None:
+        """The full search in each box, all boxes' chains in one batch; their minima join the pool."""
         tick = time.perf_counter()
-        sf = ScoringFunction(receptor, mol, tors.n, region=region, function=s.scoring)
-        grids.append(sf)
+        for region in boxes:
+            grids.append(ScoringFunction(receptor, mol, tors.n, region=region, function=s.scoring))
+        stack = StackedGrids(grids[-len(boxes):])
         timings["grid"] = timings.get("grid", 0.0) + time.perf_counter() - tick
-        center = torch.as_tensor(region.center)
-        starts = []
-        if model is not None and s.samples > 0:
-            tick = time.perf_counter()
-            starts.append(_diffusion_starts(model, receptor, mol, tors, space, region, s, gen, device,
-                                            lambda it: _counting(it, bar)))
-            timings["diffusion"] = timings.get("diffusion", 0.0) + time.perf_counter() - tick
-        n_random = s.random_starts if (model is not None and s.samples > 0) else s.random_starts + s.samples
-        if n_random > 0:
-            half = torch.as_tensor(np.maximum(region.size / 2 - extent / 4, 1.0))
-            starts.append(space.random(n_random, center, half, generator=gen)
-                          + (torch.arange(n_random) % space.n_conformers,))
-        tr = torch.cat([p[0] for p in starts])
-        rot = torch.cat([p[1] for p in starts])
-        theta = torch.cat([p[2] for p in starts])
-        conf = torch.cat([p[3] for p in starts])
+        starts, start_box = [], []
+        for k, region in enumerate(boxes):
+            n_before = len(starts)
+            if model is not None and s.samples > 0:
+                tick = time.perf_counter()
+                starts.append(_diffusion_starts(model, receptor, mol, tors, space, region, s, gen, device,
+                                                lambda it: _counting(it, bar)))
+                timings["diffusion"] = timings.get("diffusion", 0.0) + time.perf_counter() - tick
+            n_random = s.random_starts if (model is not None and s.samples > 0) else s.random_starts + s.samples
+            if n_random > 0:
+                half = torch.as_tensor(np.maximum(region.size / 2 - extent / 4, 1.0))
+                starts.append(space.random(n_random, torch.as_tensor(region.center), half, generator=gen)
+                              + (torch.arange(n_random) % space.n_conformers,))
+            start_box += [k] * sum(len(p[0]) for p in starts[n_before:])
+        tr, rot, theta, conf = (torch.cat([p[i] for p in starts]) for i in range(4))
+        box = torch.tensor(start_box)
         tick = time.perf_counter()
-        poses = local_opt(sf, space, tr, rot, theta, steps=s.opt_steps, conf=conf)
-        # many cheap starts, then Monte Carlo only from the best minima (per-step cost is mostly overhead, so a
-        # wide first pass is nearly free; the chains are where the time goes)
-        poses = poses.take(poses.energy.argsort()[: s.mc_chains])
-        poses = basin_hopping(sf, space, poses, s.mc_rounds, s.mc_steps, gen, progress=lambda it: _counting(it, bar))
+        poses = local_opt(stack.rows(box), space, tr, rot, theta, steps=s.opt_steps, conf=conf)
+        # many cheap starts, then Monte Carlo only from each box's best minima (per-step cost is mostly overhead,
+        # so a wide first pass is nearly free; the chains are where the time goes)
+        keep = torch.cat([idx[poses.energy[idx].argsort()[: s.mc_chains]]
+                          for idx in (torch.nonzero(box == k)[:, 0] for k in range(len(boxes)))])
+        poses, box = poses.take(keep), box[keep]
+        poses = basin_hopping(stack.rows(box), space, poses, s.mc_rounds, s.mc_steps, gen,
+                              progress=lambda it: _counting(it, bar))
         timings["search"] = timings.get("search", 0.0) + time.perf_counter() - tick
-        pool_region.append(torch.full((len(poses.energy),), len(pool)))
+        pool_region.append(box + len(regions) - len(boxes))
         pool.append(poses)
 
-    for region in regions:
-        search(region)
+    search(regions)
     # blind: the pockets' boxes are placed by geometry, not around a ligand; search again in a box around the best
     # pose of each of the `refine` best pockets, as --autobox-ligand would around that pose
-    best_sites = sorted(range(len(pool)), key=lambda i: float(pool[i].energy.min()))[:refine]
+    first = Poses.cat(pool)
+    site = torch.cat(pool_region)
+    best_sites = sorted(range(len(regions)), key=lambda i: float(first.energy[site == i].min()))[:refine]
+    refined = []
     for i in best_sites:
-        p = pool[i].take(pool[i].energy.argmin()[None])
-        regions.append(box_around(space.coords(p.tr, p.rot, p.theta, realign=False, conf=p.conf)[0].detach().numpy()))
-        search(regions[-1])
+        p = first.take(torch.nonzero(site == i)[:, 0][first.energy[site == i].argmin()][None])
+        refined.append(box_around(space.coords(p.tr, p.rot, p.theta, realign=False, conf=p.conf)[0].detach().numpy()))
+    if refined:
+        regions.extend(refined)
+        search(refined)
     bar.close()
 
     tick = time.perf_counter()
