@@ -62,9 +62,11 @@ def test_default_confidence_is_the_learned_probability(tmp_path, ranking):
         assert energy == sorted(energy)
 
 
-def test_same_seed_same_poses(tmp_path):
-    _, a = _dock(tmp_path, "a", "--seed", "5", "--model", "none")
-    _, b = _dock(tmp_path, "b", "--seed", "5", "--model", "none")
+@pytest.mark.parametrize("model", ["none", "shipped"])
+def test_same_seed_same_poses(tmp_path, model):
+    extra = ["--model", "none"] if model == "none" else []
+    _, a = _dock(tmp_path, "a", "--seed", "5", *extra)
+    _, b = _dock(tmp_path, "b", "--seed", "5", *extra)
     assert (a / "rank1.sdf").read_text() == (b / "rank1.sdf").read_text()
 
 
