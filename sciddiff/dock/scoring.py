@@ -261,7 +261,7 @@ class IntraLigand:
 @dataclass
 class GridMap:
     """Energy maps (C, X, Y, Z), one per ligand atom class, on a regular grid: point (i, j, k) sits at
-    lo + (i, j, k) * spacing (Angstrom)."""
+    lo + (i, j, k) * spacing (Angstrom); lo (3,), or (B, 1, 3) for a batch whose rows use different maps."""
 
     values: torch.Tensor
     lo: torch.Tensor
@@ -453,7 +453,7 @@ class StackedGrids:
         shape = np.max([m.values.shape[1:] for m in maps], 0)
         padded = []
         for m in maps:
-            (px, py, pz) = shape - np.array(m.values.shape[1:])
+            px, py, pz = shape - np.array(m.values.shape[1:])
             padded.append(torch.nn.functional.pad(m.values[None], (0, pz, 0, py, 0, px), mode="replicate")[0])
         self.values = torch.cat(padded)  # (boxes x classes, X, Y, Z)
         self.lo = torch.stack([m.lo for m in maps])
