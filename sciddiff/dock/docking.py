@@ -96,12 +96,14 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
 
     pool, pool_region, grids = [], [], []
     refine = s.refine_sites if box is None else 0
-    diffusion_steps = s.steps if model is not None and s.samples > 0 else 0
-    bar = tqdm(total=(len(regions) + refine) * diffusion_steps + (2 if refine else 1) * s.mc_rounds,
+    diffuse = model is not None and s.samples > 0
+    n_random = s.random_starts if diffuse else s.random_starts + s.samples  # starts per box besides the samples
+    bar = tqdm(total=(len(regions) + refine) * (s.steps if diffuse else 0) + (2 if refine else 1) * s.mc_rounds,
                disable=not show_progress, desc="docking", leave=False)
 
     def search(boxes: list[Box]) -> None:
         """The full search in each box, all boxes' chains in one batch; their minima join the pool."""
+        first_box = len(grids)  # region index of boxes[0]: grids[i] is region i's scoring function
         tick = time.perf_counter()
         for region in boxes:
             grids.append(ScoringFunction(receptor, mol, tors.n, region=region, function=s.scoring))
@@ -110,12 +112,11 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         starts, start_box = [], []
         for k, region in enumerate(boxes):
             n_before = len(starts)
-            if model is not None and s.samples > 0:
+            if diffuse:
                 tick = time.perf_counter()
                 starts.append(_diffusion_starts(model, receptor, mol, tors, space, region, s, gen, device,
                                                 lambda it: _counting(it, bar)))
                 timings["diffusion"] = timings.get("diffusion", 0.0) + time.perf_counter() - tick
-            n_random = s.random_starts if (model is not None and s.samples > 0) else s.random_starts + s.samples
             if n_random > 0:
                 half = torch.as_tensor(np.maximum(region.size / 2 - extent / 4, 1.0))
                 starts.append(space.random(n_random, torch.as_tensor(region.center), half, generator=gen)
@@ -133,20 +134,21 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         poses = basin_hopping(stack.rows(box), space, poses, s.mc_rounds, s.mc_steps, gen,
                               progress=lambda it: _counting(it, bar))
         timings["search"] = timings.get("search", 0.0) + time.perf_counter() - tick
-        pool_region.append(box + len(regions) - len(boxes))
+        pool_region.append(box + first_box)
         pool.append(poses)
 
     search(regions)
     # blind: the pockets' boxes are placed by geometry, not around a ligand; search again in a box around the best
     # pose of each of the `refine` best pockets, as --autobox-ligand would around that pose
-    first = Poses.cat(pool)
-    site = torch.cat(pool_region)
-    best_sites = sorted(range(len(regions)), key=lambda i: float(first.energy[site == i].min()))[:refine]
-    refined = []
-    for i in best_sites:
-        p = first.take(torch.nonzero(site == i)[:, 0][first.energy[site == i].argmin()][None])
-        refined.append(box_around(space.coords(p.tr, p.rot, p.theta, realign=False, conf=p.conf)[0].detach().numpy()))
-    if refined:
+    if refine:
+        found, site = Poses.cat(pool), torch.cat(pool_region)
+        members = (torch.nonzero(site == k)[:, 0] for k in range(len(regions)))
+        best_of_site = [int(i[found.energy[i].argmin()]) for i in members]
+        refined = []
+        for j in sorted(best_of_site, key=lambda j: float(found.energy[j]))[:refine]:
+            p = found.take(torch.tensor([j]))
+            x = space.coords(p.tr, p.rot, p.theta, realign=False, conf=p.conf)[0]
+            refined.append(box_around(x.detach().numpy()))
         regions.extend(refined)
         search(refined)
     bar.close()
