@@ -32,7 +32,7 @@ def _tunnel_receptor(length: float = 40.0, width: float = 10.0) -> io.Receptor:
     n, none = len(xyz), np.zeros((0, 3), np.float32)
     return io.Receptor(coords=xyz, elements=np.full(n, "C"), atom_names=np.full(n, "C"), res_names=np.full(n, "UNK"),
                        atom_res=np.full(n, -1), is_hetero=np.ones(n, bool), res_type=np.zeros(0, int), res_ca=none,
-                       res_n=none, res_c=none, res_sc=none)
+                       res_n=none, res_c=none, res_sc=none, res_chain=np.zeros(0, str))
 
 
 def test_a_long_tunnel_gives_several_ligand_sized_pockets():

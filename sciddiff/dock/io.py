@@ -71,6 +71,7 @@ class Receptor:
     res_n: np.ndarray             # (R, 3) backbone N (C-alpha when missing)
     res_c: np.ndarray             # (R, 3) backbone C
     res_sc: np.ndarray            # (R, 3) side-chain centroid (C-alpha for glycine)
+    res_chain: np.ndarray         # (R,) chain id
     pdb_text: str = field(repr=False, default="")   # the input's ATOM/HETATM records, for complex output
 
     @property
@@ -164,7 +165,7 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
         raise UserError(f"no model in {path}")
 
     coords, elements, names, resnames, atom_res, hetero = [], [], [], [], [], []
-    res_type, res_ca, res_n, res_c, res_sc = [], [], [], [], []
+    res_type, res_ca, res_n, res_c, res_sc, res_chain = [], [], [], [], [], []
     for chain in models[0]:
         for res in chain:
             hetflag = res.id[0]
@@ -194,6 +195,7 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
                 res_c.append(res["C"].coord if "C" in res else ca)
                 sc = [a.coord for a, _ in atoms if a.get_id() not in ("N", "CA", "C", "O", "OXT")]
                 res_sc.append(np.mean(sc, axis=0) if sc else ca)
+                res_chain.append(chain.id)
             for atom, el in atoms:
                 coords.append(atom.coord)
                 elements.append(el)
@@ -208,7 +210,7 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
         coords=f32(coords), elements=np.array(elements), atom_names=np.array(names), res_names=np.array(resnames),
         atom_res=np.array(atom_res, dtype=np.int64), is_hetero=np.array(hetero, dtype=bool),
         res_type=np.array(res_type, dtype=np.int64), res_ca=f32(res_ca), res_n=f32(res_n), res_c=f32(res_c),
-        res_sc=f32(res_sc), pdb_text="\n".join(ln for ln in records if not ln.startswith("TER")) + "\n",
+        res_sc=f32(res_sc), res_chain=np.array(res_chain), pdb_text="\n".join(ln for ln in records if not ln.startswith("TER")) + "\n",
     )
 
 
