@@ -122,6 +122,14 @@ def test_several_conformers_differ_and_the_first_does_not_depend_on_n():
     assert min(np.abs(confs[0] - c).max() for c in confs[1:]) > 0.1
 
 
+def test_embedding_a_hypervalent_sulfur_logs_nothing(capfd):
+    # RDKit's embedder logs "UFFTYPER: Unrecognized atom type: S_6+6" to the C++ stderr: noise in a user's terminal
+    confs = ligand.generate_conformers(Chem.MolFromSmiles("FS(F)(F)(F)(F)c1ccccc1"), 1)
+    assert confs[0].shape == (12, 3)
+    out, err = capfd.readouterr()
+    assert "UFFTYPER" not in err + out
+
+
 def test_distinct_shapes_ignores_torsion_only_differences():
     mol = Chem.MolFromSmiles("c1ccccc1CCCc1ccccc1")  # rigid rings: shapes differ only by torsions
     tors = ligand.rotatable_torsions(mol)

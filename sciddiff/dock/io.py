@@ -274,8 +274,9 @@ def _pdbqt_smiles(path: Path) -> str | None:
 
 
 @contextmanager
-def _rdkit_quiet() -> Iterator[None]:
-    """RDKit logs parse errors and warnings over several lines; ours are one UserError line."""
+def rdkit_quiet() -> Iterator[None]:
+    """RDKit logs parse errors and warnings over several lines (ours are one UserError line), and its embedder logs
+    UFF typing warnings for hypervalent atoms that change nothing."""
     RDLogger.DisableLog("rdApp.*")
     try:
         yield
@@ -358,7 +359,7 @@ def load_ligands(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS
     string, each checked and cleaned as `load_ligand` describes. A molecule that cannot be docked carries its error
     instead, so that a screen skips it; a missing or unreadable file raises `UserError`. Unnamed molecules are
     called `<file stem>_<index from 1>`."""
-    with _rdkit_quiet():
+    with rdkit_quiet():
         path = Path(spec)
         looks_like_file = path.suffix != "" or os.sep in str(spec) or path.exists()
         if looks_like_file and not path.is_file() and Chem.MolFromSmiles(str(spec)) is None:
@@ -440,7 +441,7 @@ def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
         raise UserError(f"ligand file not found: {path}")
     if _stem_suffix(path) not in (".sdf", ".sd", ".mol", ".mol2"):
         raise UserError(f"poses must be an SDF, MOL or MOL2 file with 3D coordinates (optionally .gz); got {path.name}")
-    with _rdkit_quiet():
+    with rdkit_quiet():
         raws = [raw for _, raw in _raw_records(path)]
         mols = [_heavy_atom_ligand(raw, f"{path} (molecule {i + 1})") for i, raw in enumerate(raws)]
     if not mols:
@@ -481,7 +482,7 @@ def box_from_ligand(path: str | os.PathLike, add: float = AUTOBOX_ADD) -> Box:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"autobox ligand not found: {path}")
-    with _rdkit_quiet():
+    with rdkit_quiet():
         mol = next(_raw_records(path, limit=1), ("", None))[1]
     if mol is None or mol.GetNumConformers() == 0 or mol.GetNumAtoms() == 0:
         raise UserError(f"cannot read coordinates from autobox ligand {path}")

@@ -19,6 +19,8 @@ from rdkit.Chem import AllChem, rdMolAlign
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from sciddiff.dock.io import rdkit_quiet
+
 AMIDE = Chem.MolFromSmarts("[CX3](=[O,S])-[NX3]")
 
 
@@ -146,14 +148,15 @@ def generate_conformers(mol: Chem.Mol, n: int = 1, seed: int = 0, optimize: bool
     params.numThreads = 1
     params.clearConfs = False
     ids = []
-    for k in range(n):
-        params.randomSeed = (int(seed) + 7919 * k) & 0x7FFFFFFF
-        params.useRandomCoords = False
-        new = list(AllChem.EmbedMultipleConfs(molh, numConfs=1, params=params))
-        if not new:  # rare: fall back to random-coordinate embedding
-            params.useRandomCoords = True
+    with rdkit_quiet():
+        for k in range(n):
+            params.randomSeed = (int(seed) + 7919 * k) & 0x7FFFFFFF
+            params.useRandomCoords = False
             new = list(AllChem.EmbedMultipleConfs(molh, numConfs=1, params=params))
-        ids += new
+            if not new:  # rare: fall back to random-coordinate embedding
+                params.useRandomCoords = True
+                new = list(AllChem.EmbedMultipleConfs(molh, numConfs=1, params=params))
+            ids += new
     if not ids:
         raise ValueError("RDKit could not embed a conformer")
     if optimize and AllChem.MMFFHasAllMoleculeParams(molh):
