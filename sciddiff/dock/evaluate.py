@@ -26,10 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError
+
+if TYPE_CHECKING:
+    from sciddiff.dock.io import Receptor
 
 
 def posebusters_valid(pose, crystal, protein_path: str) -> tuple[bool, str]:
@@ -48,10 +53,7 @@ def posebusters_valid(pose, crystal, protein_path: str) -> tuple[bool, str]:
     return not failed, ";".join(failed)
 
 
-AMINO_ACID_LETTERS = "ARNDCQEGHILKMFPSTWYVX"  # sciddiff.dock.io.AMINO_ACIDS order, then unknown
-
-
-def ligand_copies(receptor, xyz: np.ndarray, pocket_radius: float = 10.0, min_identity: float = 0.95,
+def ligand_copies(receptor: Receptor, xyz: np.ndarray, pocket_radius: float = 10.0, min_identity: float = 0.95,
                   max_pocket_rmsd: float = 1.0) -> list[np.ndarray]:
     """The ligand (xyz, (N, 3) A) moved into each copy of its pocket on another chain of the same sequence.
 
@@ -63,9 +65,12 @@ def ligand_copies(receptor, xyz: np.ndarray, pocket_radius: float = 10.0, min_id
     """
     import torch
     from Bio.Align import PairwiseAligner
+    from Bio.SeqUtils import seq1
 
+    from sciddiff.dock.io import AMINO_ACIDS
     from sciddiff.dock.ligand import kabsch
 
+    letters = [seq1(name) for name in AMINO_ACIDS] + ["X"]  # Receptor.res_type: AMINO_ACIDS, then unknown
     f64 = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64))  # noqa: E731
 
     near = np.linalg.norm(receptor.res_ca[:, None] - xyz[None], axis=-1).min(1) < pocket_radius
@@ -74,7 +79,7 @@ def ligand_copies(receptor, xyz: np.ndarray, pocket_radius: float = 10.0, min_id
     chains, counts = np.unique(receptor.res_chain[near], return_counts=True)
     home = chains[counts.argmax()]
     home_idx = np.flatnonzero(receptor.res_chain == home)
-    home_seq = "".join(AMINO_ACID_LETTERS[t] for t in receptor.res_type[home_idx])
+    home_seq = "".join(letters[t] for t in receptor.res_type[home_idx])
     pocket = set(np.flatnonzero(near[home_idx]).tolist())
     aligner = PairwiseAligner(mode="global", mismatch_score=-1.0, open_gap_score=-2.0, extend_gap_score=-0.5,
                               end_gap_score=0.0)
@@ -83,9 +88,10 @@ def ligand_copies(receptor, xyz: np.ndarray, pocket_radius: float = 10.0, min_id
         idx = np.flatnonzero(receptor.res_chain == chain)
         if chain == home or len(idx) < len(pocket):
             continue
-        seq = "".join(AMINO_ACID_LETTERS[t] for t in receptor.res_type[idx])
+        seq = "".join(letters[t] for t in receptor.res_type[idx])
         alignment = aligner.align(home_seq, seq)[0]
-        paired = [(i, j) for (a0, a1), (b0, b1) in zip(*alignment.aligned) for i, j in zip(range(a0, a1), range(b0, b1))]
+        paired = [(i, j) for (a0, a1), (b0, b1) in zip(*alignment.aligned)
+                  for i, j in zip(range(a0, a1), range(b0, b1))]
         same = sum(home_seq[i] == seq[j] for i, j in paired)
         if len(paired) < 0.8 * min(len(home_seq), len(seq)) or same < min_identity * len(paired):
             continue

@@ -210,7 +210,8 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
         coords=f32(coords), elements=np.array(elements), atom_names=np.array(names), res_names=np.array(resnames),
         atom_res=np.array(atom_res, dtype=np.int64), is_hetero=np.array(hetero, dtype=bool),
         res_type=np.array(res_type, dtype=np.int64), res_ca=f32(res_ca), res_n=f32(res_n), res_c=f32(res_c),
-        res_sc=f32(res_sc), res_chain=np.array(res_chain), pdb_text="\n".join(ln for ln in records if not ln.startswith("TER")) + "\n",
+        res_sc=f32(res_sc), res_chain=np.array(res_chain),
+        pdb_text="\n".join(ln for ln in records if not ln.startswith("TER")) + "\n",
     )
 
 
