@@ -88,7 +88,8 @@ def register(subparsers) -> None:
         description="Dock every complex of a split from a fresh conformer and report top-1/top-5 success "
                     "(symmetry-corrected RMSD < 2 A), median RMSD, PoseBusters validity of top-1 poses "
                     "(redock checks except RMSD) and seconds per complex; plots the success rate against the RMSD "
-                    "threshold (success_curves.png).")
+                    "threshold (success_curves.png). Blind runs also count a pose in a copy of the site on an "
+                    "identical chain (the *_copies columns).")
     e.add_argument("--data", default=None, help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
     e.add_argument("--split", required=True, help="file with one <folder>/<complex_id> per line")
     e.add_argument("--autobox", action="store_true", help="box = crystal ligand + --autobox-add (default: blind)")
