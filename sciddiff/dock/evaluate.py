@@ -152,7 +152,6 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
             row["seconds"] = round(time.perf_counter() - t0, 2)
             xtal = io.ligand_coords(crystal)
             cand_rmsd = [symmetric_rmsd(crystal, x, xtal) for x in result.candidates]
-            copies = [] if args.autobox else ligand_copies(receptor, xtal)
             orders = {"energy": result.order_energy}
             if result.order_learned is not None:
                 orders["learned"] = result.order_learned
@@ -165,7 +164,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                        consensus_top1=round(float(result.consensus[0]), 3),
                        rmsd_best_candidate=round(min(cand_rmsd), 3),
                        all_rmsd=" ".join(f"{cand_rmsd[j]:.2f}" for j in orders[default]))
-            if not args.autobox:
+            if not args.autobox:  # a blind pose may sit in a copy of the site on an identical chain
+                copies = ligand_copies(receptor, xtal)
                 rm = [min([cand_rmsd[j]] + [symmetric_rmsd(crystal, result.candidates[j], c) for c in copies])
                       for j in orders[default]]
                 row.update(copies=len(copies), rmsd_top1_copies=round(rm[0], 3), rmsd_top5_copies=round(min(rm[:5]), 3))
