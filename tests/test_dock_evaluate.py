@@ -40,3 +40,12 @@ def test_the_ligand_is_copied_into_each_identical_pocket_and_nowhere_else():
     moved = other.copy()  # same sequence, but the pocket's conformation differs: not a copy
     moved[15:31] += rng.normal(scale=3.0, size=(16, 3))
     assert ligand_copies(_receptor({"A": (seq, trace), "B": (seq, moved)}), ligand) == []
+
+
+def test_success_curves_plot_the_copies_line_for_blind_runs_with_identical_pockets(tmp_path):
+    from sciddiff.dock.evaluate import plot_success_curves
+
+    rows = [{"rmsd_top1": 20.1, "rmsd_top5": 1.0, "rmsd_best_candidate": 0.9, "copies": 1, "rmsd_top1_copies": 1.1},
+            {"rmsd_top1": 0.8, "rmsd_top5": 0.8, "rmsd_best_candidate": 0.8, "copies": 0, "rmsd_top1_copies": 0.8}]
+    plot_success_curves(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -7,7 +7,8 @@ that fail to dock count as failures (RMSD infinite). With a learned rescorer, th
 by energy alone and both rankings are reported (`*_energy`, `*_learned`; the unsuffixed ones are the chosen
 ranking's), and the ROC AUC of the top-1 confidence and of the search consensus for top-1 success.
 `success_curves.png` plots the fraction of complexes below each RMSD threshold (0-10 A) for the top-1 pose of each
-ranking, the best of its top 5 and the best candidate (what a perfect ranking would pick), the usual docking figure.
+ranking, the best of its top 5, the best candidate (what a perfect ranking would pick) and, in blind runs with
+identical pockets, the top-1 pose against the nearest copy of the crystal ligand: the usual docking figure.
 
 Blind runs also report the RMSD to the nearest copy of the crystal ligand (`*_copies`): in a homo-oligomer the
 pocket the ligand was crystallised in has identical copies on the other chains, and a pose in a copy is the same
@@ -207,8 +208,9 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
 
 
 def plot_success_curves(rows: list[dict], path: Path, title: str = "") -> None:
-    """Fraction of complexes with RMSD below each threshold (0-10 A): top-1 and best-of-top-5 per ranking, and the
-    best candidate; written atomically as a PNG. Failed complexes count as misses at every threshold."""
+    """Fraction of complexes with RMSD below each threshold (0-10 A): top-1 and best-of-top-5 per ranking, the top-1
+    against the nearest copy of the crystal ligand (blind runs with identical pockets), and the best candidate;
+    written atomically as a PNG. Failed complexes count as misses at every threshold."""
     from sciddiff.plots import pyplot, save_png
 
     plt = pyplot()
@@ -221,6 +223,10 @@ def plot_success_curves(rows: list[dict], path: Path, title: str = "") -> None:
             rmsd = np.array([r.get(column, math.inf) for r in rows], float)
             ax.plot(thresholds, (rmsd[None] < thresholds[:, None]).mean(1), style, color=colour, lw=width,
                     label=f"{what} ({key} ranking)" if key else what)
+    if any(r.get("copies", 0) > 0 for r in rows):  # blind, some site with copies on identical chains
+        rmsd = np.array([r.get("rmsd_top1_copies", math.inf) for r in rows], float)
+        ax.plot(thresholds, (rmsd[None] < thresholds[:, None]).mean(1), "-.", color="C2", lw=1.2,
+                label="top-1, any identical pocket")
     best = np.array([r.get("rmsd_best_candidate", math.inf) for r in rows], float)
     ax.plot(thresholds, (best[None] < thresholds[:, None]).mean(1), ":", color="0.3", label="best candidate")
     ax.axvline(2.0, color="0.8", lw=1, zorder=0)
