@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -99,7 +98,8 @@ def ligand_copies(receptor: Receptor, xyz: np.ndarray, pocket_radius: float = 10
         pairs = [(i, j) for i, j in paired if i in pocket]
         if len(pairs) < max(3, 0.9 * len(pocket)):
             continue
-        p, q = f64(receptor.res_ca[home_idx[[i for i, _ in pairs]]]), f64(receptor.res_ca[idx[[j for _, j in pairs]]])
+        p = f64(receptor.res_ca[home_idx[[i for i, _ in pairs]]])
+        q = f64(receptor.res_ca[idx[[j for _, j in pairs]]])
         rot, shift = kabsch(p, q)
         if float(((p @ rot.T + shift - q) ** 2).sum(-1).mean().sqrt()) <= max_pocket_rmsd:
             copies.append((f64(xyz) @ rot.T + shift).numpy())
@@ -169,7 +169,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                 copies = ligand_copies(receptor, xtal)
                 rm = [min([cand_rmsd[j]] + [symmetric_rmsd(crystal, result.candidates[j], c) for c in copies])
                       for j in orders[default]]
-                row.update(copies=len(copies), rmsd_top1_copies=round(rm[0], 3), rmsd_top5_copies=round(min(rm[:5]), 3))
+                row.update(copies=len(copies), rmsd_top1_copies=round(rm[0], 3),
+                           rmsd_top5_copies=round(min(rm[:5]), 3))
             if not args.no_posebusters:
                 for key, order in orders.items():
                     valid, failed = posebusters_valid(io.pose_mol(crystal, result.candidates[order[0]]), crystal,
@@ -185,9 +186,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     for suffix in ("", "_energy", "_learned") if rescorer is not None else ("",):
         summary.update(success_rates(rows, suffix, args.no_posebusters))
     if not args.autobox:
-        for k in ("top1", "top5"):
-            rmsd = np.array([r.get(f"rmsd_{k}_copies", math.inf) for r in rows], float)
-            summary[f"{k}_rmsd_lt_2A_copies"] = round(float((rmsd < 2).mean()), 4)
+        summary.update({k: v for k, v in success_rates(rows, "_copies", True).items() if k.startswith("top")})
         summary["complexes_with_copies"] = sum(1 for r in rows if r.get("copies", 0) > 0)
     hit = np.array([r["rmsd_top1"] < 2 for r in rows])
     for key in ("confidence_top1", "consensus_top1"):  # does the number separate right from wrong top-1 poses?
@@ -216,19 +215,20 @@ def plot_success_curves(rows: list[dict], path: Path, title: str = "") -> None:
     plt = pyplot()
     thresholds = np.linspace(0.0, 10.0, 201)
     keys = [k for k in ("learned", "energy") if any(f"rmsd_top1_{k}" in r for r in rows)] or [""]
+
+    def below(column: str) -> np.ndarray:  # fraction of complexes under each threshold
+        rmsd = np.array([r.get(column, math.inf) for r in rows], float)
+        return (rmsd[None] < thresholds[:, None]).mean(1)
+
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for colour, width, key in zip(("C0", "C1"), (2.6, 1.2), keys):  # the thin line on the thick one: ties show
         suffix = f"_{key}" if key else ""
         for column, style, what in ((f"rmsd_top1{suffix}", "-", "top-1"), (f"rmsd_top5{suffix}", "--", "top-5")):
-            rmsd = np.array([r.get(column, math.inf) for r in rows], float)
-            ax.plot(thresholds, (rmsd[None] < thresholds[:, None]).mean(1), style, color=colour, lw=width,
+            ax.plot(thresholds, below(column), style, color=colour, lw=width,
                     label=f"{what} ({key} ranking)" if key else what)
     if any(r.get("copies", 0) > 0 for r in rows):  # blind, some site with copies on identical chains
-        rmsd = np.array([r.get("rmsd_top1_copies", math.inf) for r in rows], float)
-        ax.plot(thresholds, (rmsd[None] < thresholds[:, None]).mean(1), "-.", color="C2", lw=1.2,
-                label="top-1, any identical pocket")
-    best = np.array([r.get("rmsd_best_candidate", math.inf) for r in rows], float)
-    ax.plot(thresholds, (best[None] < thresholds[:, None]).mean(1), ":", color="0.3", label="best candidate")
+        ax.plot(thresholds, below("rmsd_top1_copies"), "-.", color="C2", lw=1.2, label="top-1, any identical pocket")
+    ax.plot(thresholds, below("rmsd_best_candidate"), ":", color="0.3", label="best candidate")
     ax.axvline(2.0, color="0.8", lw=1, zorder=0)
     ax.set(xlabel="symmetry-corrected RMSD to the crystal ligand (A)", ylabel="fraction of complexes below",
            xlim=(0, 10), ylim=(0, 1), title=title)
