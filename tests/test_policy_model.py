@@ -305,6 +305,12 @@ def test_latency_tool_times_every_variant_and_setting(tmp_path, capsys):
                          "float32", "--settings", "ddim_trailing:14", "--warm-start-t", "0,50"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()[1:]]
     assert [(r["warm_start_t"], r["steps"], r["network_calls"]) for r in rows] == [(0, 14, 14), (50, 14, 7)]
+    other = tmp_path / "unet1d_copy.py"  # another version of the inference copy's source: timed beside this one
+    other.write_text(Path(latency.__file__).parents[1].joinpath("nn", "unet1d.py").read_text())
+    assert latency.main([str(tmp_path / "p.pt"), "--threads", "1", "--repeats", "2", "--no-eager", "--cpu-weights",
+                         "int8", "--settings", "default", "--against-unet1d", str(other)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r["unet"] for r in rows] == ["int8", f"int8 ({other})"]
 
 
 def test_warm_start_begins_at_the_grid_step_and_skips_the_first_calls():

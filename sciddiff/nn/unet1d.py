@@ -188,16 +188,17 @@ class MatmulConv1d(nn.Module):
             raise ValueError("MatmulConv1d supports plain convolutions only")
         self.kernel, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         self.upsample = upsample  # > 1: zeros inserted between input samples first (a transposed convolution)
-        weight = conv.weight.detach().flatten(1)  # (O, C*K)
+        weight = conv.weight.detach().transpose(1, 2).flatten(1)  # (O, K*C): a window's K positions, C channels each
         self.int8 = int8_weights and self.int8_available(conv)
         if self.int8:
             scales = weight.abs().amax(1).clamp_min(1e-12) / 127
-            self.register_buffer("weight", torch.round(weight / scales[:, None]).to(torch.int8))  # (O, C*K)
+            self.register_buffer("weight", torch.round(weight / scales[:, None]).to(torch.int8))  # (O, K*C)
             self.register_buffer("scales", scales.bfloat16())
         else:
-            self.register_buffer("weight", weight.t().contiguous())  # (C*K, O)
+            self.register_buffer("weight", weight.t().contiguous())  # (K*C, O)
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
         self.register_buffer("bias", bias.clone())
+        self._windows: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_transposed(cls, deconv: nn.ConvTranspose1d, int8_weights: bool = False) -> MatmulConv1d:
@@ -214,20 +215,32 @@ class MatmulConv1d(nn.Module):
                 conv.bias.copy_(deconv.bias)
         return cls(conv, int8_weights, upsample=deconv.stride[0])
 
+    def windows(self, length: int) -> torch.Tensor:
+        """(L_out * K,) index of each window position into the input's samples, `length` where the (zero-upsampled,
+        zero-padded) input is zero; cached per length (run the module once before tracing it, so that the trace holds
+        the index as a constant)."""
+        if length not in self._windows:  # in integers, not tensors: a trace must not record this
+            k, u, p, s = self.kernel, self.upsample, self.padding, self.stride
+            n_out = ((length - 1) * u + 1 + 2 * p - k) // s + 1
+            q = [i * s + j - p for i in range(n_out) for j in range(k)]  # positions in the upsampled input
+            self._windows[length] = torch.tensor([v // u if v >= 0 and v % u == 0 and v // u < length else length
+                                                  for v in q])
+        return self._windows[length]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One gather builds the (L_out, K*C) windows from [x, 0] in (L, C) layout: padding and zero-upsampling are
+        # folded into the index (each op costs its dispatch at these sizes, so fewer ops is what makes it fast).
+        batch, channels, length = x.shape
+        index = self.windows(int(length))
+        x = nn.functional.pad(x, (0, 1))  # the zero sample
         if self.int8:
-            x = x.to(torch.bfloat16)  # before unfolding: the K-times larger columns are then built once, in bf16
-        if self.upsample > 1:
-            x = nn.functional.pad(x.unsqueeze(-1), (0, self.upsample - 1)).flatten(2)[..., :1 - self.upsample]
-        x = nn.functional.pad(x, (self.padding, self.padding))
-        windows = x.unfold(2, self.kernel, self.stride)  # (B, C, L_out, K)
-        cols = windows.permute(0, 2, 1, 3).flatten(2)  # (B, L_out, C*K), the weight's (C, K) order
-        rows = cols.flatten(0, 1).contiguous()
+            x = x.to(torch.bfloat16)  # before gathering: the K-times larger rows are then built once, in bf16
+        rows = x.transpose(1, 2).index_select(1, index).view(-1, self.kernel * channels)  # (B * L_out, K*C)
         if self.int8:
-            out = torch._weight_int8pack_mm(rows, self.weight, self.scales).float() + self.bias
+            out = torch._weight_int8pack_mm(rows, self.weight, self.scales) + self.bias  # bf16 + float32 -> float32
         else:
             out = torch.addmm(self.bias, rows, self.weight)
-        return out.unflatten(0, cols.shape[:2]).transpose(1, 2)
+        return out.view(batch, -1, out.shape[-1]).transpose(1, 2)
 
 
 def with_matmul_convs(module: nn.Module, int8_weights: bool = False) -> nn.Module:

@@ -12,6 +12,7 @@ import copy
 import json
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-start-t", default=None, metavar="T[,T...]",
                    help="comma-separated warm-start timesteps to time instead of each policy's own (0 = off; "
                         "chunks are timed in the steady state)")
+    p.add_argument("--against-unet1d", default=None, metavar="FILE",
+                   help="also time each frozen variant with the CPU inference copy (`with_matmul_convs`, "
+                        "`TimestepFiLMTable`) of another version of sciddiff/nn/unet1d.py, e.g. `git show "
+                        "REV:sciddiff/nn/unet1d.py > old.py`: a code change's A/B in one process")
     args = p.parse_args(argv)
     from sciddiff.cli import run_command
 
@@ -97,29 +102,57 @@ def _time_settings(args: argparse.Namespace) -> None:
     if any(sampler not in (None, *SAMPLERS) for sampler, _ in settings):
         raise UserError(f"--settings: samplers are {', '.join(SAMPLERS)}")
     policies = {path: load_or_fail(load_policy, path, "policy checkpoint") for path in args.checkpoints}
+    builds = {"": None}  # "": this version's inference copy; else the file's
+    if args.against_unet1d is not None:
+        builds[args.against_unet1d] = _unet1d_module(args.against_unet1d)
     torch.set_num_threads(args.threads)
     # the vector ISA decides what int8 weights buy (0.51x a float32 call with AVX-512, ~0.7x with AVX2 only)
     print(json.dumps({"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
                       "torch": str(torch.__version__)}))
     cases, labels = [], []
     for path in args.checkpoints:
-        for variant in ([] if args.no_eager else ["eager"]) + args.cpu_weights.split(","):
+        variants = [("eager", "")] * (not args.no_eager) + [(w, b) for w in args.cpu_weights.split(",") for b in builds]
+        for variant, build in variants:
             for warm_t in warm:
                 policy = copy.deepcopy(policies[path])
                 if warm_t is not None:
                     policy.config.warm_start_t = warm_t
                 if variant != "eager":
                     policy.config.cpu_weights = variant
-                    policy.freeze_for_cpu()
+                    policy.freeze_for_cpu(_inference_copy(builds[build], policy))
                 for sampler, steps in settings:
                     cases.append((policy, sampler, steps))
-                    labels.append({"checkpoint": path, "unet": variant, "sampler": sampler or policy.config.sampler,
+                    labels.append({"checkpoint": path, "unet": variant + (f" ({build})" if build else ""),
+                                   "sampler": sampler or policy.config.sampler,
                                    "steps": policy.denoising_steps(sampler, steps),
                                    "warm_start_t": policy.config.warm_start_t,
                                    "network_calls": policy.chunk_network_calls(sampler, steps),
                                    "ddim_eta": policy.config.ddim_eta})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)
+
+
+def _unet1d_module(path: str):
+    """Another version of sciddiff/nn/unet1d.py, loaded as a module of its own."""
+    import importlib.util
+
+    from sciddiff.cli import UserError
+
+    spec = importlib.util.spec_from_file_location("sciddiff_unet1d_against", path)
+    if spec is None or not Path(path).is_file():
+        raise UserError(f"--against-unet1d: no Python file at {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _inference_copy(module, policy: DiffusionPolicy):
+    """The frozen U-Net's source as `module` builds it (None: this version's, `freeze_for_cpu`'s default)."""
+    if module is None:
+        return None
+    c = policy.config
+    convs = module.with_matmul_convs(policy.unet.eval(), int8_weights=c.cpu_weights == "int8")
+    return module.TimestepFiLMTable(convs, c.num_train_timesteps)
 
 
 if __name__ == "__main__":

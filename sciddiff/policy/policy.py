@@ -183,7 +183,8 @@ class DiffusionPolicy(nn.Module):
         example = (torch.zeros(1, c.horizon, c.action_dim), torch.zeros(1, dtype=torch.long), torch.zeros(1, cond_dim))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript deprecation notices
-            traced = torch.jit.trace(unet.eval(), example)
+            unet.eval()(*example)  # fills the convolutions' window caches (`MatmulConv1d.windows`) outside the trace
+            traced = torch.jit.trace(unet, example)
             self.__dict__["_frozen_unet"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         return self
 
