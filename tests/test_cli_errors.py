@@ -75,6 +75,10 @@ def test_dock_eval_reports_a_missing_data_folder_and_failed_complexes(tmp_path, 
                  "--every", "0"]) == 2
     assert "--every must be >= 1" in one_line_error(capsys)
     assert main(["dock-eval", "--data", str(tmp_path / "data"), "--split", str(split), "--out", str(tmp_path / "e"),
+                 "--model", "none", "--no-posebusters"]) == 2  # no folder for the complex: refused before any work
+    assert "1 of the 1 complexes" in one_line_error(capsys) and not (tmp_path / "e").exists()
+    (tmp_path / "data" / "set" / "NOPE").mkdir(parents=True)  # a folder without the complex's files
+    assert main(["dock-eval", "--data", str(tmp_path / "data"), "--split", str(split), "--out", str(tmp_path / "e"),
                  "--model", "none", "--no-posebusters"]) == 1  # a failed complex counts as a miss AND is reported
     captured = capsys.readouterr()
     assert "set/NOPE: failed" in captured.err and "1 of 1 complexes failed" in captured.err

@@ -237,6 +237,91 @@ def test_nmr_models_keep_the_first(tmp_path):
     assert rec.pdb_text.count("ATOM") == 3  # the complex output holds one copy of the protein
 
 
+def test_first_model_with_atoms_and_upper_case_gz(tmp_path):
+    from sciddiff.dock import io
+
+    body = gzip.open(PROTEIN, "rt").read()
+    pdb = tmp_path / "models.PDB.GZ"
+    with gzip.open(pdb, "wt") as fh:
+        fh.write("MODEL        1\nENDMDL\nMODEL        2\n" + body + "ENDMDL\nEND\n")
+    assert len(io.load_receptor(pdb).coords) == len(io.load_receptor(PROTEIN).coords)
+
+
+def _write_protein(path: Path, edit) -> str:
+    lines = gzip.open(PROTEIN, "rt").read().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+    return str(path)
+
+
+def _flat_sdf(path: Path) -> str:
+    mol = Chem.MolFromMolFile(LIGAND)
+    mol.RemoveAllConformers()
+    Chem.rdDepictor.Compute2DCoords(mol)
+    Chem.MolToMolFile(mol, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["nan_atom", "stray_atom_blind", "flat_autobox", "dir_protein", "out_is_file",
+                                  "all_bad_library"])
+def test_more_bad_input_one_line_exit_2_no_output(tmp_path, capsys, case):
+    nan = lambda lines: [ln[:30] + "     nan" + ln[38:] if i == 5 else ln for i, ln in enumerate(lines)]  # noqa: E731
+    far = lambda lines: lines + ["HETATM 9999 ZN    ZN Z   1    2000.0002000.0002000.000  1.00  0.00          ZN"]  # noqa: E731
+    protein, ligand, extra, message = PROTEIN, LIGAND, ["--autobox-ligand", LIGAND], {
+        "nan_atom": "non-finite", "stray_atom_blind": "too large for the blind pocket search",
+        "flat_autobox": "no 3D coordinates", "dir_protein": "is a folder", "out_is_file": "not a folder",
+        "all_bad_library": "none of the 2 molecules"}[case]
+    out = tmp_path / "out"
+    if case == "nan_atom":
+        protein = _write_protein(tmp_path / "nan.pdb", nan)
+    elif case == "stray_atom_blind":
+        protein, extra = _write_protein(tmp_path / "far.pdb", far), []
+    elif case == "flat_autobox":
+        extra = ["--autobox-ligand", _flat_sdf(tmp_path / "flat.sdf")]
+    elif case == "dir_protein":
+        (tmp_path / "rec.pdb").mkdir()
+        protein = str(tmp_path / "rec.pdb")
+    elif case == "out_is_file":
+        out.write_text("x")
+    else:
+        (tmp_path / "lib.smi").write_text("C1CC( b1\nXx b2\n")
+        ligand = str(tmp_path / "lib.smi")
+    code = main(["dock", "--protein", protein, "--ligand", ligand, "--out", str(out), *extra, *FAST,
+                 "--model", "none", "--overwrite"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert out.is_file() if case == "out_is_file" else not out.exists()
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_dropped_fragments_are_noted_and_results_are_readable_by_others(tmp_path, capsys):
+    out = tmp_path / "salt"
+    code = main(["dock", "--protein", PROTEIN, "--ligand", "OC(=O)c1ccccc1O.[Na+]", "--autobox-ligand", LIGAND,
+                 "--out", str(out), *FAST, "--model", "none"])
+    assert code == 0 and "dropped [Na+]" in capsys.readouterr().err
+    assert "dropped [Na+]" in json.loads((out / "summary.json").read_text())["ligand_repairs"]
+    assert out.stat().st_mode & 0o077 == 0o777 & ~_umask() & 0o077  # the umask's permissions, not mkdtemp's 0700
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_batch_names_that_are_not_folders_and_dock_score_paths(tmp_path, capsys):
+    table = tmp_path / "table.csv"
+    table.write_text(f"protein,ligand,name\n{PROTEIN},{LIGAND},a\n{PROTEIN},CCO,.\n")
+    code = main(["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST])
+    assert code == 2 and "not be '.'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    same = str(tmp_path / "same.txt")
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", LIGAND, "--out", same, "--json", same]) == 2
+    assert "same file" in capsys.readouterr().err
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", LIGAND, "--json", "/proc/x.json"]) == 2
+    assert "--json /proc/x.json" in capsys.readouterr().err
+
+
 def test_batch_table_from_a_spreadsheet(tmp_path, capsys):
     shutil.copy(LIGAND, tmp_path / "lig.sdf")
     shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
@@ -277,11 +362,17 @@ def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):
     folder.mkdir(parents=True)
     shutil.copy(PROTEIN, folder / "1uou_protein.pdb.gz")
     shutil.copy(LIGAND, folder / "1uou_ligand.sdf")
+    (tmp_path / "data" / "set" / "empty").mkdir()
     split = tmp_path / "split.txt"
-    split.write_text("set/1uou\nset/missing\n")
+    split.write_text("# a comment\nset/1uou\nset/empty  # no files\n")
     run = ["dock-eval", "--data", str(tmp_path / "data"), "--split", str(split), "--autobox", "--out",
            str(tmp_path / "ev"), *FAST, "--model", "none"]
-    assert main(run) == 1  # the missing complex counts as a miss
+    typo = tmp_path / "typo.txt"
+    typo.write_text("set/1uou\nset/1uuo\n")
+    assert main([*run[:4], str(typo), *run[5:]]) == 2 and "1 of the 2 complexes" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()  # refused before any work
+    assert main(run) == 1  # the complex without files counts as a miss; the comments are no complexes
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n"] == 2
     full = (tmp_path / "ev" / "results.csv").read_text().splitlines()
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     (tmp_path / "ev" / "results.csv").write_text("\n".join(full[:2]) + "\n")  # stopped after the first complex

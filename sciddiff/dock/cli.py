@@ -198,6 +198,9 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
     receptor = io.load_receptor(protein)
     _note_receptor(receptor, protein)
     ligands = io.load_ligands(ligand)
+    if len(ligands) > 1 and all(r.mol is None for r in ligands):  # a library that is all bad input is bad input
+        raise UserError(f"none of the {len(ligands)} molecules in {ligand} can be docked; the first: "
+                        f"{ligands[0].error}")
     first = _smiles(ligands[0].mol) if ligands[0].mol is not None else None
     if len(ligands) > 1 and all(r.mol is not None and _smiles(r.mol) == first for r in ligands[1:]):
         # conformers of one ligand (what conformer generators write): docking starts from fresh conformers anyway
@@ -369,8 +372,9 @@ def _run_batch(args, settings) -> int:
     if not rows:
         raise UserError(f"{table} has a header but no rows")
     names = [_cell(r, "name") for r in rows]
-    if len(set(names)) != len(names) or any(not n or "/" in n or n == "results.csv" for n in names):
-        raise UserError(f"{table}: names must be unique, non-empty, contain no '/' and not be results.csv")
+    if len(set(names)) != len(names) or any(not n or "/" in n or n in (".", "..", "results.csv") for n in names):
+        raise UserError(f"{table}: names must be unique, non-empty, contain no '/' and not be '.', '..' or "
+                        "results.csv (each names a folder inside --out)")
     out = Path(args.out)
     if out.exists() and not (args.overwrite or args.resume):
         check_out_dir(out, overwrite=False)  # its one-line error
@@ -421,9 +425,11 @@ def run_score(args) -> int:
 
     if bad := options_below(args, 1, "minimize_steps"):
         raise UserError(f"{bad[0]} must be >= 1")
-    for path in (args.out, args.json):
+    for path, option in ((args.out, "--out"), (args.json, "--json")):
         if path is not None:
-            check_output_path(path)
+            check_output_path(path, option=option)
+    if args.out and args.json and Path(args.out).resolve() == Path(args.json).resolve():
+        raise UserError("--out and --json name the same file")
     receptor, poses = io.load_receptor(args.protein), io.load_poses(args.ligand)
     _note_receptor(receptor, args.protein)
     for i, mol in enumerate(poses):

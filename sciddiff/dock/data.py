@@ -212,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def read_split(path: str | Path) -> list[str]:
-    """Complex ids (e.g. `val/1abc`), one per non-empty line of a split file."""
-    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """Complex ids (e.g. `val/1abc`), one per line of a split file; blank lines and `#` comments are skipped."""
+    lines = (ln.split("#", 1)[0].strip() for ln in Path(path).read_text().splitlines())
+    return [ln for ln in lines if ln]
 
 
 PROTEIN_SUFFIXES = (".pdb.gz", ".pdb", ".cif.gz", ".cif", ".pdbqt")

@@ -124,6 +124,9 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     ids = read_split(split)[args.offset:: args.every][: args.limit]
     if not ids:
         raise UserError(f"no complexes in {split}")
+    if missing := [cid for cid in ids if not (root / cid).is_dir()]:  # a typo or the wrong --data: before any work
+        raise UserError(f"{len(missing)} of the {len(ids)} complexes of {split} have no folder under {root} "
+                        f"(first: {missing[0]!r})")
     out = Path(args.out)
     if (out / "results.csv").exists() and not (args.resume or args.overwrite):
         raise UserError(f"{out} holds an evaluation (results.csv): give --resume to continue it, --overwrite to start "
@@ -141,7 +144,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
             rows.append(done[cid])
             continue
         protein, ligand = complex_files(root, cid)
-        row = {"complex": cid, "rmsd_top1": math.inf, "rmsd_top5": math.inf, "pb_valid": False, "pb_failed": "",
+        row = {"complex": cid, "rmsd_top1": math.inf, "rmsd_top5": math.inf,
+               "pb_valid": "" if args.no_posebusters else False, "pb_failed": "",  # "": not checked
                "score_top1": math.nan, "confidence_top1": math.nan, "seconds": math.nan, "error": ""}
         try:
             t0 = time.perf_counter()

@@ -38,10 +38,12 @@ AA_ALIASES = {"MSE": "MET", "HID": "HIS", "HIE": "HIS", "HIP": "HIS", "CYX": "CY
 
 def _read_text(path: str | os.PathLike) -> str:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file")
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     try:
-        if path.suffix == ".gz":
+        if path.suffix.lower() == ".gz":
             with gzip.open(path, "rt", errors="replace") as fh:
                 return fh.read()
         return path.read_text(errors="replace")
@@ -52,7 +54,7 @@ def _read_text(path: str | os.PathLike) -> str:
 def _stem_suffix(path: str | os.PathLike) -> str:
     """The format suffix of a file, looking through a trailing .gz (`x.sdf.gz` -> `.sdf`)."""
     path = Path(path)
-    return Path(path.stem).suffix.lower() if path.suffix == ".gz" else path.suffix.lower()
+    return Path(path.stem).suffix.lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
 
 
 # ----------------------------------------------------------------------------------------------------- receptor
@@ -148,9 +150,10 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
         text = _mmcif_to_pdb(text, path)
     elif suffix == ".pdbqt":
         text = _pdbqt_to_pdb(text)
-    # NMR-style files: the first MODEL only (the parser below never sees MODEL records, and the complex output
-    # reuses these records, so later models would come out as copies of the protein on top of it)
-    text = text.split("\nENDMDL", 1)[0]
+    # NMR-style files: the first MODEL with atoms only (the parser below never sees MODEL records, and the complex
+    # output reuses these records, so later models would come out as copies of the protein on top of it)
+    models = text.split("\nENDMDL")
+    text = next((m for m in models if any(ln.startswith(("ATOM", "HETATM")) for ln in m.splitlines())), models[0])
     records = [ln for ln in text.splitlines() if ln.startswith(("ATOM", "HETATM", "TER"))]
     if not any(ln.startswith(("ATOM", "HETATM")) for ln in records):
         raise UserError(f"no ATOM/HETATM records in {path}: not a PDB file?")
@@ -205,6 +208,8 @@ def load_receptor(path: str | os.PathLike) -> Receptor:
                 hetero.append(not is_aa)
     if not res_ca:
         raise UserError(f"protein {path} has no amino-acid residues with a C-alpha atom")
+    if not np.isfinite(np.asarray(coords, dtype=np.float64)).all():
+        raise UserError(f"protein {path} has atoms with non-finite coordinates (nan or inf)")
     f32 = lambda x: np.asarray(x, dtype=np.float32).reshape(-1, 3)  # noqa: E731
     return Receptor(
         coords=f32(coords), elements=np.array(elements), atom_names=np.array(names), res_names=np.array(resnames),
@@ -421,8 +426,10 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
         _stereo_from_3d(mol)
     mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
     if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
-        frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-        mol = max(frags, key=lambda m: m.GetNumAtoms())
+        frags = sorted(Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False), key=lambda m: -m.GetNumAtoms())
+        mol = frags[0]
+        dropped = ".".join(Chem.MolToSmiles(f) for f in frags[1:])
+        repairs = repairs + [f"kept the largest of {len(frags)} fragments, dropped {dropped}"]
     n_heavy = mol.GetNumAtoms()
     if n_heavy == 0:
         raise UserError(f"ligand {what} has no heavy atoms")
@@ -487,6 +494,8 @@ def box_from_ligand(path: str | os.PathLike, add: float = AUTOBOX_ADD) -> Box:
         mol = next(_raw_records(path, limit=1), ("", None))[1]
     if mol is None or mol.GetNumConformers() == 0 or mol.GetNumAtoms() == 0:
         raise UserError(f"cannot read coordinates from autobox ligand {path}")
+    if not mol.GetConformer().Is3D():  # a 2D depiction: a box around it would sit at an arbitrary place
+        raise UserError(f"autobox ligand {path} has no 3D coordinates")
     return box_around(mol.GetConformer().GetPositions(), add)
 
 

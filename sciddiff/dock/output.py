@@ -22,11 +22,11 @@ if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an
 
 
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    out = Path(out)
+    out = check_output_path(out, folder=True, replaced=True)
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it (or --resume to continue a "
                         "library screen or --batch run)")
-    return check_output_path(out, folder=True, replaced=True)
+    return out
 
 
 @contextmanager
@@ -37,6 +37,9 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 is for a temporary folder, not for the results it becomes
     except OSError as err:  # a parent that is a file, no write permission, read-only file system
         raise UserError(f"cannot create output folder {out}: {err.strerror or err}") from None
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from sciddiff.cli import UserError
 from sciddiff.dock.io import Box, Receptor
 
 DIRECTIONS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]] + [[a, b, 1] for a in (-1, 1) for b in (-1, 1)], float)
@@ -21,6 +22,8 @@ POCKET_MARGIN = 4.0   # A added on every side of the ligand's extent, as --autob
 # subset: the site within 4 A of a top-5 pocket for 23 of 30 complexes at 1, 24 at 1.5, 23 at 2)
 SEPARATION = 1.5
 MIN_POINTS = 8        # buried grid points (1 A spacing) a pocket's sphere needs
+# ~270 A on each edge at 1 A: a few GB while the grid is scored; larger (or a stray atom far away) is refused
+MAX_GRID_POINTS = 20_000_000
 
 
 def buried_points(rec: Receptor, min_buried: int = 10, spacing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +32,10 @@ def buried_points(rec: Receptor, min_buried: int = 10, spacing: float = 1.0) -> 
     xyz = rec.coords
     lo, hi = xyz.min(0) - 2, xyz.max(0) + 2
     shape = np.ceil((hi - lo) / spacing).astype(int) + 1
+    if np.prod(shape.astype(float)) > MAX_GRID_POINTS:  # the dense grid's memory grows with the protein's volume
+        span = " x ".join(f"{v:.0f}" for v in hi - lo - 4)
+        raise UserError(f"the protein spans {span} A: too large for the blind pocket search; give a box "
+                        "(--autobox-ligand or --center/--size) or keep only the chains around the site")
     tree = cKDTree(xyz)
     grid = np.stack(np.meshgrid(*[lo[k] + spacing * np.arange(shape[k]) for k in range(3)], indexing="ij"), -1).reshape(-1, 3)
     dist, _ = tree.query(grid, distance_upper_bound=6.0)
