@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from sciddiff.cli import UserError, check_output_path, idle_threads, options_below
-from sciddiff.policy.cli import SHIPPED, format_metrics, load_checkpoint_or_fail
+from sciddiff.policy.cli import SHIPPED, check_seeds, check_suffix, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
 from sciddiff.train.checkpoint import atomic_file
 
@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{bad[0]} must be at least 1")
         if args.train and args.train_seconds <= 0:
             raise UserError("--train-seconds must be positive")
+        check_seeds(args.seed, args.episodes)
         check_output_path(args.gif, option="--gif")
         check_output_path(args.plot, option="--plot")
+        check_suffix(args.gif, ".gif", "--gif")
+        check_suffix(args.plot, ".png", "--plot")
         if args.metrics_json:
             check_output_path(args.metrics_json, option="--metrics-json")
         checkpoint = args.checkpoint or SHIPPED[args.obs_type]

@@ -132,6 +132,21 @@ def test_example_writes_metrics_json(tmp_path, tiny_checkpoint):
     assert (tmp_path / "e.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_example_refuses_bad_seeds_and_output_names_before_the_episodes(tmp_path, tiny_checkpoint, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pusht_example", REPO / "examples" / "diffusion_policy_pusht.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    good = ["--checkpoint", str(tiny_checkpoint), "--gif", str(tmp_path / "r.gif"), "--plot", str(tmp_path / "e.png")]
+    for bad, message in ((["--seed", "-1"], "--seed must be in 0.."), (["--gif", str(tmp_path / "r")], "--gif must"),
+                         (["--plot", str(tmp_path / "e.jpg")], "--plot must name a .png file")):
+        assert example.main([*good, *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (bad, err)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_eval_threads_default_follows_the_load(tmp_path, tiny_checkpoint, monkeypatch):
     """Without --threads, eval takes one thread when another process is running: two evaluations side by side with
     torch's default two threads each ran 40x slower than with one thread each (docs/policy.md)."""
@@ -170,9 +185,16 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
                          (["--inference-steps", "-3"], "--inference-steps must be at least 1"),
                          (["--env-obs-type", "pixels_agent_pos"], "a state policy reads --env-obs-type"),
                          (["--metrics-json", str(tmp_path / "m.json" / "x.json")], "cannot be written"),
-                         (["--gif", str(tmp_path)], "--gif"), (["--plot", str(tmp_path)], "--plot")):
+                         (["--gif", str(tmp_path)], "--gif"), (["--plot", str(tmp_path)], "--plot"),
+                         # refused before the episodes, which used to fail in gymnasium / torch / the GIF writer
+                         (["--seed", "-1"], "--seed must be in 0.."),
+                         (["--seed", str(2**64 - 1)], "--seed must be in 0.."),  # seed + 1 does not fit
+                         (["--gif", str(tmp_path / "a.txt")], "--gif must name a .gif file"),
+                         (["--gif", str(tmp_path / "a")], "--gif must name a .gif file"),
+                         (["--plot", str(tmp_path / "a.xyz")], "--plot must name a .png file"),
+                         (["--obs-type", "image"], "--obs-type image contradicts --checkpoint")):
         capsys.readouterr()
-        assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", *bad]) == 2, bad
+        assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "2", *bad]) == 2, bad
         err = capsys.readouterr().err
         assert err.strip().count("\n") == 0 and message in err, (bad, err)
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--action-steps", "4",

@@ -132,6 +132,56 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert len(err) == 11 and all(line.startswith("sciddiff backbone: error:") for line in err)
 
 
+def test_bad_floats_and_a_fixed_ss_with_a_length_range_are_refused_up_front(tmp_path, capsys):
+    chains = tmp_path / "chains.pt"
+    chains.write_bytes(b"")
+    out = str(tmp_path / "o")
+    for args, message in ((["--noise-scale", "nan"], "--noise-scale must be a finite number > 0, got nan"),
+                          (["--rot-rate", "nan"], "--rot-rate must be a finite number > 0, got nan"),
+                          (["--rot-rate", "inf"], "--rot-rate must be a finite number > 0, got inf"),
+                          # one sample: its drawn length used to surface as "10 characters for 12 residues"
+                          (["--length", "10-20", "--ss", "HHHHHHHHHH"], "give a single --length")):
+        assert main(["backbone", "sample", "--length", "10", "--num", "1", "--out", out, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (args, err)
+    assert main(["backbone", "train", "--chains", str(chains), "--out", out, "--max-seconds", "nan"]) == 2
+    assert "--max-seconds must be positive" in capsys.readouterr().err  # a nan budget never runs out
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_short_chains_and_bad_input(tmp_path, capsys):
+    """Chains of 1-5 residues (the sampler accepts 5; pydssp fails below 6) are evaluated, samples and reference; a
+    non-finite coordinate and a --json that is one of the plots are refused before any work."""
+    designs, reference = tmp_path / "designs", tmp_path / "reference"
+    for folder, lengths in ((designs, (5, 5)), (reference, (1, 2, 3, 4, 5, 6))):
+        folder.mkdir()
+        for i, n in enumerate(lengths):
+            (folder / f"c{i}.pdb").write_text(backbone_to_pdb_string(_chain(n, helix=True, seed=i)))
+    assert main(["backbone", "eval", str(designs), "--reference", str(reference)]) == 0
+    result = json.loads((designs / "eval.json").read_text(),
+                        parse_constant=lambda name: pytest.fail(f"{name} in eval.json"))  # strict JSON
+    assert [c["dssp"] for c in result["chains"]] == ["-----"] * 2
+    assert result["reference"]["num_chains"] == 6
+    assert main(["backbone", "eval", str(reference), "--reference", str(designs), "--json", str(tmp_path / "r.json"),
+                 "--plots", str(tmp_path / "plots")]) == 0
+    capsys.readouterr()
+
+    assert main(["backbone", "eval", str(designs), "--json", str(designs / "phi_psi.png")]) == 2
+    assert main(["backbone", "eval", str(designs), "--plots", str(tmp_path / "p"), "--json",
+                 str(tmp_path / "p" / "distances.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("is one of the plots eval writes" in line for line in err), err
+    text = (designs / "c0.pdb").read_text().splitlines()
+    ca = next(i for i, line in enumerate(text) if line[12:16] == " CA ")
+    text[ca] = text[ca][:30] + "     nan" + text[ca][38:]
+    (designs / "c0.pdb").write_text("\n".join(text) + "\n")
+    (designs / "eval.json").unlink()
+    assert main(["backbone", "eval", str(designs), "--reference", str(reference)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "c0.pdb: residue 1 of chain 'A' has a non-finite coordinate" in err, err
+    assert not (designs / "eval.json").exists()
+
+
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="shipped checkpoint not present")
 def test_shipped_checkpoint_samples_valid_backbones(tmp_path):
     assert main(["backbone", "sample", "--length", "40", "--num", "2", "--steps", "10", "--out", str(tmp_path)]) == 0

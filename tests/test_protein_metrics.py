@@ -92,3 +92,19 @@ def test_metrics_on_natural_chains_reproduce_reference_statistics():
     assert mean["helix"] == pytest.approx(0.27, abs=0.07)
     assert mean["strand"] == pytest.approx(0.31, abs=0.07)
     assert mean["rg_ratio"] == pytest.approx(1.0, abs=0.08)
+
+
+def test_chains_too_short_for_dssp_or_angles_get_metrics_without_nan():
+    """The sampler accepts 5 residues and eval reads chains of any length: pydssp itself fails below 6 residues, and a
+    1-residue chain has no peptide bond, a 2-residue one no residue with both phi and psi."""
+    import json
+
+    per_chain = [metrics.chain_metrics(metrics.ideal_helix(n)) for n in range(1, 8)]
+    assert [m["dssp"] for m in per_chain[:5]] == ["-" * n for n in range(1, 6)]  # loop: too short for H or E
+    assert per_chain[5]["dssp"] != "-" * 6  # from 6 residues on, pydssp decides (here: helix)
+    assert per_chain[0]["C-N_mean"] is None and per_chain[0]["ca_ca_mean"] is None
+    assert per_chain[1]["rama_favoured"] is None and per_chain[1]["C-N_mean"] == pytest.approx(1.329, abs=1e-3)
+    summary = metrics.summarize(per_chain)
+    assert summary["C-N_mean"] == pytest.approx(1.329, abs=1e-3) and summary["rama_favoured"] == 1.0
+    assert metrics.summarize(per_chain[:1])["rama_favoured"] is None  # defined for no chain
+    json.dumps([per_chain, summary], allow_nan=False)  # strict JSON

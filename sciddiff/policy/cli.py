@@ -11,6 +11,7 @@ from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fai
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {"state": REPO / "data" / "policy" / "pusht_state.pt", "image": REPO / "data" / "policy" / "pusht_image.pt"}
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed; gymnasium any seed >= 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Roll a policy out in gym_pusht/PushT-v0 from seeds S, S+1, ...")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="policy .pt (default: the shipped data/policy/pusht_<obs-type>.pt)")
-    p.add_argument("--obs-type", choices=("state", "image"), default="state", help="which shipped policy to load")
+    p.add_argument("--obs-type", choices=("state", "image"), default=None,
+                   help="which shipped policy to load (default state; with --checkpoint it must match that policy's)")
     p.add_argument("--episodes", type=int, default=10, help="episodes, one per seed (default 10)")
     p.add_argument("--seed", type=int, default=0, help="first env seed")
     p.add_argument("--batch-size", type=int, default=10, help="episodes run in lockstep (default 10)")
@@ -96,6 +98,21 @@ def load_checkpoint_or_fail(path: Path):
     return load_or_fail(load_policy, path, "policy checkpoint")
 
 
+def check_seeds(seed: int, episodes: int) -> None:
+    """Episode seeds seed .. seed + episodes - 1 must all be seeds gymnasium and the runner's torch generator accept:
+    checked before the episodes, which would otherwise fail with a traceback inside them."""
+    if not 0 <= seed <= MAX_SEED - (episodes - 1):
+        raise UserError(f"--seed must be in 0..{MAX_SEED - (episodes - 1)} for {episodes} episode(s) (each episode "
+                        f"uses seed + its index), got {seed}")
+
+
+def check_suffix(path: Path | None, suffix: str, option: str) -> None:
+    """An output file whose format follows from its name must carry that suffix: a GIF writer picks its format by the
+    suffix (failing only after every episode has run), and a PNG under another name misleads."""
+    if path is not None and path.suffix.lower() != suffix:
+        raise UserError(f"{option} must name a {suffix} file, got {path}")
+
+
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -104,12 +121,18 @@ def _eval(args: argparse.Namespace) -> int:
 
     if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads"):
         raise UserError(f"{bad[0]} must be at least 1")
+    check_seeds(args.seed, args.episodes)
     for option, path in (("--gif", args.gif), ("--metrics-json", args.metrics_json), ("--states-out", args.states_out),
                          ("--plot", args.plot)):
         if path is not None:
             check_output_path(path, option=option)
+    check_suffix(args.gif, ".gif", "--gif")
+    check_suffix(args.plot, ".png", "--plot")
     torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
-    policy = load_checkpoint_or_fail(args.checkpoint or SHIPPED[args.obs_type])
+    policy = load_checkpoint_or_fail(args.checkpoint or SHIPPED[args.obs_type or "state"])
+    if args.obs_type is not None and args.obs_type != policy.config.obs_type:  # --obs-type only picks a shipped policy
+        raise UserError(f"--obs-type {args.obs_type} contradicts --checkpoint {args.checkpoint}, whose policy reads "
+                        f"{policy.config.obs_type} observations; drop --obs-type (it only picks the shipped policy)")
     if args.env_obs_type is not None and args.env_obs_type not in ENV_OBS_TYPES[policy.config.obs_type]:
         raise UserError(f"a {policy.config.obs_type} policy reads --env-obs-type "
                         f"{' or '.join(ENV_OBS_TYPES[policy.config.obs_type])}, not {args.env_obs_type}")

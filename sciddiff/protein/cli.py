@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -125,14 +126,20 @@ def _device(name: str):
     return device
 
 
-def sample_lengths(text: str, num: int, seed: int) -> list[int]:
-    """`--length L` or `MIN-MAX` -> one length per sample; sample i's length depends on (seed, i) only."""
+def length_range(text: str) -> tuple[int, int]:
+    """`--length L` or `MIN-MAX` -> (MIN, MAX), checked."""
     try:
         lo, hi = (int(v) for v in text.split("-")) if "-" in text.strip("-") else (int(text),) * 2
     except ValueError:
         raise UserError(f"--length must be a number of residues or a range MIN-MAX, got {text!r}") from None
     if not 5 <= lo <= hi <= MAX_LENGTH:
         raise UserError(f"--length must lie between 5 and {MAX_LENGTH} (MIN <= MAX), got {text}")
+    return lo, hi
+
+
+def sample_lengths(text: str, num: int, seed: int) -> list[int]:
+    """`--length L` or `MIN-MAX` -> one length per sample; sample i's length depends on (seed, i) only."""
+    lo, hi = length_range(text)
     if lo == hi:
         return [lo] * num
     import numpy as np
@@ -147,8 +154,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
-    if (args.rot_rate is not None and args.rot_rate <= 0) or (args.noise_scale is not None and args.noise_scale <= 0):
-        raise UserError("--rot-rate and --noise-scale must be > 0")
+    for option, value in (("--rot-rate", args.rot_rate), ("--noise-scale", args.noise_scale)):
+        if value is not None and not (math.isfinite(value) and value > 0):  # `<= 0` alone lets nan through
+            raise UserError(f"{option} must be a finite number > 0, got {value}")
     if any(v is not None and not 0 <= v <= 100 for v in (args.langevin_eta, args.langevin_temperature, args.compactness)):
         raise UserError("--langevin-eta, --langevin-temperature and --compactness must be between 0 and 100")
     if args.compactness_floor is not None and not 0 <= args.compactness_floor <= 1:
@@ -156,6 +164,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.compactness_floor_length is not None and args.compactness_floor_length < 0:
         raise UserError(f"--compactness-floor-length must be >= 0, got {args.compactness_floor_length}")
     lengths = sample_lengths(args.length, args.num, args.seed)
+    if args.ss not in (None, "natural", "none") and len(set(length_range(args.length))) > 1:
+        # said here for any --num: with one sample the drawn length would otherwise surface as a puzzling mismatch
+        raise UserError("--ss: one secondary-structure string fits one length; give a single --length")
     device = _device(args.device)
     out = check_output_path(args.out, folder=True)
     names = [f"len{n}_seed{args.seed}_{i:03d}.pdb" for i, n in enumerate(lengths)]
@@ -242,12 +253,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
-    from sciddiff.protein.evaluate import evaluate, format_report, read_folder
+    from sciddiff.protein.evaluate import PLOT_FILES, evaluate, format_report, read_folder
     from sciddiff.train import atomic_file
 
     json_path = check_output_path(args.json or folder / "eval.json", option="--json")
     if args.plots:
         check_output_path(args.plots, folder=True, option="--plots")
+    plots = Path(args.plots or folder)
+    if any(json_path.resolve() == (plots / name).resolve() for name in PLOT_FILES):
+        raise UserError(f"--json {json_path} is one of the plots eval writes to {plots}; name another file")
     try:
         names, backbones = read_folder(folder)
     except ValueError as err:
@@ -266,7 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UserError(f"--reference {args.reference} has fewer than 2 PDB files")
         ref_name = str(args.reference)
     try:
-        result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=args.plots or folder)
+        result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=plots)
     except FileNotFoundError as err:
         raise UserError(f"{err} (or pass --reference DIR)") from None
     info = folder / "samples.json"

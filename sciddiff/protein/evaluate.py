@@ -25,6 +25,7 @@ from sciddiff.protein.pdbio import Chain, read_chain
 
 PDB_SUFFIXES = (".pdb", ".pdb.gz", ".ent", ".ent.gz")
 LENGTH_MATCH = (0.75, 1.25)  # natural reference chains within these factors of the samples' length range
+PLOT_FILES = ("phi_psi.png", "distances.png")  # what `make_plots` writes into its folder
 
 
 def pdb_files(folder: str | os.PathLike) -> list[Path]:
@@ -161,7 +162,7 @@ def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candida
                ylim=(-180, 180), aspect="equal")
     axes[0].set_ylabel("psi (deg)")
     fig.tight_layout()
-    phi_psi_png = folder / "phi_psi.png"
+    phi_psi_png = folder / PLOT_FILES[0]
     save_png(fig, phi_psi_png)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -180,7 +181,7 @@ def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candida
     axes[1].set(xlabel="CA(i)-CA(i+1) (A)", ylabel="density", title="consecutive CA distance")
     axes[1].legend()
     fig.tight_layout()
-    dist_png = folder / "distances.png"
+    dist_png = folder / PLOT_FILES[1]
     save_png(fig, dist_png)
     return [str(phi_psi_png), str(dist_png)]
 
@@ -208,8 +209,8 @@ def format_report(result: dict) -> str:
     width = 32
     lines = ["".ljust(width) + "".join(name[:14].rjust(15) for name, _ in cols)]
     for label, key, fmt in rows:
-        vals = [s.get(key, math.nan) for _, s in cols]
-        lines.append(label.ljust(width) + "".join(fmt.format(v).rjust(15) for v in vals))
+        vals = [s.get(key) for _, s in cols]  # None: undefined for every chain (e.g. angles of 1-residue chains)
+        lines.append(label.ljust(width) + "".join(("-" if v is None else fmt.format(v)).rjust(15) for v in vals))
     if result.get("ss_targets"):
         t = result["ss_targets"]
         lines.append(f"secondary structure asked for (samples.json, {t['chains']} chains): DSSP agrees on "

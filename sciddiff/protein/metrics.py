@@ -65,8 +65,15 @@ def phi_psi(bb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return phi.numpy(), psi.numpy()
 
 
+DSSP_MIN_LENGTH = 6  # pydssp's arrays are sized for at least 6 residues: shorter chains fail inside it
+
+
 def secondary_structure(bb: np.ndarray) -> np.ndarray:
     """DSSP 3-state string per residue ('-', 'H', 'E') from pydssp (hydrogens placed by pydssp)."""
+    if len(bb) < DSSP_MIN_LENGTH:
+        # All loop, which is also DSSP's answer: its shortest helix (two consecutive i -> i+4 H-bonds) spans 6
+        # residues, and a bridge needs partners at least 3 apart with a flanking residue on each side (6 residues too).
+        return np.full(len(bb), "-")
     import pydssp  # here, not at the top: training imports this module on GPU machines that lack pydssp
     index = pydssp.assign(np.asarray(bb, dtype=np.float32), out_type="index")
     return np.array(["-", "H", "E"])[np.asarray(index)]
@@ -106,8 +113,15 @@ def median_bandwidth(x: np.ndarray) -> float:
     return float(np.median(d[np.triu_indices(len(x), k=1)]))
 
 
+def _defined(values: np.ndarray, stat=np.mean) -> float | None:
+    """stat over a per-bond or per-residue array; None (JSON null, not a bare NaN) where the chain has no such value:
+    a 1-residue chain has no peptide bond or CA-CA distance, one of 2 residues no residue with both phi and psi."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(stat(values)) if values.size and not np.isnan(values).all() else None
+
+
 def chain_metrics(bb: np.ndarray) -> dict:
-    """All per-chain metrics of one backbone (JSON-ready)."""
+    """All per-chain metrics of one backbone (JSON-ready; None where a chain is too short for the metric)."""
     bb = np.asarray(bb, dtype=np.float64)
     geo = bond_geometry(bb)
     caca = ca_ca_distances(bb)
@@ -118,15 +132,15 @@ def chain_metrics(bb: np.ndarray) -> dict:
     rg = radius_of_gyration(bb)
     return {
         "length": len(bb),
-        **{f"{k}_mean": float(v.mean()) for k, v in geo.items()},
-        **{f"{k}_std": float(v.std()) for k, v in geo.items()},
-        "ca_ca_mean": float(caca.mean()),
-        "ca_ca_std": float(caca.std()),
-        "ca_ca_within_tol": float((np.abs(caca - CA_CA_IDEAL) <= CA_CA_TOL).mean()),
+        **{f"{k}_mean": _defined(v) for k, v in geo.items()},
+        **{f"{k}_std": _defined(v, np.std) for k, v in geo.items()},
+        "ca_ca_mean": _defined(caca),
+        "ca_ca_std": _defined(caca, np.std),
+        "ca_ca_within_tol": _defined(np.abs(caca - CA_CA_IDEAL) <= CA_CA_TOL),
         "ca_clashes": clashes,
         "ca_valid": bool((np.abs(caca - CA_CA_IDEAL) <= CA_CA_TOL).all() and clashes == 0),
-        "rama_favoured": rama["favoured"],
-        "rama_allowed": rama["allowed"],
+        "rama_favoured": _defined([rama["favoured"]]),
+        "rama_allowed": _defined([rama["allowed"]]),
         "helix": float((ss == "H").mean()),
         "strand": float((ss == "E").mean()),
         "dssp": "".join(ss),
@@ -136,22 +150,27 @@ def chain_metrics(bb: np.ndarray) -> dict:
 
 
 def summarize(per_chain: list[dict]) -> dict:
-    """Set-level numbers for the issue-5 goals from per-chain metrics."""
+    """Set-level numbers for the issue-5 goals from per-chain metrics (means over the chains where a metric is
+    defined; None where it is defined for none)."""
     def col(key: str) -> np.ndarray:
-        return np.array([m[key] for m in per_chain], dtype=float)
+        return np.array([m[key] for m in per_chain], dtype=float)  # None -> NaN
+
+    def mean(key: str) -> float | None:
+        values = col(key)
+        return _defined(values[~np.isnan(values)])
 
     helix, strand = col("helix"), col("strand")
     return {
         "num_chains": len(per_chain),
         "ca_valid_fraction": float(col("ca_valid").mean()),
-        "ca_ca_within_tol": float(col("ca_ca_within_tol").mean()),
+        "ca_ca_within_tol": mean("ca_ca_within_tol"),
         "ca_clash_free_fraction": float((col("ca_clashes") == 0).mean()),
-        "ca_ca_mean": float(col("ca_ca_mean").mean()),
-        "C-N_mean": float(col("C-N_mean").mean()),
-        "CA-C-N_mean": float(col("CA-C-N_mean").mean()),
-        "C-N-CA_mean": float(col("C-N-CA_mean").mean()),
-        "rama_favoured": float(np.nanmean(col("rama_favoured"))),
-        "rama_allowed": float(np.nanmean(col("rama_allowed"))),
+        "ca_ca_mean": mean("ca_ca_mean"),
+        "C-N_mean": mean("C-N_mean"),
+        "CA-C-N_mean": mean("CA-C-N_mean"),
+        "C-N-CA_mean": mean("C-N-CA_mean"),
+        "rama_favoured": mean("rama_favoured"),
+        "rama_allowed": mean("rama_allowed"),
         "helix": float(helix.mean()),
         "strand": float(strand.mean()),
         "helix_plus_strand": float((helix + strand).mean()),

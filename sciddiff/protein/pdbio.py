@@ -69,6 +69,8 @@ def read_chain(path: str | os.PathLike, chain_id: str | None = None) -> Chain:
     for res in chain:
         if res.id[0] != " " or not is_aa(res, standard=True) or not all(a in res for a in ATOMS[:3]):
             continue
+        if not all(np.isfinite(res[a].coord).all() for a in ATOMS if a in res):  # NaN here means "absent O" only
+            raise ValueError(f"{path}: residue {res.id[1]} of chain {chain.id!r} has a non-finite coordinate")
         coords.append([res[a].coord if a in res else np.full(3, np.nan, np.float32) for a in ATOMS])
         seq.append(index_to_one(three_to_index(res.get_resname())))
         nums.append(res.id[1])

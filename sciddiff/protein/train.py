@@ -76,7 +76,8 @@ def train(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     if args.init and not Path(args.init).is_file():
         raise UserError(f"--init {args.init} not found")
-    if (args.max_steps is not None and args.max_steps < 1) or args.batch_residues < 1 or args.max_seconds <= 0:
+    # `not > 0`, not `<= 0`: a nan budget would never run out (inf is a deliberate "no time limit")
+    if (args.max_steps is not None and args.max_steps < 1) or args.batch_residues < 1 or not args.max_seconds > 0:
         raise UserError("--max-steps, --batch-residues and --max-seconds must be positive")
     out = check_output_path(args.out, folder=True)
     seed_everything(args.seed)
