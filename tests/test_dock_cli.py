@@ -492,6 +492,17 @@ def test_dock_score_reproduces_the_docked_scores_and_minimize_only_lowers_the_en
     assert main(["dock-score", "--protein", PROTEIN, "--ligand", "CCO"]) == 2  # a SMILES has no pose
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
+    assert "warning" not in capsys.readouterr().err  # the poses above touched the protein
+    far, flat = Chem.Mol(crystal), Chem.Mol(crystal)
+    for i in range(crystal.GetNumAtoms()):
+        p = crystal.GetConformer().GetAtomPosition(i)
+        far.GetConformer().SetAtomPosition(i, (p.x + 1000, p.y, p.z))
+        flat.GetConformer().SetAtomPosition(i, (0.0, 0.0, 0.0) if i < 2 else (p.x, p.y, p.z))
+    (tmp_path / "odd.sdf").write_text("".join(Chem.MolToMolBlock(m) + "$$$$\n" for m in (far, flat)))
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", str(tmp_path / "odd.sdf")]) == 0
+    err = capsys.readouterr().err
+    assert "(pose 1): no protein atom within 8 A" in err and "(pose 2): atoms closer than 0.5 A" in err
+
 
 def test_complex_files_take_plain_or_gzipped_files(tmp_path):
     from sciddiff.dock.data import complex_files

@@ -434,10 +434,12 @@ def run_score(args) -> int:
     _note_receptor(receptor, args.protein)
     for i, mol in enumerate(poses):
         _note_repairs(mol, f"{args.ligand} (molecule {i + 1})")
-    from sciddiff.dock.pose_scoring import score_pose  # torch: imported once the inputs have passed their checks
+    from sciddiff.dock.pose_scoring import pose_warnings, score_pose  # torch: once the inputs have passed
 
     rows, sd_records = [], []
     for i, mol in enumerate(poses):
+        for warning in pose_warnings(receptor, io.ligand_coords(mol)):
+            print(f"warning: {args.ligand} (pose {i + 1}): {warning}", file=sys.stderr)
         r = score_pose(receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
         tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,
                 "n_torsions": r.n_torsions, **({"moved": r.moved} if args.minimize else {})}

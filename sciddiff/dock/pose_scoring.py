@@ -17,7 +17,7 @@ from rdkit import Chem
 from sciddiff.dock.io import Receptor, ligand_coords
 from sciddiff.dock.ligand import rotatable_torsions, symmetric_rmsd
 from sciddiff.dock.pose import PoseSpace
-from sciddiff.dock.scoring import PAIR_TERMS, ScoringFunction
+from sciddiff.dock.scoring import CUTOFF, PAIR_TERMS, ScoringFunction
 from sciddiff.dock.search import POLISH_STEP_SIZES, fit_pose, local_opt
 
 
@@ -56,3 +56,16 @@ def score_pose(receptor: Receptor, mol: Chem.Mol, minimize_steps: int = 0, funct
     moved = symmetric_rmsd(mol, coords, given[0].numpy()) if minimize_steps > 0 else 0.0
     return PoseScore(score=score, energy=inter + intra, inter=inter, intra=intra, terms=terms, n_torsions=tors.n,
                      coords=coords, moved=moved)
+
+
+def pose_warnings(receptor: Receptor, coords: np.ndarray) -> list[str]:
+    """What makes a pose's score meaningless, for a `warning:` line: no protein atom within the energy's cutoff (the
+    score is 0 whatever the pose), or atoms on top of each other (a collapsed or mangled pose file)."""
+    from scipy.spatial import cKDTree
+
+    found = []
+    if np.isinf(cKDTree(receptor.coords).query(coords, distance_upper_bound=CUTOFF)[0]).all():
+        found.append(f"no protein atom within {CUTOFF:g} A: the pose does not touch the protein")
+    if len(coords) > 1 and cKDTree(coords).query(coords, k=2)[0][:, 1].min() < 0.5:
+        found.append("atoms closer than 0.5 A to each other: not a physical pose")
+    return found
