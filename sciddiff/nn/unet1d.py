@@ -158,7 +158,7 @@ class TimestepFiLMTable(nn.Module):
 
 
 class MatmulConv1d(nn.Module):
-    """Inference copy of an `nn.Conv1d` (groups 1, dilation 1, zero padding) computed as one matmul over unfolded windows.
+    """Inference copy of an `nn.Conv1d` (groups 1, dilation 1, zero padding) computed as one matmul over gathered windows.
 
     Why: for the U-Net's small inputs (batch 1, length 4-16) PyTorch's CPU conv1d takes its generic im2col path, which
     costs ~100 us a call at 64-512 channels; the same product as one GEMM is 2-4x faster (docs/benchmarks.md).

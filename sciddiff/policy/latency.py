@@ -138,8 +138,8 @@ def _unet1d_module(path: str):
 
     from sciddiff.cli import UserError
 
-    spec = importlib.util.spec_from_file_location("sciddiff_unet1d_against", path)
-    if spec is None or not Path(path).is_file():
+    spec = importlib.util.spec_from_file_location("sciddiff_unet1d_against", path) if Path(path).is_file() else None
+    if spec is None:
         raise UserError(f"--against-unet1d: no Python file at {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
