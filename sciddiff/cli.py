@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import pickle
 import sys
@@ -37,6 +38,9 @@ def run_command(func, args) -> int:
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # as `sciddiff` itself: a trainer resumes from its last checkpoint
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -45,6 +49,16 @@ def options_below(args: argparse.Namespace, low: int, *names: str) -> list[str]:
     ("--batch-size"): each command words its own one-line error."""
     return [f"--{name.replace('_', '-')}" for name in names
             if getattr(args, name) is not None and getattr(args, name) < low]
+
+
+def options_not_positive(args: argparse.Namespace, *names: str, zero: bool = False) -> list[str]:
+    """The float options among `names` that are set and not finite numbers > 0 (>= 0 with `zero`): `x <= 0` alone
+    lets nan through, which then silently means "no limit" or poisons a learning-rate schedule. inf is refused too."""
+    def bad(v: float) -> bool:
+        return not math.isfinite(v) or v < 0 or (v == 0 and not zero)
+
+    return [f"--{name.replace('_', '-')}" for name in names
+            if getattr(args, name) is not None and bad(getattr(args, name))]
 
 
 def check_output_path(path: str | os.PathLike, *, folder: bool = False, replaced: bool = False,
