@@ -112,6 +112,42 @@ def test_training_runs_data_parallel_under_torchrun(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(*weights))  # different complexes, gradients averaged: same weights
 
 
+def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, capsys):
+    from sciddiff.dock import data as data_module, train as train_module
+
+    complexes = [preprocess_complex(str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz"),
+                                    str(EXAMPLES / "1uou" / "1uou_ligand.sdf"), n_conformers=1)]
+    save_checkpoint(tmp_path / "tiny.pt", {"complexes": complexes, "names": ["1uou"], "failed": [], "meta": {}})
+    save_checkpoint(tmp_path / "empty.pt", {"complexes": [], "names": [], "failed": [], "meta": {}})
+    run = tmp_path / "run"
+    base = ["--data", str(tmp_path / "tiny.pt"), "--out", str(run), "--batch-size", "1", "--ns", "8", "--nv", "2",
+            "--rec-layers", "1", "--lig-layers", "2"]
+    policy = str(EXAMPLES.parents[0] / "policy" / "pusht_state.pt")
+    for extra, message in [(["--batch-size", "0"], "--batch-size must be >= 1"), (["--lr", "nan"], "--lr"),
+                           (["--max-seconds", "nan"], "--max-seconds"), (["--ema-decay", "2"], "--ema-decay"),
+                           (["--init", policy], "not a docking score model"),
+                           (["--data", str(tmp_path / "empty.pt")], "holds no complexes"),
+                           (["--data", str(tmp_path / "nope.pt")], "no docking data file")]:
+        assert train_module.main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and not run.exists(), (extra, err)
+    assert train_module.main([*base, "--max-steps", "2", "--save-every", "0"]) == 0
+    assert train_module.main([*base, "--max-steps", "3", "--ns", "16"]) == 2  # a resumed run keeps its model
+    assert "resuming keeps its model" in capsys.readouterr().err
+    shipped = str(EXAMPLES.parents[0] / "dock" / "score_model.pt")
+    assert train_module.main([*base[:-8], "--max-steps", "3", "--init", shipped]) == 0  # resumes; --init noted
+    captured = capsys.readouterr()
+    assert "resumed" in captured.out and "--init" in captured.err
+
+    split = tmp_path / "split.txt"
+    split.write_text("set/nope\n")
+    (tmp_path / "set" / "nope").mkdir(parents=True)
+    out = ["--out", str(tmp_path / "d.pt")]
+    assert data_module.main(["--data", str(tmp_path), "--split", str(tmp_path / "x.txt"), *out]) == 2
+    assert data_module.main(["--data", str(tmp_path), "--split", str(split), *out]) == 2
+    assert "none of the 1 complexes" in capsys.readouterr().err and not (tmp_path / "d.pt").exists()
+
+
 if __name__ == "__main__":  # torchrun's worker for the test above: train, then save this process's live weights
     from sciddiff.dock import train as train_module
 

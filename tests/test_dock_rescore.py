@@ -67,3 +67,26 @@ def test_dock_ranks_the_same_candidates_both_ways(complex_1uou):
         logit, prob = model(feats), model.probability(feats)
     assert int(logit.argmax()) == res.order_learned[0]  # the learned ranking leads with the best-scored candidate
     np.testing.assert_allclose(res.confidence, prob[res.order_learned].numpy(), rtol=1e-5)
+
+
+def test_rescore_training_refuses_bad_input_before_any_work(tmp_path, capsys):
+    from sciddiff.dock import rescore_train
+
+    split = tmp_path / "split.txt"
+    split.write_text("set/1uou\n")
+    decoys = ["decoys", "--data", str(EXAMPLES.parent), "--split", str(split), "--out", str(tmp_path / "d.pt")]
+    policy = str(EXAMPLES.parent / "policy" / "pusht_state.pt")
+    cases = [([*decoys, "--skip", "5"], "no complexes"), ([*decoys, "--random-starts", "-1"], "--random-starts"),
+             ([*decoys, "--score-model", policy], "docking score model"),
+             (["train", "--decoys", str(tmp_path / "d.pt"), "--out", str(tmp_path / "r.json")], "name the model file"),
+             (["train", "--decoys", str(tmp_path / "d.pt"), "--hidden", "-4", "--out", str(tmp_path / "r.pt")], "--hidden"),
+             (["train", "--decoys", str(tmp_path / "d.pt"), "--weight-decay", "nan", "--out", str(tmp_path / "r.pt")],
+              "--weight-decay")]
+    for argv, message in cases:
+        assert rescore_train.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    assert not list(tmp_path.glob("[dr].*"))
+    (tmp_path / "set" / "1uou").mkdir(parents=True)  # the complex's folder without its files: skipped, then refused
+    assert rescore_train.main([*decoys[:2], str(tmp_path), *decoys[3:]]) == 2
+    assert "none of the 1 complexes could be docked" in capsys.readouterr().err and not (tmp_path / "d.pt").exists()

@@ -51,6 +51,7 @@ def preprocess_complex(protein: str, ligand: str, n_conformers: int = 2, seed: i
 
 
 def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limit: int | None = None) -> None:
+    from sciddiff.cli import UserError
     from sciddiff.train.checkpoint import save_checkpoint
     from sciddiff.train.log import progress
 
@@ -62,6 +63,9 @@ def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limi
             names.append(cid)
         except Exception as err:  # report and skip: one broken complex must not sink the file
             failed.append(f"{cid}: {err}")
+    if not complexes:  # a file a trainer cannot use is not written
+        raise UserError(f"none of the {len(ids)} complexes of {split} could be prepared"
+                        + (f" (first: {failed[0]})" if failed else ""))
     save_checkpoint(out, {"complexes": complexes, "names": names, "failed": failed,
                           "meta": {"split": split, "n_conformers": n_conformers, "crop": CROP, "created": time.ctime()}})
     size = Path(out).stat().st_size / 2**20
@@ -112,8 +116,9 @@ def batched_kabsch_onto(p: torch.Tensor, q: torch.Tensor, batch: torch.Tensor, n
 class TrainSet:
     """The preprocessed complexes on one device, with `batch(indices, generator)` returning noised inputs."""
 
-    def __init__(self, path: str, device: torch.device | str = "cpu", cfg: ScoreModelConfig | None = None):
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+    def __init__(self, path: str | dict, device: torch.device | str = "cpu", cfg: ScoreModelConfig | None = None):
+        """`path`: the file `preprocess` wrote, or its loaded contents."""
+        blob = path if isinstance(path, dict) else torch.load(path, map_location="cpu", weights_only=True)
         self.names = blob["names"]
         self.device = torch.device(device)
         self.cfg = cfg or ScoreModelConfig()
@@ -199,16 +204,33 @@ def dsm_loss(model, lig: dict, rec: dict, t: torch.Tensor, targets: dict) -> tup
     return torch.stack(list(parts.values())).mean(), parts
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Preprocess a docking split into one tensor file for `sciddiff.dock.train`.")
     p.add_argument("--data", default=None, help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
     p.add_argument("--split", required=True, help="file listing <folder>/<complex_id> per line")
     p.add_argument("--out", required=True, help="output .pt file")
     p.add_argument("--conformers", type=int, default=2, help="conformer-matched poses per complex")
-    p.add_argument("--limit", type=int, default=None)
-    a = p.parse_args(argv)
+    p.add_argument("--limit", type=int, default=None, help="the split's first N complexes")
+    from sciddiff.cli import run_command
+
+    return run_command(_preprocess_command, p.parse_args(argv))
+
+
+def _preprocess_command(a: argparse.Namespace) -> None:
+    from sciddiff.cli import UserError, check_output_path, options_below
+
+    if bad := options_below(a, 1, "conformers", "limit"):
+        raise UserError(f"{bad[0]} must be >= 1")
+    root = Path(a.data) if a.data else default_data_root()
+    if not root.is_dir():
+        raise UserError(f"docking data folder not found: {root} (pass --data or set SCIDDIFF_DATA)")
+    if not Path(a.split).is_file():
+        raise UserError(f"split file not found: {a.split}")
+    if not read_split(a.split):
+        raise UserError(f"no complexes in {a.split}")
+    check_output_path(a.out)
     torch.set_num_threads(1)
-    preprocess(a.data or str(default_data_root()), a.split, a.out, a.conformers, a.limit)
+    preprocess(str(root), a.split, a.out, a.conformers, a.limit)
 
 
 def read_split(path: str | Path) -> list[str]:
@@ -244,4 +266,4 @@ def default_data_root() -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

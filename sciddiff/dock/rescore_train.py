@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -93,8 +94,10 @@ def run_decoys(args) -> None:
     if not root.is_dir() or not Path(args.split).is_file():
         raise UserError(f"need the docking data folder ({root}) and the split file ({args.split})")
     if args.shards < 1 or not 0 <= args.shard < args.shards or args.every < 0 or args.offset < 0 or args.skip < 0 \
-            or (args.limit is not None and args.limit < 1) or min(args.mc_chains, args.mc_rounds) < 1:
-        raise UserError("need 0 <= --shard < --shards, --every/--offset/--skip >= 0, --limit/--mc-chains/--mc-rounds >= 1")
+            or (args.limit is not None and args.limit < 1) or min(args.mc_chains, args.mc_rounds) < 1 \
+            or min(args.samples, args.random_starts) < 0:
+        raise UserError("need 0 <= --shard < --shards, --every/--offset/--skip/--samples/--random-starts >= 0, "
+                        "--limit/--mc-chains/--mc-rounds >= 1")
     check_output_path(args.out)
     ids = read_split(args.split)
     if args.every:  # dock-eval's selection (so that its candidates are reproduced exactly)
@@ -102,11 +105,14 @@ def run_decoys(args) -> None:
     else:
         ids = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))][args.shard:: args.shards][args.skip:]
         ids = ids[: args.limit]
+    if not ids:
+        raise UserError(f"no complexes of {args.split} selected (check --skip, --offset, --shard)")
     model = None
     if args.score_model:
+        from sciddiff.cli import load_or_fail
         from sciddiff.dock.sampler import load_score_model
 
-        model = load_score_model(args.score_model, "cpu")
+        model = load_or_fail(lambda f: load_score_model(f, "cpu"), args.score_model, "docking score model")
     settings = DockSettings(samples=args.samples if model is not None else 0, random_starts=args.random_starts,
                             mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, seed=0)
     out, items = Path(args.out), []
@@ -123,6 +129,8 @@ def run_decoys(args) -> None:
               f"energy top-1 {it['rmsd'][cand][it['order_energy'][0]]:.2f} A, crystal {it['rmsd'][-1]:.2f} A, "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
         save_checkpoint(out, {"items": items, "settings": settings_dict(settings), "command": _command()})
+    if not items:  # saved after each complex above, so an interrupted run keeps what it docked
+        raise UserError(f"none of the {len(ids)} complexes could be docked; nothing written to {out}")
 
 
 # ------------------------------------------------------------------------------------------------------------ train
@@ -219,6 +227,10 @@ def run_train(args) -> None:
 
     if args.folds < 2 or args.epochs < 1:
         raise UserError("--folds must be at least 2 (cross-validation) and --epochs at least 1")
+    if min(args.hidden) < 0 or not all(math.isfinite(w) and w >= 0 for w in args.weight_decay):
+        raise UserError("--hidden widths must be >= 0 and --weight-decay values finite and >= 0")
+    if Path(args.out).suffix == ".json":  # the model's metadata goes to --out with a .json suffix
+        raise UserError(f"--out {args.out}: name the model file (.pt); its metadata is written beside it as .json")
     check_output_path(args.out)
     torch.set_num_threads(1)
     files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file") for path in args.decoys]

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from sciddiff.cli import (UserError, check_output_path, load_or_fail, options_below, options_not_positive,
+                          run_command)
 from sciddiff.core.ema import EMA
 from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ScoreModel, ScoreModelConfig, count_parameters
@@ -39,11 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", default=None,
                    help="start a new run from the weights of this score_model.pt (its architecture; fresh optimizer)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (ignored on CUDA)")
-    p.add_argument("--ns", type=int, default=ScoreModelConfig.ns)
-    p.add_argument("--nv", type=int, default=ScoreModelConfig.nv)
-    p.add_argument("--rec-layers", type=int, default=ScoreModelConfig.rec_layers)
-    p.add_argument("--lig-layers", type=int, default=ScoreModelConfig.lig_layers)
+    # the architecture (None: the default for a new run, the run's own when resuming)
+    for name in MODEL_OPTIONS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
+                       help=f"default {getattr(ScoreModelConfig, name)}")
     return p.parse_args(argv)
+
+
+MODEL_OPTIONS = ("ns", "nv", "rec_layers", "lig_layers")
 
 
 def export(path: Path, model: ScoreModel, ema: EMA, cfg: ScoreModelConfig, step: int, command: str) -> None:
@@ -62,38 +67,67 @@ def save_state(out: Path, model, opt, ema: EMA, cfg: ScoreModelConfig, step: int
         save_checkpoint(out / "state.pt", state)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m sciddiff.dock.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    return run_command(lambda a: train(a, command), args)
+
+
+def _model_config(args: argparse.Namespace, out: Path) -> tuple[ScoreModelConfig, dict | None, dict | None]:
+    """(architecture, resume state, --init checkpoint), all checked: a resumed run keeps the architecture it started
+    with, so model options that contradict it are refused (and an --init, which only starts a run, is noted)."""
+    given = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
+    if (out / "state.pt").exists():
+        state = load_or_fail(load_checkpoint, out / "state.pt", "docking training state")
+        load_or_fail(load_checkpoint, out / "optimizer.pt", "docking optimizer state")  # written first: must exist
+        cfg = ScoreModelConfig(**state["config"])
+        if any(getattr(cfg, k) != v for k, v in given.items()):
+            raise UserError(f"{out} holds a run of {cfg.to_dict()}: resuming keeps its model; drop the model options "
+                            "or use a new --out")
+        if args.init:  # "resume, else start from these weights" is how the GPU script calls it: said, not refused
+            print(f"note: {out} holds a run: resuming it; --init {args.init} is not used", file=sys.stderr)
+        return cfg, state, None
+    if args.init:
+        init = load_or_fail(load_checkpoint, args.init, "docking score model")
+        if init.get("kind") != "sciddiff-dock-score":
+            raise UserError(f"--init {args.init} is not a docking score model (score_model.pt)")
+        return ScoreModelConfig(**init["config"]), None, init
+    return ScoreModelConfig(**given), None, None
+
+
+def train(args: argparse.Namespace, command: str) -> None:
+    if bad := options_below(args, 1, "max_steps", "batch_size", "threads", *MODEL_OPTIONS):
+        raise UserError(f"{bad[0]} must be >= 1")
+    if not (args.max_seconds > 0 and args.save_every >= 0):  # `<= 0` would let nan through: a run without end
+        raise UserError("--max-seconds must be > 0 and --save-every >= 0")
+    if bad := options_not_positive(args, "lr"):
+        raise UserError(f"{bad[0]} must be a finite number > 0")
+    if not 0 <= args.ema_decay < 1:
+        raise UserError("--ema-decay must lie in [0, 1)")
+    out = check_output_path(args.out, folder=True)
+    cfg, state, init = _model_config(args, out)
+    blob = load_or_fail(load_checkpoint, args.data, "docking data file (python -m sciddiff.dock.data)")
+    if not blob.get("complexes"):
+        raise UserError(f"--data {args.data} holds no complexes")
     info = distributed.setup()
     device = info.device
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     seed_everything(args.seed + info.rank)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state.pt"
-    cfg = ScoreModelConfig(ns=args.ns, nv=args.nv, rec_layers=args.rec_layers, lig_layers=args.lig_layers)
-    init = None
-    if state_path.exists():  # the architecture of a resumed run is the one it started with
-        cfg = ScoreModelConfig(**load_checkpoint(state_path)["config"])
-    elif args.init:
-        if not Path(args.init).is_file():
-            raise SystemExit(f"error: --init {args.init} not found")
-        init = load_checkpoint(args.init, map_location="cpu")
-        cfg = ScoreModelConfig(**init["config"])
-    data = TrainSet(args.data, device, cfg)
+    data = TrainSet(blob, device, cfg)
+    del blob
     model = ScoreModel(cfg).to(device)
     if init is not None:
         model.load_state_dict(init["weights"])
     ema = EMA(model, decay=args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-6)
     step = 0
-    if state_path.exists():
-        state = load_checkpoint(state_path, map_location=device)
+    if state is not None:
+        state = load_checkpoint(out / "state.pt", map_location=device)
         state["optimizer"] = load_checkpoint(out / "optimizer.pt", map_location=device)["optimizer"]
         step = restore_training_state(state, model=model, optimizer=opt, ema=ema)
-        print(f"resumed from {state_path} at step {step}", flush=True)
+        print(f"resumed from {out / 'state.pt'} at step {step}", flush=True)
     ddp_model = distributed.wrap(model)
     gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank + 7919 * step)
     pick = torch.Generator().manual_seed(args.seed * 1000 + info.rank + 7919 * step)
@@ -112,37 +146,43 @@ def main(argv: list[str] | None = None) -> None:
         if info.is_main:
             export(out / "score_model.pt", model, ema, cfg, step, command)
 
-    while step < args.max_steps:
-        if step % sync_every == 0:
-            out_of_time, save_due = distributed.main_decides(time.time() - start >= args.max_seconds,
-                                                             time.time() - last_save > args.save_every)
-            if save_due:
-                save()
-                last_save = time.time()
-            if out_of_time:
-                break
-        idx = torch.randint(0, len(data), (args.batch_size,), generator=pick).tolist()
-        lig, rec, t, targets = data.batch(idx, gen)
-        with autocast(device):
-            loss, parts = dsm_loss(ddp_model, lig, rec, t, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)):
-            # the gradients are averaged over ranks (DDP), so every rank skips this batch alike
-            print(f"step {step}: non-finite loss or gradients, batch skipped", flush=True)
-            continue
-        # short warm-up, then constant: runs are minutes long and resumable, so no schedule tied to a horizon
-        for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / 200)
-        opt.step()
-        ema.update(model)
-        step += 1
-        for k, v in {"loss": loss, **parts}.items():
-            running[k] = 0.98 * running.get(k, float(v.detach())) + 0.02 * float(v.detach())
-        if info.is_main and (step % 25 == 0 or step == 1):
-            elapsed = time.time() - start
-            log.log(step=step, seconds=round(elapsed, 1), **{k: round(v, 5) for k, v in running.items()})
-            print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)
+    try:
+        while step < args.max_steps:
+            if step % sync_every == 0:
+                out_of_time, save_due = distributed.main_decides(time.time() - start >= args.max_seconds,
+                                                                 time.time() - last_save > args.save_every)
+                if save_due:
+                    save()
+                    last_save = time.time()
+                if out_of_time:
+                    break
+            idx = torch.randint(0, len(data), (args.batch_size,), generator=pick).tolist()
+            lig, rec, t, targets = data.batch(idx, gen)
+            with autocast(device):
+                loss, parts = dsm_loss(ddp_model, lig, rec, t, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)):
+                # the gradients are averaged over ranks (DDP), so every rank skips this batch alike
+                print(f"step {step}: non-finite loss or gradients, batch skipped", flush=True)
+                continue
+            # short warm-up, then constant: runs are minutes long and resumable, so no schedule tied to a horizon
+            for g in opt.param_groups:
+                g["lr"] = args.lr * min(1.0, (step + 1) / 200)
+            opt.step()
+            ema.update(model)
+            step += 1
+            for k, v in {"loss": loss, **parts}.items():
+                running[k] = 0.98 * running.get(k, float(v.detach())) + 0.02 * float(v.detach())
+            if info.is_main and (step % 25 == 0 or step == 1):
+                elapsed = time.time() - start
+                log.log(step=step, seconds=round(elapsed, 1), **{k: round(v, 5) for k, v in running.items()})
+                print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)
+    except KeyboardInterrupt:
+        if info.world_size == 1:  # alone: save what was trained (ranks of a DDP run may stop at different points)
+            save()
+            print(f"interrupted: saved {out} at step {step}", flush=True)
+        raise
     save()
     if info.is_main:
         log.close()
@@ -153,4 +193,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
