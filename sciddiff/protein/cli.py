@@ -99,8 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "coordinates, lengths and split in one .pt file.")
     p.add_argument("--data", default=None, help="shared data folder ($SCIDDIFF_DATA or ../shared/data)")
     p.add_argument("--out", default=".gpu/protein/chains.pt", help="output tensor file (default: %(default)s)")
-    p.add_argument("--split", default=None, help="split.tsv to reuse or create (the shipped data/protein/split.tsv)")
-    p.add_argument("--new-split", action="store_true", help="recompute the cluster split and write it to --split")
+    p.add_argument("--split", default=None,
+                   help="split.tsv to reuse, or to create if missing (default: the shipped data/protein/split.tsv)")
+    p.add_argument("--new-split", action="store_true",
+                   help="recompute the cluster split and write it to --split (required) once all chains are read")
     p.add_argument("--seed", type=int, default=0, help="seed of a new split (default: 0)")
     p.add_argument("--no-docking", action="store_true",
                    help="natural chains only (default: also whole unbroken chains of DATA/docking proteins, train only)")
@@ -305,10 +307,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     root = data_root(args.data)
     if not (root / "proteins" / "manifest.tsv").is_file():
         raise UserError(f"no proteins/manifest.tsv under {root} (pass --data)")
-    split = Path(args.split) if args.split else SPLIT_FILE
-    if args.new_split and split.exists():
-        split.unlink()
-    data = prepare_chains(root, args.out, split, seed=args.seed, docking=not args.no_docking)
+    if args.new_split and not args.split:  # the default is the shipped, tracked split: never replaced by accident
+        raise UserError(f"--new-split needs --split FILE to write to (the default {SPLIT_FILE} is the shipped split)")
+    out = check_output_path(args.out, option="--out")
+    split = check_output_path(args.split, option="--split") if args.split else SPLIT_FILE
+    if out.resolve() == split.resolve():
+        raise UserError(f"--out and --split are the same file {out}")
+    try:
+        data = prepare_chains(root, out, split, seed=args.seed, docking=not args.no_docking, new_split=args.new_split)
+    except ValueError as err:  # a malformed manifest or split file, or no usable chain: nothing was written
+        raise UserError(str(err)) from None
     counts = [int((data["split"] == i).sum()) for i in range(3)]
     print(f"{len(data['ids'])} chains, {int(data['lengths'].sum())} residues -> {args.out} "
           f"(train/val/test {counts[0]}/{counts[1]}/{counts[2]} chains; split {split})")

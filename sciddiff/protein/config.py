@@ -74,7 +74,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw chains with probability ~ length^-x: 0 uniform (long chains dominate the per-residue "
                         "loss), 1 equal expected weight per chain")
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps (0: none)")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (the ceiling when --ema-power is set)")
     p.add_argument("--ema-power", type=float, default=0.75,
                    help="EMA warm-up power (decay 1 - (1 + step)^-power, capped at --ema); 0 = fixed decay")

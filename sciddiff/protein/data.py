@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,6 +36,7 @@ KMER = 5
 LINK_FRACTION = 0.3
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLIT_FILE = REPO_ROOT / "data" / "protein" / "split.tsv"
+MANIFEST_COLUMNS = ("id", "path", "chain", "n_breaks")  # the ones read here; more may follow
 
 
 def data_root(path: str | os.PathLike | None = None) -> Path:
@@ -43,16 +45,37 @@ def data_root(path: str | os.PathLike | None = None) -> Path:
 
 
 def read_manifest(root: str | os.PathLike | None = None, unbroken_only: bool = True) -> list[dict[str, str]]:
-    """Rows of proteins/manifest.tsv (paths made absolute), unbroken chains only by default."""
+    """Rows of proteins/manifest.tsv (paths made absolute), unbroken chains only by default (a row whose n_breaks is
+    not a number counts as broken). A manifest lacking one of MANIFEST_COLUMNS raises ValueError."""
     folder = data_root(root) / "proteins"
     manifest = folder / "manifest.tsv"
     if not manifest.is_file():
         raise FileNotFoundError(f"no protein manifest at {manifest} (set --data or SCIDDIFF_DATA)")
-    with open(manifest) as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    try:
+        with open(manifest) as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{manifest} is not a protein manifest ({err})") from None
+    if missing:
+        raise ValueError(f"{manifest} is not a protein manifest: no column {', '.join(missing)} "
+                         f"(needs the tab-separated columns {', '.join(MANIFEST_COLUMNS)})")
     for row in rows:
-        row["path"] = str(folder / row["path"])
-    return [r for r in rows if not unbroken_only or int(r["n_breaks"]) == 0]
+        if row["path"] is not None:  # None: a short row, reported by `row_problem`
+            row["path"] = str(folder / row["path"])
+    return [r for r in rows if not unbroken_only or row_problem(r) is None and int(r["n_breaks"]) == 0]
+
+
+def row_problem(row: dict[str, str]) -> str | None:
+    """Why a manifest row cannot be used (fields missing, n_breaks not a number), or None."""
+    if any(row.get(c) is None for c in MANIFEST_COLUMNS):
+        return "the row has fewer fields than the manifest header"
+    try:
+        int(row["n_breaks"])
+    except ValueError:
+        return f"n_breaks {row['n_breaks']!r} is not a number"
+    return None
 
 
 def cluster_sequences(sequences: list[str], k: int = KMER, link_fraction: float = LINK_FRACTION) -> np.ndarray:
@@ -110,9 +133,18 @@ def write_split(path: str | os.PathLike, ids: list[str], cluster: np.ndarray, sp
 
 
 def read_split(path: str | os.PathLike = SPLIT_FILE) -> dict[str, str]:
-    """id -> 'train' | 'val' | 'test' from a split.tsv."""
-    with open(path) as handle:
-        return {row["id"]: row["split"] for row in csv.DictReader(handle, delimiter="\t")}
+    """id -> 'train' | 'val' | 'test' from a split.tsv; ValueError for a file that is not one."""
+    try:
+        with open(path) as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            has_columns = {"id", "split"} <= set(reader.fieldnames or [])
+            split = {row["id"]: row["split"] for row in reader} if has_columns else None
+    except (UnicodeDecodeError, csv.Error):
+        split = None
+    if split is None or not set(split.values()) <= set(SPLITS):
+        raise ValueError(f"{path} is not a split file (tab-separated columns id, cluster, split; split one of "
+                         f"{', '.join(SPLITS)})")
+    return split
 
 
 def docking_chains(root: str | os.PathLike | None = None, min_length: int = 50, max_length: int = 300
@@ -128,8 +160,12 @@ def docking_chains(root: str | os.PathLike | None = None, min_length: int = 50, 
     seen: set[str] = set()
     out = []
     for path in tqdm(files, desc="reading docking proteins", unit="file"):
-        with gzip.open(path, "rt") as handle:
-            chain_ids = [c.id for c in next(iter(PDBParser(QUIET=True).get_structure("p", handle)))]
+        try:
+            with gzip.open(path, "rt") as handle:
+                chain_ids = [c.id for c in next(iter(PDBParser(QUIET=True).get_structure("p", handle)))]
+        except (ValueError, EOFError, UnicodeDecodeError, OSError, StopIteration) as err:  # as pdbio.read_chain
+            _warn(f"skipped docking protein {path}: not a readable PDB file ({str(err) or type(err).__name__})")
+            continue
         for cid in chain_ids:
             try:
                 chain = read_chain(path, cid)
@@ -142,36 +178,64 @@ def docking_chains(root: str | os.PathLike | None = None, min_length: int = 50, 
     return out
 
 
+def _warn(message: str) -> None:
+    """One `warning:` line on stderr, between the lines of a running progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
 def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split_path: str | os.PathLike | None = None,
-                   seed: int = 0, docking: bool = True) -> dict:
+                   seed: int = 0, docking: bool = True, new_split: bool = False) -> dict:
     """Read every unbroken natural chain, cluster and split them, and save the one-file tensor set `out` (module doc).
 
-    With split_path pointing at an existing split.tsv, that split is reused (ids missing from it go to train); otherwise
-    a new split is computed and, if split_path is given, written there. With `docking`, whole unbroken chains of the
-    docking proteins are added to train, except those whose sequence cluster (clustered jointly with the natural chains)
-    holds a val or test chain, and those identical in sequence to a natural chain; the split file lists natural chains only.
+    With split_path pointing at an existing split.tsv (and not `new_split`), that split is reused (ids missing from it
+    go to train); otherwise a new split is computed and, if split_path is given, written there, atomically and only
+    once every chain has been read. A manifest row that cannot be read (missing or non-PDB file, no such chain,
+    malformed fields) is skipped with one `warning:` line; a malformed manifest or split file, or no usable chain at
+    all, raises ValueError before anything is written. With `docking`, whole unbroken chains of the docking proteins
+    are added to train, except those whose sequence cluster (clustered jointly with the natural chains) holds a val or
+    test chain, and those identical in sequence to a natural chain; the split file lists natural chains only.
     """
     from tqdm import tqdm
 
     from sciddiff.protein.pdbio import read_chain
 
-    rows = read_manifest(root)
+    known = read_split(split_path) if split_path is not None and Path(split_path).is_file() and not new_split else None
+    rows = read_manifest(root, unbroken_only=False)
     ids, seqs, coords = [], [], []
+    skipped = short = marked = 0
     for row in tqdm(rows, desc="reading chains", unit="chain"):
-        chain = read_chain(row["path"], row["chain"] or None)
+        problem = row_problem(row)
+        if problem is None and int(row["n_breaks"]) != 0:
+            marked += 1
+            continue
+        if problem is None and not Path(row["path"]).is_file():
+            problem = f"no file {row['path']}"
+        if problem is None:
+            try:
+                chain = read_chain(row["path"], row["chain"] or None)
+            except ValueError as err:  # an empty or non-PDB file, no such chain (the message names the file)
+                problem = str(err)
+        if problem is not None:
+            _warn(f"skipped chain {row['id']}: {problem}")
+            skipped += 1
+            continue
         if chain.ca_breaks() or len(chain) < 20:
+            short += 1
             continue
         ids.append(row["id"])
         seqs.append(chain.sequence)
         coords.append(chain.coords[:, :3])
+    if not ids:
+        raise ValueError(f"no usable chain in {data_root(root) / 'proteins' / 'manifest.tsv'} ({len(rows)} row(s): "
+                         f"{skipped} unreadable, {marked} with n_breaks > 0, {short} broken or shorter than 20 residues)")
     cluster = cluster_sequences(seqs)
-    if split_path is not None and Path(split_path).is_file():
-        known = read_split(split_path)
+    if known is not None:
         split = np.array([SPLITS.index(known.get(i, "train")) for i in ids])
     else:
         split = split_clusters(cluster, seed=seed)
-        if split_path is not None:
-            write_split(split_path, ids, cluster, split)
+    natural_ids, natural_cluster, natural_split = list(ids), cluster, split
     if docking:
         natural = set(seqs)
         extra = [c for c in docking_chains(root) if c[1] not in natural]
@@ -192,6 +256,8 @@ def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split
         "sequences": seqs,
     }
     data["ss"] = secondary_structure_labels(data["coords"], data["lengths"])
+    if known is None and split_path is not None:  # only now: a failed run leaves the old split file as it was
+        write_split(split_path, natural_ids, natural_cluster, natural_split)
     save_checkpoint(out, data)
     return data
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from sciddiff.cli import UserError, check_output_path, load_or_fail
+from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below, options_not_positive
 from sciddiff.core.ema import EMA
 from sciddiff.protein.config import DenoiserConfig, FlowConfig, add_training_arguments
 from sciddiff.protein.data import ChainSet
@@ -72,20 +72,30 @@ def train(args: argparse.Namespace) -> Path:
     info = distributed.setup()
     device = info.device if info.world_size > 1 else \
         torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.init and not Path(args.init).is_file():
         raise UserError(f"--init {args.init} not found")
     # `not > 0`, not `<= 0`: a nan budget would never run out (inf is a deliberate "no time limit")
     if (args.max_steps is not None and args.max_steps < 1) or args.batch_residues < 1 or not args.max_seconds > 0:
         raise UserError("--max-steps, --batch-residues and --max-seconds must be positive")
+    bad = options_below(args, 1, "log_every", "val_every", "threads")
+    if bad:
+        raise UserError(f"{', '.join(bad)} must be >= 1")
+    if options_not_positive(args, "lr"):
+        raise UserError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.warmup < 0:  # 0 and 1 both mean no warm-up (the first step runs at the full --lr)
+        raise UserError(f"--warmup must be >= 0 steps, got {args.warmup}")
+    if not 0 <= args.ema <= 1 or options_not_positive(args, "ema_power", zero=True):
+        raise UserError("--ema must lie in [0, 1] and --ema-power be a finite number >= 0")
+    if not args.ckpt_seconds > 0:  # nan would never checkpoint before the end
+        raise UserError(f"--ckpt-seconds must be positive, got {args.ckpt_seconds}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = check_output_path(args.out, folder=True)
     seed_everything(args.seed)
     data = load_or_fail(lambda path: load_checkpoint(path, map_location="cpu"), args.chains,
                         "chain tensor file from `sciddiff backbone prepare`")
     if not isinstance(data, dict) or "split" not in data:
         raise UserError(f"{args.chains} is not a chain tensor file from `sciddiff backbone prepare`")
-    out.mkdir(parents=True, exist_ok=True)  # only once the data have loaded: a bad input leaves no empty run
     train_set = ChainSet(data, "train", device=device)
     has_val = bool((data["split"] == 1).any())
     val_set = ChainSet(data, "val", device=device) if has_val else None  # tiny data sets may have no val cluster
@@ -95,8 +105,20 @@ def train(args: argparse.Namespace) -> Path:
     state_path = out / "state.pt"
     resumed = state_path.is_file()
     if resumed:  # the stored configs win, so a resumed run is the same run
-        state = load_checkpoint(state_path, map_location=device)
-        model_cfg, flow_cfg = DenoiserConfig(**state["model_config"]), FlowConfig(**state["flow_config"])
+        def load_state(path: Path) -> tuple[dict, DenoiserConfig, FlowConfig]:
+            state = load_checkpoint(path, map_location=device)
+            return state, DenoiserConfig(**state["model_config"]), FlowConfig(**state["flow_config"])
+
+        state, stored_cfg, flow_cfg = load_or_fail(load_state, state_path, "backbone training state")
+        # a model option given here (not left at its default) that differs from the run's would be silently ignored
+        default = DenoiserConfig()
+        changed = [f"--{k.replace('_', '-')}: {getattr(stored_cfg, k)} there, {v} here"
+                   for k, v in model_cfg.to_dict().items() if v != getattr(default, k) and v != getattr(stored_cfg, k)]
+        if changed:
+            raise UserError(f"{state_path} belongs to a run with a different model configuration "
+                            f"({'; '.join(changed)}); use a new --out, or leave the model options at their defaults "
+                            f"to resume it")
+        model_cfg = stored_cfg
     if model_cfg.ss_condition and not bool((train_set.ss < SS_UNKNOWN).any()):
         raise UserError(f"--ss-condition needs secondary-structure labels: re-run `sciddiff backbone prepare` "
                         f"({args.chains} predates them)")
@@ -122,6 +144,7 @@ def train(args: argparse.Namespace) -> Path:
     config = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "command": " ".join(sys.argv),
               "train_chains": len(train_set), "val_chains": len(val_set) if val_set else 0, "params": net.num_parameters()}
     plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    out.mkdir(parents=True, exist_ok=True)  # only once data, model and optimizer are built: a bad input leaves no run
     if info.is_main:
         with atomic_file(out / "config.json", "w") as handle:
             json.dump({**config, "args": plain_args, "processes": info.world_size}, handle, indent=2)
@@ -160,7 +183,7 @@ def train(args: argparse.Namespace) -> Path:
                 last_ckpt = time.time()
             if out_of_time:
                 break
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
         for group in opt.param_groups:
             group["lr"] = lr
         b = train_set.batch(train_set.sample_chains(args.batch_residues, length_balance=args.length_balance))

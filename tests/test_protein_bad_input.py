@@ -1,0 +1,170 @@
+"""`sciddiff backbone prepare | train` on bad input: unreadable chains are skipped with a warning, everything else is one
+error line (exit 2) before any work, and nothing is written or deleted on the way (tiny self-made data)."""
+import gzip
+import re
+
+import pytest
+import torch
+
+from sciddiff.cli import main
+from sciddiff.protein.data import SPLIT_FILE
+from sciddiff.protein.geometry import backbone_from_dihedrals
+from sciddiff.protein.pdbio import backbone_to_pdb_string
+
+TINY_MODEL = ["--dim", "16", "--edge-dim", "8", "--heads", "2", "--points", "2", "--blocks", "1", "--k", "4",
+              "--k-sc", "2"]
+HEADER = "id\tpath\tchain\tlength\tn_breaks"
+
+
+def _pdb(n: int, seed: int) -> str:
+    g = torch.Generator().manual_seed(seed)
+    ang = torch.tensor([-1.0, -0.8])[:, None] + 0.1 * torch.randn(2, n, generator=g)
+    return backbone_to_pdb_string(backbone_from_dihedrals(ang[0].double(), ang[1].double()).numpy())
+
+
+def _root(tmp_path, rows: list[str], good: int = 4):
+    """A data folder whose manifest lists `good` readable 20-29-residue chains good0.. and then `rows`."""
+    folder = tmp_path / "data" / "proteins"
+    (folder / "pdb").mkdir(parents=True)
+    for i in range(good):
+        with gzip.open(folder / "pdb" / f"good{i}.pdb.gz", "wt") as handle:
+            handle.write(_pdb(20 + 3 * i, i))
+    lines = [HEADER] + [f"toy:good{i}\tpdb/good{i}.pdb.gz\tA\t{20 + 3 * i}\t0" for i in range(good)] + rows
+    (folder / "manifest.tsv").write_text("\n".join(lines) + "\n")
+    return folder.parent
+
+
+def _lines(text: str) -> list[str]:
+    """Output lines without the progress bars (which redraw with carriage returns)."""
+    return [line for line in re.split(r"[\r\n]", text) if line.strip() and "reading chains" not in line]
+
+
+def _prepare(root, out, *extra):
+    return main(["backbone", "prepare", "--data", str(root), "--out", str(out), "--no-docking", *extra])
+
+
+def test_prepare_skips_unreadable_chains_with_one_warning_each(tmp_path, capsys):
+    pdb = tmp_path / "data" / "proteins" / "pdb"
+    root = _root(tmp_path, ["toy:junk\tpdb/junk.pdb.gz\tA\t100\t0",
+                            "toy:empty\tpdb/empty.pdb\tA\t100\t0",
+                            "toy:missing\tpdb/missing.pdb.gz\tA\t100\t0",
+                            "toy:wrongchain\tpdb/good0.pdb.gz\tZ\t20\t0",
+                            "toy:badbreaks\tpdb/good1.pdb.gz\tA\t23\tb548e6491f",
+                            "toy:shortrow\tpdb/good1.pdb.gz\t23",
+                            "toy:short\tpdb/short.pdb.gz\tA\t8\t0",
+                            "toy:broken\tpdb/good2.pdb.gz\tA\t26\t1"])
+    with gzip.open(pdb / "junk.pdb.gz", "wt") as handle:
+        handle.write("this is not a PDB file\n")
+    (pdb / "empty.pdb").write_text("")
+    with gzip.open(pdb / "short.pdb.gz", "wt") as handle:
+        handle.write(_pdb(8, 9))
+    out, split = tmp_path / "chains.pt", tmp_path / "split.tsv"
+    assert _prepare(root, out, "--split", str(split), "--new-split") == 0
+    err = _lines(capsys.readouterr().err)
+    assert all(line.startswith("warning: skipped chain toy:") for line in err), err
+    assert [line.split()[3].rstrip(":") for line in err] == \
+        ["toy:junk", "toy:empty", "toy:missing", "toy:wrongchain", "toy:badbreaks", "toy:shortrow"]
+    assert "no chain 'Z'" in err[3] and "n_breaks 'b548e6491f'" in err[4]
+    data = torch.load(out, weights_only=True)
+    assert data["ids"] == [f"toy:good{i}" for i in range(4)]  # short and broken chains are left out quietly, as before
+    assert split.read_text().splitlines()[1:] and all(line.startswith("toy:good") for line in split.read_text().splitlines()[1:])
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "no usable chain"),  # a header only
+    (["toy:short\tpdb/good0.pdb.gz\tA\t20\t0"], "no usable chain"),  # made shorter than 20 residues below
+    (["toy:missing\tpdb/missing.pdb.gz\tA\t100\t0"], "no usable chain"),
+])
+def test_prepare_without_a_usable_chain_is_one_error_and_keeps_the_old_split(tmp_path, capsys, rows, message):
+    root = _root(tmp_path, rows, good=0)
+    with gzip.open(root / "proteins" / "pdb" / "good0.pdb.gz", "wt") as handle:
+        handle.write(_pdb(12, 0))
+    out, split = tmp_path / "chains.pt", tmp_path / "split.tsv"
+    split.write_text("id\tcluster\tsplit\nold\t0\ttrain\n")
+    assert _prepare(root, out, "--split", str(split), "--new-split") == 2
+    err = [line for line in _lines(capsys.readouterr().err) if not line.startswith("warning:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+    assert split.read_text() == "id\tcluster\tsplit\nold\t0\ttrain\n"  # --new-split used to delete it up front
+
+
+def test_prepare_refuses_a_bad_manifest_split_or_output_up_front(tmp_path, capsys, monkeypatch):
+    root = _root(tmp_path, [])
+    (tmp_path / "adir").mkdir()
+    bad_split = tmp_path / "bad_split.tsv"
+    bad_split.write_text("garbage\n")
+    shipped = SPLIT_FILE.read_bytes()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a chain was read before the options were checked")
+
+    monkeypatch.setattr("sciddiff.protein.pdbio.read_chain", no_work)
+    out = tmp_path / "chains.pt"
+    for extra, message in ((["--new-split"], "--new-split needs --split"),
+                           (["--out", str(tmp_path / "adir")], "--out "),
+                           (["--out", "/proc/chains.pt"], "--out /proc/chains.pt cannot be written"),
+                           (["--split", str(tmp_path / "adir")], "--split "),
+                           (["--split", str(out)], "--out and --split are the same file"),
+                           (["--split", str(bad_split)], "is not a split file")):
+        assert _prepare(root, out, *extra) == 2, extra  # a later --out wins over the first
+        err = _lines(capsys.readouterr().err)
+        assert len(err) == 1 and message in err[0], (extra, err)
+    assert SPLIT_FILE.read_bytes() == shipped and not out.exists()
+
+    (root / "proteins" / "manifest.tsv").write_text("id\tpath\tchain\nx\tpdb/good0.pdb.gz\tA\n")
+    assert _prepare(root, out) == 2
+    err = _lines(capsys.readouterr().err)
+    assert len(err) == 1 and "no column n_breaks" in err[0] and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bb")
+    out = tmp / "chains.pt"
+    assert _prepare(_root(tmp, [], good=6), out, "--split", str(tmp / "split.tsv"), "--new-split") == 0
+    return out
+
+
+def _train(chains, out, *extra):
+    return main(["backbone", "train", "--chains", str(chains), "--out", str(out), "--batch-residues", "120",
+                 "--device", "cpu", "--threads", "1", "--log-every", "1", *TINY_MODEL, *extra])
+
+
+def test_train_refuses_bad_options_before_making_a_run_folder(chains, tmp_path, capsys):
+    out = tmp_path / "run"
+    for extra, message in ((["--lr", "nan"], "--lr must be a finite number > 0"),
+                           (["--lr", "-1"], "--lr must be a finite number > 0"),
+                           (["--warmup", "-5"], "--warmup must be >= 0"),
+                           (["--log-every", "0"], "--log-every must be >= 1"),
+                           (["--val-every", "0"], "--val-every must be >= 1"),
+                           (["--ema", "2"], "--ema must lie in [0, 1]"),
+                           (["--ckpt-seconds", "nan"], "--ckpt-seconds must be positive")):
+        assert _train(chains, out, "--max-steps", "1", *extra) == 2, extra
+        err = _lines(capsys.readouterr().err)
+        assert len(err) == 1 and message in err[0], (extra, err)
+        assert not out.exists(), extra
+    # --warmup 0 is no warm-up: the first step runs at the full rate (it used to divide by zero)
+    assert _train(chains, out, "--max-steps", "1", "--warmup", "0", "--lr", "0.001") == 0
+    assert (out / "log.csv").read_text().splitlines()[1].split(",")[0] == "1"
+    assert "lr=0.001 " in capsys.readouterr().out
+
+
+def test_resume_with_other_model_options_is_refused(chains, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(chains, out, "--max-steps", "1") == 0
+    state = (out / "state.pt").read_bytes()
+    capsys.readouterr()
+    resume = ["backbone", "train", "--chains", str(chains), "--out", str(out), "--batch-residues", "120", "--threads",
+              "1", "--max-steps", "2"]
+    for option, value in (("--dim", "24"), ("--blocks", "2"), ("--ss-condition", None)):
+        model = dict(zip(TINY_MODEL[::2], TINY_MODEL[1::2]))
+        model[option] = value
+        assert main([*resume, *(a for pair in model.items() for a in pair if a is not None)]) == 2, option
+        err = _lines(capsys.readouterr().err)
+        assert len(err) == 1 and "different model configuration" in err[0] and option in err[0], (option, err)
+        assert (out / "state.pt").read_bytes() == state
+    # model options left at their defaults, or given as the run's: the run's own configuration is resumed
+    assert main(resume) == 0
+    assert main([*resume[:-1], "3", *TINY_MODEL]) == 0
+    assert capsys.readouterr().out.count("resumed") == 2
+    assert torch.load(out / "model.pt", weights_only=True)["model_config"]["dim"] == 16
