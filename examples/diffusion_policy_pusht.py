@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sciddiff.cli import UserError, check_output_path, idle_threads, options_below
+from sciddiff.cli import UserError, check_output_path, idle_threads, options_below, options_not_positive
 from sciddiff.policy.cli import SHIPPED, check_seeds, check_suffix, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
 from sciddiff.train.checkpoint import atomic_file
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bad := options_below(args, 1, "episodes", "inference_steps", "threads"):
             raise UserError(f"{bad[0]} must be at least 1")
-        if args.train and args.train_seconds <= 0:
-            raise UserError("--train-seconds must be positive")
+        if args.train and options_not_positive(args, "train_seconds"):  # nan would pass `<= 0`: no time limit
+            raise UserError("--train-seconds must be a finite number > 0")
         check_seeds(args.seed, args.episodes)
         check_output_path(args.gif, option="--gif")
         check_output_path(args.plot, option="--plot")
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
             train_args = add_arguments(argparse.ArgumentParser()).parse_args(
                 ["--obs-type", args.obs_type, "--out", str(args.train_out), "--max-seconds", str(args.train_seconds),
-                 "--batch-size", "64", "--lr", "2e-4", "--seed", str(args.seed)])
+                 "--batch-size", "64", "--lr", "2e-4", "--seed", str(args.seed),
+                 *(["--threads", str(args.threads)] if args.threads else [])])
             checkpoint = Path(train(train_args)["policy"])
         policy = load_checkpoint_or_fail(checkpoint)
         torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # training has saved its state: the same command resumes it
+        print("interrupted", file=sys.stderr)
+        return 130
     print(format_metrics(metrics))
     print(f"rollout GIF: {args.gif}, episode plot: {args.plot}")
     if args.metrics_json:

@@ -1,6 +1,8 @@
 """Policy data layer: zarr replay buffer, episode-edge padding, normalizer, PushT features that match the env."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,93 @@ def test_rendered_states_are_the_states_asked_for():
     differ = np.any(frames[1] != pusht.reset_to_state(env, asked[1])["pixels"], axis=-1)
     assert differ.mean() < 0.01  # gym-pusht's own renderer changes a few pixels from call to call (~7% of calls)
     env.close()
+
+
+def _raw_store(path, state, action, ends):
+    """A zarr store written array by array, as another program (or a corrupted copy) might leave it."""
+    root = zarr.open_group(str(path), mode="w")
+    root.require_group("data").create_array("state", data=np.asarray(state))
+    root["data"].create_array("action", data=np.asarray(action))
+    root.require_group("meta").create_array("episode_ends", data=np.asarray(ends, dtype=np.int64))
+    return path
+
+
+def _good_rows(n=30):
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 512, (n, 5)).astype(np.float32), rng.uniform(0, 512, (n, 2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("state3", "data/state has shape (30, 3); PushT needs (rows, 5)"),
+    ("action3", "data/action has shape (30, 3); PushT needs (rows, 2)"),
+    ("ends_past", "episode_ends ends at row 40 but data/"),
+    ("ends_decreasing", "strictly increasing"),
+    ("ends_2d", "1-D integer"),
+    ("short_action", "data/action has only 15 rows"),
+    ("nan_action", "data/action holds nan or inf in 1 row(s) (the first is row 12)"),
+    ("inf_state", "data/state holds nan or inf"),
+    ("no_episodes", "holds no episodes"),
+])
+def test_malformed_stores_are_refused_in_one_line(tmp_path, broken, message):
+    state, action = _good_rows()
+    ends = [10, 20, 30]
+    if broken == "state3":
+        state = state[:, :3]
+    elif broken == "action3":
+        action = np.concatenate([action, action[:, :1]], 1)
+    elif broken == "ends_past":
+        ends = [10, 20, 40]
+    elif broken == "ends_decreasing":
+        ends = [20, 10, 30]
+    elif broken == "ends_2d":
+        ends = [[10], [20], [30]]
+    elif broken == "short_action":
+        action = action[:15]
+    elif broken == "nan_action":
+        action[12, 1] = np.nan
+    elif broken == "inf_state":
+        state[3, 4] = np.inf
+    elif broken == "no_episodes":
+        state, action, ends = state[:0], action[:0], []
+    path = _raw_store(tmp_path / f"{broken}.zarr", state, action, ends)
+    with pytest.raises(UserError, match="^" + re.escape(f"{path}")) as err:
+        load_dataset(path, "state")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match=re.escape(message)):  # `policy prepare` reads the same way
+        prepare_pusht(path, tmp_path / "out.npz", "state")
+    assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("state_1d", "state has shape (30,); PushT needs (rows, 18)"),
+    ("state_text", "state must hold numbers, not <U"),
+    ("ends_2d", "episode_ends must be a 1-D integer array"),
+    ("ends_past", "episode_ends ends at row 40 but action has 30 rows"),
+    ("action_short", "episode_ends ends at row 30 but action has 20 rows"),
+    ("action3", "action has shape (30, 3); PushT needs (rows, 2)"),
+    ("nan_state", "state holds nan or inf"),
+    ("no_episodes", "holds no episodes"),
+])
+def test_malformed_npz_datasets_are_refused_in_one_line(tmp_path, broken, message):
+    rng = np.random.default_rng(0)
+    arrays = {"state": rng.uniform(0, 512, (30, 18)).astype(np.float32),
+              "action": rng.uniform(0, 512, (30, 2)).astype(np.float32), "episode_ends": np.array([10, 20, 30])}
+    if broken == "state_1d":
+        arrays["state"] = arrays["state"][:, 0]
+    elif broken == "state_text":
+        arrays["state"] = np.array(["x"] * 30)
+    elif broken == "ends_2d":
+        arrays["episode_ends"] = arrays["episode_ends"][:, None]
+    elif broken == "ends_past":
+        arrays["episode_ends"] = np.array([10, 20, 40])
+    elif broken == "action_short":
+        arrays["action"] = arrays["action"][:20]
+    elif broken == "action3":
+        arrays["action"] = np.concatenate([arrays["action"], arrays["action"][:, :1]], 1)
+    elif broken == "nan_state":
+        arrays["state"][7, 3] = np.nan
+    elif broken == "no_episodes":
+        arrays = {k: v[:0] for k, v in arrays.items()}
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_dataset(tmp_path / "d.npz", "state")

@@ -116,3 +116,56 @@ def test_complete_appends_the_last_push_to_recorded_episodes(tmp_path, capsys):
     assert coverage > pusht.SUCCESS_COVERAGE
     assert main(["--complete", str(src), "--out", str(tmp_path / "x.zarr")]) == 2  # no frames to copy
     assert "--no-images" in capsys.readouterr().err
+    # the same command again would append copies of the same recordings
+    assert main(["--complete", str(src), "--out", str(out), "--episodes", "1", "--no-images"]) == 2
+    assert f"already holds the episodes of episode(s) 0 of {src}" in capsys.readouterr().err
+    assert ReplayBuffer.open(out).n_episodes == 1
+
+
+def _source(path, state, n_contacts=True):
+    buf = ReplayBuffer.create(path)
+    episode = {"state": state.astype(np.float32), "action": state[:, :2].astype(np.float32)}
+    if n_contacts:
+        episode["n_contacts"] = np.zeros((len(state), 1), np.float32)
+    buf.add_episode(episode)
+    return path
+
+
+def test_complete_refuses_a_malformed_source_before_any_work(tmp_path, capsys):
+    states = np.stack([NEAR_GOAL] * 4)
+    nan = states.copy()
+    nan[2, 3] = np.nan
+    for name, state, message in [
+        ("narrow", states[:, :3], "data/state has shape (4, 3); PushT needs (rows, 5): agent x, y, block x, y, angle"),
+        ("nan", nan, "data/state holds nan or inf in 1 row(s) (the first is row 2)"),
+    ]:
+        src = _source(tmp_path / f"{name}.zarr", state)
+        assert main(["--complete", str(src), "--out", str(tmp_path / "out.zarr"), "--no-images"]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {src}: {message}"
+        assert not (tmp_path / "out.zarr").exists()
+
+
+def test_key_mismatch_hints_only_suggest_what_helps(tmp_path, capsys):
+    src = _source(tmp_path / "src.zarr", np.stack([NEAR_GOAL] * 4), n_contacts=False)
+    assert main(["--complete", str(src), "--out", str(tmp_path / "out.zarr"), "--no-images"]) == 2
+    err = capsys.readouterr().err
+    assert "lacks ['n_contacts']" in err and "--no-images" not in err
+    other = ReplayBuffer.create(tmp_path / "other.zarr")  # e.g. the human store: keypoints besides the arrays
+    other.add_episode({"state": np.zeros((3, 5), np.float32), "action": np.zeros((3, 2), np.float32),
+                       "n_contacts": np.zeros((3, 1), np.float32), "keypoint": np.zeros((3, 9, 2), np.float32)})
+    assert main(["--out", str(tmp_path / "other.zarr"), "--episodes", "1", "--no-images"]) == 2
+    err = capsys.readouterr().err
+    assert "choose another --out" in err and "--no-images" not in err
+
+
+def test_rerunning_demos_into_the_same_store_is_refused(tmp_path, capsys):
+    out = tmp_path / "d.zarr"
+    common = ["--out", str(out), "--max-steps", "5", "--no-images", "--keep-failures"]
+    assert main([*common, "--episodes", "2"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--episodes", "3", "--seed", "1"]) == 2  # seed 1 is there already
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out} already holds the episodes of seed(s) 1 ") and "--seed 2" in err
+    assert ReplayBuffer.open(out).n_episodes == 2
+    assert main([*common, "--episodes", "1", "--seed", "2"]) == 0
+    assert ReplayBuffer.open(out).n_episodes == 3

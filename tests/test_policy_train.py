@@ -3,10 +3,14 @@ distillation, and data-parallel runs under torchrun."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,6 +191,143 @@ def test_cli_train_reports_bad_data_in_one_line(tmp_path, capsys):
     assert main(["policy", "train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "none.zarr"),
                  "--steps", "1"]) == 2
     assert capsys.readouterr().err.strip() == f"sciddiff policy: error: no dataset at {tmp_path / 'none.zarr'}"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--lr", "nan"], "--lr must be a finite number >= 0"),
+    (["--lr", "-1"], "--lr must be a finite number >= 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
+    (["--max-seconds", "nan"], "--max-seconds must be a finite number > 0"),
+    (["--max-seconds", "inf"], "--max-seconds must be a finite number > 0"),
+    (["--schedule-seconds", "-5", "--max-seconds", "2"], "--schedule-seconds must be a finite number > 0"),
+    (["--max-train-episodes", "0"], "--max-train-episodes must be at least 1"),
+    (["--max-train-episodes", "-3"], "--max-train-episodes must be at least 1"),
+    (["--down-dims", "abc"], "--down-dims must be comma-separated positive multiples of 8"),
+    (["--down-dims", "0"], "--down-dims must be comma-separated positive multiples of 8"),
+    (["--down-dims", "12,24"], "--down-dims must be comma-separated positive multiples of 8"),
+    (["--inference-steps", "0"], "--inference-steps must be at least 1"),
+    (["--warmup-steps", "-5"], "--warmup-steps must be at least 0"),
+])
+def test_bad_option_values_are_refused_before_any_run_folder(tmp_path, options, message):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    args = ["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4",
+            "--val-episodes", "1", *SMALL, *options]  # later options win: --down-dims overrides SMALL's
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        train(build_parser().parse_args(args))
+    assert not (tmp_path / "run").exists()
+
+
+def test_lr_zero_is_kept_not_replaced_by_the_default(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    train(build_parser().parse_args(["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1",
+                                     "--batch-size", "4", "--val-episodes", "1", "--lr", "0", *SMALL]))
+    assert json.loads((tmp_path / "run" / "policy.json").read_text())["meta"]["lr"] == 0
+
+
+def test_bad_data_leaves_no_run_folder(tmp_path):
+    import zarr
+
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    short = _demo_store(tmp_path / "short.zarr", n_episodes=3, length=5)  # windows need 8 steps
+    empty = tmp_path / "empty.zarr"
+    root = ReplayBuffer.create(empty).root
+    root["data"].create_array("state", shape=(0, 5), dtype="float32")
+    root["data"].create_array("action", shape=(0, 2), dtype="float32")
+    wide = _demo_store(tmp_path / "wide.zarr", n_episodes=2, length=24)
+    root = zarr.open_group(str(wide), mode="a")
+    action = np.concatenate([root["data/action"][:], np.zeros((48, 1), np.float32)], 1)
+    del root["data/action"]
+    root["data"].create_array("action", data=action)  # 3-D actions: not PushT's
+    common = ["--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--val-episodes", "1", *SMALL]
+    for data_options, message in [
+        (["--data", str(short)], "no training windows: 3 episode(s) shorter than the 8 steps a training window needs"),
+        (["--data", str(data), "--extra-data", str(empty), str(data)], f"{empty} holds no episodes"),
+        (["--data", str(data), "--extra-data", str(wide)], f"{wide}: data/action has shape (48, 3); PushT needs"),
+    ]:
+        with pytest.raises(UserError, match="^" + re.escape(message)):
+            train(build_parser().parse_args([*data_options, *common]))
+        assert not (tmp_path / "run").exists()
+
+
+def test_short_episodes_among_long_ones_are_warned_about_not_refused(tmp_path, capsys):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    short = _demo_store(tmp_path / "short.zarr", n_episodes=2, length=5)
+    train(build_parser().parse_args(["--data", str(data), "--extra-data", str(short), "--out", str(tmp_path / "run"),
+                                     "--steps", "1", "--batch-size", "4", "--val-episodes", "1", *SMALL]))
+    assert "warning: 2 episode(s) shorter than the 8 steps" in capsys.readouterr().err
+
+
+def test_a_bad_state_file_is_named_as_state_and_leaves_no_run_folder(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    common = ["--data", str(data), "--steps", "1", "--batch-size", "4", "--val-episodes", "1", *SMALL]
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "ok")]))
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    for state, message in [(tmp_path / "notes.pt", "not a torch checkpoint file"),
+                           (tmp_path / "ok" / "policy.pt", "no 'model' entry")]:  # a policy, not a training state
+        with pytest.raises(UserError, match="^--state: " + re.escape(f"{state} is not a policy training state")) as err:
+            train(build_parser().parse_args([*common, "--out", str(tmp_path / "run"), "--state", str(state)]))
+        assert message in str(err.value) and not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="^--state .* different configuration"):  # a state of another network
+        train(build_parser().parse_args([*common, "--out", str(tmp_path / "run"), "--down-dims", "8,16",
+                                         "--state", str(tmp_path / "ok" / "train_state.pt")]))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_saves_the_training_state_and_exits_as_interrupted(tmp_path, monkeypatch, capsys, sig):
+    from sciddiff.policy import train as train_module
+    from sciddiff.policy.train import main
+
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    sample, calls = train_module.Batches.sample, []
+
+    def sample_then_signal(self, batch_size):
+        calls.append(batch_size)
+        if len(calls) == 4:  # inside the 4th optimizer step
+            os.kill(os.getpid(), sig)
+        return sample(self, batch_size)
+
+    monkeypatch.setattr(train_module.Batches, "sample", sample_then_signal)
+    # without the trainer's own handler SIGTERM would end pytest: here it interrupts as Ctrl-C does
+    term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        argv = ["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "30", "--batch-size", "4",
+                "--val-episodes", "0", "--log-every", "100", "--checkpoint-every", "1000", *SMALL]
+        assert main(argv) == 130
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler  # the trainer's handlers are gone
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, term)
+    err = capsys.readouterr().err
+    assert f"{signal.Signals(sig).name} at step 4: saved" in err and err.strip().endswith("interrupted")
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 4
+    assert load_policy(tmp_path / "run" / "policy.pt").meta["step"] == 4
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert main([*argv[:5], "6", *argv[6:]]) == 0  # --steps 6: the same run resumes at step 4
+    assert "resuming from step 4" in capsys.readouterr().out
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 6
+
+
+def test_example_trains_with_its_threads_and_a_finite_budget(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "pusht_example", Path(__file__).resolve().parents[1] / "examples" / "diffusion_policy_pusht.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    seen = []
+
+    def fake_train(args):
+        seen.append(args)
+        raise UserError("stop here")
+
+    monkeypatch.setattr("sciddiff.policy.train.train", fake_train)
+    common = ["--train", "--gif", str(tmp_path / "a.gif"), "--plot", str(tmp_path / "a.png"),
+              "--train-out", str(tmp_path / "run")]
+    assert example.main([*common, "--threads", "1"]) == 2 and seen[0].threads == 1
+    for budget in ("nan", "inf", "0"):
+        assert example.main([*common, "--train-seconds", budget]) == 2
+    assert len(seen) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --train-seconds must be a finite number > 0"
 
 
 def test_average_of_two_fine_tunes_is_their_midpoint(tmp_path, capsys):

@@ -19,6 +19,12 @@ from sciddiff.cli import UserError
 from sciddiff.policy import pusht
 
 OBS_KEYS = {"state": ("state",), "image": ("image", "agent_pos")}
+# Per-row shapes PushT needs: the replay buffer's raw arrays, then the training arrays made from them. Checked where the
+# data are read, so that a malformed store is one line naming it, not an IndexError deep in training.
+STORE_SHAPES = {"state": ((5,), "agent x, y, block x, y, angle"), "action": ((2,), "target agent x, y")}
+DATASET_SHAPES = {"state": ((pusht.STATE_FEATURE_DIM,), "agent xy + 8 block vertices"),
+                  "agent_pos": ((2,), "agent x, y"), "action": ((2,), "target agent x, y"),
+                  "image": ((96, 96, 3), "96x96 RGB frames")}
 
 
 def data_root() -> Path:
@@ -36,7 +42,7 @@ def dataset_from_zarr(path: str | Path, obs_type: str, chunk: int = 2048) -> dic
     from sciddiff.policy.replay_buffer import ReplayBuffer
 
     buffer = ReplayBuffer.open(path)
-    raw, ends = buffer.load(["state", "action"])
+    raw, ends = pusht_store_arrays(buffer, path)
     out = {"action": raw["action"].astype(np.float32), "episode_ends": ends.astype(np.int64)}
     if obs_type == "state":
         out["state"] = pusht.state_features(raw["state"])
@@ -51,7 +57,46 @@ def dataset_from_zarr(path: str | Path, obs_type: str, chunk: int = 2048) -> dic
         out["agent_pos"] = raw["state"][:, :2].astype(np.float32)
     else:
         raise UserError(f"obs_type must be 'state' or 'image', got {obs_type!r}")
+    check_dataset(out, path, obs_type)
     return out
+
+
+def pusht_store_arrays(buffer, path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """data/state and data/action of a PushT replay buffer, checked (shapes, finite values) -> (arrays, ends)."""
+    raw, ends = buffer.load(["state", "action"])
+    for key, (shape, meaning) in STORE_SHAPES.items():
+        _check_array(path, f"data/{key}", raw[key], shape, meaning)
+    return raw, ends
+
+
+def check_dataset(arrays: dict[str, np.ndarray], path: str | Path, obs_type: str) -> None:
+    """Training arrays of `obs_type` fit together: at least one episode, `episode_ends` strictly increasing up to
+    exactly the rows of every array, PushT's per-row shapes, finite numbers. Raises a one-line UserError naming path."""
+    ends = arrays["episode_ends"]
+    if ends.ndim != 1 or not np.issubdtype(ends.dtype, np.integer):
+        raise UserError(f"{path}: episode_ends must be a 1-D integer array, not {ends.dtype} {ends.shape}")
+    if not len(ends):
+        raise UserError(f"{path} holds no episodes")
+    if ends[0] <= 0 or (np.diff(ends) <= 0).any():
+        raise UserError(f"{path}: episode_ends must be positive and strictly increasing")
+    for key in ("action", *OBS_KEYS[obs_type]):
+        shape, meaning = DATASET_SHAPES[key]
+        _check_array(path, key, arrays[key], shape, meaning)
+        if len(arrays[key]) != ends[-1]:
+            raise UserError(f"{path}: episode_ends ends at row {ends[-1]} but {key} has {len(arrays[key])} rows")
+    if obs_type == "image" and arrays["image"].dtype != np.uint8:
+        raise UserError(f"{path}: image must be uint8 frames, not {arrays['image'].dtype}")
+
+
+def _check_array(path: str | Path, name: str, a: np.ndarray, shape: tuple[int, ...], meaning: str) -> None:
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+        raise UserError(f"{path}: {name} must hold numbers, not {a.dtype}")
+    if a.ndim < 1 or a.shape[1:] != shape:
+        raise UserError(f"{path}: {name} has shape {a.shape}; PushT needs (rows, {', '.join(map(str, shape))}): "
+                        f"{meaning}")
+    if np.issubdtype(a.dtype, np.floating) and not (finite := np.isfinite(a).all(tuple(range(1, a.ndim)))).all():
+        raise UserError(f"{path}: {name} holds nan or inf in {int((~finite).sum())} row(s) (the first is row "
+                        f"{int(np.argmin(finite))})")
 
 
 def prepare_pusht(zarr_path: str | Path, out_path: str | Path, obs_type: str) -> Path:
@@ -101,4 +146,5 @@ def load_dataset(path: str | Path, obs_type: str) -> dict[str, np.ndarray]:
     needed = {"action", "episode_ends", *OBS_KEYS.get(obs_type, ())}
     if obs_type not in OBS_KEYS or not needed <= arrays.keys():
         raise UserError(f"{path} lacks {sorted(needed - arrays.keys())} for a {obs_type!r} policy")
+    check_dataset(arrays, path, obs_type)
     return arrays

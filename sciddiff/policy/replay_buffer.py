@@ -35,7 +35,10 @@ class ReplayBuffer:
             raise UserError(f"{path} is not a zarr replay buffer ({type(err).__name__})") from None
         if "meta" not in root or "episode_ends" not in root["meta"]:
             raise UserError(f"{path} is not a replay buffer (no meta/episode_ends)")
+        if "data" not in root:
+            raise UserError(f"{path} is not a replay buffer (no data group)")
         buffer = cls(root)
+        buffer._check_episode_ends(path)
         if mode != "r":
             buffer._trim_dangling_rows()
         return buffer
@@ -110,9 +113,30 @@ class ReplayBuffer:
             data[k].append(np.asarray(v, dtype=data[k].dtype), axis=0)
         self.root["meta/episode_ends"].append(np.array([self.n_steps + next(iter(lengths.values()))]), axis=0)
 
+    def _check_episode_ends(self, path: str | Path) -> None:
+        """Refuse a store whose `episode_ends` cannot index its data: every reader (training, `prepare`,
+        `demos --complete`, appends) would otherwise fail deep inside with an IndexError or silently truncate."""
+        ends_array = self.root["meta/episode_ends"]
+        if len(ends_array.shape) != 1 or not np.issubdtype(ends_array.dtype, np.integer):
+            raise UserError(f"{path}: meta/episode_ends must be a 1-D integer array, not {ends_array.dtype} "
+                            f"{ends_array.shape}")
+        ends = self.episode_ends
+        if len(ends) and (ends[0] <= 0 or (np.diff(ends) <= 0).any()):
+            raise UserError(f"{path}: meta/episode_ends must be positive and strictly increasing, got "
+                            f"{_preview(ends)}")
+        rows = {k: self.root["data"][k].shape[0] for k in self.keys}
+        if short := {k: n for k, n in rows.items() if n < self.n_steps}:  # more rows: an interrupted append's
+            key = min(short, key=short.get)
+            raise UserError(f"{path}: meta/episode_ends ends at row {self.n_steps} but data/{key} has only "
+                            f"{short[key]} rows")
+
     def _trim_dangling_rows(self) -> None:
         n = self.n_steps
         for k in self.keys:
             arr = self.root["data"][k]
             if arr.shape[0] != n:
                 arr.resize((n, *arr.shape[1:]))
+
+
+def _preview(values: np.ndarray, most: int = 8) -> str:
+    return np.array2string(values[:most], separator=" ").rstrip("]") + (" ...]" if len(values) > most else "]")

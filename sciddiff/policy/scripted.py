@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from sciddiff.cli import UserError, check_output_path, idle_threads, options_below
 from sciddiff.policy import pusht
+from sciddiff.policy.data import pusht_store_arrays
 
 AGENT_RADIUS = 15.0
 # The T's outline (the union of its two rectangles) in the body frame, counter-clockwise in pymunk coordinates.
@@ -248,6 +250,29 @@ def episode_arrays(ep: Episode) -> dict[str, np.ndarray]:
     return data
 
 
+def reset_states(seeds: Iterable[int]) -> np.ndarray:
+    """The state (agent x, y, block x, y, angle) gym-pusht resets to from each seed: a scripted episode's first row."""
+    import gymnasium as gym
+    import gym_pusht  # noqa: F401  (registers the env)
+
+    env = gym.make(pusht.ENV_ID, obs_type="state")
+    states = []
+    for seed in seeds:
+        env.reset(seed=seed)
+        states.append(pusht.env_state(env))
+    env.close()
+    return np.array(states).reshape(-1, 5)
+
+
+def start_rows(state: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
+    """The first row of each episode."""
+    return state[np.concatenate([[0], episode_ends[:-1]]).astype(np.int64)]
+
+
+def _listed(values: list[int], most: int = 10) -> str:
+    return ", ".join(map(str, values[:most])) + (f" ... ({len(values)} in all)" if len(values) > most else "")
+
+
 def append_episode(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """Append one episode's arrays to a replay buffer (created if missing)."""
     from sciddiff.policy.replay_buffer import ReplayBuffer
@@ -323,18 +348,26 @@ def run_demos(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--restart-steps must be comma-separated integers, got {args.restart_steps!r}") from None
     source = ReplayBuffer.open(args.complete) if args.complete else None
+    if source:  # shapes and values checked now: a bad row would fail (or be copied) only when its episode comes
+        source_starts = start_rows(pusht_store_arrays(source, args.complete)[0]["state"], source.episode_ends)
     if args.episodes is None:
         args.episodes = source.n_episodes if source else 10
     if bad := options_below(args, 1, "episodes", "max_steps", "threads"):
         raise UserError(f"{bad[0]} must be at least 1")
     want = sorted(["action", "n_contacts", "state"] + ([] if args.no_images else ["img"]))
-    if source and set(want) - set(source.keys):
-        raise UserError(f"{args.complete} has {source.keys}, not {want} (add --no-images for state-only episodes)")
+    if source and (missing := set(want) - set(source.keys)):
+        hint = " (add --no-images for state-only episodes)" if missing == {"img"} else ""
+        raise UserError(f"{args.complete} has {source.keys}, which lacks {sorted(missing)}{hint}")
+    stored = np.zeros((0, 5))  # the first states of the episodes --out already holds
     if Path(args.out).exists():  # appending: the episodes must have the store's arrays (checked before any work)
-        keys = ReplayBuffer.open(args.out).keys
-        if keys and keys != want:
-            raise UserError(f"{args.out} holds {keys}; these episodes would have {want} "
-                            f"({'drop' if args.no_images else 'add'} --no-images or choose another --out)")
+        target = ReplayBuffer.open(args.out)
+        if target.keys and target.keys != want:
+            other = sorted(set(want) ^ {"img"})  # what the other choice of --no-images would write
+            hint = f"{'drop' if args.no_images else 'add'} --no-images or " if target.keys == other else ""
+            raise UserError(f"{args.out} holds {target.keys}; these episodes would have {want} "
+                            f"({hint}choose another --out)")
+        if target.n_episodes:
+            stored = start_rows(pusht_store_arrays(target, args.out)[0]["state"], target.episode_ends)
     planner = PushPlanner(PlannerConfig(max_steps=args.max_steps, seed=args.seed))
     seeds = range(args.seed, args.seed + args.episodes)
     if source:
@@ -353,6 +386,14 @@ def run_demos(args: argparse.Namespace) -> int:
               f"{len(episodes)} start states", flush=True)
     else:
         episodes, desc = [(i, None) for i in seeds], "scripted demos"
+    if len(stored) and not args.from_policy:  # the store records no seeds: an episode is known by its first state
+        ids = [i for i, _ in episodes]
+        starts = source_starts[:len(ids)] if source else reset_states(ids)
+        if again := [i for i, start in zip(ids, starts) if np.isclose(stored, start, atol=1e-3).all(1).any()]:
+            what = f"episode(s) {_listed(again)} of {args.complete}" if source else f"seed(s) {_listed(again)}"
+            hint = "" if source else f"continue with --seed {max(again) + 1} or "
+            raise UserError(f"{args.out} already holds the episodes of {what} (the same start states): {hint}choose "
+                            f"another --out rather than append duplicates")
     rows, written, t0 = [], 0, time.perf_counter()
     bar = progress(episodes, desc=desc, unit="episode")
     for i, start in bar:

@@ -28,12 +28,17 @@ GPU (no gymnasium/zarr needed there; data prepared here with `sciddiff policy pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import pickle
 import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +119,79 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in str(text).split(",") if x.strip())
+def _widths(text: str, option: str) -> tuple[int, ...]:
+    """Comma-separated network widths: each is split into GroupNorm's `n_groups` groups, so a multiple of them."""
+    from sciddiff.cli import UserError
+
+    groups = PolicyConfig.n_groups
+    try:
+        widths = tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        widths = ()
+    if not widths or any(w < 1 or w % groups for w in widths):
+        raise UserError(f"{option} must be comma-separated positive multiples of {groups} (e.g. 64,128,256), "
+                        f"got {text!r}")
+    return widths
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[str]]:
+    """SIGINT and SIGTERM only note a request, which the loop acts on between optimizer steps: an interrupt inside
+    a step would save half-updated weights. A second Ctrl-C interrupts at once (without saving). Signal handlers can
+    only be set in the main thread; elsewhere the interrupts stay as they are."""
+    requests: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requests
+        return
+
+    def note(signum: int, frame) -> None:
+        if signum == signal.SIGINT and "SIGINT" in requests:
+            raise KeyboardInterrupt
+        requests.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, note)
+    try:
+        yield requests
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _load_training_state(path: Path, device: torch.device) -> dict:
+    """A `train_state.pt` of this trainer (KeyError for another kind of file: load_or_fail names the missing entry)."""
+    try:
+        state = load_checkpoint(path, map_location=device)
+    except KeyError as err:  # torch's restricted unpickler on a text file: "no 101 entry" would mislead
+        raise pickle.UnpicklingError(str(err)) from None
+    if not isinstance(state, dict):
+        raise ValueError("not a dict of training state")
+    for key in ("model", "optimizer", "ema", "step", "config", "elapsed"):
+        if key not in state:
+            raise KeyError(key)
+    fields = {f.name for f in dataclasses.fields(PolicyConfig)}
+    if not isinstance(state["config"], dict) or not set(state["config"]) <= fields:  # older runs may lack new fields
+        raise ValueError("its config is not a diffusion policy's")
+    return state
+
+
+def _check_episode_lengths(ends: np.ndarray, sources: list[tuple[Path, int]], min_steps: int) -> None:
+    """Episodes shorter than `min_steps` give the sampler no window (`sequence_windows`): said in a warning line
+    (short corrective episodes among many are normal), refused when no episode is long enough."""
+    from sciddiff.cli import UserError
+
+    lengths = np.diff(ends, prepend=0)
+    if not (short := np.flatnonzero(lengths < min_steps)).size:
+        return
+    first = int(short[0])
+    firsts = np.cumsum([0] + [n for _, n in sources])  # each source's first episode in the concatenation
+    source = int(np.searchsorted(firsts, first, side="right")) - 1
+    what = (f"{len(short)} episode(s) shorter than the {min_steps} steps a training window needs (first: "
+            f"{sources[source][0]}, episode {first - firsts[source]}, {lengths[first]} step(s))")
+    if len(short) == len(lengths):
+        raise UserError(f"no training windows: {what}")
+    print(f"warning: {what} add nothing", file=sys.stderr)
 
 
 def _device(name: str) -> torch.device:
@@ -222,16 +298,25 @@ def rollout_score(policy: DiffusionPolicy, n_episodes: int) -> dict | None:
 
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) training as configured by `add_arguments`; returns a summary dict."""
-    from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below
+    from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below, options_not_positive
 
     if args.steps is None and args.max_seconds is None:
         raise UserError("give --steps and/or --max-seconds")
-    if bad := options_below(args, 1, "batch_size", "threads", "log_every"):
+    if bad := options_below(args, 1, "batch_size", "threads", "log_every", "max_train_episodes", "inference_steps"):
         raise UserError(f"{bad[0]} must be at least 1")
+    if bad := options_below(args, 0, "warmup_steps"):
+        raise UserError(f"{bad[0]} must be at least 0")
     if args.steps is not None and (args.steps < 0 or (args.steps == 0 and not args.init)):
         raise UserError("--steps must be at least 1 (0 only re-saves an --init policy with new inference settings)")
-    if (args.max_seconds is not None and args.max_seconds <= 0) or args.ema_power <= 0:
-        raise UserError("--max-seconds and --ema-power must be positive")
+    # nan would pass `<= 0` and then mean "no time limit" or poison the learning-rate schedule
+    if bad := options_not_positive(args, "max_seconds", "schedule_seconds", "ema_power"):
+        raise UserError(f"{bad[0]} must be a finite number > 0")
+    if bad := options_not_positive(args, "lr", "weight_decay", "encoder_lr_scale", zero=True):
+        raise UserError(f"{bad[0]} must be a finite number >= 0")
+    if args.ddim_eta is not None and not 0.0 <= args.ddim_eta <= 1.0:
+        raise UserError("--ddim-eta must be in [0, 1]")
+    down_dims = _widths(args.down_dims, "--down-dims")
+    vision_channels = _widths(args.vision_channels, "--vision-channels")
     check_output_path(args.out, folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -241,8 +326,6 @@ def train(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     amp = not args.no_amp and device.type == "cuda"
-    if args.ddim_eta is not None and not 0.0 <= args.ddim_eta <= 1.0:
-        raise UserError("--ddim-eta must be in [0, 1]")
     seed_everything(args.seed)
     data_path = args.data or default_zarr()
     arrays = load_dataset(data_path, args.obs_type)
@@ -251,15 +334,18 @@ def train(args: argparse.Namespace) -> dict:
         train_eps, val_eps = split_episodes(n_episodes, args.val_episodes, args.seed, args.max_train_episodes)
     except ValueError as err:
         raise UserError(f"--val-episodes: {err}") from None
+    sources = [(data_path, n_episodes)]
     if args.extra_data:
-        arrays = concat_datasets([arrays, *(load_dataset(path, args.obs_type) for path in args.extra_data)])
+        extra = [load_dataset(path, args.obs_type) for path in args.extra_data]
+        sources += [(path, len(a["episode_ends"])) for path, a in zip(args.extra_data, extra)]
+        arrays = concat_datasets([arrays, *extra])
         train_eps = np.concatenate([train_eps, np.arange(n_episodes, len(arrays["episode_ends"]))])
     config = PolicyConfig(
         obs_type=args.obs_type, state_dim=arrays[OBS_KEYS[args.obs_type][-1]].shape[-1],
-        action_dim=arrays["action"].shape[-1], down_dims=_ints(args.down_dims), prediction_type=args.prediction_type,
+        action_dim=arrays["action"].shape[-1], down_dims=down_dims, prediction_type=args.prediction_type,
         sampler=args.sampler or "ddim", num_inference_steps=8 if args.inference_steps is None else args.inference_steps,
         ddim_eta=args.ddim_eta or 0.0,
-        vision_channels=_ints(args.vision_channels), cpu_weights=args.cpu_weights or "float32",
+        vision_channels=vision_channels, cpu_weights=args.cpu_weights or "float32",
         extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
     from sciddiff.policy.io import load_policy
 
@@ -297,6 +383,9 @@ def train(args: argparse.Namespace) -> dict:
     def windows(a: dict[str, np.ndarray]) -> np.ndarray:  # the paper's padding: n_obs - 1 before, n_action - 1 after
         return sequence_windows(a["episode_ends"], config.horizon, config.n_obs_steps - 1, config.n_action_steps - 1)
 
+    _check_episode_lengths(arrays["episode_ends"], sources,
+                           config.horizon - (config.n_obs_steps - 1) - (config.n_action_steps - 1))
+
     train_arrays = _select_episodes(arrays, train_eps)
     policy = policy.to(device)
     train_data = Batches(policy, train_arrays, windows(train_arrays), device)
@@ -306,10 +395,9 @@ def train(args: argparse.Namespace) -> dict:
         val_data = Batches(policy, val_arrays, windows(val_arrays), device)
     del arrays, train_arrays
 
-    out = Path(args.out)  # created only once the data and --init have loaded: a bad input leaves no empty run
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
     state_path = Path(args.state) if args.state else out / "train_state.pt"
-    lr = args.lr or 1e-4 * math.sqrt(args.batch_size / 256)
+    lr = 1e-4 * math.sqrt(args.batch_size / 256) if args.lr is None else args.lr  # an explicit 0 is kept
     fused = device.type == "cuda"
     # a second parameter group only when the encoder's rate differs (runs saved before the option have one group)
     encoder = list(policy.encoder.parameters()) if policy.encoder is not None and args.encoder_lr_scale != 1 else []
@@ -323,9 +411,13 @@ def train(args: argparse.Namespace) -> dict:
     step, elapsed_before = 0, 0.0
     schedule_seconds = args.schedule_seconds or args.max_seconds
     if state_path.exists():
-        state = load_checkpoint(state_path, map_location=device, weights_only=False)
+        try:
+            state = load_or_fail(lambda path: _load_training_state(path, device), state_path, "policy training state")
+        except UserError as err:
+            raise UserError(f"--state: {err}" if args.state else str(err)) from None
         if state["config"] != config.to_dict():
-            raise UserError(f"{state_path} belongs to a run with a different configuration; use a new --out")
+            raise UserError(f"{'--state ' if args.state else ''}{state_path} belongs to a run with a different "
+                            f"configuration; use a new {'--state' if args.state else '--out'}")
         step = restore_training_state(state, model=policy, optimizer=optimizer, ema=ema)
         elapsed_before = state["elapsed"]
         schedule_seconds = args.schedule_seconds or state.get("schedule_seconds") or schedule_seconds
@@ -333,6 +425,7 @@ def train(args: argparse.Namespace) -> dict:
             print(f"resuming from step {step} ({elapsed_before:.0f} s trained)", flush=True)
     elif info.world_size > 1:  # the same initial weights everywhere, different batches and noise per process
         torch.manual_seed(args.seed * 1000 + info.rank)
+    out.mkdir(parents=True, exist_ok=True)  # only now that every input has loaded: a bad one leaves no empty run
 
     command = getattr(args, "command_line", None) or command_line(args)
     meta_base = {"command": command, "data": str(data_path), "extra_data": [str(path) for path in args.extra_data],
@@ -375,62 +468,78 @@ def train(args: argparse.Namespace) -> dict:
         ema.update(policy)
         return loss.detach()
 
+    interrupted = False
     try:
-        while True:
-            if args.steps is not None and step >= args.steps:
-                break
-            if step % sync_every == 0:
-                out_of_time, checkpoint_due = distributed.main_decides(
-                    (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds)
-                    or (args.steps is None and trained_seconds() >= schedule_seconds),  # a resumed run whose LR is spent
-                    time.perf_counter() - last_ckpt >= args.checkpoint_every)
-                if checkpoint_due:
-                    checkpoint(last_val)
-                    last_ckpt = time.perf_counter()
-                if out_of_time:
+        with _stop_requests() as requests:
+            while True:
+                if args.steps is not None and step >= args.steps:
                     break
-            frac = step / args.steps if args.steps else trained_seconds() / schedule_seconds
-            for group in optimizer.param_groups:
-                group["lr"] = group["lr_scale"] * lr_at(frac, step, lr, args.warmup_steps)
-            try:
-                loss_sum += one_step()
-            except Exception as err:  # a compiler failure must not cost the GPU run: continue eagerly
-                if not args.compile:
-                    raise
-                print(f"torch.compile failed ({type(err).__name__}: {err}); continuing without it", flush=True)
-                _uncompile(policy)
-                optimizer.zero_grad(set_to_none=True)
-                args.compile = False
-                continue
-            step += 1
-            bar.update(1)
-            evaluate = bool(args.eval_every) and step % args.eval_every == 0
-            if step % args.log_every == 0 or evaluate:
-                now = time.perf_counter()
-                loss = float(distributed.all_reduce_mean(loss_sum)) / (step - last_log_step)
-                rate = (step - last_log_step) / (now - last_log_time)
-                if info.is_main:
-                    row = {"step": step, "seconds": round(trained_seconds(), 1), "loss": round(loss, 5),
-                           "lr": optimizer.param_groups[0]["lr"], "steps_per_s": round(rate, 2),
-                           "samples_per_s": round(rate * args.batch_size * info.world_size), "val_loss": "",
-                           "eval_mean_max_reward": "", "eval_success_rate": ""}
-                    if evaluate:
-                        ema_eval = ema_policy(config, ema, device)
-                        last_val = validation_loss(ema_eval, val_data, args.batch_size, amp)
-                        row["val_loss"] = round(last_val, 5)
-                        score = rollout_score(ema_eval, args.eval_episodes)
-                        if score is not None:
-                            row["eval_mean_max_reward"] = round(score["mean_max_reward"], 4)
-                            row["eval_success_rate"] = round(score["success_rate"], 3)
-                    logger.log(**row)
-                    bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.1f}")
-                    bar.write(json.dumps(row))
-                loss_sum.zero_()
-                last_log_step, last_log_time = step, time.perf_counter()
+                if step % sync_every == 0:
+                    out_of_time, checkpoint_due = distributed.main_decides(
+                        (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds)
+                        # a resumed run whose LR is spent:
+                        or (args.steps is None and trained_seconds() >= schedule_seconds),
+                        time.perf_counter() - last_ckpt >= args.checkpoint_every)
+                    # any process's Ctrl-C or SIGTERM stops all of them at this same step (one collective per sync)
+                    interrupted = bool(requests) if info.world_size == 1 else float(
+                        distributed.all_reduce_mean(torch.tensor(float(bool(requests)), device=device))) > 0
+                    if interrupted:
+                        break
+                    if checkpoint_due:
+                        checkpoint(last_val)
+                        last_ckpt = time.perf_counter()
+                    if out_of_time:
+                        break
+                frac = step / args.steps if args.steps else trained_seconds() / schedule_seconds
+                for group in optimizer.param_groups:
+                    group["lr"] = group["lr_scale"] * lr_at(frac, step, lr, args.warmup_steps)
+                try:
+                    loss_sum += one_step()
+                except Exception as err:  # a compiler failure must not cost the GPU run: continue eagerly
+                    if not args.compile:
+                        raise
+                    print(f"torch.compile failed ({type(err).__name__}: {err}); continuing without it", flush=True)
+                    _uncompile(policy)
+                    optimizer.zero_grad(set_to_none=True)
+                    args.compile = False
+                    continue
+                step += 1
+                bar.update(1)
+                evaluate = bool(args.eval_every) and step % args.eval_every == 0
+                if step % args.log_every == 0 or evaluate:
+                    now = time.perf_counter()
+                    loss = float(distributed.all_reduce_mean(loss_sum)) / (step - last_log_step)
+                    rate = (step - last_log_step) / (now - last_log_time)
+                    if info.is_main:
+                        row = {"step": step, "seconds": round(trained_seconds(), 1), "loss": round(loss, 5),
+                               "lr": optimizer.param_groups[0]["lr"], "steps_per_s": round(rate, 2),
+                               "samples_per_s": round(rate * args.batch_size * info.world_size), "val_loss": "",
+                               "eval_mean_max_reward": "", "eval_success_rate": ""}
+                        if evaluate:
+                            ema_eval = ema_policy(config, ema, device)
+                            last_val = validation_loss(ema_eval, val_data, args.batch_size, amp)
+                            row["val_loss"] = round(last_val, 5)
+                            score = rollout_score(ema_eval, args.eval_episodes)
+                            if score is not None:
+                                row["eval_mean_max_reward"] = round(score["mean_max_reward"], 4)
+                                row["eval_success_rate"] = round(score["success_rate"], 3)
+                        logger.log(**row)
+                        bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.1f}")
+                        bar.write(json.dumps(row))
+                    loss_sum.zero_()
+                    last_log_step, last_log_time = step, time.perf_counter()
     finally:
         bar.close()
         if logger is not None:
             logger.close()
+    if interrupted:  # save what was trained, then exit as interrupted (130)
+        checkpoint(last_val)
+        if info.is_main:
+            print(f"{requests[0] if requests else 'stopped'} at step {step}: saved {state_path}; re-run the same "
+                  f"command to resume", file=sys.stderr, flush=True)
+        del model
+        distributed.cleanup()
+        raise KeyboardInterrupt
     final_val = None  # only rank 0 writes the policy and its validation loss
     if info.is_main:
         final_val = validation_loss(ema_policy(config, ema, device), val_data, args.batch_size, amp)
