@@ -25,6 +25,7 @@ from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ScoreModel, ScoreModelConfig, count_parameters
 from sciddiff.train import (CSVLogger, autocast, distributed, load_checkpoint, restore_training_state, save_checkpoint,
                             seed_everything, training_state)
+from sciddiff.train.interrupt import stop_requested, stop_requests
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,15 +147,18 @@ def train(args: argparse.Namespace, command: str) -> None:
         if info.is_main:
             export(out / "score_model.pt", model, ema, cfg, step, command)
 
-    try:
+    interrupted = False
+    with stop_requests() as requests:
         while step < args.max_steps:
             if step % sync_every == 0:
                 out_of_time, save_due = distributed.main_decides(time.time() - start >= args.max_seconds,
                                                                  time.time() - last_save > args.save_every)
-                if save_due:
+                # any process's Ctrl-C or SIGTERM stops all of them at this same step, then they save together
+                interrupted = stop_requested(requests, info.world_size, device)
+                if save_due and not interrupted:
                     save()
                     last_save = time.time()
-                if out_of_time:
+                if out_of_time or interrupted:
                     break
             idx = torch.randint(0, len(data), (args.batch_size,), generator=pick).tolist()
             lig, rec, t, targets = data.batch(idx, gen)
@@ -178,11 +182,6 @@ def train(args: argparse.Namespace, command: str) -> None:
                 elapsed = time.time() - start
                 log.log(step=step, seconds=round(elapsed, 1), **{k: round(v, 5) for k, v in running.items()})
                 print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)
-    except KeyboardInterrupt:
-        if info.world_size == 1:  # alone: save what was trained (ranks of a DDP run may stop at different points)
-            save()
-            print(f"interrupted: saved {out} at step {step}", flush=True)
-        raise
     save()
     if info.is_main:
         log.close()
@@ -190,6 +189,8 @@ def train(args: argparse.Namespace, command: str) -> None:
         print(f"saved {out / 'score_model.pt'} at step {step} ({rate:.2f} steps/s this session)", flush=True)
     del ddp_model  # before cleanup (see there)
     distributed.cleanup()
+    if interrupted:  # saved above: exit as interrupted (130); re-running the command resumes
+        raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

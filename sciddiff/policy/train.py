@@ -28,17 +28,13 @@ GPU (no gymnasium/zarr needed there; data prepared here with `sciddiff policy pr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import pickle
 import shlex
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +47,7 @@ from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, Polic
 from sciddiff.policy.sampler import sequence_windows, split_episodes
 from sciddiff.train import CSVLogger, autocast, distributed, load_checkpoint, progress, save_checkpoint, seed_everything
 from sciddiff.train.checkpoint import restore_training_state, training_state
+from sciddiff.train.interrupt import stop_requested, stop_requests
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -132,31 +129,6 @@ def _widths(text: str, option: str) -> tuple[int, ...]:
         raise UserError(f"{option} must be comma-separated positive multiples of {groups} (e.g. 64,128,256), "
                         f"got {text!r}")
     return widths
-
-
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[list[str]]:
-    """SIGINT and SIGTERM only note a request, which the loop acts on between optimizer steps: an interrupt inside
-    a step would save half-updated weights. A second Ctrl-C interrupts at once (without saving). Signal handlers can
-    only be set in the main thread; elsewhere the interrupts stay as they are."""
-    requests: list[str] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield requests
-        return
-
-    def note(signum: int, frame) -> None:
-        if signum == signal.SIGINT and "SIGINT" in requests:
-            raise KeyboardInterrupt
-        requests.append(signal.Signals(signum).name)
-
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, note)
-    try:
-        yield requests
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _load_training_state(path: Path, device: torch.device) -> dict:
@@ -470,7 +442,7 @@ def train(args: argparse.Namespace) -> dict:
 
     interrupted = False
     try:
-        with _stop_requests() as requests:
+        with stop_requests() as requests:
             while True:
                 if args.steps is not None and step >= args.steps:
                     break
@@ -481,8 +453,7 @@ def train(args: argparse.Namespace) -> dict:
                         or (args.steps is None and trained_seconds() >= schedule_seconds),
                         time.perf_counter() - last_ckpt >= args.checkpoint_every)
                     # any process's Ctrl-C or SIGTERM stops all of them at this same step (one collective per sync)
-                    interrupted = bool(requests) if info.world_size == 1 else float(
-                        distributed.all_reduce_mean(torch.tensor(float(bool(requests)), device=device))) > 0
+                    interrupted = stop_requested(requests, info.world_size, device)
                     if interrupted:
                         break
                     if checkpoint_due:

@@ -1,0 +1,48 @@
+"""Stopping a training loop cleanly on Ctrl-C or SIGTERM (a scheduler's kill), so that the run saves and resumes.
+
+Inside `with stop_requests() as requests:` the signals only append their name to `requests`; the loop checks it
+between optimiser steps (an interrupt inside a step would save half-updated weights), saves its checkpoint and exits
+as interrupted. A second Ctrl-C interrupts at once, without saving. Under DDP, `stop_requested` makes every rank stop
+at the same step when any of them was signalled (one collective: call it where the ranks already synchronise).
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+import torch
+
+from sciddiff.train import distributed
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[str]]:
+    """The names of the stop signals received so far (handlers are set only in the main thread, where Python allows
+    them; elsewhere the interrupts stay as they are)."""
+    requests: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requests
+        return
+
+    def note(signum: int, frame) -> None:
+        if signum == signal.SIGINT and "SIGINT" in requests:
+            raise KeyboardInterrupt
+        requests.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, note)
+    try:
+        yield requests
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def stop_requested(requests: list[str], world_size: int, device: torch.device) -> bool:
+    """Whether this process, or under DDP any process, was asked to stop: the same answer on every rank."""
+    if world_size == 1:
+        return bool(requests)
+    return float(distributed.all_reduce_mean(torch.tensor(float(bool(requests)), device=device))) > 0
