@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import pickle
+import struct
 import sys
 import tempfile
 import time
@@ -93,10 +94,13 @@ def load_or_fail(load, path: str | os.PathLike, what: str):
         raise UserError(f"no {what} at {path}")
     try:
         return load(path)
-    except (pickle.UnpicklingError, EOFError):  # torch's own text suggests weights_only=False: not for a foreign file
+    # what the unpickler raises on bytes that are no pickle (torch's own text suggests weights_only=False: not for a
+    # foreign file): UnpicklingError, or for some text an empty stack (IndexError) or a short read (struct.error)
+    except (pickle.UnpicklingError, EOFError, IndexError, struct.error):
         raise UserError(f"{path} is not a {what} (not a torch checkpoint file)") from None
-    except KeyError as err:
-        raise UserError(f"{path} is not a {what} (no {err} entry)") from None
+    except KeyError as err:  # an int key is the unpickler's memo failing on a file that is no pickle at all
+        detail = "not a torch checkpoint file" if err.args and isinstance(err.args[0], int) else f"no {err} entry"
+        raise UserError(f"{path} is not a {what} ({detail})") from None
     except (RuntimeError, ValueError, TypeError, OSError) as err:
         raise UserError(f"cannot load {what} {path}: {_first_line(err)}") from None
 

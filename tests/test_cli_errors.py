@@ -43,9 +43,10 @@ def test_load_or_fail_names_what_the_file_is_not(tmp_path):
         return torch.load(path, weights_only=True)["config"]
 
     junk = tmp_path / "ligand.sdf"
-    junk.write_text("not a checkpoint\n")
-    with pytest.raises(UserError, match=r"ligand.sdf is not a score model \(not a torch checkpoint file\)"):
-        load_or_fail(load, junk, "score model")
+    for text in ("not a checkpoint\n", "hello world\n", "e\n", "j\n"):  # the unpickler fails differently on each
+        junk.write_text(text)
+        with pytest.raises(UserError, match=r"ligand.sdf is not a score model \(not a torch checkpoint file\)"):
+            load_or_fail(load, junk, "score model")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match=r"other.pt is not a score model \(no 'config' entry\)"):
         load_or_fail(load, tmp_path / "other.pt", "score model")
