@@ -56,6 +56,8 @@ class DiscreteSchedule(nn.Module):
         (Lin et al. 2024). The samplers step from each timestep to the next one of the grid, and from the last to
         clean data."""
         T = self.num_train_timesteps
+        if not 1 <= steps <= T:  # more would repeat timesteps (and "trailing" would reach t = -1)
+            raise ValueError(f"steps must lie in 1..{T} (the schedule's timesteps), got {steps}")
         if spacing == "leading":
             return [i * (T // steps) for i in reversed(range(steps))]
         if spacing == "trailing":
@@ -64,5 +66,7 @@ class DiscreteSchedule(nn.Module):
 
     def linspace_timesteps(self, steps: int) -> list[int]:
         """diffusers' "linspace" spacing (DPM-Solver default): round(linspace(0, T-1, steps+1)) reversed, last dropped."""
+        if not 1 <= steps < self.num_train_timesteps:  # steps + 1 points on 0..T-1 must be distinct integers
+            raise ValueError(f"steps must lie in 1..{self.num_train_timesteps - 1} for this spacing, got {steps}")
         grid = torch.linspace(0, self.num_train_timesteps - 1, steps + 1, dtype=torch.float64).round().long()
         return grid.flip(0)[:-1].tolist()

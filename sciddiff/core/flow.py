@@ -53,6 +53,8 @@ def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, met
     Langevin term of the module doc at `temperature` (Euler only). `noise(x)` draws its standard normal tangent at x
     (default ``space.randn_tangent``): pass one to project the noise (e.g. keep centroids fixed) or to seed it per sample.
     """
+    if steps < 1 or not 0 <= t_min < 1 or temperature < 0:
+        raise ValueError(f"need steps >= 1, 0 <= t_min < 1 and temperature >= 0; got {steps}, {t_min}, {temperature}")
     ts = torch.linspace(t_min, 1.0, steps + 1, dtype=torch.float64).tolist()
     ref = next(iter(x_init.values())) if isinstance(x_init, dict) else x_init
     rates = rates or {}
@@ -76,8 +78,8 @@ def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, met
     for i in progress(range(steps)):
         t, dt = ts[i], ts[i + 1] - ts[i]
         v, x1 = velocity(x, t)
-        if i == steps - 1:
-            return x1
+        if i == steps - 1:  # the network's point, put on the manifold (wrapped angles, orthonormal rotations)
+            return space.exp(x, space.log(x, x1))
         x_euler = space.exp(x, Space.scale(v, dt))
         if langevin:
             x = _add_langevin(space, x_euler, x, x1, t, dt, langevin, temperature, noise)

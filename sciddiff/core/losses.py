@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -98,11 +98,19 @@ def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Gene
 
 def dsm_loss(score_model: Callable, space: Space, x0: Point, sigma: Sigma, generator: torch.Generator | None = None,
              **cond) -> tuple[Tensor, dict[str, Tensor]]:
-    """Returns (total loss, per-component losses); the total is the mean over components (one component: itself)."""
+    """Returns (total loss, per-component losses); the total is the mean over the components that have dimensions
+    (a torsion space of a rigid ligand, Torus(0), reports 0 and is not averaged in)."""
+    for s in sigma.values() if isinstance(sigma, Mapping) else [sigma]:
+        if not bool((torch.as_tensor(s) > 0).all() & torch.isfinite(torch.as_tensor(s)).all()):
+            raise ValueError("dsm_loss: sigma must be finite and > 0 (the kernel's scale; its loss weight is 1/E|score|^2)")
     x_t, target = space.perturb(x0, sigma, generator)
     pred = score_model(x_t, sigma, **cond)
+    Space.check_tangent(pred, target)
     err, norm = space.sq_norm(Space.add(pred, Space.scale(target, -1.0))), space.score_norm_sq(sigma)
     if not isinstance(err, dict):
         err, norm = {"x": err}, {"x": norm}
-    parts = {k: (err[k] / norm[k].to(err[k].dtype)).mean() for k in err}
-    return torch.stack(list(parts.values())).mean(), parts
+    parts = {k: (err[k] / norm[k].to(err[k].dtype)).mean() if bool((norm[k] > 0).all()) else err[k].sum() * 0
+             for k in err}
+    counted = [parts[k] for k in err if bool((norm[k] > 0).all())] or list(parts.values())
+    return torch.stack(counted).mean(), parts
+

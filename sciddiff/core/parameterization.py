@@ -48,4 +48,6 @@ def to_score(out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, kind: str) 
 
 def target_for(kind: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """The regression target of a network of this ``kind`` for a training pair (x0, eps)."""
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {kind!r}; choose from {PREDICTION_TYPES}")
     return {"epsilon": eps, "sample": x0, "v_prediction": alpha * eps - sigma * x0, "score": -eps / sigma}[kind]

@@ -61,7 +61,8 @@ def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
                 timestep_spacing: str = "leading", progress: Callable = iter, **cond) -> Tensor:
     """Ancestral sampling with the "fixed_small" posterior variance (Ho et al. 2020); ``steps`` < T strides the chain."""
     abar, x = schedule.alphas_cumprod.tolist(), x_T
-    for t, t_prev in progress(_steps(schedule, steps or schedule.num_train_timesteps, timestep_spacing)):
+    for t, t_prev in progress(_steps(schedule, schedule.num_train_timesteps if steps is None else steps,
+                                     timestep_spacing)):
         a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
         alpha_step = a_t / a_prev
         x0, _ = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
@@ -80,6 +81,10 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
 
     `first_step` > 0 skips the grid's first steps: x_T is then x at timestep ``schedule.timesteps(steps, spacing)
     [first_step]``, e.g. a guess noised there by ``schedule.add_noise`` (SDEdit, Meng et al. 2022)."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior noise), got {eta}")
+    if not 0 <= first_step < steps:
+        raise ValueError(f"first_step must lie in 0..steps - 1 = {steps - 1}, got {first_step}")
     abar, x = schedule.alphas_cumprod.tolist(), x_T
     for t, t_prev in progress(_steps(schedule, steps, timestep_spacing)[first_step:]):
         a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
@@ -100,6 +105,8 @@ def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *,
     x_next = (sigma_next / sigma) e^{-eta h} x - alpha_next (e^{-(1 + eta) h} - 1) D + sigma_next sqrt(1 - e^{-2 eta h}) z,
     h = lambda_next - lambda. eta = 0 is the ODE solver (diffusers' "dpmsolver++"); eta = 1 the SDE solver
     ("sde-dpmsolver++", k-diffusion's ``dpmpp_2m_sde``), whose first-order step is DDPM's ancestral step."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1] (0: the ODE solver, 1: its SDE form), got {eta}")
     abar = schedule.alphas_cumprod.tolist()
     timesteps = schedule.linspace_timesteps(steps)
     # (alpha, sigma, lambda) per grid point; the final point is clean data: alpha 1, sigma 0, lambda inf
@@ -144,6 +151,20 @@ def sample_sde(sde: SDE, score_fn: Callable, x_T: Tensor, *, steps: int, probabi
 
 
 # ------------------------------------------------------------------------------------------------- VE diffusion on any Space
+def _grid_length(sigmas) -> int:
+    """Steps of a sigma grid (or a product's dict of grids), checked: >= 2 points, non-increasing, >= 0, finite, and
+    one length for every component (an increasing grid would integrate the wrong way)."""
+    grids = list(sigmas.values()) if isinstance(sigmas, Mapping) else [sigmas]
+    grids = [torch.as_tensor(g, dtype=torch.float64).reshape(-1) for g in grids]
+    if len({len(g) for g in grids}) != 1 or len(grids[0]) < 2:
+        raise ValueError(f"sigma grids need at least 2 points and one length per component, got lengths "
+                         f"{[len(g) for g in grids]}")
+    for g in grids:
+        if not bool(torch.isfinite(g).all() & (g >= 0).all() & (g[1:] <= g[:-1]).all()):
+            raise ValueError("a sigma grid must be finite, >= 0 and non-increasing (noise to data)")
+    return len(grids[0]) - 1
+
+
 def _sigma_at(sigmas, i: int):
     return {k: float(v[i]) for k, v in sigmas.items()} if isinstance(sigmas, Mapping) else float(sigmas[i])
 
@@ -166,12 +187,15 @@ def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigma
 
     ``sigmas`` is a decreasing float64 grid (N+1,) or, for a ``Product``, a dict of such grids of equal length. No noise is added
     on the last step unless ``noise_last`` (DiffDock's choice: the last step only denoises)."""
-    n = len(next(iter(sigmas.values()))) - 1 if isinstance(sigmas, Mapping) else len(sigmas) - 1
+    n = _grid_length(sigmas)
     x = x_init
     for i in progress(range(n)):
         s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
         g2 = _combine(s, s_next, lambda a, b: a * a - b * b) if isinstance(s, dict) else s * s - s_next * s_next
-        step = Space.scale(score_model(x, _batch_sigma(s, x), **cond), g2)
+        score = score_model(x, _batch_sigma(s, x), **cond)
+        if i == 0:
+            Space.check_tangent(score, space.log(x, x))
+        step = Space.scale(score, g2)
         if noise_last or i < n - 1:
             g = {k: math.sqrt(v) for k, v in g2.items()} if isinstance(g2, dict) else math.sqrt(g2)
             step = Space.add(step, Space.scale(space.randn_tangent(x, generator), g))
@@ -185,8 +209,10 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas, *,
     """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
     step that ends at sigma = 0). On curved spaces the Heun average combines tangents at x and at the Euler point as if both lived
     at x (exact on flat spaces, second-order on SO(3) since the body-frame transport error is O(h^2))."""
-    n = len(next(iter(sigmas.values()))) - 1 if isinstance(sigmas, Mapping) else len(sigmas) - 1
+    n = _grid_length(sigmas)
     x = x_init
+    if n:  # a score of the wrong shape would broadcast silently
+        Space.check_tangent(score_model(x, _batch_sigma(_sigma_at(sigmas, 0), x), **cond), space.log(x, x))
 
     def velocity(x, s):  # d x / d(-sigma): sigma * score
         return Space.scale(score_model(x, _batch_sigma(s, x), **cond), s)
@@ -212,5 +238,5 @@ def classifier_free_guidance(model: Callable, guidance_scale: float, null_cond: 
     holds the keyword arguments that mean "no condition" (e.g. a learned null embedding or a dropped-label index)."""
     def guided(x, t, **cond):
         uncond = model(x, t, **{**cond, **null_cond})
-        return uncond + guidance_scale * (model(x, t, **cond) - uncond)
+        return _combine(uncond, model(x, t, **cond), lambda u, c: u + guidance_scale * (c - u))  # dicts: per component
     return guided

@@ -15,6 +15,7 @@ the same shape as the point instead of (B,).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Mapping, Union
 
 import torch
@@ -26,6 +27,13 @@ __all__ = ["Space", "Euclidean", "SO3", "Torus", "Product", "Point", "Sigma"]
 
 Point = Union[Tensor, dict]
 Sigma = Union[Tensor, Mapping[str, Tensor]]
+
+
+def _per_sample(per_element: Tensor, sigma: Tensor, element_shape: tuple[int, ...]) -> Tensor:
+    """E|score|^2 per sample (B,) from the per-element values of a per-sample sigma (B,) or a per-element one (B, ...)."""
+    if sigma.dim() <= 1:
+        return math.prod(element_shape) * per_element
+    return per_element.expand(sigma.shape[0], *element_shape).reshape(sigma.shape[0], -1).sum(-1)
 
 
 def _expand(sigma: Tensor, ref: Tensor) -> Tensor:
@@ -76,6 +84,21 @@ class Space:
         return v * c
 
     @staticmethod
+    def check_tangent(v: Point, like: Point, name: str = "") -> None:
+        """Raise ValueError unless `v` (a network's score or velocity) has the shape (and, for products, the keys) of
+        the tangent `like`: broadcasting a wrong shape would silently mix samples."""
+        if isinstance(like, dict):
+            if not isinstance(v, dict) or set(v) != set(like):
+                raise ValueError(f"the model must return a dict with keys {sorted(like)}, got "
+                                 f"{sorted(v) if isinstance(v, dict) else type(v).__name__}")
+            for k in like:
+                Space.check_tangent(v[k], like[k], k)
+        elif not torch.is_tensor(v) or v.shape != like.shape:
+            got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
+            raise ValueError(f"the model returned {got}{f' for {name!r}' if name else ''}; the tangent shape is "
+                             f"{tuple(like.shape)}")
+
+    @staticmethod
     def add(u: Point, v: Point) -> Point:
         if isinstance(u, dict):
             return {k: Space.add(u[k], v[k]) for k in u}
@@ -91,6 +114,8 @@ class Euclidean(Space):
         return f"Euclidean({self.shape})"
 
     def prior_sample(self, batch, sigma_max, generator=None, device=None, dtype=torch.float32):
+        if sigma_max is None:  # SO3 and Torus take None (their priors are uniform); a Gaussian needs its scale
+            raise ValueError("Euclidean.prior_sample needs sigma_max, the prior's standard deviation")
         noise = torch.randn((batch, *self.shape), generator=generator, device=device, dtype=dtype)
         return noise * _expand(torch.as_tensor(sigma_max, dtype=dtype, device=device), noise)
 
@@ -109,7 +134,8 @@ class Euclidean(Space):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     def score_norm_sq(self, sigma):
-        return self.dim / torch.as_tensor(sigma, dtype=torch.float64) ** 2
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        return _per_sample(1 / sigma**2, sigma, self.shape)
 
     def sq_norm(self, v):
         return v.reshape(v.shape[0], -1).pow(2).sum(-1)
@@ -144,7 +170,8 @@ class SO3(Space):
         return torch.randn(x.shape[:-1], generator=generator, device=x.device, dtype=x.dtype)
 
     def score_norm_sq(self, sigma):
-        return self.count * so3.igso3_score_norm(sigma)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        return _per_sample(so3.igso3_score_norm(sigma), sigma, self.shape)
 
     def sq_norm(self, v):
         return v.reshape(v.shape[0], -1).pow(2).sum(-1)
@@ -152,7 +179,12 @@ class SO3(Space):
 
 class Torus(Space):
     def __init__(self, n: int):
-        self.n = n
+        try:
+            self.n = operator.index(n)  # any integer type (numpy, a 0-d tensor), not a float
+        except TypeError:
+            self.n = -1
+        if self.n < 0:
+            raise ValueError(f"Torus(n): n is a number of angles (an integer >= 0), got {n!r}")
 
     def __repr__(self) -> str:
         return f"Torus({self.n})"
@@ -176,7 +208,10 @@ class Torus(Space):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     def score_norm_sq(self, sigma):
-        return self.n * torus.wrapped_normal_score_norm(sigma)
+        # above pi the kernel is uniform to ~1e-4 and its score round-off around zero: the weight stays at its value
+        # at pi (further out the table's tiny values would turn that round-off into a huge loss)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        return _per_sample(torus.wrapped_normal_score_norm(sigma.clamp(max=math.pi)), sigma, (self.n,))
 
     def sq_norm(self, v):
         return v.reshape(v.shape[0], -1).pow(2).sum(-1)

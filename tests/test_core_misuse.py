@@ -1,0 +1,105 @@
+"""What a researcher's mistakes with the core get: a clear ValueError at the API boundary, or the right answer for
+inputs the docs allow (per-element sigma, a rigid ligand's empty torsion space), never a silently wrong loss."""
+import math
+
+import pytest
+import torch
+
+from sciddiff.core import (SO3, DiscreteSchedule, Euclidean, Product, Torus, dsm_loss, sample_ddim, sample_ddpm,
+                           sample_dpmpp_2m)
+from sciddiff.core.flow import sample_flow
+
+
+def zero_score(x, sigma):
+    if isinstance(x, dict):
+        return {k: zero_score(v, sigma) for k, v in x.items()}
+    return torch.zeros(x.shape[:-1]) if x.shape[-2:] == (3, 3) else torch.zeros_like(x)
+
+
+def test_sigma_shapes_the_docs_allow_give_the_same_loss():
+    sigma = torch.tensor([0.1, 1.0, 3.0, 10.0])
+    for space, x0 in [(Euclidean(3), torch.zeros(4, 3)), (Torus(4), torch.zeros(4, 4))]:
+        per_sample = dsm_loss(zero_score, space, x0, sigma, torch.Generator().manual_seed(0))[0]
+        column = dsm_loss(zero_score, space, x0, sigma[:, None], torch.Generator().manual_seed(0))[0]
+        per_element = dsm_loss(zero_score, space, x0, sigma[:, None].expand_as(x0), torch.Generator().manual_seed(0))[0]
+        assert torch.allclose(column, per_sample) and torch.allclose(per_element, per_sample), space
+
+
+def test_a_rigid_ligand_and_a_large_torsion_sigma_give_finite_losses():
+    space = Product(tr=Euclidean(3), rot=SO3(), tor=Torus(0))
+    x0 = {"tr": torch.zeros(4, 3), "rot": torch.eye(3).expand(4, 3, 3), "tor": torch.zeros(4, 0)}
+    loss, parts = dsm_loss(zero_score, space, x0, torch.full((4,), 0.5))
+    assert torch.isfinite(loss) and float(parts["tor"]) == 0 and loss == (parts["tr"] + parts["rot"]) / 2
+    big = dsm_loss(zero_score, Torus(4), torch.zeros(4, 4), torch.full((4,), 10.0))[0]
+    assert torch.isfinite(big) and float(big) < 1  # the weight is held at sigma = pi, where the score is ~0
+
+
+@pytest.mark.parametrize("sigma", [0.0, -0.5, math.nan])
+def test_a_sigma_that_is_no_scale_is_refused(sigma):
+    cases = [(Euclidean(3), torch.zeros(2, 3)), (SO3(), torch.eye(3).expand(2, 3, 3)), (Torus(2), torch.zeros(2, 2))]
+    for space, x0 in cases:
+        with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+            dsm_loss(zero_score, space, x0, torch.full((2,), sigma))
+
+
+def test_a_score_of_the_wrong_shape_is_named():
+    with pytest.raises(ValueError, match=r"model returned \(2, 1\); the tangent shape is \(2, 3\)"):
+        dsm_loss(lambda x, s: torch.zeros(2, 1), Euclidean(3), torch.zeros(2, 3), torch.ones(2))
+    space = Product(tr=Euclidean(3), tor=Torus(2))
+    with pytest.raises(ValueError, match="dict with keys"):
+        dsm_loss(lambda x, s: {"tr": torch.zeros(2, 3)}, space, {"tr": torch.zeros(2, 3), "tor": torch.zeros(2, 2)},
+                 torch.ones(2))
+    for n in (-1, 2.5):
+        with pytest.raises(ValueError, match="Torus"):
+            Torus(n)
+
+
+def test_flow_samples_end_on_the_manifold_whatever_the_network_returns():
+    angles = sample_flow(lambda x, t: x + 10.0, Torus(3), Torus(3).prior_sample(4, None), steps=3)
+    assert angles.min() >= -math.pi and angles.max() < math.pi
+    rot = sample_flow(lambda x, t: 2 * x, SO3(), SO3().prior_sample(2, None), steps=3)
+    assert torch.allclose(rot.transpose(-1, -2) @ rot, torch.eye(3).expand(2, 3, 3), atol=1e-5)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        sample_flow(lambda x, t: x, Torus(3), Torus(3).prior_sample(4, None), steps=0)
+
+
+def test_step_counts_outside_the_schedule_are_refused():
+    schedule = DiscreteSchedule(num_train_timesteps=10)
+    x = torch.zeros(2, 3)
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(ValueError, match=r"steps must lie in 1\.\.9"):
+        sample_dpmpp_2m(model, x, schedule, steps=10)  # repeated timesteps: a division by zero before
+    with pytest.raises(ValueError, match=r"steps must lie in 1\.\.10"):
+        sample_ddim(model, x, schedule, steps=20, timestep_spacing="trailing")  # t = -1 reached the model before
+    with pytest.raises(ValueError, match=r"steps must lie in 1\.\.10"):
+        sample_ddpm(model, x, schedule, steps=0)  # the whole chain, silently, before
+    with pytest.raises(ValueError, match="first_step"):
+        sample_ddim(model, x, schedule, steps=4, first_step=4)
+    assert sample_dpmpp_2m(model, x, schedule, steps=9).shape == x.shape
+    with pytest.raises(ValueError, match="eta"):
+        sample_ddim(model, x, schedule, steps=4, eta=2.0)
+
+
+def test_sigma_grids_that_run_the_wrong_way_are_refused():
+    from sciddiff.core import sample_pf_ode, sample_reverse_sde
+
+    x = torch.zeros(2, 3)
+    for grid in ([1.0], [0.5, 1.0], [1.0, -0.1], [1.0, 0.5, 0.6]):
+        with pytest.raises(ValueError, match="sigma grid"):
+            sample_reverse_sde(zero_score, Euclidean(3), x, torch.tensor(grid, dtype=torch.float64))
+    with pytest.raises(ValueError, match="one length per component"):
+        sample_pf_ode(zero_score, Product(a=Euclidean(3), b=Torus(2)), {"a": x, "b": torch.zeros(2, 2)},
+                      {"a": torch.tensor([1.0, 0.5, 0.0]), "b": torch.tensor([1.0, 0.0])})
+
+
+def test_samplers_name_a_score_of_the_wrong_shape_and_guidance_takes_products():
+    from sciddiff.core import classifier_free_guidance, sample_reverse_sde
+
+    grid = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"model returned \(2, 1\)"):
+        sample_reverse_sde(lambda x, s: torch.zeros(2, 1), Euclidean(3), torch.zeros(2, 3), grid)
+    model = lambda x, s, c=1.0: {"a": torch.full_like(x["a"], c), "b": torch.full_like(x["b"], 2 * c)}  # noqa: E731
+    out = classifier_free_guidance(model, 3.0, {"c": 0.0})({"a": torch.zeros(2, 3), "b": torch.zeros(2, 2)}, None)
+    assert torch.equal(out["a"], torch.full((2, 3), 3.0)) and torch.equal(out["b"], torch.full((2, 2), 6.0))
+    with pytest.raises(ValueError, match="needs sigma_max"):
+        Euclidean(3).prior_sample(2, None)
