@@ -103,3 +103,19 @@ def test_samplers_name_a_score_of_the_wrong_shape_and_guidance_takes_products():
     assert torch.equal(out["a"], torch.full((2, 3), 3.0)) and torch.equal(out["b"], torch.full((2, 2), 6.0))
     with pytest.raises(ValueError, match="needs sigma_max"):
         Euclidean(3).prior_sample(2, None)
+
+
+def test_constructors_and_options_outside_their_range_are_refused():
+    from sciddiff.core import VESDE, sample_sde
+    from sciddiff.core.flow import flow_matching_loss
+
+    with pytest.raises(ValueError, match="betas"):
+        DiscreteSchedule(torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        VESDE(10.0, 1.0)
+    with pytest.raises(ValueError, match="heun with probability_flow"):
+        sample_sde(VESDE(), lambda x, t: torch.zeros_like(x), torch.zeros(2, 3), steps=3, method="heun")
+    loss, _ = flow_matching_loss(lambda x, t: x, Euclidean(3), torch.zeros(4, 3), torch.ones(4, 3), 0.5)  # one float t
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        flow_matching_loss(lambda x, t: x, Euclidean(3), torch.zeros(4, 3), torch.ones(4, 3), torch.full((4,), 1.5))

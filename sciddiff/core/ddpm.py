@@ -22,6 +22,9 @@ class DiscreteSchedule(nn.Module):
         super().__init__()
         if betas_ is None:
             betas_ = betas(name, num_train_timesteps, beta_start, beta_end)
+        betas_ = torch.as_tensor(betas_)
+        if betas_.dim() != 1 or len(betas_) < 1 or not bool(((betas_ > 0) & (betas_ < 1)).all()):
+            raise ValueError("betas must be a non-empty 1-D tensor with every value in (0, 1)")
         self.register_buffer("betas", betas_.double())
         self.register_buffer("alphas_cumprod", alphas_cumprod(betas_))
 

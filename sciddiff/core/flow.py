@@ -31,6 +31,11 @@ def interpolate(space: Space, x_noise: Point, x_data: Point, t: Tensor) -> Point
 def flow_matching_loss(model: Callable, space: Space, x_noise: Point, x_data: Point, t: Tensor, t_clip: float = 0.9,
                        **cond) -> tuple[Tensor, dict[str, Tensor]]:
     """|log_{x_t}(x1_hat) - log_{x_t}(x1)|^2 / (1 - t)^2: the velocity error, with 1 - t floored at 1 - t_clip."""
+    ref = next(iter(x_data.values())) if isinstance(x_data, dict) else x_data
+    if not torch.is_tensor(t):  # a number: one t for the whole batch
+        t = torch.full((ref.shape[0],), float(t), dtype=ref.dtype, device=ref.device)
+    if not bool(((t >= 0) & (t <= 1)).all()):
+        raise ValueError("flow_matching_loss: t must lie in [0, 1] (0 noise, 1 data)")
     x_t = interpolate(space, x_noise, x_data, t)
     pred = model(x_t, t, **cond)
     diff = Space.add(space.log(x_t, pred), Space.scale(space.log(x_t, x_data), -1.0))

@@ -133,6 +133,9 @@ def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *,
 def sample_sde(sde: SDE, score_fn: Callable, x_T: Tensor, *, steps: int, probability_flow: bool = False,
                method: str = "euler", generator: torch.Generator | None = None, progress: Callable = iter, **cond) -> Tensor:
     """Integrate the reverse SDE (Euler-Maruyama) or the probability-flow ODE (``method`` euler | heun) from t = T to sde.eps."""
+    if method not in ("euler", "heun") or (method == "heun" and not probability_flow) or steps < 1:
+        raise ValueError(f"sample_sde: method euler (or heun with probability_flow=True) and steps >= 1; got "
+                         f"{method!r}, probability_flow={probability_flow}, steps={steps}")
     rev = sde.reverse(score_fn, probability_flow)
     ts = torch.linspace(sde.T, sde.eps, steps + 1, dtype=torch.float64)
     x = x_T

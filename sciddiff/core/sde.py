@@ -93,6 +93,8 @@ class VESDE(SDE):
     """Variance exploding with the geometric schedule sigma(t) = s_min^(1-t) s_max^t."""
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
     def sigma(self, t: Tensor) -> Tensor:
