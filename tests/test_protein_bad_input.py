@@ -168,3 +168,15 @@ def test_resume_with_other_model_options_is_refused(chains, tmp_path, capsys):
     assert main([*resume[:-1], "3", *TINY_MODEL]) == 0
     assert capsys.readouterr().out.count("resumed") == 2
     assert torch.load(out / "model.pt", weights_only=True)["model_config"]["dim"] == 16
+
+
+def test_an_interrupted_run_saves_and_resumes(chains, tmp_path, capsys, monkeypatch):
+    from sciddiff.protein import train as train_module
+
+    calls = []  # Ctrl-C noticed at the third check between steps: the run saves there and exits 130
+    monkeypatch.setattr(train_module, "stop_requested", lambda *_: calls.append(1) or len(calls) > 2)
+    out = tmp_path / "run"
+    assert _train(chains, out, "--max-steps", "9") == 130
+    assert torch.load(out / "state.pt", weights_only=False)["step"] == 2
+    monkeypatch.undo()
+    assert _train(chains, out, "--max-steps", "3") == 0 and "resumed" in capsys.readouterr().out

@@ -43,6 +43,7 @@ from sciddiff.train import (
     seed_everything,
     training_state,
 )
+from sciddiff.train.interrupt import stop_requested, stop_requests
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,50 +173,56 @@ def train(args: argparse.Namespace) -> Path:
     # per-call buffer broadcast, and parameters a step leaves unused are allowed
     model = distributed.wrap(net, broadcast_buffers=False, find_unused_parameters=True)
     sync_every = 1 if info.world_size == 1 else args.log_every  # steps between rank 0's shared time decisions
-    while True:
-        if args.max_steps is not None and step >= args.max_steps:
-            break
-        if step % sync_every == 0:
-            out_of_time, checkpoint_due = distributed.main_decides(time.time() - start > args.max_seconds,
-                                                                   time.time() - last_ckpt > args.ckpt_seconds)
-            if checkpoint_due:
-                save()
-                last_ckpt = time.time()
-            if out_of_time:
+    interrupted = False
+    with stop_requests() as requests:
+        while True:
+            if args.max_steps is not None and step >= args.max_steps:
                 break
-        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        b = train_set.batch(train_set.sample_chains(args.batch_residues, length_balance=args.length_balance))
-        loss, parts = training_loss(model, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
-                                    flow_cfg, ss=b["ss"], amp=device.type == "cuda")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        if not math.isfinite(float(grad_norm)):  # the averaged gradients: every rank stops alike
-            raise FloatingPointError(f"loss is {float(loss)} (gradient norm {float(grad_norm)}) at step {step}")
-        opt.step()
-        ema.update(net)
-        step += 1
-        residues += b["batch"].shape[0]
-        if step % args.log_every == 0 and info.is_main:
-            now = time.time()
-            row = {"step": step, "seconds": round(elapsed_before + now - start, 1), "loss": float(loss.detach()),
-                   **{k: float(v) for k, v in parts.items()}, "grad_norm": float(grad_norm), "lr": lr,
-                   "residues_per_s": round(residues / (now - t_log), 1), "val_loss": ""}
-            if val_set is not None and step % args.val_every == 0:
-                net.eval()
-                row["val_loss"] = validation_loss(net, val_set, flow_cfg, args.batch_residues, device)
-                net.train()
-            log.log(**row)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-            residues, t_log = 0, time.time()
+            if step % sync_every == 0:
+                out_of_time, checkpoint_due = distributed.main_decides(time.time() - start > args.max_seconds,
+                                                                       time.time() - last_ckpt > args.ckpt_seconds)
+                # any process's Ctrl-C or SIGTERM stops all of them at this same step; they save below
+                interrupted = stop_requested(requests, info.world_size, device)
+                if checkpoint_due and not interrupted:
+                    save()
+                    last_ckpt = time.time()
+                if out_of_time or interrupted:
+                    break
+            lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            b = train_set.batch(train_set.sample_chains(args.batch_residues, length_balance=args.length_balance))
+            loss, parts = training_loss(model, {"rot": b["rot"], "trans": b["trans"]}, b["batch"], b["residue_index"],
+                                        flow_cfg, ss=b["ss"], amp=device.type == "cuda")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            if not math.isfinite(float(grad_norm)):  # the averaged gradients: every rank stops alike
+                raise FloatingPointError(f"loss is {float(loss)} (gradient norm {float(grad_norm)}) at step {step}")
+            opt.step()
+            ema.update(net)
+            step += 1
+            residues += b["batch"].shape[0]
+            if step % args.log_every == 0 and info.is_main:
+                now = time.time()
+                row = {"step": step, "seconds": round(elapsed_before + now - start, 1), "loss": float(loss.detach()),
+                       **{k: float(v) for k, v in parts.items()}, "grad_norm": float(grad_norm), "lr": lr,
+                       "residues_per_s": round(residues / (now - t_log), 1), "val_loss": ""}
+                if val_set is not None and step % args.val_every == 0:
+                    net.eval()
+                    row["val_loss"] = validation_loss(net, val_set, flow_cfg, args.batch_residues, device)
+                    net.train()
+                log.log(**row)
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+                residues, t_log = 0, time.time()
     save()
     if info.is_main:
         log.close()
         print(f"done: step {step}, {time.time() - start:.0f} s this call; EMA weights in {out / 'model.pt'}", flush=True)
     del model  # before cleanup (see there)
     distributed.cleanup()
+    if interrupted:  # saved above: exit as interrupted (130); re-running the command resumes
+        raise KeyboardInterrupt
     return out / "model.pt"
 
 
