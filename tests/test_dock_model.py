@@ -114,6 +114,7 @@ def test_training_runs_data_parallel_under_torchrun(tmp_path):
 
 def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, capsys, monkeypatch):
     from sciddiff.dock import data as data_module, train as train_module
+    from sciddiff.train import interrupt
 
     complexes = [preprocess_complex(str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz"),
                                     str(EXAMPLES / "1uou" / "1uou_ligand.sdf"), n_conformers=1)]
@@ -135,7 +136,7 @@ def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, ca
     assert train_module.main([*base, "--max-steps", "3", "--ns", "16"]) == 2  # a resumed run keeps its model
     assert "resuming keeps its model" in capsys.readouterr().err
     calls = []  # a Ctrl-C noticed at the second check between steps: saved there, exit 130, resumable
-    monkeypatch.setattr(train_module, "stop_requested", lambda *_: calls.append(1) or len(calls) > 1)
+    monkeypatch.setattr(interrupt, "stop_requested", lambda *_: calls.append(1) or len(calls) > 1)
     assert train_module.main([*base[:-8], "--max-steps", "9", "--save-every", "1000"]) == 130
     assert torch.load(run / "state.pt", weights_only=False)["step"] == 3  # 2 before + 1 step, then the request
     monkeypatch.undo()

@@ -171,10 +171,10 @@ def test_resume_with_other_model_options_is_refused(chains, tmp_path, capsys):
 
 
 def test_an_interrupted_run_saves_and_resumes(chains, tmp_path, capsys, monkeypatch):
-    from sciddiff.protein import train as train_module
+    from sciddiff.train import interrupt
 
     calls = []  # Ctrl-C noticed at the third check between steps: the run saves there and exits 130
-    monkeypatch.setattr(train_module, "stop_requested", lambda *_: calls.append(1) or len(calls) > 2)
+    monkeypatch.setattr(interrupt, "stop_requested", lambda *_: calls.append(1) or len(calls) > 2)
     out = tmp_path / "run"
     assert _train(chains, out, "--max-steps", "9") == 130
     assert torch.load(out / "state.pt", weights_only=False)["step"] == 2

@@ -25,7 +25,7 @@ from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ScoreModel, ScoreModelConfig, count_parameters
 from sciddiff.train import (CSVLogger, autocast, distributed, load_checkpoint, restore_training_state, save_checkpoint,
                             seed_everything, training_state)
-from sciddiff.train.interrupt import stop_requested, stop_requests
+from sciddiff.train.interrupt import decide, stop_requests
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,15 +150,14 @@ def train(args: argparse.Namespace, command: str) -> None:
     interrupted = False
     with stop_requests() as requests:
         while step < args.max_steps:
-            if step % sync_every == 0:
-                out_of_time, save_due = distributed.main_decides(time.time() - start >= args.max_seconds,
-                                                                 time.time() - last_save > args.save_every)
-                # any process's Ctrl-C or SIGTERM stops all of them at this same step, then they save together
-                interrupted = stop_requested(requests, info.world_size, device)
-                if save_due and not interrupted:
+            if step % sync_every == 0:  # any process's Ctrl-C or SIGTERM stops all of them here; they save below
+                stop, save_now, interrupted = decide(time.time() - start >= args.max_seconds,
+                                                     time.time() - last_save > args.save_every, requests,
+                                                     info.world_size, device)
+                if save_now:
                     save()
                     last_save = time.time()
-                if out_of_time or interrupted:
+                if stop:
                     break
             idx = torch.randint(0, len(data), (args.batch_size,), generator=pick).tolist()
             lig, rec, t, targets = data.batch(idx, gen)

@@ -47,7 +47,7 @@ from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, Polic
 from sciddiff.policy.sampler import sequence_windows, split_episodes
 from sciddiff.train import CSVLogger, autocast, distributed, load_checkpoint, progress, save_checkpoint, seed_everything
 from sciddiff.train.checkpoint import restore_training_state, training_state
-from sciddiff.train.interrupt import stop_requested, stop_requests
+from sciddiff.train.interrupt import decide, stop_requests
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -446,20 +446,16 @@ def train(args: argparse.Namespace) -> dict:
             while True:
                 if args.steps is not None and step >= args.steps:
                     break
-                if step % sync_every == 0:
-                    out_of_time, checkpoint_due = distributed.main_decides(
+                if step % sync_every == 0:  # any process's Ctrl-C or SIGTERM stops all of them here; saved below
+                    stop, checkpoint_now, interrupted = decide(
                         (args.max_seconds is not None and time.perf_counter() - run_start >= args.max_seconds)
                         # a resumed run whose LR is spent:
                         or (args.steps is None and trained_seconds() >= schedule_seconds),
-                        time.perf_counter() - last_ckpt >= args.checkpoint_every)
-                    # any process's Ctrl-C or SIGTERM stops all of them at this same step (one collective per sync)
-                    interrupted = stop_requested(requests, info.world_size, device)
-                    if interrupted:
-                        break
-                    if checkpoint_due:
+                        time.perf_counter() - last_ckpt >= args.checkpoint_every, requests, info.world_size, device)
+                    if checkpoint_now:
                         checkpoint(last_val)
                         last_ckpt = time.perf_counter()
-                    if out_of_time:
+                    if stop:
                         break
                 frac = step / args.steps if args.steps else trained_seconds() / schedule_seconds
                 for group in optimizer.param_groups:

@@ -43,7 +43,7 @@ from sciddiff.train import (
     seed_everything,
     training_state,
 )
-from sciddiff.train.interrupt import stop_requested, stop_requests
+from sciddiff.train.interrupt import decide, stop_requests
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,15 +178,14 @@ def train(args: argparse.Namespace) -> Path:
         while True:
             if args.max_steps is not None and step >= args.max_steps:
                 break
-            if step % sync_every == 0:
-                out_of_time, checkpoint_due = distributed.main_decides(time.time() - start > args.max_seconds,
-                                                                       time.time() - last_ckpt > args.ckpt_seconds)
-                # any process's Ctrl-C or SIGTERM stops all of them at this same step; they save below
-                interrupted = stop_requested(requests, info.world_size, device)
-                if checkpoint_due and not interrupted:
+            if step % sync_every == 0:  # any process's Ctrl-C or SIGTERM stops all of them here; they save below
+                stop, save_now, interrupted = decide(time.time() - start > args.max_seconds,
+                                                     time.time() - last_ckpt > args.ckpt_seconds, requests,
+                                                     info.world_size, device)
+                if save_now:
                     save()
                     last_ckpt = time.time()
-                if out_of_time or interrupted:
+                if stop:
                     break
             lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
             for group in opt.param_groups:

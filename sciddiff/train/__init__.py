@@ -5,7 +5,7 @@
 - `autocast(device)`: bf16 on CUDA, no-op on CPU.
 - `progress` (tqdm, main rank only), `CSVLogger` (log.py).
 - `distributed`: torchrun/DDP helpers (`setup`, `wrap`, `unwrap`, `is_main`, `all_reduce_mean`, `sampler`).
-- `interrupt.stop_requests` / `stop_requested`: Ctrl-C and SIGTERM stop a loop between steps, so it can save.
+- `interrupt.stop_requests` / `decide`: Ctrl-C and SIGTERM stop a loop between steps (all ranks alike), so it saves.
 The EMA of weights lives in `sciddiff.core.ema`. See docs/training.md for a complete loop.
 """
 from sciddiff.train import distributed

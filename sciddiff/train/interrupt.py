@@ -3,7 +3,8 @@
 Inside `with stop_requests() as requests:` the signals only append their name to `requests`; the loop checks it
 between optimiser steps (an interrupt inside a step would save half-updated weights), saves its checkpoint and exits
 as interrupted. A second Ctrl-C interrupts at once, without saving. Under DDP, `stop_requested` makes every rank stop
-at the same step when any of them was signalled (one collective: call it where the ranks already synchronise).
+at the same step when any of them was signalled (one collective: call it where the ranks already synchronise);
+`decide` adds the time limit and the periodic checkpoint, which rank 0 decides.
 """
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ def stop_requested(requests: list[str], world_size: int, device: torch.device) -
     if world_size == 1:
         return bool(requests)
     return float(distributed.all_reduce_mean(torch.tensor(float(bool(requests)), device=device))) > 0
+
+
+def decide(out_of_time: bool, checkpoint_due: bool, requests: list[str], world_size: int,
+           device: torch.device) -> tuple[bool, bool, bool]:
+    """(stop, checkpoint now, interrupted), the same on every rank: rank 0's clock decides the time limit and the
+    periodic checkpoint (`distributed.main_decides`), any rank's signal the interruption; an interrupted loop skips
+    the periodic checkpoint because it saves once it has stopped."""
+    out_of_time, checkpoint_due = distributed.main_decides(out_of_time, checkpoint_due)
+    interrupted = stop_requested(requests, world_size, device)
+    return out_of_time or interrupted, checkpoint_due and not interrupted, interrupted
