@@ -7,7 +7,6 @@ the training metadata (command line, steps, data) in a human-readable form. File
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
@@ -43,10 +42,7 @@ def save_policy(path: str | Path, policy: DiffusionPolicy, meta: dict | None = N
 
 def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionPolicy:
     """Rebuild the policy from a file written by `save_policy` (eval mode, float32)."""
-    try:
-        payload = load_checkpoint(path, map_location=map_location)
-    except KeyError as err:  # torch's restricted unpickler on a text file: not a missing entry of a checkpoint
-        raise pickle.UnpicklingError(str(err)) from None
+    payload = load_checkpoint(path, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a sciddiff policy checkpoint (format {FORMAT})")
     policy = DiffusionPolicy(PolicyConfig.from_dict(payload["config"]))

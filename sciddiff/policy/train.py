@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import math
-import pickle
 import shlex
 import sys
 import time
@@ -133,10 +132,7 @@ def _widths(text: str, option: str) -> tuple[int, ...]:
 
 def _load_training_state(path: Path, device: torch.device) -> dict:
     """A `train_state.pt` of this trainer (KeyError for another kind of file: load_or_fail names the missing entry)."""
-    try:
-        state = load_checkpoint(path, map_location=device)
-    except KeyError as err:  # torch's restricted unpickler on a text file: "no 101 entry" would mislead
-        raise pickle.UnpicklingError(str(err)) from None
+    state = load_checkpoint(path, map_location=device)
     if not isinstance(state, dict):
         raise ValueError("not a dict of training state")
     for key in ("model", "optimizer", "ema", "step", "config", "elapsed"):
