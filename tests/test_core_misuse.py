@@ -119,3 +119,17 @@ def test_constructors_and_options_outside_their_range_are_refused():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
         flow_matching_loss(lambda x, t: x, Euclidean(3), torch.zeros(4, 3), torch.ones(4, 3), torch.full((4,), 1.5))
+
+
+def test_the_state_keeps_the_callers_dtype_whatever_the_network_computes_in():
+    from sciddiff.core import sample_pf_ode, sample_reverse_sde
+
+    grid = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    rot = SO3().prior_sample(2, None)  # float32
+    double = lambda x, s: torch.zeros(x.shape[:-1], dtype=torch.float64)  # noqa: E731
+    assert sample_reverse_sde(double, SO3(), rot, grid).dtype == torch.float32  # raised a dtype error before
+    assert sample_pf_ode(lambda x, s: torch.zeros(2, 3, dtype=torch.float64), Euclidean(3), torch.zeros(2, 3),
+                         grid).dtype == torch.float32  # was silently promoted to float64
+    out = sample_ddim(lambda x, t: torch.zeros(x.shape, dtype=torch.float64), torch.zeros(2, 3),
+                      DiscreteSchedule(num_train_timesteps=10), steps=4)
+    assert out.dtype == torch.float32

@@ -73,7 +73,8 @@ def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, met
     noise = noise or space.randn_tangent
 
     def velocity(x, t):
-        x1 = model(x, torch.full((ref.shape[0],), t, device=ref.device, dtype=torch.float32), **cond)
+        x1 = Space.in_dtype_of(model(x, torch.full((ref.shape[0],), t, device=ref.device, dtype=torch.float32),
+                                     **cond), x)
         v = space.log(x, x1)
         if isinstance(v, dict):
             return {k: vk * (rates.get(k) or 1 / (1 - t)) for k, vk in v.items()}, x1

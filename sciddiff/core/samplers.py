@@ -49,7 +49,7 @@ def _steps(schedule: DiscreteSchedule, steps: int, spacing: str) -> list[tuple[i
 
 
 def _x0_eps(model, x, t: int, abar: float, prediction_type: str, clip_sample: float | None, cond) -> tuple[Tensor, Tensor]:
-    out = model(x, _full(t, x), **cond)
+    out = model(x, _full(t, x), **cond).to(x.dtype)
     alpha, sigma = math.sqrt(abar), math.sqrt(1 - abar)
     x0 = _clip(to_x0(out, x, alpha, sigma, prediction_type), clip_sample)
     return x0, to_eps(out, x, alpha, sigma, prediction_type)
@@ -198,7 +198,7 @@ def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigma
         score = score_model(x, _batch_sigma(s, x), **cond)
         if i == 0:
             Space.check_tangent(score, space.log(x, x))
-        step = Space.scale(score, g2)
+        step = Space.scale(Space.in_dtype_of(score, x), g2)
         if noise_last or i < n - 1:
             g = {k: math.sqrt(v) for k, v in g2.items()} if isinstance(g2, dict) else math.sqrt(g2)
             step = Space.add(step, Space.scale(space.randn_tangent(x, generator), g))
@@ -214,11 +214,14 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas, *,
     at x (exact on flat spaces, second-order on SO(3) since the body-frame transport error is O(h^2))."""
     n = _grid_length(sigmas)
     x = x_init
-    if n:  # a score of the wrong shape would broadcast silently
-        Space.check_tangent(score_model(x, _batch_sigma(_sigma_at(sigmas, 0), x), **cond), space.log(x, x))
+    checked = []
 
     def velocity(x, s):  # d x / d(-sigma): sigma * score
-        return Space.scale(score_model(x, _batch_sigma(s, x), **cond), s)
+        score = score_model(x, _batch_sigma(s, x), **cond)
+        if not checked:  # a score of the wrong shape would broadcast silently
+            Space.check_tangent(score, space.log(x, x))
+            checked.append(True)
+        return Space.scale(Space.in_dtype_of(score, x), s)
 
     for i in progress(range(n)):
         s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)

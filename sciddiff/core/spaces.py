@@ -99,6 +99,14 @@ class Space:
                              f"{tuple(like.shape)}")
 
     @staticmethod
+    def in_dtype_of(v: Point, x: Point) -> Point:
+        """A network's tangent v in the dtype of the state x (per component): the samplers keep the caller's dtype
+        whatever precision the network computes in."""
+        if isinstance(v, dict):
+            return {k: Space.in_dtype_of(vk, x[k]) for k, vk in v.items()}
+        return v.to(x.dtype)
+
+    @staticmethod
     def add(u: Point, v: Point) -> Point:
         if isinstance(u, dict):
             return {k: Space.add(u[k], v[k]) for k in u}
