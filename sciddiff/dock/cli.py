@@ -437,8 +437,9 @@ def run_score(args) -> int:
     from sciddiff.dock.pose_scoring import pose_warnings, score_pose  # torch: once the inputs have passed
 
     rows, sd_records = [], []
+    problems = pose_warnings(receptor, [io.ligand_coords(mol) for mol in poses])
     for i, mol in enumerate(poses):
-        for warning in pose_warnings(receptor, io.ligand_coords(mol)):
+        for warning in problems[i]:
             print(f"warning: {args.ligand} (pose {i + 1}): {warning}", file=sys.stderr)
         r = score_pose(receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
         tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,

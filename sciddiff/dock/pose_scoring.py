@@ -58,14 +58,17 @@ def score_pose(receptor: Receptor, mol: Chem.Mol, minimize_steps: int = 0, funct
                      coords=coords, moved=moved)
 
 
-def pose_warnings(receptor: Receptor, coords: np.ndarray) -> list[str]:
-    """What makes a pose's score meaningless, for a `warning:` line: no protein atom within the energy's cutoff (the
-    score is 0 whatever the pose), or atoms on top of each other (a collapsed or mangled pose file)."""
+def pose_warnings(receptor: Receptor, poses: list[np.ndarray]) -> list[list[str]]:
+    """Per pose, what makes its score meaningless, for `warning:` lines: no protein atom within the energy's cutoff
+    (the score is 0 whatever the pose), or atoms on top of each other (a collapsed or mangled pose file)."""
     from scipy.spatial import cKDTree
 
+    protein = cKDTree(receptor.coords)  # once for all poses
     found = []
-    if np.isinf(cKDTree(receptor.coords).query(coords, distance_upper_bound=CUTOFF)[0]).all():
-        found.append(f"no protein atom within {CUTOFF:g} A: the pose does not touch the protein")
-    if len(coords) > 1 and cKDTree(coords).query(coords, k=2)[0][:, 1].min() < 0.5:
-        found.append("atoms closer than 0.5 A to each other: not a physical pose")
+    for coords in poses:
+        found.append([])
+        if np.isinf(protein.query(coords, distance_upper_bound=CUTOFF)[0]).all():
+            found[-1].append(f"no protein atom within {CUTOFF:g} A: the pose does not touch the protein")
+        if len(coords) > 1 and cKDTree(coords).query(coords, k=2)[0][:, 1].min() < 0.5:
+            found[-1].append("atoms closer than 0.5 A to each other: not a physical pose")
     return found

@@ -29,6 +29,7 @@ import numpy as np
 from sciddiff.cli import UserError, check_output_path, idle_threads, options_below
 from sciddiff.policy import pusht
 from sciddiff.policy.data import pusht_store_arrays
+from sciddiff.policy.sampler import episode_starts
 
 AGENT_RADIUS = 15.0
 # The T's outline (the union of its two rectangles) in the body frame, counter-clockwise in pymunk coordinates.
@@ -264,11 +265,6 @@ def reset_states(seeds: Iterable[int]) -> np.ndarray:
     return np.array(states).reshape(-1, 5)
 
 
-def start_rows(state: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
-    """The first row of each episode."""
-    return state[np.concatenate([[0], episode_ends[:-1]]).astype(np.int64)]
-
-
 def _listed(values: list[int], most: int = 10) -> str:
     return ", ".join(map(str, values[:most])) + (f" ... ({len(values)} in all)" if len(values) > most else "")
 
@@ -349,7 +345,7 @@ def run_demos(args: argparse.Namespace) -> int:
         raise UserError(f"--restart-steps must be comma-separated integers, got {args.restart_steps!r}") from None
     source = ReplayBuffer.open(args.complete) if args.complete else None
     if source:  # shapes and values checked now: a bad row would fail (or be copied) only when its episode comes
-        source_starts = start_rows(pusht_store_arrays(source, args.complete)[0]["state"], source.episode_ends)
+        source_starts = pusht_store_arrays(source, args.complete)[0]["state"][episode_starts(source.episode_ends)]
     if args.episodes is None:
         args.episodes = source.n_episodes if source else 10
     if bad := options_below(args, 1, "episodes", "max_steps", "threads"):
@@ -367,7 +363,7 @@ def run_demos(args: argparse.Namespace) -> int:
             raise UserError(f"{args.out} holds {target.keys}; these episodes would have {want} "
                             f"({hint}choose another --out)")
         if target.n_episodes:
-            stored = start_rows(pusht_store_arrays(target, args.out)[0]["state"], target.episode_ends)
+            stored = pusht_store_arrays(target, args.out)[0]["state"][episode_starts(target.episode_ends)]
     planner = PushPlanner(PlannerConfig(max_steps=args.max_steps, seed=args.seed))
     seeds = range(args.seed, args.seed + args.episodes)
     if source:
