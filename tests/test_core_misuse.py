@@ -8,6 +8,7 @@ import torch
 from sciddiff.core import (SO3, DiscreteSchedule, Euclidean, Product, Torus, dsm_loss, sample_ddim, sample_ddpm,
                            sample_dpmpp_2m)
 from sciddiff.core.flow import sample_flow
+from sciddiff.core.so3 import sample_igso3
 
 
 def zero_score(x, sigma):
@@ -40,6 +41,16 @@ def test_a_sigma_that_is_no_scale_is_refused(sigma):
     for space, x0 in cases:
         with pytest.raises(ValueError, match="sigma must be finite and > 0"):
             dsm_loss(zero_score, space, x0, torch.full((2,), sigma))
+
+
+def test_an_empty_batch_and_igso3_scales_that_do_not_fit_n_are_refused():
+    with pytest.raises(ValueError, match="empty batch"):
+        dsm_loss(zero_score, Euclidean(3), torch.zeros(0, 3), torch.ones(0))
+    v = sample_igso3(torch.tensor([0.5]), 6, generator=torch.Generator().manual_seed(0))
+    assert v.shape == (6, 3) and len({tuple(r) for r in v.tolist()}) == 6  # one scale, six draws
+    for sigma, n, message in [(torch.ones(3), 4, "n = 4 but sigma holds 3"), (torch.ones(2, 2), None, "1-D")]:
+        with pytest.raises(ValueError, match=message):
+            sample_igso3(sigma, n)
 
 
 def test_a_score_of_the_wrong_shape_is_named():

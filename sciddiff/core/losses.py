@@ -103,6 +103,8 @@ def dsm_loss(score_model: Callable, space: Space, x0: Point, sigma: Sigma, gener
     for s in sigma.values() if isinstance(sigma, Mapping) else [sigma]:
         if not bool((torch.as_tensor(s) > 0).all() & torch.isfinite(torch.as_tensor(s)).all()):
             raise ValueError("dsm_loss: sigma must be finite and > 0 (the kernel's scale; its loss weight is 1/E|score|^2)")
+    if any(v.shape[0] == 0 for v in (x0.values() if isinstance(x0, Mapping) else [x0])):
+        raise ValueError("dsm_loss: empty batch (x0 has no samples)")
     x_t, target = space.perturb(x0, sigma, generator)
     pred = score_model(x_t, sigma, **cond)
     Space.check_tangent(pred, target)

@@ -258,13 +258,18 @@ def sample_igso3(sigma: Tensor | float, n: int | None = None, generator: torch.G
                  device=None, dtype=torch.float32) -> Tensor:
     """Rotation vectors (n, 3) drawn from IGSO(3)(sigma): uniform axis, angle by inverse CDF.
 
-    ``sigma`` is a float (with ``n``) or a (n,) tensor of per-sample scales. Below the table's smallest sigma the
-    isotropic Gaussian limit N(0, sigma^2 I_3) is used; above its largest the table's last row (already uniform to 1e-12)."""
+    ``sigma`` is a float or (1,) tensor (with ``n``) or a (n,) tensor of per-sample scales. Below the table's smallest
+    sigma the isotropic Gaussian limit N(0, sigma^2 I_3) is used; above its largest the table's last row (already
+    uniform to 1e-12)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=device)
-    if sigma.dim() == 0:
+    if sigma.dim() > 1:
+        raise ValueError(f"sample_igso3: sigma must be a scalar or 1-D, got shape {tuple(sigma.shape)}")
+    if sigma.dim() == 0 or (n is not None and sigma.shape[0] == 1):
         if n is None:
             raise ValueError("sample_igso3: give n when sigma is a scalar")
-        sigma = sigma.expand(n)
+        sigma = sigma.reshape(1).expand(n)
+    elif n is not None and sigma.shape[0] != n:
+        raise ValueError(f"sample_igso3: n = {n} but sigma holds {sigma.shape[0]} scales")
     device = sigma.device
     n = sigma.shape[0]
     table = _table(device)
