@@ -294,6 +294,10 @@ def test_dagger_starts_the_planner_from_a_failed_episode(tmp_path, tiny_checkpoi
     assert buf.n_episodes == 2  # the planner's episodes start where the policy was at steps 0 and 8
     for k in range(2):
         assert np.allclose(buf.get_episode(k)["state"][0], starts[k][2], atol=1e-4)
+    capsys.readouterr()
+    assert demos(args) == 2  # the same restarts again: refused before the planner runs, nothing appended
+    assert "already holds the episodes of seed(s) 7 " in capsys.readouterr().err
+    assert ReplayBuffer.open(out).n_episodes == 2
     assert demos(args[:-2] + ["--restart-steps", "zero", "--out", str(tmp_path / "x.zarr")]) == 2
     assert "--restart-steps" in capsys.readouterr().err
 

@@ -382,10 +382,12 @@ def run_demos(args: argparse.Namespace) -> int:
               f"{len(episodes)} start states", flush=True)
     else:
         episodes, desc = [(i, None) for i in seeds], "scripted demos"
-    if len(stored) and not args.from_policy:  # the store records no seeds: an episode is known by its first state
+    if len(stored):  # the store records no seeds: an episode is known by its first state
         ids = [i for i, _ in episodes]
-        starts = source_starts[:len(ids)] if source else reset_states(ids)
-        if again := [i for i, start in zip(ids, starts) if np.isclose(stored, start, atol=1e-3).all(1).any()]:
+        starts = (source_starts[:len(ids)] if source else [state for _, (_, state) in episodes] if args.from_policy
+                  else reset_states(ids))
+        seen = [i for i, start in zip(ids, starts) if np.isclose(stored, start, atol=1e-3).all(1).any()]
+        if again := list(dict.fromkeys(seen)):  # a seed's restarts share its id
             what = f"episode(s) {_listed(again)} of {args.complete}" if source else f"seed(s) {_listed(again)}"
             hint = "" if source else f"continue with --seed {max(again) + 1} or "
             raise UserError(f"{args.out} already holds the episodes of {what} (the same start states): {hint}choose "
