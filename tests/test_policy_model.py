@@ -265,6 +265,8 @@ def test_image_transfer_bad_input_is_one_line(tmp_path, capsys):
     bogus.write_bytes(b"not a checkpoint")
     assert main(["--out", str(tmp_path / "run"), "--state-policy", str(bogus), "--data", str(tmp_path)]) == 2
     assert "is not a policy checkpoint" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "run"), "--max-seconds", "nan"]) == 2  # nan would never run out
+    assert "--max-seconds must be positive" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

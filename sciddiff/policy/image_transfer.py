@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sciddiff.cli import UserError, check_output_path, run_command
+from sciddiff.cli import UserError, check_output_path, options_not_positive, run_command
 from sciddiff.policy import pusht
 from sciddiff.policy.data import dataset_from_zarr, default_zarr
 from sciddiff.policy.io import save_policy
@@ -145,7 +145,7 @@ def reuse_encoder(args: argparse.Namespace) -> dict:
 def train_vertex_encoder(args: argparse.Namespace) -> dict:
     """Stage 1 (resumable: re-running the same command continues from OUT/train_state.pt), then stage 2 at each
     checkpoint: OUT/policy.pt is always a complete image policy."""
-    if args.max_seconds <= 0 or args.batch_size < 1 or args.threads < 1:
+    if options_not_positive(args, "max_seconds") or args.batch_size < 1 or args.threads < 1:
         raise UserError("--max-seconds must be positive, --batch-size and --threads at least 1")
     check_output_path(args.out, folder=True)
     torch.set_num_threads(args.threads)
