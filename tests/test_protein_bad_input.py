@@ -156,7 +156,8 @@ def test_resume_with_other_model_options_is_refused(chains, tmp_path, capsys):
     capsys.readouterr()
     resume = ["backbone", "train", "--chains", str(chains), "--out", str(out), "--batch-residues", "120", "--threads",
               "1", "--max-steps", "2"]
-    for option, value in (("--dim", "24"), ("--blocks", "2"), ("--ss-condition", None)):
+    # --dim 128 is the default, given explicitly against this dim-16 run; --no-ss-condition likewise
+    for option, value in (("--dim", "24"), ("--dim", "128"), ("--blocks", "2"), ("--ss-condition", None)):
         model = dict(zip(TINY_MODEL[::2], TINY_MODEL[1::2]))
         model[option] = value
         assert main([*resume, *(a for pair in model.items() for a in pair if a is not None)]) == 2, option

@@ -63,6 +63,21 @@ class FlowConfig:
         return asdict(self)
 
 
+class _ModelOption(argparse.Action):
+    """Stores the value and records the option in `namespace.model_options_given`: a resumed run refuses model
+    options that differ from its own, and one given with its default value must count as given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.model_options_given = getattr(namespace, "model_options_given", set()) | {self.dest}
+
+
+class _ModelFlag(argparse.BooleanOptionalAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        namespace.model_options_given = getattr(namespace, "model_options_given", set()) | {self.dest}
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `sciddiff backbone train` / `python -m sciddiff.protein.train`."""
     p.add_argument("--chains", required=True, help="tensor file from `sciddiff backbone prepare` (chains.pt)")
@@ -86,10 +101,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     for name, value in DenoiserConfig().to_dict().items():
         if isinstance(value, bool):
-            p.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value,
-                           help="model: " + name)
+            p.add_argument(f"--{name.replace('_', '-')}", action=_ModelFlag, default=value, help="model: " + name)
         else:
-            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help="model: " + name)
+            p.add_argument(f"--{name.replace('_', '-')}", action=_ModelOption, type=type(value), default=value,
+                           help="model: " + name)
     p.add_argument("--self-condition", type=float, default=FlowConfig.self_condition, help="self-conditioning prob.")
     p.add_argument("--aux-weight", type=float, default=FlowConfig.aux_weight, help="weight of the auxiliary atom losses")
     p.add_argument("--ss-drop", type=float, default=FlowConfig.ss_drop,

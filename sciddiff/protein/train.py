@@ -111,10 +111,10 @@ def train(args: argparse.Namespace) -> Path:
             return state, DenoiserConfig(**state["model_config"]), FlowConfig(**state["flow_config"])
 
         state, stored_cfg, flow_cfg = load_or_fail(load_state, state_path, "backbone training state")
-        # a model option given here (not left at its default) that differs from the run's would be silently ignored
-        default = DenoiserConfig()
+        # a model option given here that differs from the run's would be silently ignored
+        given = getattr(args, "model_options_given", set())
         changed = [f"--{k.replace('_', '-')}: {getattr(stored_cfg, k)} there, {v} here"
-                   for k, v in model_cfg.to_dict().items() if v != getattr(default, k) and v != getattr(stored_cfg, k)]
+                   for k, v in model_cfg.to_dict().items() if k in given and v != getattr(stored_cfg, k)]
         if changed:
             raise UserError(f"{state_path} belongs to a run with a different model configuration "
                             f"({'; '.join(changed)}); use a new --out, or leave the model options at their defaults "
