@@ -233,18 +233,22 @@ def run_train(args) -> None:
         raise UserError(f"--out {args.out}: name the model file (.pt); its metadata is written beside it as .json")
     check_output_path(args.out)
     torch.set_num_threads(1)
-    files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file") for path in args.decoys]
-    by_id = {it["complex"]: it for items in files for it in items}
+    def load(paths: list[str]) -> list[dict]:
+        files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file") for path in paths]
+        return list({it["complex"]: it for items in files for it in items}.values())  # shards may overlap
+
+    by_id = {it["complex"]: it for it in load(args.decoys)}
+    extra = [it for it in load(args.extra_decoys) if it["complex"] not in by_id]
     if len(by_id) < args.folds:
         raise UserError(f"{len(by_id)} complexes in the decoy files: fewer than --folds {args.folds}")
-    items = list(by_id.values())  # shards may overlap
+    items = list(by_id.values())
     folds = np.array_split(np.random.default_rng(1).permutation(len(items)), args.folds)
     report, out_of_fold = {}, {}
     for hidden in args.hidden:
         for wd in args.weight_decay:
             held_out = []  # every complex scored by the fold model that did not see it
             for k, fold in enumerate(folds):
-                rest = [items[i] for f in folds[:k] + folds[k + 1:] for i in f]
+                rest = [items[i] for f in folds[:k] + folds[k + 1:] for i in f] + extra
                 model = fit(rest, hidden, args.epochs, wd)
                 held_out += [(model, items[i]) for i in fold]
             key = f"hidden={hidden} wd={wd}"
@@ -257,11 +261,12 @@ def run_train(args) -> None:
         m.conf_weight.copy_(conf_weight)
     chosen_cv = ranking_metrics(None, out_of_fold[best])  # the confidence head is fit on these same logits
     print(json.dumps({"chosen (with confidence head)": chosen_cv}), flush=True)
-    model = fit(items, hidden, args.epochs, wd)  # the chosen setting, refit on every decoy complex
+    model = fit(items + extra, hidden, args.epochs, wd)  # the chosen setting, refit on every decoy complex
     model.conf_weight.copy_(conf_weight)
     meta = {"version": time.strftime("%Y-%m-%d"), "hidden": hidden, "weight_decay": wd, "epochs": args.epochs,
-            "complexes": len(items), "poses": int(sum(len(it["rmsd"]) for it in items)),
-            "command": _command(), "decoy_commands": [torch.load(p, weights_only=True).get("command") for p in args.decoys],
+            "complexes": len(items), "extra_complexes": len(extra),
+            "poses": int(sum(len(it["rmsd"]) for it in items + extra)), "command": _command(),
+            "decoy_commands": [torch.load(p, weights_only=True).get("command") for p in args.decoys + args.extra_decoys],
             "folds": args.folds, "cross_validation": report, "chosen": best, "chosen_cross_validation": chosen_cv,
             "confidence_weight": conf_weight.tolist(),
             "all_complexes": ranking_metrics(model, items)}
@@ -298,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     d.set_defaults(func=run_decoys)
     t = sub.add_parser("train", help="train the rescorer on decoy files")
     t.add_argument("--decoys", nargs="+", required=True)
+    t.add_argument("--extra-decoys", nargs="+", default=[],
+                   help="decoy files for training only: in every cross-validation fold and the final fit, never "
+                        "scored (synthetic complexes from `python -m sciddiff.dock.synthetic`)")
     t.add_argument("--hidden", type=int, nargs="+", default=[0, 32], help="hidden widths tried (0 = linear)")
     t.add_argument("--weight-decay", type=float, nargs="+", default=[1e-2, 1e-1, 1.0],
                    help="L2 penalties tried on the non-prior weights")

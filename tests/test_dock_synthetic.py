@@ -1,0 +1,68 @@
+"""Synthetic complexes (a buried peptide segment as the ligand) and the rescorer's training-only decoys."""
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sciddiff.dock import io
+from sciddiff.dock.rescore import FEATURE_NAMES
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+
+
+def _atoms(pdb_gz: Path) -> np.ndarray:
+    with gzip.open(pdb_gz, "rt") as handle:
+        return np.array([[float(ln[30:38]), float(ln[38:46]), float(ln[46:54])] for ln in handle
+                         if ln.startswith("ATOM") and ln[76:78].strip() != "H"])
+
+
+def test_a_synthetic_complex_is_the_protein_split_in_two(tmp_path, capsys):
+    from sciddiff.dock.synthetic import main
+
+    proteins = tmp_path / "proteins"
+    proteins.mkdir()
+    source = proteins / "1uou_protein.pdb.gz"
+    source.write_bytes((EXAMPLES / "1uou" / "1uou_protein.pdb.gz").read_bytes())
+    assert main(["--proteins", str(proteins), "--out", str(tmp_path / "out"), "--complexes", "1"]) == 0
+    [cid] = (tmp_path / "out" / "splits" / "synthetic.txt").read_text().split()
+    name = cid.split("/")[1]
+    folder = tmp_path / "out" / cid
+    mol = io.load_ligand(folder / f"{name}_ligand.sdf.gz")  # sanitizes: bond orders from the residue templates
+    ligand, receptor = io.ligand_coords(mol), _atoms(folder / f"{name}_protein.pdb.gz")
+    original = _atoms(source)
+    dist = lambda a, b: np.linalg.norm(a[:, None] - b[None], axis=-1)
+    # every ligand atom but the terminal OXT (placed on the next residue's N) is an atom of the input protein ...
+    assert (dist(ligand, original).min(1) < 1e-3).all()
+    # ... and no longer one of the receptor's, which lost the segment and its two flanking residues (the termini
+    # would clash with the atoms they were bonded to), nothing else
+    assert dist(ligand, receptor).min() > 2.0
+    removed = dist(original, receptor).min(1) > 1e-3
+    assert len(receptor) == len(original) - removed.sum()
+    assert mol.GetNumAtoms() - 1 + 2 * 4 <= removed.sum() <= mol.GetNumAtoms() - 1 + 2 * 14
+    assert mol.GetNumAtoms() >= 8 and any(a.GetIsAromatic() or a.GetSymbol() != "C" for a in mol.GetAtoms())
+    assert main(["--proteins", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert "no .pdb or .pdb.gz files" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def _decoys(path: Path, names: list[str], seed: int) -> str:
+    gen = torch.Generator().manual_seed(seed)
+    items = [{"complex": n, "features": torch.randn(6, len(FEATURE_NAMES), generator=gen),
+              "rmsd": torch.rand(6, generator=gen) * 5, "kind": torch.tensor([0, 1, 1, 1, 1, 2]),
+              "order_energy": torch.tensor([2, 0, 1, 3])} for n in names]
+    torch.save({"items": items, "command": f"test {seed}"}, path)
+    return str(path)
+
+
+def test_extra_decoys_train_every_fold_and_are_never_scored(tmp_path):
+    from sciddiff.dock.rescore_train import main
+
+    real = _decoys(tmp_path / "real.pt", [f"set/{i}" for i in range(6)], 0)
+    extra = _decoys(tmp_path / "extra.pt", [f"synthetic/{i}" for i in range(3)] + ["set/0"], 1)
+    argv = ["train", "--decoys", real, "--hidden", "0", "--weight-decay", "1", "--epochs", "2", "--folds", "2"]
+    assert main([*argv, "--extra-decoys", extra, "--out", str(tmp_path / "r.pt")]) == 0
+    meta = json.loads((tmp_path / "r.json").read_text())
+    assert meta["complexes"] == 6 and meta["extra_complexes"] == 3  # set/0 is a real complex: not taken twice
+    assert meta["chosen_cross_validation"]["n"] == 6 and meta["poses"] == 9 * 6
+    assert meta["decoy_commands"] == ["test 0", "test 1"]
