@@ -19,10 +19,13 @@ def zero_score(x, sigma):
 
 def test_sigma_shapes_the_docs_allow_give_the_same_loss():
     sigma = torch.tensor([0.1, 1.0, 3.0, 10.0])
-    for space, x0 in [(Euclidean(3), torch.zeros(4, 3)), (Torus(4), torch.zeros(4, 4))]:
+    for space, x0 in [(Euclidean(3), torch.zeros(4, 3)), (Torus(4), torch.zeros(4, 4)),
+                      (SO3(), torch.eye(3).expand(4, 3, 3)), (SO3(2), torch.eye(3).expand(4, 2, 3, 3))]:
         per_sample = dsm_loss(zero_score, space, x0, sigma, torch.Generator().manual_seed(0))[0]
         column = dsm_loss(zero_score, space, x0, sigma[:, None], torch.Generator().manual_seed(0))[0]
-        per_element = dsm_loss(zero_score, space, x0, sigma[:, None].expand_as(x0), torch.Generator().manual_seed(0))[0]
+        points = x0.shape[:-2] if isinstance(space, SO3) else x0.shape  # a rotation is one element
+        per_element = dsm_loss(zero_score, space, x0, sigma.reshape(-1, *[1] * (len(points) - 1)).expand(points),
+                               torch.Generator().manual_seed(0))[0]
         assert torch.allclose(column, per_sample) and torch.allclose(per_element, per_sample), space
 
 
@@ -84,6 +87,8 @@ def test_step_counts_outside_the_schedule_are_refused():
         sample_ddim(model, x, schedule, steps=20, timestep_spacing="trailing")  # t = -1 reached the model before
     with pytest.raises(ValueError, match=r"steps must lie in 1\.\.10"):
         sample_ddpm(model, x, schedule, steps=0)  # the whole chain, silently, before
+    with pytest.raises(ValueError, match=r"steps must lie in 1\.\.10"):
+        sample_ddim(model, x, schedule, steps=0)  # named steps, not first_step, before
     with pytest.raises(ValueError, match="first_step"):
         sample_ddim(model, x, schedule, steps=4, first_step=4)
     assert sample_dpmpp_2m(model, x, schedule, steps=9).shape == x.shape

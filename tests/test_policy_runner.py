@@ -366,3 +366,13 @@ def test_encoder_trains_on_rollout_states_and_resumes_from_an_image_policy(tmp_p
                            ([str(tmp_path / "roll.npz"), "--extra-stride", "0"], "--extra-stride must be at least 1")):
         args = [*common[:4], "--extra-states", *extra, "--out", str(tmp_path / "d")]
         assert main(args) == 2 and message in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_corrective_demos_of_a_policy_that_never_fails_write_nothing(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    from sciddiff.policy import dagger
+    from sciddiff.policy.scripted import main as demos
+
+    monkeypatch.setattr(dagger, "failure_start_states", lambda *a, **k: ([], {"success_rate": 1.0}))
+    out = tmp_path / "none.zarr"
+    assert demos(["--from-policy", str(tiny_checkpoint), "--episodes", "2", "--no-images", "--out", str(out)]) == 0
+    assert "no failed episode to correct" in capsys.readouterr().err and not out.exists()

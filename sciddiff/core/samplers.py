@@ -83,10 +83,11 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
     [first_step]``, e.g. a guess noised there by ``schedule.add_noise`` (SDEdit, Meng et al. 2022)."""
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior noise), got {eta}")
+    grid = _steps(schedule, steps, timestep_spacing)  # checks steps first
     if not 0 <= first_step < steps:
         raise ValueError(f"first_step must lie in 0..steps - 1 = {steps - 1}, got {first_step}")
     abar, x = schedule.alphas_cumprod.tolist(), x_T
-    for t, t_prev in progress(_steps(schedule, steps, timestep_spacing)[first_step:]):
+    for t, t_prev in progress(grid[first_step:]):
         a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
         x0, eps = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
         std = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))

@@ -36,10 +36,19 @@ def _per_sample(per_element: Tensor, sigma: Tensor, element_shape: tuple[int, ..
     return per_element.expand(sigma.shape[0], *element_shape).reshape(sigma.shape[0], -1).sum(-1)
 
 
+def _fit_rank(sigma: Tensor, rank: int) -> Tensor:
+    """``sigma`` without the trailing singleton dims beyond ``rank`` (a (B, 1) sigma on SO(3) points of shape (B,))."""
+    while sigma.dim() > rank and sigma.shape[-1] == 1:
+        sigma = sigma.squeeze(-1)
+    if sigma.dim() > rank:
+        raise ValueError(f"sigma of shape {tuple(sigma.shape)} has more dimensions than the points it scales ({rank})")
+    return sigma
+
+
 def _expand(sigma: Tensor, ref: Tensor) -> Tensor:
     """Broadcast a per-sample sigma (B,) with trailing singleton dims against ``ref``; a sigma that already has ref's rank
     (per-element sigma) is returned unchanged."""
-    sigma = torch.as_tensor(sigma, device=ref.device)
+    sigma = _fit_rank(torch.as_tensor(sigma, device=ref.device), ref.dim())
     return sigma.reshape(sigma.shape + (1,) * (ref.dim() - sigma.dim()))
 
 
@@ -142,7 +151,7 @@ class Euclidean(Space):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     def score_norm_sq(self, sigma):
-        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        sigma = _fit_rank(torch.as_tensor(sigma, dtype=torch.float64), 1 + len(self.shape))
         return _per_sample(1 / sigma**2, sigma, self.shape)
 
     def sq_norm(self, v):
@@ -178,7 +187,7 @@ class SO3(Space):
         return torch.randn(x.shape[:-1], generator=generator, device=x.device, dtype=x.dtype)
 
     def score_norm_sq(self, sigma):
-        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        sigma = _fit_rank(torch.as_tensor(sigma, dtype=torch.float64), 1 + len(self.shape))
         return _per_sample(so3.igso3_score_norm(sigma), sigma, self.shape)
 
     def sq_norm(self, v):
@@ -218,7 +227,7 @@ class Torus(Space):
     def score_norm_sq(self, sigma):
         # above pi the kernel is uniform to ~1e-4 and its score round-off around zero: the weight stays at its value
         # at pi (further out the table's tiny values would turn that round-off into a huge loss)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        sigma = _fit_rank(torch.as_tensor(sigma, dtype=torch.float64), 2)
         return _per_sample(torus.wrapped_normal_score_norm(sigma.clamp(max=math.pi)), sigma, (self.n,))
 
     def sq_norm(self, v):

@@ -380,6 +380,9 @@ def run_demos(args: argparse.Namespace) -> int:
         episodes, desc = [(seed, (step, state)) for seed, step, state in episodes], "corrective demos"
         print(f"{args.from_policy}: {rollout['success_rate']:.1%} success on {len(seeds)} episodes; "
               f"{len(episodes)} start states", flush=True)
+        if not episodes:
+            print(f"no failed episode to correct: nothing written to {args.out}", file=sys.stderr)
+            return 0
     else:
         episodes, desc = [(i, None) for i in seeds], "scripted demos"
     if len(stored):  # the store records no seeds: an episode is known by its first state
