@@ -11,7 +11,6 @@ so the numbers of all candidate sets share one scale; with the default reference
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -127,12 +126,16 @@ def target_agreement(chains: list[dict], targets: dict[str, str]) -> dict | None
         return None
     got, want = "".join(g for g, _ in pairs), "".join(w for _, w in pairs)
 
-    def recall(state: str) -> float:
+    def recall(state: str) -> float | None:  # None (JSON null): no residue asked for that state
         hits = [g == w for g, w in zip(got, want) if w == state]
-        return float(np.mean(hits)) if hits else math.nan
+        return float(np.mean(hits)) if hits else None
 
     return {"chains": len(pairs), "agreement": float(np.mean([g == w for g, w in zip(got, want)])),
             "helix_recall": recall("H"), "strand_recall": recall("E")}
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candidates: dict[str, list[np.ndarray]],
@@ -214,7 +217,8 @@ def format_report(result: dict) -> str:
     if result.get("ss_targets"):
         t = result["ss_targets"]
         lines.append(f"secondary structure asked for (samples.json, {t['chains']} chains): DSSP agrees on "
-                     f"{t['agreement']:.1%} of residues; helix built {t['helix_recall']:.1%}, strand {t['strand_recall']:.1%}")
+                     f"{t['agreement']:.1%} of residues; helix built {_percent(t['helix_recall'])}, strand "
+                     f"{_percent(t['strand_recall'])}")
     mmd = result["mmd_distance_profile"]
     lines.append("MMD^2 to reference (distance profiles, lower is closer; bandwidth {:.3f}):".format(mmd["bandwidth"]))
     lines.append("  " + "  ".join(f"{k} {v:.4f}" for k, v in mmd.items() if k != "bandwidth"))
