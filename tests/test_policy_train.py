@@ -80,15 +80,17 @@ def test_training_resumes_where_it_stopped(tmp_path):
         train(build_parser().parse_args([*common, "--steps", "30", "--down-dims", "8,16"]))
 
 
-def test_a_time_budgeted_run_resumed_after_its_schedule_stops_at_once(tmp_path):
+def test_a_time_budgeted_run_resumed_after_its_schedule_stops_at_once(tmp_path, capsys):
     data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
     run = ["--data", str(data), "--out", str(tmp_path / "run"), "--batch-size", "8", "--max-seconds", "1",
            "--log-every", "1000", "--val-episodes", "0", *SMALL]
     train(build_parser().parse_args(run))
     done = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["step"]
     assert done > 0
-    train(build_parser().parse_args(run))  # the cosine LR reached 0: no steps wasted at LR 0
+    capsys.readouterr()
+    train(build_parser().parse_args(run))  # the cosine LR reached 0: no steps wasted at LR 0, and the reason said
     assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["step"] == done
+    assert "schedule (1 s) is complete: nothing to train" in capsys.readouterr().out
 
 
 def test_init_takes_network_and_normalizers_from_the_checkpoint(tmp_path):

@@ -391,6 +391,11 @@ def train(args: argparse.Namespace) -> dict:
         schedule_seconds = args.schedule_seconds or state.get("schedule_seconds") or schedule_seconds
         if info.is_main:
             print(f"resuming from step {step} ({elapsed_before:.0f} s trained)", flush=True)
+            if (step >= args.steps) if args.steps is not None else elapsed_before >= schedule_seconds:
+                done = f"--steps {args.steps}" if args.steps is not None else f"{schedule_seconds:.0f} s"
+                print(f"the run's learning-rate schedule ({done}) is complete: nothing to train. To train longer give "
+                      f"a larger --steps or --schedule-seconds, or start a new --out with --init {out / 'policy.pt'}",
+                      flush=True)
     elif info.world_size > 1:  # the same initial weights everywhere, different batches and noise per process
         torch.manual_seed(args.seed * 1000 + info.rank)
     out.mkdir(parents=True, exist_ok=True)  # only now that every input has loaded: a bad one leaves no empty run
