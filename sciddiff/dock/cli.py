@@ -51,6 +51,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranking", choices=("energy", "learned"), default=d.ranking,
                    help=f"with a rescoring model: order poses by energy or by the learned P(RMSD < 2 A) "
                         f"(default {d.ranking}; see docs/dock.md for the measurements behind it)")
+    _add_threads(p)
+
+
+def _add_threads(p) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: 2 when no other process is running on the two cores, else 1; "
                         "on two idle cores 2 threads dock 1.4x faster, next to another busy process 2x slower)")
@@ -119,6 +123,7 @@ def register(subparsers) -> None:
     s.add_argument("--scoring", choices=("vina", "vinardo"), default="vina", help="energy function (default vina)")
     s.add_argument("--out", default=None, help="write the (relaxed) poses with their scores as SD tags to this SDF")
     s.add_argument("--json", default=None, help="write the scores to this JSON file")
+    _add_threads(s)
     s.set_defaults(func=run_score)
 
 
@@ -423,7 +428,7 @@ def run_score(args) -> int:
     from sciddiff.dock import io
     from sciddiff.dock.output import atomic_file_text
 
-    if bad := options_below(args, 1, "minimize_steps"):
+    if bad := options_below(args, 1, "minimize_steps", "threads"):
         raise UserError(f"{bad[0]} must be >= 1")
     for path, option in ((args.out, "--out"), (args.json, "--json")):
         if path is not None:
@@ -434,7 +439,11 @@ def run_score(args) -> int:
     _note_receptor(receptor, args.protein)
     for i, mol in enumerate(poses):
         _note_repairs(mol, f"{args.ligand} (molecule {i + 1})")
+    import torch
+
     from sciddiff.dock.pose_scoring import pose_warnings, score_pose  # torch: once the inputs have passed
+
+    torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
 
     rows, sd_records = [], []
     problems = pose_warnings(receptor, [io.ligand_coords(mol) for mol in poses])
