@@ -28,6 +28,14 @@ class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit status 2, never as a traceback."""
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except None (a required option, or one whose default is decided later:
+    the help text says how)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def run_command(func, args) -> int:
     """Run func(args) for a module's own `main`: a UserError becomes one line on stderr and exit status 2, a
     file-system error (disk full, permissions) one line and exit status 1."""

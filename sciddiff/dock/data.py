@@ -205,7 +205,11 @@ def dsm_loss(model, lig: dict, rec: dict, t: torch.Tensor, targets: dict) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Preprocess a docking split into one tensor file for `sciddiff.dock.train`.")
+    from sciddiff.cli import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m sciddiff.dock.data",
+                                description="Preprocess a docking split into one tensor file for `sciddiff.dock.train`.",
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data", default=None, help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
     p.add_argument("--split", required=True, help="file listing <folder>/<complex_id> per line")
     p.add_argument("--out", required=True, help="output .pt file")

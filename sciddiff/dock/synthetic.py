@@ -153,10 +153,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sciddiff.cli import run_command
+    from sciddiff.cli import DefaultsHelpFormatter, run_command
 
     p = argparse.ArgumentParser(prog="python -m sciddiff.dock.synthetic", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--proteins", required=True, help="folder searched recursively for protein .pdb / .pdb.gz files")
     p.add_argument("--out", required=True, help="output data root (synthetic/<id>/..., splits/synthetic.txt)")
     p.add_argument("--complexes", type=int, default=200, help="complexes to write (one per protein)")

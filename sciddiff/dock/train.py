@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from sciddiff.cli import (UserError, check_output_path, load_or_fail, options_below, options_not_positive,
-                          run_command)
+from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, load_or_fail, options_below,
+                          options_not_positive, run_command)
 from sciddiff.core.ema import EMA
 from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ScoreModel, ScoreModelConfig, count_parameters
@@ -29,23 +29,25 @@ from sciddiff.train.interrupt import decide, stop_requests
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sciddiff.dock.train", description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="preprocessed .pt file (python -m sciddiff.dock.data)")
     p.add_argument("--out", required=True, help="run folder (state.pt, score_model.pt, log.csv); resumed if present")
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop (and save) after this much wall time")
-    p.add_argument("--max-steps", type=int, default=100000)
+    p.add_argument("--max-steps", type=int, default=100000, help="stop (and save) at this total step count")
     p.add_argument("--batch-size", type=int, default=16, help="complexes per step and rank")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights")
     p.add_argument("--save-every", type=float, default=60.0, help="seconds between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (noise, batches, initial weights)")
     p.add_argument("--init", default=None,
                    help="start a new run from the weights of this score_model.pt (its architecture; fresh optimizer)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (ignored on CUDA)")
     # the architecture (None: the default for a new run, the run's own when resuming)
     for name in MODEL_OPTIONS:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
-                       help=f"default {getattr(ScoreModelConfig, name)}")
+                       help=f"model: {name} (default {getattr(ScoreModelConfig, name)} for a new run; a resumed run "
+                            "keeps its own)")
     return p.parse_args(argv)
 
 

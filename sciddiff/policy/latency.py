@@ -67,7 +67,8 @@ def measure(cases: list, repeats: int) -> list[tuple[float, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m sciddiff.policy.latency", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="policy .pt files")
     p.add_argument("--settings", default="default,ddim:8,dpmpp_2m:5,dpmpp_2m:4",
                    help="comma-separated sampler:steps ('default' = the policy's own)")

@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail
+from sciddiff.cli import DefaultsHelpFormatter, UserError, check_output_path, idle_threads, load_or_fail
 
 MAX_LENGTH = 1000
 
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "backbone", help="protein backbone generation (flow matching on residue frames, SE(3)-equivariant denoiser)",
         description="Generate and evaluate protein backbones (N, CA, C, O) with an SE(3) flow-matching model.")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelpFormatter
 
     s = sub.add_parser("sample", help="generate backbones and write them as PDB files",
                        description="Generate backbones; writes OUT/len<L>_seed<S>_<i>.pdb (poly-Gly N, "

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below, options_not_positive
+from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, load_or_fail, options_below,
+                          options_not_positive)
 from sciddiff.core.ema import EMA
 from sciddiff.protein.config import DenoiserConfig, FlowConfig, add_training_arguments
 from sciddiff.protein.data import ChainSet
@@ -48,7 +49,7 @@ from sciddiff.train.interrupt import decide, stop_requests
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sciddiff.protein.train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_training_arguments(p)
     return p
 
