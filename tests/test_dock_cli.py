@@ -467,6 +467,10 @@ def test_dock_score_reproduces_the_docked_scores_and_minimize_only_lowers_the_en
         tags = next(Chem.SDMolSupplier(str(out / f"rank{i}.sdf"))).GetPropsAsDict()
         assert row["score"] == pytest.approx(tags["score"], abs=2e-3)
         assert row["energy"] == pytest.approx(tags["energy"], abs=2e-3)
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", str(poses), "--minimize", "--minimize-steps", "5",
+                 "--out", str(tmp_path / "relaxed.sdf")]) == 0
+    relaxed_tags = [m.GetPropsAsDict() for m in Chem.SDMolSupplier(str(tmp_path / "relaxed.sdf"))]
+    assert all("moved" in t and "rank" not in t and "confidence" not in t for t in relaxed_tags)  # stale ones dropped
 
     # the crystal pose shifted by 0.7 A: relaxing lowers the energy, moves it back towards the crystal, keeps its bonds
     crystal = Chem.MolFromMolFile(LIGAND)

@@ -451,6 +451,8 @@ def run_score(args) -> int:
         for warning in problems[i]:
             print(f"warning: {args.ligand} (pose {i + 1}): {warning}", file=sys.stderr)
         r = score_pose(receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
+        for key in ("rank", "confidence", "consensus", "pocket") if args.minimize else ():
+            mol.ClearProp(key)  # a docking run's tags describe the pose before relaxation
         tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,
                 "n_torsions": r.n_torsions, **({"moved": r.moved} if args.minimize else {})}
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
