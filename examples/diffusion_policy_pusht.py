@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-steps", type=int, default=None, metavar="K",
                         help="denoising steps (default: the policy's own, 20 for the shipped ones); with the shipped "
                              "state policy 40 finishes more pushes at twice the chunk time (docs/policy.md)")
-    parser.add_argument("--gif", type=Path, default=Path("out/policy/pusht_rollout.gif"),
-                        help="GIF of the first episode (default out/policy/pusht_rollout.gif)")
-    parser.add_argument("--plot", type=Path, default=Path("out/policy/pusht_episodes.png"),
-                        help="max-coverage histogram and fraction finished by step (default out/policy/pusht_episodes.png)")
+    parser.add_argument("--gif", type=Path, default=None,
+                        help="GIF of the first episode (default out/policy/pusht_<obs-type>_rollout.gif)")
+    parser.add_argument("--plot", type=Path, default=None, help="max-coverage histogram and fraction finished by "
+                        "step (default out/policy/pusht_<obs-type>_episodes.png)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for the episodes (default: 2 on two idle cores, else 1)")
     parser.add_argument("--train", action="store_true",
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-seconds", type=float, default=1800, help="training budget with --train")
     parser.add_argument("--train-out", type=Path, default=Path("runs/policy/example"), help="run directory of --train")
     args = parser.parse_args(argv)
+    args.gif = args.gif or Path(f"out/policy/pusht_{args.obs_type}_rollout.gif")  # a state and an image run side
+    args.plot = args.plot or Path(f"out/policy/pusht_{args.obs_type}_episodes.png")  # by side keep both
     try:
         if bad := options_below(args, 1, "episodes", "inference_steps", "threads"):
             raise UserError(f"{bad[0]} must be at least 1")
