@@ -233,8 +233,10 @@ def run_train(args) -> None:
         raise UserError(f"--out {args.out}: name the model file (.pt); its metadata is written beside it as .json")
     check_output_path(args.out)
     torch.set_num_threads(1)
+
     def load(paths: list[str]) -> list[dict]:
-        files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file") for path in paths]
+        files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file")
+                 for path in paths]
         return list({it["complex"]: it for items in files for it in items}.values())  # shards may overlap
 
     by_id = {it["complex"]: it for it in load(args.decoys)}
@@ -266,7 +268,8 @@ def run_train(args) -> None:
     meta = {"version": time.strftime("%Y-%m-%d"), "hidden": hidden, "weight_decay": wd, "epochs": args.epochs,
             "complexes": len(items), "extra_complexes": len(extra),
             "poses": int(sum(len(it["rmsd"]) for it in items + extra)), "command": _command(),
-            "decoy_commands": [torch.load(p, weights_only=True).get("command") for p in args.decoys + args.extra_decoys],
+            "decoy_commands": [torch.load(p, weights_only=True).get("command")
+                               for p in args.decoys + args.extra_decoys],
             "folds": args.folds, "cross_validation": report, "chosen": best, "chosen_cross_validation": chosen_cv,
             "confidence_weight": conf_weight.tolist(),
             "all_complexes": ranking_metrics(model, items)}
@@ -283,35 +286,36 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sciddiff.dock.rescore_train", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("decoys", help="dock training complexes and save labelled pose features")
-    d.add_argument("--split", required=True)
+    d.add_argument("--split", required=True, help="file listing <folder>/<complex_id> per line")
     d.add_argument("--data", default=None, help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
-    d.add_argument("--shard", type=int, default=0)
-    d.add_argument("--shards", type=int, default=1)
-    d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--shard", type=int, default=0,
+                   help="this process's share of the complexes, 0..SHARDS-1 (default 0)")
+    d.add_argument("--shards", type=int, default=1, help="number of shards run side by side (default 1)")
+    d.add_argument("--limit", type=int, default=None, help="at most this many complexes (after --skip)")
     d.add_argument("--skip", type=int, default=0, help="leave out the first SKIP complexes of the (seeded) order: "
                    "decoys for more complexes without redoing earlier ones")
     d.add_argument("--every", type=int, default=0,
                    help="take every k-th complex from --offset, in split order, instead of a seeded random order")
-    d.add_argument("--offset", type=int, default=0)
+    d.add_argument("--offset", type=int, default=0, help="with --every: the first complex taken (default 0)")
     d.add_argument("--score-model", default=None,
                    help="score-network checkpoint for diffusion starts (default: physics only, as for training)")
     d.add_argument("--samples", type=int, default=8, help="diffusion starts with --score-model (default 8)")
-    d.add_argument("--random-starts", type=int, default=88)
-    d.add_argument("--mc-chains", type=int, default=96)
-    d.add_argument("--mc-rounds", type=int, default=20)
-    d.add_argument("--out", required=True)
+    d.add_argument("--random-starts", type=int, default=88, help="search starts at random poses (default 88)")
+    d.add_argument("--mc-chains", type=int, default=96, help="Monte Carlo chains (default 96)")
+    d.add_argument("--mc-rounds", type=int, default=20, help="Monte Carlo rounds per chain (default 20)")
+    d.add_argument("--out", required=True, help="decoy file (.pt), rewritten after every complex")
     d.set_defaults(func=run_decoys)
     t = sub.add_parser("train", help="train the rescorer on decoy files")
-    t.add_argument("--decoys", nargs="+", required=True)
+    t.add_argument("--decoys", nargs="+", required=True, help="decoy files (`decoys`): cross-validated and trained on")
     t.add_argument("--extra-decoys", nargs="+", default=[],
                    help="decoy files for training only: in every cross-validation fold and the final fit, never "
                         "scored (synthetic complexes from `python -m sciddiff.dock.synthetic`)")
     t.add_argument("--hidden", type=int, nargs="+", default=[0, 32], help="hidden widths tried (0 = linear)")
     t.add_argument("--weight-decay", type=float, nargs="+", default=[1e-2, 1e-1, 1.0],
                    help="L2 penalties tried on the non-prior weights")
-    t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--folds", type=int, default=4)
-    t.add_argument("--out", required=True)
+    t.add_argument("--epochs", type=int, default=40, help="passes over the complexes per fit (default 40)")
+    t.add_argument("--folds", type=int, default=4, help="cross-validation folds, by complex (default 4)")
+    t.add_argument("--out", required=True, help="the rescorer (.pt); its metadata is written beside it as .json")
     t.set_defaults(func=run_train)
     from sciddiff.cli import run_command
 

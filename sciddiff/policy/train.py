@@ -58,8 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="more demonstrations (.zarr / .npz, e.g. from `sciddiff policy demos`), all used for training; "
                         "the validation episodes come from --data only")
     g.add_argument("--obs-type", choices=("state", "image"), default="state",
-                   help="state: agent xy + 8 block vertices; image: 96x96 frames + agent xy")
-    g.add_argument("--val-episodes", type=int, default=4, help="episodes held out for the validation loss")
+                   help="state: agent xy + 8 block vertices; image: 96x96 frames + agent xy (default state)")
+    g.add_argument("--val-episodes", type=int, default=4, help="episodes held out for the validation loss (default 4)")
     g.add_argument("--max-train-episodes", type=int, default=None,
                    help="train on at most this many episodes (the paper uses 90); default: all not held out")
     g = p.add_argument_group("run")
@@ -73,35 +73,40 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "--inference-steps steps to match this DDIM policy's with twice as many (its sampler, eta); "
                         "starts from the teacher unless --init is given")
     g.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (length of the LR schedule); 0 with --init re-saves that policy")
+                   help="optimizer steps (length of the LR schedule); 0 with --init re-saves that policy. Give "
+                        "--steps, --max-seconds or both")
     g.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of this run")
     g.add_argument("--schedule-seconds", type=float, default=None,
                    help="without --steps: decay the LR over this much training time (default: --max-seconds)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the validation split, initialization and batches")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the validation split, initialization and batches (default 0)")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks (falls back to eager on error)")
     g.add_argument("--compile-mode", default="default",
                    help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune-no-cudagraphs")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
-    g.add_argument("--log-every", type=int, default=200, help="steps between log rows")
-    g.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    g.add_argument("--log-every", type=int, default=200, help="steps between log rows (default 200)")
+    g.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints (default 120)")
     g.add_argument("--eval-every", type=int, default=0,
                    help="steps between closed-loop PushT rollouts of the EMA policy (0: never; needs gym-pusht)")
-    g.add_argument("--eval-episodes", type=int, default=10, help="rollouts per evaluation (seeds 100000, ...)")
+    g.add_argument("--eval-episodes", type=int, default=10,
+                   help="rollouts per evaluation (seeds 100000, ...; default 10)")
     g = p.add_argument_group("optimization")
     g.add_argument("--batch-size", type=int, default=256, help="windows per optimizer step (default 256)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4 * sqrt(batch / 256))")
     g.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay (default 1e-6)")
-    g.add_argument("--warmup-steps", type=int, default=500)
+    g.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps (default 500)")
     g.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="image encoder's learning rate / the U-Net's: 0 freezes a pretrained encoder (e.g. the vertex "
                         "regressor of `image_transfer`) while the U-Net fine-tunes on its outputs")
     g.add_argument("--ema-power", type=float, default=0.75,
                    help="EMA warm-up power: decay 1 - (1 + step)^-power, as Diffusion Policy (default 0.75)")
     g = p.add_argument_group("model")
-    g.add_argument("--down-dims", default="64,128,256", help="U-Net widths per level, comma separated")
-    g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
+    g.add_argument("--down-dims", default="64,128,256",
+                   help="U-Net widths per level, comma separated (default 64,128,256)")
+    g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon",
+                   help="what the U-Net predicts: the noise, the clean actions or v (default epsilon)")
     g.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="default inference sampler stored in the policy (default: --init's, else ddim)")
     g.add_argument("--inference-steps", type=int, default=None,
