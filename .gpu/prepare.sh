@@ -32,6 +32,18 @@ done
 [ -f .gpu/protein/chains.pt ] || sciddiff backbone prepare --data "$DATA" --out .gpu/protein/chains.pt
 [ -f .gpu/dock/train.pt ] || python -m sciddiff.dock.data --data "$DATA/docking" \
     --split "$DATA/docking/splits/train.txt" --out .gpu/dock/train.pt --conformers 2
+# Optional, unmeasured: SYNTHETIC=N adds N synthetic complexes (sciddiff.dock.synthetic, DiffDock-L's extra pockets) to
+# the training split in .gpu/dock/train_synthetic.pt; train on it with DOCK_DATA=.gpu/dock/train_synthetic.pt, and
+# carry that file instead of the folder (carry=[".gpu/policy", ".gpu/protein", ".gpu/dock/train_synthetic.pt"]:
+# both dock files together pass the 64 MiB limit).
+if [ -n "${SYNTHETIC:-}" ] && [ ! -f .gpu/dock/train_synthetic.pt ]; then
+    rm -rf runs/synthetic/gpu
+    python -m sciddiff.dock.synthetic --proteins "$DATA/proteins" --out runs/synthetic/gpu --complexes "$SYNTHETIC" --seed 1
+    { cat "$DATA/docking/splits/train.txt"; sed "s|^|$PWD/runs/synthetic/gpu/|" runs/synthetic/gpu/splits/synthetic.txt; } \
+        > runs/synthetic/gpu/train_synthetic.txt  # absolute ids: a split may mix data roots
+    python -m sciddiff.dock.data --data "$DATA/docking" --split runs/synthetic/gpu/train_synthetic.txt \
+        --out .gpu/dock/train_synthetic.pt --conformers 2
+fi
 
 du -ch .gpu/policy/*.npz .gpu/protein/chains.pt .gpu/dock/train.pt | tail -n 1
 echo "device call: carry=[\".gpu/policy\", \".gpu/protein\", \".gpu/dock\"], timeout ~590 s, command:"

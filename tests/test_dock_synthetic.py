@@ -66,3 +66,14 @@ def test_extra_decoys_train_every_fold_and_are_never_scored(tmp_path):
     assert meta["complexes"] == 6 and meta["extra_complexes"] == 3  # set/0 is a real complex: not taken twice
     assert meta["chosen_cross_validation"]["n"] == 6 and meta["poses"] == 9 * 6
     assert meta["decoy_commands"] == ["test 0", "test 1"]
+
+
+def test_a_split_may_name_complexes_of_another_root_by_absolute_path(tmp_path):
+    from sciddiff.dock.data import complex_files
+
+    elsewhere = tmp_path / "synthetic" / "X_7"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "X_7_protein.pdb.gz").write_bytes(b"")
+    protein, ligand = complex_files("/nonexistent/docking", str(elsewhere))
+    assert protein == str(elsewhere / "X_7_protein.pdb.gz") and ligand.startswith(str(elsewhere / "X_7_ligand"))
+    assert complex_files(tmp_path, "synthetic/X_7")[0] == protein
