@@ -4,12 +4,13 @@ DiffDock-L (Corso et al. 2024) multiplied its training data with side chains tre
 protein. Here the ligand is a contiguous segment of `--residues` residues (default 2): a peptide with its own
 backbone and side chains, whose bond orders come from RDKit's residue templates (`Chem.MolFromSequence`, free
 amine and carboxylate termini; the terminal OXT is placed where the next residue's N was). The receptor is the
-chain without the segment and without the residue on either side of it (the termini would otherwise sit 1.3 A from
-the atoms they were bonded to, and the OXT on the next residue's N). A segment qualifies when it lies at least `--margin` residues from the chain ends, has
-every heavy atom, only standard residues, no chain break within one residue of it, and at least `--contacts`
-receptor heavy atoms within 4 A of its atoms per ligand heavy atom, not counting the two flanking residues it was
-bonded to: a buried segment, in the environment of a pocket rather than of a surface loop (the crystal ligands of the
-docking training set have 1.35 such atoms per heavy atom at the median, 1.1 at the first quartile).
+first model without the segment and without the residue on either side of it (the termini would otherwise sit 1.3 A
+from the atoms they were bonded to, and the OXT on the next residue's N). A segment of the first chain qualifies when
+it lies at least `--margin` residues from the chain ends, has every heavy atom, only standard residues, no chain break
+within one residue of it, and at least `--contacts` receptor heavy atoms within 4 A of its atoms per ligand heavy
+atom, not counting the two flanking residues it was bonded to: a buried segment, in the environment of a pocket
+rather than of a surface loop (the crystal ligands of the docking training set have 1.35 such atoms per heavy atom at
+the median, 1.1 at the first quartile). Contacts are counted within the first chain.
 
 Writes the docking data layout (`OUT/synthetic/<id>/<id>_protein.pdb.gz`, `<id>_ligand.sdf.gz`) and
 `OUT/splits/synthetic.txt`, so that every docking tool reads it with `--data OUT --split OUT/splits/synthetic.txt`:
@@ -81,7 +82,8 @@ def candidate_segments(residues: list, length: int, margin: int, contacts: float
         if any(r.get_resname() not in STANDARD for r in seg) or not np.all(gap[s - 1:s + length] <= 4.2):
             continue
         atoms = np.concatenate(coords[s:s + length])
-        hits = {j for js in tree.query_ball_point(atoms, CONTACT_RADIUS) for j in js if not s - 1 <= owner[j] <= s + length}
+        near = tree.query_ball_point(atoms, CONTACT_RADIUS)
+        hits = {j for js in near for j in js if not s - 1 <= owner[j] <= s + length}  # flanks and segment excluded
         if len(hits) >= contacts * len(atoms):
             found.append((s, len(hits) / len(atoms)))
     return found
@@ -93,14 +95,19 @@ def write_complex(out: Path, cid: str, residues: list, start: int, length: int, 
 
     cut = {id(r) for r in residues[start - 1:start + length + 1]}  # the segment and its two flanking residues
 
-    class Receptor(Select):
+    first_model = residues[0].get_parent().get_parent()
+
+    class Receptor(Select):  # every chain of the first model, without waters and HETATM groups
+        def accept_model(self, model):
+            return model is first_model
+
         def accept_residue(self, residue):
             return residue.id[0] == " " and id(residue) not in cut
 
     folder = out / "synthetic" / cid
     folder.mkdir(parents=True, exist_ok=True)
     pdb = PDBIO()
-    pdb.set_structure(residues[0].get_parent().get_parent().get_parent())
+    pdb.set_structure(first_model.get_parent())
     text = io.StringIO()
     pdb.save(text, Receptor())
     with gzip.open(folder / f"{cid}_protein.pdb.gz", "wt") as handle:
@@ -135,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             break
         try:
             residues = read_chain(path)
-        except (ValueError, KeyError, StopIteration):  # an unreadable file: the next one
+        except (ValueError, KeyError, StopIteration, OSError, EOFError):  # an unreadable file: the next one
             continue
         segments = candidate_segments(residues, args.residues, args.margin, args.contacts)
         for k in rng.permutation(len(segments)):  # one segment per protein: diverse receptors
