@@ -85,7 +85,8 @@ BENCHES = {"core": bench_core}
 
 def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("name", choices=sorted(BENCHES), metavar="NAME", help="the benchmark: " + ", ".join(sorted(BENCHES)))
-    p.add_argument("--repeats", type=int, default=7, help="timed repetitions, at least 3; the median is reported (default 7)")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="timed repetitions, at least 3; the median is reported (default 7)")
     return p
 
 

@@ -55,13 +55,20 @@ def _decoys(path: Path, names: list[str], seed: int) -> str:
     return str(path)
 
 
-def test_extra_decoys_train_every_fold_and_are_never_scored(tmp_path):
-    from sciddiff.dock.rescore_train import main
+def test_extra_decoys_train_every_fold_and_are_never_scored(tmp_path, monkeypatch):
+    from sciddiff.dock import rescore_train
 
+    fitted = []  # the complexes each fit trains on
+    fit = rescore_train.fit
+    monkeypatch.setattr(rescore_train, "fit", lambda items, *a, **k: fitted.append({i["complex"] for i in items})
+                        or fit(items, *a, **k))
     real = _decoys(tmp_path / "real.pt", [f"set/{i}" for i in range(6)], 0)
     extra = _decoys(tmp_path / "extra.pt", [f"synthetic/{i}" for i in range(3)] + ["set/0"], 1)
     argv = ["train", "--decoys", real, "--hidden", "0", "--weight-decay", "1", "--epochs", "2", "--folds", "2"]
-    assert main([*argv, "--extra-decoys", extra, "--out", str(tmp_path / "r.pt")]) == 0
+    assert rescore_train.main([*argv, "--extra-decoys", extra, "--out", str(tmp_path / "r.pt")]) == 0
+    synthetic = {f"synthetic/{i}" for i in range(3)}
+    assert len(fitted) == 3 and all(synthetic <= f for f in fitted)  # two folds and the final fit
+    assert [len(f - synthetic) for f in fitted] == [3, 3, 6]
     meta = json.loads((tmp_path / "r.json").read_text())
     assert meta["complexes"] == 6 and meta["extra_complexes"] == 3  # set/0 is a real complex: not taken twice
     assert meta["chosen_cross_validation"]["n"] == 6 and meta["poses"] == 9 * 6
