@@ -290,8 +290,9 @@ def test_an_interrupt_saves_the_training_state_and_exits_as_interrupted(tmp_path
         return sample(self, batch_size)
 
     monkeypatch.setattr(train_module.Batches, "sample", sample_then_signal)
-    # without the trainer's own handler SIGTERM would end pytest: here it interrupts as Ctrl-C does
-    term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # without the trainer's own handler SIGTERM would end pytest: here it interrupts as Ctrl-C does; SIGINT set too,
+    # as a background job may start with it ignored (which the trainer respects)
+    before = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         argv = ["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "30", "--batch-size", "4",
                 "--val-episodes", "0", "--log-every", "100", "--checkpoint-every", "1000", *SMALL]
@@ -299,7 +300,8 @@ def test_an_interrupt_saves_the_training_state_and_exits_as_interrupted(tmp_path
         assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler  # the trainer's handlers are gone
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
-        signal.signal(signal.SIGTERM, term)
+        for s, handler in before.items():
+            signal.signal(s, handler)
     err = capsys.readouterr().err
     assert f"{signal.Signals(sig).name} at step 4: saved" in err and err.strip().endswith("interrupted")
     assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 4

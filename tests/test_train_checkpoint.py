@@ -101,3 +101,23 @@ def test_restore_requires_the_states_asked_for(tmp_path):
     state = training_state(model=model, step=3)
     with pytest.raises(KeyError):
         restore_training_state(state, model=model, optimizer=opt)
+
+
+def test_stop_requests_note_signals_and_leave_ignored_ones_ignored():
+    import signal
+
+    from sciddiff.train.interrupt import stop_requests
+
+    before = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.SIG_IGN),
+                                                   (signal.SIGTERM, signal.default_int_handler))}
+    try:
+        with stop_requests() as requests:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job's Ctrl-C stays ignored
+            os.kill(os.getpid(), signal.SIGTERM)  # noted, not raised
+            os.kill(os.getpid(), signal.SIGINT)
+        assert requests == ["SIGTERM"]
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

@@ -21,7 +21,8 @@ from sciddiff.train import distributed
 @contextlib.contextmanager
 def stop_requests() -> Iterator[list[str]]:
     """The names of the stop signals received so far (handlers are set only in the main thread, where Python allows
-    them; elsewhere the interrupts stay as they are)."""
+    them; elsewhere the interrupts stay as they are). A signal the process ignores stays ignored: a shell starts
+    background jobs with SIGINT ignored, so that the terminal's Ctrl-C does not reach them."""
     requests: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield requests
@@ -33,6 +34,7 @@ def stop_requests() -> Iterator[list[str]]:
         requests.append(signal.Signals(signum).name)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: handler for sig, handler in previous.items() if handler is not signal.SIG_IGN}
     for sig in previous:
         signal.signal(sig, note)
     try:
