@@ -44,6 +44,8 @@ def test_a_synthetic_complex_is_the_protein_split_in_two(tmp_path, capsys):
     assert mol.GetNumAtoms() >= 8 and any(a.GetIsAromatic() or a.GetSymbol() != "C" for a in mol.GetAtoms())
     assert main(["--proteins", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     assert "no .pdb or .pdb.gz files" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["--proteins", str(proteins), "--out", str(tmp_path / "out")]) == 2  # would mix two runs
+    assert "already holds synthetic complexes" in capsys.readouterr().err
 
 
 def _decoys(path: Path, names: list[str], seed: int) -> str:

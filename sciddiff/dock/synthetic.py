@@ -134,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise UserError(f"no .pdb or .pdb.gz files under {root}")
     out = check_output_path(args.out, folder=True)
+    if (out / "synthetic").exists():  # a second run would mix its complexes with a split that lists only its own
+        raise UserError(f"{out} already holds synthetic complexes: choose another --out")
     rng = np.random.default_rng(args.seed)
     ids = []
     bar = progress([files[i] for i in rng.permutation(len(files))], desc="synthetic complexes", unit="protein")
