@@ -234,13 +234,13 @@ def run_train(args) -> None:
     check_output_path(args.out)
     torch.set_num_threads(1)
 
-    def load(paths: list[str]) -> list[dict]:
+    def load(paths: list[str]) -> dict[str, dict]:  # by complex: shards may overlap
         files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file")
                  for path in paths]
-        return list({it["complex"]: it for items in files for it in items}.values())  # shards may overlap
+        return {it["complex"]: it for items in files for it in items}
 
-    by_id = {it["complex"]: it for it in load(args.decoys)}
-    extra = [it for it in load(args.extra_decoys) if it["complex"] not in by_id]
+    by_id = load(args.decoys)
+    extra = [it for cid, it in load(args.extra_decoys).items() if cid not in by_id]
     if len(by_id) < args.folds:
         raise UserError(f"{len(by_id)} complexes in the decoy files: fewer than --folds {args.folds}")
     items = list(by_id.values())

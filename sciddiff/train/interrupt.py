@@ -33,8 +33,8 @@ def stop_requests() -> Iterator[list[str]]:
             raise KeyboardInterrupt
         requests.append(signal.Signals(signum).name)
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    previous = {sig: handler for sig, handler in previous.items() if handler is not signal.SIG_IGN}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     for sig in previous:
         signal.signal(sig, note)
     try:
