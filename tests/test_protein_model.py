@@ -168,6 +168,11 @@ def test_sampling_depends_on_each_chains_seed_only(langevin_eta):
     alone = frameflow.sample(net, [12], cfg, steps=4, seeds=[(7, 1)])
     # neighbours are found per chain, so batch-mates can only change float rounding
     assert np.allclose(together[1], alone[0], atol=1e-4)
+    threads_before = torch.get_num_threads()
+    in_threads = frameflow.sample(net, [12, 12, 12], cfg, steps=4, seeds=[(7, 0), (7, 1), (7, 2)], workers=2)
+    assert torch.get_num_threads() == threads_before
+    # groups (0, 1) and (2), same order; rounding differences grow a little over the idealization's iterations
+    assert all(np.allclose(a, b, atol=2e-3) for a, b in zip(in_threads, together))
     assert not np.allclose(together[0], together[1], atol=1e-2)
     assert together[0].shape == (12, 4, 3) and np.isfinite(together[0]).all()
     ca_ca = np.linalg.norm(np.diff(together[0][:, 1], axis=0), axis=-1)

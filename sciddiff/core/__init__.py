@@ -2,13 +2,15 @@
 
 Modules (one concept each): ``schedules`` (betas, VE sigma grids), ``parameterization`` (eps / x0 / v / score), ``ddpm`` (the
 discrete chain), ``sde`` (VP, sub-VP, VE, DDPM-chain SDEs), ``so3`` (geometry and IGSO(3)), ``torus`` (wrapped normal), ``spaces``
-(one interface over all of them), ``losses``, ``samplers``, ``flow`` (flow matching), ``ema``. Conventions are stated in each
-module's docstring and collected in docs/core.md. This package imports torch only.
+(one interface over all of them), ``losses``, ``samplers``, ``flow`` (flow matching), ``ema``, ``lbfgs`` (batched
+minimization). Conventions are stated in each module's docstring and collected in docs/core.md. This package imports torch
+only.
 """
-from . import ddpm, ema, flow, losses, parameterization, samplers, schedules, sde, so3, spaces, torus
+from . import ddpm, ema, flow, lbfgs, losses, parameterization, samplers, schedules, sde, so3, spaces, torus
 from .ddpm import DiscreteSchedule
 from .ema import EMA
 from .flow import flow_matching_loss, interpolate, sample_flow
+from .lbfgs import minimize_lbfgs_batched
 from .losses import ddim_distillation_loss, ddpm_loss, dsm_loss, sde_dsm_loss
 from .samplers import (classifier_free_guidance, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_pf_ode, sample_reverse_sde,
                        sample_sde)
@@ -19,7 +21,8 @@ from .spaces import SO3, Euclidean, Product, Space, Torus
 from .torus import sample_wrapped_normal, wrapped_normal_score, wrapped_normal_score_norm
 
 __all__ = [
-    "ddpm", "ema", "EMA", "flow", "losses", "parameterization", "samplers", "schedules", "sde", "so3", "spaces", "torus",
+    "ddpm", "ema", "EMA", "flow", "lbfgs", "minimize_lbfgs_batched", "losses", "parameterization", "samplers", "schedules",
+    "sde", "so3", "spaces", "torus",
     "DiscreteSchedule", "flow_matching_loss", "interpolate", "sample_flow", "ddpm_loss", "ddim_distillation_loss", "dsm_loss", "sde_dsm_loss",
     "classifier_free_guidance", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_pf_ode", "sample_reverse_sde",
     "sample_sde", "betas", "geometric_sigma", "karras_sigmas", "DDPMChain", "SubVPSDE", "VESDE", "VPSDE", "igso3_score",

@@ -69,9 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     s.add_argument("--batch-size", type=int, default=16, help="backbones generated together (default: 16)")
     s.add_argument("--threads", type=int, default=None,
-                   help="CPU threads, and processes for the final idealization (default: 2 when no other process is "
-                        "running on the two cores, else 1; on a busy 2-core machine two threads measured 30x slower "
-                        "than one)")
+                   help="CPU threads: each batch's chains are sampled in this many groups concurrently, one thread each "
+                        "(default: 2 when no other process is running on the two cores, else 1; on a busy 2-core "
+                        "machine two threads measured 30x slower than one)")
     s.add_argument("--checkpoint", default=None, help="model.pt from `sciddiff backbone train` (default: shipped model)")
     s.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
     s.add_argument("--no-hbonds", action="store_true",
