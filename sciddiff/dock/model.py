@@ -68,7 +68,8 @@ class GaussianSmearing(nn.Module):
         self.coeff = -0.5 / (stop / (n - 1)) ** 2
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.coeff * (d[:, None] - self.offset) ** 2)
+        # floored at exp(-80) ~ 2e-35: float32 exp below -87 takes a scalar path ~50x slower on x86
+        return torch.exp((self.coeff * (d[:, None] - self.offset) ** 2).clamp(min=-80.0))
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
