@@ -13,7 +13,7 @@ S=${1:-420}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/logs"
 nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv,noheader || true
-python3 -c "import torch, e3nn, torch_geometric; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+python3 -c "import torch, e3nn; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 ( OUT="$OUT" POLICY_SECONDS=$S bash .gpu/policy/run_gpu.sh > "$OUT/logs/policy.txt" 2>&1 ) &
 p1=$!
 ( PROTEIN_EXTRA=${PROTEIN_EXTRA---init data/protein/backbone_flow.pt --lr 3e-4 --warmup 100} \

@@ -4,7 +4,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from sciddiff.nn import graph
-from sciddiff.nn.graph import knn, knn_graph, radius, radius_graph, segment_mean
+from sciddiff.nn.graph import knn, knn_graph, radius, radius_graph, segment_mean, segment_softmax
 
 
 def _cloud(n, seed, dtype=torch.float64, box=10.0):
@@ -188,3 +188,16 @@ def test_segment_mean_matches_per_group_means_and_is_differentiable():
         rows = src[index == g]
         assert torch.allclose(out[g], rows.mean(0) if len(rows) else torch.zeros(3, dtype=torch.float64))
     assert torch.autograd.gradcheck(lambda s: segment_mean(s, index, 6), (src,))
+
+
+def test_segment_softmax_and_mean_match_torch_geometric():
+    from torch_geometric.utils import scatter
+    from torch_geometric.utils import softmax as pyg_softmax
+
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 7, (50,), generator=g)  # node 6 may get no rows: zeros like PyG's
+    src = 30 * torch.randn(50, 4, generator=g)  # spreads of > 80 within a node: floored weights
+    assert torch.allclose(segment_softmax(src, index, 8), pyg_softmax(src, index, num_nodes=8), atol=1e-30, rtol=1e-6)
+    assert torch.allclose(segment_softmax(src, index, 8).new_zeros(8, 4).index_add_(0, index, segment_softmax(src, index, 8)),
+                          torch.bincount(index, minlength=8).clamp_max(1).float()[:, None].expand(8, 4), atol=1e-6)
+    assert torch.equal(segment_mean(src, index, 8), scatter(src, index, dim=0, dim_size=8, reduce="mean"))

@@ -39,6 +39,18 @@ def segment_mean(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Ten
     return total / count.reshape(-1, *[1] * (src.dim() - 1))
 
 
+def segment_softmax(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Softmax of src (E, ...) over the rows that share an index (E,) in [0, size) (attention over a node's incoming
+    edges; PyG's `utils.softmax` arithmetic, in plain torch like `segment_mean`). Shifted exponents below -80 are
+    floored there (weights < 2e-35): float32 exp below -87 takes a scalar path ~50x slower on x86."""
+    shape = (size, *src.shape[1:])
+    gather = index.reshape(-1, *[1] * (src.dim() - 1)).expand_as(src)
+    peak = src.new_zeros(shape).scatter_reduce_(0, gather, src, reduce="amax", include_self=False)
+    out = (src - peak[index]).clamp_min(-80.0).exp()
+    total = src.new_zeros(shape).index_add_(0, index, out) + 1e-16
+    return out / total[index]
+
+
 def radius_graph(
     pos: torch.Tensor,
     r: float,

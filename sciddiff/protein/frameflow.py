@@ -32,12 +32,11 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.utils import scatter
 
 from sciddiff.core import so3
 from sciddiff.core.flow import flow_matching_loss, sample_flow
 from sciddiff.core.spaces import SO3, Euclidean, Product
-from sciddiff.nn.graph import radius_graph
+from sciddiff.nn.graph import radius_graph, segment_mean
 from sciddiff.protein.config import FlowConfig
 from sciddiff.protein.geometry import backbone_from_frames, frame_atoms
 from sciddiff.protein.metrics import RG_EXPONENT, RG_PREFACTOR
@@ -51,7 +50,7 @@ SPACE = Product(trans=Euclidean(3), rot=SO3())
 
 def center(x: Tensor, batch: Tensor) -> Tensor:
     """Subtract each chain's mean: x (N, 3), batch (N,)."""
-    return x - scatter(x, batch, dim=0, reduce="mean")[batch]
+    return x - segment_mean(x, batch, int(batch.max()) + 1)[batch]
 
 
 def guide_to_natural_rg(trans: Tensor, batch: Tensor, strength: float, scale: float, floor: float = 0.0,
@@ -60,9 +59,10 @@ def guide_to_natural_rg(trans: Tensor, batch: Tensor, strength: float, scale: fl
     (Angstrom; translations in model units of `scale` Angstrom): by (fit / Rg)^strength where its CA radius of
     gyration Rg exceeds the fit, and, for chains of at least `floor_min_length` residues, by (floor fit / Rg)^strength
     where Rg is below `floor` times the fit; other chains unchanged."""
-    centre = scatter(trans, batch, dim=0, reduce="mean")
+    chains = int(batch.max()) + 1
+    centre = segment_mean(trans, batch, chains)
     rel = trans - centre[batch]
-    rg = scatter(rel.pow(2).sum(-1), batch, dim=0, reduce="mean").sqrt().clamp_min(1e-6)
+    rg = segment_mean(rel.pow(2).sum(-1), batch, chains).sqrt().clamp_min(1e-6)
     length = torch.bincount(batch)
     fit = RG_PREFACTOR * length.to(trans.dtype) ** RG_EXPONENT / scale
     low = torch.where(length >= floor_min_length, floor * fit, torch.zeros_like(fit))

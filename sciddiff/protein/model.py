@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import scatter
-from torch_geometric.utils import softmax as edge_softmax
 
 from sciddiff.core import so3
 from sciddiff.nn.embeddings import sinusoidal_embedding
-from sciddiff.nn.graph import knn_graph_dense
+from sciddiff.nn.graph import knn_graph_dense, segment_mean, segment_softmax
 from sciddiff.protein.config import DenoiserConfig
 from sciddiff.protein.ss import SS_UNKNOWN
 
@@ -108,7 +106,7 @@ class Block(nn.Module):
         logits, v = self.message(nn.functional.silu(pre + self.geometry.bias)).split([self.heads, pre.shape[1]], -1)
         # softmax and sums in float32 (under bf16 autocast the messages themselves are bf16)
         acc = torch.promote_types(logits.dtype, torch.float32)
-        attn = edge_softmax(logits.to(acc), dst, num_nodes=h.shape[0])  # (E, heads)
+        attn = segment_softmax(logits.to(acc), dst, h.shape[0])  # (E, heads)
         v = v.to(acc).unflatten(-1, (self.heads, -1)) * attn.unsqueeze(-1)
         agg = torch.zeros(h.shape[0], v.shape[1] * v.shape[2], device=h.device, dtype=v.dtype)
         agg.index_add_(0, dst, v.flatten(1))
@@ -179,7 +177,7 @@ class FrameDenoiser(nn.Module):
         for block in self.blocks:
             h, rot, trans = block(h, rot, trans, edges, static, cfg)
         # Clean chains are centred (translation is not modelled), so the prediction is centred per chain too.
-        return rot, trans - scatter(trans, batch, dim=0, reduce="mean")[batch]
+        return rot, trans - segment_mean(trans, batch, int(batch.max()) + 1)[batch]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
