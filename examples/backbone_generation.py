@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sciddiff.cli import UserError, check_output_path, load_or_fail, run_command
+from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail, run_command
 from sciddiff.protein.cli import MAX_LENGTH
 from sciddiff.protein.evaluate import baselines, evaluate, format_report
 from sciddiff.protein.frameflow import sample
@@ -46,7 +46,7 @@ def generate(args: argparse.Namespace) -> None:
 
     start = time.time()
     backbones = sample(net, [args.length] * args.num, flow_cfg, steps=args.steps,
-                       seeds=[(args.seed, i) for i in range(args.num)])
+                       seeds=[(args.seed, i) for i in range(args.num)], workers=idle_threads())
     print(f"sampled {args.num} x {args.length} residues in {time.time() - start:.1f} s")
     names = [f"backbone_{i:02d}.pdb" for i in range(args.num)]
     out.mkdir(parents=True, exist_ok=True)
