@@ -174,7 +174,7 @@ def sample(net: FrameDenoiser, lengths: list[int], cfg: FlowConfig, steps: int |
 
     Chain i's noise comes from its own CPU generator seeded by `seeds[i]` (an int or a tuple of ints, mixed by NumPy's
     SeedSequence; default i), so a backbone depends on its seed only, not on which chains share its batch or on the device
-    (up to float rounding, which the relax's iterations can grow to ~0.01 A).
+    (up to float rounding, which the relax's iterations can grow to ~0.01-0.02 A).
     `ss` (models built with `ss_condition`): per-chain secondary-structure labels (L_i,) to condition on (`sciddiff.protein.ss`).
     """
     seeds = list(range(len(lengths))) if seeds is None else seeds
