@@ -164,18 +164,21 @@ def test_sampling_depends_on_each_chains_seed_only(langevin_eta):
     for p in net.parameters():
         p.data *= 0.1  # keep the random map tame
     cfg = frameflow.FlowConfig(langevin_eta=langevin_eta, langevin_temperature=0.5)
-    together = frameflow.sample(net, [12, 12, 12], cfg, steps=4, seeds=[(7, 0), (7, 1), (7, 2)])
-    alone = frameflow.sample(net, [12], cfg, steps=4, seeds=[(7, 1)])
+    seeds = [(7, 0), (7, 1), (7, 2)]
+    # the network's frames (the relax's own batch independence is tested in test_protein_refine: on these random chains
+    # its iterations can grow rounding differences by orders of magnitude)
+    together = frameflow.sample(net, [12, 12, 12], cfg, steps=4, seeds=seeds, idealize=False)
+    alone = frameflow.sample(net, [12], cfg, steps=4, seeds=[(7, 1)], idealize=False)
     # neighbours are found per chain, so batch-mates can only change float rounding
     assert np.allclose(together[1], alone[0], atol=1e-4)
     threads_before = torch.get_num_threads()
-    in_threads = frameflow.sample(net, [12, 12, 12], cfg, steps=4, seeds=[(7, 0), (7, 1), (7, 2)], workers=2)
+    in_threads = frameflow.sample(net, [12, 12, 12], cfg, steps=4, seeds=seeds, idealize=False, workers=2)
     assert torch.get_num_threads() == threads_before
-    # groups (0, 1) and (2), same order; rounding differences grow a little over the idealization's iterations
-    assert all(np.allclose(a, b, atol=2e-3) for a, b in zip(in_threads, together))
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(in_threads, together))  # groups (0, 1) and (2), in order
     assert not np.allclose(together[0], together[1], atol=1e-2)
-    assert together[0].shape == (12, 4, 3) and np.isfinite(together[0]).all()
-    ca_ca = np.linalg.norm(np.diff(together[0][:, 1], axis=0), axis=-1)
+    relaxed = frameflow.sample(net, [12, 12, 12], cfg, steps=4, seeds=seeds, workers=2)
+    assert relaxed[0].shape == (12, 4, 3) and np.isfinite(relaxed[0]).all()
+    ca_ca = np.linalg.norm(np.diff(relaxed[0][:, 1], axis=0), axis=-1)
     assert math.isfinite(float(ca_ca.mean()))
 
 
