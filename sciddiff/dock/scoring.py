@@ -29,6 +29,7 @@ from rdkit import Chem
 from scipy.spatial import cKDTree
 
 from sciddiff.dock.io import AA_ALIASES, Box, Receptor
+from sciddiff.nn.embeddings import EXP_FLOOR, floored_exp
 
 W_ROT = 0.0585  # Vina's conformational-entropy factor: score / (1 + W_ROT * n_torsions)
 CUTOFF = 8.0
@@ -153,18 +154,15 @@ def receptor_types(rec: Receptor, function: str = "vina") -> AtomTypes:
     return AtomTypes(radius, hyd, don, acc)
 
 
-# Gaussian terms take exp(-min(x, EXP_FLOOR)): below exp(-80) ~ 2e-35 a term is nothing next to the others, and
-# float32 exp of arguments below -87 (denormal or underflowing results) takes a scalar path ~50x slower on x86.
-EXP_FLOOR = 80.0
 PAIR_TERMS = ("gauss1", "gauss2", "repulsion", "hydrophobic", "hbond")  # = the weight names of `Function`
 _SHORT_TERMS = ("gauss1", "repulsion", "hydrophobic", "hbond")
 
 
 def _term(name: str, d: torch.Tensor, hyd: torch.Tensor, hb: torch.Tensor, fn: Function) -> torch.Tensor:
     if name == "gauss1":
-        return torch.exp(-((d / fn.gauss1_width) ** 2).clamp(max=EXP_FLOOR))
+        return floored_exp(-((d / fn.gauss1_width) ** 2))
     if name == "gauss2":
-        return torch.exp(-(((d - 3.0) / 2.0) ** 2).clamp(max=EXP_FLOOR))
+        return floored_exp(-(((d - 3.0) / 2.0) ** 2))
     if name == "repulsion":
         return torch.clamp(d, max=0.0) ** 2
     if name == "hydrophobic":

@@ -59,11 +59,10 @@ def guide_to_natural_rg(trans: Tensor, batch: Tensor, strength: float, scale: fl
     (Angstrom; translations in model units of `scale` Angstrom): by (fit / Rg)^strength where its CA radius of
     gyration Rg exceeds the fit, and, for chains of at least `floor_min_length` residues, by (floor fit / Rg)^strength
     where Rg is below `floor` times the fit; other chains unchanged."""
-    chains = int(batch.max()) + 1
-    centre = segment_mean(trans, batch, chains)
-    rel = trans - centre[batch]
-    rg = segment_mean(rel.pow(2).sum(-1), batch, chains).sqrt().clamp_min(1e-6)
     length = torch.bincount(batch)
+    centre = segment_mean(trans, batch, len(length))
+    rel = trans - centre[batch]
+    rg = segment_mean(rel.pow(2).sum(-1), batch, len(length)).sqrt().clamp_min(1e-6)
     fit = RG_PREFACTOR * length.to(trans.dtype) ** RG_EXPONENT / scale
     low = torch.where(length >= floor_min_length, floor * fit, torch.zeros_like(fit))
     return centre[batch] + rel * ((rg.clamp(low, fit) / rg) ** strength)[batch, None]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from sciddiff.core import so3
-from sciddiff.nn.embeddings import sinusoidal_embedding
+from sciddiff.nn.embeddings import floored_exp, sinusoidal_embedding
 from sciddiff.nn.graph import knn_graph_dense, segment_mean, segment_softmax
 from sciddiff.protein.config import DenoiserConfig
 from sciddiff.protein.ss import SS_UNKNOWN
@@ -33,9 +33,7 @@ def rbf(d: Tensor, n: int, d_max: float) -> Tensor:
     """Gaussian radial basis of distances d (...,) -> (..., n), centres spread on [0, d_max]."""
     centres = torch.linspace(0.0, d_max, n, device=d.device, dtype=d.dtype)
     width = d_max / n
-    # exp(-80) ~ 2e-35 is already nothing next to the other features; float32 exp below -87 (denormal and underflowing
-    # results) takes a scalar path ~50x slower on x86, and most of an edge's 16 terms are that far out
-    return torch.exp(-(((d[..., None] - centres) / width) ** 2).clamp(max=80.0))
+    return floored_exp(-(((d[..., None] - centres) / width) ** 2))
 
 
 def build_graph(trans: Tensor, batch: Tensor, cfg: DenoiserConfig,
@@ -152,7 +150,8 @@ class FrameDenoiser(nn.Module):
         cfg = self.cfg
         dtype = self.embed_offset.weight.dtype
         # Chain length per residue, so each residue knows its distance to both termini.
-        length = torch.bincount(batch)[batch]
+        chain_lengths = torch.bincount(batch)
+        length = chain_lengths[batch]
         h = self.embed_node(torch.cat([
             sinusoidal_embedding(t * 100.0, 32, max_period=1000.0),
             sinusoidal_embedding(residue_index.float(), 32, max_period=1000.0),
@@ -177,7 +176,7 @@ class FrameDenoiser(nn.Module):
         for block in self.blocks:
             h, rot, trans = block(h, rot, trans, edges, static, cfg)
         # Clean chains are centred (translation is not modelled), so the prediction is centred per chain too.
-        return rot, trans - segment_mean(trans, batch, int(batch.max()) + 1)[batch]
+        return rot, trans - segment_mean(trans, batch, len(chain_lengths))[batch]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
