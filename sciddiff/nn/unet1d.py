@@ -39,14 +39,18 @@ class ConditionalResidualBlock1D(nn.Module):
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.modulated(x, self.film(cond))
+        return self.modulated(x, *film_scale_bias(self.film(cond), [self.film[1].out_features]))
 
-    def modulated(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """The block given its FiLM output `(B, 2 * c_out)` (scales, then biases)."""
-        scale, bias = film.unsqueeze(-1).chunk(2, dim=1)
-        h = self.block1(x)
-        h = self.block2(scale * h + bias)
+    def modulated(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The block given its FiLM scale and bias, each `(B, c_out, 1)`."""
+        h = self.block2(torch.addcmul(bias, scale, self.block1(x)))
         return h + self.skip(x)
+
+
+def film_scale_bias(film: torch.Tensor, widths: Sequence[int]) -> list[torch.Tensor]:
+    """FiLM outputs of blocks side by side, `(B, sum(widths))`, each block's `2 c` columns its scales then its biases
+    -> [scale_1, bias_1, scale_2, ...], each `(B, c_i, 1)` (views: one split, not one per block)."""
+    return list(film.unsqueeze(-1).split([w // 2 for w in widths for _ in range(2)], dim=1))
 
 
 class ConditionalUnet1D(nn.Module):
@@ -103,7 +107,9 @@ class ConditionalUnet1D(nn.Module):
         cond = self.step_mlp(sinusoidal_embedding(t.float(), self.step_embed_dim).to(sample.dtype))
         if global_cond is not None:
             cond = torch.cat([cond, global_cond.to(cond.dtype)], dim=-1)
-        return self.modulated(sample, [res.film(cond) for res in self.residual_blocks()])
+        blocks = self.residual_blocks()
+        film = torch.cat([res.film(cond) for res in blocks], dim=1)
+        return self.modulated(sample, film_scale_bias(film, [res.film[1].out_features for res in blocks]))
 
     def residual_blocks(self) -> list[ConditionalResidualBlock1D]:
         """The FiLM-conditioned blocks in the order `modulated` applies them."""
@@ -111,17 +117,18 @@ class ConditionalUnet1D(nn.Module):
             res for level in self.up for res in level[:2]]
 
     def modulated(self, sample: torch.Tensor, films: list[torch.Tensor]) -> torch.Tensor:
-        """The network given every residual block's FiLM output, in `residual_blocks` order."""
-        x, films, skips = sample.transpose(1, 2), iter(films), []
+        """The network given every residual block's FiLM scale and bias (`film_scale_bias`), in `residual_blocks`
+        order."""
+        x, films, skips = sample.transpose(1, 2), iter(zip(films[::2], films[1::2])), []
         for res1, res2, downsample in self.down:
-            x = res2.modulated(res1.modulated(x, next(films)), next(films))
+            x = res2.modulated(res1.modulated(x, *next(films)), *next(films))
             skips.append(x)
             x = downsample(x)
         for res in self.mid:
-            x = res.modulated(x, next(films))
+            x = res.modulated(x, *next(films))
         for res1, res2, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = upsample(res2.modulated(res1.modulated(x, next(films)), next(films)))
+            x = upsample(res2.modulated(res1.modulated(x, *next(films)), *next(films)))
         return self.final(x).transpose(1, 2)
 
 
@@ -151,10 +158,10 @@ class TimestepFiLMTable(nn.Module):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int,
                 global_cond: torch.Tensor | None = None) -> torch.Tensor:
         t = torch.as_tensor(timestep, device=sample.device).long()
-        film = self.table[t.expand(sample.shape[0]) if t.ndim == 0 else t]
+        film = self.table.index_select(0, t.expand(sample.shape[0]) if t.ndim == 0 else t)  # 1/3 of indexing's cost
         if global_cond is not None:
             film = film + nn.functional.mish(global_cond.to(film.dtype)) @ self.cond_weight
-        return self.unet.modulated(sample, list(film.split(self.widths, dim=1)))
+        return self.unet.modulated(sample, film_scale_bias(film, self.widths))
 
 
 class MatmulConv1d(nn.Module):
@@ -198,7 +205,10 @@ class MatmulConv1d(nn.Module):
             self.register_buffer("weight", weight.t().contiguous())  # (K*C, O)
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
         self.register_buffer("bias", bias.clone())
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.pointwise = self.kernel == 1 and self.stride == 1 and self.padding == 0 and upsample == 1
         self._windows: dict[int, torch.Tensor] = {}
+        self._bias_maps: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_transposed(cls, deconv: nn.ConvTranspose1d, int8_weights: bool = False) -> MatmulConv1d:
@@ -227,20 +237,34 @@ class MatmulConv1d(nn.Module):
                                                   for v in q])
         return self._windows[length]
 
+    def bias_map(self, n_out: int) -> torch.Tensor:
+        """The bias as a contiguous `(O, n_out)` map, cached per output length (see `forward`)."""
+        if n_out not in self._bias_maps:
+            self._bias_maps[n_out] = self.bias[:, None].expand(-1, n_out).contiguous()
+        return self._bias_maps[n_out]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One gather builds the (L_out, K*C) windows from [x, 0] in (L, C) layout: padding and zero-upsampling are
-        # folded into the index (each op costs its dispatch at these sizes, so fewer ops is what makes it fast).
-        batch, channels, length = x.shape
-        index = self.windows(int(length))
-        x = nn.functional.pad(x, (0, 1))  # the zero sample
-        if self.int8:
-            x = x.to(torch.bfloat16)  # before gathering: the K-times larger rows are then built once, in bf16
-        rows = x.transpose(1, 2).index_select(1, index).view(-1, self.kernel * channels)  # (B * L_out, K*C)
-        if self.int8:
-            out = torch._weight_int8pack_mm(rows, self.weight, self.scales) + self.bias  # bf16 + float32 -> float32
+        # At these sizes every op costs its dispatch, so: one gather builds the (L_out, K*C) windows from [x, 0] in
+        # (L, C) layout, padding and zero-upsampling folded into its index (a 1x1 convolution needs none of it); shapes
+        # come from the layer and the cached index, not from x.shape, so a trace holds them as constants; the bias
+        # is the first operand of the last add, whose result is then channel-major and contiguous (the GroupNorm
+        # after it would otherwise copy it).
+        index = self.windows(int(x.shape[-1]))
+        n_out = index.numel() // self.kernel
+        # (B, L, C) in one copy, cast to bf16 for int8 weights before gathering (the K-times larger rows are then
+        # built once, in bf16); the gather reads it contiguous (a strided input costs it a copy)
+        x = x.transpose(1, 2)
+        x = x.to(torch.bfloat16, memory_format=torch.contiguous_format) if self.int8 else x.contiguous()
+        if self.pointwise:  # the windows are the samples
+            rows = x.view(-1, self.in_channels)
         else:
-            out = torch.addmm(self.bias, rows, self.weight)
-        return out.view(batch, -1, out.shape[-1]).transpose(1, 2)
+            x = nn.functional.pad(x, (0, 0, 0, 1))  # the zero sample
+            rows = x.index_select(1, index).view(-1, self.kernel * self.in_channels)
+        if self.int8:
+            out = torch._weight_int8pack_mm(rows, self.weight, self.scales)  # bf16; the bias add returns float32
+        else:
+            out = rows @ self.weight
+        return torch.add(self.bias_map(n_out), out.view(-1, n_out, self.out_channels).transpose(1, 2))
 
 
 def with_matmul_convs(module: nn.Module, int8_weights: bool = False) -> nn.Module:

@@ -152,7 +152,10 @@ def _inference_copy(module, policy: DiffusionPolicy):
     if module is None:
         return None
     c = policy.config
-    convs = module.with_matmul_convs(policy.unet.eval(), int8_weights=c.cpu_weights == "int8")
+    unet = copy.deepcopy(policy.unet).eval()
+    for sub in unet.modules():  # the other version's classes too, so that their methods match its inference copy
+        sub.__class__ = getattr(module, type(sub).__name__, type(sub))
+    convs = module.with_matmul_convs(unet, int8_weights=c.cpu_weights == "int8")
     return module.TimestepFiLMTable(convs, c.num_train_timesteps)
 
 
