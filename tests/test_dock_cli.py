@@ -40,6 +40,7 @@ def test_dock_writes_ranked_poses(tmp_path):
     assert scores == sorted(scores)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 0 and len(summary["poses"]) == 3 and summary["mode"] == "box"
+    assert summary["waters"] == "receptor atoms"
     assert summary["confidence"].startswith("search consensus")
     assert {"total", "search", "grid"} <= summary["timings"].keys() and summary["model_version"]
     pdb = (out / "complex_rank1.pdb").read_text()
@@ -235,6 +236,24 @@ def test_nmr_models_keep_the_first(tmp_path):
     rec = io.load_receptor(pdb)
     assert len(rec.coords) == 3 and rec.coords[0, 0] == 0.0
     assert rec.pdb_text.count("ATOM") == 3  # the complex output holds one copy of the protein
+
+
+def test_waters_are_receptor_atoms_unless_dropped(tmp_path):
+    from sciddiff.dock import io
+    from sciddiff.dock.scoring import receptor_types
+
+    atoms = ["ATOM      1  N   ALA A   1       0.000   0.000   0.000  1.00  0.00           N",
+             "ATOM      2  CA  ALA A   1       1.458   0.000   0.000  1.00  0.00           C",
+             "ATOM      3  C   ALA A   1       2.009   1.420   0.000  1.00  0.00           C",
+             "ATOM      4  O   ALA A   1       1.251   2.390   0.000  1.00  0.00           O",
+             "HETATM    5  O   HOH A 101       5.000   5.000   5.000  1.00  0.00           O"]
+    pdb = tmp_path / "wet.pdb"
+    pdb.write_text("\n".join(atoms) + "\nEND\n")
+    wet, dry = io.load_receptor(pdb), io.load_receptor(pdb, keep_waters=False)
+    assert len(wet.coords) == 5 and len(dry.coords) == 4
+    types = receptor_types(wet)
+    assert types.donor[4] and types.acceptor[4]  # a water's O gives and takes H-bonds
+    assert not types.donor[3] and types.acceptor[3]  # the backbone O only takes them
 
 
 def test_first_model_with_atoms_and_upper_case_gz(tmp_path):

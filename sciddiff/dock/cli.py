@@ -45,6 +45,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scoring", choices=("vina", "vinardo"), default=d.scoring,
                    help=f"empirical scoring function for search and ranking (default {d.scoring})")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same poses (default 0)")
+    _add_drop_waters(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the score model runs (default cpu)")
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--rescore", default=None, help=RESCORE_HELP)
@@ -52,6 +53,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help=f"with a rescoring model: order poses by energy or by the learned P(RMSD < 2 A) "
                         f"(default {d.ranking}; see docs/dock.md for the measurements behind it)")
     _add_threads(p)
+
+
+def _add_drop_waters(p) -> None:
+    p.add_argument("--drop-waters", action="store_true",
+                   help="drop the protein file's waters (HOH, WAT, ...) as Vina-style receptor preparation does "
+                        "(default: they are receptor atoms, like metals and cofactors: poses avoid them)")
 
 
 def _add_threads(p) -> None:
@@ -67,7 +74,7 @@ def register(subparsers) -> None:
                     "translation x rotation x torsions, a Vina-like physics search, ranked poses. Without a box the "
                     "whole protein is searched (blind: the best geometric pockets). See docs/dock.md.")
     p.add_argument("--protein", help="receptor PDB, mmCIF or PDBQT (.pdb, .cif, .pdbqt, optionally .gz; first model); "
-                                     "cofactors/metals (HETATM) are kept, waters dropped")
+                                     "cofactors, metals and waters (HETATM) are receptor atoms (see --drop-waters)")
     p.add_argument("--ligand", help="ligand SDF/MOL/MOL2/SMI file (optionally .gz), a meeko PDBQT (its SMILES remark) "
                                     "or a SMILES string; its coordinates are ignored. A file with several molecules "
                                     "is a library: each is docked (a screen; see --out)")
@@ -123,6 +130,7 @@ def register(subparsers) -> None:
     s.add_argument("--scoring", choices=("vina", "vinardo"), default="vina", help="energy function (default vina)")
     s.add_argument("--out", default=None, help="write the (relaxed) poses with their scores as SD tags to this SDF")
     s.add_argument("--json", default=None, help="write the scores to this JSON file")
+    _add_drop_waters(s)
     _add_threads(s)
     s.set_defaults(func=run_score)
 
@@ -200,7 +208,7 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
     """(receptor, ligand records, box or None): read before any model is loaded, so bad input fails fast."""
     from sciddiff.dock import io
 
-    receptor = io.load_receptor(protein)
+    receptor = io.load_receptor(protein, keep_waters=not args.drop_waters)
     _note_receptor(receptor, protein)
     ligands = io.load_ligands(ligand)
     if len(ligands) > 1 and all(r.mol is None for r in ligands):  # a library that is all bad input is bad input
@@ -252,18 +260,19 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
                 "ligand_repairs": io.ligand_repairs(mol),
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
-                **_how_docked(settings, model, rescorer),
+                **_how_docked(settings, model, rescorer, args),
                 "confidence": "learned P(RMSD < 2 A)" if rescorer is not None else
                 "search consensus: fraction of search chains ending within 2 A of the pose",
                 "score_units": "kcal/mol-like (Vina weights), lower is better"}
         return write_result(tmp, receptor, mol, result, meta, name)
 
 
-def _how_docked(settings, model, rescorer) -> dict:
+def _how_docked(settings, model, rescorer, args) -> dict:
     """The summary.json entries that decide the poses: a --resume keeps a result only if they are the same."""
     from sciddiff.dock.settings import settings_dict
 
     return {"model_version": getattr(model, "version", "none (physics only)"),
+            "waters": "dropped" if args.drop_waters else "receptor atoms",
             "settings": json.loads(json.dumps(settings_dict(settings))),
             "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
             else f"{settings.scoring} energy (inter + intra-ligand) after physics search"}
@@ -328,7 +337,7 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
         started = time.perf_counter()
         try:
             receptor, mol, box, protein, ligand = read()
-            if args.resume and (earlier := _earlier_result(out / folder, mol, settings, model, rescorer)) is not None:
+            if args.resume and (earlier := _earlier_result(out / folder, mol, args, settings, model, rescorer)) is not None:
                 hits.add(name, folder, summary=earlier, mol=mol)
                 tqdm.write(f"{name}: kept from the earlier run", file=sys.stderr)
                 continue
@@ -346,14 +355,14 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
     return hits.failed
 
 
-def _earlier_result(folder: Path, mol, settings, model, rescorer) -> dict | None:
+def _earlier_result(folder: Path, mol, args, settings, model, rescorer) -> dict | None:
     """The summary of an earlier run in `folder` if it docked this molecule the same way (and its poses are there)."""
     try:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None
     same = (summary.get("smiles") == _smiles(mol) and summary.get("poses")
-            and all(summary.get(k) == v for k, v in _how_docked(settings, model, rescorer).items())
+            and all(summary.get(k) == v for k, v in _how_docked(settings, model, rescorer, args).items())
             and all((folder / p["file"]).is_file() for p in summary["poses"]))
     return summary if same else None
 
@@ -435,7 +444,7 @@ def run_score(args) -> int:
             check_output_path(path, option=option)
     if args.out and args.json and Path(args.out).resolve() == Path(args.json).resolve():
         raise UserError("--out and --json name the same file")
-    receptor, poses = io.load_receptor(args.protein), io.load_poses(args.ligand)
+    receptor, poses = io.load_receptor(args.protein, keep_waters=not args.drop_waters), io.load_poses(args.ligand)
     _note_receptor(receptor, args.protein)
     for i, mol in enumerate(poses):
         _note_repairs(mol, f"{args.ligand} (molecule {i + 1})")

@@ -135,6 +135,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     run = {"data": str(root.resolve()), "box": f"crystal ligand + {args.autobox_add:g} A" if args.autobox else "blind",
            "posebusters": not args.no_posebusters, "model_version": getattr(model, "version", "none (physics only)"),
            "rescorer": None if rescorer is None else rescorer.version, "ranking": settings.ranking,
+           "waters": "dropped" if args.drop_waters else "receptor atoms",
            "settings": json.loads(json.dumps(settings_dict(settings)))}
     done = _earlier_rows(out, run) if args.resume else {}
     atomic_file_text(out / "run.json", json.dumps(run, indent=1))
@@ -149,7 +150,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                "score_top1": math.nan, "confidence_top1": math.nan, "seconds": math.nan, "error": ""}
         try:
             t0 = time.perf_counter()
-            receptor = io.load_receptor(protein)
+            receptor = io.load_receptor(protein, keep_waters=not args.drop_waters)
             crystal = io.load_ligand(ligand)
             box = io.box_from_ligand(ligand, args.autobox_add) if args.autobox else None
             result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False,
