@@ -261,6 +261,24 @@ def complex_files(root: str | Path, cid: str) -> tuple[str, str]:
     return first("protein", PROTEIN_SUFFIXES), first("ligand", LIGAND_SUFFIXES)
 
 
+def complex_ligand(root: str | Path, cid: str):
+    """(molecule, path) of complex `cid`'s crystal ligand: the first of its ligand files (in `LIGAND_SUFFIXES` order)
+    that loads, so a complex whose SDF fails sanitization is read from its MOL2. Raises the first file's UserError
+    if none loads."""
+    from sciddiff.cli import UserError
+    from sciddiff.dock import io
+
+    name, folder = cid.split("/")[-1], Path(root) / cid
+    paths = [p for p in (folder / f"{name}_ligand{suffix}" for suffix in LIGAND_SUFFIXES) if p.is_file()]
+    errors = []
+    for path in paths or [Path(complex_files(root, cid)[1])]:
+        try:
+            return io.load_ligand(path), str(path)
+        except UserError as err:
+            errors.append(err)
+    raise errors[0]
+
+
 def default_data_root() -> Path:
     import os
 

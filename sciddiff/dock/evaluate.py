@@ -108,7 +108,7 @@ def ligand_copies(receptor: Receptor, xyz: np.ndarray, pocket_radius: float = 10
 
 def evaluate(args, settings, model, rescorer=None) -> dict:
     from sciddiff.dock import io
-    from sciddiff.dock.data import complex_files, default_data_root, read_split
+    from sciddiff.dock.data import complex_files, complex_ligand, default_data_root, read_split
     from sciddiff.dock.docking import dock
     from sciddiff.dock.settings import settings_dict
     from sciddiff.dock.ligand import symmetric_rmsd
@@ -144,14 +144,14 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         if cid in done:  # --resume: docked by the interrupted run
             rows.append(done[cid])
             continue
-        protein, ligand = complex_files(root, cid)
+        protein = complex_files(root, cid)[0]
         row = {"complex": cid, "rmsd_top1": math.inf, "rmsd_top5": math.inf,
                "pb_valid": "" if args.no_posebusters else False, "pb_failed": "",  # "": not checked
                "score_top1": math.nan, "confidence_top1": math.nan, "seconds": math.nan, "error": ""}
         try:
             t0 = time.perf_counter()
             receptor = io.load_receptor(protein, keep_waters=not args.drop_waters)
-            crystal = io.load_ligand(ligand)
+            crystal, ligand = complex_ligand(root, cid)
             box = io.box_from_ligand(ligand, args.autobox_add) if args.autobox else None
             result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False,
                           rescorer=rescorer)
