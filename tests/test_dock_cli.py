@@ -539,36 +539,6 @@ def test_complex_files_take_plain_or_gzipped_files(tmp_path):
     assert complex_files(tmp_path, "set/none")[0].endswith("none_protein.pdb.gz")  # reported as not found
 
 
-MOL2_ETHANOL = """@<TRIPOS>MOLECULE
-ethanol
- 3 2 0 0 0
-SMALL
-NO_CHARGES
-
-@<TRIPOS>ATOM
-      1 C1          0.0000    0.0000    0.0000 C.3     1  LIG1        0.0000
-      2 C2          1.5200    0.0000    0.0000 C.3     1  LIG1        0.0000
-      3 O1          2.0300    1.3400    0.0000 O.3     1  LIG1        0.0000
-@<TRIPOS>BOND
-     1     1     2    1
-     2     2     3    1
-"""
-
-
-def test_complex_ligand_falls_back_to_a_readable_file(tmp_path):
-    from sciddiff.cli import UserError
-    from sciddiff.dock.data import complex_ligand
-
-    folder = tmp_path / "set" / "1abc"
-    folder.mkdir(parents=True)
-    (folder / "1abc_ligand.sdf").write_text("not a molecule\n")
-    with pytest.raises(UserError, match="1abc_ligand.sdf"):  # the first file's error when none loads
-        complex_ligand(tmp_path, "set/1abc")
-    (folder / "1abc_ligand.mol2").write_text(MOL2_ETHANOL)
-    mol, path = complex_ligand(tmp_path, "set/1abc")
-    assert path.endswith("1abc_ligand.mol2") and mol.GetNumAtoms() == 3
-
-
 def test_a_c_alpha_trace_gets_a_warning(tmp_path, capsys):
     lines = gzip.open(PROTEIN, "rt").read().splitlines()
     ca = [ln for ln in lines if ln.startswith("ATOM") and ln[12:16].strip() == "CA"]

@@ -210,6 +210,20 @@ def test_libraries_read_every_molecule_with_its_name(tmp_path):
     assert io.load_ligand(mol2).GetNumAtoms() == 3 and len(io.load_ligands(mol2, limit=1)) == 1
 
 
+def test_complex_ligand_falls_back_to_a_readable_file(tmp_path):
+    from sciddiff.cli import UserError
+    from sciddiff.dock.data import complex_ligand
+
+    folder = tmp_path / "set" / "1abc"
+    folder.mkdir(parents=True)
+    (folder / "1abc_ligand.sdf").write_text("not a molecule\n")
+    with pytest.raises(UserError, match="1abc_ligand.sdf"):  # the first file's error when none loads
+        complex_ligand(tmp_path, "set/1abc")
+    (folder / "1abc_ligand.mol2").write_text(MOL2_ETHANOL.format(name="ethanol"))
+    mol, path = complex_ligand(tmp_path, "set/1abc")
+    assert path.endswith("1abc_ligand.mol2") and mol.GetNumAtoms() == 3
+
+
 def test_pdb_ligand_is_refused_but_boxes_from_it(tmp_path):
     # no bond orders in PDB: RDKit would read benzoic acid as a saturated ring, a different molecule
     mol = Chem.AddHs(Chem.MolFromSmiles("OC(=O)c1ccccc1"))
