@@ -337,7 +337,8 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
         started = time.perf_counter()
         try:
             receptor, mol, box, protein, ligand = read()
-            if args.resume and (earlier := _earlier_result(out / folder, mol, args, settings, model, rescorer)) is not None:
+            earlier = _earlier_result(out / folder, mol, args, settings, model, rescorer) if args.resume else None
+            if earlier is not None:
                 hits.add(name, folder, summary=earlier, mol=mol)
                 tqdm.write(f"{name}: kept from the earlier run", file=sys.stderr)
                 continue

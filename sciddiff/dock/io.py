@@ -141,9 +141,8 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     """Parse a PDB, mmCIF or PDBQT file (optionally .gz) with biopython. Raises UserError for unreadable files or a
     protein without residues.
 
-    Waters in the file are receptor atoms unless `keep_waters` is False: a crystal structure's waters sit where a
-    ligand cannot, and PoseBusters counts a pose on one as a clash (on 29 PDBbind complexes with their crystal waters,
-    keeping them took docking from 10 to 17-19 poses within 2 A and from 8 to 27 PoseBusters-valid; docs/dock.md)."""
+    Waters in the file are receptor atoms unless `keep_waters` is False: a crystal structure's waters sit where its
+    ligand does not, and PoseBusters counts a pose on one as a clash (measured in docs/dock.md, "Crystal waters")."""
     from Bio.PDB import PDBParser
     from Bio.PDB.PDBExceptions import PDBConstructionWarning
 

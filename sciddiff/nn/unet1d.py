@@ -244,15 +244,14 @@ class MatmulConv1d(nn.Module):
         return self._bias_maps[n_out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # At these sizes every op costs its dispatch, so: one gather builds the (L_out, K*C) windows from [x, 0] in
-        # (L, C) layout, padding and zero-upsampling folded into its index (a 1x1 convolution needs none of it); shapes
-        # come from the layer and the cached index, not from x.shape, so a trace holds them as constants; the bias
-        # is the first operand of the last add, whose result is then channel-major and contiguous (the GroupNorm
-        # after it would otherwise copy it).
+        # At these sizes every op costs its dispatch, so the fewer the better: one gather builds the (L_out, K*C)
+        # windows from [x, 0] in (L, C) layout, padding and zero-upsampling folded into its index; shapes come from
+        # the layer and the cached index, not x.shape, so a trace holds them as constants. No hidden copies: the
+        # gather reads a contiguous input (x transposed and, for int8 weights, cast to bf16 in one copy, before the
+        # K-times larger rows exist), and the bias is the first operand of the last add, whose result is then
+        # channel-major and contiguous for the GroupNorm after it.
         index = self.windows(int(x.shape[-1]))
         n_out = index.numel() // self.kernel
-        # (B, L, C) in one copy, cast to bf16 for int8 weights before gathering (the K-times larger rows are then
-        # built once, in bf16); the gather reads it contiguous (a strided input costs it a copy)
         x = x.transpose(1, 2)
         x = x.to(torch.bfloat16, memory_format=torch.contiguous_format) if self.int8 else x.contiguous()
         if self.pointwise:  # the windows are the samples
