@@ -232,6 +232,18 @@ def test_frozen_cpu_unet_gives_the_same_actions():
         PolicyConfig(cpu_weights="int4")
 
 
+def test_frozen_image_encoder_gives_the_same_features():
+    torch.manual_seed(0)
+    config = PolicyConfig(obs_type="image", state_dim=2, num_inference_steps=3, **TINY)  # 84 px crops of 96 px frames
+    policy = _fitted(DiffusionPolicy(config))
+    nobs = policy.normalize_obs(_obs(config, batch=3))
+    with torch.no_grad():
+        eager = policy.encode_obs(nobs)
+        policy.freeze_for_cpu()
+        assert policy.__dict__.get("_frozen_encoder") is not None
+        torch.testing.assert_close(policy.encode_obs(nobs), eager, rtol=0, atol=0)  # other batch than traced: same
+
+
 def test_image_policy_from_state_reuses_the_unet_exactly():
     """Fed the true block vertices in place of the encoder's output, the transferred image policy's U-Net gives the
     state policy's output: the FiLM input permutation is exact."""

@@ -128,7 +128,7 @@ class DiffusionPolicy(nn.Module):
         if self.encoder is not None:
             b, n = nobs["image"].shape[:2]
             img = pixels_to_unit(self.crop(nobs["image"].flatten(0, 1)))
-            feats = torch.cat([self.encoder(img).reshape(b, n, -1).to(feats.dtype), feats], -1)
+            feats = torch.cat([self._image_encoder(img.device)(img).reshape(b, n, -1).to(feats.dtype), feats], -1)
         return feats.flatten(1)
 
     # --- training -----------------------------------------------------------------------------------------------
@@ -171,8 +171,9 @@ class DiffusionPolicy(nn.Module):
     def freeze_for_cpu(self, unet: nn.Module | None = None) -> DiffusionPolicy:
         """Trace and freeze a copy of the U-Net for CPU inference, its convolutions as matmuls (`MatmulConv1d`, with
         int8 weights if `config.cpu_weights == "int8"`) and its FiLM timestep terms tabulated (`TimestepFiLMTable`;
-        the policy's samplers use integer timesteps); the module and its state_dict are unchanged. Call again after
-        changing the weights or `cpu_weights`. `unet`: trace this inference copy instead (same call signature)."""
+        the policy's samplers use integer timesteps), and of the image encoder as it is; the modules and the state_dict
+        are unchanged. Call again after changing the weights or `cpu_weights`. `unet`: trace this inference copy
+        instead (same call signature)."""
         import warnings
 
         c = self.config
@@ -186,11 +187,19 @@ class DiffusionPolicy(nn.Module):
             unet.eval()(*example)  # fills the convolutions' window caches (`MatmulConv1d.windows`) outside the trace
             traced = torch.jit.trace(unet, example)
             self.__dict__["_frozen_unet"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            if self.encoder is not None:  # frozen as is: optimize_for_inference gains nothing here and moves floats
+                size = min(c.crop_size, c.image_size)
+                frames = torch.zeros(c.n_obs_steps, 3, size, size)
+                self.__dict__["_frozen_encoder"] = torch.jit.freeze(torch.jit.trace(self.encoder.eval(), frames))
         return self
 
     def _denoiser(self, device: torch.device):
         frozen = self.__dict__.get("_frozen_unet")
         return frozen if frozen is not None and device.type == "cpu" and not self.training else self.unet
+
+    def _image_encoder(self, device: torch.device):
+        frozen = self.__dict__.get("_frozen_encoder")
+        return frozen if frozen is not None and device.type == "cpu" and not self.training else self.encoder
 
     def denoising_steps(self, sampler: str | None = None, steps: int | None = None) -> int:
         """Network calls per chunk that `sample(..., sampler, steps)` makes (DDPM runs the whole training chain)."""
