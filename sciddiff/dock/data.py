@@ -252,13 +252,17 @@ def complex_files(root: str | Path, cid: str) -> tuple[str, str]:
     .cif[.gz], .pdbqt) and `<cid>/<name>_ligand.sdf[.gz]` (or .mol2[.gz]), name = the last part of cid; the layout of
     shared/data/docking and of the PoseBusters benchmark sets. The first suffix that exists wins, else the first.
     An absolute cid is its own folder, so one split file may list complexes of several roots."""
-    name, folder = cid.split("/")[-1], Path(root) / cid
-
     def first(stem: str, suffixes: tuple[str, ...]) -> str:
-        paths = [folder / f"{name}_{stem}{suffix}" for suffix in suffixes]
+        paths = _candidate_files(root, cid, stem, suffixes)
         return str(next((p for p in paths if p.is_file()), paths[0]))
 
     return first("protein", PROTEIN_SUFFIXES), first("ligand", LIGAND_SUFFIXES)
+
+
+def _candidate_files(root: str | Path, cid: str, stem: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """`<root>/<cid>/<name>_<stem><suffix>` for each suffix, name = the last part of cid."""
+    name, folder = cid.split("/")[-1], Path(root) / cid
+    return [folder / f"{name}_{stem}{suffix}" for suffix in suffixes]
 
 
 def complex_ligand(root: str | Path, cid: str):
@@ -268,10 +272,9 @@ def complex_ligand(root: str | Path, cid: str):
     from sciddiff.cli import UserError
     from sciddiff.dock import io
 
-    name, folder = cid.split("/")[-1], Path(root) / cid
-    paths = [p for p in (folder / f"{name}_ligand{suffix}" for suffix in LIGAND_SUFFIXES) if p.is_file()]
+    candidates = _candidate_files(root, cid, "ligand", LIGAND_SUFFIXES)
     errors = []
-    for path in paths or [Path(complex_files(root, cid)[1])]:
+    for path in [p for p in candidates if p.is_file()] or candidates[:1]:  # none there: the first one's "not found"
         try:
             return io.load_ligand(path), str(path)
         except UserError as err:

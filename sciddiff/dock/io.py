@@ -177,8 +177,10 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
         for res in chain:
             hetflag = res.id[0]
             resname = res.get_resname().strip()
-            if (resname in WATERS or hetflag == "W") and not keep_waters:
-                continue
+            if resname in WATERS or hetflag == "W":
+                if not keep_waters:
+                    continue
+                resname = "HOH"  # one name for every water, for the atom typing (`scoring.receptor_types`)
             aa = AA_ALIASES.get(resname, resname)
             atoms = []
             for atom in res:

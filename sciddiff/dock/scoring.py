@@ -28,7 +28,7 @@ import torch
 from rdkit import Chem
 from scipy.spatial import cKDTree
 
-from sciddiff.dock.io import AA_ALIASES, WATERS, Box, Receptor
+from sciddiff.dock.io import AA_ALIASES, Box, Receptor
 from sciddiff.nn.embeddings import EXP_FLOOR, floored_exp
 
 W_ROT = 0.0585  # Vina's conformational-entropy factor: score / (1 + W_ROT * n_torsions)
@@ -149,7 +149,7 @@ def receptor_types(rec: Receptor, function: str = "vina") -> AtomTypes:
     don = np.array([k in PROTEIN_DONORS for k in key]) & is_aa
     don |= (rec.atom_names == "N") & (rec.res_names != "PRO") & is_aa
     don |= np.isin(el, list(METALS))
-    don |= (el == "O") & np.isin(rec.res_names, list(WATERS))  # a water's O both gives and takes H-bonds (Vina: O_DA)
+    don |= (el == "O") & (rec.res_names == "HOH")  # a water's O (io names every water HOH) both gives and takes H-bonds
     acc = (el == "O") | np.array([k in PROTEIN_ACCEPTOR_N for k in key]) | ((el == "N") & rec.is_hetero)
     acc &= ~np.isin(el, list(METALS))
     return AtomTypes(radius, hyd, don, acc)

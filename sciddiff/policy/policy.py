@@ -128,7 +128,8 @@ class DiffusionPolicy(nn.Module):
         if self.encoder is not None:
             b, n = nobs["image"].shape[:2]
             img = pixels_to_unit(self.crop(nobs["image"].flatten(0, 1)))
-            feats = torch.cat([self._image_encoder(img.device)(img).reshape(b, n, -1).to(feats.dtype), feats], -1)
+            encoder = self._inference_copy("_frozen_encoder", self.encoder, img.device)
+            feats = torch.cat([encoder(img).reshape(b, n, -1).to(feats.dtype), feats], -1)
         return feats.flatten(1)
 
     # --- training -----------------------------------------------------------------------------------------------
@@ -194,12 +195,12 @@ class DiffusionPolicy(nn.Module):
         return self
 
     def _denoiser(self, device: torch.device):
-        frozen = self.__dict__.get("_frozen_unet")
-        return frozen if frozen is not None and device.type == "cpu" and not self.training else self.unet
+        return self._inference_copy("_frozen_unet", self.unet, device)
 
-    def _image_encoder(self, device: torch.device):
-        frozen = self.__dict__.get("_frozen_encoder")
-        return frozen if frozen is not None and device.type == "cpu" and not self.training else self.encoder
+    def _inference_copy(self, name: str, module: nn.Module, device: torch.device):
+        """`freeze_for_cpu`'s frozen copy `name` of `module` where it applies (CPU, eval mode), else the module."""
+        frozen = self.__dict__.get(name)
+        return frozen if frozen is not None and device.type == "cpu" and not self.training else module
 
     def denoising_steps(self, sampler: str | None = None, steps: int | None = None) -> int:
         """Network calls per chunk that `sample(..., sampler, steps)` makes (DDPM runs the whole training chain)."""
