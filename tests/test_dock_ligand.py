@@ -66,6 +66,42 @@ def test_torsion_change_keeps_bonds_and_moves_only_the_moving_side(example):
     torch.testing.assert_close(change, delta)
 
 
+@pytest.mark.parametrize("smiles", [
+    "CCCCCCCCCC(=O)OCC(O)CO",                          # a chain: moving sides nest up to four deep from each end
+    "CC(C)Cc1ccc(cc1)C(C)C(=O)NCCOCCN(CC)CC",          # branches on both sides of a ring
+    "OCC(CO)(CO)COCC(CO)(CO)CO",                       # a branched core
+])
+def test_all_bonds_at_once_equal_one_at_a_time(smiles):
+    """The forward-kinematics path (all bonds turned at once about their input axes) against the bonds turned one
+    after another about their current axes, on batched random turns; and a mask whose sides do not nest falls back
+    to the one-at-a-time path."""
+    mol = Chem.MolFromSmiles(smiles)
+    molh = Chem.AddHs(mol)
+    AllChem.EmbedMolecule(molh, randomSeed=1)
+    mol = Chem.RemoveHs(molh)
+    tors = ligand.rotatable_torsions(mol)
+    assert tors.n > 4 and ligand.torsion_tree(tors.mask) is not None
+    g = torch.Generator().manual_seed(0)
+    x = torch.as_tensor(mol.GetConformer().GetPositions()).expand(5, -1, -1).clone()
+    delta = (torch.rand(5, tors.n, generator=g, dtype=torch.float64) * 2 - 1) * np.pi
+    bonds, mask = torch.as_tensor(tors.bonds), torch.as_tensor(tors.mask)
+    at_once = ligand.apply_torsion_deltas(x, bonds, mask, delta)
+    one_by_one = x
+    for k in reversed(range(tors.n)):  # any order gives the same result
+        one_by_one = ligand.apply_torsion_deltas(one_by_one, bonds[k:k + 1], mask[k:k + 1], delta[:, k:k + 1])
+    torch.testing.assert_close(at_once, one_by_one, atol=1e-10, rtol=0)
+    idx = torch.as_tensor(tors.dihedral)
+    change = torch.remainder(ligand.dihedral_angles(at_once, idx) - ligand.dihedral_angles(x, idx) + np.pi, 2 * np.pi)
+    torch.testing.assert_close(change - np.pi, delta)
+    crossed = mask.clone()
+    crossed[0] = ~crossed[0]  # the larger side of bond 0: it overlaps other sides without nesting
+    assert ligand.torsion_tree(crossed) is None
+    sequential = x
+    for k in range(tors.n):
+        sequential = ligand.apply_torsion_deltas(sequential, bonds[k:k + 1], crossed[k:k + 1], delta[:, k:k + 1])
+    torch.testing.assert_close(ligand.apply_torsion_deltas(x, bonds, crossed, delta), sequential)
+
+
 def test_kabsch_realignment_keeps_the_rigid_frame(example):
     mol, xyz, tors = example
     x = torch.as_tensor(xyz, dtype=torch.float64)

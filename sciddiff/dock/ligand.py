@@ -79,28 +79,86 @@ def dihedral_angles(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.atan2((torch.cross(b1n, v, dim=-1) * w).sum(-1), (v * w).sum(-1))
 
 
-def rotate_about_axis(p: torch.Tensor, origin: torch.Tensor, axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rodrigues rotation of points p (..., N, 3) about the line (origin, unit axis) (..., 3) by angle (...)."""
-    k = axis[..., None, :]
-    q = p - origin[..., None, :]
-    c, s = torch.cos(angle)[..., None, None], torch.sin(angle)[..., None, None]
-    kq = (k * q).sum(-1, keepdim=True)
-    return origin[..., None, :] + q * c + torch.cross(k.expand_as(q), q, dim=-1) * s + k * kq * (1 - c)
+@dataclass(frozen=True)
+class TorsionTree:
+    """The moving sides of a ligand's rotatable bonds as a tree, for turning all bonds at once (forward kinematics).
+
+    The smaller-side rule makes any two moving sides nested or disjoint, so each atom lies in a chain of sides and
+    its final position is the composition of the rotations of that chain's bonds about their axes in the INPUT
+    coordinates, innermost first; this equals turning the bonds one after another about their current axes. The
+    compositions are built by pointer jumping (each round composes every motion with its current ancestor's and
+    jumps to that ancestor's ancestor), log2(depth) rounds. Index 0 is "no bond" (the fixed part), k + 1 is bond k."""
+    ancestors: list[torch.Tensor]  # per round (m + 1,) long: whose motion each composes with (0: none left)
+    owner: torch.Tensor            # (N,) long: the bond whose moving side is the smallest one holding the atom
 
 
-def apply_torsion_deltas(x: torch.Tensor, bonds: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Turn each rotatable bond k by delta[..., k] radians (sequentially; the order does not matter).
+def torsion_tree(mask: np.ndarray | torch.Tensor) -> TorsionTree | None:
+    """The tree of moving sides mask (m, N) bool, or None if two sides overlap without nesting."""
+    m = np.asarray(mask, dtype=bool)
+    if len(m) == 0:
+        return TorsionTree([], torch.zeros(m.shape[1], dtype=torch.long))
+    size = m.sum(1)
+    overlap = m.astype(np.int64) @ m.T.astype(np.int64)
+    inside = overlap == size[:, None]  # inside[j, i]: side j within side i
+    if not (inside | inside.T | (overlap == 0)).all():
+        return None
+    np.fill_diagonal(inside, False)
+    big = size.max(initial=0) + 1
+    parent = np.concatenate([[0], np.where(inside.any(1), np.where(inside, size[None], big).argmin(1) + 1, 0)])
+    owner = np.where(m.any(0), np.where(m, size[:, None], big).argmin(0) + 1, 0)
+    ancestors = []
+    while parent.any():
+        ancestors.append(torch.as_tensor(parent))
+        parent = parent[parent]
+    return TorsionTree(ancestors, torch.as_tensor(owner))
 
-    x (..., N, 3), bonds (m, 2), mask (m, N) bool, delta (..., m). Returns new coordinates; no re-alignment.
-    """
-    for k in range(bonds.shape[0]):
-        u, v = bonds[k, 0], bonds[k, 1]
-        origin = x[..., v, :]
-        axis = origin - x[..., u, :]
-        axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-        moved = rotate_about_axis(x, origin, axis, delta[..., k])
-        x = torch.where(mask[k][:, None], moved, x)
-    return x
+
+def _bond_rotations(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) by angle (...) about unit axes (..., 3): cos I + sin [a]x + (1 - cos) a a^T."""
+    c, s = torch.cos(angle)[..., None, None], torch.sin(angle)[..., None]
+    ax, ay, az = (s * axis).unbind(-1)
+    zero = torch.zeros_like(ax)
+    cross = torch.stack([zero, -az, ay, az, zero, -ax, -ay, ax, zero], -1).unflatten(-1, (3, 3))
+    return (axis[..., :, None] * axis[..., None, :]).mul_(1 - c).add_(cross).add_(
+        torch.eye(3, dtype=axis.dtype, device=axis.device) * c)
+
+
+def apply_torsion_deltas(x: torch.Tensor, bonds: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor,
+                         tree: TorsionTree | None = None) -> torch.Tensor:
+    """Turn each rotatable bond k by delta[..., k] radians (the moving side of bond k by the right-hand rule about
+    the axis from bonds[k, 0] to bonds[k, 1]).
+
+    x (..., N, 3), bonds (m, 2), mask (m, N) bool, delta (..., m); tree = `torsion_tree(mask)`, computed when not
+    given (callers in loops keep it). Returns new coordinates; no re-alignment. All bonds turn at once in a fixed
+    number of tensor operations plus a few per round of the tree (the search's cost at ~100 poses is their number,
+    not their arithmetic)."""
+    if bonds.shape[0] == 0:
+        return x
+    if tree is None and bonds.shape[0] > 2:
+        tree = torsion_tree(mask)
+    if tree is None or bonds.shape[0] <= 2:  # fewer operations for one or two bonds; sides that do not nest
+        for k in range(bonds.shape[0]):  # one by one about their current axes (Rodrigues on the points)
+            pivot = x[..., bonds[k, 1], None, :]
+            axis = pivot - x[..., bonds[k, 0], None, :]
+            axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+            q = x - pivot
+            c, s = torch.cos(delta[..., k, None, None]), torch.sin(delta[..., k, None, None])
+            turned = pivot + q * c + torch.cross(axis.expand_as(q), q, dim=-1) * s + axis * (axis * q).sum(
+                -1, keepdim=True) * (1 - c)
+            x = torch.where(mask[k][:, None], turned, x)
+        return x
+    pivot = x[..., bonds[:, 1], :]
+    axis = pivot - x[..., bonds[:, 0], :]
+    axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    rot = _bond_rotations(axis, delta)  # (..., m, 3, 3); y = rot x + shift turns x about bond k
+    shift = pivot - (rot @ pivot[..., None])[..., 0]
+    lead = rot.shape[:-3]  # index 0: the identity (the fixed part)
+    a = torch.cat([torch.eye(3, dtype=x.dtype, device=x.device).expand(*lead, 1, 3, 3), rot], -3)
+    b = torch.cat([x.new_zeros(*lead, 1, 3), shift], -2)
+    for anc in tree.ancestors:  # y = A_anc (A x + b) + b_anc
+        a_anc, b_anc = a[..., anc, :, :], b[..., anc, :]
+        a, b = a_anc @ a, (a_anc @ b[..., None])[..., 0] + b_anc
+    return (a[..., tree.owner, :, :] @ x[..., None])[..., 0] + b[..., tree.owner, :]
 
 
 def kabsch(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,16 +175,17 @@ def kabsch(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = None
     return r, qc - (r @ pc[..., None])[..., 0]
 
 
-def set_torsions(x: torch.Tensor, tors: Torsions | tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                 delta: torch.Tensor, realign: bool = True) -> torch.Tensor:
-    """Change torsions by delta (..., m) and (by default) Kabsch re-align onto the input coordinates."""
+def set_torsions(x: torch.Tensor, tors: Torsions | tuple[torch.Tensor, torch.Tensor],
+                 delta: torch.Tensor, realign: bool = True, tree: TorsionTree | None = None) -> torch.Tensor:
+    """Change torsions by delta (..., m) and (by default) Kabsch re-align onto the input coordinates. tors: the
+    `Torsions` or their (bonds, mask) tensors; tree: `torsion_tree` of the mask (computed when not given)."""
     if isinstance(tors, Torsions):
         bonds, mask = torch.as_tensor(tors.bonds, device=x.device), torch.as_tensor(tors.mask, device=x.device)
     else:
         bonds, mask = tors[0], tors[1]
     if bonds.shape[0] == 0:
         return x
-    y = apply_torsion_deltas(x, bonds, mask, delta)
+    y = apply_torsion_deltas(x, bonds, mask, delta, tree)
     if not realign:
         return y
     r, t = kabsch(y, x)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from sciddiff.core import so3, torus
-from sciddiff.dock.ligand import Torsions, apply_torsion_deltas, dihedral_angles, set_torsions
+from sciddiff.dock.ligand import Torsions, apply_torsion_deltas, dihedral_angles, set_torsions, torsion_tree
 
 
 class PoseSpace:
@@ -29,6 +29,7 @@ class PoseSpace:
         self.n_conformers = confs.shape[0]
         self.bonds = torch.as_tensor(torsions.bonds)
         self.mask = torch.as_tensor(torsions.mask)
+        self.tree = torsion_tree(torsions.mask)  # all bonds turned at once (`apply_torsion_deltas`)
         self.dihedral = torch.as_tensor(torsions.dihedral)
         self.theta0s = dihedral_angles(self.locals, self.dihedral)  # (K, m)
         self.theta0 = self.theta0s[0]
@@ -47,8 +48,8 @@ class PoseSpace:
         if self.n_torsions == 0:
             return x
         if realign:
-            return set_torsions(x, (self.bonds, self.mask), theta - theta0)
-        y = apply_torsion_deltas(x, self.bonds, self.mask, theta - theta0)
+            return set_torsions(x, (self.bonds, self.mask), theta - theta0, tree=self.tree)
+        y = apply_torsion_deltas(x, self.bonds, self.mask, theta - theta0, self.tree)
         return y - y.mean(-2, keepdim=True)
 
     def coords(self, tr: torch.Tensor, rot: torch.Tensor, theta: torch.Tensor, realign: bool = True,

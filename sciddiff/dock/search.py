@@ -109,7 +109,7 @@ def move(x: torch.Tensor, step: torch.Tensor, space: PoseSpace) -> torch.Tensor:
     step[:, 3:6] about the centroid and a shift step[:, :3]."""
     center = x.mean(1, keepdim=True)
     if space.n_torsions:
-        x = apply_torsion_deltas(x, space.bonds, space.mask, step[:, 6:])
+        x = apply_torsion_deltas(x, space.bonds, space.mask, step[:, 6:], space.tree)
         x = x - x.mean(1, keepdim=True) + center
     return (x - center) @ so3.exp_map(step[:, 3:6]).transpose(-1, -2) + center + step[:, None, :3]
 
