@@ -253,11 +253,15 @@ class IntraLigand:
         """Energy (B,) and its gradient (B, N, 3) with respect to x (B, N, 3)."""
         if len(self.i) == 0:
             return x.new_zeros(x.shape[0]), torch.zeros_like(x)
+        # pairs x poses layout: one (P, N) x (N, 3B) product each way instead of B small ones
         incidence = self.incidence.to(x.dtype)
-        diff = incidence @ x
+        b, n, _ = x.shape
+        diff = (incidence @ x.transpose(0, 1).reshape(n, 3 * b)).view(-1, b, 3)
         r = diff.norm(dim=-1)
-        e, de = pair_energy_and_derivative(r, self.rsum.to(x.dtype), self.hyd.to(x.dtype), None, self.fn)
-        return e.sum(-1), incidence.T @ (diff * (de / r.clamp_min(1e-6))[..., None])
+        e, de = pair_energy_and_derivative(r, self.rsum.to(x.dtype)[:, None], self.hyd.to(x.dtype)[:, None], None,
+                                           self.fn)
+        force = (diff * (de / r.clamp_min(1e-6))[..., None]).view(-1, 3 * b)
+        return e.sum(0), (incidence.T @ force).view(n, b, 3).transpose(0, 1)
 
 
 @dataclass
