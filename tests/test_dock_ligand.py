@@ -67,9 +67,9 @@ def test_torsion_change_keeps_bonds_and_moves_only_the_moving_side(example):
 
 
 @pytest.mark.parametrize("smiles", [
-    "CCCCCCCCCC(=O)OCC(O)CO",                          # a chain: moving sides nest up to four deep from each end
+    "CCCCCCCCCC(=O)OCC(O)CO",                          # a chain: up to 7 nested moving sides (3 rounds)
     "CC(C)Cc1ccc(cc1)C(C)C(=O)NCCOCCN(CC)CC",          # branches on both sides of a ring
-    "OCC(CO)(CO)COCC(CO)(CO)CO",                       # a branched core
+    "OCC(CO)(CO)COCC(CO)(CO)CO",                       # a branched core: many sides side by side
 ])
 def test_all_bonds_at_once_equal_one_at_a_time(smiles):
     """The forward-kinematics path (all bonds turned at once about their input axes) against the bonds turned one
