@@ -113,6 +113,13 @@ def torsion_tree(mask: np.ndarray | torch.Tensor) -> TorsionTree | None:
     return TorsionTree(ancestors, torch.as_tensor(owner))
 
 
+def bond_axes(x: torch.Tensor, bonds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pivots x[..., v, :] and unit axes from u to v, each (..., m, 3), of bonds (m, 2) = (u, v) in x (..., N, 3)."""
+    pivot = x[..., bonds[:, 1], :]
+    axis = pivot - x[..., bonds[:, 0], :]
+    return pivot, axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+
+
 def _bond_rotations(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotation matrices (..., 3, 3) by angle (...) about unit axes (..., 3): cos I + sin [a]x + (1 - cos) a a^T."""
     c, s = torch.cos(angle)[..., None, None], torch.sin(angle)[..., None]
@@ -138,18 +145,14 @@ def apply_torsion_deltas(x: torch.Tensor, bonds: torch.Tensor, mask: torch.Tenso
         tree = torsion_tree(mask)
     if tree is None or bonds.shape[0] <= 2:  # fewer operations for one or two bonds; sides that do not nest
         for k in range(bonds.shape[0]):  # one by one about their current axes (Rodrigues on the points)
-            pivot = x[..., bonds[k, 1], None, :]
-            axis = pivot - x[..., bonds[k, 0], None, :]
-            axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+            pivot, axis = bond_axes(x, bonds[k:k + 1])
             q = x - pivot
             c, s = torch.cos(delta[..., k, None, None]), torch.sin(delta[..., k, None, None])
             turned = pivot + q * c + torch.cross(axis.expand_as(q), q, dim=-1) * s + axis * (axis * q).sum(
                 -1, keepdim=True) * (1 - c)
             x = torch.where(mask[k][:, None], turned, x)
         return x
-    pivot = x[..., bonds[:, 1], :]
-    axis = pivot - x[..., bonds[:, 0], :]
-    axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    pivot, axis = bond_axes(x, bonds)
     rot = _bond_rotations(axis, delta)  # (..., m, 3, 3); y = rot x + shift turns x about bond k
     shift = pivot - (rot @ pivot[..., None])[..., 0]
     lead = rot.shape[:-3]  # index 0: the identity (the fixed part)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from sciddiff.core import so3, torus
-from sciddiff.dock.ligand import apply_torsion_deltas, dihedral_angles, kabsch
+from sciddiff.dock.ligand import apply_torsion_deltas, bond_axes, dihedral_angles, kabsch
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.scoring import ScoringFunction
 
@@ -95,9 +95,7 @@ def pose_gradient(x: torch.Tensor, grad_x: torch.Tensor, space: PoseSpace) -> to
     parts = [force, torch.linalg.cross(arm, grad_x, dim=-1).sum(1)]
     if space.n_torsions:
         mask = space.mask.to(x.dtype)  # (m, N)
-        pivot = x[:, space.bonds[:, 1]]  # (B, m, 3)
-        axis = pivot - x[:, space.bonds[:, 0]]
-        axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        pivot, axis = bond_axes(x, space.bonds)  # (B, m, 3) each
         torque = mask @ torch.linalg.cross(x, grad_x, dim=-1) - torch.linalg.cross(pivot, mask @ grad_x, dim=-1)
         shift = (mask @ x - mask.sum(1)[:, None] * pivot) / x.shape[1]  # mean displacement direction of the recentring
         parts.append((axis * (torque - torch.linalg.cross(shift, force[:, None], dim=-1))).sum(-1))

@@ -128,7 +128,7 @@ class DiffusionPolicy(nn.Module):
         if self.encoder is not None:
             b, n = nobs["image"].shape[:2]
             img = pixels_to_unit(self.crop(nobs["image"].flatten(0, 1)))
-            encoder = self._inference_copy("_frozen_encoder", self.encoder, img.device)
+            encoder = self._frozen("_frozen_encoder", self.encoder, img.device)
             feats = torch.cat([encoder(img).reshape(b, n, -1).to(feats.dtype), feats], -1)
         return feats.flatten(1)
 
@@ -195,9 +195,9 @@ class DiffusionPolicy(nn.Module):
         return self
 
     def _denoiser(self, device: torch.device):
-        return self._inference_copy("_frozen_unet", self.unet, device)
+        return self._frozen("_frozen_unet", self.unet, device)
 
-    def _inference_copy(self, name: str, module: nn.Module, device: torch.device):
+    def _frozen(self, name: str, module: nn.Module, device: torch.device):
         """`freeze_for_cpu`'s frozen copy `name` of `module` where it applies (CPU, eval mode), else the module."""
         frozen = self.__dict__.get(name)
         return frozen if frozen is not None and device.type == "cpu" and not self.training else module
