@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "hat", "vee", "exp_map", "log_map", "quaternion_to_matrix", "matrix_to_quaternion", "uniform_so3",
+    "hat", "vee", "exp_map", "log_map", "rotate_about_axis", "quaternion_to_matrix", "matrix_to_quaternion", "uniform_so3",
     "igso3_density", "igso3_angle_density", "igso3_score", "igso3_score_norm", "sample_igso3", "rotation_score",
 ]
 
@@ -97,6 +97,14 @@ def log_map(m: Tensor) -> Tensor:
     safe = torch.where(small, torch.ones_like(xyz_norm), xyz_norm)
     scale = torch.where(small, 2 / q[..., :1] * (1 + xyz_norm**2 / (3 * q[..., :1] ** 2)), angle / safe)
     return q[..., 1:] * scale
+
+
+def rotate_about_axis(p: Tensor, origin: Tensor, axis: Tensor, angle: Tensor) -> Tensor:
+    """Points p (..., 3) turned by angle (radians, right-hand rule) about the line through origin along the unit axis
+    (Rodrigues' formula on the points, no matrices); origin and axis (..., 3) and angle (..., 1) broadcast against p."""
+    q = p - origin
+    c, s = torch.cos(angle), torch.sin(angle)
+    return origin + q * c + torch.cross(axis.expand_as(q), q, dim=-1) * s + axis * (axis * q).sum(-1, keepdim=True) * (1 - c)
 
 
 def uniform_so3(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sciddiff.core.so3 import rotate_about_axis
 from sciddiff.core.spaces import SO3, Euclidean, Torus
 from sciddiff.dock.model import ScoreModelConfig
 from sciddiff.nn.graph import segment_mean
@@ -94,10 +95,7 @@ def batched_torsion_update(pos: torch.Tensor, tor_bonds: torch.Tensor, tor_mask:
         origin = pos[tor_bonds[j, 1]]
         axis = origin - pos[tor_bonds[j, 0]]
         axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-        q = pos - origin
-        c, s = torch.cos(delta[j])[:, None], torch.sin(delta[j])[:, None]
-        rotated = origin + q * c + torch.cross(axis, q, dim=-1) * s + axis * (axis * q).sum(-1, keepdim=True) * (1 - c)
-        pos = torch.where(moved[:, None], rotated, pos)
+        pos = torch.where(moved[:, None], rotate_about_axis(pos, origin, axis, delta[j][:, None]), pos)
     return pos
 
 

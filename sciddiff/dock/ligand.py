@@ -19,6 +19,7 @@ from rdkit.Chem import AllChem, rdMolAlign
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from sciddiff.core.so3 import rotate_about_axis
 from sciddiff.dock.io import rdkit_quiet
 
 AMIDE = Chem.MolFromSmarts("[CX3](=[O,S])-[NX3]")
@@ -146,11 +147,7 @@ def apply_torsion_deltas(x: torch.Tensor, bonds: torch.Tensor, mask: torch.Tenso
     if tree is None or bonds.shape[0] <= 2:  # fewer operations for one or two bonds; sides that do not nest
         for k in range(bonds.shape[0]):  # one by one about their current axes (Rodrigues on the points)
             pivot, axis = bond_axes(x, bonds[k:k + 1])
-            q = x - pivot
-            c, s = torch.cos(delta[..., k, None, None]), torch.sin(delta[..., k, None, None])
-            turned = pivot + q * c + torch.cross(axis.expand_as(q), q, dim=-1) * s + axis * (axis * q).sum(
-                -1, keepdim=True) * (1 - c)
-            x = torch.where(mask[k][:, None], turned, x)
+            x = torch.where(mask[k][:, None], rotate_about_axis(x, pivot, axis, delta[..., k, None, None]), x)
         return x
     pivot, axis = bond_axes(x, bonds)
     rot = _bond_rotations(axis, delta)  # (..., m, 3, 3); y = rot x + shift turns x about bond k
