@@ -48,9 +48,9 @@ def test_a_synthetic_complex_is_the_protein_split_in_two(tmp_path, capsys):
     assert "already holds synthetic complexes" in capsys.readouterr().err
 
 
-def _decoys(path: Path, names: list[str], seed: int) -> str:
+def _decoys(path: Path, names: list[str], seed: int, blind: bool = False) -> str:
     gen = torch.Generator().manual_seed(seed)
-    items = [{"complex": n, "features": torch.randn(6, len(FEATURE_NAMES), generator=gen),
+    items = [{"complex": n, "blind": blind, "features": torch.randn(6, len(FEATURE_NAMES), generator=gen),
               "rmsd": torch.rand(6, generator=gen) * 5, "kind": torch.tensor([0, 1, 1, 1, 1, 2]),
               "order_energy": torch.tensor([2, 0, 1, 3])} for n in names]
     torch.save({"items": items, "command": f"test {seed}"}, path)
@@ -75,6 +75,24 @@ def test_extra_decoys_train_every_fold_and_are_never_scored(tmp_path, monkeypatc
     assert meta["complexes"] == 6 and meta["extra_complexes"] == 3  # set/0 is a real complex: not taken twice
     assert meta["chosen_cross_validation"]["n"] == 6 and meta["poses"] == 9 * 6
     assert meta["decoy_commands"] == ["test 0", "test 1"]
+
+
+def test_box_and_blind_lists_of_a_complex_share_a_fold(tmp_path, monkeypatch):
+    from sciddiff.dock import rescore_train
+
+    fitted = []  # the (complex, blind) lists each fit trains on
+    fit = rescore_train.fit
+    monkeypatch.setattr(rescore_train, "fit", lambda items, *a, **k: fitted.append(
+        {(i["complex"], i["blind"]) for i in items}) or fit(items, *a, **k))
+    names = [f"set/{i}" for i in range(6)]
+    box, blind = _decoys(tmp_path / "box.pt", names, 0), _decoys(tmp_path / "blind.pt", names, 1, blind=True)
+    argv = ["train", "--decoys", box, blind, "--hidden", "0", "--weight-decay", "1", "--epochs", "2", "--folds", "2"]
+    assert rescore_train.main([*argv, "--out", str(tmp_path / "r.pt")]) == 0
+    assert [len(f) for f in fitted] == [6, 6, 12]  # both lists of 3 complexes per fold, all 12 in the final fit
+    for f in fitted[:2]:
+        assert {(c, not b) for c, b in f} == f  # a complex's box list trains exactly where its blind list does
+    meta = json.loads((tmp_path / "r.json").read_text())
+    assert meta["complexes"] == 6 and meta["candidate_lists"] == 12 and meta["chosen_cross_validation"]["n"] == 12
 
 
 def test_a_split_may_name_complexes_of_another_root_by_absolute_path(tmp_path):

@@ -2,15 +2,17 @@
 
 decoys: dock training complexes with the project's own physics search (`--model none`: the score network saw
 these complexes, so its samples would be unrealistically good) from a fresh ETKDG conformer, box = crystal ligand
-+ 4 A, and keep every pose the ranker has to choose among: each Monte Carlo chain's best minimum (kind 0), the
++ 4 A (or, `--blind`, no box: the blind pipeline's geometric pockets, so that a list spans pockets), and keep every
+pose the ranker has to choose among: each Monte Carlo chain's best minimum (kind 0), the
 polished distinct candidates the ranking sees (kind 1), and the crystal pose relaxed under the same energy (kind 2:
 the conformer with the crystal's torsions, aligned onto it, then polished). Each is labelled with its
 symmetry-corrected RMSD (A) to the crystal ligand and kept with its heavy-atom coordinates (`coords`, A), so new
 features can be computed without docking again. Complexes are taken in a seeded random order and the output file
 is rewritten after every complex, so a run can be stopped at any time.
 
-train: loss per complex = listwise softmax cross-entropy whose target puts the mass on the poses within 2 A (or,
-with none, on the lowest-RMSD pose) + binary cross-entropy on RMSD < 2 A. k-fold cross-validation by complex over a
+train: loss per candidate list = listwise softmax cross-entropy whose target puts the mass on the poses within 2 A
+(or, with none, on the lowest-RMSD pose) + binary cross-entropy on RMSD < 2 A. k-fold cross-validation by complex
+(a complex's box and `--blind` lists share a fold) over a
 small grid (linear or one hidden layer, L2 penalty; the penalty spares the energy and consensus weights, see
 `rescore.Rescorer`) selects by cross-validated top-1 among the candidates; the chosen setting is refit on every
 decoy complex. The confidence head (a logistic regression on the ranking logit, consensus, energy above the best
@@ -62,7 +64,7 @@ def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
     return space.coords(p.tr, p.rot, p.theta, realign=False).detach()
 
 
-def complex_decoys(cid: str, root: Path, settings, model=None) -> dict:
+def complex_decoys(cid: str, root: Path, settings, model=None, blind: bool = False) -> dict:
     from sciddiff.dock import io
     from sciddiff.dock.data import complex_files
     from sciddiff.dock.docking import dock
@@ -72,14 +74,15 @@ def complex_decoys(cid: str, root: Path, settings, model=None) -> dict:
     protein, ligand = complex_files(root, cid)
     receptor = io.load_receptor(protein)
     mol = io.load_ligand(ligand)
-    result = dock(receptor, mol, io.box_from_ligand(ligand, 4.0), model, settings, show_progress=False)
+    box = None if blind else io.box_from_ligand(ligand, 4.0)
+    result = dock(receptor, mol, box, model, settings, show_progress=False)
     search, cand = torch.as_tensor(result.search), torch.as_tensor(result.candidates)
     poses = torch.cat([search, cand, relaxed_crystal(receptor, mol, settings.seed)])
     kind = torch.cat([torch.zeros(len(search)), torch.ones(len(cand)), torch.full((1,), 2.0)]).long()
     feats = Featurizer(receptor, mol, rotatable_torsions(mol).n)(poses, search)
     xtal = io.ligand_coords(mol)
     rmsd = torch.tensor([symmetric_rmsd(mol, p, xtal) for p in poses.numpy()], dtype=torch.float32)
-    return {"complex": cid, "features": feats, "rmsd": rmsd, "kind": kind, "coords": poses.float(),
+    return {"complex": cid, "blind": blind, "features": feats, "rmsd": rmsd, "kind": kind, "coords": poses.float(),
             "order_energy": torch.as_tensor(result.order_energy)}
 
 
@@ -119,7 +122,7 @@ def run_decoys(args) -> None:
     for k, cid in enumerate(ids):
         t0 = time.perf_counter()
         try:
-            items.append(complex_decoys(cid, root, settings, model))
+            items.append(complex_decoys(cid, root, settings, model, blind=args.blind))
         except (UserError, ValueError, RuntimeError) as err:  # unreadable input or an embedding failure: skip it
             print(f"{cid}: skipped ({err})", flush=True)
             continue
@@ -234,17 +237,21 @@ def run_train(args) -> None:
     check_output_path(args.out)
     torch.set_num_threads(1)
 
-    def load(paths: list[str]) -> dict[str, dict]:  # by complex: shards may overlap
+    def load(paths: list[str]) -> dict[tuple[str, bool], dict]:  # by complex and mode: shards may overlap
         files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file")
                  for path in paths]
-        return {it["complex"]: it for items in files for it in items}
+        return {(it["complex"], bool(it.get("blind", False))): it for items in files for it in items}
 
-    by_id = load(args.decoys)
-    extra = [it for cid, it in load(args.extra_decoys).items() if cid not in by_id]
-    if len(by_id) < args.folds:
-        raise UserError(f"{len(by_id)} complexes in the decoy files: fewer than --folds {args.folds}")
-    items = list(by_id.values())
-    folds = np.array_split(np.random.default_rng(1).permutation(len(items)), args.folds)
+    by_key = load(args.decoys)
+    extra = [it for key, it in load(args.extra_decoys).items() if key not in by_key]
+    items = list(by_key.values())
+    # folds by complex, so that a complex's box and blind lists are never on both sides of a split
+    complexes = list(dict.fromkeys(it["complex"] for it in items))
+    if len(complexes) < args.folds:
+        raise UserError(f"{len(complexes)} complexes in the decoy files: fewer than --folds {args.folds}")
+    lists = {cid: [i for i, it in enumerate(items) if it["complex"] == cid] for cid in complexes}
+    folds = [[i for c in part for i in lists[complexes[c]]]
+             for part in np.array_split(np.random.default_rng(1).permutation(len(complexes)), args.folds)]
     report, out_of_fold = {}, {}
     for hidden in args.hidden:
         for wd in args.weight_decay:
@@ -262,15 +269,19 @@ def run_train(args) -> None:
     for m, _ in out_of_fold[best]:
         m.conf_weight.copy_(conf_weight)
     chosen_cv = ranking_metrics(None, out_of_fold[best])  # the confidence head is fit on these same logits
-    print(json.dumps({"chosen (with confidence head)": chosen_cv}), flush=True)
+    by_mode = {mode: [p for p in out_of_fold[best] if p[1].get("blind", False) == (mode == "blind")]
+               for mode in ("box", "blind")}
+    by_mode = {mode: ranking_metrics(None, pairs) for mode, pairs in by_mode.items() if pairs}
+    print(json.dumps({"chosen (with confidence head)": chosen_cv, "by mode": by_mode}), flush=True)
     model = fit(items + extra, hidden, args.epochs, wd)  # the chosen setting, refit on every decoy complex
     model.conf_weight.copy_(conf_weight)
     meta = {"version": time.strftime("%Y-%m-%d"), "hidden": hidden, "weight_decay": wd, "epochs": args.epochs,
-            "complexes": len(items), "extra_complexes": len(extra),
+            "complexes": len(complexes), "candidate_lists": len(items), "extra_complexes": len(extra),
             "poses": int(sum(len(it["rmsd"]) for it in items + extra)), "command": _command(),
             "decoy_commands": [torch.load(p, weights_only=True).get("command")
                                for p in args.decoys + args.extra_decoys],
             "folds": args.folds, "cross_validation": report, "chosen": best, "chosen_cross_validation": chosen_cv,
+            "chosen_cross_validation_by_mode": by_mode,
             "confidence_weight": conf_weight.tolist(),
             "all_complexes": ranking_metrics(model, items)}
     save_rescorer(model, args.out, meta)
@@ -303,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--random-starts", type=int, default=88, help="search starts at random poses (default 88)")
     d.add_argument("--mc-chains", type=int, default=96, help="Monte Carlo chains (default 96)")
     d.add_argument("--mc-rounds", type=int, default=20, help="Monte Carlo rounds per chain (default 20)")
+    d.add_argument("--blind", action="store_true",
+                   help="dock without a box, into the pipeline's geometric pockets (candidate lists span pockets)")
     d.add_argument("--out", required=True, help="decoy file (.pt), rewritten after every complex")
     d.set_defaults(func=run_decoys)
     t = sub.add_parser("train", help="train the rescorer on decoy files")
