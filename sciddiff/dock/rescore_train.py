@@ -1,22 +1,22 @@
 """Decoys and training for the learned rescorer (`sciddiff.dock.rescore`).
 
-decoys: dock training complexes with the project's own physics search (`--model none`: the score network saw
-these complexes, so its samples would be unrealistically good) from a fresh ETKDG conformer, box = crystal ligand
-+ 4 A (or, `--blind`, no box: the blind pipeline's geometric pockets, so that a list spans pockets), and keep every
-pose the ranker has to choose among: each Monte Carlo chain's best minimum (kind 0), the
-polished distinct candidates the ranking sees (kind 1), and the crystal pose relaxed under the same energy (kind 2:
-the conformer with the crystal's torsions, aligned onto it, then polished). Each is labelled with its
-symmetry-corrected RMSD (A) to the crystal ligand and kept with its heavy-atom coordinates (`coords`, A), so new
-features can be computed without docking again. Complexes are taken in a seeded random order and the output file
-is rewritten after every complex, so a run can be stopped at any time.
+decoys: dock training complexes with the project's own physics search (`--model none`: the score network saw these
+complexes, so its samples would be unrealistically good) from a fresh ETKDG conformer, box = crystal ligand + 4 A
+(or, `--blind`, no box: the blind pipeline's geometric pockets, so that a list spans pockets), and keep every pose
+the ranker has to choose among: each Monte Carlo chain's best minimum (kind 0), the polished distinct candidates the
+ranking sees (kind 1), and the crystal pose relaxed under the same energy (kind 2: the conformer with the crystal's
+torsions, aligned onto it, then polished). Each is labelled with its symmetry-corrected RMSD (A) to the crystal
+ligand and kept with its heavy-atom coordinates (`coords`, A), so new features can be computed without docking
+again. Complexes are taken in a seeded random order and the output file is rewritten after every complex, so a run
+can be stopped at any time.
 
 train: loss per candidate list = listwise softmax cross-entropy whose target puts the mass on the poses within 2 A
-(or, with none, on the lowest-RMSD pose) + binary cross-entropy on RMSD < 2 A. k-fold cross-validation by complex
-(a complex's box and `--blind` lists share a fold) over a
-small grid (linear or one hidden layer, L2 penalty; the penalty spares the energy and consensus weights, see
-`rescore.Rescorer`) selects by cross-validated top-1 among the candidates; the chosen setting is refit on every
-decoy complex. The confidence head (a logistic regression on the ranking logit, consensus, energy above the best
-pose and ligand size) is fit on the chosen setting's out-of-fold logits of the top-1 candidates.
+(or, with none, on the lowest-RMSD pose) + binary cross-entropy on RMSD < 2 A. k-fold cross-validation by complex (a
+complex's box and `--blind` lists share a fold) over a small grid (linear or one hidden layer, L2 penalty; the
+penalty spares the energy and consensus weights, see `rescore.Rescorer`) selects by cross-validated top-1 among the
+candidates; the chosen setting is refit on every decoy complex. The confidence head (a logistic regression on the
+ranking logit, consensus, energy above the best pose and ligand size) is fit on the chosen setting's out-of-fold
+logits of the top-1 candidates.
 
     python -m sciddiff.dock.rescore_train decoys --split ../shared/data/docking/splits/train.txt --shard 0 --shards 2 \\
         --out runs/rescore/decoys_0.pt
