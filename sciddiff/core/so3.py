@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "hat", "vee", "exp_map", "log_map", "rotate_about_axis", "quaternion_to_matrix", "matrix_to_quaternion", "uniform_so3",
+    "hat", "vee", "exp_map", "log_map", "rotate_about_axis", "quaternion_to_matrix", "matrix_to_quaternion",
+    "uniform_so3",
     "igso3_density", "igso3_angle_density", "igso3_score", "igso3_score_norm", "sample_igso3", "rotation_score",
 ]
 
@@ -104,7 +105,8 @@ def rotate_about_axis(p: Tensor, origin: Tensor, axis: Tensor, angle: Tensor) ->
     (Rodrigues' formula on the points, no matrices); origin and axis (..., 3) and angle (..., 1) broadcast against p."""
     q = p - origin
     c, s = torch.cos(angle), torch.sin(angle)
-    return origin + q * c + torch.cross(axis.expand_as(q), q, dim=-1) * s + axis * (axis * q).sum(-1, keepdim=True) * (1 - c)
+    return (origin + q * c + torch.cross(axis.expand_as(q), q, dim=-1) * s
+            + axis * (axis * q).sum(-1, keepdim=True) * (1 - c))
 
 
 def uniform_so3(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:

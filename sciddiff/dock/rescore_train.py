@@ -246,11 +246,13 @@ def run_train(args) -> None:
     extra = [it for key, it in load(args.extra_decoys).items() if key not in by_key]
     items = list(by_key.values())
     # folds by complex, so that a complex's box and blind lists are never on both sides of a split
-    complexes = list(dict.fromkeys(it["complex"] for it in items))
+    lists: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        lists.setdefault(it["complex"], []).append(i)
+    complexes = list(lists.values())
     if len(complexes) < args.folds:
         raise UserError(f"{len(complexes)} complexes in the decoy files: fewer than --folds {args.folds}")
-    lists = {cid: [i for i, it in enumerate(items) if it["complex"] == cid] for cid in complexes}
-    folds = [[i for c in part for i in lists[complexes[c]]]
+    folds = [[i for c in part for i in complexes[c]]
              for part in np.array_split(np.random.default_rng(1).permutation(len(complexes)), args.folds)]
     report, out_of_fold = {}, {}
     for hidden in args.hidden:
@@ -269,9 +271,11 @@ def run_train(args) -> None:
     for m, _ in out_of_fold[best]:
         m.conf_weight.copy_(conf_weight)
     chosen_cv = ranking_metrics(None, out_of_fold[best])  # the confidence head is fit on these same logits
-    by_mode = {mode: [p for p in out_of_fold[best] if p[1].get("blind", False) == (mode == "blind")]
-               for mode in ("box", "blind")}
-    by_mode = {mode: ranking_metrics(None, pairs) for mode, pairs in by_mode.items() if pairs}
+    by_mode = {}
+    for mode in ("box", "blind"):
+        pairs = [p for p in out_of_fold[best] if p[1].get("blind", False) == (mode == "blind")]
+        if pairs:
+            by_mode[mode] = ranking_metrics(None, pairs)
     print(json.dumps({"chosen (with confidence head)": chosen_cv, "by mode": by_mode}), flush=True)
     model = fit(items + extra, hidden, args.epochs, wd)  # the chosen setting, refit on every decoy complex
     model.conf_weight.copy_(conf_weight)
