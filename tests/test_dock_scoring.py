@@ -51,6 +51,45 @@ def test_receptor_typing_uses_residue_templates(complex_1uou):
     assert t.hydrophobic[(rec.res_names == "MET") & (rec.atom_names == "CB")].all()
 
 
+def _pdb_line(serial: int, name: str, res: str, resseq: int, xyz, element: str, het: bool = False) -> str:
+    return (f"{'HETATM' if het else 'ATOM':<6}{serial:>5} {name:<4} {res:>3} A{resseq:>4}    "
+            f"{xyz[0]:8.3f}{xyz[1]:8.3f}{xyz[2]:8.3f}  1.00  0.00          {element:>2}")
+
+
+def test_receptor_hydrogens_in_the_file_decide_donors_and_acceptors(tmp_path):
+    """Where the file gives a residue's hydrogens they decide (an N-H donates and does not accept); residues without
+    hydrogens, and an imidazole with no N-H (a preparation artefact), keep the templates (His N both)."""
+    atoms = []  # residue, resseq, [(name, element, xyz)], hetero
+    for seq, ring_h in ((1, "HD1"), (2, None)):  # His 1: ND1-H tautomer; His 2: no ring N-H in a file with H
+        x0 = 10.0 * seq
+        hs = [("H", "H", (x0 - 1.0, 0, 0))] + ([(ring_h, "H", (x0 + 3.0, 2.0, 0))] if ring_h else [])
+        atoms.append(("HIS", seq, [("N", "N", (x0, 0, 0)), ("CA", "C", (x0 + 1.5, 0, 0)), ("C", "C", (x0 + 2, 1.4, 0)),
+                                   ("O", "O", (x0 + 3, 1.6, 1)), ("CB", "C", (x0 + 2, -1.4, 0)),
+                                   ("ND1", "N", (x0 + 3.0, 1.0, 0)), ("NE2", "N", (x0 + 4.5, -0.5, 0))] + hs, False))
+    atoms.append(("LYS", 3, [("N", "N", (30, 0, 0)), ("CA", "C", (31.5, 0, 0)), ("NZ", "N", (33, 2, 0))], False))
+    atoms.append(("NAD", 4, [("N6A", "N", (40, 0, 0)), ("H61", "H", (40.9, 0.4, 0)), ("N1A", "N", (43, 0, 0))], True))
+    lines, serial = [], 1
+    for res, seq, rows, het in atoms:
+        for name, el, xyz in rows:
+            lines.append(_pdb_line(serial, name, res, seq, xyz, el, het))
+            serial += 1
+    (tmp_path / "p.pdb").write_text("\n".join(lines) + "\nEND\n")
+    rec = io.load_receptor(tmp_path / "p.pdb")
+    t = scoring.receptor_types(rec)
+
+    his = np.nonzero(rec.res_names == "HIS")[0]
+    nd1, ne2 = his[rec.atom_names[his] == "ND1"], his[rec.atom_names[his] == "NE2"]
+    assert t.donor[nd1[0]] and not t.acceptor[nd1[0]]          # ND1-H
+    assert t.acceptor[ne2[0]] and not t.donor[ne2[0]]          # the free ring N accepts
+    assert t.donor[nd1[1]] and t.acceptor[nd1[1]] and t.donor[ne2[1]] and t.acceptor[ne2[1]]  # template
+    lys_n = np.nonzero((rec.res_names == "LYS") & np.isin(rec.atom_names, ["N", "NZ"]))[0]
+    assert t.donor[lys_n].all()                                 # no hydrogens in the residue: template
+    n6, n1 = (int(np.nonzero(rec.atom_names == n)[0][0]) for n in ("N6A", "N1A"))
+    assert t.donor[n6] and not t.acceptor[n6]                  # cofactor amine: donates
+    assert t.acceptor[n1] and not t.donor[n1]
+    assert rec.hydrogens[n6] == 1 and (rec.hydrogens[lys_n] == -1).all()
+
+
 @pytest.mark.parametrize("exact", [True, False])
 def test_gradient_matches_finite_differences(complex_1uou, exact):
     _, mol, _, _, sf = complex_1uou

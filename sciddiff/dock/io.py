@@ -34,7 +34,8 @@ AMINO_ACIDS = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "I
                "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL")
 # Modified residues that are amino acids for the residue graph.
 AA_ALIASES = {"MSE": "MET", "HID": "HIS", "HIE": "HIS", "HIP": "HIS", "CYX": "CYS", "SEP": "SER", "TPO": "THR",
-              "PTR": "TYR", "KCX": "LYS", "LLP": "LYS", "CSO": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS"}
+              "PTR": "TYR", "KCX": "LYS", "LLP": "LYS", "CSO": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS",
+              "CYM": "CYS", "HSD": "HIS", "HSE": "HIS", "HSP": "HIS"}  # Amber / CHARMM protonation states
 
 
 def _read_text(path: str | os.PathLike) -> str:
@@ -76,6 +77,7 @@ class Receptor:
     res_sc: np.ndarray            # (R, 3) side-chain centroid (C-alpha for glycine)
     res_chain: np.ndarray         # (R,) chain id
     pdb_text: str = field(repr=False, default="")   # the input's ATOM/HETATM records, for complex output
+    hydrogens: np.ndarray | None = None  # (A,) H bonded to each heavy atom in the file; -1 where its residue has none
 
     @property
     def n_residues(self) -> int:
@@ -171,7 +173,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     if not models:
         raise UserError(f"no model in {path}")
 
-    coords, elements, names, resnames, atom_res, hetero = [], [], [], [], [], []
+    coords, elements, names, resnames, atom_res, hetero, hydrogens = [], [], [], [], [], [], []
     res_type, res_ca, res_n, res_c, res_sc, res_chain = [], [], [], [], [], []
     for chain in models[0]:
         for res in chain:
@@ -182,7 +184,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                     continue
                 resname = "HOH"  # one name for every water, for the atom typing (`scoring.receptor_types`)
             aa = AA_ALIASES.get(resname, resname)
-            atoms = []
+            atoms, res_h = [], []
             for atom in res:
                 if atom.is_disordered():
                     atom = atom.selected_child
@@ -190,10 +192,12 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                 if not el or el == "X":  # element column missing and biopython could not guess
                     el = atom.get_id().strip().lstrip("0123456789")[:1].capitalize()
                 if el in ("H", "D"):
+                    res_h.append(atom.coord)
                     continue
                 atoms.append((atom, el))
             if not atoms:
                 continue
+            hydrogens += _bonded_hydrogens([a.coord for a, _ in atoms], res_h)
             is_aa = aa in AMINO_ACIDS and "CA" in res
             if is_aa:
                 r = len(res_ca)
@@ -223,7 +227,17 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
         res_type=np.array(res_type, dtype=np.int64), res_ca=f32(res_ca), res_n=f32(res_n), res_c=f32(res_c),
         res_sc=f32(res_sc), res_chain=np.array(res_chain),
         pdb_text="\n".join(ln for ln in records if not ln.startswith("TER")) + "\n",
+        hydrogens=np.array(hydrogens, dtype=np.int8),
     )
+
+
+def _bonded_hydrogens(heavy: list[np.ndarray], hydrogens: list[np.ndarray]) -> list[int]:
+    """Hydrogens of the same residue within covalent distance (< 1.3 A; X-H bonds are 0.96-1.10 A) of each heavy
+    atom; all -1 for a residue that has no hydrogens in the file (unknown, not zero)."""
+    if not hydrogens:
+        return [-1] * len(heavy)
+    d = np.linalg.norm(np.asarray(heavy, dtype=np.float32)[:, None] - np.asarray(hydrogens, dtype=np.float32)[None], axis=-1)
+    return (d < 1.3).sum(1).tolist()
 
 
 def receptor_note(receptor: Receptor) -> str | None:

@@ -11,8 +11,10 @@ Two parameter sets (`FUNCTIONS`), as in AutoDock Vina 1.2:
           (0 -> 2.5), H-bond -0.6 (-0.6 -> 0); radii C 2.0, N 1.7, O 1.6.
 Atom typing follows Vina: carbon is hydrophobic unless bonded to a heteroatom (any element but C and H, S included);
 halogens are hydrophobic; O is an acceptor and a donor when it carries H; N donates when it carries H and accepts
-when its lone pair is free; S is neither; metals are donors with R = 1.2 A. Receptor hydrogens are not read:
-protein donors/acceptors come from residue templates, cofactor N/O are treated as acceptors only.
+when its lone pair is free; S is neither; metals are donors with R = 1.2 A. In the receptor, where the file gives a
+residue's hydrogens (as a receptor prepared for Vina does), they decide: an N or O donates when it carries an H, an N
+accepts only when it carries none (His tautomers, cofactor amines); residues without hydrogens in the file take their
+donors/acceptors from residue templates (His N both), and their cofactor N/O are acceptors only.
 
 Protein-ligand energies are looked up in precomputed grid maps (one per ligand atom class, trilinear interpolation,
 differentiable in the coordinates; atoms outside the grid pay a quadratic wall) during search, and evaluated
@@ -63,7 +65,7 @@ METALS = {"Zn", "Mg", "Ca", "Fe", "Mn", "Co", "Ni", "Cu", "Na", "K", "Cd", "Hg",
 HALOGENS = {"F", "Cl", "Br", "I"}
 METAL_RADIUS = 1.2
 
-# Protein polar atoms by residue template (hydrogens are not read from the PDB).
+# Protein polar atoms by residue template, for residues whose hydrogens the file does not give.
 # Vina's donors and acceptors are N and O only: Cys SG (type SA) is neither.
 PROTEIN_DONORS = {("ARG", "NE"), ("ARG", "NH1"), ("ARG", "NH2"), ("ASN", "ND2"), ("GLN", "NE2"), ("HIS", "ND1"),
                   ("HIS", "NE2"), ("LYS", "NZ"), ("TRP", "NE1"), ("SER", "OG"), ("THR", "OG1"), ("TYR", "OH")}
@@ -152,6 +154,15 @@ def receptor_types(rec: Receptor, function: str = "vina") -> AtomTypes:
     don |= (el == "O") & (rec.res_names == "HOH")  # a water's O (io names every water HOH) both gives and takes H-bonds
     acc = (el == "O") | np.array([k in PROTEIN_ACCEPTOR_N for k in key]) | ((el == "N") & rec.is_hetero)
     acc &= ~np.isin(el, list(METALS))
+    if rec.hydrogens is not None:
+        h = rec.hydrogens
+        known = (h >= 0) & ((el == "N") | (el == "O"))
+        # an imidazole with no N-H (some preparations write His so) is an artefact, not an anion: keep the template
+        his_n = np.array([k in PROTEIN_ACCEPTOR_N for k in key]) & is_aa
+        protonated = np.bincount(rec.atom_res[his_n], weights=h[his_n] > 0, minlength=len(rec.res_ca))
+        known &= ~(his_n & (protonated[rec.atom_res] == 0))
+        don = np.where(known, h > 0, don)
+        acc = np.where(known & (el == "N"), acc & (h == 0), acc)
     return AtomTypes(radius, hyd, don, acc)
 
 
