@@ -236,8 +236,8 @@ def _bonded_hydrogens(heavy: list[np.ndarray], hydrogens: list[np.ndarray]) -> l
     atom; all -1 for a residue that has no hydrogens in the file (unknown, not zero)."""
     if not hydrogens:
         return [-1] * len(heavy)
-    d = np.linalg.norm(np.asarray(heavy, dtype=np.float32)[:, None] - np.asarray(hydrogens, dtype=np.float32)[None], axis=-1)
-    return (d < 1.3).sum(1).tolist()
+    heavy, hydrogens = np.asarray(heavy, dtype=np.float32), np.asarray(hydrogens, dtype=np.float32)
+    return (np.linalg.norm(heavy[:, None] - hydrogens[None], axis=-1) < 1.3).sum(1).tolist()
 
 
 def receptor_note(receptor: Receptor) -> str | None:
