@@ -152,15 +152,16 @@ def receptor_types(rec: Receptor, function: str = "vina") -> AtomTypes:
     don |= (rec.atom_names == "N") & (rec.res_names != "PRO") & is_aa
     don |= np.isin(el, list(METALS))
     don |= (el == "O") & (rec.res_names == "HOH")  # a water's O (io names every water HOH) both gives and takes H-bonds
-    acc = (el == "O") | np.array([k in PROTEIN_ACCEPTOR_N for k in key]) | ((el == "N") & rec.is_hetero)
+    his_ring_n = np.array([k in PROTEIN_ACCEPTOR_N for k in key])
+    acc = (el == "O") | his_ring_n | ((el == "N") & rec.is_hetero)
     acc &= ~np.isin(el, list(METALS))
     if rec.hydrogens is not None:
         h = rec.hydrogens
         known = (h >= 0) & ((el == "N") | (el == "O"))
         # an imidazole with no N-H (some preparations write His so) is an artefact, not an anion: keep the template
-        his_n = np.array([k in PROTEIN_ACCEPTOR_N for k in key]) & is_aa
+        his_n = his_ring_n & is_aa
         protonated = np.bincount(rec.atom_res[his_n], weights=h[his_n] > 0, minlength=len(rec.res_ca))
-        known &= ~(his_n & (protonated[rec.atom_res] == 0))
+        known &= ~(his_n & (protonated[rec.atom_res] == 0))  # (atom_res is -1 only off amino acids, masked by his_n)
         don = np.where(known, h > 0, don)
         acc = np.where(known & (el == "N"), acc & (h == 0), acc)
     return AtomTypes(radius, hyd, don, acc)
