@@ -4,6 +4,7 @@
     python examples/diffusion_policy_pusht.py --episodes 100 --seed 0 --metrics-json out/policy/metrics.json
     python examples/diffusion_policy_pusht.py --obs-type image     # the image (96x96 pixels) policy
     python examples/diffusion_policy_pusht.py --inference-steps 40  # more denoising steps: higher reward, 2x the time
+    python examples/diffusion_policy_pusht.py --video out/policy/rollout.mp4  # the rollout as an H.264 MP4
     python examples/diffusion_policy_pusht.py --train              # train from the zarr demos first (CPU: slow)
 
 Metrics, per episode then averaged: max coverage of the goal; max reward = min(coverage / 0.95, 1) (the paper's and
@@ -22,6 +23,7 @@ import torch
 from sciddiff.cli import UserError, check_output_path, idle_threads, options_below, options_not_positive
 from sciddiff.policy.cli import SHIPPED, check_seeds, check_suffix, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
+from sciddiff.policy.runner import VIDEO_SUFFIXES
 from sciddiff.train.checkpoint import atomic_file
 
 
@@ -35,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-steps", type=int, default=None, metavar="K",
                         help="denoising steps (default: the policy's own, 20 for the shipped ones); with the shipped "
                              "state policy 40 finishes more pushes at twice the chunk time (docs/policy.md)")
-    parser.add_argument("--gif", type=Path, default=None,
-                        help="GIF of the first episode (default out/policy/pusht_<obs-type>_rollout.gif)")
+    parser.add_argument("--video", "--gif", dest="video", type=Path, default=None, metavar="GIF|MP4",
+                        help="video of the first episode, .gif or .mp4 (H.264); default "
+                             "out/policy/pusht_<obs-type>_rollout.gif")
     parser.add_argument("--plot", type=Path, default=None, help="max-coverage histogram and fraction finished by "
                         "step (default out/policy/pusht_<obs-type>_episodes.png)")
     parser.add_argument("--threads", type=int, default=None,
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-seconds", type=float, default=1800, help="training budget with --train")
     parser.add_argument("--train-out", type=Path, default=Path("runs/policy/example"), help="run directory of --train")
     args = parser.parse_args(argv)
-    args.gif = args.gif or Path(f"out/policy/pusht_{args.obs_type}_rollout.gif")  # a state and an image run side
+    args.video = args.video or Path(f"out/policy/pusht_{args.obs_type}_rollout.gif")  # a state and an image run side
     args.plot = args.plot or Path(f"out/policy/pusht_{args.obs_type}_episodes.png")  # by side keep both
     try:
         if bad := options_below(args, 1, "episodes", "inference_steps", "threads"):
@@ -54,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.train and options_not_positive(args, "train_seconds"):  # nan would pass `<= 0`: no time limit
             raise UserError("--train-seconds must be a finite number > 0")
         check_seeds(args.seed, args.episodes)
-        check_output_path(args.gif, option="--gif")
+        check_output_path(args.video, option="--video")
         check_output_path(args.plot, option="--plot")
-        check_suffix(args.gif, ".gif", "--gif")
+        check_suffix(args.video, VIDEO_SUFFIXES, "--video")
         check_suffix(args.plot, ".png", "--plot")
         if args.metrics_json:
             check_output_path(args.metrics_json, option="--metrics-json")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = Path(train(train_args)["policy"])
         policy = load_checkpoint_or_fail(checkpoint)
         torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
-        metrics = evaluate_pusht(policy, args.episodes, args.seed, gif_path=args.gif, steps=args.inference_steps,
+        metrics = evaluate_pusht(policy, args.episodes, args.seed, video_path=args.video, steps=args.inference_steps,
                                  plot_path=args.plot)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     print(format_metrics(metrics))
-    print(f"rollout GIF: {args.gif}, episode plot: {args.plot}")
+    print(f"rollout video: {args.video}, episode plot: {args.plot}")
     if args.metrics_json:
         keys = ("mean_max_reward", "mean_max_coverage", "success_rate", "episodes", "seconds_per_action_chunk",
                 "seconds_per_action_chunk_min", "sampler", "inference_steps", "torch_threads")

@@ -35,7 +35,7 @@ class RecordingStub:
 def test_pusht_episode_with_stub_policy(tmp_path):
     stub = RecordingStub()
     adapter = PushTAdapter("environment_state_agent_pos", max_steps=40)
-    results = run_episodes(stub, adapter, seeds=[3, 4, 5], batch_size=2, gif_path=tmp_path / "ep.gif",
+    results = run_episodes(stub, adapter, seeds=[3, 4, 5], batch_size=2, video_path=tmp_path / "ep.gif",
                            show_progress=False)
     assert [r.seed for r in results] == [3, 4, 5]
     for r in results:
@@ -55,6 +55,25 @@ def test_pusht_episode_with_stub_policy(tmp_path):
     m = summarize(results)
     assert m["episodes"] == 3 and m["success_rate"] == 0.0
     assert m["mean_max_coverage"] == pytest.approx(np.mean([r.max_score for r in results]))
+
+
+def test_rollout_video_is_a_gif_or_an_h264_mp4_written_atomically(tmp_path):
+    import imageio.v2 as imageio
+
+    from sciddiff.policy.runner import write_video
+
+    frames = [np.full((64, 80, 3), 12 * i, np.uint8) for i in range(12)]  # changing frames: none merged
+    write_video(tmp_path / "a.gif", frames)
+    write_video(tmp_path / "a.mp4", frames, fps=10)
+    assert len(imageio.mimread(tmp_path / "a.gif")) == 12
+    with imageio.get_reader(tmp_path / "a.mp4") as video:
+        meta = video.get_meta_data()
+        assert meta["codec"] == "h264" and meta["fps"] == 10 and video.count_frames() == 12
+        assert video.get_data(11).shape == (64, 80, 3)
+        assert abs(float(video.get_data(11).mean()) - 132) < 3  # the last frame's grey level survives the codec
+    with pytest.raises(ValueError, match=".gif, .mp4"):
+        write_video(tmp_path / "a.avi", frames)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["a.gif", "a.mp4"]  # no temporary file left
 
 
 def test_success_ends_the_episode_and_counts():
@@ -120,7 +139,7 @@ def _run(args, **kw):
 def test_example_writes_metrics_json(tmp_path, tiny_checkpoint):
     out = tmp_path / "m.json"
     proc = _run(["examples/diffusion_policy_pusht.py", "--episodes", "2", "--seed", "7", "--metrics-json", str(out),
-                 "--checkpoint", str(tiny_checkpoint), "--gif", str(tmp_path / "r.gif"), "--inference-steps", "3",
+                 "--checkpoint", str(tiny_checkpoint), "--video", str(tmp_path / "r.mp4"), "--inference-steps", "3",
                  "--plot", str(tmp_path / "e.png")])
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text())
@@ -128,7 +147,10 @@ def test_example_writes_metrics_json(tmp_path, tiny_checkpoint):
     assert keys <= set(metrics)
     assert metrics["episodes"] == 2 and 0 < metrics["seconds_per_action_chunk"] < 5
     assert metrics["inference_steps"] == 3  # the checkpoint's own is 2
-    assert "mean max coverage" in proc.stdout and (tmp_path / "r.gif").exists()
+    assert "mean max coverage" in proc.stdout
+    import imageio.v2 as imageio
+    with imageio.get_reader(tmp_path / "r.mp4") as video:  # H.264: every env step of the first episode a frame
+        assert video.get_meta_data()["codec"] == "h264" and video.count_frames() > 10
     assert (tmp_path / "e.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -139,7 +161,7 @@ def test_example_refuses_bad_seeds_and_output_names_before_the_episodes(tmp_path
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     good = ["--checkpoint", str(tiny_checkpoint), "--gif", str(tmp_path / "r.gif"), "--plot", str(tmp_path / "e.png")]
-    for bad, message in ((["--seed", "-1"], "--seed must be in 0.."), (["--gif", str(tmp_path / "r")], "--gif must"),
+    for bad, message in ((["--seed", "-1"], "--seed must be in 0.."), (["--gif", str(tmp_path / "r")], "--video must"),
                          (["--plot", str(tmp_path / "e.jpg")], "--plot must name a .png file")):
         assert example.main([*good, *bad]) == 2, bad
         err = capsys.readouterr().err
@@ -185,12 +207,12 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
                          (["--inference-steps", "-3"], "--inference-steps must be at least 1"),
                          (["--env-obs-type", "pixels_agent_pos"], "a state policy reads --env-obs-type"),
                          (["--metrics-json", str(tmp_path / "m.json" / "x.json")], "cannot be written"),
-                         (["--gif", str(tmp_path)], "--gif"), (["--plot", str(tmp_path)], "--plot"),
+                         (["--video", str(tmp_path)], "--video"), (["--plot", str(tmp_path)], "--plot"),
                          # refused before the episodes, which used to fail in gymnasium / torch / the GIF writer
                          (["--seed", "-1"], "--seed must be in 0.."),
                          (["--seed", str(2**64 - 1)], "--seed must be in 0.."),  # seed + 1 does not fit
-                         (["--gif", str(tmp_path / "a.txt")], "--gif must name a .gif file"),
-                         (["--gif", str(tmp_path / "a")], "--gif must name a .gif file"),
+                         (["--video", str(tmp_path / "a.txt")], "--video must name a .gif or .mp4 file"),
+                         (["--gif", str(tmp_path / "a")], "--video must name a .gif or .mp4 file"),
                          (["--plot", str(tmp_path / "a.xyz")], "--plot must name a .png file"),
                          (["--obs-type", "image"], "--obs-type image contradicts --checkpoint")):
         capsys.readouterr()

@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="actions executed per chunk before re-planning (default: the policy's, 8 as trained)")
     p.add_argument("--env-obs-type", choices=("state", "environment_state_agent_pos", "pixels_agent_pos"),
                    default=None, help="gym-pusht observation type (default: matches the policy)")
-    p.add_argument("--gif", type=Path, default=None, help="write a GIF of the first episode here")
+    p.add_argument("--video", "--gif", dest="video", type=Path, default=None, metavar="GIF|MP4",
+                   help="write a video of the first episode here: .gif, or .mp4 (H.264)")
     p.add_argument("--metrics-json", type=Path, default=None, help="write the metrics here")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG",
                    help="plot the episodes here: max-coverage histogram, fraction finished by env step")
@@ -106,27 +107,29 @@ def check_seeds(seed: int, episodes: int) -> None:
                         f"uses seed + its index), got {seed}")
 
 
-def check_suffix(path: Path | None, suffix: str, option: str) -> None:
-    """An output file whose format follows from its name must carry that suffix: a GIF writer picks its format by the
-    suffix (failing only after every episode has run), and a PNG under another name misleads."""
-    if path is not None and path.suffix.lower() != suffix:
-        raise UserError(f"{option} must name a {suffix} file, got {path}")
+def check_suffix(path: Path | None, suffixes: str | tuple[str, ...], option: str) -> None:
+    """An output file whose format follows from its name must carry one of those suffixes: the video writer picks
+    its format by the suffix (failing only after every episode has run), and a PNG under another name misleads."""
+    suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
+    if path is not None and path.suffix.lower() not in suffixes:
+        raise UserError(f"{option} must name a {' or '.join(suffixes)} file, got {path}")
 
 
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_pusht
+    from sciddiff.policy.runner import VIDEO_SUFFIXES
     from sciddiff.train.checkpoint import atomic_file
 
     if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads"):
         raise UserError(f"{bad[0]} must be at least 1")
     check_seeds(args.seed, args.episodes)
-    for option, path in (("--gif", args.gif), ("--metrics-json", args.metrics_json), ("--states-out", args.states_out),
+    for option, path in (("--video", args.video), ("--metrics-json", args.metrics_json), ("--states-out", args.states_out),
                          ("--plot", args.plot)):
         if path is not None:
             check_output_path(path, option=option)
-    check_suffix(args.gif, ".gif", "--gif")
+    check_suffix(args.video, VIDEO_SUFFIXES, "--video")
     check_suffix(args.plot, ".png", "--plot")
     torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
     policy = load_checkpoint_or_fail(args.checkpoint or SHIPPED[args.obs_type or "state"])
@@ -152,7 +155,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise UserError(f"--warm-start-t must be in 0..{policy.config.num_train_timesteps - 1}")
         policy.config.warm_start_t = args.warm_start_t
     metrics = evaluate_pusht(policy, args.episodes, args.seed, batch_size=args.batch_size,
-                             env_obs_type=args.env_obs_type, gif_path=args.gif, sampler=args.sampler,
+                             env_obs_type=args.env_obs_type, video_path=args.video, sampler=args.sampler,
                              steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager,
                              states_out=args.states_out, plot_path=args.plot)
     print(format_metrics(metrics))

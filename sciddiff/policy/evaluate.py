@@ -24,7 +24,7 @@ DEFAULT_ENV_OBS = {kind: types[0] for kind, types in ENV_OBS_TYPES.items()}
 
 
 def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, batch_size: int = 10,
-                  env_obs_type: str | None = None, gif_path: str | Path | None = None, sampler: str | None = None,
+                  env_obs_type: str | None = None, video_path: str | Path | None = None, sampler: str | None = None,
                   steps: int | None = None, show_progress: bool = True, freeze: bool = True,
                   record_states: bool = False) -> list[EpisodeResult]:
     """One PushT episode of `policy` per seed (its sampling noise seeded by the first seed). `freeze` traces the
@@ -35,11 +35,11 @@ def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, batch_size: 
         policy.freeze_for_cpu()
     actor = TorchPolicyActor(policy, seed=int(seeds[0]), sampler=sampler, steps=steps)
     return run_episodes(actor, adapter, seeds, n_obs_steps=policy.config.n_obs_steps, batch_size=batch_size,
-                        gif_path=gif_path, show_progress=show_progress, record_states=record_states)
+                        video_path=video_path, show_progress=show_progress, record_states=record_states)
 
 
 def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, batch_size: int = 10,
-                   env_obs_type: str | None = None, gif_path: str | Path | None = None, sampler: str | None = None,
+                   env_obs_type: str | None = None, video_path: str | Path | None = None, sampler: str | None = None,
                    steps: int | None = None, show_progress: bool = True, per_episode: bool = False,
                    freeze: bool = True, states_out: str | Path | None = None,
                    plot_path: str | Path | None = None) -> dict:
@@ -48,8 +48,8 @@ def evaluate_pusht(policy: DiffusionPolicy, episodes: int, seed: int = 0, *, bat
     simulator states there (`save_rollout_states`); `plot_path` a PNG of the episodes (`plot_episodes`)."""
     obs_type = env_obs_type or DEFAULT_ENV_OBS[policy.config.obs_type]
     results = rollout_pusht(policy, range(seed, seed + episodes), batch_size=batch_size, env_obs_type=obs_type,
-                            gif_path=gif_path, sampler=sampler, steps=steps, show_progress=show_progress, freeze=freeze,
-                            record_states=states_out is not None)
+                            video_path=video_path, sampler=sampler, steps=steps, show_progress=show_progress,
+                            freeze=freeze, record_states=states_out is not None)
     if states_out is not None:
         save_rollout_states(states_out, results)
     adapter = PushTAdapter(obs_type)

@@ -132,26 +132,27 @@ class TorchPolicyActor:
 
 
 def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *, n_obs_steps: int = 2,
-                 batch_size: int = 10, gif_path: str | Path | None = None, show_progress: bool = True,
+                 batch_size: int = 10, video_path: str | Path | None = None, show_progress: bool = True,
                  record_states: bool = False) -> list[EpisodeResult]:
-    """Run one episode per seed; write a GIF of the first one if `gif_path` is given; with `record_states`, each
-    result carries the adapter's snapshot of the simulator before every action and after the last."""
+    """Run one episode per seed; write a video of the first one if `video_path` is given (`write_video`: GIF or
+    MP4); with `record_states`, each result carries the adapter's snapshot of the simulator before every action and
+    after the last."""
     seeds = [int(s) for s in seeds]
     results: list[EpisodeResult] = []
     frames: list[np.ndarray] = []
-    envs = [adapter.make_env(render=gif_path is not None and i == 0) for i in range(min(batch_size, len(seeds)))]
+    envs = [adapter.make_env(render=video_path is not None and i == 0) for i in range(min(batch_size, len(seeds)))]
     bar = progress_bar(total=len(seeds), desc="episodes", unit="ep", disable=not show_progress)
     try:
         for start in range(0, len(seeds), batch_size):
             group = seeds[start:start + batch_size]
-            record = frames if gif_path is not None and start == 0 else None
+            record = frames if video_path is not None and start == 0 else None
             results += _run_group(policy, adapter, envs[:len(group)], group, n_obs_steps, record, bar, record_states)
     finally:
         bar.close()
         for env in envs:
             env.close()
-    if gif_path is not None and frames:
-        write_gif(gif_path, frames)
+    if video_path is not None and frames:
+        write_video(video_path, frames)
     return results
 
 
@@ -197,15 +198,26 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
             for i, seed in enumerate(seeds)]
 
 
-def write_gif(path: str | Path, frames: Sequence[np.ndarray], fps: int = 10) -> Path:
-    """Atomically write an animated GIF (`fps` frames per second, looping)."""
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = 10) -> Path:
+    """Atomically write `frames` (H, W, 3 uint8) as a looping GIF or an H.264 MP4 (yuv420p, what browsers and
+    LeRobot's viewers play; through imageio's ffmpeg plugin), chosen by the suffix of `path`."""
     import imageio.v2 as imageio
 
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"a rollout video must be one of {', '.join(VIDEO_SUFFIXES)}, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")
+    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
     try:
-        imageio.mimsave(tmp, [np.asarray(f, dtype=np.uint8) for f in frames], duration=1000 / fps, loop=0)
+        if suffix == ".gif":
+            imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)
+        else:  # H.264 wants even sides: 16-pixel macro blocks (the renderer's 256 px frames already are)
+            imageio.mimsave(tmp, frames, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=16)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
