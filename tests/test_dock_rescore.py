@@ -90,3 +90,58 @@ def test_rescore_training_refuses_bad_input_before_any_work(tmp_path, capsys):
     (tmp_path / "set" / "1uou").mkdir(parents=True)  # the complex's folder without its files: skipped, then refused
     assert rescore_train.main([*decoys[:2], str(tmp_path), *decoys[3:]]) == 2
     assert "none of the 1 complexes could be docked" in capsys.readouterr().err and not (tmp_path / "d.pt").exists()
+
+
+def test_platt_fit_recovers_a_known_calibration():
+    from sciddiff.dock.rescore_train import platt_fit
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(-1.0, 1.5, 20000)
+    hit = (rng.random(z.size) < 1 / (1 + np.exp(-(1.3 * z + 0.9)))).astype(float)
+    a, c = platt_fit(z, hit)
+    assert abs(a - 1.3) < 0.06 and abs(c - 0.9) < 0.06
+
+
+def test_calibrate_rescales_the_confidence_and_keeps_the_ranking(tmp_path, capsys):
+    import csv
+    import json
+
+    from sciddiff.dock.rescore_train import main
+
+    model = rescore.Rescorer(hidden=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.linear.weight.normal_(generator=gen)
+        model.conf_weight.normal_(std=0.1, generator=gen)  # moderate confidences, as a trained head gives
+    path = tmp_path / "r.pt"
+    rescore.save_rescorer(model, path, {"version": "test"})
+    features = torch.randn(50, len(rescore.FEATURE_NAMES), generator=gen)
+    before = rescore.load_rescorer(path)
+    # an under-confident head: the hits come at sigmoid(1.5 * logit + 1), not at the reported confidence
+    prob = before.probability(features).detach().numpy().clip(1e-3, 1 - 1e-3)
+    logit = np.log(prob / (1 - prob))
+    rng = np.random.default_rng(2)
+    run = tmp_path / "eval"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"rescorer": before.version}))
+    with open(run / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["complex", "rmsd_top1", "confidence_top1", "error"])
+        for k in range(4000):
+            i = k % len(prob)
+            hit = rng.random() < 1 / (1 + np.exp(-(1.5 * logit[i] + 1.0)))
+            writer.writerow([f"c{k}", 0.5 if hit else 5.0, f"{prob[i]:.3f}", ""])
+    out = tmp_path / "cal.pt"
+    assert main(["calibrate", "--rescorer", str(path), "--results", str(run / "results.csv"), "--out", str(out)]) == 0
+    after = rescore.load_rescorer(out)
+    torch.testing.assert_close(after(features), before(features))  # the ranking logits are untouched
+    meta = json.loads(out.with_suffix(".json").read_text())["calibration"]
+    assert abs(meta["a"] - 1.5) < 0.15 and abs(meta["c"] - 1.0) < 0.15 and meta["brier_after"] < meta["brier_before"]
+    expected = torch.sigmoid(meta["a"] * torch.logit(before.probability(features)) + meta["c"])
+    torch.testing.assert_close(after.probability(features), expected, atol=1e-5, rtol=1e-4)
+    assert after.version == "cal.pt (test, calibrated " + after.version.split("calibrated ")[1]
+    # results made with another rescorer are refused with one line
+    capsys.readouterr()
+    assert main(["calibrate", "--rescorer", str(out), "--results", str(run / "results.csv"),
+                 "--out", str(tmp_path / "again.pt")]) == 2
+    assert "was not made with" in capsys.readouterr().err and not (tmp_path / "again.pt").exists()

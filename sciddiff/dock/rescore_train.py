@@ -18,6 +18,10 @@ candidates; the chosen setting is refit on every decoy complex. The confidence h
 ranking logit, consensus, energy above the best pose and ligand size) is fit on the chosen setting's out-of-fold
 logits of the top-1 candidates.
 
+calibrate: the head is fit on physics-only training decoys, whose top-1 poses are right less often than the full
+pipeline's, so its confidences run low; `calibrate` rescales its logit (Platt scaling, 2 parameters) to the top-1
+outcomes of `dock-eval` runs made with the same rescorer and folds the map into the head (rankings unchanged).
+
     python -m sciddiff.dock.rescore_train decoys --split ../shared/data/docking/splits/train.txt --shard 0 --shards 2 \\
         --out runs/rescore/decoys_0.pt
     # the tuning subset of val, with dock-eval's default settings (its candidates, re-ranked offline):
@@ -25,6 +29,8 @@ logits of the top-1 candidates.
         --limit 20 --score-model data/dock/score_model.pt --random-starts 80 --mc-rounds 40 --out runs/rescore/tune.pt
     python -m sciddiff.dock.rescore_train train --decoys runs/rescore/decoys_*.pt --hidden 0 32 --weight-decay 1 10 \\
         --out data/dock/rescore.pt
+    python -m sciddiff.dock.rescore_train calibrate --rescorer data/dock/rescore.pt \\
+        --results runs/dock/val_box_h0/results.csv runs/dock/val_box_h1/results.csv --out data/dock/rescore.pt
 """
 from __future__ import annotations
 
@@ -293,6 +299,69 @@ def run_train(args) -> None:
     print(f"chose {best}; wrote {args.out}", flush=True)
 
 
+def platt_fit(logit: np.ndarray, hit: np.ndarray) -> tuple[float, float]:
+    """(a, c) maximising the likelihood of P(hit) = sigmoid(a * logit + c) (Platt scaling; Newton's method on a
+    convex 2-parameter logistic regression)."""
+    x = np.stack([logit, np.ones_like(logit)], 1)
+    w = np.array([1.0, 0.0])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-x @ w))
+        step = np.linalg.solve(x.T @ (x * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2), x.T @ (hit - p))
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def run_calibrate(args: argparse.Namespace) -> dict:
+    """Recalibrate the confidence head on `dock-eval` runs made with this rescorer: Platt scaling of the head's logit
+    against "top-1 within 2 A", folded into the head's weights, so rankings (and every logit) stay as they are."""
+    import csv
+
+    from sciddiff.cli import UserError
+    from sciddiff.dock.rescore import load_rescorer, save_rescorer
+    from sciddiff.train.checkpoint import atomic_file
+
+    model = load_rescorer(args.rescorer)
+    logit, hit = [], []
+    for path in map(Path, args.results):
+        summary = path.parent / "summary.json"
+        used = json.loads(summary.read_text()).get("rescorer") if summary.is_file() else None
+        if used != model.version:
+            raise UserError(f"{path} was not made with {args.rescorer} (its run used {used or 'no recorded rescorer'})")
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("error") or not row.get("confidence_top1"):
+                    continue
+                conf = min(max(float(row["confidence_top1"]), 1e-3), 1 - 1e-3)  # the CSV keeps 3 decimals
+                logit.append(math.log(conf / (1 - conf)))
+                hit.append(float(float(row["rmsd_top1"]) < 2.0))
+    if len(set(hit)) < 2:
+        raise UserError("calibration needs both hits and misses among the top-1 poses")
+    z, y = np.array(logit), np.array(hit)
+    a, c = platt_fit(z, y)
+    with torch.no_grad():
+        model.conf_weight.mul_(a)
+        model.conf_weight[-1] += c  # the head's last input is the constant 1
+    before, after = 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(-(a * z + c)))
+    ckpt = torch.load(args.rescorer, map_location="cpu", weights_only=True)
+    meta = dict(ckpt["meta"])
+    meta["calibration"] = {"a": a, "c": c, "results": [str(r) for r in args.results], "n": len(y),
+                           "hit_rate": float(y.mean()), "mean_confidence_before": float(before.mean()),
+                           "mean_confidence_after": float(after.mean()),
+                           "brier_before": float(((before - y) ** 2).mean()),
+                           "brier_after": float(((after - y) ** 2).mean()),
+                           "command": " ".join(["python -m sciddiff.dock.rescore_train calibrate --rescorer",
+                                                str(args.rescorer), "--results", *map(str, args.results),
+                                                "--out", str(args.out)])}
+    meta["version"] = f"{meta.get('version', '?')}, calibrated {time.strftime('%Y-%m-%d')}"
+    save_rescorer(model, args.out, meta)
+    with atomic_file(Path(args.out).with_suffix(".json"), "w") as handle:
+        json.dump(meta, handle, indent=1)
+    print(json.dumps(meta["calibration"]), flush=True)
+    return meta["calibration"]
+
+
 def _command() -> str:
     return " ".join(["python -m sciddiff.dock.rescore_train", *sys.argv[1:]])
 
@@ -334,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--folds", type=int, default=4, help="cross-validation folds, by complex (default 4)")
     t.add_argument("--out", required=True, help="the rescorer (.pt); its metadata is written beside it as .json")
     t.set_defaults(func=run_train)
+    c = sub.add_parser("calibrate", help="recalibrate the confidence on dock-eval results made with this rescorer")
+    c.add_argument("--rescorer", required=True, help="the rescorer (.pt) the dock-eval runs used")
+    c.add_argument("--results", nargs="+", required=True,
+                   help="dock-eval results.csv files (their summary.json beside them names the rescorer)")
+    c.add_argument("--out", required=True, help="the recalibrated rescorer (.pt); its metadata beside it as .json")
+    c.set_defaults(func=run_calibrate)
     from sciddiff.cli import run_command
 
     args = p.parse_args(argv)
