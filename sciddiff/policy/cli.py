@@ -125,8 +125,8 @@ def _eval(args: argparse.Namespace) -> int:
     if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads"):
         raise UserError(f"{bad[0]} must be at least 1")
     check_seeds(args.seed, args.episodes)
-    for option, path in (("--video", args.video), ("--metrics-json", args.metrics_json), ("--states-out", args.states_out),
-                         ("--plot", args.plot)):
+    for option, path in (("--video", args.video), ("--metrics-json", args.metrics_json),
+                         ("--states-out", args.states_out), ("--plot", args.plot)):
         if path is not None:
             check_output_path(path, option=option)
     check_suffix(args.video, VIDEO_SUFFIXES, "--video")
