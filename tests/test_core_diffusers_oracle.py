@@ -1,4 +1,6 @@
 """sciddiff's discrete schedules and samplers against diffusers, used here only as a numerical oracle."""
+import math
+
 import pytest
 import torch
 
@@ -73,7 +75,7 @@ def test_ddim_from_an_intermediate_step_matches_diffusers_img2img():
 
 
 @pytest.mark.parametrize("steps", [10, 14, 28])
-@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("eta", [0.0, 1.0, 3.0, math.inf])
 def test_ddim_steps_along_its_grid_to_clean_data(steps, eta):
     """The last step lands on clean data: a denoiser that knows the one data point predicts it from any x, so DDIM
     must return it exactly. diffusers' t -> t - T // steps does not for trailing grids whose steps do not divide T:
@@ -92,6 +94,30 @@ def test_ddim_steps_along_its_grid_to_clean_data(steps, eta):
     x_T = torch.randn(64, 16, 2, generator=g, dtype=torch.float64)
     out = sample_ddim(oracle, x_T, sched, steps=steps, eta=eta, timestep_spacing="trailing", generator=g)
     assert (out - data).abs().max() < 1e-9
+
+
+def test_ddim_noise_beyond_the_posterior_up_to_re_noising():
+    """eta <= 1 is DDIM's family as before (its posterior noise at 1); larger eta adds more, capped where the eps
+    direction vanishes: eta = inf is x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) z at every step."""
+    sched = DiscreteSchedule(name="cosine", num_train_timesteps=100)
+    x = torch.randn(4, 16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = lambda x, t: 0.3 * x + 0.1  # any epsilon model
+    run = lambda eta: sample_ddim(model, x.clone(), sched, steps=10, eta=eta, timestep_spacing="trailing",
+                                  generator=torch.Generator().manual_seed(5))
+    abar = sched.alphas_cumprod.tolist()
+    grid = list(sched.timesteps(10, "trailing")) + [-1]
+    g, y = torch.Generator().manual_seed(5), x.clone()
+    for t, t_prev in zip(grid[:-1], grid[1:]):
+        a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
+        x0 = (y - math.sqrt(1 - a_t) * model(y, t)) / math.sqrt(a_t)
+        y = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * torch.randn(y.shape, generator=g, dtype=y.dtype)
+    assert_close(run(math.inf), y)
+    assert_close(run(1e6), y)  # every step is capped
+    # the posterior's noise is not re-noising, and a little more than it changes the samples (on a 10-step grid
+    # eta = 1.5 is already capped at every step: the posterior noise of coarse steps is nearly all of x_prev's)
+    assert (run(1.0) - y).abs().max() > 1e-3 and (run(1.0) - run(1.05)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        run(-0.5)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -170,8 +171,14 @@ def test_ddim_eta_adds_noise_per_step_and_rides_with_the_checkpoint(tmp_path):
     policy.config.sampler, policy.config.ddim_eta = "ddim_trailing", 1.0
     save_policy(tmp_path / "eta.pt", policy, half=False)
     assert load_policy(tmp_path / "eta.pt").config.ddim_eta == 1.0
-    with pytest.raises(ValueError, match="ddim_eta"):
-        PolicyConfig(ddim_eta=1.5)
+    policy.config.ddim_eta = math.inf  # DDIM re-noising the predicted clean sample: saved and loaded as such
+    save_policy(tmp_path / "renoise.pt", policy, half=False)
+    assert load_policy(tmp_path / "renoise.pt").config.ddim_eta == math.inf
+    assert not torch.allclose(act(policy, 5), ancestral, atol=1e-3)
+    with pytest.raises(ValueError, match="ddim_eta must be in \\[0, 1\\] for the dpmpp_2m"):
+        PolicyConfig(sampler="dpmpp_2m", ddim_eta=1.5)
+    with pytest.raises(ValueError, match="ddim_eta must be in \\[0, inf\\]"):
+        PolicyConfig(ddim_eta=-1.0)
 
 
 def test_image_crop_random_in_training_centre_in_eval():

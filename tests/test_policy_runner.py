@@ -230,8 +230,14 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
     assert json.loads((tmp_path / "eta.json").read_text())["ddim_eta"] == 1.0
     assert "steps, eta 1)" in capsys.readouterr().out  # the tiny policy samples with DDIM
     capsys.readouterr()
-    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--ddim-eta", "2"]) == 2
-    assert "--ddim-eta must be in [0, 1]" in capsys.readouterr().err
+    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--ddim-eta", "inf",
+                 "--inference-steps", "2", "--metrics-json", str(tmp_path / "renoise.json")]) == 0
+    assert "steps, eta inf)" in capsys.readouterr().out  # DDIM re-noising
+    for eta, sampler, message in (("-1", [], "--ddim-eta must be in [0, inf] for the ddim sampler"),
+                                  ("nan", [], "--ddim-eta must be in [0, inf]"),
+                                  ("2", ["--sampler", "dpmpp_2m"], "--ddim-eta must be in [0, 1] for the dpmpp_2m")):
+        assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--ddim-eta", eta, *sampler]) == 2
+        assert message in capsys.readouterr().err
     assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "1", "--warm-start-t", "60",
                  "--inference-steps", "4", "--metrics-json", str(tmp_path / "warm.json")]) == 0
     warm = json.loads((tmp_path / "warm.json").read_text())  # DDIM leading, 4 steps: 75, 50, 25, 0

@@ -77,12 +77,16 @@ def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
 def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int, eta: float = 0.0,
                 prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
                 timestep_spacing: str = "leading", first_step: int = 0, progress: Callable = iter, **cond) -> Tensor:
-    """DDIM (Song et al. 2021): eta = 0 is the deterministic first-order solver of the probability-flow ODE.
+    """DDIM (Song et al. 2021): eta = 0 is the deterministic first-order solver of the probability-flow ODE, eta = 1
+    draws DDPM's posterior noise at each step, eta > 1 more, up to all of x_prev's noise (the eps direction dropped):
+    eta = inf re-noises the predicted clean sample at every step, x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev)
+    z, the multistep sampling of consistency models (Song et al. 2023, Alg. 1).
 
     `first_step` > 0 skips the grid's first steps: x_T is then x at timestep ``schedule.timesteps(steps, spacing)
     [first_step]``, e.g. a guess noised there by ``schedule.add_noise`` (SDEdit, Meng et al. 2022)."""
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior noise), got {eta}")
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM's posterior noise, inf: re-noising), "
+                         f"got {eta}")
     grid = _steps(schedule, steps, timestep_spacing)  # checks steps first
     if not 0 <= first_step < steps:
         raise ValueError(f"first_step must lie in 0..steps - 1 = {steps - 1}, got {first_step}")
@@ -90,8 +94,9 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
     for t, t_prev in progress(grid[first_step:]):
         a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
         x0, eps = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
-        std = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - std**2) * eps
+        posterior = math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))  # <= sqrt(1 - a_prev)
+        std = min(eta * posterior, math.sqrt(1 - a_prev)) if posterior > 0 else 0.0  # (inf * 0 on the last step)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - std**2, 0.0)) * eps
         if eta > 0:
             x = x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x

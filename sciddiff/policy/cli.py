@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=("ddim", "ddim_trailing", "dpmpp_2m", "ddpm"), default=None, help="override the policy's")
     p.add_argument("--inference-steps", type=int, default=None, help="override the policy's denoising steps")
     p.add_argument("--ddim-eta", type=float, default=None, metavar="ETA",
-                   help="override the policy's sampler noise scale: 0 deterministic (ODE), 1 ancestral / SDE (DDIM and DPM-Solver++)")
+                   help="override the policy's sampler noise scale: 0 deterministic (ODE), 1 ancestral / SDE (DDIM and "
+                        "DPM-Solver++), inf: DDIM re-noising the predicted clean sample at every step")
     p.add_argument("--warm-start-t", type=int, default=None, metavar="T",
                    help="override the policy's warm starts (DDIM): each chunk after the first starts from the previous "
                         "plan noised to the first grid timestep <= T and takes only the remaining steps; 0 = off")
@@ -119,6 +120,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_pusht
+    from sciddiff.policy.policy import noise_scale_error
     from sciddiff.policy.runner import VIDEO_SUFFIXES
     from sciddiff.train.checkpoint import atomic_file
 
@@ -147,8 +149,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.cpu_weights is not None:
         policy.config.cpu_weights = args.cpu_weights
     if args.ddim_eta is not None:
-        if not 0.0 <= args.ddim_eta <= 1.0:
-            raise UserError("--ddim-eta must be in [0, 1]")
+        if error := noise_scale_error(args.ddim_eta, args.sampler or policy.config.sampler, "--ddim-eta"):
+            raise UserError(error)
         policy.config.ddim_eta = args.ddim_eta
     if args.warm_start_t is not None:
         if not 0 <= args.warm_start_t < policy.config.num_train_timesteps:

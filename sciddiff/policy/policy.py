@@ -26,6 +26,15 @@ DDIM_SPACING = {"ddim": "leading", "ddim_trailing": "trailing"}  # trailing star
 CPU_WEIGHTS = ("float32", "int8")
 
 
+def noise_scale_error(eta: float, sampler: str, name: str = "ddim_eta") -> str | None:
+    """Why `eta` is no noise scale for `sampler` (None if it is): DDIM takes any eta >= 0 (1: DDPM's posterior noise,
+    inf: the predicted clean sample re-noised at every step), DPM-Solver++ eta in [0, 1] (1: its SDE form)."""
+    top = 1.0 if sampler == "dpmpp_2m" else float("inf")
+    if not 0.0 <= eta <= top:
+        return f"{name} must be in [0, {top:g}] for the {sampler} sampler, got {eta!r}"
+    return None
+
+
 @dataclass
 class PolicyConfig:
     obs_type: str = "state"  # "state": low-dim features; "image": camera frames + agent position
@@ -44,7 +53,7 @@ class PolicyConfig:
     clip_sample: float | None = 1.0
     sampler: str = "ddim"
     num_inference_steps: int = 8
-    ddim_eta: float = 0.0  # noise scale of DDIM and DPM-Solver++: 0 = deterministic ODE step, 1 = ancestral / SDE step
+    ddim_eta: float = 0.0  # sampler noise: 0 = deterministic ODE step, 1 = ancestral / SDE step, inf = re-noising (DDIM)
     # Warm starts (DDIM only; 0 = off): a chunk that follows another starts from the previous plan shifted by the
     # executed actions (its tail padded with its last action), noised to the first DDIM grid timestep <= this (SDEdit),
     # and takes only the grid's remaining steps
@@ -63,8 +72,8 @@ class PolicyConfig:
             raise ValueError(f"obs_type must be 'state' or 'image', got {self.obs_type!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if not 0.0 <= self.ddim_eta <= 1.0:
-            raise ValueError(f"ddim_eta must be in [0, 1], got {self.ddim_eta!r}")
+        if error := noise_scale_error(self.ddim_eta, self.sampler):
+            raise ValueError(error)
         if not 0 <= self.warm_start_t < self.num_train_timesteps:
             raise ValueError(f"warm_start_t must be in [0, {self.num_train_timesteps}), got {self.warm_start_t!r}")
         if self.cpu_weights not in CPU_WEIGHTS:

@@ -42,7 +42,7 @@ import torch
 from sciddiff.core.ema import EMA
 from sciddiff.policy.data import OBS_KEYS, concat_datasets, default_zarr, load_dataset
 from sciddiff.policy.io import save_policy
-from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig
+from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig, noise_scale_error
 from sciddiff.policy.sampler import sequence_windows, split_episodes
 from sciddiff.train import CSVLogger, autocast, distributed, load_checkpoint, progress, save_checkpoint, seed_everything
 from sciddiff.train.checkpoint import restore_training_state, training_state
@@ -112,8 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--inference-steps", type=int, default=None,
                    help="default denoising steps at inference (default: --init's, else 8)")
     g.add_argument("--ddim-eta", type=float, default=None,
-                   help="sampler noise scale stored in the policy (DDIM, DPM-Solver++; 0 deterministic, 1 ancestral; "
-                        "default: --init's, else 0)")
+                   help="sampler noise scale stored in the policy (DDIM, DPM-Solver++; 0 deterministic, 1 ancestral, "
+                        "inf DDIM re-noising; default: --init's, else 0)")
     g.add_argument("--cpu-weights", choices=CPU_WEIGHTS, default=None,
                    help="the frozen CPU U-Net's weights stored in the policy (default: --init's, else float32)")
     g.add_argument("--vision-channels", default="32,64,128", help="image encoder widths (image policy)")
@@ -286,8 +286,9 @@ def train(args: argparse.Namespace) -> dict:
         raise UserError(f"{bad[0]} must be a finite number > 0")
     if bad := options_not_positive(args, "lr", "weight_decay", "encoder_lr_scale", zero=True):
         raise UserError(f"{bad[0]} must be a finite number >= 0")
-    if args.ddim_eta is not None and not 0.0 <= args.ddim_eta <= 1.0:
-        raise UserError("--ddim-eta must be in [0, 1]")
+    if args.ddim_eta is not None and (error := noise_scale_error(args.ddim_eta, args.sampler or "ddim",
+                                                                 "--ddim-eta")):
+        raise UserError(error)
     down_dims = _widths(args.down_dims, "--down-dims")
     vision_channels = _widths(args.vision_channels, "--vision-channels")
     check_output_path(args.out, folder=True)
