@@ -94,9 +94,10 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
     for t, t_prev in progress(grid[first_step:]):
         a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
         x0, eps = _x0_eps(model, x, t, a_t, prediction_type, clip_sample, cond)
-        posterior = math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))  # <= sqrt(1 - a_prev)
-        std = min(eta * posterior, math.sqrt(1 - a_prev)) if posterior > 0 else 0.0  # (inf * 0 on the last step)
-        x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - std**2, 0.0)) * eps
+        posterior, most = math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)), math.sqrt(1 - a_prev)
+        std = min(eta * posterior, most) if posterior > 0 else 0.0  # (inf * 0 on the last step)
+        direction = math.sqrt(1 - a_prev - std**2) if std < most else 0.0  # exactly none when capped
+        x = math.sqrt(a_prev) * x0 + direction * eps
         if eta > 0:
             x = x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x
