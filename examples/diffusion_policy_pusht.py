@@ -3,7 +3,7 @@
     python examples/diffusion_policy_pusht.py                      # shipped state policy, 5 episodes, writes a GIF
     python examples/diffusion_policy_pusht.py --episodes 100 --seed 0 --metrics-json out/policy/metrics.json
     python examples/diffusion_policy_pusht.py --obs-type image     # the image (96x96 pixels) policy
-    python examples/diffusion_policy_pusht.py --inference-steps 40  # more denoising steps: higher reward, 2x the time
+    python examples/diffusion_policy_pusht.py --inference-steps 40  # more denoising steps (2x the time)
     python examples/diffusion_policy_pusht.py --video out/policy/rollout.mp4  # the rollout as an H.264 MP4
     python examples/diffusion_policy_pusht.py --train              # train from the zarr demos first (CPU: slow)
 
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--obs-type", choices=("state", "image"), default="state", help="which policy")
     parser.add_argument("--checkpoint", type=Path, default=None, help="policy file (default: shipped in data/policy)")
     parser.add_argument("--inference-steps", type=int, default=None, metavar="K",
-                        help="denoising steps (default: the policy's own, 20 for the shipped ones); with the shipped "
-                             "state policy 40 finishes more pushes at twice the chunk time (docs/policy.md)")
+                        help="denoising steps (default: the policy's own, 20 for the shipped ones; 40 take twice the chunk "
+                             "time, docs/policy.md)")
     parser.add_argument("--video", "--gif", dest="video", type=Path, default=None, metavar="GIF|MP4",
                         help="video of the first episode, .gif or .mp4 (H.264); default "
                              "out/policy/pusht_<obs-type>_rollout.gif")
