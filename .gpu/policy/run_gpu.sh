@@ -30,7 +30,7 @@ IMAGE_DATA=${POLICY_IMAGE_DATA:-.gpu/policy/pusht_completed_image.npz}
 echo "state data: $STATE_DATA  image data: $IMAGE_DATA"
 # 1. state policy from scratch (the "one 10-minute GPU run"; its steps/s and samples/s are the throughput)
 python3 -m sciddiff.policy.train --data $STATE_DATA --obs-type state --out $WORK/policy_state \
-    --state $WORK/state_train.pt --batch-size 1024 $common --sampler ddim_trailing --inference-steps 20 --ddim-eta 1 \
+    --state $WORK/state_train.pt --batch-size 1024 $common --sampler ddim_trailing --inference-steps 20 --ddim-eta inf \
     ${POLICY_STATE_EXTRA:-} > $WORK/state.log 2>&1 &
 pid_state=$!
 # 2. the shipped (CPU-trained) state policy, fine-tuned at batch 1024 on the same data

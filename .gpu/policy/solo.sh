@@ -29,7 +29,7 @@ run() {  # name, seconds, options
 run eager_b256 $BASE --batch-size 256 --checkpoint-every 100000
 run eager_b1024 $((BASE * 2 / 3)) --batch-size 1024 --checkpoint-every 100000
 run solo $MAIN --batch-size 1024 ${SOLO_COMPILE---compile --compile-mode reduce-overhead} --checkpoint-every 60 \
-    --sampler ddim_trailing --inference-steps 20 --ddim-eta 1 --cpu-weights int8
+    --sampler ddim_trailing --inference-steps 20 --ddim-eta inf --cpu-weights int8
 mkdir -p /tmp/solo_solo
 tr '\r' '\n' < $OUT/throughput_solo.log | grep -v '^train ' > /tmp/solo_solo/train.log
 (cd /tmp && rm -f solo_solo/train_state.pt && mv solo_solo policy_solo && tar cf $OUT/policy_solo.tar policy_solo)
