@@ -32,5 +32,5 @@ run solo $MAIN --batch-size 1024 ${SOLO_COMPILE---compile --compile-mode reduce-
     --sampler ddim_trailing --inference-steps 20 --ddim-eta inf --cpu-weights int8
 mkdir -p /tmp/solo_solo
 tr '\r' '\n' < $OUT/throughput_solo.log | grep -v '^train ' > /tmp/solo_solo/train.log
-(cd /tmp && rm -f solo_solo/train_state.pt && mv solo_solo policy_solo && tar cf $OUT/policy_solo.tar policy_solo)
+(cd /tmp && rm -f solo_solo/train_state.pt && rm -rf policy_solo && mv solo_solo policy_solo && tar cf $OUT/policy_solo.tar policy_solo)
 ls -la $OUT
