@@ -379,6 +379,11 @@ def test_distillation_starts_from_the_teacher_and_keeps_its_sampler(tmp_path):
     with pytest.raises(UserError, match="does not contain"):  # leading grids: 0, 12, ..., 84 vs 0, 25, 50, 75
         train(build_parser().parse_args([*common, "--out", str(tmp_path / "x"), "--steps", "1", "--distill-from",
                                          str(tmp_path / "lead" / "policy.pt"), "--inference-steps", "4"]))
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "renoise"), "--steps", "1", "--down-dims",
+                                     "16,32", "--sampler", "ddim_trailing", "--ddim-eta", "inf"]))
+    with pytest.raises(UserError, match="eta in \\[0, 1\\]"):  # the two-step target is DDIM's, not re-noising's
+        train(build_parser().parse_args([*common, "--out", str(tmp_path / "x"), "--steps", "1", "--distill-from",
+                                         str(tmp_path / "renoise" / "policy.pt"), "--inference-steps", "4"]))
     assert not (tmp_path / "x").exists()
 
 

@@ -49,6 +49,8 @@ def ddim_distillation_loss(student: Callable, teacher: Callable, x0: Tensor, sch
     and -z (antithetic: the part of the target linear in z cancels), its second is taken to its mean, and the target
     is their average; the student's step adds its own noise at sampling time. ``teacher_cond``: the teacher's
     keyword arguments where they differ from the student's ``cond`` (e.g. features of its own encoder)."""
+    if not 0 <= eta <= 1:  # the two-step target below is derived for DDIM's own family
+        raise ValueError(f"progressive distillation takes eta in [0, 1], got {eta}")
     if len(timesteps) % 2:
         raise ValueError(f"the teacher's grid needs an even number of steps, got {len(timesteps)}")
     grid = torch.tensor([*timesteps, -1], device=x0.device)

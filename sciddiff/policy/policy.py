@@ -161,6 +161,9 @@ class DiffusionPolicy(nn.Module):
         """The teacher's 2 x `steps` DDIM grid, which must hold the student's `steps`-step grid at its even points."""
         if teacher.sampler not in DDIM_SPACING:
             raise ValueError(f"distillation needs a DDIM teacher, not {teacher.sampler!r}")
+        if teacher.ddim_eta > 1:
+            raise ValueError(f"distillation learns DDIM steps with eta in [0, 1]; the teacher samples with eta "
+                             f"{teacher.ddim_eta:g} (re-noising): distil from a copy whose ddim_eta is 1")
         grid = self.schedule.timesteps(2 * steps, DDIM_SPACING[teacher.sampler])
         if grid[::2] != self.schedule.timesteps(steps, DDIM_SPACING[teacher.sampler]):
             raise ValueError(f"the {2 * steps}-step {teacher.sampler} grid does not contain the {steps}-step one")
