@@ -325,6 +325,8 @@ def run_calibrate(args: argparse.Namespace) -> dict:
     model = load_rescorer(args.rescorer)
     logit, hit = [], []
     for path in map(Path, args.results):
+        if not path.is_file():
+            raise UserError(f"{path}: no such dock-eval results file")
         summary = path.parent / "summary.json"
         used = json.loads(summary.read_text()).get("rescorer") if summary.is_file() else None
         if used != model.version:
