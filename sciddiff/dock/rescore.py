@@ -201,4 +201,5 @@ def load_rescorer(path: str | Path) -> Rescorer:
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     model.version = f"{Path(path).name} ({ckpt['meta'].get('version', '?')})"
+    model.meta = ckpt["meta"]
     return model

@@ -302,10 +302,12 @@ def run_train(args) -> None:
 def platt_fit(logit: np.ndarray, hit: np.ndarray) -> tuple[float, float]:
     """(a, c) maximising the likelihood of P(hit) = sigmoid(a * logit + c) (Platt scaling; Newton's method on a
     convex 2-parameter logistic regression)."""
+    from scipy.special import expit
+
     x = np.stack([logit, np.ones_like(logit)], 1)
     w = np.array([1.0, 0.0])
     for _ in range(50):
-        p = 1 / (1 + np.exp(-x @ w))
+        p = expit(x @ w)
         step = np.linalg.solve(x.T @ (x * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2), x.T @ (hit - p))
         w += step
         if np.abs(step).max() < 1e-10:
@@ -317,6 +319,8 @@ def run_calibrate(args: argparse.Namespace) -> dict:
     """Recalibrate the confidence head on `dock-eval` runs made with this rescorer: Platt scaling of the head's logit
     against "top-1 within 2 A", folded into the head's weights, so rankings (and every logit) stay as they are."""
     import csv
+
+    from scipy.special import expit
 
     from sciddiff.cli import UserError
     from sciddiff.dock.rescore import load_rescorer, save_rescorer
@@ -345,9 +349,8 @@ def run_calibrate(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         model.conf_weight.mul_(a)
         model.conf_weight[-1] += c  # the head's last input is the constant 1
-    before, after = 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(-(a * z + c)))
-    ckpt = torch.load(args.rescorer, map_location="cpu", weights_only=True)
-    meta = dict(ckpt["meta"])
+    before, after = expit(z), expit(a * z + c)
+    meta = dict(model.meta)
     meta["calibration"] = {"a": a, "c": c, "results": [str(r) for r in args.results], "n": len(y),
                            "hit_rate": float(y.mean()), "mean_confidence_before": float(before.mean()),
                            "mean_confidence_after": float(after.mean()),
