@@ -8,7 +8,7 @@ from torch import nn
 
 from sciddiff.core.ema import EMA
 from sciddiff.train import (capture_rng, load_checkpoint, restore_rng, restore_training_state, save_checkpoint,
-                            seed_everything, training_state)
+                            seed_everything, training_state, write_json)
 
 
 def _build(seed):
@@ -94,6 +94,21 @@ def test_save_is_atomic_on_failure(tmp_path):
         save_checkpoint(path, {"w": torch.zeros(1000), "bad": lambda: None})  # pickling fails mid-write
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
     assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_write_json_is_strict_json_and_non_finite_floats_read_back_as_floats(tmp_path):
+    import json
+
+    path = write_json(tmp_path / "m.json", {"eta": float("inf"), "rows": [float("-inf"), (1.5, float("nan"))], "n": 3})
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text and text.endswith("\n")
+
+    def refuse(word):
+        raise ValueError(word)
+    data = json.loads(text, parse_constant=refuse)  # a strict parser's view: no bare Infinity / NaN
+    assert data["n"] == 3 and float(data["eta"]) == float("inf") and float(data["rows"][0]) == float("-inf")
+    assert data["rows"][1][0] == 1.5 and np.isnan(float(data["rows"][1][1]))
+    assert os.listdir(tmp_path) == ["m.json"]
 
 
 def test_restore_requires_the_states_asked_for(tmp_path):

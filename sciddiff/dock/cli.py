@@ -437,6 +437,7 @@ def run_eval(args) -> int:
 def run_score(args) -> int:
     from sciddiff.dock import io
     from sciddiff.dock.output import atomic_file_text
+    from sciddiff.train.checkpoint import write_json
 
     if bad := options_below(args, 1, "minimize_steps", "threads"):
         raise UserError(f"{bad[0]} must be >= 1")
@@ -475,8 +476,7 @@ def run_score(args) -> int:
     if args.out:
         atomic_file_text(args.out, "".join(sd_records))
     if args.json:
-        atomic_file_text(args.json, json.dumps({"protein": str(args.protein), "ligand": str(args.ligand),
-                                                "scoring": args.scoring, "minimized": args.minimize,
-                                                "score_units": "kcal/mol-like (Vina weights), lower is better",
-                                                "poses": rows}, indent=1))
+        write_json(args.json, {"protein": str(args.protein), "ligand": str(args.ligand), "scoring": args.scoring,
+                               "minimized": args.minimize,
+                               "score_units": "kcal/mol-like (Vina weights), lower is better", "poses": rows}, indent=1)
     return 0

@@ -112,7 +112,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     from sciddiff.dock.docking import dock
     from sciddiff.dock.settings import settings_dict
     from sciddiff.dock.ligand import symmetric_rmsd
-    from sciddiff.dock.output import atomic_csv, atomic_file_text
+    from sciddiff.dock.output import atomic_csv
+    from sciddiff.train.checkpoint import write_json
     from sciddiff.train.log import progress
 
     root = Path(args.data) if args.data else default_data_root()
@@ -138,7 +139,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
            "waters": "dropped" if args.drop_waters else "receptor atoms",
            "settings": json.loads(json.dumps(settings_dict(settings)))}
     done = _earlier_rows(out, run) if args.resume else {}
-    atomic_file_text(out / "run.json", json.dumps(run, indent=1))
+    write_json(out / "run.json", run, indent=1)
     rows = []
     for cid in progress(ids, desc="dock-eval"):
         if cid in done:  # --resume: docked by the interrupted run
@@ -206,7 +207,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         "settings": settings_dict(settings),
         "split": str(split), "offset": args.offset, "every": args.every, "limit": args.limit,
     })
-    atomic_file_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary, indent=1)
     plot_success_curves(rows, out / "success_curves.png", title=f"{summary['mode']}, {len(rows)} complexes")
     return summary
 

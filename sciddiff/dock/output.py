@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from rdkit import Chem
 
 from sciddiff.cli import UserError, check_output_path
 from sciddiff.dock.io import Receptor, complex_pdb, pose_mol, sdf_block
+from sciddiff.train.checkpoint import json_text
 
 if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an output folder
     from sciddiff.dock.docking import DockResult
@@ -69,7 +69,7 @@ def write_result(folder: Path, receptor: Receptor, mol: Chem.Mol, result: DockRe
             (folder / "complex_rank1.pdb").write_text(complex_pdb(receptor, pm))
         poses.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in tags.items()} | {"file": f"rank{i + 1}.sdf"})
     summary = {**meta, **result.summary(), "poses": poses}
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    (folder / "summary.json").write_text(json_text(summary, indent=1))
     return summary
 
 

@@ -324,7 +324,7 @@ def run_calibrate(args: argparse.Namespace) -> dict:
 
     from sciddiff.cli import UserError
     from sciddiff.dock.rescore import load_rescorer, save_rescorer
-    from sciddiff.train.checkpoint import atomic_file
+    from sciddiff.train.checkpoint import write_json
 
     model = load_rescorer(args.rescorer)
     logit, hit = [], []
@@ -361,8 +361,7 @@ def run_calibrate(args: argparse.Namespace) -> dict:
                                                 "--out", str(args.out)])}
     meta["version"] = f"{meta.get('version', '?')}, calibrated {time.strftime('%Y-%m-%d')}"
     save_rescorer(model, args.out, meta)
-    with atomic_file(Path(args.out).with_suffix(".json"), "w") as handle:
-        json.dump(meta, handle, indent=1)
+    write_json(Path(args.out).with_suffix(".json"), meta, indent=1)
     print(json.dumps(meta["calibration"]), flush=True)
     return meta["calibration"]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -122,7 +121,7 @@ def _eval(args: argparse.Namespace) -> int:
     from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_pusht
     from sciddiff.policy.policy import noise_scale_error
     from sciddiff.policy.runner import VIDEO_SUFFIXES
-    from sciddiff.train.checkpoint import atomic_file
+    from sciddiff.train.checkpoint import write_json
 
     if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads"):
         raise UserError(f"{bad[0]} must be at least 1")
@@ -162,8 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
                              states_out=args.states_out, plot_path=args.plot)
     print(format_metrics(metrics))
     if args.metrics_json:
-        with atomic_file(args.metrics_json, "w") as handle:
-            json.dump(metrics, handle, indent=2)
+        write_json(args.metrics_json, metrics)
     return 0
 
 

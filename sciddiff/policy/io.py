@@ -6,13 +6,12 @@ the training metadata (command line, steps, data) in a human-readable form. File
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from sciddiff.policy.policy import DiffusionPolicy, PolicyConfig
-from sciddiff.train.checkpoint import atomic_file, load_checkpoint, save_checkpoint
+from sciddiff.train.checkpoint import load_checkpoint, save_checkpoint, write_json
 
 FORMAT = "sciddiff.policy/1"
 NETWORK_PREFIXES = ("unet.", "encoder.")
@@ -34,9 +33,7 @@ def save_policy(path: str | Path, policy: DiffusionPolicy, meta: dict | None = N
     payload = {"format": FORMAT, "config": policy.config.to_dict(), "state_dict": policy_state_dict(policy, half),
                "meta": meta or {}}
     save_checkpoint(path, payload)
-    with atomic_file(path.with_suffix(".json"), "w") as handle:
-        json.dump({"format": FORMAT, "config": payload["config"], "meta": payload["meta"]}, handle, indent=2)
-        handle.write("\n")
+    write_json(path.with_suffix(".json"), {"format": FORMAT, "config": payload["config"], "meta": payload["meta"]})
     return path
 
 

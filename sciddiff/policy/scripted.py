@@ -426,10 +426,9 @@ def run_demos(args: argparse.Namespace) -> int:
         print(f"no episode reached coverage 0.95: nothing written to {args.out} (--keep-failures writes them)",
               file=sys.stderr)
     if args.metrics_json:
-        from sciddiff.train.checkpoint import atomic_file
+        from sciddiff.train.checkpoint import write_json
 
-        with atomic_file(args.metrics_json, "w") as handle:
-            json.dump(summary, handle, indent=2)
+        write_json(args.metrics_json, summary)
     return 0
 
 

@@ -183,7 +183,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from sciddiff.protein.pretrained import DEFAULT_CHECKPOINT, load_model
     from sciddiff.protein.refine import IdealizeConfig
     from sciddiff.protein.ss import chain_labels, labels_to_string
-    from sciddiff.train import atomic_file, progress
+    from sciddiff.train import progress, write_json
 
     threads = idle_threads() if args.threads is None else args.threads
     torch.set_num_threads(threads)
@@ -245,8 +245,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "seconds": round(seconds, 2), "files": names}
     if targets is not None:
         info["ss_targets"] = {n: labels_to_string(t) for n, t in zip(names, targets)}
-    with atomic_file(out / "samples.json", "w") as handle:
-        json.dump(info, handle, indent=2)
+    write_json(out / "samples.json", info)
     print(f"wrote {args.num} backbones of {args.length} residues to {out}/ in {seconds:.1f} s")
     return 0
 
@@ -256,7 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
     from sciddiff.protein.evaluate import PLOT_FILES, evaluate, format_report, read_folder
-    from sciddiff.train import atomic_file
+    from sciddiff.train import write_json
 
     json_path = check_output_path(args.json or folder / "eval.json", option="--json")
     if args.plots:
@@ -294,8 +293,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from sciddiff.protein.evaluate import target_agreement
 
         result["ss_targets"] = target_agreement(result["chains"], targets)
-    with atomic_file(json_path, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(json_path, result)
     print(format_report(result))
     print(f"metrics: {json_path}; plots: {', '.join(result['plots'])}")
     return 0

@@ -17,7 +17,6 @@ Batches are whole chains up to --batch-residues residues in total.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -36,13 +35,13 @@ from sciddiff.protein.model import FrameDenoiser
 from sciddiff.protein.ss import SS_UNKNOWN
 from sciddiff.train import (
     CSVLogger,
-    atomic_file,
     distributed,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
     seed_everything,
     training_state,
+    write_json,
 )
 from sciddiff.train.interrupt import decide, stop_requests
 
@@ -148,8 +147,7 @@ def train(args: argparse.Namespace) -> Path:
     plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
     out.mkdir(parents=True, exist_ok=True)  # only once data, model and optimizer are built: a bad input leaves no run
     if info.is_main:
-        with atomic_file(out / "config.json", "w") as handle:
-            json.dump({**config, "args": plain_args, "processes": info.world_size}, handle, indent=2)
+        write_json(out / "config.json", {**config, "args": plain_args, "processes": info.world_size})
         print(f"{net.num_parameters()} parameters, {config['train_chains']} train / {config['val_chains']} val chains, "
               f"device {device}, {info.world_size} process(es)", flush=True)
 

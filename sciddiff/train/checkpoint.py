@@ -14,6 +14,8 @@ Checkpoints hold only tensors and plain Python values and load with `weights_onl
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import uuid
 import warnings
@@ -29,7 +31,7 @@ from sciddiff.core.ema import EMA
 from sciddiff.train.distributed import rank, unwrap, world_size
 from sciddiff.train.seed import capture_rng, restore_rng
 
-__all__ = ["atomic_file", "save_checkpoint", "load_checkpoint", "training_state", "restore_training_state",
+__all__ = ["atomic_file", "json_text", "write_json", "save_checkpoint", "load_checkpoint", "training_state", "restore_training_state",
            "capture_rng", "restore_rng"]
 
 
@@ -48,6 +50,29 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Ite
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _finite_or_text(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf", "-inf", "nan": float() reads them back
+    if isinstance(value, dict):
+        return {k: _finite_or_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_text(v) for v in value]
+    return value
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """`obj` as strict JSON (RFC 8259), newline-terminated. Python's json writes inf and nan as the bare words Infinity
+    and NaN, which jq, JavaScript and most other parsers refuse; here they become the strings "inf", "-inf", "nan"."""
+    return json.dumps(_finite_or_text(obj), indent=indent, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
+    """Write `json_text(obj)` to `path` atomically."""
+    with atomic_file(path, "w") as handle:
+        handle.write(json_text(obj, indent))
+    return Path(path)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
