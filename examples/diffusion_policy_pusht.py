@@ -14,7 +14,6 @@ on the CPU. Episodes start from gym-pusht seeds S, S+1, ... (not the paper's leg
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from sciddiff.cli import UserError, check_output_path, idle_threads, options_bel
 from sciddiff.policy.cli import SHIPPED, check_seeds, check_suffix, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
 from sciddiff.policy.runner import VIDEO_SUFFIXES
-from sciddiff.train.checkpoint import atomic_file
+from sciddiff.train.checkpoint import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=5, help="number of episodes (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="first env seed; episodes use seed, seed+1, ...")
     parser.add_argument("--metrics-json", type=Path, default=None, help="write the metrics JSON here")
-    parser.add_argument("--obs-type", choices=("state", "image"), default="state", help="which policy")
+    parser.add_argument("--obs-type", choices=("state", "image"), default=None,
+                        help="which shipped policy (default state; with --checkpoint it must match that policy's)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="policy file (default: shipped in data/policy)")
     parser.add_argument("--inference-steps", type=int, default=None, metavar="K",
                         help="denoising steps (default: the policy's own, 20 for the shipped ones; 40 take twice the chunk "
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-seconds", type=float, default=1800, help="training budget with --train")
     parser.add_argument("--train-out", type=Path, default=Path("runs/policy/example"), help="run directory of --train")
     args = parser.parse_args(argv)
+    given_obs_type, args.obs_type = args.obs_type, args.obs_type or "state"
     args.video = args.video or Path(f"out/policy/pusht_{args.obs_type}_rollout.gif")  # a state and an image run side
     args.plot = args.plot or Path(f"out/policy/pusht_{args.obs_type}_episodes.png")  # by side keep both
     try:
@@ -73,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                  *(["--threads", str(args.threads)] if args.threads else [])])
             checkpoint = Path(train(train_args)["policy"])
         policy = load_checkpoint_or_fail(checkpoint)
+        if given_obs_type is not None and given_obs_type != policy.config.obs_type:
+            raise UserError(f"--obs-type {given_obs_type} contradicts --checkpoint {checkpoint}, whose policy reads "
+                            f"{policy.config.obs_type} observations")
+        if policy.config.extra.get("task", "pusht") != "pusht":
+            raise UserError(f"{checkpoint} was trained for another task (--task generic); roll it out with "
+                            f"`sciddiff policy eval --checkpoint {checkpoint}`")
+        if args.inference_steps is not None and args.inference_steps > policy.config.num_train_timesteps:
+            raise UserError(f"--inference-steps must be at most {policy.config.num_train_timesteps}")
         torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
         metrics = evaluate_pusht(policy, args.episodes, args.seed, video_path=args.video, steps=args.inference_steps,
                                  plot_path=args.plot)
@@ -87,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_json:
         keys = ("mean_max_reward", "mean_max_coverage", "success_rate", "episodes", "seconds_per_action_chunk",
                 "seconds_per_action_chunk_min", "sampler", "inference_steps", "torch_threads")
-        with atomic_file(args.metrics_json, "w") as handle:
-            json.dump({k: metrics[k] for k in keys} | {"seed": args.seed, "checkpoint": str(checkpoint)}, handle,
-                      indent=2)
+        write_json(args.metrics_json, {k: metrics[k] for k in keys} | {"seed": args.seed, "checkpoint": str(checkpoint)})
     return 0
 
 

@@ -10,7 +10,7 @@ import zarr
 
 from sciddiff.cli import UserError
 from sciddiff.policy import pusht
-from sciddiff.policy.data import default_zarr, load_dataset, prepare_pusht
+from sciddiff.policy.data import default_zarr, load_dataset, prepare_dataset
 from sciddiff.policy.normalizer import MinMaxNormalizer, pixels_to_unit
 from sciddiff.policy.replay_buffer import ReplayBuffer
 from sciddiff.policy.sampler import sequence_windows, split_episodes
@@ -143,7 +143,7 @@ def test_random_state_frames_show_their_states():
 def test_real_pusht_store_reads_and_prepares(tmp_path):
     buf = ReplayBuffer.open(default_zarr())
     assert buf.n_episodes == 206 and buf.n_steps == 25650
-    out = prepare_pusht(default_zarr(), tmp_path / "state.npz", "state")
+    out = prepare_dataset(default_zarr(), tmp_path / "state.npz", "state")
     arrays = load_dataset(out, "state")
     assert arrays["state"].shape == (25650, 18) and arrays["action"].shape == (25650, 2)
     # the features' agent position is the recorded one; the vertices are 8 points on the block
@@ -227,7 +227,7 @@ def test_malformed_stores_are_refused_in_one_line(tmp_path, broken, message):
         load_dataset(path, "state")
     assert message in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UserError, match=re.escape(message)):  # `policy prepare` reads the same way
-        prepare_pusht(path, tmp_path / "out.npz", "state")
+        prepare_dataset(path, tmp_path / "out.npz", "state")
     assert not (tmp_path / "out.npz").exists()
 
 

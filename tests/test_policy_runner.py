@@ -71,6 +71,10 @@ def test_rollout_video_is_a_gif_or_an_h264_mp4_written_atomically(tmp_path):
         assert meta["codec"] == "h264" and meta["fps"] == 10 and video.count_frames() == 12
         assert video.get_data(11).shape == (64, 80, 3)
         assert abs(float(video.get_data(11).mean()) - 132) < 3  # the last frame's grey level survives the codec
+    write_video(tmp_path / "odd.mp4", [f[:63, :79] for f in frames])  # odd sides: padded by a pixel, not resized
+    with imageio.get_reader(tmp_path / "odd.mp4") as video:
+        assert video.get_data(0).shape == (64, 80, 3)
+    (tmp_path / "odd.mp4").unlink()
     with pytest.raises(ValueError, match=".gif, .mp4"):
         write_video(tmp_path / "a.avi", frames)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["a.gif", "a.mp4"]  # no temporary file left
@@ -100,6 +104,14 @@ def test_runner_drives_any_gymnasium_env():
     results = run_episodes(policy, adapter, seeds=[0, 1], batch_size=2, show_progress=False)
     assert [r.steps for r in results] == [20, 20] and calls[0] == (2, 2, 3) and len(calls) == 5
     assert all(r.max_reward <= 0 for r in results)  # Pendulum rewards are negative costs
+    assert all(r.episode_return <= 20 * r.max_reward for r in results)  # the return sums 20 costs, each <= the max
+    m = summarize(results, adapter.score_name)
+    assert "mean_max_coverage" not in m and m["mean_return"] == pytest.approx(np.mean([r.episode_return for r in results]))
+    assert m["success_rate"] == 0  # Pendulum only truncates; success needs a threshold on the score
+    results = run_episodes(policy, EnvAdapter("Pendulum-v1", max_steps=20, success_score=-20.0), seeds=[0, 1],
+                           show_progress=False)
+    assert [r.success for r in results] == [r.max_score >= -20.0 for r in results]
+    assert EnvAdapter("Pendulum-v1", max_steps=None).max_steps == 200  # the env's registered limit
 
 
 def test_stateful_policy_is_reset_per_batch_and_told_its_environments():

@@ -424,3 +424,48 @@ def _torchrun_worker(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _torchrun_worker(sys.argv[1:])
+
+
+def _example(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_generic_gymnasium_task_trains_from_its_raw_vectors_and_evaluates_in_its_env(tmp_path, capsys):
+    from sciddiff.policy.cli import register  # noqa: F401  (the eval command below)
+    from sciddiff.cli import main as cli_main
+
+    custom = _example("diffusion_policy_custom_env")
+    demos = custom.write_demos(tmp_path / "mc.zarr", 4, 10000)  # MountainCarContinuous-v0: (position, velocity) -> force
+    assert demos["reached_goal"] == 4
+    args = build_parser().parse_args(["--task", "generic", "--env", custom.ENV_ID, "--data", str(tmp_path / "mc.zarr"),
+                                      "--out", str(tmp_path / "run"), "--steps", "30", "--batch-size", "16",
+                                      "--val-episodes", "1", "--inference-steps", "4", *SMALL])
+    train(args)
+    policy = load_policy(tmp_path / "run" / "policy.pt")
+    assert (policy.config.state_dim, policy.config.action_dim) == (2, 1)
+    assert policy.config.extra["task"] == "generic" and policy.config.extra["env"] == custom.ENV_ID
+    out = tmp_path / "m.json"
+    assert cli_main(["policy", "eval", "--checkpoint", str(tmp_path / "run" / "policy.pt"), "--episodes", "2",
+                     "--seed", "3", "--max-steps", "40", "--threads", "1", "--per-episode",
+                     "--metrics-json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["env"] == custom.ENV_ID and "mean_max_coverage" not in metrics and metrics["episodes"] == 2
+    assert [row["steps"] for row in metrics["per_episode"]] == [40, 40]  # 40 steps cannot climb the hill
+    rewards = [row["episode_return"] for row in metrics["per_episode"]]
+    assert all(-40 <= r < 0 for r in rewards)  # MountainCar's control cost: -0.1 a^2 per step, no goal bonus
+    capsys.readouterr()
+    # PushT options, and PushT data without --task generic, are refused in one line
+    assert cli_main(["policy", "eval", "--checkpoint", str(tmp_path / "run" / "policy.pt"), "--env-obs-type",
+                     "state"]) == 2
+    assert "--env-obs-type is for PushT policies" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--task generic"):
+        train(build_parser().parse_args(["--data", str(tmp_path / "mc.zarr"), "--out", str(tmp_path / "r2"),
+                                         "--steps", "2", *SMALL]))
+    with pytest.raises(UserError, match="--eval-every with --task generic needs --env"):
+        train(build_parser().parse_args(["--task", "generic", "--data", str(tmp_path / "mc.zarr"), "--out",
+                                         str(tmp_path / "r3"), "--steps", "2", "--eval-every", "1",
+                                         "--val-episodes", "1", *SMALL]))
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()

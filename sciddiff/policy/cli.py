@@ -18,10 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__)
     sub = parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("prepare", help="PushT zarr -> one compressed .npz for training on a machine without zarr",
-                       description="Convert the PushT replay buffer into the arrays one policy type trains on.")
+    p = sub.add_parser("prepare", help="zarr -> one compressed .npz for training on a machine without zarr",
+                       description="Convert a replay buffer into the arrays one policy type trains on.")
     p.add_argument("--zarr", type=Path, default=None, help="replay buffer (default: $SCIDDIFF_DATA/pusht/...zarr)")
     p.add_argument("--obs-type", choices=("state", "image"), required=True)
+    p.add_argument("--task", choices=("pusht", "generic"), default="pusht",
+                   help="pusht: PushT features from gym-pusht states; generic: data/state and data/action as they "
+                        "are (any gymnasium task; state policies)")
     p.add_argument("--out", type=Path, required=True, help="output .npz")
     p.set_defaults(func=_prepare)
 
@@ -37,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scripted.add_arguments(p)
     p.set_defaults(func=scripted.run_demos)
 
-    p = sub.add_parser("eval", help="closed-loop PushT episodes: mean max reward / coverage, success rate, latency",
-                       description="Roll a policy out in gym_pusht/PushT-v0 from seeds S, S+1, ...")
+    p = sub.add_parser("eval", help="closed-loop episodes: mean max reward / coverage, success rate, latency",
+                       description="Roll a policy out in gym_pusht/PushT-v0 (or, for a policy trained with --task "
+                                   "generic, its gymnasium env) from seeds S, S+1, ...")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="policy .pt (default: the shipped data/policy/pusht_<obs-type>.pt)")
     p.add_argument("--obs-type", choices=("state", "image"), default=None,
@@ -58,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="actions executed per chunk before re-planning (default: the policy's, 8 as trained)")
     p.add_argument("--env-obs-type", choices=("state", "environment_state_agent_pos", "pixels_agent_pos"),
                    default=None, help="gym-pusht observation type (default: matches the policy)")
+    p.add_argument("--env", default=None, metavar="ID",
+                   help="gymnasium env id for a policy trained with --task generic (default: the env recorded at "
+                        "training)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="env steps per episode (default: PushT's 300, another env's registered limit)")
     p.add_argument("--video", "--gif", dest="video", type=Path, default=None, metavar="GIF|MP4",
                    help="write a video of the first episode here: .gif, or .mp4 (H.264)")
     p.add_argument("--metrics-json", type=Path, default=None, help="write the metrics here")
@@ -77,10 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from sciddiff.policy.data import default_zarr, prepare_pusht
+    from sciddiff.policy.data import default_zarr, prepare_dataset
 
     check_output_path(args.out)
-    path = prepare_pusht(args.zarr or default_zarr(), args.out, args.obs_type)
+    path = prepare_dataset(args.zarr or default_zarr(), args.out, args.obs_type, args.task)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -118,12 +127,12 @@ def check_suffix(path: Path | None, suffixes: str | tuple[str, ...], option: str
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_pusht
+    from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_policy, evaluate_pusht, task_adapter
     from sciddiff.policy.policy import noise_scale_error
     from sciddiff.policy.runner import VIDEO_SUFFIXES
     from sciddiff.train.checkpoint import write_json
 
-    if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads"):
+    if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads", "max_steps"):
         raise UserError(f"{bad[0]} must be at least 1")
     check_seeds(args.seed, args.episodes)
     for option, path in (("--video", args.video), ("--metrics-json", args.metrics_json),
@@ -137,6 +146,19 @@ def _eval(args: argparse.Namespace) -> int:
     if args.obs_type is not None and args.obs_type != policy.config.obs_type:  # --obs-type only picks a shipped policy
         raise UserError(f"--obs-type {args.obs_type} contradicts --checkpoint {args.checkpoint}, whose policy reads "
                         f"{policy.config.obs_type} observations; drop --obs-type (it only picks the shipped policy)")
+    try:
+        adapter = task_adapter(policy.config, args.env, args.max_steps)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    except Exception as err:  # gymnasium: an unknown or uninstallable env id
+        raise UserError(f"--env {args.env or policy.config.extra.get('env')}: {str(err).splitlines()[0]}") from None
+    pusht_task = adapter.env_id == "gym_pusht/PushT-v0"
+    for option, value in (("--env-obs-type", args.env_obs_type), ("--states-out", args.states_out)):
+        if value is not None and not pusht_task:
+            raise UserError(f"{option} is for PushT policies; this one acts in {adapter.env_id}")
+    if args.inference_steps is not None and args.inference_steps > policy.config.num_train_timesteps:
+        raise UserError(f"--inference-steps must be at most {policy.config.num_train_timesteps} (the policy's "
+                        f"training timesteps)")
     if args.env_obs_type is not None and args.env_obs_type not in ENV_OBS_TYPES[policy.config.obs_type]:
         raise UserError(f"a {policy.config.obs_type} policy reads --env-obs-type "
                         f"{' or '.join(ENV_OBS_TYPES[policy.config.obs_type])}, not {args.env_obs_type}")
@@ -155,10 +177,15 @@ def _eval(args: argparse.Namespace) -> int:
         if not 0 <= args.warm_start_t < policy.config.num_train_timesteps:
             raise UserError(f"--warm-start-t must be in 0..{policy.config.num_train_timesteps - 1}")
         policy.config.warm_start_t = args.warm_start_t
-    metrics = evaluate_pusht(policy, args.episodes, args.seed, batch_size=args.batch_size,
-                             env_obs_type=args.env_obs_type, video_path=args.video, sampler=args.sampler,
-                             steps=args.inference_steps, per_episode=args.per_episode, freeze=not args.eager,
-                             states_out=args.states_out, plot_path=args.plot)
+    common = dict(batch_size=args.batch_size, video_path=args.video, sampler=args.sampler, steps=args.inference_steps,
+                  per_episode=args.per_episode, freeze=not args.eager, states_out=args.states_out, plot_path=args.plot)
+    if pusht_task:
+        if args.max_steps is not None:
+            common["max_steps"] = args.max_steps
+        metrics = evaluate_pusht(policy, args.episodes, args.seed, env_obs_type=args.env_obs_type, **common)
+    else:
+        metrics = evaluate_policy(policy, adapter, args.episodes, args.seed, **common)
+    metrics["checkpoint"] = str(args.checkpoint or SHIPPED[args.obs_type or "state"])
     print(format_metrics(metrics))
     if args.metrics_json:
         write_json(args.metrics_json, metrics)
@@ -166,8 +193,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def format_metrics(m: dict) -> str:
-    return (f"{m['episodes']} episodes from seed {m['seed']}: mean max coverage {m['mean_max_coverage']:.3f}, "
-            f"mean max reward {m['mean_max_reward']:.3f}, success {m['success_rate']:.0%}, "
+    episodes = f"{m['episodes']} episode{'s' if m['episodes'] != 1 else ''} from seed {m['seed']}"
+    scores = (f"mean max coverage {m['mean_max_coverage']:.3f}, mean max reward {m['mean_max_reward']:.3f}"
+              if "mean_max_coverage" in m else f"{m['env']}: mean return {m['mean_return']:.4g}, mean max reward "
+                                                f"{m['mean_max_reward']:.4g}")
+    return (f"{episodes}: {scores}, success {m['success_rate']:.0%}, "
             f"{m['seconds_per_action_chunk'] * 1e3:.1f} ms (min {m['seconds_per_action_chunk_min'] * 1e3:.1f}) per "
             f"{m['action_steps']}-action chunk on {m['torch_threads']} CPU thread(s) ({m['sampler']}, {m['inference_steps']} steps{_eta_note(m)})")
 

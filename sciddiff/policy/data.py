@@ -1,9 +1,12 @@
-"""Training arrays for PushT, from the zarr replay buffer or from one preprocessed `.npz` file.
+"""Training arrays from a zarr replay buffer or from one preprocessed `.npz` file.
 
-A dataset is a dict of numpy arrays sharing axis 0 (10 Hz steps, episodes back to back) plus `episode_ends`:
-- state policy: `state` (N, 18) float32 (agent xy + the 8 block vertices, see `pusht.state_features`), `action` (N, 2);
-- image policy: `image` (N, 96, 96, 3) uint8, `agent_pos` (N, 2) float32, `action` (N, 2).
-`prepare_pusht` writes such a dict with `np.savez_compressed` so that a GPU machine without zarr or gymnasium can train
+A dataset is a dict of numpy arrays sharing axis 0 (env steps, episodes back to back) plus `episode_ends`. Tasks:
+- `pusht` (default): state policy `state` (N, 18) float32 (agent xy + the 8 block vertices, see
+  `pusht.state_features`), `action` (N, 2); image policy `image` (N, 96, 96, 3) uint8, `agent_pos` (N, 2) float32,
+  `action` (N, 2); read from a store whose data/state rows are gym-pusht's (agent x, y, block x, y, angle).
+- `generic`: any other gymnasium task, state policies: the store's data/state (N, D) and data/action (N, A) as they
+  are (float32), D and A free. Write such a store with `ReplayBuffer` (keys "state" and "action").
+`prepare_dataset` writes such a dict with `np.savez_compressed` so that a GPU machine without zarr or gymnasium can train
 from a single file (the 25,650 frames compress to ~12 MB as HWC uint8). `load_dataset` reads either form; it needs zarr
 only for `.zarr` paths.
 """
@@ -19,6 +22,7 @@ from sciddiff.cli import UserError
 from sciddiff.policy import pusht
 
 OBS_KEYS = {"state": ("state",), "image": ("image", "agent_pos")}
+TASKS = ("pusht", "generic")
 # Per-row shapes PushT needs: the replay buffer's raw arrays, then the training arrays made from them. Checked where the
 # data are read, so that a malformed store is one line naming it, not an IndexError deep in training.
 STORE_SHAPES = {"state": ((5,), "agent x, y, block x, y, angle"), "action": ((2,), "target agent x, y")}
@@ -37,12 +41,24 @@ def default_zarr() -> Path:
     return data_root() / "pusht" / "pusht_cchi_v7_replay.zarr"
 
 
-def dataset_from_zarr(path: str | Path, obs_type: str, chunk: int = 2048) -> dict[str, np.ndarray]:
-    """Read a PushT replay buffer (keys data/state, data/action, optionally data/img) into training arrays."""
+def dataset_from_zarr(path: str | Path, obs_type: str, chunk: int = 2048, task: str = "pusht") -> dict[str, np.ndarray]:
+    """Read a replay buffer (keys data/state, data/action; PushT image policies also data/img) into training arrays."""
     from sciddiff.policy.replay_buffer import ReplayBuffer
 
+    check_task(task, obs_type)
     buffer = ReplayBuffer.open(path)
-    raw, ends = pusht_store_arrays(buffer, path)
+    if task == "generic":
+        raw, ends = buffer.load(["state", "action"])
+        out = {"state": raw["state"].astype(np.float32), "action": raw["action"].astype(np.float32),
+               "episode_ends": ends.astype(np.int64)}
+        check_dataset(out, path, obs_type, task)
+        return out
+    try:
+        raw, ends = pusht_store_arrays(buffer, path)
+    except UserError as err:
+        if "PushT needs" not in str(err):
+            raise
+        raise UserError(f"{err} (another gymnasium task's vectors as they are: --task generic)") from None
     out = {"action": raw["action"].astype(np.float32), "episode_ends": ends.astype(np.int64)}
     if obs_type == "state":
         out["state"] = pusht.state_features(raw["state"])
@@ -69,9 +85,17 @@ def pusht_store_arrays(buffer, path: str | Path) -> tuple[dict[str, np.ndarray],
     return raw, ends
 
 
-def check_dataset(arrays: dict[str, np.ndarray], path: str | Path, obs_type: str) -> None:
+def check_task(task: str, obs_type: str) -> None:
+    if task not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "generic" and obs_type != "state":
+        raise UserError("--task generic trains state policies (data/state, data/action); image policies are PushT's")
+
+
+def check_dataset(arrays: dict[str, np.ndarray], path: str | Path, obs_type: str, task: str = "pusht") -> None:
     """Training arrays of `obs_type` fit together: at least one episode, `episode_ends` strictly increasing up to
-    exactly the rows of every array, PushT's per-row shapes, finite numbers. Raises a one-line UserError naming path."""
+    exactly the rows of every array, the task's per-row shapes (PushT's, or any vector per row for a generic task),
+    finite numbers. Raises a one-line UserError naming path."""
     ends = arrays["episode_ends"]
     if ends.ndim != 1 or not np.issubdtype(ends.dtype, np.integer):
         raise UserError(f"{path}: episode_ends must be a 1-D integer array, not {ends.dtype} {ends.shape}")
@@ -80,17 +104,20 @@ def check_dataset(arrays: dict[str, np.ndarray], path: str | Path, obs_type: str
     if ends[0] <= 0 or (np.diff(ends) <= 0).any():
         raise UserError(f"{path}: episode_ends must be positive and strictly increasing")
     for key in ("action", *OBS_KEYS[obs_type]):
-        shape, meaning = DATASET_SHAPES[key]
-        _check_array(path, key, arrays[key], shape, meaning)
+        shape, meaning = DATASET_SHAPES[key] if task == "pusht" else (arrays[key].shape[1:2], "one vector per step")
+        _check_array(path, key, arrays[key], shape, meaning, task)
         if len(arrays[key]) != ends[-1]:
             raise UserError(f"{path}: episode_ends ends at row {ends[-1]} but {key} has {len(arrays[key])} rows")
     if obs_type == "image" and arrays["image"].dtype != np.uint8:
         raise UserError(f"{path}: image must be uint8 frames, not {arrays['image'].dtype}")
 
 
-def _check_array(path: str | Path, name: str, a: np.ndarray, shape: tuple[int, ...], meaning: str) -> None:
+def _check_array(path: str | Path, name: str, a: np.ndarray, shape: tuple[int, ...], meaning: str,
+                 task: str = "pusht") -> None:
     if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
         raise UserError(f"{path}: {name} must hold numbers, not {a.dtype}")
+    if task == "generic" and (a.ndim != 2 or not a.shape[1]):
+        raise UserError(f"{path}: {name} has shape {a.shape}; a generic task needs (rows, features)")
     if a.ndim < 1 or a.shape[1:] != shape:
         raise UserError(f"{path}: {name} has shape {a.shape}; PushT needs (rows, {', '.join(map(str, shape))}): "
                         f"{meaning}")
@@ -99,14 +126,15 @@ def _check_array(path: str | Path, name: str, a: np.ndarray, shape: tuple[int, .
                         f"{int(np.argmin(finite))})")
 
 
-def prepare_pusht(zarr_path: str | Path, out_path: str | Path, obs_type: str) -> Path:
+def prepare_dataset(zarr_path: str | Path, out_path: str | Path, obs_type: str, task: str = "pusht") -> Path:
     """Write the training arrays of `obs_type` to a compressed `.npz` (atomically)."""
     out_path = Path(out_path)
     if out_path.suffix != ".npz":
         raise UserError(f"prepared datasets are .npz files, got {out_path}")
-    arrays = dataset_from_zarr(zarr_path, obs_type)
-    meta = {"source": str(zarr_path), "obs_type": obs_type, "task": "pusht",
-            "state_features": "agent xy + 8 T vertices (gym-pusht get_keypoints order)"}
+    arrays = dataset_from_zarr(zarr_path, obs_type, task=task)
+    meta = {"source": str(zarr_path), "obs_type": obs_type, "task": task}
+    if task == "pusht":
+        meta["state_features"] = "agent xy + 8 T vertices (gym-pusht get_keypoints order)"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.npz")
     try:
@@ -128,23 +156,26 @@ def concat_datasets(datasets: list[dict[str, np.ndarray]]) -> dict[str, np.ndarr
     return out
 
 
-def load_dataset(path: str | Path, obs_type: str) -> dict[str, np.ndarray]:
-    """Training arrays from a `.zarr` replay buffer or a `.npz` written by `prepare_pusht`."""
+def load_dataset(path: str | Path, obs_type: str, task: str = "pusht") -> dict[str, np.ndarray]:
+    """Training arrays from a `.zarr` replay buffer or a `.npz` written by `prepare_dataset`."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"no dataset at {path}")
+    check_task(task, obs_type)
     if path.suffix == ".zarr" or path.is_dir():
-        return dataset_from_zarr(path, obs_type)
+        return dataset_from_zarr(path, obs_type, task=task)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files if k != "meta"}
     except (ValueError, OSError, EOFError) as err:
+        # numpy explains a non-archive file as a pickle it refuses to load: not what the user gave
+        detail = str(err).splitlines()[0] if str(err) and "pickle" not in str(err) else "not an .npz archive"
         raise UserError(f"{path} is neither a zarr replay buffer nor an .npz from `sciddiff policy prepare` "
-                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+                        f"({detail})") from None
     except (TypeError, AttributeError):  # np.load returned a plain array (.npy), not an archive
         raise UserError(f"{path} is a single array, not an .npz from `sciddiff policy prepare`") from None
     needed = {"action", "episode_ends", *OBS_KEYS.get(obs_type, ())}
     if obs_type not in OBS_KEYS or not needed <= arrays.keys():
         raise UserError(f"{path} lacks {sorted(needed - arrays.keys())} for a {obs_type!r} policy")
-    check_dataset(arrays, path, obs_type)
+    check_dataset(arrays, path, obs_type, task)
     return arrays

@@ -6,7 +6,9 @@ asked again (the episode stops early at termination, truncation or `max_steps`).
 `batch_size` environments so one network call serves the whole batch. Episode i starts from `env.reset(seed=seeds[i])`.
 
 An `EnvAdapter` holds what is task specific: how to make the env, how to turn an observation into the policy's
-per-step features, which number is the episode's score (PushT: `info["coverage"]`) and when it counts as a success.
+per-step features, which number is the episode's score (PushT: `info["coverage"]`; by default the step reward) and
+when it counts as a success (PushT: max coverage > 0.95; by default: the env terminated, or the max score reached
+`success_score` where one is given). Every episode also records its return (the sum of its rewards).
 A policy is any callable `obs -> actions` on numpy dicts: obs[key] (B, n_obs_steps, ...) -> (B, n_actions, action_dim).
 One that carries state from chunk to chunk (e.g. a warm-started diffusion policy) also has `reset()`: it is then reset
 at the start of each batch of episodes and called as `policy(obs, env_ids)`, env_ids naming the batch's environments.
@@ -30,10 +32,19 @@ PolicyFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 class EnvAdapter:
-    """Generic gymnasium task: features = {"state": observation as float32}, score = reward, success = terminated."""
+    """Generic gymnasium task: features = {"state": observation as float32}, score = reward, success = terminated
+    (or max score >= `success_score`). `max_steps` None: the env's registered episode limit (1000 where it has none)."""
 
-    def __init__(self, env_id: str, max_steps: int = 300, env_kwargs: dict | None = None):
+    score_name = "reward"  # what `score` measures, named in the metrics
+
+    def __init__(self, env_id: str, max_steps: int | None = 300, env_kwargs: dict | None = None,
+                 success_score: float | None = None):
+        if max_steps is None:
+            import gymnasium as gym
+
+            max_steps = gym.spec(env_id).max_episode_steps or 1000
         self.env_id, self.max_steps, self.env_kwargs = env_id, max_steps, dict(env_kwargs or {})
+        self.success_score = success_score
 
     def make_env(self, render: bool = False):
         import gymnasium as gym
@@ -50,7 +61,7 @@ class EnvAdapter:
         return float(reward)
 
     def is_success(self, max_score: float, terminated: bool) -> bool:
-        return bool(terminated)
+        return bool(terminated) if self.success_score is None else max_score >= self.success_score
 
     def snapshot(self, env) -> np.ndarray | None:
         """The simulator state an expert could restart from (None where the task has no such notion)."""
@@ -61,6 +72,7 @@ class PushTAdapter(EnvAdapter):
     """gym-pusht: score = coverage of the goal by the T, reward = min(coverage / 0.95, 1), success = coverage > 0.95."""
 
     OBS_TYPES = ("state", "environment_state_agent_pos", "pixels_agent_pos")
+    score_name = "coverage"
 
     def __init__(self, obs_type: str = "environment_state_agent_pos", max_steps: int = 300, gif_size: int = 256):
         if obs_type not in self.OBS_TYPES:
@@ -94,17 +106,18 @@ class EpisodeResult:
     max_reward: float  # max env reward over the episode (PushT: min(coverage / 0.95, 1))
     success: bool
     steps: int
+    episode_return: float = 0.0  # sum of the env's rewards
     states: np.ndarray | None = None  # (steps + 1, ...) adapter snapshots before each action, with record_states
 
 
-def summarize(results: Sequence[EpisodeResult]) -> dict:
-    """Mean max reward / max score (coverage) / success rate over episodes."""
-    return {
-        "mean_max_reward": float(np.mean([r.max_reward for r in results])),
-        "mean_max_coverage": float(np.mean([r.max_score for r in results])),
-        "success_rate": float(np.mean([r.success for r in results])),
-        "episodes": len(results),
-    }
+def summarize(results: Sequence[EpisodeResult], score_name: str = "coverage") -> dict:
+    """Mean max reward, mean max score (`mean_max_<score_name>`; PushT: coverage; left out when the score is the
+    reward), mean return and success rate over episodes."""
+    metrics = {"mean_max_reward": float(np.mean([r.max_reward for r in results]))}
+    if score_name != "reward":
+        metrics[f"mean_max_{score_name}"] = float(np.mean([r.max_score for r in results]))
+    return {**metrics, "mean_return": float(np.mean([r.episode_return for r in results])),
+            "success_rate": float(np.mean([r.success for r in results])), "episodes": len(results)}
 
 
 class TorchPolicyActor:
@@ -164,6 +177,7 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
         policy.reset()
     snapshots: list[list] = [[] for _ in range(n)]
     history, max_score, max_reward, steps = [], np.full(n, -np.inf), np.full(n, -np.inf), np.zeros(n, dtype=int)
+    returns = np.zeros(n)
     terminated, alive = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
     for env, seed, snaps in zip(envs, seeds, snapshots):
         obs, _ = env.reset(seed=seed)
@@ -183,6 +197,7 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
                 steps[i] += 1
                 max_score[i] = max(max_score[i], adapter.score(reward, info))
                 max_reward[i] = max(max_reward[i], float(reward))
+                returns[i] += float(reward)
                 history[i].append(adapter.features(obs))
                 if record_states:
                     snapshots[i].append(adapter.snapshot(envs[i]))
@@ -194,7 +209,7 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
                     break
     return [EpisodeResult(seed, float(max_score[i]), float(max_reward[i]),
                           adapter.is_success(float(max_score[i]), bool(terminated[i])), int(steps[i]),
-                          np.asarray(snapshots[i]) if record_states else None)
+                          float(returns[i]), np.asarray(snapshots[i]) if record_states else None)
             for i, seed in enumerate(seeds)]
 
 
@@ -216,8 +231,9 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = 10) -
     try:
         if suffix == ".gif":
             imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)
-        else:  # H.264 wants even sides: 16-pixel macro blocks (the renderer's 256 px frames already are)
-            imageio.mimsave(tmp, frames, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=16)
+        else:  # yuv420p needs even sides: pad an odd edge by one repeated pixel rather than let imageio resize
+            frames = [np.pad(f, ((0, f.shape[0] % 2), (0, f.shape[1] % 2), (0, 0)), mode="edge") for f in frames]
+            imageio.mimsave(tmp, frames, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=2)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from sciddiff.core.ema import EMA
-from sciddiff.policy.data import OBS_KEYS, concat_datasets, default_zarr, load_dataset
+from sciddiff.policy.data import OBS_KEYS, TASKS, check_task, concat_datasets, default_zarr, load_dataset
 from sciddiff.policy.io import save_policy
 from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig, noise_scale_error
 from sciddiff.policy.sampler import sequence_windows, split_episodes
@@ -59,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "the validation episodes come from --data only")
     g.add_argument("--obs-type", choices=("state", "image"), default="state",
                    help="state: agent xy + 8 block vertices; image: 96x96 frames + agent xy (default state)")
+    g.add_argument("--task", choices=TASKS, default="pusht",
+                   help="pusht (default): PushT features from gym-pusht states; generic: any gymnasium task, the "
+                        "stores' data/state and data/action vectors as they are (state policies)")
+    g.add_argument("--env", default=None, metavar="ID",
+                   help="--task generic: the gymnasium env id (recorded in the policy; --eval-every rolls out in it "
+                        "and `sciddiff policy eval` uses it by default)")
     g.add_argument("--val-episodes", type=int, default=4, help="episodes held out for the validation loss (default 4)")
     g.add_argument("--max-train-episodes", type=int, default=None,
                    help="train on at most this many episodes (the paper uses 90); default: all not held out")
@@ -89,7 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=200, help="steps between log rows (default 200)")
     g.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints (default 120)")
     g.add_argument("--eval-every", type=int, default=0,
-                   help="steps between closed-loop PushT rollouts of the EMA policy (0: never; needs gym-pusht)")
+                   help="steps between closed-loop rollouts of the EMA policy in PushT (needs gym-pusht) or --env "
+                        "(0: never)")
     g.add_argument("--eval-episodes", type=int, default=10,
                    help="rollouts per evaluation (seeds 100000, ...; default 10)")
     g = p.add_argument_group("optimization")
@@ -257,16 +264,17 @@ def validation_loss(policy: DiffusionPolicy, val: Batches | None, batch_size: in
 
 
 def rollout_score(policy: DiffusionPolicy, n_episodes: int) -> dict | None:
-    """Closed-loop PushT score of `policy` on seeds 100000.. (None where gym-pusht is not installed)."""
+    """Closed-loop score of `policy` in its task's env (`evaluate.task_adapter`) on seeds 100000.. (None where
+    the env's package is not installed)."""
     try:
-        from sciddiff.policy.runner import PushTAdapter, TorchPolicyActor, run_episodes, summarize
-        image = policy.config.obs_type == "image"
-        adapter = PushTAdapter("pixels_agent_pos" if image else "environment_state_agent_pos")
+        from sciddiff.policy.evaluate import task_adapter
+        from sciddiff.policy.runner import TorchPolicyActor, run_episodes, summarize
+        adapter = task_adapter(policy.config)
     except ImportError:
         return None
     results = run_episodes(TorchPolicyActor(policy, seed=0), adapter, range(100000, 100000 + n_episodes),
                            n_obs_steps=policy.config.n_obs_steps, show_progress=False)
-    return summarize(results)
+    return summarize(results, adapter.score_name)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -289,6 +297,9 @@ def train(args: argparse.Namespace) -> dict:
     if args.ddim_eta is not None and (error := noise_scale_error(args.ddim_eta, args.sampler or "ddim",
                                                                  "--ddim-eta")):
         raise UserError(error)
+    check_task(args.task, args.obs_type)
+    if args.env is not None and args.task != "generic":
+        raise UserError("--env names the gymnasium env of a --task generic policy (PushT's is gym_pusht/PushT-v0)")
     down_dims = _widths(args.down_dims, "--down-dims")
     vision_channels = _widths(args.vision_channels, "--vision-channels")
     check_output_path(args.out, folder=True)
@@ -302,7 +313,7 @@ def train(args: argparse.Namespace) -> dict:
     amp = not args.no_amp and device.type == "cuda"
     seed_everything(args.seed)
     data_path = args.data or default_zarr()
-    arrays = load_dataset(data_path, args.obs_type)
+    arrays = load_dataset(data_path, args.obs_type, args.task)
     n_episodes = len(arrays["episode_ends"])
     try:
         train_eps, val_eps = split_episodes(n_episodes, args.val_episodes, args.seed, args.max_train_episodes)
@@ -310,7 +321,7 @@ def train(args: argparse.Namespace) -> dict:
         raise UserError(f"--val-episodes: {err}") from None
     sources = [(data_path, n_episodes)]
     if args.extra_data:
-        extra = [load_dataset(path, args.obs_type) for path in args.extra_data]
+        extra = [load_dataset(path, args.obs_type, args.task) for path in args.extra_data]
         sources += [(path, len(a["episode_ends"])) for path, a in zip(args.extra_data, extra)]
         arrays = concat_datasets([arrays, *extra])
         train_eps = np.concatenate([train_eps, np.arange(n_episodes, len(arrays["episode_ends"]))])
@@ -320,7 +331,8 @@ def train(args: argparse.Namespace) -> dict:
         sampler=args.sampler or "ddim", num_inference_steps=8 if args.inference_steps is None else args.inference_steps,
         ddim_eta=args.ddim_eta or 0.0,
         vision_channels=vision_channels, cpu_weights=args.cpu_weights or "float32",
-        extra={"task": "pusht", "train_episodes": len(train_eps), "val_episodes": val_eps.tolist()})
+        extra={"task": args.task, **({"env": args.env} if args.env else {}), "train_episodes": len(train_eps),
+               "val_episodes": val_eps.tolist()})
     from sciddiff.policy.io import load_policy
 
     teacher = None
@@ -336,6 +348,8 @@ def train(args: argparse.Namespace) -> dict:
         if {k: getattr(init.config, k) for k in data_shape} != data_shape:
             raise UserError(f"--init {args.init} expects {init.config.obs_type} observations of "
                             f"{init.config.state_dim} features and {init.config.action_dim} actions, not {data_shape}")
+        if (init_task := init.config.extra.get("task", "pusht")) != args.task:
+            raise UserError(f"--init {args.init} is a --task {init_task} policy, not {args.task}")
         given = {"sampler": args.sampler, "num_inference_steps": args.inference_steps, "ddim_eta": args.ddim_eta,
                  "cpu_weights": args.cpu_weights}  # the inference settings not given stay the checkpoint's
         config = dataclasses.replace(init.config, **{k: v for k, v in given.items() if v is not None},
@@ -348,6 +362,8 @@ def train(args: argparse.Namespace) -> dict:
         policy.state_normalizer.load_state_dict(type(policy.state_normalizer).fit(arrays[key]).state_dict())
         policy.action_normalizer.load_state_dict(type(policy.action_normalizer).fit(arrays["action"]).state_dict())
 
+    if args.eval_every and args.task == "generic" and not config.extra.get("env"):
+        raise UserError("--eval-every with --task generic needs --env ID: the gymnasium env to roll out in")
     if teacher is not None:
         try:
             policy.distillation_grid(teacher.config, config.num_inference_steps)
