@@ -59,6 +59,22 @@ def test_score_small_angle_and_broadcasting():
     assert so3.igso3_score(torch.tensor(1e-3, dtype=torch.float32), 0.1).dtype == torch.float32
 
 
+@pytest.mark.parametrize("sigma", [1e-3, 1.5e-3, 3e-3])
+def test_small_sigma_density_is_smooth_at_the_small_angle_branch_and_matches_the_maxwell_limit(sigma):
+    # below w = 1e-3 the density takes a series form; with sigma ~1e-3 that branch holds most of the mass
+    w = torch.tensor([0.999e-3, 1.001e-3], dtype=torch.float64)
+    f = so3.igso3_density(w, sigma)
+    assert f[1] / f[0] == pytest.approx(math.exp(-(w[1]**2 - w[0]**2) / (2 * sigma**2)), rel=1e-5)
+    fine = torch.linspace(0, 40 * sigma, 400_001, dtype=torch.float64)
+    assert torch.trapezoid(so3.igso3_angle_density(fine, sigma), fine).item() == pytest.approx(1, abs=1e-6)
+    # angles of N(0, sigma^2 I_3) rotation vectors: Maxwell, mean 2 sigma sqrt(2 / pi)
+    angles = so3.sample_igso3(sigma, 200_000, generator=torch.Generator().manual_seed(0)).double().norm(dim=-1)
+    assert angles.mean().item() == pytest.approx(2 * sigma * math.sqrt(2 / math.pi), rel=5e-3)
+    # the score norm is continuous where the table (sigma >= 1e-3) meets the Gaussian limit 3 / sigma^2
+    s = torch.tensor([0.9999e-3, 1.0001e-3, 1.01e-3], dtype=torch.float64)
+    assert torch.allclose(so3.igso3_score_norm(s) * s**2 / 3, torch.ones(3, dtype=torch.float64), atol=1e-5)
+
+
 @pytest.mark.parametrize("sigma", [0.02, 0.3, 1.0, 1.8])
 def test_sampled_angles_pass_ks_test(sigma):
     v = so3.sample_igso3(sigma, 20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

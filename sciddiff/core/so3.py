@@ -140,8 +140,13 @@ def _poisson_log_f(w: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     dg = (sign * (1 - u * u / s2) * rel).sum(-1)
     small = w < 1e-3
     w_safe = torch.where(small, torch.ones_like(w), w)
-    # log f = s^2/8 + log sqrt(2 pi) - 3 log s - w^2/(2 s^2) + log g - log sin(w/2); at w -> 0, g/sin(w/2) -> 2 g'(0)
-    ratio = torch.where(small, 2 * dg, g / torch.sin(w_safe / 2))
+    # log f = s^2/8 + log sqrt(2 pi) - 3 log s - w^2/(2 s^2) + log g - log sin(w/2). For w < 1e-3, g/sin(w/2) =
+    # (g/w) (w/sin(w/2)): the k = 0 term of g/w is exactly 1 and w/sin(w/2) = 2 (1 + w^2/24 + O(w^4)); the k != 0
+    # terms, smooth on the scale of 2 pi, take their value at w = 0. (Not 2 g'(w): its k = 0 term, 1 - w^2/s^2,
+    # is only right for w << s, and w < 1e-3 is not that when s is ~1e-3.)
+    u0 = -2 * math.pi * k
+    g_over_w = (sign * (1 - u0 * u0 / s2) * torch.exp(-u0 * u0 / (2 * s2))).sum(-1)
+    ratio = torch.where(small, g_over_w * 2 * (1 + w * w / 24), g / torch.sin(w_safe / 2))
     log_f = s * s / 8 + 0.5 * math.log(2 * math.pi) - 3 * torch.log(s) - w * w / (2 * s * s) + torch.log(ratio.clamp_min(1e-300))
     # d/dw log f = g'/g - cot(w/2)/2; the common factor exp(-w^2/2s^2) cancels in g'/g
     d = dg / torch.where(small, torch.ones_like(g), g) - 0.5 / torch.tan(w_safe / 2)
@@ -244,9 +249,11 @@ class _IGSO3Table:
 
 
 def _cubic(values: Tensor, lo: Tensor, frac: Tensor) -> Tensor:
-    """Catmull-Rom interpolation of a uniformly sampled table between lo and lo + 1 (O(h^4); linear was 6e-4 off at s=1.5)."""
+    """Catmull-Rom interpolation of a uniformly sampled table between lo and lo + 1 (O(h^4); linear was 6e-4 off at s=1.5).
+    The points beyond either end are extrapolated linearly (a repeated end point halves the slope next to it)."""
+    values = torch.cat([2 * values[:1] - values[1:2], values, 2 * values[-1:] - values[-2:-1]])
     n = values.shape[0]
-    p0, p1, p2, p3 = (values[(lo + k).clamp(0, n - 1)] for k in (-1, 0, 1, 2))
+    p0, p1, p2, p3 = (values[(lo + 1 + k).clamp(0, n - 1)] for k in (-1, 0, 1, 2))
     return p1 + 0.5 * frac * (p2 - p0 + frac * (2 * p0 - 5 * p1 + 4 * p2 - p3 + frac * (3 * (p1 - p2) + p3 - p0)))
 
 
