@@ -19,8 +19,9 @@ def zero_score(x, sigma):
 
 def test_sigma_shapes_the_docs_allow_give_the_same_loss():
     sigma = torch.tensor([0.1, 1.0, 3.0, 10.0])
-    for space, x0 in [(Euclidean(3), torch.zeros(4, 3)), (Torus(4), torch.zeros(4, 4)),
-                      (SO3(), torch.eye(3).expand(4, 3, 3)), (SO3(2), torch.eye(3).expand(4, 2, 3, 3))]:
+    for space, x0 in [(Euclidean(3), torch.zeros(4, 3)), (Euclidean((5, 3)), torch.zeros(4, 5, 3)),
+                      (Torus(4), torch.zeros(4, 4)), (SO3(), torch.eye(3).expand(4, 3, 3)),
+                      (SO3(2), torch.eye(3).expand(4, 2, 3, 3))]:
         per_sample = dsm_loss(zero_score, space, x0, sigma, torch.Generator().manual_seed(0))[0]
         column = dsm_loss(zero_score, space, x0, sigma[:, None], torch.Generator().manual_seed(0))[0]
         points = x0.shape[:-2] if isinstance(space, SO3) else x0.shape  # a rotation is one element
@@ -149,3 +150,43 @@ def test_the_state_keeps_the_callers_dtype_whatever_the_network_computes_in():
     out = sample_ddim(lambda x, t: torch.zeros(x.shape, dtype=torch.float64), torch.zeros(2, 3),
                       DiscreteSchedule(num_train_timesteps=10), steps=4)
     assert out.dtype == torch.float32
+
+
+def test_flow_rates_apply_to_a_single_space_and_bad_ones_are_refused():
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    to_zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    mirror = lambda x, t: -x  # noqa: E731  (a path-dependent end point)
+    single = sample_flow(mirror, Euclidean(2), x, steps=4, rates={"x": 10.0})
+    assert not torch.allclose(single, sample_flow(mirror, Euclidean(2), x, steps=4))  # were ignored before
+    product = sample_flow(lambda p, t: {"x": -p["x"]}, Product(x=Euclidean(2)), {"x": x}, steps=4, rates={"x": 10.0})
+    assert torch.allclose(single, product["x"])
+    with pytest.raises(ValueError, match="rates: 'typo'"):
+        sample_flow(to_zero, Product(x=Euclidean(2)), {"x": x}, steps=4, rates={"typo": 10.0})
+    with pytest.raises(ValueError, match="finite rate > 0"):
+        sample_flow(to_zero, Product(x=Euclidean(2)), {"x": x}, steps=4, rates={"x": 0.0})
+
+
+def test_float64_points_give_the_model_float64_noise_levels_in_every_sampler():
+    from sciddiff.core import sample_pf_ode, sample_reverse_sde
+
+    seen = []
+
+    def model(x, s):
+        seen.append(s.dtype)
+        return torch.zeros_like(x)
+    grid = torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64)
+    for points in (torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3)):
+        seen.clear()
+        sample_reverse_sde(model, Euclidean(3), points, grid)
+        sample_pf_ode(model, Euclidean(3), points, grid)
+        sample_flow(lambda x, t: model(x, t) + x, Euclidean(3), points, steps=2)
+        assert set(seen) == {points.dtype}
+
+
+def test_a_schedule_inside_a_bf16_model_keeps_its_float64_tables():
+    model = torch.nn.Module()
+    model.schedule, model.net = DiscreteSchedule(), torch.nn.Linear(2, 2)
+    table = model.schedule.alphas_cumprod.clone()
+    model.to(torch.bfloat16)
+    assert model.net.weight.dtype == torch.bfloat16 and model.schedule.alphas_cumprod.dtype == torch.float64
+    assert torch.equal(model.schedule.alphas_cumprod, table)  # not rounded through bf16 (0.4% off before)

@@ -49,6 +49,19 @@ def test_euclidean_score_norm_is_expected_squared_score():
     assert (score.pow(2).sum(-1).mean() / space.score_norm_sq(sigma)[0]).item() == pytest.approx(1, abs=0.03)
 
 
+@pytest.mark.parametrize("shape", [(1,), (1, 1), (10, 3)])
+def test_a_per_sample_sigma_may_carry_trailing_singleton_dims_on_any_point_shape(shape):
+    space, x0 = Euclidean((10, 3)), torch.zeros(8, 10, 3)
+    sigma = torch.linspace(0.2, 2.0, 8)
+    shaped = sigma.reshape(8, *[1] * len(shape)).expand(8, *shape)  # (8, 1), (8, 1, 1) or per element (8, 10, 3)
+    assert torch.allclose(space.score_norm_sq(shaped), space.score_norm_sq(sigma))
+    losses = []
+    for s in (sigma, shaped):
+        torch.manual_seed(0)
+        losses.append(dsm_loss(lambda x, sig: torch.zeros_like(x), space, x0, s)[0])
+    assert losses[0] == losses[1]
+
+
 @pytest.mark.parametrize("name", ["so3", "torus"])
 def test_manifold_score_norm_is_expected_squared_score(name):
     space, g = SPACES[name], torch.Generator().manual_seed(3)

@@ -15,7 +15,14 @@ __all__ = ["DiscreteSchedule"]
 
 
 class DiscreteSchedule(nn.Module):
-    """float64 tables of a discrete DDPM chain, kept as buffers so they follow ``.to(device)``."""
+    """float64 tables of a discrete DDPM chain, kept as buffers so they follow ``.to(device)``; a dtype conversion of
+    the module holding them (``.to(torch.bfloat16)``, ``.half()``) moves them but keeps them float64.
+
+    With ``prediction_type="epsilon"`` note the cosine chain's last abar (2.4e-7 at T = 100, betas capped at 0.999):
+    samplers that start at t = T-1 (DDIM "trailing", DPM-Solver++) turn eps into x0 by dividing by sqrt(abar) =
+    4.9e-4, so an eps error of 1% moves x0 by ~20; clip x0 (``clip_sample``, as Diffusion Policy does for actions
+    normalised to [-1, 1]), predict v or x0, or start from the "leading" grid (t = T - T/steps). diffusers behaves the
+    same."""
 
     def __init__(self, betas_: Tensor | None = None, *, name: str = "cosine", num_train_timesteps: int = 100,
                  beta_start: float = 1e-4, beta_end: float = 0.02):
@@ -27,6 +34,12 @@ class DiscreteSchedule(nn.Module):
             raise ValueError("betas must be a non-empty 1-D tensor with every value in (0, 1)")
         self.register_buffer("betas", betas_.double())
         self.register_buffer("alphas_cumprod", alphas_cumprod(betas_))
+
+    def _apply(self, fn, recurse: bool = True):
+        def keep_float64(t: Tensor) -> Tensor:
+            out = fn(t)
+            return out if out.dtype == t.dtype else t.to(device=out.device)
+        return super()._apply(keep_float64, recurse)
 
     @property
     def num_train_timesteps(self) -> int:

@@ -13,6 +13,7 @@ extra drift -eta x0_hat stays bounded as t -> 1.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping
 
 import torch
@@ -54,8 +55,10 @@ def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, met
                 **cond) -> Point:
     """Integrate the learned flow from t_min to 1 on a float64 grid; the last step jumps to the predicted clean point.
 
-    `langevin` maps Euclidean components (of a ``Product``; the key "x" for a single space) to eta, turning on the
-    Langevin term of the module doc at `temperature` (Euler only). `noise(x)` draws its standard normal tangent at x
+    `rates` maps components (of a ``Product``; the key "x" for a single space) to a constant rate > 0 that replaces
+    1 / (1 - t) in their velocity (FrameFlow's exponential schedule for rotations). `langevin` maps Euclidean
+    components (keyed the same way) to eta, turning on the Langevin term of the module doc at `temperature` (Euler
+    only). The model gets t (B,) in float64 for float64 points, else float32. `noise(x)` draws its standard normal tangent at x
     (default ``space.randn_tangent``): pass one to project the noise (e.g. keep centroids fixed) or to seed it per sample.
     """
     if steps < 1 or not 0 <= t_min < 1 or temperature < 0:
@@ -67,18 +70,23 @@ def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, met
     if langevin and method != "euler":
         raise ValueError("Langevin sampling is implemented for the euler method only")
     parts = space.components if isinstance(space, Product) else {"x": space}
+    for k, rate in rates.items():
+        if k not in parts or not rate > 0 or not math.isfinite(rate):
+            raise ValueError(f"rates: {k!r} must name a component ({', '.join(parts)}) and map to a finite rate > 0, "
+                             f"got {rate!r}")
     for k in langevin:
         if not isinstance(parts.get(k), Euclidean):
             raise ValueError(f"Langevin sampling needs a Euclidean component; {k!r} is {parts.get(k)!r}")
     noise = noise or space.randn_tangent
 
+    t_dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+
     def velocity(x, t):
-        x1 = Space.in_dtype_of(model(x, torch.full((ref.shape[0],), t, device=ref.device, dtype=torch.float32),
-                                     **cond), x)
+        x1 = Space.in_dtype_of(model(x, torch.full((ref.shape[0],), t, device=ref.device, dtype=t_dtype), **cond), x)
         v = space.log(x, x1)
         if isinstance(v, dict):
-            return {k: vk * (rates.get(k) or 1 / (1 - t)) for k, vk in v.items()}, x1
-        return v / (1 - t), x1
+            return {k: vk * rates.get(k, 1 / (1 - t)) for k, vk in v.items()}, x1
+        return (v * rates["x"] if "x" in rates else v / (1 - t)), x1
 
     x = x_init
     for i in progress(range(steps)):

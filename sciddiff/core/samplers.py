@@ -180,10 +180,12 @@ def _sigma_at(sigmas, i: int):
 
 
 def _batch_sigma(sigma, like: Point):
+    """sigma (B,) for the model: float64 for float64 points, else float32 (bf16 would round the noise level)."""
     ref = next(iter(like.values())) if isinstance(like, dict) else like
+    dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
     if isinstance(sigma, dict):
-        return {k: torch.full((ref.shape[0],), v, device=ref.device, dtype=torch.float32) for k, v in sigma.items()}
-    return torch.full((ref.shape[0],), sigma, device=ref.device, dtype=torch.float32)
+        return {k: torch.full((ref.shape[0],), v, device=ref.device, dtype=dtype) for k, v in sigma.items()}
+    return torch.full((ref.shape[0],), sigma, device=ref.device, dtype=dtype)
 
 
 def _combine(a, b, fn):

@@ -30,9 +30,11 @@ Sigma = Union[Tensor, Mapping[str, Tensor]]
 
 
 def _per_sample(per_element: Tensor, sigma: Tensor, element_shape: tuple[int, ...]) -> Tensor:
-    """E|score|^2 per sample (B,) from the per-element values of a per-sample sigma (B,) or a per-element one (B, ...)."""
+    """E|score|^2 per sample (B,) from the per-element values of a per-sample sigma (B,) or one that broadcasts against
+    the points from the left: (B, 1), (B, N, 1), ... or per element (B, ...)."""
     if sigma.dim() <= 1:
         return math.prod(element_shape) * per_element
+    per_element = per_element.reshape(per_element.shape + (1,) * (1 + len(element_shape) - per_element.dim()))
     return per_element.expand(sigma.shape[0], *element_shape).reshape(sigma.shape[0], -1).sum(-1)
 
 
