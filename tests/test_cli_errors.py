@@ -147,3 +147,23 @@ def test_examples_refuse_bad_input_before_the_work(tmp_path, capsys):
 
     assert latency([LIGAND]) == 2
     assert "is not a policy checkpoint" in one_line_error(capsys)
+
+
+def test_overwrite_replaces_only_a_docking_output_and_never_one_holding_the_inputs(tmp_path, capsys):
+    import shutil
+
+    inputs = tmp_path / "project"
+    inputs.mkdir()
+    protein, ligand = shutil.copy(PROTEIN, inputs), shutil.copy(LIGAND, inputs)
+    (inputs / "notes.txt").write_text("mine")
+    run = ["dock", "--protein", protein, "--ligand", ligand, "--autobox-ligand", ligand, "--model", "none",
+           "--overwrite"]
+    assert main([*run, "--out", str(inputs)]) == 2
+    assert "holds the input" in one_line_error(capsys)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main([*run, "--out", str(other)]) == 2
+    assert "is not a docking output" in one_line_error(capsys)
+    assert sorted(p.name for p in inputs.iterdir()) == sorted([Path(protein).name, Path(ligand).name, "notes.txt"])
+    assert (other / "notes.txt").read_text() == "mine"

@@ -296,7 +296,8 @@ def run_dock(args) -> int:
         return _run_batch(args, settings)
     if not args.protein or not args.ligand:
         raise UserError("give --protein and --ligand (or --batch table.csv)")
-    out = check_out_dir(args.out, args.overwrite or args.resume)
+    out = check_out_dir(args.out, args.overwrite or args.resume,
+                        inputs=(args.protein, args.ligand, args.autobox_ligand))
     started = time.perf_counter()
     receptor, ligands, box = _read_inputs(args.protein, args.ligand, args)
     if len(ligands) > 1:

@@ -21,11 +21,25 @@ if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an
     from sciddiff.dock.docking import DockResult
 
 
-def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+OUTPUT_MARKERS = ("summary.json", "results.csv")  # what every docking output folder holds
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """An output folder that may be created, or replaced with `overwrite`: only one that a docking run wrote (it
+    holds summary.json or results.csv) or an empty one, and never one that holds an input file (`inputs`: paths,
+    or strings that are not files, e.g. SMILES, which are ignored)."""
     out = check_output_path(out, folder=True, replaced=True)
-    if out.exists() and not overwrite:
+    if not out.exists():
+        return out
+    if not overwrite:
         raise UserError(f"output folder {out} exists; pass --overwrite to replace it (or --resume to continue a "
                         "library screen or --batch run)")
+    for path in inputs:
+        if path is not None and Path(path).is_file() and Path(path).resolve().is_relative_to(out.resolve()):
+            raise UserError(f"--out {out} holds the input {path}, which --overwrite would delete; choose another --out")
+    if any(out.iterdir()) and not any((out / marker).is_file() for marker in OUTPUT_MARKERS):
+        raise UserError(f"--out {out} is not a docking output (no {' or '.join(OUTPUT_MARKERS)}); --overwrite only "
+                        "replaces one: choose another --out")
     return out
 
 
