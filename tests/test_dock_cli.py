@@ -561,3 +561,15 @@ def test_dock_command_imports_e3nn_without_dynamo_or_pyg():
             "print('torch._dynamo' in sys.modules, 'torch_geometric' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_ligand_without_stereo_is_docked_as_one_named_isomer(tmp_path, capsys):
+    from rdkit import Chem
+
+    out = tmp_path / "nostereo"  # two stereocentres and a double bond left open: 8 isomers
+    assert main(["dock", "--protein", PROTEIN, "--ligand", "CC(N)C(=O)NC(Cc1ccccc1)C(=O)OC=CC", "--autobox-ligand",
+                 LIGAND, "--out", str(out), *FAST, "--model", "none"]) == 0
+    assert "stereo not specified (atom 2, atom 7, double bond at atom 18): docked one isomer" in capsys.readouterr().err
+    smiles = {Chem.MolToSmiles(Chem.MolFromMolFile(str(f))) for f in out.glob("rank*.sdf")}
+    assert len(smiles) == 1 and "@" in smiles.pop()  # before, the ranks mixed diastereomers
+    assert "stereo not specified" in json.loads((out / "summary.json").read_text())["ligand_repairs"]

@@ -456,9 +456,27 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
     if n_heavy > max_heavy_atoms:
         raise UserError(f"ligand {what} has {n_heavy} heavy atoms; the limit is {max_heavy_atoms}")
     Chem.SanitizeMol(mol)
+    if not (mol.GetNumConformers() and mol.GetConformer().Is3D()):
+        mol, repairs = _one_stereoisomer(mol, repairs)
     if repairs:
         mol.SetProp(REPAIRS_PROP, "; ".join(repairs))
     return mol
+
+
+def _one_stereoisomer(mol: Chem.Mol, repairs: list[str]) -> tuple[Chem.Mol, list[str]]:
+    """A molecule without 3D coordinates whose stereocentres or double bonds are not specified would be embedded as a
+    different isomer in every conformer (a mix of diastereomers across the ranked poses): fix the first isomer RDKit
+    enumerates and say so."""
+    from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
+
+    open_ = [s for s in Chem.FindPotentialStereo(mol) if s.specified == Chem.StereoSpecified.Unspecified]
+    if not open_:
+        return mol, repairs
+    isomer = next(iter(EnumerateStereoisomers(mol, options=StereoEnumerationOptions(onlyUnassigned=True, unique=True))))
+    where = ", ".join(f"{'atom' if s.type == Chem.StereoType.Atom_Tetrahedral else 'double bond at atom'} "
+                      f"{s.centeredOn + 1}" for s in open_)
+    return isomer, repairs + [f"stereo not specified ({where}): docked one isomer, {Chem.MolToSmiles(isomer)}; give "
+                              "the stereo (isomeric SMILES or a 3D file) to dock another"]
 
 
 def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
