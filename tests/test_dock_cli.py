@@ -573,3 +573,27 @@ def test_a_ligand_without_stereo_is_docked_as_one_named_isomer(tmp_path, capsys)
     smiles = {Chem.MolToSmiles(Chem.MolFromMolFile(str(f))) for f in out.glob("rank*.sdf")}
     assert len(smiles) == 1 and "@" in smiles.pop()  # before, the ranks mixed diastereomers
     assert "stereo not specified" in json.loads((out / "summary.json").read_text())["ligand_repairs"]
+
+
+def test_a_ligand_given_with_hydrogens_gets_them_back_in_every_written_pose(tmp_path):
+    from rdkit import Chem
+
+    with_h = Chem.AddHs(Chem.MolFromMolFile(LIGAND), addCoords=True)
+    Chem.MolToMolFile(with_h, str(tmp_path / "ligH.sdf"))
+    n_h = sum(a.GetAtomicNum() == 1 for a in with_h.GetAtoms())
+    for ligand, expected_h in ((str(tmp_path / "ligH.sdf"), n_h), (LIGAND, 0)):
+        out = tmp_path / f"out{expected_h}"
+        assert main(["dock", "--protein", PROTEIN, "--ligand", ligand, "--autobox-ligand", LIGAND, "--out", str(out),
+                     *FAST, "--model", "none"]) == 0
+        pose = next(Chem.SDMolSupplier(str(out / "rank1.sdf"), removeHs=False))
+        assert sum(a.GetAtomicNum() == 1 for a in pose.GetAtoms()) == expected_h
+        assert (Chem.MolToSmiles(Chem.RemoveAllHs(pose), isomericSmiles=False)
+                == Chem.MolToSmiles(Chem.MolFromMolFile(LIGAND), isomericSmiles=False))
+        assert not any(name.startswith("_sciddiff") for name in pose.GetPropNames())
+        heavy = Chem.RemoveAllHs(pose).GetConformer().GetPositions()
+        rescored = tmp_path / f"rescored{expected_h}.sdf"
+        assert main(["dock-score", "--protein", PROTEIN, "--ligand", str(out / "rank1.sdf"), "--out",
+                     str(rescored)]) == 0
+        again = next(Chem.SDMolSupplier(str(rescored), removeHs=False))
+        assert sum(a.GetAtomicNum() == 1 for a in again.GetAtoms()) == expected_h
+        assert np.allclose(Chem.RemoveAllHs(again).GetConformer().GetPositions(), heavy, atol=1e-3)

@@ -469,7 +469,7 @@ def run_score(args) -> int:
                 "n_torsions": r.n_torsions, **({"moved": r.moved} if args.minimize else {})}
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         rows.append({"pose": i + 1, "name": name or f"pose{i + 1}", **tags})
-        sd_records.append(io.sdf_block(io.pose_mol(mol, r.coords, tags)))
+        sd_records.append(io.sdf_block(io.pose_mol(mol, r.coords, tags, hydrogens=True)))
     columns = ["score", "inter", "intra", *r.terms, *(["moved"] if args.minimize else [])]
     print("pose  " + "  ".join(f"{c:>11}" for c in columns) + "  name")
     for row in rows:

@@ -29,6 +29,7 @@ AUTOBOX_ADD = 4.0  # A around a ligand on every side: gnina's --autobox_add defa
 # AutoDock types that are not an element symbol (PDBQT files)
 AUTODOCK_TYPES = {"A": "C", "NA": "N", "NS": "N", "OA": "O", "OS": "O", "SA": "S", "HD": "H", "HS": "H"}
 REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file, if anything
+INPUT_H_PROP = "_sciddiff_input_hydrogens"  # how many H atoms the input molecule carried (they are docked without)
 WATERS = {"HOH", "WAT", "DOD", "H2O", "TIP", "TIP3", "SOL"}
 AMINO_ACIDS = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
                "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL")
@@ -444,6 +445,7 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
                         "(a MOL2 file or a SMILES string of the ligand may read)") from None
     if mol.GetNumConformers() and mol.GetConformer().Is3D():
         _stereo_from_3d(mol)
+    n_input_h = sum(atom.GetAtomicNum() == 1 for atom in mol.GetAtoms())
     mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
     if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
         frags = sorted(Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False), key=lambda m: -m.GetNumAtoms())
@@ -460,6 +462,8 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
         mol, repairs = _one_stereoisomer(mol, repairs)
     if repairs:
         mol.SetProp(REPAIRS_PROP, "; ".join(repairs))
+    if n_input_h:
+        mol.SetIntProp(INPUT_H_PROP, n_input_h)
     return mol
 
 
@@ -570,8 +574,11 @@ def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_a
 
 
 # ----------------------------------------------------------------------------------------------------- output
-def pose_mol(mol: Chem.Mol, coords: np.ndarray, tags: dict[str, object] | None = None, name: str | None = None) -> Chem.Mol:
-    """A copy of `mol` with a single conformer at `coords` and SD properties `tags`."""
+def pose_mol(mol: Chem.Mol, coords: np.ndarray, tags: dict[str, object] | None = None, name: str | None = None,
+             hydrogens: bool = False) -> Chem.Mol:
+    """A copy of `mol` with a single conformer at `coords` and SD properties `tags`. With `hydrogens`, a ligand
+    whose input file carried hydrogens gets them back (all of them, as gnina writes poses; placed by RDKit's
+    geometry on the docked heavy atoms, not optimised against the protein: they play no part in the scoring)."""
     out = Chem.Mol(mol)
     out.RemoveAllConformers()
     conf = Chem.Conformer(out.GetNumAtoms())
@@ -581,6 +588,10 @@ def pose_mol(mol: Chem.Mol, coords: np.ndarray, tags: dict[str, object] | None =
     out.AddConformer(conf, assignId=True)
     if name:
         out.SetProp("_Name", name)
+    if hydrogens and mol.HasProp(INPUT_H_PROP):
+        out = Chem.AddHs(out, addCoords=True)
+    if out.HasProp(INPUT_H_PROP):
+        out.ClearProp(INPUT_H_PROP)  # bookkeeping, not an SD tag
     for key, value in (tags or {}).items():
         out.SetProp(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     return out

@@ -77,7 +77,7 @@ def write_result(folder: Path, receptor: Receptor, mol: Chem.Mol, result: DockRe
         tags = {"rank": i + 1, "confidence": float(result.confidence[i]), "consensus": float(result.consensus[i]),
                 "score": float(result.score[i]),
                 "energy": float(result.energy[i]), "pocket": int(result.region[i]) + 1}
-        pm = pose_mol(mol, result.coords[i], tags, name=f"{name}_rank{i + 1}")
+        pm = pose_mol(mol, result.coords[i], tags, name=f"{name}_rank{i + 1}", hydrogens=True)
         (folder / f"rank{i + 1}.sdf").write_text(sdf_block(pm))
         if i == 0:
             (folder / "complex_rank1.pdb").write_text(complex_pdb(receptor, pm))
