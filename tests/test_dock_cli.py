@@ -597,3 +597,31 @@ def test_a_ligand_given_with_hydrogens_gets_them_back_in_every_written_pose(tmp_
         again = next(Chem.SDMolSupplier(str(rescored), removeHs=False))
         assert sum(a.GetAtomicNum() == 1 for a in again.GetAtoms()) == expected_h
         assert np.allclose(Chem.RemoveAllHs(again).GetConformer().GetPositions(), heavy, atol=1e-3)
+
+
+def test_the_complex_gives_the_ligand_a_free_chain_and_holds_the_receptor_that_was_docked_against(tmp_path):
+    import warnings
+
+    from Bio.PDB import PDBParser
+    from rdkit import Chem
+
+    from sciddiff.dock import io
+
+    lines = gzip.open(PROTEIN, "rt").read().splitlines()
+    atoms = [ln for ln in lines if ln.startswith(("ATOM", "HETATM"))]
+    chain_l = [ln[:21] + "L" + ln[22:] for ln in atoms]  # the protein's own chain is called L
+    water = "HETATM99990  O   HOH W 900       0.000   0.000   0.000  1.00  0.00           O"
+    (tmp_path / "rec.pdb").write_text("\n".join(chain_l + ["TER", water, "END"]) + "\n")
+    ligand = Chem.MolFromMolFile(LIGAND)
+    for keep_waters in (True, False):
+        receptor = io.load_receptor(tmp_path / "rec.pdb", keep_waters=keep_waters)
+        text = io.complex_pdb(receptor, io.pose_mol(ligand, ligand.GetConformer().GetPositions()))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (tmp_path / "complex.pdb").write_text(text)
+            model = PDBParser().get_structure("c", tmp_path / "complex.pdb")[0]
+        assert not [w for w in caught if "TER" in str(w.message)]  # a bare "TER" was an unrecognised record
+        lig_chains = {c.id for c in model for r in c if r.get_resname() == "LIG"}
+        assert lig_chains and "L" not in lig_chains
+        assert sum(r.get_resname() == "LIG" for c in model for r in c) == 1
+        assert ("HOH" in text) == keep_waters

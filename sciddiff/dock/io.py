@@ -227,9 +227,14 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
         atom_res=np.array(atom_res, dtype=np.int64), is_hetero=np.array(hetero, dtype=bool),
         res_type=np.array(res_type, dtype=np.int64), res_ca=f32(res_ca), res_n=f32(res_n), res_c=f32(res_c),
         res_sc=f32(res_sc), res_chain=np.array(res_chain),
-        pdb_text="\n".join(ln for ln in records if not ln.startswith("TER")) + "\n",
+        pdb_text="\n".join(ln.ljust(6) if ln.startswith("TER") else ln for ln in records  # "TER" alone: unrecognised
+                           if keep_waters or not _water_record(ln)) + "\n",
         hydrogens=np.array(hydrogens, dtype=np.int8),
     )
+
+
+def _water_record(line: str) -> bool:
+    return line.startswith(("ATOM", "HETATM")) and (line[17:20].strip() in WATERS or line[17:21].strip() in WATERS)
 
 
 def _bonded_hydrogens(heavy: list[np.ndarray], hydrogens: list[np.ndarray]) -> list[int]:
@@ -606,23 +611,28 @@ def sdf_block(mol: Chem.Mol) -> str:
 
 
 def complex_pdb(receptor: Receptor, mol: Chem.Mol) -> str:
-    """Receptor records followed by the ligand as HETATM residue LIG, chain L."""
+    """Receptor records (those docked against: without waters when they were dropped) followed by TER and the ligand
+    as HETATM residue LIG in chain L, or the first chain id the receptor does not use."""
     lig = Chem.Mol(mol)
     info_mol = Chem.MolToPDBBlock(lig, flavor=4)  # flavor 4: no MASTER record
+    receptor_lines = receptor.pdb_text.splitlines()
+    used = {ln[21] for ln in receptor_lines if ln.startswith(("ATOM", "HETATM")) and len(ln) > 21}
+    chain = next((c for c in "LZYXWVUTSRQPONMKJIHGFEDCBA0123456789abcdefghijklmnopqrstuvwxyz" if c not in used), "L")
     lig_lines = []
     for ln in info_mol.splitlines():
         if ln.startswith(("HETATM", "ATOM")):
-            ln = "HETATM" + ln[6:17] + "LIG L" + ln[22:]
+            ln = "HETATM" + ln[6:17] + f"LIG {chain}" + ln[22:]
             lig_lines.append(ln)
         elif ln.startswith("CONECT"):
             lig_lines.append(ln)
-    # CONECT serials refer to the ligand's own numbering: renumber after the receptor atoms.
-    offset = sum(1 for ln in receptor.pdb_text.splitlines() if ln.startswith(("ATOM", "HETATM")))
+    # CONECT serials refer to the ligand's own numbering: renumber after the receptor's last serial and the TER
+    serials = [int(ln[6:11]) for ln in receptor_lines if ln.startswith(("ATOM", "HETATM", "TER")) and ln[6:11].strip().isdigit()]
+    offset = max(serials, default=sum(ln.startswith(("ATOM", "HETATM")) for ln in receptor_lines)) + 1
     out = []
     for ln in lig_lines:
         if ln.startswith("CONECT"):
             serials = [int(ln[i:i + 5]) for i in range(6, len(ln), 5) if ln[i:i + 5].strip()]
-            out.append("CONECT" + "".join(f"{s + offset:5d}" for s in serials))
-        else:
-            out.append(ln[:6] + f"{int(ln[6:11]) + offset:5d}" + ln[11:])
-    return receptor.pdb_text + "TER\n" + "\n".join(out) + "\nEND\n"
+            out.append("CONECT" + "".join(f"{(s + offset) % 100000:5d}" for s in serials))
+        else:  # serials wrap past 99999, as PDB writers do for large assemblies: five columns, never six
+            out.append(ln[:6] + f"{(int(ln[6:11]) + offset) % 100000:5d}" + ln[11:])
+    return receptor.pdb_text + f"TER   {offset % 100000:5d}\n" + "\n".join(out) + "\nEND\n"
