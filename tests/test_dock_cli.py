@@ -625,3 +625,17 @@ def test_the_complex_gives_the_ligand_a_free_chain_and_holds_the_receptor_that_w
         assert lig_chains and "L" not in lig_chains
         assert sum(r.get_resname() == "LIG" for c in model for r in c) == 1
         assert ("HOH" in text) == keep_waters
+
+
+def test_batch_rows_may_carry_their_own_box_and_unread_columns_are_named(tmp_path, capsys):
+    shutil.copy(LIGAND, tmp_path / "lig.sdf")
+    shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
+    table = tmp_path / "table.csv"
+    table.write_text("protein,ligand,name,autobox_ligand,notes\nrec.pdb.gz,lig.sdf,boxed,lig.sdf,x\n")
+    assert main(["dock", "--batch", str(table), "--out", str(tmp_path / "o"), *FAST, "--model", "none"]) == 0
+    assert "columns notes are not read" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "o" / "boxed" / "summary.json").read_text())
+    assert summary["mode"] != "blind"  # the row's box was ignored before: every row docked blind
+    assert main(["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o2"),
+                 *FAST, "--model", "none"]) == 2
+    assert "autobox_ligand column" in capsys.readouterr().err

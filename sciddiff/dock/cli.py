@@ -81,7 +81,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (written atomically). A library or --batch: one sub-folder per molecule/row "
                         "and a hit list results.csv (+ best_poses.sdf for a library), best score first")
-    p.add_argument("--batch", help="CSV with columns protein, ligand, name (paths relative to the CSV's folder)")
+    p.add_argument("--batch", help="CSV with columns protein, ligand, name (paths relative to the CSV's folder) and "
+                                   "optionally autobox_ligand: that row's box, its reference ligand + --autobox-add "
+                                   "(a row with the cell empty, or a table without the column: --autobox-ligand / "
+                                   "--center for every row, else blind)")
     box = p.add_argument_group("search box (default: blind docking)")
     box.add_argument("--autobox-ligand", help="box = this ligand's extent plus --autobox-add on every side")
     box.add_argument("--autobox-add", type=float, default=None, help="padding for --autobox-ligand in A (default 4)")
@@ -383,8 +386,14 @@ def _run_batch(args, settings) -> int:
     with open(table, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh, skipinitialspace=True)
         rows, header = list(reader), reader.fieldnames or ()  # None for an empty file
-    if not {"protein", "ligand", "name"} <= {h.strip() for h in header}:
+    columns = {h.strip() for h in header if h}
+    if not {"protein", "ligand", "name"} <= columns:
         raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
+    if unknown := sorted(columns - {"protein", "ligand", "name", "autobox_ligand"}):
+        print(f"note: {table}: columns {', '.join(unknown)} are not read (protein, ligand, name and the optional "
+              "autobox_ligand are)", file=sys.stderr)
+    if "autobox_ligand" in columns and (args.autobox_ligand or args.center or args.size):
+        raise UserError(f"{table} has an autobox_ligand column: give the boxes there or by an option, not both")
     if not rows:
         raise UserError(f"{table} has a header but no rows")
     names = [_cell(r, "name") for r in rows]
@@ -403,7 +412,10 @@ def _run_batch(args, settings) -> int:
         protein = str(table.parent / protein) if not Path(protein).is_absolute() else protein
         lig_path = table.parent / ligand
         ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
-        receptor, ligands, box = _read_inputs(protein, ligand, args)
+        row_args = args
+        if reference := _cell(row, "autobox_ligand"):  # this row's box: its reference ligand + --autobox-add
+            row_args = argparse.Namespace(**{**vars(args), "autobox_ligand": str(table.parent / reference)})
+        receptor, ligands, box = _read_inputs(protein, ligand, row_args)
         return receptor, _one_ligand(ligands, ligand), box, protein, ligand
 
     failed = _dock_each([(n, n, lambda r=r: read(r)) for r, n in zip(rows, names)], out, args, settings,
