@@ -639,3 +639,11 @@ def test_batch_rows_may_carry_their_own_box_and_unread_columns_are_named(tmp_pat
     assert main(["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o2"),
                  *FAST, "--model", "none"]) == 2
     assert "autobox_ligand column" in capsys.readouterr().err
+
+
+def test_a_comma_separated_smiles_file_reads_like_a_whitespace_separated_one(tmp_path):
+    from sciddiff.dock import io
+
+    (tmp_path / "lib.smi").write_text("smiles,name\nc1ccccc1C(=O)NO,hydroxamate\nCC(=O)Nc1ccc(O)cc1\tparacetamol\n")
+    records = io.load_ligands(tmp_path / "lib.smi")
+    assert [(r.name, r.mol is not None) for r in records] == [("hydroxamate", True), ("paracetamol", True)]

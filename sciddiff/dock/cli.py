@@ -207,6 +207,9 @@ def _load_optional(value: str | None, default: Path, what: str, load):
     return load_or_fail(load, Path(value) if value else default, what)
 
 
+SMALL_BOX = 8.0  # A: a box side below this cannot hold a drug-sized ligand (benzene alone spans ~5 A with its H)
+
+
 def _read_inputs(protein: str, ligand: str, args) -> tuple:
     """(receptor, ligand records, box or None): read before any model is loaded, so bad input fails fast."""
     from sciddiff.dock import io
@@ -223,7 +226,12 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
         print(f"note: {ligand}: {len(ligands)} records of the same molecule, docked once (input coordinates are not "
               "used)", file=sys.stderr)
         ligands = ligands[:1]
-    return receptor, ligands, io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
+    box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
+    if box is not None and box.size.min() < SMALL_BOX:
+        print(f"note: the box is {' x '.join(f'{s:g}' for s in box.size.round(1))} A, smaller than a drug-sized "
+              f"ligand ({SMALL_BOX:g} A): poses will extend beyond it "
+              "(--autobox-ligand REF makes REF's extent + 4 A)", file=sys.stderr)
+    return receptor, ligands, box
 
 
 def _one_ligand(ligands: list, ligand: str):

@@ -272,8 +272,8 @@ def _raw_records(path: Path, limit: int | None = None) -> Iterator[tuple[str, Ch
     PDBQT file. Names come from the file (SD/MOL2 title, SMILES name column), '' where it has none."""
     suffix = _stem_suffix(path)
     if suffix not in LIGAND_SUFFIXES:
-        raise UserError(f"ligand must be .sdf, .mol, .mol2, .smi, .pdb or .pdbqt (optionally .gz), or a SMILES "
-                        f"string; got {path.name}")
+        raise UserError(f"ligand must be {', '.join(LIGAND_SUFFIXES)} (optionally .gz), or a SMILES string; got "
+                        f"{path.name}")
     text = _read_text(path)
     if suffix in (".sdf", ".mol", ".sd"):
         records = ((m.GetProp("_Name") if m is not None else "", m) for m in _sd_records(text))
@@ -282,8 +282,9 @@ def _raw_records(path: Path, limit: int | None = None) -> Iterator[tuple[str, Ch
         records = ((b.splitlines()[1].strip() if len(b.splitlines()) > 1 else "",
                     Chem.MolFromMol2Block(b, sanitize=False, removeHs=False)) for b in blocks)
     elif suffix in (".smi", ".smiles", ".txt"):
-        # no SMILES contains the letters "smiles" (m is no element symbol): that line is a title
-        lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+        # no SMILES contains the letters "smiles" (m is no element symbol): that line is a title; nor a comma, so
+        # a comma-separated file (a spreadsheet's export) reads like a whitespace-separated one
+        lines = [re.split(r"[\s,]+", ln.strip()) for ln in text.splitlines() if ln.strip(" \t,\r")]
         if lines and "smiles" in lines[0][0].lower():
             lines = lines[1:]
         records = ((" ".join(f[1:]), Chem.MolFromSmiles(f[0], sanitize=False)) for f in lines)
