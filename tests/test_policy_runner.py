@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("gym_pusht")
 
 from sciddiff.policy import pusht  # noqa: E402
-from sciddiff.policy.io import save_policy  # noqa: E402
+from sciddiff.policy.io import load_policy, save_policy  # noqa: E402
 from sciddiff.policy.policy import DiffusionPolicy, PolicyConfig  # noqa: E402
 from sciddiff.policy.runner import EnvAdapter, PushTAdapter, run_episodes, summarize  # noqa: E402
 
@@ -120,8 +120,8 @@ def test_stateful_policy_is_reset_per_batch_and_told_its_environments():
             super().__init__()
             self.log = []
 
-        def reset(self):
-            self.log.append("reset")
+        def reset(self, seeds):
+            self.log.append(list(seeds))
 
         def __call__(self, obs, env_ids):
             self.log.append(list(env_ids))
@@ -130,7 +130,7 @@ def test_stateful_policy_is_reset_per_batch_and_told_its_environments():
     stub = Stateful()
     run_episodes(stub, PushTAdapter("environment_state_agent_pos", max_steps=16), seeds=[3, 4, 5], batch_size=2,
                  show_progress=False)
-    assert stub.log == ["reset", [0, 1], [0, 1], "reset", [0], [0]]
+    assert stub.log == [[3, 4], [0, 1], [0, 1], [5], [0], [0]]  # reset with the batch's seeds, then env ids
 
 
 @pytest.fixture(scope="module")
@@ -416,3 +416,19 @@ def test_corrective_demos_of_a_policy_that_never_fails_write_nothing(tmp_path, t
     out = tmp_path / "none.zarr"
     assert demos(["--from-policy", str(tiny_checkpoint), "--episodes", "2", "--no-images", "--out", str(out)]) == 0
     assert "no failed episode to correct" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_episode_run_one_at_a_time_is_reproduced_alone_and_in_a_batch_up_to_rounding(tiny_checkpoint):
+    from sciddiff.policy.evaluate import rollout
+
+    policy = load_policy(tiny_checkpoint)
+    adapter = PushTAdapter("environment_state_agent_pos", max_steps=40)
+
+    def run(seeds, batch_size):
+        return rollout(policy, adapter, seeds, batch_size=batch_size, show_progress=False, freeze=False,
+                       record_states=True)
+    alone = run([6], 1)[0].states
+    assert np.array_equal(run([5, 6, 7], 1)[1].states, alone)  # the noise follows the episode (was: the run's first seed)
+    batched = run([5, 6, 7], 3)
+    assert np.allclose(batched[1].states, alone, rtol=1e-4, atol=1e-3)  # batched convolutions round differently
+    assert not np.allclose(batched[0].states[-1], batched[1].states[-1])

@@ -9,12 +9,14 @@ with the caller (k-diffusion's seam):
   probability-flow ODE by Euler or Heun).
 - Variance-exploding diffusion on any ``Space`` (R^n, SO(3), torus, products), ``score_model(x, sigma, **cond)`` returning the score
   as a tangent: ``sample_reverse_sde`` (geodesic random walk) and ``sample_pf_ode`` (Euler / Heun, EDM-style, in sigma).
-Schedules (``t`` grids, ``sigmas``) are float64; the state keeps the caller's dtype.
+Schedules (``t`` grids, ``sigmas``) are float64; the state keeps the caller's dtype. The discrete-chain samplers take
+``generator`` = one ``torch.Generator`` or, as diffusers does, a list of one per batch row, so that a sample's noise does not
+depend on its batch-mates (a rollout seed that reproduces alone, `randn`).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -25,7 +27,18 @@ from .sde import SDE
 from .spaces import Point, Space
 
 __all__ = ["sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_sde", "sample_reverse_sde", "sample_pf_ode",
-           "classifier_free_guidance"]
+           "classifier_free_guidance", "randn", "Generators"]
+
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype: torch.dtype | None = None) -> Tensor:
+    """Standard normal noise of `shape`; with a list of generators, row i (of the leading dimension) from generator i."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: give one per row")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
 
 
 def _full(value: float, x: Tensor, dtype=None) -> Tensor:
@@ -57,7 +70,7 @@ def _x0_eps(model, x, t: int, abar: float, prediction_type: str, clip_sample: fl
 
 @torch.no_grad()
 def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int | None = None,
-                prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
+                prediction_type: str = "epsilon", clip_sample: float | None = None, generator: Generators = None,
                 timestep_spacing: str = "leading", progress: Callable = iter, **cond) -> Tensor:
     """Ancestral sampling with the "fixed_small" posterior variance (Ho et al. 2020); ``steps`` < T strides the chain."""
     abar, x = schedule.alphas_cumprod.tolist(), x_T
@@ -69,13 +82,13 @@ def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
         x = (math.sqrt(a_prev) * (1 - alpha_step) / (1 - a_t)) * x0 + (math.sqrt(alpha_step) * (1 - a_prev) / (1 - a_t)) * x
         if t > 0:
             std = math.sqrt(max((1 - a_prev) / (1 - a_t) * (1 - alpha_step), 1e-20))
-            x = x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + std * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 
 @torch.no_grad()
 def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int, eta: float = 0.0,
-                prediction_type: str = "epsilon", clip_sample: float | None = None, generator: torch.Generator | None = None,
+                prediction_type: str = "epsilon", clip_sample: float | None = None, generator: Generators = None,
                 timestep_spacing: str = "leading", first_step: int = 0, progress: Callable = iter, **cond) -> Tensor:
     """DDIM (Song et al. 2021): eta = 0 is the deterministic first-order solver of the probability-flow ODE, eta = 1
     draws DDPM's posterior noise at each step, eta > 1 more, up to all of x_prev's noise (the eps direction dropped):
@@ -99,14 +112,14 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
         direction = math.sqrt(1 - a_prev - std**2) if std < most else 0.0  # exactly none when capped
         x = math.sqrt(a_prev) * x0 + direction * eps
         if eta > 0:
-            x = x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + std * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 
 @torch.no_grad()
 def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, steps: int, eta: float = 0.0,
                     prediction_type: str = "epsilon", clip_sample: float | None = None,
-                    generator: torch.Generator | None = None, progress: Callable = iter, **cond) -> Tensor:
+                    generator: Generators = None, progress: Callable = iter, **cond) -> Tensor:
     """DPM-Solver++(2M), midpoint form, first order on the first and the last step, final sigma 0. In the
     log-SNR lambda = log(alpha / sigma), with D the (extrapolated) data prediction:
     x_next = (sigma_next / sigma) e^{-eta h} x - alpha_next (e^{-(1 + eta) h} - 1) D + sigma_next sqrt(1 - e^{-2 eta h}) z,
@@ -129,7 +142,7 @@ def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *,
         decay = math.exp(-eta * h) if eta > 0 else 1.0  # (0 * inf is nan on the last step)
         x = (sigma_next / sigma * decay) * x - alpha_next * math.expm1(-(1 + eta) * h) * d
         if eta > 0:  # drawn on the last step too (its sigma_next is 0), as diffusers does: the same generator, the same noise
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = randn(x.shape, generator, x.device, x.dtype)
             x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * z
         x0_prev, h_prev = x0, h
     return x
@@ -138,7 +151,7 @@ def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *,
 # ------------------------------------------------------------------------------------------------------- continuous SDEs on R^n
 @torch.no_grad()
 def sample_sde(sde: SDE, score_fn: Callable, x_T: Tensor, *, steps: int, probability_flow: bool = False,
-               method: str = "euler", generator: torch.Generator | None = None, progress: Callable = iter, **cond) -> Tensor:
+               method: str = "euler", generator: Generators = None, progress: Callable = iter, **cond) -> Tensor:
     """Integrate the reverse SDE (Euler-Maruyama) or the probability-flow ODE (``method`` euler | heun) from t = T to sde.eps."""
     if method not in ("euler", "heun") or (method == "heun" and not probability_flow) or steps < 1:
         raise ValueError(f"sample_sde: method euler (or heun with probability_flow=True) and steps >= 1; got "
@@ -156,7 +169,7 @@ def sample_sde(sde: SDE, score_fn: Callable, x_T: Tensor, *, steps: int, probabi
         else:
             x = x + drift * dt
         if not probability_flow:
-            x = x + g * math.sqrt(-dt) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + g * math.sqrt(-dt) * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 

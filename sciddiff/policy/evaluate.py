@@ -50,12 +50,13 @@ def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, env_obs_type
 def rollout(policy: DiffusionPolicy, adapter: EnvAdapter, seeds: Sequence[int], *, batch_size: int = 10,
             video_path: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
             show_progress: bool = True, freeze: bool = True, record_states: bool = False) -> list[EpisodeResult]:
-    """One episode of `policy` per seed (its sampling noise seeded by the first seed). `freeze` traces the U-Net for
-    CPU inference (`DiffusionPolicy.freeze_for_cpu`); `record_states` keeps the simulator states."""
+    """One episode of `policy` per seed, its sampling noise seeded by that seed too (`TorchPolicyActor`): an episode
+    is the same in any batch and alone. `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`);
+    `record_states` keeps the simulator states."""
     policy.eval()
     if freeze and next(policy.parameters()).device.type == "cpu":
         policy.freeze_for_cpu()
-    actor = TorchPolicyActor(policy, seed=int(seeds[0]), sampler=sampler, steps=steps)
+    actor = TorchPolicyActor(policy, sampler=sampler, steps=steps)
     return run_episodes(actor, adapter, seeds, n_obs_steps=policy.config.n_obs_steps, batch_size=batch_size,
                         video_path=video_path, show_progress=show_progress, record_states=record_states)
 

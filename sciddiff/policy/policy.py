@@ -16,7 +16,7 @@ from torch import nn
 
 from sciddiff.core.ddpm import DiscreteSchedule
 from sciddiff.core.losses import ddim_distillation_loss, ddpm_loss
-from sciddiff.core.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m
+from sciddiff.core.samplers import Generators, randn, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from sciddiff.nn.unet1d import ConditionalUnet1D, TimestepFiLMTable, with_matmul_convs
 from sciddiff.nn.vision import ImageEncoder
 from sciddiff.policy.normalizer import MinMaxNormalizer, pixels_to_unit
@@ -233,14 +233,13 @@ class DiffusionPolicy(nn.Module):
         return self.denoising_steps(sampler, steps) - self.warm_start_step(sampler, steps)
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None, sampler: str | None = None,
+    def sample(self, cond: torch.Tensor, generator: Generators = None, sampler: str | None = None,
                steps: int | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
         """Global condition (B, C) -> normalized trajectories (B, horizon, action_dim). `previous`: the last chunk's
         trajectories (B, horizon, action_dim), the start of a warm-started chunk (`config.warm_start_t`)."""
         c = self.config
         sampler, steps = sampler or c.sampler, steps or c.num_inference_steps
-        x_T = torch.randn((cond.shape[0], c.horizon, c.action_dim), generator=generator, device=cond.device,
-                          dtype=cond.dtype)
+        x_T = randn((cond.shape[0], c.horizon, c.action_dim), generator, cond.device, cond.dtype)
         common = dict(prediction_type=c.prediction_type, clip_sample=c.clip_sample, global_cond=cond)
         unet = self._denoiser(cond.device)
         if sampler in DDIM_SPACING:
@@ -260,7 +259,7 @@ class DiffusionPolicy(nn.Module):
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
 
     @torch.no_grad()
-    def predict_plan(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+    def predict_plan(self, obs: dict[str, torch.Tensor], generator: Generators = None,
                      sampler: str | None = None, steps: int | None = None,
                      previous: torch.Tensor | None = None) -> torch.Tensor:
         """Raw observations (B, n_obs, ...) -> normalized trajectories (B, horizon, action_dim); `previous`: the
@@ -273,7 +272,7 @@ class DiffusionPolicy(nn.Module):
         return self.action_normalizer.unnormalize(plan[:, start:start + self.config.n_action_steps].float())
 
     @torch.no_grad()
-    def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+    def predict_action(self, obs: dict[str, torch.Tensor], generator: Generators = None,
                        sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
         """Raw observations (B, n_obs, ...) -> the next n_action_steps raw actions (B, n_action_steps, action_dim),
         each chunk from noise (`TorchPolicyActor` keeps the previous plans for warm starts)."""

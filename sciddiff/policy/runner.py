@@ -10,8 +10,9 @@ per-step features, which number is the episode's score (PushT: `info["coverage"]
 when it counts as a success (PushT: max coverage > 0.95; by default: the env terminated, or the max score reached
 `success_score` where one is given). Every episode also records its return (the sum of its rewards).
 A policy is any callable `obs -> actions` on numpy dicts: obs[key] (B, n_obs_steps, ...) -> (B, n_actions, action_dim).
-One that carries state from chunk to chunk (e.g. a warm-started diffusion policy) also has `reset()`: it is then reset
-at the start of each batch of episodes and called as `policy(obs, env_ids)`, env_ids naming the batch's environments.
+One that carries state from chunk to chunk (e.g. a warm-started diffusion policy, or one whose sampling noise follows
+each episode) also has `reset(seeds)`: it is then reset at the start of each batch of episodes with their seeds and
+called as `policy(obs, env_ids)`, env_ids naming the batch's environments (indices into those seeds).
 """
 from __future__ import annotations
 
@@ -121,25 +122,30 @@ def summarize(results: Sequence[EpisodeResult], score_name: str = "coverage") ->
 
 
 class TorchPolicyActor:
-    """Wrap a `DiffusionPolicy` (`predict_plan`, `plan_actions`) as a numpy policy; sampling noise is seeded. It keeps
-    each environment's last plan, the start of the next chunk when the policy warm-starts (`config.warm_start_t`;
-    ignored otherwise): without env_ids, row i of every call is environment i (one robot: row 0)."""
+    """Wrap a `DiffusionPolicy` (`predict_plan`, `plan_actions`) as a numpy policy; sampling noise is seeded. After
+    `reset(seeds)` each environment's noise comes from its own generator, seeded by its episode's seed, so an episode
+    is the same whichever episodes share its batch (and alone); before any reset one generator (`seed`) serves every
+    call. It keeps each environment's last plan, the start of the next chunk when the policy warm-starts
+    (`config.warm_start_t`; ignored otherwise): without env_ids, row i of every call is environment i."""
 
     def __init__(self, policy: torch.nn.Module, seed: int = 0, **predict_kwargs):
         self.policy = policy
         self.device = next(policy.parameters()).device
         self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.episode_generators: list[torch.Generator] = []
         self.predict_kwargs = predict_kwargs
         self.plans: dict[int, torch.Tensor] = {}
 
-    def reset(self) -> None:
+    def reset(self, seeds: Sequence[int] = ()) -> None:
         self.plans.clear()
+        self.episode_generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
 
     def __call__(self, obs: dict[str, np.ndarray], env_ids: Sequence[int] | None = None) -> np.ndarray:
         tensors = {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in obs.items()}
         ids = [int(i) for i in (range(len(next(iter(obs.values())))) if env_ids is None else env_ids)]
         previous = torch.stack([self.plans[i] for i in ids]) if all(i in self.plans for i in ids) else None
-        plan = self.policy.predict_plan(tensors, generator=self.generator, previous=previous, **self.predict_kwargs)
+        generator = [self.episode_generators[i] for i in ids] if self.episode_generators else self.generator
+        plan = self.policy.predict_plan(tensors, generator=generator, previous=previous, **self.predict_kwargs)
         self.plans.update(zip(ids, plan))
         return self.policy.plan_actions(plan).cpu().numpy()
 
@@ -174,7 +180,7 @@ def _run_group(policy: PolicyFn, adapter: EnvAdapter, envs: list, seeds: list[in
     n = len(envs)
     stateful = callable(getattr(policy, "reset", None))
     if stateful:
-        policy.reset()
+        policy.reset(seeds)
     snapshots: list[list] = [[] for _ in range(n)]
     history, max_score, max_reward, steps = [], np.full(n, -np.inf), np.full(n, -np.inf), np.zeros(n, dtype=int)
     returns = np.zeros(n)
