@@ -596,8 +596,9 @@ def pose_mol(mol: Chem.Mol, coords: np.ndarray, tags: dict[str, object] | None =
         out.SetProp("_Name", name)
     if hydrogens and mol.HasProp(INPUT_H_PROP):
         out = Chem.AddHs(out, addCoords=True)
-    if out.HasProp(INPUT_H_PROP):
-        out.ClearProp(INPUT_H_PROP)  # bookkeeping, not an SD tag
+    for prop in out.GetPropNames(includePrivate=True):  # bookkeeping (ours, RDKit's MOL2 reader's): not SD tags
+        if prop.startswith("_") and prop != "_Name":
+            out.ClearProp(prop)
     for key, value in (tags or {}).items():
         out.SetProp(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     return out
