@@ -206,7 +206,8 @@ def _combine(a, b, fn):
 
 
 @torch.no_grad()
-def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigmas, *, generator: torch.Generator | None = None,
+def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigmas: Tensor | Mapping[str, Tensor], *,
+                       generator: torch.Generator | None = None,
                        noise_last: bool = False, progress: Callable = iter, **cond) -> Point:
     """Reverse VE SDE as a geodesic random walk: x <- exp_x(g2 * score + sqrt(g2) * z), g2 = sigma_i^2 - sigma_{i+1}^2.
 
@@ -229,7 +230,8 @@ def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigma
 
 
 @torch.no_grad()
-def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas, *, method: str = "heun",
+def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Tensor | Mapping[str, Tensor], *,
+                  method: str = "heun",
                   progress: Callable = iter, **cond) -> Point:
     """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
     step that ends at sigma = 0). On curved spaces the Heun average combines tangents at x and at the Euler point as if both lived

@@ -32,8 +32,9 @@ class SDE:
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def prior_sampling(self, shape: tuple[int, ...], generator: torch.Generator | None = None, device=None,
-                       dtype=torch.float32) -> Tensor:
+    def prior_sampling(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None,
+                       dtype: torch.dtype = torch.float32) -> Tensor:
         raise NotImplementedError
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "SDE":
@@ -63,28 +64,29 @@ class VPSDE(SDE):
     def _log_mean_coeff(self, t: Tensor) -> Tensor:
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
-    def sde(self, x, t):
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         beta = broadcast_to_batch(self._beta(t), x)
         return -0.5 * beta * x, beta.sqrt()
 
-    def marginal_prob(self, x0, t):
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         log_mean = broadcast_to_batch(self._log_mean_coeff(t), x0)
         return log_mean.exp() * x0, (1 - (2 * log_mean).exp()).sqrt()
 
-    def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
+    def prior_sampling(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 class SubVPSDE(VPSDE):
     """Sub-VP: same drift as VP, g^2 = beta(t) (1 - exp(-2 int_0^t beta)); std = 1 - exp(-int_0^t beta)."""
 
-    def sde(self, x, t):
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         beta = broadcast_to_batch(self._beta(t), x)
         # log_mean_coeff = -int beta / 2, so exp(-2 int beta) = exp(4 log_mean_coeff)
         discount = 1 - (4 * broadcast_to_batch(self._log_mean_coeff(t), x)).exp()
         return -0.5 * beta * x, (beta * discount).sqrt()
 
-    def marginal_prob(self, x0, t):
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         log_mean = broadcast_to_batch(self._log_mean_coeff(t), x0)
         return log_mean.exp() * x0, 1 - (2 * log_mean).exp()
 
@@ -100,14 +102,15 @@ class VESDE(SDE):
     def sigma(self, t: Tensor) -> Tensor:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
-    def sde(self, x, t):
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         g = broadcast_to_batch(self.sigma(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min)), x)
         return torch.zeros_like(x), g
 
-    def marginal_prob(self, x0, t):
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return x0, broadcast_to_batch(self.sigma(t), x0)
 
-    def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
+    def prior_sampling(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype) * self.sigma_max
 
 

@@ -109,7 +109,8 @@ def rotate_about_axis(p: Tensor, origin: Tensor, axis: Tensor, angle: Tensor) ->
             + axis * (axis * q).sum(-1, keepdim=True) * (1 - c))
 
 
-def uniform_so3(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
+def uniform_so3(n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> Tensor:
     """n Haar-uniform rotation matrices (normalised Gaussian quaternions)."""
     q = torch.randn(n, 4, generator=generator, device=device, dtype=dtype)
     return quaternion_to_matrix(q / q.norm(dim=-1, keepdim=True))
@@ -272,7 +273,7 @@ def igso3_score_norm(sigma: Tensor | float) -> Tensor:
 
 
 def sample_igso3(sigma: Tensor | float, n: int | None = None, generator: torch.Generator | None = None,
-                 device=None, dtype=torch.float32) -> Tensor:
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Rotation vectors (n, 3) drawn from IGSO(3)(sigma): uniform axis, angle by inverse CDF.
 
     ``sigma`` is a float or (1,) tensor (with ``n``) or a (n,) tensor of per-sample scales. Below the table's smallest

@@ -57,8 +57,9 @@ def _expand(sigma: Tensor, ref: Tensor) -> Tensor:
 class Space:
     """Interface; see the module docstring for shapes."""
 
-    def prior_sample(self, batch: int, sigma_max: Sigma, generator: torch.Generator | None = None, device=None,
-                     dtype=torch.float32) -> Point:
+    def prior_sample(self, batch: int, sigma_max: Sigma, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float32) -> Point:
         raise NotImplementedError
 
     def perturb(self, x0: Point, sigma: Sigma, generator: torch.Generator | None = None) -> tuple[Point, Point]:
@@ -76,17 +77,17 @@ class Space:
         """Standard normal tangent at x (the increment of unit-time Brownian motion)."""
         raise NotImplementedError
 
-    def score_norm_sq(self, sigma: Sigma) -> Point:
+    def score_norm_sq(self, sigma: Sigma) -> Tensor:
         """E|score|^2 of the perturbation kernel: the DSM loss weight is its inverse. (B,) tensor (dict for products)."""
         raise NotImplementedError
 
-    def sq_norm(self, v: Point) -> Point:
+    def sq_norm(self, v: Point) -> Tensor:
         """Squared norm of tangents per sample: (B,) (dict for products)."""
         raise NotImplementedError
 
     # Generic tangent arithmetic, so samplers need not know the representation.
     @staticmethod
-    def scale(v: Point, c) -> Point:
+    def scale(v: Point, c: float | Tensor) -> Point:
         """v * c, where c is a number, a per-sample (B,) tensor, or (for products) a dict of either."""
         if isinstance(v, dict):
             return {k: Space.scale(vk, c[k] if isinstance(c, Mapping) else c) for k, vk in v.items()}
@@ -132,31 +133,32 @@ class Euclidean(Space):
     def __repr__(self) -> str:
         return f"Euclidean({self.shape})"
 
-    def prior_sample(self, batch, sigma_max, generator=None, device=None, dtype=torch.float32):
+    def prior_sample(self, batch: int, sigma_max: Tensor | float, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
         if sigma_max is None:  # SO3 and Torus take None (their priors are uniform); a Gaussian needs its scale
             raise ValueError("Euclidean.prior_sample needs sigma_max, the prior's standard deviation")
         noise = torch.randn((batch, *self.shape), generator=generator, device=device, dtype=dtype)
         return noise * _expand(torch.as_tensor(sigma_max, dtype=dtype, device=device), noise)
 
-    def perturb(self, x0, sigma, generator=None):
+    def perturb(self, x0: Tensor, sigma: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         s = _expand(sigma, x0).to(x0.dtype)
         return x0 + s * eps, -eps / s
 
-    def exp(self, x, v):
+    def exp(self, x: Tensor, v: Tensor) -> Tensor:
         return x + v
 
-    def log(self, x, y):
+    def log(self, x: Tensor, y: Tensor) -> Tensor:
         return y - x
 
-    def randn_tangent(self, x, generator=None):
+    def randn_tangent(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    def score_norm_sq(self, sigma):
+    def score_norm_sq(self, sigma: Tensor | float) -> Tensor:
         sigma = _fit_rank(torch.as_tensor(sigma, dtype=torch.float64), 1 + len(self.shape))
         return _per_sample(1 / sigma**2, sigma, self.shape)
 
-    def sq_norm(self, v):
+    def sq_norm(self, v: Tensor) -> Tensor:
         return v.reshape(v.shape[0], -1).pow(2).sum(-1)
 
 
@@ -168,31 +170,32 @@ class SO3(Space):
     def __repr__(self) -> str:
         return f"SO3({self.shape})"
 
-    def prior_sample(self, batch, sigma_max=None, generator=None, device=None, dtype=torch.float32):
+    def prior_sample(self, batch: int, sigma_max: None = None, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
         """Haar-uniform rotations (IGSO(3) at sigma >= 4 is uniform to 1e-12)."""
         return so3.uniform_so3(batch * self.count, generator, device, dtype).reshape(batch, *self.shape, 3, 3)
 
-    def perturb(self, x0, sigma, generator=None):
+    def perturb(self, x0: Tensor, sigma: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         s = _expand(sigma, x0[..., 0, 0]).expand(x0.shape[:-2])
         v = so3.sample_igso3(s.reshape(-1), generator=generator, device=x0.device, dtype=x0.dtype).reshape(*x0.shape[:-2], 3)
         omega = v.norm(dim=-1, keepdim=True)
         score = so3.igso3_score(omega, s[..., None]).to(x0.dtype) * v / omega.clamp_min(1e-12)
         return x0 @ so3.exp_map(v), score
 
-    def exp(self, x, v):
+    def exp(self, x: Tensor, v: Tensor) -> Tensor:
         return x @ so3.exp_map(v)
 
-    def log(self, x, y):
+    def log(self, x: Tensor, y: Tensor) -> Tensor:
         return so3.log_map(x.transpose(-1, -2) @ y)
 
-    def randn_tangent(self, x, generator=None):
+    def randn_tangent(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(x.shape[:-1], generator=generator, device=x.device, dtype=x.dtype)
 
-    def score_norm_sq(self, sigma):
+    def score_norm_sq(self, sigma: Tensor | float) -> Tensor:
         sigma = _fit_rank(torch.as_tensor(sigma, dtype=torch.float64), 1 + len(self.shape))
         return _per_sample(so3.igso3_score_norm(sigma), sigma, self.shape)
 
-    def sq_norm(self, v):
+    def sq_norm(self, v: Tensor) -> Tensor:
         return v.reshape(v.shape[0], -1).pow(2).sum(-1)
 
 
@@ -208,31 +211,32 @@ class Torus(Space):
     def __repr__(self) -> str:
         return f"Torus({self.n})"
 
-    def prior_sample(self, batch, sigma_max=None, generator=None, device=None, dtype=torch.float32):
+    def prior_sample(self, batch: int, sigma_max: None = None, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
         """Uniform angles (the wrapped normal at sigma >= pi is uniform to 1e-8)."""
         return (torch.rand((batch, self.n), generator=generator, device=device, dtype=dtype) * 2 - 1) * math.pi
 
-    def perturb(self, x0, sigma, generator=None):
+    def perturb(self, x0: Tensor, sigma: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         s = _expand(sigma, x0).to(x0.dtype)
         delta = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * s
         return torus.wrap(x0 + delta), torus.wrapped_normal_score(delta, s)
 
-    def exp(self, x, v):
+    def exp(self, x: Tensor, v: Tensor) -> Tensor:
         return torus.wrap(x + v)
 
-    def log(self, x, y):
+    def log(self, x: Tensor, y: Tensor) -> Tensor:
         return torus.wrap(y - x)
 
-    def randn_tangent(self, x, generator=None):
+    def randn_tangent(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    def score_norm_sq(self, sigma):
+    def score_norm_sq(self, sigma: Tensor | float) -> Tensor:
         # above pi the kernel is uniform to ~1e-4 and its score round-off around zero: the weight stays at its value
         # at pi (further out the table's tiny values would turn that round-off into a huge loss)
         sigma = _fit_rank(torch.as_tensor(sigma, dtype=torch.float64), 2)
         return _per_sample(torus.wrapped_normal_score_norm(sigma.clamp(max=math.pi)), sigma, (self.n,))
 
-    def sq_norm(self, v):
+    def sq_norm(self, v: Tensor) -> Tensor:
         return v.reshape(v.shape[0], -1).pow(2).sum(-1)
 
 
@@ -245,27 +249,28 @@ class Product(Space):
     def __repr__(self) -> str:
         return "Product(" + ", ".join(f"{k}={v!r}" for k, v in self.components.items()) + ")"
 
-    def _sigma(self, sigma: Sigma, name: str):
+    def _sigma(self, sigma: Sigma, name: str) -> Tensor:
         return sigma[name] if isinstance(sigma, Mapping) else sigma
 
-    def prior_sample(self, batch, sigma_max, generator=None, device=None, dtype=torch.float32):
+    def prior_sample(self, batch: int, sigma_max: Sigma, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float32) -> dict:
         return {k: s.prior_sample(batch, self._sigma(sigma_max, k), generator, device, dtype) for k, s in self.components.items()}
 
-    def perturb(self, x0, sigma, generator=None):
+    def perturb(self, x0: dict, sigma: Sigma, generator: torch.Generator | None = None) -> tuple[dict, dict]:
         pairs = {k: s.perturb(x0[k], self._sigma(sigma, k), generator) for k, s in self.components.items()}
         return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
 
-    def exp(self, x, v):
+    def exp(self, x: dict, v: dict) -> dict:
         return {k: s.exp(x[k], v[k]) for k, s in self.components.items()}
 
-    def log(self, x, y):
+    def log(self, x: dict, y: dict) -> dict:
         return {k: s.log(x[k], y[k]) for k, s in self.components.items()}
 
-    def randn_tangent(self, x, generator=None):
+    def randn_tangent(self, x: dict, generator: torch.Generator | None = None) -> dict:
         return {k: s.randn_tangent(x[k], generator) for k, s in self.components.items()}
 
-    def score_norm_sq(self, sigma):
+    def score_norm_sq(self, sigma: Sigma) -> Tensor:
         return {k: s.score_norm_sq(self._sigma(sigma, k)) for k, s in self.components.items()}
 
-    def sq_norm(self, v):
+    def sq_norm(self, v: dict) -> Tensor:
         return {k: s.sq_norm(v[k]) for k, s in self.components.items()}
