@@ -272,3 +272,14 @@ if __name__ == "__main__":  # torchrun's worker for the test above: train, then 
     args = train_module.build_parser().parse_args(sys.argv[1:])
     train_module.train(args)
     torch.save([q.detach() for q in wrapped[0].parameters()], f"{args.out}/rank{os.environ['RANK']}_weights.pt")
+
+
+def test_eval_says_when_no_natural_chains_match_the_samples_lengths(monkeypatch):
+    from sciddiff.protein import evaluate as ev
+
+    natural = [_chain(n, helix=True, seed=n) for n in range(50, 70)]
+    monkeypatch.setattr(ev, "natural_split", lambda split, data=None: natural)
+    short = ev.evaluate([_chain(8, helix=True, seed=0)] * 2, ["a", "b"])
+    assert "NOT length-matched" in short["reference"]["name"] and "NOT length-matched" in ev.format_report(short)
+    matched = ev.evaluate([_chain(60, helix=True, seed=0)] * 2, ["a", "b"])
+    assert "NOT" not in matched["reference"]["name"] and matched["reference"]["name"].endswith("lengths 50-69")

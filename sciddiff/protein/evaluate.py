@@ -101,6 +101,9 @@ def evaluate(backbones: list[np.ndarray], names: list[str], reference: list[np.n
         reference = length_matched(natural_split("test", data), lo, hi)
         floor = length_matched(natural_split("val", data), lo, hi)
         reference_name = f"{reference_name}, lengths {min(map(len, reference))}-{max(map(len, reference))}"
+        if not all(lo <= len(c) <= hi for c in reference):  # too few chains that long: the nearest ones stand in
+            reference_name += (f" (NOT length-matched: too few natural chains of {lo:.0f}-{hi:.0f} residues; size-"
+                               "dependent metrics such as Rg and the distance MMD do not compare)")
     result = {
         "summary": metrics.summarize(per_chain),
         "reference": {"name": reference_name, "num_chains": len(reference),
@@ -210,7 +213,8 @@ def format_report(result: dict) -> str:
         ("Rg within 15%", "rg_within_15pct", "{:.1%}"),
     ]
     width = 32
-    lines = ["".ljust(width) + "".join(name[:14].rjust(15) for name, _ in cols)]
+    lines = [f"reference: {result['reference']['name']}",
+             "".ljust(width) + "".join(name[:14].rjust(15) for name, _ in cols)]
     for label, key, fmt in rows:
         vals = [s.get(key) for _, s in cols]  # None: undefined for every chain (e.g. angles of 1-residue chains)
         lines.append(label.ljust(width) + "".join(("-" if v is None else fmt.format(v)).rjust(15) for v in vals))
