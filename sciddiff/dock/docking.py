@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError
 from sciddiff.dock.io import Box, Receptor, box_around
-from sciddiff.dock.ligand import distinct_shapes, generate_conformers, rmsd_matrix, rotatable_torsions
+from sciddiff.dock.ligand import automorphisms, distinct_shapes, generate_conformers, rmsd_matrix, rotatable_torsions
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.scoring import ScoringFunction, StackedGrids
@@ -56,16 +56,20 @@ class DockResult:
                 "boxes": [{"center": b.center.round(3).tolist(), "size": b.size.round(3).tolist()} for b in self.boxes]}
 
 
-def _distinct(x: torch.Tensor, energy: torch.Tensor, n: int, threshold: float = 1.0) -> list[int]:
-    """Indices of up to n lowest-energy poses that are pairwise more than `threshold` A RMSD apart (plain RMSD:
-    symmetry-equivalent copies are not merged)."""
-    d = rmsd_matrix(x, x)
+def _distinct(x: torch.Tensor, energy: torch.Tensor, n: int, perms: torch.Tensor, threshold: float = 1.0) -> list[int]:
+    """Indices of up to n lowest-energy poses (N, 3) that are pairwise more than `threshold` A apart in RMSD minimised
+    over the ligand's automorphisms `perms` (K, N), so a pose and its copy with a phenyl ring flipped count as one (with
+    plain RMSD they are ~2 A apart and both were ranked). Greedy: each pose is compared with the kept ones only."""
     keep: list[int] = []
     for j in energy.argsort().tolist():
-        if all(d[j, k] > threshold for k in keep):
-            keep.append(j)
-            if len(keep) == n:
-                break
+        if keep:
+            swapped = x[j][perms]  # (K, N, 3): the pose under every automorphism
+            d = ((swapped[None] - x[keep][:, None]) ** 2).sum(-1).mean(-1).amin(1).sqrt()
+            if not bool((d > threshold).all()):
+                continue
+        keep.append(j)
+        if len(keep) == n:
+            break
     return keep
 
 
@@ -158,7 +162,8 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     regs = torch.cat(pool_region)
     all_x = space.coords(allp.tr, allp.rot, allp.theta, realign=False, conf=allp.conf)
     # chains often end in the same minimum: polish the 2 x poses best DISTINCT ones
-    order = torch.as_tensor(_distinct(all_x, allp.energy, 2 * s.poses))
+    perms = automorphisms(mol)
+    order = torch.as_tensor(_distinct(all_x.detach(), allp.energy, 2 * s.poses, perms))
     polished, polished_reg = [], []
     for i in range(len(regions)):  # exact polish with each pose's own region's receptor atoms
         idx = order[regs[order] == i]
@@ -172,7 +177,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     best_reg = torch.cat(polished_reg)
     x = space.coords(best.tr, best.rot, best.theta, realign=False, conf=best.conf).detach()
     all_x = all_x.detach()
-    order_energy = _distinct(x, best.energy, s.poses)
+    order_energy = _distinct(x, best.energy, s.poses, perms)
     order_learned, keep = None, order_energy
     if rescorer is not None:
         from sciddiff.dock.rescore import Featurizer
@@ -181,7 +186,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
             feats = Featurizer(receptor, mol, tors.n)(x, all_x)
             logit = rescorer(feats)
             prob = rescorer.probability(feats, logit)
-        order_learned = _distinct(x, -logit, s.poses)
+        order_learned = _distinct(x, -logit, s.poses, perms)
         keep = order_learned if s.ranking == "learned" else order_energy
     keep_t = torch.as_tensor(keep)
     consensus = (rmsd_matrix(x[keep_t], all_x) < 2.0).float().mean(1)

@@ -252,6 +252,14 @@ def distinct_shapes(confs: list[np.ndarray], tors: Torsions, threshold: float = 
 
 
 # ----------------------------------------------------------------------------------------------------- RMSD
+def automorphisms(mol: Chem.Mol, max_matches: int = 1000) -> torch.Tensor:
+    """(K, N) atom permutations that map the molecular graph onto itself (K >= 1, the identity first): x[perm] is the
+    same pose with symmetry-equivalent atoms swapped (a flipped phenyl, a carboxylate's oxygens)."""
+    matches = mol.GetSubstructMatches(mol, uniquify=False, useChirality=False, maxMatches=max_matches)
+    identity = tuple(range(mol.GetNumAtoms()))
+    return torch.as_tensor([identity] + [m for m in matches if m != identity], dtype=torch.long)
+
+
 def rmsd_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Plain RMSD (A, no superposition, no symmetry) between every pose of a (P, N, 3) and of b (Q, N, 3): (P, Q)."""
     return ((a[:, None] - b[None]) ** 2).sum(-1).mean(-1).sqrt()
