@@ -127,9 +127,9 @@ def check_suffix(path: Path | None, suffixes: str | tuple[str, ...], option: str
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_policy, evaluate_pusht, task_adapter
+    from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_policy, task_adapter
     from sciddiff.policy.policy import noise_scale_error
-    from sciddiff.policy.runner import VIDEO_SUFFIXES
+    from sciddiff.policy.runner import VIDEO_SUFFIXES, PushTAdapter
     from sciddiff.train.checkpoint import write_json
 
     if bad := options_below(args, 1, "episodes", "batch_size", "inference_steps", "threads", "max_steps"):
@@ -152,7 +152,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     except Exception as err:  # gymnasium: an unknown or uninstallable env id
         raise UserError(f"--env {args.env or policy.config.extra.get('env')}: {str(err).splitlines()[0]}") from None
-    pusht_task = adapter.env_id == "gym_pusht/PushT-v0"
+    pusht_task = isinstance(adapter, PushTAdapter)
     for option, value in (("--env-obs-type", args.env_obs_type), ("--states-out", args.states_out)):
         if value is not None and not pusht_task:
             raise UserError(f"{option} is for PushT policies; this one acts in {adapter.env_id}")
@@ -162,6 +162,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.env_obs_type is not None and args.env_obs_type not in ENV_OBS_TYPES[policy.config.obs_type]:
         raise UserError(f"a {policy.config.obs_type} policy reads --env-obs-type "
                         f"{' or '.join(ENV_OBS_TYPES[policy.config.obs_type])}, not {args.env_obs_type}")
+    if args.env_obs_type is not None:
+        adapter = PushTAdapter(args.env_obs_type, max_steps=adapter.max_steps)
     if args.action_steps is not None:
         c = policy.config
         if not 1 <= args.action_steps <= c.horizon - c.n_obs_steps + 1:
@@ -177,14 +179,12 @@ def _eval(args: argparse.Namespace) -> int:
         if not 0 <= args.warm_start_t < policy.config.num_train_timesteps:
             raise UserError(f"--warm-start-t must be in 0..{policy.config.num_train_timesteps - 1}")
         policy.config.warm_start_t = args.warm_start_t
-    common = dict(batch_size=args.batch_size, video_path=args.video, sampler=args.sampler, steps=args.inference_steps,
-                  per_episode=args.per_episode, freeze=not args.eager, states_out=args.states_out, plot_path=args.plot)
+    metrics = evaluate_policy(policy, adapter, args.episodes, args.seed, batch_size=args.batch_size,
+                              video_path=args.video, sampler=args.sampler, steps=args.inference_steps,
+                              per_episode=args.per_episode, freeze=not args.eager, states_out=args.states_out,
+                              plot_path=args.plot)
     if pusht_task:
-        if args.max_steps is not None:
-            common["max_steps"] = args.max_steps
-        metrics = evaluate_pusht(policy, args.episodes, args.seed, env_obs_type=args.env_obs_type, **common)
-    else:
-        metrics = evaluate_policy(policy, adapter, args.episodes, args.seed, **common)
+        metrics["env_obs_type"] = adapter.obs_type
     metrics["checkpoint"] = str(args.checkpoint or SHIPPED[args.obs_type or "state"])
     print(format_metrics(metrics))
     if args.metrics_json:
