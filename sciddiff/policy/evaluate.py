@@ -50,8 +50,8 @@ def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, env_obs_type
 def rollout(policy: DiffusionPolicy, adapter: EnvAdapter, seeds: Sequence[int], *, batch_size: int = 10,
             video_path: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
             show_progress: bool = True, freeze: bool = True, record_states: bool = False) -> list[EpisodeResult]:
-    """One episode of `policy` per seed, its sampling noise seeded by that seed too (`TorchPolicyActor`): an episode
-    is the same in any batch and alone. `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`);
+    """One episode of `policy` per seed, its sampling noise seeded by that seed too (`TorchPolicyActor`): with
+    batch_size 1 an episode is reproduced alone; in a batch, up to the batched network's float rounding. `freeze` traces the U-Net for CPU inference (`DiffusionPolicy.freeze_for_cpu`);
     `record_states` keeps the simulator states."""
     policy.eval()
     if freeze and next(policy.parameters()).device.type == "cpu":
