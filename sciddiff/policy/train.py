@@ -406,8 +406,11 @@ def train(args: argparse.Namespace) -> dict:
         except UserError as err:
             raise UserError(f"--state: {err}" if args.state else str(err)) from None
         if state["config"] != config.to_dict():
+            stored, here = state["config"], config.to_dict()
+            changed = [f"{k}: {stored.get(k)!r} there, {here.get(k)!r} here" for k in sorted(stored.keys() | here.keys())
+                       if stored.get(k) != here.get(k)]
             raise UserError(f"{'--state ' if args.state else ''}{state_path} belongs to a run with a different "
-                            f"configuration; use a new {'--state' if args.state else '--out'}")
+                            f"configuration ({'; '.join(changed)}); use a new {'--state' if args.state else '--out'}")
         step = restore_training_state(state, model=policy, optimizer=optimizer, ema=ema)
         elapsed_before = state["elapsed"]
         schedule_seconds = args.schedule_seconds or state.get("schedule_seconds") or schedule_seconds
