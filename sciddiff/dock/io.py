@@ -628,7 +628,8 @@ def complex_pdb(receptor: Receptor, mol: Chem.Mol) -> str:
         elif ln.startswith("CONECT"):
             lig_lines.append(ln)
     # CONECT serials refer to the ligand's own numbering: renumber after the receptor's last serial and the TER
-    serials = [int(ln[6:11]) for ln in receptor_lines if ln.startswith(("ATOM", "HETATM", "TER")) and ln[6:11].strip().isdigit()]
+    serials = [int(ln[6:11]) for ln in receptor_lines
+               if ln.startswith(("ATOM", "HETATM", "TER")) and ln[6:11].strip().isdigit()]
     offset = max(serials, default=sum(ln.startswith(("ATOM", "HETATM")) for ln in receptor_lines)) + 1
     out = []
     for ln in lig_lines:
