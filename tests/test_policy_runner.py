@@ -432,3 +432,17 @@ def test_an_episode_run_one_at_a_time_is_reproduced_alone_and_in_a_batch_up_to_r
     batched = run([5, 6, 7], 3)
     assert np.allclose(batched[1].states, alone, rtol=1e-4, atol=1e-3)  # batched convolutions round differently
     assert not np.allclose(batched[0].states[-1], batched[1].states[-1])
+
+
+def test_another_sampler_takes_the_shipped_policys_noise_as_far_as_it_goes(tmp_path, capsys):
+    from sciddiff.cli import main
+    from sciddiff.policy.train import build_parser, train
+
+    out = tmp_path / "m.json"  # the shipped policies re-noise (eta = inf): DPM-Solver++ takes eta <= 1
+    assert main(["policy", "eval", "--episodes", "1", "--max-steps", "16", "--sampler", "dpmpp_2m", "--inference-steps",
+                 "4", "--threads", "1", "--metrics-json", str(out)]) == 0
+    assert "beyond what dpmpp_2m takes: eta 1" in capsys.readouterr().err
+    assert json.loads(out.read_text())["ddim_eta"] == 1.0
+    train(build_parser().parse_args(["--init", str(REPO / "data/policy/pusht_state.pt"), "--out", str(tmp_path / "run"), "--steps",
+                                     "0", "--sampler", "dpmpp_2m", "--inference-steps", "5", "--threads", "1"]))
+    assert load_policy(tmp_path / "run" / "policy.pt").config.ddim_eta == 1.0  # a traceback before

@@ -128,7 +128,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from sciddiff.policy.evaluate import ENV_OBS_TYPES, evaluate_policy, task_adapter
-    from sciddiff.policy.policy import noise_scale_error
+    from sciddiff.policy.policy import fitted_noise_scale, noise_scale_error
     from sciddiff.policy.runner import VIDEO_SUFFIXES, PushTAdapter
     from sciddiff.train.checkpoint import write_json
 
@@ -175,6 +175,8 @@ def _eval(args: argparse.Namespace) -> int:
         if error := noise_scale_error(args.ddim_eta, args.sampler or policy.config.sampler, "--ddim-eta"):
             raise UserError(error)
         policy.config.ddim_eta = args.ddim_eta
+    elif args.sampler is not None:
+        policy.config.ddim_eta = fitted_noise_scale(policy.config.ddim_eta, args.sampler)
     if args.warm_start_t is not None:
         if not 0 <= args.warm_start_t < policy.config.num_train_timesteps:
             raise UserError(f"--warm-start-t must be in 0..{policy.config.num_train_timesteps - 1}")

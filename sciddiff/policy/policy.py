@@ -9,6 +9,7 @@ few-step DDIM / DPM-Solver++(2M) or full DDPM at inference, samples clipped to [
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -26,10 +27,25 @@ DDIM_SPACING = {"ddim": "leading", "ddim_trailing": "trailing"}  # trailing star
 CPU_WEIGHTS = ("float32", "int8")
 
 
+def max_noise_scale(sampler: str) -> float:
+    """The largest eta `sampler` takes: DDIM any (1: DDPM's posterior noise, inf: the predicted clean sample re-noised
+    at every step), DPM-Solver++ 1 (its SDE form); DDPM ignores eta."""
+    return 1.0 if sampler == "dpmpp_2m" else float("inf")
+
+
+def fitted_noise_scale(eta: float, sampler: str) -> float:
+    """A policy's noise scale for another `sampler`: its own, or the most that sampler takes (DDIM re-noising, inf,
+    becomes DPM-Solver++'s SDE form, 1), said in a note on stderr."""
+    if eta <= (top := max_noise_scale(sampler)):
+        return eta
+    print(f"note: the policy's noise scale {eta:g} is beyond what {sampler} takes: eta {top:g} (--ddim-eta to choose)",
+          file=sys.stderr)
+    return top
+
+
 def noise_scale_error(eta: float, sampler: str, name: str = "ddim_eta") -> str | None:
-    """Why `eta` is no noise scale for `sampler` (None if it is): DDIM takes any eta >= 0 (1: DDPM's posterior noise,
-    inf: the predicted clean sample re-noised at every step), DPM-Solver++ eta in [0, 1] (1: its SDE form)."""
-    top = 1.0 if sampler == "dpmpp_2m" else float("inf")
+    """Why `eta` is no noise scale for `sampler` (None if it is): 0 <= eta <= `max_noise_scale(sampler)`."""
+    top = max_noise_scale(sampler)
     if not 0.0 <= eta <= top:
         return f"{name} must be in [0, {top:g}] for the {sampler} sampler, got {eta!r}"
     return None

@@ -42,7 +42,7 @@ import torch
 from sciddiff.core.ema import EMA
 from sciddiff.policy.data import OBS_KEYS, TASKS, check_task, concat_datasets, default_zarr, load_dataset
 from sciddiff.policy.io import save_policy
-from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig, noise_scale_error
+from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig, fitted_noise_scale, noise_scale_error
 from sciddiff.policy.sampler import sequence_windows, split_episodes
 from sciddiff.train import CSVLogger, autocast, distributed, load_checkpoint, progress, save_checkpoint, seed_everything
 from sciddiff.train.checkpoint import restore_training_state, training_state
@@ -352,6 +352,8 @@ def train(args: argparse.Namespace) -> dict:
             raise UserError(f"--init {args.init} is a --task {init_task} policy, not {args.task}")
         given = {"sampler": args.sampler, "num_inference_steps": args.inference_steps, "ddim_eta": args.ddim_eta,
                  "cpu_weights": args.cpu_weights}  # the inference settings not given stay the checkpoint's
+        if args.sampler is not None and args.ddim_eta is None:
+            given["ddim_eta"] = fitted_noise_scale(init.config.ddim_eta, args.sampler)
         config = dataclasses.replace(init.config, **{k: v for k, v in given.items() if v is not None},
                                      extra={**init.config.extra, **config.extra})
         policy = DiffusionPolicy(config)
