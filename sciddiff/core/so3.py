@@ -225,7 +225,8 @@ class _IGSO3Table:
         self.inverse_cdf_table = (omegas[j - 1] + frac * (omegas[j] - omegas[j - 1])).to(device)
         integrand = dlogf**2 * pdf
         # log E[score^2] is nearly linear in log sigma (-2 log sigma + const at small sigma): interpolate it, not the value
-        self.log_score_norm = ((0.5 * (integrand[:, 1:] + integrand[:, :-1]) * dw).sum(-1) / total[:, 0]).log().to(device)
+        self.log_score_norm = _with_linear_ends(
+            ((0.5 * (integrand[:, 1:] + integrand[:, :-1]) * dw).sum(-1) / total[:, 0]).log()).to(device)
         self.log_sigmas = log_sigmas.to(device)
 
     def _row(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,12 +250,16 @@ class _IGSO3Table:
         return _cubic(self.log_score_norm, lo, frac).exp()
 
 
-def _cubic(values: Tensor, lo: Tensor, frac: Tensor) -> Tensor:
-    """Catmull-Rom interpolation of a uniformly sampled table between lo and lo + 1 (O(h^4); linear was 6e-4 off at s=1.5).
-    The points beyond either end are extrapolated linearly (a repeated end point halves the slope next to it)."""
-    values = torch.cat([2 * values[:1] - values[1:2], values, 2 * values[-1:] - values[-2:-1]])
-    n = values.shape[0]
-    p0, p1, p2, p3 = (values[(lo + 1 + k).clamp(0, n - 1)] for k in (-1, 0, 1, 2))
+def _with_linear_ends(values: Tensor) -> Tensor:
+    """A table with one point added beyond either end, extrapolated linearly, for `_cubic` (a repeated end point
+    would halve the slope next to it: 0.1% off at sigma = 1e-3)."""
+    return torch.cat([2 * values[:1] - values[1:2], values, 2 * values[-1:] - values[-2:-1]])
+
+
+def _cubic(padded: Tensor, lo: Tensor, frac: Tensor) -> Tensor:
+    """Catmull-Rom interpolation of a uniformly sampled table between its points lo and lo + 1 (O(h^4); linear was
+    6e-4 off at s=1.5); `padded` is the table `_with_linear_ends`, so lo - 1 and lo + 2 always exist."""
+    p0, p1, p2, p3 = (padded[lo + k] for k in (0, 1, 2, 3))
     return p1 + 0.5 * frac * (p2 - p0 + frac * (2 * p0 - 5 * p1 + 4 * p2 - p3 + frac * (3 * (p1 - p2) + p3 - p0)))
 
 

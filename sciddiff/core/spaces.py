@@ -133,8 +133,8 @@ class Euclidean(Space):
     def __repr__(self) -> str:
         return f"Euclidean({self.shape})"
 
-    def prior_sample(self, batch: int, sigma_max: Tensor | float, generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
+    def prior_sample(self, batch: int, sigma_max: Tensor | float, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         if sigma_max is None:  # SO3 and Torus take None (their priors are uniform); a Gaussian needs its scale
             raise ValueError("Euclidean.prior_sample needs sigma_max, the prior's standard deviation")
         noise = torch.randn((batch, *self.shape), generator=generator, device=device, dtype=dtype)
@@ -170,8 +170,8 @@ class SO3(Space):
     def __repr__(self) -> str:
         return f"SO3({self.shape})"
 
-    def prior_sample(self, batch: int, sigma_max: None = None, generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
+    def prior_sample(self, batch: int, sigma_max: None = None, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """Haar-uniform rotations (IGSO(3) at sigma >= 4 is uniform to 1e-12)."""
         return so3.uniform_so3(batch * self.count, generator, device, dtype).reshape(batch, *self.shape, 3, 3)
 
@@ -211,8 +211,8 @@ class Torus(Space):
     def __repr__(self) -> str:
         return f"Torus({self.n})"
 
-    def prior_sample(self, batch: int, sigma_max: None = None, generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
+    def prior_sample(self, batch: int, sigma_max: None = None, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """Uniform angles (the wrapped normal at sigma >= pi is uniform to 1e-8)."""
         return (torch.rand((batch, self.n), generator=generator, device=device, dtype=dtype) * 2 - 1) * math.pi
 
@@ -252,8 +252,8 @@ class Product(Space):
     def _sigma(self, sigma: Sigma, name: str) -> Tensor:
         return sigma[name] if isinstance(sigma, Mapping) else sigma
 
-    def prior_sample(self, batch: int, sigma_max: Sigma, generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32) -> dict:
+    def prior_sample(self, batch: int, sigma_max: Sigma, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> dict:
         return {k: s.prior_sample(batch, self._sigma(sigma_max, k), generator, device, dtype) for k, s in self.components.items()}
 
     def perturb(self, x0: dict, sigma: Sigma, generator: torch.Generator | None = None) -> tuple[dict, dict]:

@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .so3 import _cubic
+from .so3 import _cubic, _with_linear_ends
 
 __all__ = ["wrap", "wrapped_normal_log_density", "wrapped_normal_score", "sample_wrapped_normal", "wrapped_normal_score_norm"]
 
@@ -75,7 +75,8 @@ class _ScoreNormTable:
         x = torch.linspace(-math.pi, math.pi, self.n_x, dtype=torch.float64)
         u, s, logits = _terms(x[None].expand(self.n_sigma, -1), self.log_sigmas.exp()[:, None].expand(-1, self.n_x))
         # one pass over the terms for both factors of E[score^2] = integral of score^2 p
-        self.log_values = torch.trapezoid(_score(u, s, logits) ** 2 * _log_density(s, logits).exp(), x, dim=-1).log().to(device)
+        self.log_values = _with_linear_ends(
+            torch.trapezoid(_score(u, s, logits) ** 2 * _log_density(s, logits).exp(), x, dim=-1).log()).to(device)
         self.log_sigmas = self.log_sigmas.to(device)
 
     def __call__(self, sigma: Tensor) -> Tensor:

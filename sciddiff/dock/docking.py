@@ -61,13 +61,14 @@ def _distinct(x: torch.Tensor, energy: torch.Tensor, n: int, perms: torch.Tensor
     over the ligand's automorphisms `perms` (K, N), so a pose and its copy with a phenyl ring flipped count as one (with
     plain RMSD they are ~2 A apart and both were ranked). Greedy: each pose is compared with the kept ones only."""
     keep: list[int] = []
+    kept = x[:0]
     for j in energy.argsort().tolist():
-        if keep:
-            swapped = x[j][perms]  # (K, N, 3): the pose under every automorphism
-            d = ((swapped[None] - x[keep][:, None]) ** 2).sum(-1).mean(-1).amin(1).sqrt()
-            if not bool((d > threshold).all()):
-                continue
+        swapped = x[j][perms]  # (K, N, 3): the pose under every automorphism
+        if len(kept) and not bool((((swapped[None] - kept[:, None]) ** 2).sum(-1).mean(-1).amin(1).sqrt()
+                                   > threshold).all()):
+            continue
         keep.append(j)
+        kept = x[keep]
         if len(keep) == n:
             break
     return keep
@@ -160,10 +161,10 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     tick = time.perf_counter()
     allp = Poses.cat(pool)
     regs = torch.cat(pool_region)
-    all_x = space.coords(allp.tr, allp.rot, allp.theta, realign=False, conf=allp.conf)
+    all_x = space.coords(allp.tr, allp.rot, allp.theta, realign=False, conf=allp.conf).detach()
     # chains often end in the same minimum: polish the 2 x poses best DISTINCT ones
     perms = automorphisms(mol)
-    order = torch.as_tensor(_distinct(all_x.detach(), allp.energy, 2 * s.poses, perms))
+    order = torch.as_tensor(_distinct(all_x, allp.energy, 2 * s.poses, perms))
     polished, polished_reg = [], []
     for i in range(len(regions)):  # exact polish with each pose's own region's receptor atoms
         idx = order[regs[order] == i]
@@ -176,7 +177,6 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     best = Poses.cat(polished)
     best_reg = torch.cat(polished_reg)
     x = space.coords(best.tr, best.rot, best.theta, realign=False, conf=best.conf).detach()
-    all_x = all_x.detach()
     order_energy = _distinct(x, best.energy, s.poses, perms)
     order_learned, keep = None, order_energy
     if rescorer is not None:

@@ -125,8 +125,9 @@ class TorchPolicyActor:
     """Wrap a `DiffusionPolicy` (`predict_plan`, `plan_actions`) as a numpy policy; sampling noise is seeded. After
     `reset(seeds)` each environment's noise comes from its own generator, seeded by its episode's seed, so the noise
     does not depend on which episodes share its batch (the batched network's float rounding still does); before any
-    reset one generator (`seed`) serves every call. It keeps each environment's last plan, the start of the next chunk when the policy warm-starts
-    (`config.warm_start_t`; ignored otherwise): without env_ids, row i of every call is environment i."""
+    reset one generator (`seed`) serves every call. It keeps each environment's last plan, the start of the next
+    chunk when the policy warm-starts (`config.warm_start_t`; ignored otherwise): without env_ids, row i of every call
+    is environment i."""
 
     def __init__(self, policy: torch.nn.Module, seed: int = 0, **predict_kwargs):
         self.policy = policy
