@@ -256,6 +256,32 @@ def test_waters_are_receptor_atoms_unless_dropped(tmp_path):
     assert not types.donor[3] and types.acceptor[3]  # the backbone O only takes them
 
 
+def test_a_protein_file_holding_the_ligand_itself_scores_as_without_it(tmp_path, capsys):
+    """A structure from the PDB with its ligand left in: that residue is the docked ligand (same heavy atoms), so
+    it is left out of the receptor with a note; a cofactor of other atoms stays."""
+    from sciddiff.dock import io
+
+    lig = Chem.MolFromMolFile(LIGAND)
+    het = [ln.replace("UNL", "LIG") for ln in Chem.MolToPDBBlock(lig, flavor=4).splitlines() if ln.startswith("HETATM")]
+    raw = _write_protein(tmp_path / "raw.pdb", lambda lines: [ln for ln in lines if not ln.startswith("END")] + het)
+    clean, held = io.load_receptor(PROTEIN), io.load_receptor(raw)
+    assert len(held.coords) == len(clean.coords) + lig.GetNumAtoms()
+    trimmed, removed = io.without_ligand_itself(held, lig)
+    assert removed == ["LIG 1"] and len(trimmed.coords) == len(clean.coords) and "LIG" not in trimmed.pdb_text
+    assert np.array_equal(trimmed.coords, clean.coords) and len(trimmed.hydrogens) == len(trimmed.coords)
+    other = Chem.RWMol(lig)
+    other.RemoveAtom(other.GetNumAtoms() - 1)
+    assert io.without_ligand_itself(held, other.GetMol())[1] == []  # not the same molecule: a cofactor, kept
+
+    scores = []
+    for protein in (PROTEIN, raw):
+        capsys.readouterr()
+        assert main(["dock-score", "--protein", protein, "--ligand", LIGAND]) == 0
+        out = capsys.readouterr()
+        scores.append(out.out.splitlines()[1].split()[1])
+    assert scores[0] == scores[1] and "LIG 1 is the ligand itself" in out.err
+
+
 def test_first_model_with_atoms_and_upper_case_gz(tmp_path):
     from sciddiff.dock import io
 

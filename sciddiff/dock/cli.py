@@ -251,6 +251,20 @@ def _note_receptor(receptor, protein: str) -> None:
         print(f"warning: protein {protein}: {note}", file=sys.stderr)
 
 
+def _without_ligand_itself(receptor, mol, protein: str) -> tuple:
+    from sciddiff.dock import io
+
+    receptor, removed = io.without_ligand_itself(receptor, mol)
+    _note_ligand_itself(removed, protein)
+    return receptor, removed
+
+
+def _note_ligand_itself(removed, protein: str) -> None:
+    if removed:
+        print(f"note: protein {protein}: {', '.join(removed)} is the ligand itself (the same heavy atoms): left out "
+              "of the receptor", file=sys.stderr)
+
+
 def _note_repairs(mol, what: str) -> None:
     from sciddiff.dock import io
 
@@ -264,12 +278,13 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
     from sciddiff.dock.docking import dock
     from sciddiff.dock.output import atomic_dir, write_result
 
+    receptor, removed = _without_ligand_itself(receptor, mol, protein)
     with atomic_dir(out) as tmp:
         result = dock(receptor, mol, box, model, settings, device=args.device,
                       show_progress=show_progress and sys.stderr.isatty(), rescorer=rescorer)
         result.timings["total"] = time.perf_counter() - started
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
-                "ligand_repairs": io.ligand_repairs(mol),
+                "ligand_repairs": io.ligand_repairs(mol), "receptor_residues_removed": removed or None,
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
                 **_how_docked(settings, model, rescorer, args),
                 "confidence": "learned P(RMSD < 2 A)" if rescorer is not None else
@@ -477,12 +492,14 @@ def run_score(args) -> int:
 
     torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
 
-    rows, sd_records = [], []
+    rows, sd_records, removed = [], [], {}
     problems = pose_warnings(receptor, [io.ligand_coords(mol) for mol in poses])
     for i, mol in enumerate(poses):
         for warning in problems[i]:
             print(f"warning: {args.ligand} (pose {i + 1}): {warning}", file=sys.stderr)
-        r = score_pose(receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
+        own_receptor, own_copies = io.without_ligand_itself(receptor, mol)
+        removed.update(dict.fromkeys(own_copies))
+        r = score_pose(own_receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
         for key in ("rank", "confidence", "consensus", "pocket") if args.minimize else ():
             mol.ClearProp(key)  # a docking run's tags describe the pose before relaxation
         tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,
@@ -490,6 +507,7 @@ def run_score(args) -> int:
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         rows.append({"pose": i + 1, "name": name or f"pose{i + 1}", **tags})
         sd_records.append(io.sdf_block(io.pose_mol(mol, r.coords, tags, hydrogens=True)))
+    _note_ligand_itself(list(removed), args.protein)
     columns = ["score", "inter", "intra", *r.terms, *(["moved"] if args.minimize else [])]
     print("pose  " + "  ".join(f"{c:>11}" for c in columns) + "  name")
     for row in rows:

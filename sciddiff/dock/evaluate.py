@@ -151,8 +151,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                "score_top1": math.nan, "confidence_top1": math.nan, "seconds": math.nan, "error": ""}
         try:
             t0 = time.perf_counter()
-            receptor = io.load_receptor(protein, keep_waters=not args.drop_waters)
             crystal, ligand = complex_ligand(root, cid)
+            receptor = io.without_ligand_itself(io.load_receptor(protein, keep_waters=not args.drop_waters), crystal)[0]
             box = io.box_from_ligand(ligand, args.autobox_add) if args.autobox else None
             result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False,
                           rescorer=rescorer)

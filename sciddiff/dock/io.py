@@ -15,7 +15,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -79,6 +79,8 @@ class Receptor:
     res_chain: np.ndarray         # (R,) chain id
     pdb_text: str = field(repr=False, default="")   # the input's ATOM/HETATM records, for complex output
     hydrogens: np.ndarray | None = None  # (A,) H bonded to each heavy atom in the file; -1 where its residue has none
+    het_group: np.ndarray | None = None  # (A,) index into het_ids of each hetero atom's residue, -1 for amino acids
+    het_ids: list[tuple[str, str, int, str]] = field(default_factory=list)  # (resname, chain, resseq, icode)
 
     @property
     def n_residues(self) -> int:
@@ -175,6 +177,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
         raise UserError(f"no model in {path}")
 
     coords, elements, names, resnames, atom_res, hetero, hydrogens = [], [], [], [], [], [], []
+    het_group, het_ids = [], []
     res_type, res_ca, res_n, res_c, res_sc, res_chain = [], [], [], [], [], []
     for chain in models[0]:
         for res in chain:
@@ -210,6 +213,8 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                 sc = [a.coord for a, _ in atoms if a.get_id() not in ("N", "CA", "C", "O", "OXT")]
                 res_sc.append(np.mean(sc, axis=0) if sc else ca)
                 res_chain.append(chain.id)
+            else:
+                het_ids.append((resname, chain.id, res.id[1], res.id[2].strip()))
             for atom, el in atoms:
                 coords.append(atom.coord)
                 elements.append(el)
@@ -217,6 +222,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                 resnames.append(resname)
                 atom_res.append(r if is_aa else -1)
                 hetero.append(not is_aa)
+                het_group.append(-1 if is_aa else len(het_ids) - 1)
     if not res_ca:
         raise UserError(f"protein {path} has no amino-acid residues with a C-alpha atom")
     if not np.isfinite(np.asarray(coords, dtype=np.float64)).all():
@@ -229,8 +235,39 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
         res_sc=f32(res_sc), res_chain=np.array(res_chain),
         pdb_text="\n".join(ln.ljust(6) if ln.startswith("TER") else ln for ln in records  # "TER" alone: unrecognised
                            if keep_waters or not _water_record(ln)) + "\n",
-        hydrogens=np.array(hydrogens, dtype=np.int8),
+        hydrogens=np.array(hydrogens, dtype=np.int8), het_group=np.array(het_group, dtype=np.int64), het_ids=het_ids,
     )
+
+
+def without_ligand_itself(receptor: Receptor, mol: Chem.Mol) -> tuple[Receptor, list[str]]:
+    """The receptor without its hetero residues that are the docked ligand itself (the same heavy atoms, element by
+    element: a structure from the PDB with its ligand left in), and their names ("TQD A 501"). Such a copy fills the
+    site the ligand is docked into; Vina and gnina expect a receptor prepared without it and score it as protein."""
+    if receptor.het_group is None or not receptor.het_ids:
+        return receptor, []
+    formula = sorted(a.GetSymbol().capitalize() for a in mol.GetAtoms() if a.GetAtomicNum() > 1)
+    het = receptor.het_group
+    copies = [g for g in np.unique(het[het >= 0])
+              if receptor.het_ids[g][0] != "HOH" and sorted(receptor.elements[het == g]) == formula]
+    if not copies:
+        return receptor, []
+    drop = {receptor.het_ids[g] for g in copies}
+    keep = ~np.isin(het, copies)
+
+    def kept(line: str) -> bool:
+        if not line.startswith(("ATOM", "HETATM")):
+            return True
+        try:
+            key = (line[17:20].strip(), line[21:22], int(line[22:26]), line[26:27].strip())
+        except ValueError:
+            return True
+        return key not in drop
+
+    per_atom = ("coords", "elements", "atom_names", "res_names", "atom_res", "is_hetero", "hydrogens", "het_group")
+    trimmed = replace(receptor, **{k: getattr(receptor, k)[keep] for k in per_atom},
+                      pdb_text="\n".join(ln for ln in receptor.pdb_text.splitlines() if kept(ln)) + "\n")
+    names = [" ".join(f"{n} {c.strip()} {i}{code}".split()) for n, c, i, code in (receptor.het_ids[g] for g in copies)]
+    return trimmed, names
 
 
 def _water_record(line: str) -> bool:
