@@ -82,6 +82,8 @@ BAD = [
     (["--autobox-ligand", LIGAND, "--center", "0", "0", "0", "--size", "5", "5", "5"], "not both"),
     (["--center", "0", "0", "0", "--size", "-1", "5", "5"], "positive"),
     (["--center", "nan", "0", "0", "--size", "10", "10", "10"], "finite"),
+    (["--autobox-ligand", LIGAND, "--autobox-add", "nan"], "--autobox-add must be"),
+    (["--autobox-ligand", LIGAND, "--autobox-add", "-1"], "--autobox-add must be"),
 ]
 
 
@@ -150,7 +152,7 @@ def test_a_library_docks_each_molecule_as_alone_and_ranks_them(tmp_path, capsys)
     rows = list(csv.DictReader((screen / "results.csv").open()))
     assert [r["folder"] for r in rows[:2]] == sorted(["1_salicylic_acid", "3_lib_3"],
                                                      key=lambda f: float(json.loads((screen / f / "summary.json").read_text())["poses"][0]["score"]))
-    assert rows[2]["folder"] == "2_lib_2" and rows[2]["error"] and rows[2]["score"] == ""
+    assert rows[2]["name"] == "lib_2" and rows[2]["error"] and rows[2]["score"] == rows[2]["folder"] == ""
     assert float(rows[0]["ligand_efficiency"]) == pytest.approx(-float(rows[0]["score"]) / int(rows[0]["heavy_atoms"]),
                                                                abs=1e-4)
     best = [m for m in Chem.SDMolSupplier(str(screen / "best_poses.sdf"))]
@@ -171,6 +173,15 @@ def test_a_library_docks_each_molecule_as_alone_and_ranks_them(tmp_path, capsys)
     assert "salicylic acid: kept from the earlier run" in err and "lib_3: rank 1 score" in err
     strip = lambda text: [ln.rsplit(",", 4)[0] for ln in text.splitlines()]  # noqa: E731  (seconds differ)
     assert strip((screen / "results.csv").read_text()) == strip(results)
+    # another box (or receptor) is not how these were docked: docked again
+    assert main([*run, "--resume", "--autobox-add", "5"]) == 1
+    assert "kept from the earlier run" not in capsys.readouterr().err
+    # another library does not continue this screen; --overwrite replaces the screen as a whole
+    (tmp_path / "other.smi").write_text("CCO ethanol\nCCN ethylamine\n")
+    other = ["dock", "--protein", PROTEIN, "--ligand", str(tmp_path / "other.smi"), "--out", str(screen), *box]
+    assert main([*other, "--resume"]) == 2 and "other molecules" in capsys.readouterr().err
+    assert main([*other, "--overwrite"]) == 0
+    assert sorted(p.name for p in screen.iterdir()) == ["1_ethanol", "2_ethylamine", "best_poses.sdf", "results.csv"]
 
 
 def test_a_molecule_that_fails_to_dock_does_not_stop_the_screen(tmp_path, capsys, monkeypatch):
@@ -400,6 +411,17 @@ def test_dock_eval_reports_success_rates(tmp_path):
     assert {"top5_rmsd_lt_2A_energy", "median_rmsd_top1_energy"} <= summary.keys()
     assert (tmp_path / "ev" / "results.csv").read_text().startswith("complex,")
     assert (tmp_path / "ev" / "success_curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_dock_eval_refuses_a_bad_autobox_add_and_an_offset_past_the_end(tmp_path, capsys):
+    split = tmp_path / "split.txt"
+    split.write_text("a/x\nb/y\n")
+    run = ["dock-eval", "--data", str(tmp_path), "--split", str(split), "--out", str(tmp_path / "ev")]
+    for extra, message in ((["--autobox", "--autobox-add", "nan"], "--autobox-add must be"),
+                           (["--autobox", "--autobox-add", "-3"], "--autobox-add must be"),
+                           (["--offset", "5"], "--offset 5 is past the end")):
+        assert main([*run, *extra]) == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "ev").exists()
 
 
 def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):

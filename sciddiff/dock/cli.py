@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -278,6 +279,7 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
     from sciddiff.dock.docking import dock
     from sciddiff.dock.output import atomic_dir, write_result
 
+    how = _how_docked(settings, model, rescorer, args, receptor, box)
     receptor, removed = _without_ligand_itself(receptor, mol, protein)
     with atomic_dir(out) as tmp:
         result = dock(receptor, mol, box, model, settings, device=args.device,
@@ -286,18 +288,23 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
                 "ligand_repairs": io.ligand_repairs(mol), "receptor_residues_removed": removed or None,
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
-                **_how_docked(settings, model, rescorer, args),
+                **how,
                 "confidence": "learned P(RMSD < 2 A)" if rescorer is not None else
                 "search consensus: fraction of search chains ending within 2 A of the pose",
                 "score_units": "kcal/mol-like (Vina weights), lower is better"}
         return write_result(tmp, receptor, mol, result, meta, name)
 
 
-def _how_docked(settings, model, rescorer, args) -> dict:
+def _how_docked(settings, model, rescorer, args, receptor, box) -> dict:
     """The summary.json entries that decide the poses: a --resume keeps a result only if they are the same."""
+    import hashlib
+
     from sciddiff.dock.settings import settings_dict
 
-    return {"model_version": getattr(model, "version", "none (physics only)"),
+    atoms = hashlib.sha256(receptor.coords.tobytes() + " ".join(receptor.elements).encode()).hexdigest()[:16]
+    return {"receptor_atoms_sha256": atoms,  # the receptor's heavy atoms as read, wherever its file lies
+            "box": None if box is None else {"center": box.center.round(3).tolist(), "size": box.size.round(3).tolist()},
+            "model_version": getattr(model, "version", "none (physics only)"),
             "waters": "dropped" if args.drop_waters else "receptor atoms",
             "settings": json.loads(json.dumps(settings_dict(settings))),
             "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
@@ -331,6 +338,7 @@ def run_dock(args) -> int:
         jobs = [(r.name, f"{i + 1:0{width}d}_{_safe_name(r.name)}",
                  lambda r=r: (receptor, _one_ligand([r], args.ligand), box, args.protein, args.ligand))
                 for i, r in enumerate(ligands)]
+        _screen_out(out, [folder for _, folder, _ in jobs], args)
         print(f"{args.ligand}: {len(ligands)} molecules; each docked into {out}/<index>_<name>/, hit list in "
               f"{out}/results.csv", file=sys.stderr)
         failed = _dock_each(jobs, out, args, settings, best_poses=True)
@@ -364,7 +372,8 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
         started = time.perf_counter()
         try:
             receptor, mol, box, protein, ligand = read()
-            earlier = _earlier_result(out / folder, mol, args, settings, model, rescorer) if args.resume else None
+            earlier = (_earlier_result(out / folder, mol, _how_docked(settings, model, rescorer, args, receptor, box))
+                       if args.resume else None)
             if earlier is not None:
                 hits.add(name, folder, summary=earlier, mol=mol)
                 tqdm.write(f"{name}: kept from the earlier run", file=sys.stderr)
@@ -383,16 +392,38 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
     return hits.failed
 
 
-def _earlier_result(folder: Path, mol, args, settings, model, rescorer) -> dict | None:
-    """The summary of an earlier run in `folder` if it docked this molecule the same way (and its poses are there)."""
+def _earlier_result(folder: Path, mol, how: dict) -> dict | None:
+    """The summary of an earlier run in `folder` if it docked this molecule the same way (`_how_docked`: the same
+    receptor, box, settings and models; and its poses are there)."""
     try:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None
     same = (summary.get("smiles") == _smiles(mol) and summary.get("poses")
-            and all(summary.get(k) == v for k, v in _how_docked(settings, model, rescorer, args).items())
+            and all(summary.get(k) == v for k, v in how.items())
             and all((folder / p["file"]).is_file() for p in summary["poses"]))
     return summary if same else None
+
+
+def _screen_out(out: Path, folders: list[str], args) -> None:
+    """An output folder for a screen or a --batch run (`check_out_dir` has passed it): --resume continues only a
+    screen whose molecules' folders are among `folders`; --overwrite clears an earlier output first, so that no
+    folder of it stays beside the new hit list."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if args.overwrite:
+        shutil.rmtree(out)
+        return
+    if (out / "summary.json").is_file():
+        raise UserError(f"--resume: {out} holds a single docking run, not a screen; --overwrite replaces it")
+    try:
+        with open(out / "results.csv", newline="") as fh:
+            earlier = [row.get("folder") or "" for row in csv.DictReader(fh)]
+    except OSError:
+        earlier = []
+    if stray := [f for f in earlier if f and f not in set(folders) and (out / f).is_dir()]:
+        raise UserError(f"--resume: {out} holds a screen of other molecules ({stray[0]} is not one of this run's "
+                        "folders); --overwrite replaces it, or choose another --out")
 
 
 def _safe_name(name: str) -> str:
@@ -423,10 +454,10 @@ def _run_batch(args, settings) -> int:
     if len(set(names)) != len(names) or any(not n or "/" in n or n in (".", "..", "results.csv") for n in names):
         raise UserError(f"{table}: names must be unique, non-empty, contain no '/' and not be '.', '..' or "
                         "results.csv (each names a folder inside --out)")
-    out = Path(args.out)
-    if out.exists() and not (args.overwrite or args.resume):
-        check_out_dir(out, overwrite=False)  # its one-line error
-    check_output_path(out, folder=True)
+    out = check_out_dir(args.out, args.overwrite or args.resume, inputs=(table,))
+    _screen_out(out, names, args)
+
+    from sciddiff.dock import io
 
     def read(row: dict) -> tuple:
         protein, ligand = _cell(row, "protein"), _cell(row, "ligand")
@@ -434,7 +465,8 @@ def _run_batch(args, settings) -> int:
             raise UserError("empty protein or ligand cell")
         protein = str(table.parent / protein) if not Path(protein).is_absolute() else protein
         lig_path = table.parent / ligand
-        ligand = str(lig_path) if lig_path.exists() else ligand  # else: a SMILES string
+        if lig_path.exists() or io.is_ligand_file_name(ligand):  # else: a SMILES string
+            ligand = str(lig_path)
         row_args = args
         if reference := _cell(row, "autobox_ligand"):  # this row's box: its reference ligand + --autobox-add
             row_args = argparse.Namespace(**{**vars(args), "autobox_ligand": str(table.parent / reference)})
@@ -460,6 +492,9 @@ def run_eval(args) -> int:
     for low, names in ((1, ("every", "limit")), (0, ("offset",))):
         if bad := options_below(args, low, *names):
             raise UserError(f"{bad[0]} must be >= {low}")
+    from sciddiff.dock.io import checked_autobox_add
+
+    checked_autobox_add(args.autobox_add)
     check_output_path(args.out, folder=True)
     summary = evaluate(args, settings, _model(args), _rescorer(args))
     print(json.dumps(summary, indent=1))

@@ -122,9 +122,11 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     split = Path(args.split)
     if not split.is_file():
         raise UserError(f"split file not found: {split}")
-    ids = read_split(split)[args.offset:: args.every][: args.limit]
+    listed = read_split(split)
+    ids = listed[args.offset:: args.every][: args.limit]
     if not ids:
-        raise UserError(f"no complexes in {split}")
+        raise UserError(f"no complexes in {split}" if not listed else
+                        f"--offset {args.offset} is past the end of {split} ({len(listed)} complexes)")
     if missing := [cid for cid in ids if not (root / cid).is_dir()]:  # a typo or the wrong --data: before any work
         raise UserError(f"{len(missing)} of the {len(ids)} complexes of {split} have no folder under {root} "
                         f"(first: {missing[0]!r})")
@@ -153,7 +155,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
             t0 = time.perf_counter()
             crystal, ligand = complex_ligand(root, cid)
             receptor = io.without_ligand_itself(io.load_receptor(protein, keep_waters=not args.drop_waters), crystal)[0]
-            box = io.box_from_ligand(ligand, args.autobox_add) if args.autobox else None
+            box = io.checked_box_size(io.box_from_ligand(ligand, args.autobox_add)) if args.autobox else None
             result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False,
                           rescorer=rescorer)
             row["seconds"] = round(time.perf_counter() - t0, 2)

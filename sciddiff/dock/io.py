@@ -26,6 +26,7 @@ from sciddiff.cli import UserError
 
 MAX_HEAVY_ATOMS = 150
 AUTOBOX_ADD = 4.0  # A around a ligand on every side: gnina's --autobox_add default
+MAX_BOX_SIDE = 60.0  # A: a search box beyond this is a blind search; blind docking finds pockets instead
 # AutoDock types that are not an element symbol (PDBQT files)
 AUTODOCK_TYPES = {"A": "C", "NA": "N", "NS": "N", "OA": "O", "OS": "O", "SA": "S", "HD": "H", "HS": "H"}
 REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file, if anything
@@ -301,6 +302,11 @@ def _sd_records(text: str, sanitize: bool = False) -> Iterator[Chem.Mol | None]:
 
 
 LIGAND_SUFFIXES = (".sdf", ".sd", ".mol", ".mol2", ".smi", ".smiles", ".txt", ".pdb", ".pdbqt")
+
+
+def is_ligand_file_name(text: str) -> bool:
+    """Whether `text` names a ligand file by its suffix (else it may be a SMILES string such as "CC.Cl")."""
+    return _stem_suffix(text) in LIGAND_SUFFIXES
 
 
 def _raw_records(path: Path, limit: int | None = None) -> Iterator[tuple[str, Chem.Mol | None]]:
@@ -594,10 +600,7 @@ def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_a
     if (center is None) != (size is None):
         raise UserError("--center and --size go together")
     if autobox_ligand:
-        add = AUTOBOX_ADD if autobox_add is None else float(autobox_add)
-        if add < 0:
-            raise UserError("--autobox-add must be >= 0")
-        box = box_from_ligand(autobox_ligand, add)
+        box = box_from_ligand(autobox_ligand, checked_autobox_add(AUTOBOX_ADD if autobox_add is None else autobox_add))
     elif center is not None:
         size_arr = np.asarray(size, dtype=np.float32)
         if np.any(~np.isfinite(size_arr)) or np.any(size_arr <= 0):
@@ -611,8 +614,21 @@ def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_a
     if not np.any(box.contains(receptor.coords, pad=4.0)):
         raise UserError(f"the box (centre {centre}, size {size_a}) "
                         "contains no protein atoms (within 4 A): wrong coordinates or wrong protein?")
-    if np.any(box.size > 60):
-        raise UserError(f"box size {size_a} exceeds 60 A per side; leave the box out for blind docking")
+    return checked_box_size(box)
+
+
+def checked_autobox_add(add: float) -> float:
+    """--autobox-add, refused (one line) unless finite, >= 0 and small enough for a box within MAX_BOX_SIDE."""
+    add = float(add)
+    if not (np.isfinite(add) and 0 <= add <= MAX_BOX_SIDE / 2):
+        raise UserError(f"--autobox-add must be a number of Angstrom from 0 to {MAX_BOX_SIDE / 2:g}, got {add:g}")
+    return add
+
+
+def checked_box_size(box: Box) -> Box:
+    if np.any(box.size > MAX_BOX_SIDE):
+        raise UserError(f"box size {np.round(box.size.astype(float), 2).tolist()} exceeds {MAX_BOX_SIDE:g} A per "
+                        "side; leave the box out for blind docking")
     return box
 
 

@@ -125,7 +125,8 @@ class HitList:
 
     def add(self, name: str, folder: str, summary: dict | None = None, mol: Chem.Mol | None = None,
             error: str | None = None) -> None:
-        row = dict.fromkeys(self.COLUMNS, "") | {"name": name, "folder": folder, "error": error or ""}
+        row = dict.fromkeys(self.COLUMNS, "") | {"name": name, "folder": folder if error is None else "",
+                                                 "error": error or ""}
         if summary is not None:
             best = summary["poses"][0]
             row |= {"score": best["score"], "ligand_efficiency": round(-best["score"] / mol.GetNumAtoms(), 4),
