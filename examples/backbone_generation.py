@@ -42,7 +42,7 @@ def generate(args: argparse.Namespace) -> None:
         raise UserError(f"need 5 <= --length <= {MAX_LENGTH}, --num >= 2 and --steps >= 1")
     out = check_output_path(args.out, folder=True)
     net, flow_cfg, meta = load_or_fail(load_model, args.checkpoint or DEFAULT_CHECKPOINT, "backbone checkpoint")
-    print(f"model: {net.num_parameters()} parameters, trained {meta['step']} steps")
+    print(f"model: {net.num_parameters()} parameters, trained {meta.get('total_steps', meta['step'])} steps")
 
     start = time.time()
     backbones = sample(net, [args.length] * args.num, flow_cfg, steps=args.steps,

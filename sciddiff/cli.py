@@ -114,7 +114,10 @@ def load_or_fail(load, path: str | os.PathLike, what: str):
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    """The message's first line; one that ends in ':' ("Error(s) in loading state_dict for X:") with the next."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines()] or [type(err).__name__]
+    line = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def idle_threads(most: int = 2) -> int:

@@ -61,12 +61,14 @@ def test_prepare_skips_unreadable_chains_with_one_warning_each(tmp_path, capsys)
     out, split = tmp_path / "chains.pt", tmp_path / "split.tsv"
     assert _prepare(root, out, "--split", str(split), "--new-split") == 0
     err = _lines(capsys.readouterr().err)
+    note = err.pop()  # short and broken chains are left out, counted in one note
+    assert note.startswith("note: left out 1 chain(s) with n_breaks > 0") and "and 1 with a chain break" in note
     assert all(line.startswith("warning: skipped chain toy:") for line in err), err
     assert [line.split()[3].rstrip(":") for line in err] == \
         ["toy:junk", "toy:empty", "toy:missing", "toy:wrongchain", "toy:badbreaks", "toy:shortrow"]
     assert "no chain 'Z'" in err[3] and "n_breaks 'b548e6491f'" in err[4]
     data = torch.load(out, weights_only=True)
-    assert data["ids"] == [f"toy:good{i}" for i in range(4)]  # short and broken chains are left out quietly, as before
+    assert data["ids"] == [f"toy:good{i}" for i in range(4)]
     assert split.read_text().splitlines()[1:] and all(line.startswith("toy:good") for line in split.read_text().splitlines()[1:])
 
 

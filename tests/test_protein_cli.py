@@ -54,6 +54,10 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["backbone", "train", "--chains", str(chains), "--out", str(run), "--batch-residues", "120",
               "--log-every", "1", "--device", "cpu", *TINY_MODEL]
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert main([*common[:-len(TINY_MODEL) - 2], "--device", "cuda", "--max-steps", "1"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err and not run.exists()
     assert main([*common, "--max-steps", "3"]) == 0
     assert main([*common, "--max-steps", "5"]) == 0  # resumes from run/state.pt
     out = capsys.readouterr().out
@@ -81,6 +85,11 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     assert pdbs[0].read_text() == first  # same seed, same backbone
     info = json.loads((designs / "samples.json").read_text())
     assert info["steps"] == 3 and info["checkpoint_step"] == 5
+    # fine-tuning from it counts on from its steps
+    tuned = tmp_path / "tuned"
+    assert main([*common[:5], str(tuned), *common[6:], "--init", str(run / "model.pt"), "--max-steps", "2"]) == 0
+    ckpt = torch.load(tuned / "model.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["total_steps"] == 7
 
     # sampling knobs: a lower temperature (translation prior std) gives a different, more compact backbone
     cold = tmp_path / "cold"
@@ -190,6 +199,33 @@ def test_shipped_checkpoint_samples_valid_backbones(tmp_path):
     assert len(list(tmp_path.glob("*.pdb"))) == 2
 
 
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="shipped checkpoint not present")
+def test_an_output_folder_holds_one_run_replaced_whole_and_only_when_done(tmp_path, capsys, monkeypatch):
+    from sciddiff.protein import pdbio
+
+    out = tmp_path / "designs"
+    run = ["backbone", "sample", "--length", "20", "--steps", "3", "--no-idealize", "--out", str(out)]
+    assert main([*run, "--num", "3", "--seed", "0"]) == 0
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    assert main([*run, "--num", "2", "--seed", "1"]) == 2 and "earlier run" in capsys.readouterr().err
+    assert main(["backbone", "sample", "--length", "20", "--seed", "-1", "--out", str(tmp_path / "x")]) == 2
+    real_write = pdbio.write_backbone
+    calls = []
+
+    def failing_write(path, bb):  # a run that stops after its first backbone (an interrupt, a full disk)
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(path)
+        real_write(path, bb)
+
+    monkeypatch.setattr(pdbio, "write_backbone", failing_write)
+    assert main([*run, "--num", "2", "--seed", "0", "--overwrite"]) == 130
+    assert {p.name: p.read_text() for p in out.iterdir()} == before  # the earlier run as it was
+    monkeypatch.setattr(pdbio, "write_backbone", real_write)
+    assert main([*run, "--num", "1", "--seed", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["len20_seed1_000.pdb", "samples.json"]
+
+
 def test_secondary_structure_conditioning_end_to_end(data_root, tmp_path, capsys):
     chains = tmp_path / "chains.pt"
     assert main(["backbone", "prepare", "--data", str(data_root), "--out", str(chains), "--split",
@@ -239,7 +275,7 @@ def test_shipped_conditioned_checkpoint_follows_a_helical_layout(tmp_path):
     from sciddiff.protein import metrics
     from sciddiff.protein.evaluate import read_folder
 
-    _, backbones = read_folder(tmp_path)
+    _, backbones, _ = read_folder(tmp_path)
     built = ["".join(metrics.secondary_structure(b)) for b in backbones]
     # most residues asked to be helix are built as helix (DSSP), measured ~0.9 on 60 chains
     helix = [sum(c == "H" for c, w in zip(b, target) if w == "H") / target.count("H") for b in built]

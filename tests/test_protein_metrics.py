@@ -20,6 +20,17 @@ def test_ideal_helix_scores_as_helix():
     assert m["rg_ratio"] > 1.5  # a 40-residue rod is far from globular
 
 
+def test_a_gap_in_an_experimental_chain_is_no_peptide_bond():
+    helix = metrics.ideal_helix(40)
+    broken = np.concatenate([helix[:20], helix[25:]])  # residues 21-25 missing: residues 20 and 26 are 7 A apart
+    gaps = np.zeros(len(broken) - 1, bool)
+    gaps[19] = True
+    counted, skipped = metrics.chain_metrics(broken), metrics.chain_metrics(broken, gaps)
+    assert not counted["ca_valid"] and counted["C-N_mean"] > 1.4 and counted["rama_favoured"] < 1.0
+    assert skipped["ca_valid"] and skipped["gaps"] == 1 and skipped["rama_favoured"] == 1.0
+    assert skipped["C-N_mean"] == pytest.approx(1.329, abs=1e-3) and skipped["ca_ca_mean"] == pytest.approx(3.80, abs=0.02)
+
+
 def test_ramachandran_regions():
     deg = np.radians
     # alpha helix, beta strand, and the sterically forbidden phi = psi = 0

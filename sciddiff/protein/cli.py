@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +23,7 @@ from pathlib import Path
 from sciddiff.cli import DefaultsHelpFormatter, UserError, check_output_path, idle_threads, load_or_fail
 
 MAX_LENGTH = 1000
+VALID_LENGTH = 400  # the shipped model's samples measured valid up to here (docs/protein.md)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--ss", default=None, metavar="natural|none|STRING",
                    help="secondary structure to build (models trained with it): 'natural' draws each backbone's helix/"
                         "strand/loop layout from a natural training chain of similar length, 'none' leaves it to the "
-                        "model, or one string of H, E and L (or -) per residue; default: natural when the checkpoint "
+                        "model, or one string of H, E and L (or - or C) per residue, any case; default: natural when the checkpoint "
                         "supports it, else none")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     s.add_argument("--batch-size", type=int, default=16, help="backbones generated together (default: 16)")
@@ -152,6 +157,8 @@ def sample_lengths(text: str, num: int, seed: int) -> list[int]:
 def cmd_sample(args: argparse.Namespace) -> int:
     if args.num < 1 or args.batch_size < 1:
         raise UserError("--num and --batch-size must be >= 1")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.threads is not None and args.threads < 1:
@@ -170,11 +177,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         # said here for any --num: with one sample the drawn length would otherwise surface as a puzzling mismatch
         raise UserError("--ss: one secondary-structure string fits one length; give a single --length")
     device = _device(args.device)
+    if not args.out.strip():
+        raise UserError("--out must name a folder")
     out = check_output_path(args.out, folder=True)
     names = [f"len{n}_seed{args.seed}_{i:03d}.pdb" for i, n in enumerate(lengths)]
+    earlier = _earlier_samples(out)
     clash = [n for n in names if (out / n).exists()]
-    if clash and not args.overwrite:
-        raise UserError(f"{out / clash[0]} exists ({len(clash)} of the outputs do); pass --overwrite or another --out")
+    if (clash or earlier) and not args.overwrite:
+        what = f"{out / clash[0]} exists" if clash else f"{out} holds an earlier run ({len(earlier)} backbones, samples.json)"
+        raise UserError(f"{what}; pass --overwrite to replace it or another --out")
 
     import torch
 
@@ -189,6 +200,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     net, flow_cfg, meta = load_or_fail(lambda path: load_model(path, device), args.checkpoint or DEFAULT_CHECKPOINT,
                                        "backbone checkpoint")
+    if args.checkpoint is None and max(lengths) > VALID_LENGTH:
+        print(f"note: the shipped model learned from chains of 50-300 residues; above {VALID_LENGTH} its backbones "
+              "come out less often valid (CA-CA gaps; eval reports them)", file=sys.stderr)
     conditional = bool(net.cfg.ss_condition)
     spec = args.ss if args.ss is not None else ("natural" if conditional and meta.get("ss_library") else "none")
     if spec != "none" and not conditional:
@@ -206,8 +220,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     idealize = False if args.no_idealize else IdealizeConfig(hbond_weight=0.0) if args.no_hbonds else IdealizeConfig()
     start = time.time()
     bar = progress(total=args.num * steps, desc="sampling", unit="backbone-step")
-    created, written = not out.exists(), []
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sampling-", dir=out))  # moved into place once all are written
     try:
         for first in range(0, args.num, args.batch_size):
             idx = list(range(first, min(args.num, first + args.batch_size)))
@@ -222,16 +237,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                idealize=idealize, ss=None if targets is None else [targets[i] for i in idx],
                                workers=threads)
             for i, bb in zip(idx, backbones):
-                write_backbone(out / names[i], bb)
-                written.append(out / names[i])
-    except BaseException:  # interrupted or failed: no partial set of files (a rerun would refuse them)
-        for path in written:
-            path.unlink(missing_ok=True)
+                write_backbone(staging / names[i], bb)
+    except BaseException:  # interrupted or failed: no partial set of files, and an earlier run stays as it was
+        shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out.iterdir()):
             out.rmdir()
         raise
     finally:
         bar.close()
+    for name in names:
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+    for name in set(earlier) - set(names):  # --overwrite: the earlier run is replaced as a whole
+        (out / name).unlink(missing_ok=True)
     seconds = time.time() - start
     info = {"length": lengths[0] if len(set(lengths)) == 1 else args.length, "lengths": lengths, "num": args.num,
             "seed": args.seed, "steps": steps,
@@ -240,14 +258,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "compactness_floor": flow_cfg.compactness_floor,
             "compactness_floor_min_length": flow_cfg.compactness_floor_min_length,
             "device": str(device),
-            "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("step"),
+            "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("total_steps", meta.get("step")),
             "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec,
             "seconds": round(seconds, 2), "files": names}
     if targets is not None:
         info["ss_targets"] = {n: labels_to_string(t) for n, t in zip(names, targets)}
     write_json(out / "samples.json", info)
-    print(f"wrote {args.num} backbones of {args.length} residues to {out}/ in {seconds:.1f} s")
+    print(f"wrote {args.num} backbone{'s' if args.num > 1 else ''} of {args.length} residues to {out}/ in "
+          f"{seconds:.1f} s")
     return 0
+
+
+def _earlier_samples(out: Path) -> list[str]:
+    """The backbone files of an earlier `sample` run in `out` (listed in its samples.json), [] if none."""
+    try:
+        files = json.loads((out / "samples.json").read_text()).get("files") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str) and Path(f).name == f]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -264,24 +292,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if any(json_path.resolve() == (plots / name).resolve() for name in PLOT_FILES):
         raise UserError(f"--json {json_path} is one of the plots eval writes to {plots}; name another file")
     try:
-        names, backbones = read_folder(folder)
+        names, backbones, gaps = read_folder(folder)
     except ValueError as err:
         raise UserError(str(err)) from None
     if len(backbones) < 2:
         raise UserError(f"{folder} has {len(backbones)} backbone PDB file(s); eval needs at least 2")
-    reference, ref_name = None, "natural test split"
+    if broken := [f"{n} ({int(g.sum())})" for n, g in zip(names, gaps) if g.any()]:
+        print(f"note: chain gaps (residue numbers skipping) in {', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''}: "
+              "left out of the bond, CA-CA and Ramachandran metrics", file=sys.stderr)
+    reference, ref_name, ref_gaps = None, "natural test split", None
     if args.reference:
         if not Path(args.reference).is_dir():
             raise UserError(f"--reference {args.reference} is not a folder")
         try:
-            _, reference = read_folder(args.reference)
+            _, reference, ref_gaps = read_folder(args.reference)
         except ValueError as err:
             raise UserError(f"--reference: {err}") from None
         if len(reference) < 2:
             raise UserError(f"--reference {args.reference} has fewer than 2 PDB files")
         ref_name = str(args.reference)
     try:
-        result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=plots)
+        result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=plots, gaps=gaps,
+                          reference_gaps=ref_gaps)
     except FileNotFoundError as err:
         raise UserError(f"{err} (or pass --reference DIR)") from None
     info = folder / "samples.json"

@@ -227,6 +227,10 @@ def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split
         ids.append(row["id"])
         seqs.append(chain.sequence)
         coords.append(chain.coords[:, :3])
+    if ids and (marked or short):
+        tqdm.write(f"note: left out {marked} chain(s) with n_breaks > 0 in the manifest and {short} with a chain "
+                   "break (a C-alpha gap over 4.2 A; non-standard residues such as MSE are not read) or under 20 "
+                   "residues", file=sys.stderr)
     if not ids:
         raise ValueError(f"no usable chain in {data_root(root) / 'proteins' / 'manifest.tsv'} ({len(rows)} row(s): "
                          f"{skipped} unreadable, {marked} with n_breaks > 0, {short} broken or shorter than 20 residues)")

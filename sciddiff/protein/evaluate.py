@@ -44,12 +44,16 @@ def complete_backbone(chain: Chain) -> np.ndarray:
     return coords
 
 
-def read_folder(folder: str | os.PathLike) -> tuple[list[str], list[np.ndarray]]:
-    names, backbones = [], []
+def read_folder(folder: str | os.PathLike) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """File names, backbones (L, 4, 3) and chain gaps (L - 1,) bool: a residue number that skips ahead or back
+    (missing residues, a non-standard one that is not read); an insertion code (52, 52A) is no gap."""
+    names, backbones, gaps = [], [], []
     for path in pdb_files(folder):
+        chain = read_chain(path)
         names.append(path.name)
-        backbones.append(complete_backbone(read_chain(path)))
-    return names, backbones
+        backbones.append(complete_backbone(chain))
+        gaps.append(~np.isin(np.diff(chain.resnums), (0, 1)))
+    return names, backbones, gaps
 
 
 def natural_split(split: str, root: str | os.PathLike | None = None) -> list[np.ndarray]:
@@ -90,9 +94,11 @@ def distribution_distances(candidates: dict[str, list[np.ndarray]], reference: l
 
 def evaluate(backbones: list[np.ndarray], names: list[str], reference: list[np.ndarray] | None = None,
              reference_name: str = "natural test split", data: str | os.PathLike | None = None,
-             plots: str | os.PathLike | None = None) -> dict:
-    """Metrics of `backbones` (and of the reference and baselines) as one JSON-ready dict; PNG plots into `plots`."""
-    per_chain = [metrics.chain_metrics(b) for b in backbones]
+             plots: str | os.PathLike | None = None, gaps: list[np.ndarray] | None = None,
+             reference_gaps: list[np.ndarray] | None = None) -> dict:
+    """Metrics of `backbones` (and of the reference and baselines) as one JSON-ready dict; PNG plots into `plots`.
+    `gaps` / `reference_gaps`: each chain's unbonded neighbours (`read_folder`), left out of the bonded metrics."""
+    per_chain = [metrics.chain_metrics(b, g) for b, g in zip(backbones, gaps or [None] * len(backbones))]
     lengths = [len(b) for b in backbones]
     candidates = {"samples": backbones, **baselines(lengths)}
     floor = None
@@ -107,7 +113,8 @@ def evaluate(backbones: list[np.ndarray], names: list[str], reference: list[np.n
     result = {
         "summary": metrics.summarize(per_chain),
         "reference": {"name": reference_name, "num_chains": len(reference),
-                      "summary": metrics.summarize([metrics.chain_metrics(b) for b in reference])},
+                      "summary": metrics.summarize([metrics.chain_metrics(b, g) for b, g in
+                                                    zip(reference, reference_gaps or [None] * len(reference))])},
         "baselines": {k: metrics.summarize([metrics.chain_metrics(b) for b in v]) for k, v in candidates.items()
                       if k != "samples"},
     }

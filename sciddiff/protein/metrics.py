@@ -114,19 +114,30 @@ def median_bandwidth(x: np.ndarray) -> float:
 
 
 def _defined(values: np.ndarray, stat=np.mean) -> float | None:
-    """stat over a per-bond or per-residue array; None (JSON null, not a bare NaN) where the chain has no such value:
-    a 1-residue chain has no peptide bond or CA-CA distance, one of 2 residues no residue with both phi and psi."""
+    """stat over the defined (not NaN) values of a per-bond or per-residue array; None (JSON null, not a bare NaN)
+    where the chain has none: a 1-residue chain has no peptide bond or CA-CA distance, one of 2 residues no residue
+    with both phi and psi."""
     values = np.asarray(values, dtype=np.float64)
-    return float(stat(values)) if values.size and not np.isnan(values).all() else None
+    values = values[~np.isnan(values)]
+    return float(stat(values)) if values.size else None
 
 
-def chain_metrics(bb: np.ndarray) -> dict:
-    """All per-chain metrics of one backbone (JSON-ready; None where a chain is too short for the metric)."""
+PEPTIDE_TERMS = ("C-N", "CA-C-N", "C-N-CA")  # the `bond_geometry` entries of the peptide i -> i + 1
+
+
+def chain_metrics(bb: np.ndarray, gaps: np.ndarray | None = None) -> dict:
+    """All per-chain metrics of one backbone (JSON-ready; None where a chain is too short for the metric). `gaps`
+    (L - 1,) bool marks residues i, i + 1 that are not bonded (missing residues in an experimental structure): the
+    peptide terms, CA-CA distances and the phi / psi across them are left out rather than counted as bonds."""
     bb = np.asarray(bb, dtype=np.float64)
+    gaps = np.zeros(max(len(bb) - 1, 0), bool) if gaps is None else np.asarray(gaps, bool)
     geo = bond_geometry(bb)
     caca = ca_ca_distances(bb)
     clashes = ca_clashes(bb)
     phi, psi = phi_psi(bb)
+    for values in [*(geo[k] for k in PEPTIDE_TERMS), caca, phi[1:], psi[:-1]]:
+        values[gaps] = np.nan
+    bonded = caca[~gaps]
     rama = ramachandran.classify(phi, psi)
     ss = secondary_structure(bb)
     rg = radius_of_gyration(bb)
@@ -136,9 +147,10 @@ def chain_metrics(bb: np.ndarray) -> dict:
         **{f"{k}_std": _defined(v, np.std) for k, v in geo.items()},
         "ca_ca_mean": _defined(caca),
         "ca_ca_std": _defined(caca, np.std),
-        "ca_ca_within_tol": _defined(np.abs(caca - CA_CA_IDEAL) <= CA_CA_TOL),
+        "ca_ca_within_tol": _defined(np.abs(bonded - CA_CA_IDEAL) <= CA_CA_TOL),
         "ca_clashes": clashes,
-        "ca_valid": bool((np.abs(caca - CA_CA_IDEAL) <= CA_CA_TOL).all() and clashes == 0),
+        "ca_valid": bool((np.abs(bonded - CA_CA_IDEAL) <= CA_CA_TOL).all() and clashes == 0),
+        "gaps": int(gaps.sum()),
         "rama_favoured": _defined([rama["favoured"]]),
         "rama_allowed": _defined([rama["allowed"]]),
         "helix": float((ss == "H").mean()),

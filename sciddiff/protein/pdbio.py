@@ -64,7 +64,8 @@ def read_chain(path: str | os.PathLike, chain_id: str | None = None) -> Chain:
     elif chain_id.strip() in chains:
         chain = chains[chain_id.strip()]
     else:
-        raise ValueError(f"{path}: no chain {chain_id!r} (has {', '.join(chains) or 'none'})")
+        has = ", ".join(repr(c) if c else "one without an id" for c in chains) or "none"
+        raise ValueError(f"{path}: no chain {chain_id!r} (has {has})")
     coords, seq, nums = [], [], []
     for res in chain:
         if res.id[0] != " " or not is_aa(res, standard=True) or not all(a in res for a in ATOMS[:3]):

@@ -23,6 +23,8 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     if not path.is_file():
         raise FileNotFoundError(f"no backbone checkpoint at {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict) and "optimizer" in ckpt:
+        raise ValueError(f"{path.name} is a training state (to resume a run); give the model.pt written beside it")
     net = FrameDenoiser(DenoiserConfig(**ckpt["model_config"]))
     net.load_state_dict(ckpt["ema"])
     meta = {k: v for k, v in ckpt.items() if k != "ema"}

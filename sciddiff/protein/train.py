@@ -71,8 +71,13 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
 def train(args: argparse.Namespace) -> Path:
     start = time.time()
     info = distributed.setup()
-    device = info.device if info.world_size > 1 else \
-        torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = info.device if info.world_size > 1 else \
+            torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise UserError(f"unknown --device {args.device!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
     if args.init and not Path(args.init).is_file():
         raise UserError(f"--init {args.init} not found")
     # `not > 0`, not `<= 0`: a nan budget would never run out (inf is a deliberate "no time limit")
@@ -124,6 +129,7 @@ def train(args: argparse.Namespace) -> Path:
         raise UserError(f"--ss-condition needs secondary-structure labels: re-run `sciddiff backbone prepare` "
                         f"({args.chains} predates them)")
     net = FrameDenoiser(model_cfg).to(device)
+    init_steps = 0  # the --init checkpoint's own training steps, so that total_steps counts from scratch
     if args.init and not resumed:  # fine-tuning: weights only, fresh optimizer and EMA
         init = load_or_fail(lambda path: load_checkpoint(path, map_location=device), args.init, "backbone checkpoint")
         init_cfg = DenoiserConfig(**init["model_config"])
@@ -131,11 +137,13 @@ def train(args: argparse.Namespace) -> Path:
         if replace(init_cfg, ss_condition=model_cfg.ss_condition) != model_cfg or init_cfg.ss_condition > model_cfg.ss_condition:
             raise UserError(f"--init {args.init} has a different model configuration than this run")
         net.load_state_dict(init["ema"], strict=init_cfg.ss_condition == model_cfg.ss_condition)
+        init_steps = int(init.get("total_steps", init.get("step", 0)))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
     # Warm-up matters for short runs: a fixed 0.999 would still weigh the random init by 37% after 1,000 steps.
     ema = EMA(net, decay=args.ema, power=args.ema_power or None, max_decay=args.ema)
     step, elapsed_before = 0, 0.0
     if resumed:
+        init_steps = int(state.get("init_steps", 0))
         step = restore_training_state(state, model=net, optimizer=opt, ema=ema)
         elapsed_before = float(state.get("train_seconds", 0.0))
         if info.is_main:
@@ -155,14 +163,14 @@ def train(args: argparse.Namespace) -> Path:
     library = {"ss_library": train_set.ss_strings()} if model_cfg.ss_condition else {}
 
     def save() -> None:  # every rank: gathers their RNG states
-        extra = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(),
+        extra = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "init_steps": init_steps,
                  "train_seconds": elapsed_before + time.time() - start}
         state = training_state(model=net, step=step, optimizer=opt, ema=ema, **extra)
         if not info.is_main:
             return
         save_checkpoint(state_path, state)
         save_checkpoint(out / "model.pt", {"ema": {k: v.float() for k, v in ema.state_dict()["shadow"].items()},
-                                           "step": step, **config, **library})
+                                           "step": step, "total_steps": init_steps + step, **config, **library})
 
     log = CSVLogger(out / "log.csv", resume_step=step if resumed else None) if info.is_main else None
     last_ckpt = time.time()
