@@ -69,8 +69,9 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     assert (run / "model.pt").stat().st_size < 16 * 2**20
 
     designs = tmp_path / "designs"
-    args = ["backbone", "sample", "--length", "24", "--num", "3", "--seed", "4", "--steps", "3", "--out", str(designs),
-            "--checkpoint", str(run / "model.pt")]
+    # one thread: the chains' thread groups follow the machine's load otherwise, and so does their float rounding
+    args = ["backbone", "sample", "--length", "24", "--num", "3", "--seed", "4", "--steps", "3", "--threads", "1",
+            "--out", str(designs), "--checkpoint", str(run / "model.pt")]
     assert main(args) == 0
     pdbs = sorted(designs.glob("*.pdb"))
     assert [p.name for p in pdbs] == [f"len24_seed4_{i:03d}.pdb" for i in range(3)]
@@ -106,8 +107,8 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     # a length range: each sample's length is drawn from it by (seed, index), so the first samples stay the same (the
     # network's frames; the relax of this 5-step model's chains can amplify batch-mates' rounding to tenths of an A)
     mixed, more = tmp_path / "mixed", tmp_path / "more"
-    ranged = ["backbone", "sample", "--length", "20-30", "--seed", "4", "--steps", "3", "--checkpoint", str(run / "model.pt"),
-              "--no-idealize"]
+    ranged = ["backbone", "sample", "--length", "20-30", "--seed", "4", "--steps", "3", "--threads", "1",
+              "--checkpoint", str(run / "model.pt"), "--no-idealize"]
     assert main([*ranged, "--num", "4", "--out", str(mixed)]) == 0
     assert main([*ranged, "--num", "6", "--out", str(more)]) == 0
     mixed_info = json.loads((mixed / "samples.json").read_text())
