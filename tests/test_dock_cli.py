@@ -28,7 +28,9 @@ def _dock(tmp_path, name, *extra):
 def test_dock_writes_ranked_poses(tmp_path):
     code, out = _dock(tmp_path, "run", "--rescore", "none")  # energy ranking: energies ascend
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["complex_rank1.pdb", "rank1.sdf", "rank2.sdf", "rank3.sdf", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["complex_rank1.pdb", "poses.sdf", "rank1.sdf", "rank2.sdf",
+                                                     "rank3.sdf", "summary.json"]
+    assert (out / "poses.sdf").read_text() == "".join((out / f"rank{i}.sdf").read_text() for i in (1, 2, 3))
     ref = Chem.MolFromMolFile(LIGAND)
     scores = []
     for i in (1, 2, 3):

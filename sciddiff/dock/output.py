@@ -71,17 +71,20 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_result(folder: Path, receptor: Receptor, mol: Chem.Mol, result: DockResult, meta: dict, name: str = "ligand") -> dict:
-    """rank{i}.sdf (SD tags rank, confidence, consensus, score, energy, pocket), complex_rank1.pdb and summary.json."""
-    poses = []
+    """rank{i}.sdf (SD tags rank, confidence, consensus, score, energy, pocket), poses.sdf (all of them in rank order,
+    one file as gnina's and Vina's outputs are, for viewers), complex_rank1.pdb and summary.json."""
+    poses, blocks = [], []
     for i in range(len(result.coords)):
         tags = {"rank": i + 1, "confidence": float(result.confidence[i]), "consensus": float(result.consensus[i]),
                 "score": float(result.score[i]),
                 "energy": float(result.energy[i]), "pocket": int(result.region[i]) + 1}
         pm = pose_mol(mol, result.coords[i], tags, name=f"{name}_rank{i + 1}", hydrogens=True)
-        (folder / f"rank{i + 1}.sdf").write_text(sdf_block(pm))
+        blocks.append(sdf_block(pm))
+        (folder / f"rank{i + 1}.sdf").write_text(blocks[-1])
         if i == 0:
             (folder / "complex_rank1.pdb").write_text(complex_pdb(receptor, pm))
         poses.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in tags.items()} | {"file": f"rank{i + 1}.sdf"})
+    (folder / "poses.sdf").write_text("".join(blocks))
     summary = {**meta, **result.summary(), "poses": poses}
     (folder / "summary.json").write_text(json_text(summary, indent=1))
     return summary
