@@ -94,6 +94,25 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False, replaced
     return out
 
 
+def torch_device(name: str | None, option: str = "--device"):
+    """A torch device the user named ("auto"/None: cuda when available, else cpu), refused in one line when torch
+    does not know it or it is not available here (cuda without CUDA, cuda:3 on a one-GPU machine, mps ...)."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"{option} {name}: not a torch device ({_first_line(err)})") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"{option} {name} requested but {'that GPU is' if torch.cuda.is_available() else 'CUDA is'} "
+                        "not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"{option} {name}: only cpu and cuda devices are supported")
+    return device
+
+
 def load_or_fail(load, path: str | os.PathLike, what: str):
     """load(path) for a file the user named: a missing file, or one that is not a `what` (not a torch checkpoint,
     missing entries, wrong shapes), becomes one UserError line."""

@@ -78,6 +78,23 @@ def test_training_resumes_where_it_stopped(tmp_path):
     assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["step"] == 20
     with pytest.raises(UserError):  # a different architecture cannot resume this run
         train(build_parser().parse_args([*common, "--steps", "30", "--down-dims", "8,16"]))
+    with pytest.raises(UserError, match="other optimization options .*--batch-size: 8 there, 16 here"):
+        train(build_parser().parse_args([*common, "--steps", "30", "--batch-size", "16"]))
+    meta = json.loads((tmp_path / "run" / "policy.json").read_text())["meta"]
+    assert meta["samples_seen"] == 20 * 8
+    (tmp_path / "run" / "train_state.pt").unlink()  # a finished run's folder without its state: not a new run
+    with pytest.raises(UserError, match="holds a policy but no training state"):
+        train(build_parser().parse_args([*common, "--steps", "5"]))
+
+
+def test_checkpoints_by_the_clock_do_not_change_what_is_trained(tmp_path):
+    data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
+    common = ["--data", str(data), "--batch-size", "8", "--log-every", "2", "--val-episodes", "1", "--steps", "8",
+              *SMALL]
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "rare"), "--checkpoint-every", "1000"]))
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "often"), "--checkpoint-every", "1e-9"]))
+    losses = [[r["loss"] for r in _rows(tmp_path / run / "log.csv")] for run in ("rare", "often")]
+    assert losses[0] == losses[1]
 
 
 def test_a_time_budgeted_run_resumed_after_its_schedule_stops_at_once(tmp_path, capsys):
@@ -209,6 +226,13 @@ def test_cli_train_reports_bad_data_in_one_line(tmp_path, capsys):
     (["--down-dims", "12,24"], "--down-dims must be comma-separated positive multiples of 8"),
     (["--inference-steps", "0"], "--inference-steps must be at least 1"),
     (["--warmup-steps", "-5"], "--warmup-steps must be at least 0"),
+    (["--inference-steps", "500"], "--inference-steps must be at most 100"),
+    (["--eval-every", "-1"], "--eval-every must be at least 0"),
+    (["--eval-every", "2", "--eval-episodes", "0"], "--eval-episodes must be at least 1"),
+    (["--checkpoint-every", "nan"], "--checkpoint-every must be a finite number of seconds > 0"),
+    (["--seed", "-1"], "--seed must be at least 0"),
+    (["--device", "cuda:7"], "--device cuda:7 requested but"),
+    (["--device", "tpu"], "--device tpu: not a torch device"),
 ])
 def test_bad_option_values_are_refused_before_any_run_folder(tmp_path, options, message):
     data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)

@@ -156,6 +156,9 @@ def _eval(args: argparse.Namespace) -> int:
     for option, value in (("--env-obs-type", args.env_obs_type), ("--states-out", args.states_out)):
         if value is not None and not pusht_task:
             raise UserError(f"{option} is for PushT policies; this one acts in {adapter.env_id}")
+    if args.inference_steps is not None and (args.sampler or policy.config.sampler) == "ddpm":
+        raise UserError(f"--inference-steps: the ddpm sampler takes all {policy.config.num_train_timesteps} training "
+                        "steps; ddim or dpmpp_2m take fewer")
     if args.inference_steps is not None and args.inference_steps > policy.config.num_train_timesteps:
         raise UserError(f"--inference-steps must be at most {policy.config.num_train_timesteps} (the policy's "
                         f"training timesteps)")

@@ -341,8 +341,13 @@ def run_demos(args: argparse.Namespace) -> int:
         check_output_path(args.metrics_json, option="--metrics-json")
     try:
         restart_steps = [int(t) for t in (args.restart_steps or "0,100").split(",")]
+        if min(restart_steps) < 0:
+            raise ValueError
     except ValueError:
-        raise UserError(f"--restart-steps must be comma-separated integers, got {args.restart_steps!r}") from None
+        raise UserError(f"--restart-steps must be comma-separated integers >= 0 (steps into an episode), got "
+                        f"{args.restart_steps!r}") from None
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     source = ReplayBuffer.open(args.complete) if args.complete else None
     if source:  # shapes and values checked now: a bad row would fail (or be copied) only when its episode comes
         source_starts = pusht_store_arrays(source, args.complete)[0]["state"][episode_starts(source.episode_ends)]

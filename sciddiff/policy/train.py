@@ -45,7 +45,7 @@ from sciddiff.policy.io import save_policy
 from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig, fitted_noise_scale, noise_scale_error
 from sciddiff.policy.sampler import sequence_windows, split_episodes
 from sciddiff.train import CSVLogger, autocast, distributed, load_checkpoint, progress, save_checkpoint, seed_everything
-from sciddiff.train.checkpoint import restore_training_state, training_state
+from sciddiff.train.checkpoint import json_text, restore_training_state, training_state
 from sciddiff.train.interrupt import decide, stop_requests
 
 
@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "and `sciddiff policy eval` uses it by default)")
     g.add_argument("--val-episodes", type=int, default=4, help="episodes held out for the validation loss (default 4)")
     g.add_argument("--max-train-episodes", type=int, default=None,
-                   help="train on at most this many episodes (the paper uses 90); default: all not held out")
+                   help="train on at most this many episodes of --data (the paper uses 90; --extra-data episodes "
+                        "are added to them); default: all not held out")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="run directory (created; an existing run is resumed)")
     g.add_argument("--state", type=Path, default=None, help="full training state file (default: OUT/train_state.pt)")
@@ -127,6 +128,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+RUN_OPTIONS = ("batch_size", "weight_decay", "warmup_steps", "ema_power", "encoder_lr_scale")  # + lr: one run's
+
+
+def parser_defaults() -> dict:
+    return vars(add_arguments(argparse.ArgumentParser()).parse_args(["--out", "x"]))
+
+
 def _widths(text: str, option: str) -> tuple[int, ...]:
     """Comma-separated network widths: each is split into GroupNorm's `n_groups` groups, so a multiple of them."""
     from sciddiff.cli import UserError
@@ -172,12 +180,6 @@ def _check_episode_lengths(ends: np.ndarray, sources: list[tuple[Path, int]], mi
     if len(short) == len(lengths):
         raise UserError(f"no training windows: {what}")
     print(f"warning: {what} add nothing", file=sys.stderr)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _select_episodes(arrays: dict[str, np.ndarray], episodes: np.ndarray) -> dict[str, np.ndarray]:
@@ -239,8 +241,11 @@ def _uncompile(policy: DiffusionPolicy) -> None:
 
 
 def ema_policy(config: PolicyConfig, ema: EMA, device: torch.device) -> DiffusionPolicy:
-    """A fresh (uncompiled) policy holding the EMA weights, in eval mode."""
-    policy = DiffusionPolicy(config).to(device)
+    """A fresh (uncompiled) policy holding the EMA weights, in eval mode. Its throw-away initialisation draws from a
+    forked RNG: checkpoints and rollouts, which come by the clock, must not change the training's random stream."""
+    with torch.random.fork_rng(devices=[]):
+        policy = DiffusionPolicy(config)
+    policy = policy.to(device)
     ema.copy_to(policy)
     return policy.eval()
 
@@ -279,14 +284,19 @@ def rollout_score(policy: DiffusionPolicy, n_episodes: int) -> dict | None:
 
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) training as configured by `add_arguments`; returns a summary dict."""
-    from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below, options_not_positive
+    from sciddiff.cli import (UserError, check_output_path, load_or_fail, options_below, options_not_positive,
+                              torch_device)
 
     if args.steps is None and args.max_seconds is None:
         raise UserError("give --steps and/or --max-seconds")
     if bad := options_below(args, 1, "batch_size", "threads", "log_every", "max_train_episodes", "inference_steps"):
         raise UserError(f"{bad[0]} must be at least 1")
-    if bad := options_below(args, 0, "warmup_steps"):
+    if bad := options_below(args, 0, "warmup_steps", "eval_every", "seed"):
         raise UserError(f"{bad[0]} must be at least 0")
+    if args.eval_every and args.eval_episodes < 1:
+        raise UserError("--eval-episodes must be at least 1 (or --eval-every 0: no rollouts)")
+    if bad := options_not_positive(args, "checkpoint_every"):
+        raise UserError(f"{bad[0]} must be a finite number of seconds > 0")
     if args.steps is not None and (args.steps < 0 or (args.steps == 0 and not args.init)):
         raise UserError("--steps must be at least 1 (0 only re-saves an --init policy with new inference settings)")
     # nan would pass `<= 0` and then mean "no time limit" or poison the learning-rate schedule
@@ -306,7 +316,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     info = distributed.setup()
-    device = info.device if info.world_size > 1 else _device(args.device)
+    device = info.device if info.world_size > 1 else torch_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -350,6 +360,13 @@ def train(args: argparse.Namespace) -> dict:
                             f"{init.config.state_dim} features and {init.config.action_dim} actions, not {data_shape}")
         if (init_task := init.config.extra.get("task", "pusht")) != args.task:
             raise UserError(f"--init {args.init} is a --task {init_task} policy, not {args.task}")
+        ignored = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in (
+            ("prediction_type", args.prediction_type != init.config.prediction_type),
+            ("down_dims", down_dims != tuple(init.config.down_dims)),
+            ("vision_channels", args.obs_type == "image" and vision_channels != tuple(init.config.vision_channels)))
+            if v and getattr(args, k) != parser_defaults().get(k)]
+        if ignored:
+            print(f"note: --init {args.init} brings its own network: {', '.join(ignored)} not used", file=sys.stderr)
         given = {"sampler": args.sampler, "num_inference_steps": args.inference_steps, "ddim_eta": args.ddim_eta,
                  "cpu_weights": args.cpu_weights}  # the inference settings not given stay the checkpoint's
         if args.sampler is not None and args.ddim_eta is None:
@@ -364,6 +381,9 @@ def train(args: argparse.Namespace) -> dict:
         policy.state_normalizer.load_state_dict(type(policy.state_normalizer).fit(arrays[key]).state_dict())
         policy.action_normalizer.load_state_dict(type(policy.action_normalizer).fit(arrays["action"]).state_dict())
 
+    if config.num_inference_steps > config.num_train_timesteps:
+        raise UserError(f"--inference-steps must be at most {config.num_train_timesteps} (the policy's training "
+                        "timesteps)")
     if args.eval_every and args.task == "generic" and not config.extra.get("env"):
         raise UserError("--eval-every with --task generic needs --env ID: the gymnasium env to roll out in")
     if teacher is not None:
@@ -400,8 +420,12 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.95, 0.999), weight_decay=args.weight_decay,
                                   **({"fused": True} if fused else {"foreach": True}))
     ema = EMA(policy, power=args.ema_power)
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, samples_before = 0, 0.0, 0
     schedule_seconds = args.schedule_seconds or args.max_seconds
+    options = {k: getattr(args, k) for k in RUN_OPTIONS} | {"lr": lr}
+    if not state_path.exists() and (out / "policy.pt").exists():
+        raise UserError(f"{out} holds a policy but no training state ({state_path}) to resume: choose a new --out "
+                        f"(--init {out / 'policy.pt'} trains on from that policy)")
     if state_path.exists():
         try:
             state = load_or_fail(lambda path: _load_training_state(path, device), state_path, "policy training state")
@@ -413,8 +437,14 @@ def train(args: argparse.Namespace) -> dict:
                        if stored.get(k) != here.get(k)]
             raise UserError(f"{'--state ' if args.state else ''}{state_path} belongs to a run with a different "
                             f"configuration ({'; '.join(changed)}); use a new {'--state' if args.state else '--out'}")
+        if changed := [f"--{k.replace('_', '-')}: {state['options'][k]!r} there, {v!r} here"
+                       for k, v in options.items() if k in state.get("options", {}) and state["options"][k] != v]:
+            raise UserError(f"{state_path} belongs to a run with other optimization options ({'; '.join(changed)}); "
+                            f"resume it with its own, or start a new --out (--init {out / 'policy.pt'} trains on "
+                            "from its policy)")
         step = restore_training_state(state, model=policy, optimizer=optimizer, ema=ema)
         elapsed_before = state["elapsed"]
+        samples_before = state.get("samples_seen", step * args.batch_size * info.world_size)
         schedule_seconds = args.schedule_seconds or state.get("schedule_seconds") or schedule_seconds
         if info.is_main:
             print(f"resuming from step {step} ({elapsed_before:.0f} s trained)", flush=True)
@@ -425,6 +455,9 @@ def train(args: argparse.Namespace) -> dict:
                       flush=True)
     elif info.world_size > 1:  # the same initial weights everywhere, different batches and noise per process
         torch.manual_seed(args.seed * 1000 + info.rank)
+    if info.is_main and args.steps and args.warmup_steps >= args.steps and step == 0:
+        print(f"note: --warmup-steps {args.warmup_steps} is not below --steps {args.steps}: the warm-up meets the "
+              "cosine decay and the learning rate stays well below --lr (give fewer --warmup-steps)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)  # only now that every input has loaded: a bad one leaves no empty run
 
     command = getattr(args, "command_line", None) or command_line(args)
@@ -438,12 +471,14 @@ def train(args: argparse.Namespace) -> dict:
         return elapsed_before + time.perf_counter() - run_start
 
     def checkpoint(val_loss: float | None = None, extra: dict | None = None) -> None:  # every rank: gathers RNGs
+        samples_seen = samples_before + (step - first_step) * args.batch_size * info.world_size
         state = training_state(model=policy, step=step, optimizer=optimizer, ema=ema, config=config.to_dict(),
-                               elapsed=trained_seconds(), schedule_seconds=schedule_seconds)
+                               elapsed=trained_seconds(), schedule_seconds=schedule_seconds, options=options,
+                               samples_seen=samples_seen)
         if not info.is_main:
             return
         save_checkpoint(state_path, state)
-        meta = {**meta_base, "step": step, "samples_seen": step * args.batch_size * info.world_size,
+        meta = {**meta_base, "step": step, "samples_seen": samples_seen,
                 "train_seconds": round(trained_seconds(), 1),
                 **({"val_loss": val_loss} if val_loss is not None else {}), **(extra or {})}
         save_policy(out / "policy.pt", ema_policy(config, ema, device), meta)
@@ -456,6 +491,7 @@ def train(args: argparse.Namespace) -> dict:
     sync_every = 1 if info.world_size == 1 else args.log_every  # steps between rank 0's shared time decisions
     bar = progress(total=args.steps, initial=step, desc=f"train {args.obs_type}", unit="step")
     run_start = last_ckpt = last_log_time = time.perf_counter()
+    first_step = step
     last_log_step, loss_sum, last_val = step, torch.zeros((), device=device), None
 
     def one_step() -> torch.Tensor:
@@ -542,7 +578,7 @@ def train(args: argparse.Namespace) -> dict:
     summary = {"step": step, "train_seconds": round(trained_seconds(), 1), "val_loss": final_val,
                "policy": str(out / "policy.pt")}
     if info.is_main:
-        print(json.dumps(summary), flush=True)
+        print(json_text(summary, indent=None), flush=True)
     del model  # before cleanup (see there)
     distributed.cleanup()
     return summary

@@ -20,7 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sciddiff.cli import DefaultsHelpFormatter, UserError, check_output_path, idle_threads, load_or_fail
+from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, idle_threads, load_or_fail,
+                          torch_device)
 
 MAX_LENGTH = 1000
 VALID_LENGTH = 400  # the shipped model's samples measured valid up to here (docs/protein.md)
@@ -121,18 +122,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
 
 
-def _device(name: str):
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"unknown device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
-    return device
-
-
 def length_range(text: str) -> tuple[int, int]:
     """`--length L` or `MIN-MAX` -> (MIN, MAX), checked."""
     try:
@@ -176,7 +165,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.ss not in (None, "natural", "none") and len(set(length_range(args.length))) > 1:
         # said here for any --num: with one sample the drawn length would otherwise surface as a puzzling mismatch
         raise UserError("--ss: one secondary-structure string fits one length; give a single --length")
-    device = _device(args.device)
+    device = torch_device(args.device)
     if not args.out.strip():
         raise UserError("--out must name a folder")
     out = check_output_path(args.out, folder=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, load_or_fail, options_below,
-                          options_not_positive)
+                          options_not_positive, torch_device)
 from sciddiff.core.ema import EMA
 from sciddiff.protein.config import DenoiserConfig, FlowConfig, add_training_arguments
 from sciddiff.protein.data import ChainSet
@@ -71,13 +71,7 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
 def train(args: argparse.Namespace) -> Path:
     start = time.time()
     info = distributed.setup()
-    try:
-        device = info.device if info.world_size > 1 else \
-            torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as err:
-        raise UserError(f"unknown --device {args.device!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
+    device = info.device if info.world_size > 1 else torch_device(args.device)
     if args.init and not Path(args.init).is_file():
         raise UserError(f"--init {args.init} not found")
     # `not > 0`, not `<= 0`: a nan budget would never run out (inf is a deliberate "no time limit")
