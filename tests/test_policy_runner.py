@@ -226,7 +226,8 @@ def test_cli_eval_and_errors(tmp_path, tiny_checkpoint, capsys):
                          (["--video", str(tmp_path / "a.txt")], "--video must name a .gif or .mp4 file"),
                          (["--gif", str(tmp_path / "a")], "--video must name a .gif or .mp4 file"),
                          (["--plot", str(tmp_path / "a.xyz")], "--plot must name a .png file"),
-                         (["--obs-type", "image"], "--obs-type image contradicts --checkpoint")):
+                         (["--obs-type", "image"], "--obs-type image contradicts --checkpoint"),
+                         (["--sampler", "ddpm", "--inference-steps", "10"], "the ddpm sampler takes all")):
         capsys.readouterr()
         assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--episodes", "2", *bad]) == 2, bad
         err = capsys.readouterr().err
