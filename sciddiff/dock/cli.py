@@ -303,7 +303,8 @@ def _how_docked(settings, model, rescorer, args, receptor, box) -> dict:
 
     atoms = hashlib.sha256(receptor.coords.tobytes() + " ".join(receptor.elements).encode()).hexdigest()[:16]
     return {"receptor_atoms_sha256": atoms,  # the receptor's heavy atoms as read, wherever its file lies
-            "box": None if box is None else {"center": box.center.round(3).tolist(), "size": box.size.round(3).tolist()},
+            "box": None if box is None else {"center": box.center.round(3).tolist(),
+                                             "size": box.size.round(3).tolist()},
             "model_version": getattr(model, "version", "none (physics only)"),
             "waters": "dropped" if args.drop_waters else "receptor atoms",
             "settings": json.loads(json.dumps(settings_dict(settings))),

@@ -70,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--ss", default=None, metavar="natural|none|STRING",
                    help="secondary structure to build (models trained with it): 'natural' draws each backbone's helix/"
                         "strand/loop layout from a natural training chain of similar length, 'none' leaves it to the "
-                        "model, or one string of H, E and L (or - or C) per residue, any case; default: natural when the checkpoint "
-                        "supports it, else none")
+                        "model, or one string of H, E and L (or - or C) per residue, any case; default: natural when "
+                        "the checkpoint supports it, else none")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     s.add_argument("--batch-size", type=int, default=16, help="backbones generated together (default: 16)")
     s.add_argument("--threads", type=int, default=None,
@@ -173,7 +173,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     earlier = _earlier_samples(out)
     clash = [n for n in names if (out / n).exists()]
     if (clash or earlier) and not args.overwrite:
-        what = f"{out / clash[0]} exists" if clash else f"{out} holds an earlier run ({len(earlier)} backbones, samples.json)"
+        what = (f"{out / clash[0]} exists" if clash else
+                f"{out} holds an earlier run ({len(earlier)} backbones, samples.json)")
         raise UserError(f"{what}; pass --overwrite to replace it or another --out")
 
     import torch
@@ -247,7 +248,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "compactness_floor": flow_cfg.compactness_floor,
             "compactness_floor_min_length": flow_cfg.compactness_floor_min_length,
             "device": str(device),
-            "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "checkpoint_step": meta.get("total_steps", meta.get("step")),
+            "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT),
+            "checkpoint_step": meta.get("total_steps", meta.get("step")),
             "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec,
             "seconds": round(seconds, 2), "files": names}
     if targets is not None:
@@ -287,7 +289,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(backbones) < 2:
         raise UserError(f"{folder} has {len(backbones)} backbone PDB file(s); eval needs at least 2")
     if broken := [f"{n} ({int(g.sum())})" for n, g in zip(names, gaps) if g.any()]:
-        print(f"note: chain gaps (residue numbers skipping) in {', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''}: "
+        more = " ..." if len(broken) > 5 else ""
+        print(f"note: chain gaps (residue numbers skipping) in {', '.join(broken[:5])}{more}: "
               "left out of the bond, CA-CA and Ramachandran metrics", file=sys.stderr)
     reference, ref_name, ref_gaps = None, "natural test split", None
     if args.reference:
