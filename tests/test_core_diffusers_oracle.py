@@ -38,6 +38,21 @@ def _diffusers_loop(scheduler, model, x, steps, generator=None, first_step=0):
     return x
 
 
+@pytest.mark.parametrize("T", [100, 1000, 37])
+def test_timestep_grids_are_diffusers_own_for_every_step_count(T):
+    """Trailing and linspace grids at every step count, .5 ties included (T = 100: trailing with 24 steps holds 86,
+    where exact arithmetic rounds 87.5 to 88; linspace with 46 steps 49, where torch's linspace gives 50). Where
+    diffusers' trailing grid has one entry too many (np.arange's float end), its first `steps` are compared."""
+    sched = DiscreteSchedule(name="linear", num_train_timesteps=T)
+    ddim = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+    dpm = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, timestep_spacing="linspace")
+    for steps in range(1, T):
+        ddim.set_timesteps(steps)
+        dpm.set_timesteps(steps)
+        assert sched.timesteps(steps, "trailing") == ddim.timesteps.tolist()[:steps], steps
+        assert sched.linspace_timesteps(steps) == dpm.timesteps.tolist(), steps
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("clip", [None, 1.0])
 @pytest.mark.parametrize("spacing, steps", [("leading", 10), ("leading", 7), ("trailing", 4), ("trailing", 20)])

@@ -101,7 +101,7 @@ def test_sigma_grids_that_run_the_wrong_way_are_refused():
     from sciddiff.core import sample_pf_ode, sample_reverse_sde
 
     x = torch.zeros(2, 3)
-    for grid in ([1.0], [0.5, 1.0], [1.0, -0.1], [1.0, 0.5, 0.6]):
+    for grid in ([1.0], [0.5, 1.0], [1.0, -0.1], [1.0, 0.5, 0.6], [1.0, 0.0, 0.0], [[1.0, 0.5]]):
         with pytest.raises(ValueError, match="sigma grid"):
             sample_reverse_sde(zero_score, Euclidean(3), x, torch.tensor(grid, dtype=torch.float64))
     with pytest.raises(ValueError, match="one length per component"):
@@ -180,7 +180,10 @@ def test_float64_points_give_the_model_float64_noise_levels_in_every_sampler():
         sample_reverse_sde(model, Euclidean(3), points, grid)
         sample_pf_ode(model, Euclidean(3), points, grid)
         sample_flow(lambda x, t: model(x, t) + x, Euclidean(3), points, steps=2)
+        dsm_loss(model, Euclidean(3), points, torch.full((2,), 0.5, dtype=torch.float64))  # the caller's float64
         assert set(seen) == {points.dtype}
+    with pytest.raises(ValueError, match="sigma must be finite and >= 0"):
+        sample_igso3(torch.tensor([0.5, float("nan")]), 2)
 
 
 def test_a_schedule_inside_a_bf16_model_keeps_its_float64_tables():

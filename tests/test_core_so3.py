@@ -110,6 +110,22 @@ def test_exp_log_roundtrip_including_near_pi():
     assert torch.allclose(torch.linalg.matrix_exp(so3.hat(v)), R, atol=1e-10)
 
 
+def test_log_map_is_exact_at_small_angles():
+    for angle in (1e-6, 5e-5, 1.9e-4, 2.1e-4, 1e-3):  # both sides of the small-angle branch
+        v = torch.tensor([[angle, -0.5 * angle, 0.25 * angle]], dtype=torch.float64)
+        assert torch.allclose(so3.log_map(so3.exp_map(v)), v, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.1, 0.3])
+def test_sampled_far_tail_holds_its_mass_not_the_last_table_bin(sigma):
+    """P(angle > 5 sigma) ~ 1.5e-5 (quadrature of the density); uniformly spaced CDF levels put 2e-4 there."""
+    w = so3.sample_igso3(sigma, 2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64).norm(dim=-1)
+    grid = torch.linspace(5 * sigma, math.pi, 200_001, dtype=torch.float64)
+    exact = float(torch.trapezoid(so3.igso3_angle_density(grid, sigma), grid))
+    count = int((w > 5 * sigma).sum())
+    assert abs(count - exact * len(w)) < 5 * math.sqrt(exact * len(w)) + 2, (count, exact * len(w))
+
+
 def test_uniform_so3_is_haar():
     R = so3.uniform_so3(50_000, torch.Generator().manual_seed(0), dtype=torch.float64)
     # Haar: the angle density is (1 - cos w) / pi, mean angle pi/2 + 2/pi

@@ -88,6 +88,23 @@ def test_frozen_params_copied_copy_to_and_state_dict_round_trip():
         EMA(nn.Linear(2, 2)).load_state_dict(ema.state_dict())
 
 
+def test_tied_weights_are_averaged_once_and_copied_to_both_names():
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 3)
+            self.b = self.a  # e.g. tied input / output embeddings
+
+    model = Tied()
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.a.weight.add_(1.0)
+    ema.update(model)
+    target = Tied()
+    ema.copy_to(target)
+    assert torch.equal(target.b.weight, ema.shadow["a.weight"]) and target.a.weight is target.b.weight
+
+
 def test_shadow_is_independent_of_model():
     model = _model()
     ema = EMA(model)

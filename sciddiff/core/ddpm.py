@@ -5,6 +5,7 @@ tables; the samplers in ``sciddiff.core.samplers`` walk it. Networks are called 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -76,13 +77,13 @@ class DiscreteSchedule(nn.Module):
             raise ValueError(f"steps must lie in 1..{T} (the schedule's timesteps), got {steps}")
         if spacing == "leading":
             return [i * (T // steps) for i in reversed(range(steps))]
-        if spacing == "trailing":
-            return [round(T - i * T / steps) - 1 for i in range(steps)]
+        if spacing == "trailing":  # numpy's arange itself: its float steps decide the .5 ties (87.49999 -> 87)
+            return (np.round(np.arange(T, 0, -T / steps))[:steps].astype(np.int64) - 1).tolist()
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose leading or trailing")
 
     def linspace_timesteps(self, steps: int) -> list[int]:
         """diffusers' "linspace" spacing (DPM-Solver default): round(linspace(0, T-1, steps+1)) reversed, last dropped."""
         if not 1 <= steps < self.num_train_timesteps:  # steps + 1 points on 0..T-1 must be distinct integers
             raise ValueError(f"steps must lie in 1..{self.num_train_timesteps - 1} for this spacing, got {steps}")
-        grid = torch.linspace(0, self.num_train_timesteps - 1, steps + 1, dtype=torch.float64).round().long()
-        return grid.flip(0)[:-1].tolist()
+        # numpy's linspace, not torch's: they round differently at .5 ties (T = 100, 46 steps: 49.5 -> 49 or 50)
+        return np.linspace(0, self.num_train_timesteps - 1, steps + 1).round()[::-1][:-1].astype(np.int64).tolist()

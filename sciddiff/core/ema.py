@@ -8,9 +8,9 @@ Update n (n = 1, 2, ...) sets  ema <- decay_n * ema + (1 - decay_n) * param  for
   diffusers' `EMAModel(use_ema_warmup=True)` exactly; Diffusion Policy's own copy evaluates it one update later.
 Frozen parameters (requires_grad=False) and buffers (BatchNorm statistics) are copied, not averaged.
 
-The averaged tensors live in `shadow`, keyed like `model.state_dict()` and on the model's device, so they can be saved
-as a plain weights file or loaded into any copy of the model. Pass the bare module, or a DDP / torch.compile wrapper
-(unwrapped here). Pure torch; the update is one fused `torch._foreach_lerp_` over all trainable tensors.
+The averaged tensors live in `shadow`, keyed like `model.named_parameters()` / `named_buffers()` (a tied weight once)
+and on the model's device, so they can be saved as a plain weights file or copied into any copy of the model. Pass
+the bare module, or a DDP / torch.compile wrapper (unwrapped here). Pure torch; the update is one fused `torch._foreach_lerp_` over all trainable tensors.
 """
 from __future__ import annotations
 
@@ -86,8 +86,10 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        """Overwrite `model`'s parameters and buffers with the EMA ones (e.g. on a deep copy used for sampling)."""
-        _bare(model).load_state_dict(self.shadow, strict=True)
+        """Overwrite `model`'s parameters and buffers with the EMA ones (e.g. on a deep copy used for sampling).
+        Tensor by tensor, not `load_state_dict`: a tied weight is one shadow entry but two state_dict keys."""
+        for name, tensor in [*_bare(model).named_parameters(), *_bare(model).named_buffers()]:
+            tensor.copy_(self.shadow[name])
 
     def state_dict(self) -> dict:
         return {"step": self.step, "shadow": dict(self.shadow)}

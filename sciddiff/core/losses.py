@@ -98,6 +98,14 @@ def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Gene
     return (std * score + z).pow(2).reshape(x0.shape[0], -1).sum(-1).mean()
 
 
+def _model_sigma(sigma: Sigma, like: Point) -> Sigma:
+    """sigma as the samplers hand it to a model: a tensor in float64 for float64 points, else float32 (shape kept)."""
+    ref = next(iter(like.values())) if isinstance(like, Mapping) else like
+    dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    as_tensor = lambda s: torch.as_tensor(s, dtype=dtype, device=ref.device)  # noqa: E731
+    return {k: as_tensor(v) for k, v in sigma.items()} if isinstance(sigma, Mapping) else as_tensor(sigma)
+
+
 def dsm_loss(score_model: Callable, space: Space, x0: Point, sigma: Sigma, generator: torch.Generator | None = None,
              **cond) -> tuple[Tensor, dict[str, Tensor]]:
     """Returns (total loss, per-component losses); the total is the mean over the components that have dimensions
@@ -108,7 +116,7 @@ def dsm_loss(score_model: Callable, space: Space, x0: Point, sigma: Sigma, gener
     if any(v.shape[0] == 0 for v in (x0.values() if isinstance(x0, Mapping) else [x0])):
         raise ValueError("dsm_loss: empty batch (x0 has no samples)")
     x_t, target = space.perturb(x0, sigma, generator)
-    pred = score_model(x_t, sigma, **cond)
+    pred = score_model(x_t, _model_sigma(sigma, x0), **cond)
     Space.check_tangent(pred, target)
     err, norm = space.sq_norm(Space.add(pred, Space.scale(target, -1.0))), space.score_norm_sq(sigma)
     if not isinstance(err, dict):

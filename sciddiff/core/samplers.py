@@ -178,13 +178,16 @@ def _grid_length(sigmas) -> int:
     """Steps of a sigma grid (or a product's dict of grids), checked: >= 2 points, non-increasing, >= 0, finite, and
     one length for every component (an increasing grid would integrate the wrong way)."""
     grids = list(sigmas.values()) if isinstance(sigmas, Mapping) else [sigmas]
-    grids = [torch.as_tensor(g, dtype=torch.float64).reshape(-1) for g in grids]
+    grids = [torch.as_tensor(g, dtype=torch.float64) for g in grids]
+    if any(g.dim() != 1 for g in grids):
+        raise ValueError(f"a sigma grid is one-dimensional, got shapes {[tuple(g.shape) for g in grids]}")
     if len({len(g) for g in grids}) != 1 or len(grids[0]) < 2:
         raise ValueError(f"sigma grids need at least 2 points and one length per component, got lengths "
                          f"{[len(g) for g in grids]}")
     for g in grids:
-        if not bool(torch.isfinite(g).all() & (g >= 0).all() & (g[1:] <= g[:-1]).all()):
-            raise ValueError("a sigma grid must be finite, >= 0 and non-increasing (noise to data)")
+        if not bool(torch.isfinite(g).all() & (g >= 0).all() & (g[1:] <= g[:-1]).all() & (g[:-1] > 0).all()):
+            raise ValueError("a sigma grid must be finite, non-increasing (noise to data) and > 0 but for its last "
+                             "point (a score at sigma 0 is undefined)")
     return len(grids[0]) - 1
 
 
