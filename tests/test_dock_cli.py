@@ -295,6 +295,46 @@ def test_a_protein_file_holding_the_ligand_itself_scores_as_without_it(tmp_path,
     assert scores[0] == scores[1] and "LIG 1 is the ligand itself" in out.err
 
 
+@pytest.mark.parametrize("fullname, resname, element", [
+    ("CL1 ", "LZC", "Cl"), ("BR1 ", "LIG", "Br"), ("ZN  ", "ZN", "Zn"), ("CA  ", "CA", "Ca"), ("NA  ", "NA", "Na"),
+    (" CA ", "ALA", "C"), (" NA ", "LIG", "N"), ("1HB ", "ALA", "H"), (" HG ", "SER", "H"), ("SE  ", "MSE", "Se")])
+def test_elements_of_atoms_without_an_element_column_come_from_the_name_columns(fullname, resname, element):
+    from sciddiff.dock import io
+
+    assert io._element_from_name(fullname, resname) == element
+
+
+def test_raw_pdb_files_segment_ids_models_point_mutations_and_parse_errors(tmp_path, capsys):
+    """What MD, assembly and crystal files carry: chains only as segment ids, several models, a residue modelled
+    as two amino acids (altlocs), a broken coordinate deep in the file."""
+    from sciddiff.dock import io
+
+    lines = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith(("ATOM", "HETATM"))]
+    clean = io.load_receptor(PROTEIN)
+    half = len(lines) // 2  # two segments, residue numbers of the second restarting like the first's
+    seg = [ln[:21] + " " + ln[22:72].ljust(50) + ("PA  " if k < half else "PB  ") + ln[76:]
+           for k, ln in enumerate(lines)]
+    seg = [ln[:22] + (f"{int(ln[22:26]) - 1000:4d}" if k >= half else ln[22:26]) + ln[26:] for k, ln in enumerate(seg)]
+    (tmp_path / "seg.pdb").write_text("\n".join(seg) + "\nEND\n")
+    capsys.readouterr()
+    assert len(io.load_receptor(tmp_path / "seg.pdb").coords) == len(clean.coords)
+    assert "segment ids read as chains: PA -> A, PB -> B" in capsys.readouterr().err
+    (tmp_path / "models.pdb").write_text("MODEL 1\n" + "\n".join(lines) + "\nENDMDL\nMODEL 2\n" + "\n".join(lines)
+                                         + "\nENDMDL\nEND\n")
+    assert len(io.load_receptor(tmp_path / "models.pdb").coords) == len(clean.coords)
+    assert "has 2 models: the first is the receptor" in capsys.readouterr().err
+    res1 = [ln for ln in lines if ln[22:27] == lines[0][22:27]]  # residue 1 as GLY (occupancy 0.6) or as ALA
+    mutant = [ln[:16] + alt + name + ln[20:54] + occ + ln[60:]  # (0.4, listed last: the parser's pick): GLY is read
+              for alt, name, occ in (("A", "GLY", "  0.60"), ("B", "ALA", "  0.40")) for ln in res1]
+    (tmp_path / "micro.pdb").write_text("\n".join(mutant + lines[len(res1):]) + "\nEND\n")
+    micro = io.load_receptor(tmp_path / "micro.pdb")
+    assert micro.res_names[0] == "GLY"
+    broken = ["REMARK   1 a header line"] * 3 + lines[:10] + [lines[10][:30] + "********" + lines[10][38:]]
+    (tmp_path / "broken.pdb").write_text("\n".join(broken) + "\nEND\n")
+    with pytest.raises(io.UserError, match="line 14"):
+        io.load_receptor(tmp_path / "broken.pdb")
+
+
 def test_first_model_with_atoms_and_upper_case_gz(tmp_path):
     from sciddiff.dock import io
 
@@ -357,6 +397,7 @@ def test_dropped_fragments_are_noted_and_results_are_readable_by_others(tmp_path
                  "--out", str(out), *FAST, "--model", "none"])
     assert code == 0 and "dropped [Na+]" in capsys.readouterr().err
     assert "dropped [Na+]" in json.loads((out / "summary.json").read_text())["ligand_repairs"]
+    assert "sciddiff_repairs" not in (out / "poses.sdf").read_text()  # said in the summary, not an SD tag
     assert out.stat().st_mode & 0o077 == 0o777 & ~_umask() & 0o077  # the umask's permissions, not mkdtemp's 0700
 
 
@@ -484,6 +525,7 @@ def test_mmcif_protein_reads_like_its_pdb(tmp_path, capsys):
         rec = io.load_receptor(path)
         assert np.array_equal(rec.coords, ref.coords) and np.array_equal(rec.res_type, ref.res_type)
         assert np.array_equal(rec.elements, ref.elements) and rec.pdb_text.count("ATOM") == ref.pdb_text.count("ATOM")
+        assert "chain ids longer than PDB's one letter renamed: AAA -> " in capsys.readouterr().err
     (tmp_path / "bad.cif").write_text("data_x\nloop_\n_atom_site.id\n1\n")
     code = main(["dock", "--protein", str(tmp_path / "bad.cif"), "--ligand", LIGAND, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()

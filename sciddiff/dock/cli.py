@@ -228,6 +228,9 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
               "used)", file=sys.stderr)
         ligands = ligands[:1]
     box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
+    if args.autobox_ligand and (n := io.waters_on(receptor, io.reference_coords(args.autobox_ligand))):
+        print(f"note: {n} water(s) of {protein} sit within 1.5 A of {args.autobox_ligand}'s atoms; waters are "
+              "receptor atoms, so poses there clash with them (--drop-waters leaves them out)", file=sys.stderr)
     if box is not None and box.size.min() < SMALL_BOX:
         print(f"note: the box is {' x '.join(f'{s:g}' for s in box.size.round(1))} A, smaller than a drug-sized "
               f"ligand ({SMALL_BOX:g} A): poses will extend beyond it "

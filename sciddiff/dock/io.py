@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -111,8 +112,12 @@ def _mmcif_to_pdb(text: str, path: str | os.PathLike) -> str:
     if len(long_ids) > len(free):
         raise UserError(f"protein {path} has {len(chains)} chains: too many for one PDB-style receptor; keep the "
                         f"chains around the site")
+    renamed = []
     for chain, new_id in zip(long_ids, free):
+        renamed.append(f"{chain.id} -> {new_id}")
         chain.id = new_id
+    if renamed:
+        _note(f"protein {path}: chain ids longer than PDB's one letter renamed: {', '.join(renamed)}")
     out = io.StringIO()
     writer = PDBIO()
     writer.set_structure(structure)
@@ -162,17 +167,26 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
         text = _pdbqt_to_pdb(text)
     # NMR-style files: the first MODEL with atoms only (the parser below never sees MODEL records, and the complex
     # output reuses these records, so later models would come out as copies of the protein on top of it)
-    models = text.split("\nENDMDL")
-    text = next((m for m in models if any(ln.startswith(("ATOM", "HETATM")) for ln in m.splitlines())), models[0])
-    records = [ln for ln in text.splitlines() if ln.startswith(("ATOM", "HETATM", "TER"))]
-    if not any(ln.startswith(("ATOM", "HETATM")) for ln in records):
+    lines = text.splitlines()
+    models = [k for k, ln in enumerate(lines) if ln.startswith("ENDMDL")]
+    bounds = zip([0] + [k + 1 for k in models], models + [len(lines)])
+    with_atoms = [(a, b) for a, b in bounds if any(ln.startswith(("ATOM", "HETATM")) for ln in lines[a:b])]
+    if len(with_atoms) > 1:
+        _note(f"protein {path} has {len(with_atoms)} models: the first is the receptor (an NMR ensemble's first "
+              "model; an assembly file's other copies are left out)")
+    first, last = with_atoms[0] if with_atoms else (0, len(lines))
+    numbered = [(k + 1, ln) for k, ln in enumerate(lines[first:last], first) if ln.startswith(("ATOM", "HETATM", "TER"))]
+    if not any(ln.startswith(("ATOM", "HETATM")) for _, ln in numbered):
         raise UserError(f"no ATOM/HETATM records in {path}: not a PDB file?")
+    records = _chains_from_segids([ln for _, ln in numbered], path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PDBConstructionWarning)
         try:
             structure = PDBParser(QUIET=True).get_structure("rec", io.StringIO("\n".join(records) + "\nEND\n"))
-        except Exception as err:  # biopython raises many kinds on malformed files
-            raise UserError(f"cannot parse protein {path}: {err}") from None
+        except Exception as err:  # biopython raises many kinds on malformed files; its line numbers count records
+            message = re.sub(r"line (\d+)", lambda m: f"line {numbered[min(int(m[1]), len(numbered)) - 1][0]}",
+                             str(err))
+            raise UserError(f"cannot parse protein {path}: {message}") from None
     models = list(structure)
     if not models:
         raise UserError(f"no model in {path}")
@@ -180,8 +194,15 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     coords, elements, names, resnames, atom_res, hetero, hydrogens = [], [], [], [], [], [], []
     het_group, het_ids = [], []
     res_type, res_ca, res_n, res_c, res_sc, res_chain = [], [], [], [], [], []
+    atoms = [ln for ln in records if ln.startswith(("ATOM", "HETATM"))]
+    if lost := len(atoms) - len({(ln[12:16], ln[16:17], ln[17:20], ln[21:27]) for ln in atoms}):  # the parser keeps one
+        _note(f"protein {path}: {lost} atom records repeat an atom already read (the same chain, residue number, "
+              "atom name and altloc) and were left out, the first of each kept (chains without their own chain id?)")
     for chain in models[0]:
         for res in chain:
+            if res.is_disordered() == 2:  # a point mutation (altlocs with other residue names): the most occupied
+                res = max((res.child_dict[name] for name in res.disordered_get_id_list()),
+                          key=lambda r: max((a.get_occupancy() or 0.0) for a in r))
             hetflag = res.id[0]
             resname = res.get_resname().strip()
             if resname in WATERS or hetflag == "W":
@@ -195,7 +216,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                     atom = atom.selected_child
                 el = (atom.element or "").strip().capitalize()
                 if not el or el == "X":  # element column missing and biopython could not guess
-                    el = atom.get_id().strip().lstrip("0123456789")[:1].capitalize()
+                    el = _element_from_name(atom.get_fullname(), resname)
                 if el in ("H", "D"):
                     res_h.append(atom.coord)
                     continue
@@ -269,6 +290,46 @@ def without_ligand_itself(receptor: Receptor, mol: Chem.Mol) -> tuple[Receptor, 
                       pdb_text="\n".join(ln for ln in receptor.pdb_text.splitlines() if kept(ln)) + "\n")
     names = [" ".join(f"{n} {c.strip()} {i}{code}".split()) for n, c, i, code in (receptor.het_ids[g] for g in copies)]
     return trimmed, names
+
+
+def _element_from_name(fullname: str, resname: str) -> str:
+    """The element of a PDB atom without an element column, from its 4-character name: two-letter elements start in
+    column 13 ("CL1 ", "ZN  "), one-letter ones in column 14 (" CA ", "1HB "); an ion's residue is its element."""
+    table = Chem.GetPeriodicTable()
+
+    def element(symbol: str) -> str | None:
+        try:
+            return symbol if symbol and table.GetAtomicNumber(symbol) > 0 else None
+        except RuntimeError:
+            return None
+
+    name = fullname.rstrip()
+    if name.strip() == resname.strip() and (el := element(resname.strip().capitalize())):
+        return el  # ZN in ZN, CL in CL: a single-atom ion
+    if name[:1].isalpha() and (el := element(name[:2].capitalize())):
+        return el
+    return name.strip().lstrip("0123456789")[:1].capitalize()
+
+
+def _chains_from_segids(records: list[str], path) -> list[str]:
+    """Records whose chain ids are all blank but that carry segment ids (columns 73-76, as MD and CHARMM files do):
+    each segment becomes a chain (its own letter), so that residue numbers restarting per segment stay apart."""
+    atoms = [ln for ln in records if ln.startswith(("ATOM", "HETATM"))]
+    if any(ln[21:22].strip() for ln in atoms) or not any(ln[72:76].strip() for ln in atoms):
+        return records
+    segids = list(dict.fromkeys(ln[72:76].strip() for ln in atoms))
+    letters = dict(zip(segids, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"))
+    if len(letters) < len(segids):
+        return records
+    _note(f"protein {path}: no chain ids; segment ids read as chains: "
+          f"{', '.join(f'{k or chr(39) * 2} -> {v}' for k, v in letters.items())}")
+    return [ln[:21] + letters[ln[72:76].strip()] + ln[22:] if ln.startswith(("ATOM", "HETATM")) else ln
+            for ln in records]
+
+
+def _note(message: str) -> None:
+    """One `note:` line on stderr: something about the input that was read in a way the user may not expect."""
+    print(f"note: {message}", file=sys.stderr)
 
 
 def _water_record(line: str) -> bool:
@@ -578,6 +639,20 @@ def box_around(xyz: np.ndarray, add: float = AUTOBOX_ADD) -> Box:
 
 def box_from_ligand(path: str | os.PathLike, add: float = AUTOBOX_ADD) -> Box:
     """gnina's --autobox_ligand: the reference's bounding box grown by `add` Angstrom on every side."""
+    return box_around(reference_coords(path), add)
+
+
+def waters_on(receptor: Receptor, xyz: np.ndarray, distance: float = 1.5) -> int:
+    """How many of the receptor's waters sit within `distance` A of any of the points xyz (N, 3): waters that the
+    crystal ligand displaces, or alternates of it, which a pose would have to clash with."""
+    water = receptor.coords[receptor.res_names == "HOH"]
+    if not len(water) or not len(xyz):
+        return 0
+    return int((np.linalg.norm(water[:, None] - np.asarray(xyz)[None], axis=-1).min(1) < distance).sum())
+
+
+def reference_coords(path: str | os.PathLike) -> np.ndarray:
+    """The 3D coordinates (N, 3) of the first molecule of a reference ligand file (for a box)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"autobox ligand not found: {path}")
@@ -587,7 +662,7 @@ def box_from_ligand(path: str | os.PathLike, add: float = AUTOBOX_ADD) -> Box:
         raise UserError(f"cannot read coordinates from autobox ligand {path}")
     if not mol.GetConformer().Is3D():  # a 2D depiction: a box around it would sit at an arbitrary place
         raise UserError(f"autobox ligand {path} has no 3D coordinates")
-    return box_around(mol.GetConformer().GetPositions(), add)
+    return mol.GetConformer().GetPositions()
 
 
 def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_add: float | None = None,
@@ -650,7 +725,7 @@ def pose_mol(mol: Chem.Mol, coords: np.ndarray, tags: dict[str, object] | None =
     if hydrogens and mol.HasProp(INPUT_H_PROP):
         out = Chem.AddHs(out, addCoords=True)
     for prop in out.GetPropNames(includePrivate=True):  # bookkeeping (ours, RDKit's MOL2 reader's): not SD tags
-        if prop.startswith("_") and prop != "_Name":
+        if (prop.startswith("_") and prop != "_Name") or prop == REPAIRS_PROP:
             out.ClearProp(prop)
     for key, value in (tags or {}).items():
         out.SetProp(key, f"{value:.4f}" if isinstance(value, float) else str(value))
