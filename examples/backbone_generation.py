@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def generate(args: argparse.Namespace) -> None:
-    if not 5 <= args.length <= MAX_LENGTH or args.num < 2 or (args.steps is not None and args.steps < 1) or args.seed < 0:
+    if (not 5 <= args.length <= MAX_LENGTH or args.num < 2 or (args.steps is not None and args.steps < 1)
+            or args.seed < 0):
         raise UserError(f"need 5 <= --length <= {MAX_LENGTH}, --num >= 2, --steps >= 1 and --seed >= 0")
     out = check_output_path(args.out, folder=True)
     net, flow_cfg, meta = load_or_fail(load_model, args.checkpoint or DEFAULT_CHECKPOINT, "backbone checkpoint")

@@ -10,7 +10,8 @@ Frozen parameters (requires_grad=False) and buffers (BatchNorm statistics) are c
 
 The averaged tensors live in `shadow`, keyed like `model.named_parameters()` / `named_buffers()` (a tied weight once)
 and on the model's device, so they can be saved as a plain weights file or copied into any copy of the model. Pass
-the bare module, or a DDP / torch.compile wrapper (unwrapped here). Pure torch; the update is one fused `torch._foreach_lerp_` over all trainable tensors.
+the bare module, or a DDP / torch.compile wrapper (unwrapped here). Pure torch; the update is one fused
+`torch._foreach_lerp_` over all trainable tensors.
 """
 from __future__ import annotations
 

@@ -175,7 +175,8 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
         _note(f"protein {path} has {len(with_atoms)} models: the first is the receptor (an NMR ensemble's first "
               "model; an assembly file's other copies are left out)")
     first, last = with_atoms[0] if with_atoms else (0, len(lines))
-    numbered = [(k + 1, ln) for k, ln in enumerate(lines[first:last], first) if ln.startswith(("ATOM", "HETATM", "TER"))]
+    numbered = [(k + 1, ln) for k, ln in enumerate(lines[first:last], first)
+                if ln.startswith(("ATOM", "HETATM", "TER"))]
     if not any(ln.startswith(("ATOM", "HETATM")) for _, ln in numbered):
         raise UserError(f"no ATOM/HETATM records in {path}: not a PDB file?")
     records = _chains_from_segids([ln for _, ln in numbered], path)
