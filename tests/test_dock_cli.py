@@ -421,6 +421,20 @@ def test_batch_names_that_are_not_folders_and_dock_score_paths(tmp_path, capsys)
     assert "--json /proc/x.json" in capsys.readouterr().err
 
 
+def test_a_gzipped_batch_table_and_split_and_odd_bytes_are_read(tmp_path, capsys):
+    shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
+    with gzip.open(tmp_path / "table.csv.gz", "wt", encoding="latin-1") as fh:  # a Latin-1 name: not UTF-8
+        fh.write("protein,ligand,name\nrec.pdb.gz,CCO,caf\xe9\n")
+    assert main(["dock", "--batch", str(tmp_path / "table.csv.gz"), "--autobox-ligand", LIGAND,
+                 "--out", str(tmp_path / "o"), *FAST, "--model", "none"]) == 0
+    assert [p.name for p in (tmp_path / "o").iterdir() if p.is_dir()] == ["caf\ufffd"]
+    from sciddiff.dock.data import read_split
+
+    with gzip.open(tmp_path / "split.txt.gz", "wt") as fh:
+        fh.write("a/x\n# comment\nb/y\n")
+    assert read_split(tmp_path / "split.txt.gz") == ["a/x", "b/y"]
+
+
 def test_batch_table_from_a_spreadsheet(tmp_path, capsys):
     shutil.copy(LIGAND, tmp_path / "lig.sdf")
     shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")

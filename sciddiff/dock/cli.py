@@ -440,10 +440,11 @@ def _run_batch(args, settings) -> int:
     table = Path(args.batch)
     if not table.is_file():
         raise UserError(f"batch table not found: {table}")
-    # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark; skipinitialspace: "protein, ligand"
-    with open(table, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh, skipinitialspace=True)
-        rows, header = list(reader), reader.fieldnames or ()  # None for an empty file
+    from sciddiff.dock import io
+
+    # plain or .gz, a byte-order mark dropped, odd bytes replaced (io.read_text); skipinitialspace: "protein, ligand"
+    reader = csv.DictReader(io.read_text(table).splitlines(), skipinitialspace=True)
+    rows, header = list(reader), reader.fieldnames or ()  # None for an empty file
     columns = {h.strip() for h in header if h}
     if not {"protein", "ligand", "name"} <= columns:
         raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
@@ -460,8 +461,6 @@ def _run_batch(args, settings) -> int:
                         "results.csv (each names a folder inside --out)")
     out = check_out_dir(args.out, args.overwrite or args.resume, inputs=(table,))
     _screen_out(out, names, args)
-
-    from sciddiff.dock import io
 
     def read(row: dict) -> tuple:
         protein, ligand = _cell(row, "protein"), _cell(row, "ligand")

@@ -237,7 +237,9 @@ def _preprocess_command(a: argparse.Namespace) -> None:
 
 def read_split(path: str | Path) -> list[str]:
     """Complex ids (e.g. `val/1abc`), one per line of a split file; blank lines and `#` comments are skipped."""
-    lines = (ln.split("#", 1)[0].strip() for ln in Path(path).read_text().splitlines())
+    from sciddiff.dock.io import read_text  # plain or .gz
+
+    lines = (ln.split("#", 1)[0].strip() for ln in read_text(path).splitlines())
     return [ln for ln in lines if ln]
 
 

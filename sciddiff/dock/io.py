@@ -41,7 +41,9 @@ AA_ALIASES = {"MSE": "MET", "HID": "HIS", "HIE": "HIS", "HIP": "HIS", "CYX": "CY
               "CYM": "CYS", "HSD": "HIS", "HSE": "HIS", "HSP": "HIS"}  # Amber / CHARMM protonation states
 
 
-def _read_text(path: str | os.PathLike) -> str:
+def read_text(path: str | os.PathLike) -> str:
+    """A text file the user named, plain or gzipped, undecodable bytes replaced and a byte-order mark dropped (what
+    spreadsheet programs start CSV files with); a missing file or a folder is a UserError."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a file")
@@ -49,9 +51,9 @@ def _read_text(path: str | os.PathLike) -> str:
         raise UserError(f"file not found: {path}")
     try:
         if path.suffix.lower() == ".gz":
-            with gzip.open(path, "rt", errors="replace") as fh:
-                return fh.read()
-        return path.read_text(errors="replace")
+            with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+                return fh.read().removeprefix("\ufeff")
+        return path.read_text(encoding="utf-8", errors="replace").removeprefix("\ufeff")
     except (OSError, EOFError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
 
@@ -160,7 +162,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     suffix = _stem_suffix(path)
     if suffix not in (".pdb", ".ent", ".cif", ".mmcif", ".pdbqt"):
         raise UserError(f"protein must be a .pdb, .cif or .pdbqt file (optionally .gz), got {Path(path).name}")
-    text = _read_text(path)
+    text = read_text(path)
     if suffix in (".cif", ".mmcif"):
         text = _mmcif_to_pdb(text, path)
     elif suffix == ".pdbqt":
@@ -379,7 +381,7 @@ def _raw_records(path: Path, limit: int | None = None) -> Iterator[tuple[str, Ch
     if suffix not in LIGAND_SUFFIXES:
         raise UserError(f"ligand must be {', '.join(LIGAND_SUFFIXES)} (optionally .gz), or a SMILES string; got "
                         f"{path.name}")
-    text = _read_text(path)
+    text = read_text(path)
     if suffix in (".sdf", ".mol", ".sd"):
         records = ((m.GetProp("_Name") if m is not None else "", m) for m in _sd_records(text))
     elif suffix == ".mol2":
@@ -404,7 +406,7 @@ def _raw_records(path: Path, limit: int | None = None) -> Iterator[tuple[str, Ch
 
 def _pdbqt_smiles(path: Path) -> str | None:
     """The SMILES that meeko writes into a ligand PDBQT (`REMARK SMILES ...`), if any."""
-    for ln in _read_text(path).splitlines():
+    for ln in read_text(path).splitlines():
         fields = ln.split()
         if fields[:2] == ["REMARK", "SMILES"] and len(fields) >= 3 and fields[2] != "IDX":
             return fields[2]
