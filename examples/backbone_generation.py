@@ -51,6 +51,10 @@ def generate(args: argparse.Namespace) -> None:
     print(f"sampled {args.num} x {args.length} residues in {time.time() - start:.1f} s")
     names = [f"backbone_{i:02d}.pdb" for i in range(args.num)]
     out.mkdir(parents=True, exist_ok=True)
+    if earlier := sorted(out.glob("backbone_*.pdb")):  # this example's own files: the folder holds one run
+        for path in earlier:
+            path.unlink()
+        print(f"replaced the {len(earlier)} backbones of an earlier run in {out}/")
     for name, bb in zip(names, backbones):
         write_backbone(out / name, bb)
 

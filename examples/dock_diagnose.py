@@ -92,8 +92,8 @@ def vina_tools(protein: str, box):
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, counts: tuple[str, ...]) -> Path:
-    """Refuse bad counts, a missing data folder or an unwritable --out before any docking (parser.error: one line,
-    exit 2); returns the data root."""
+    """Refuse bad counts, a missing data folder, complex ids it does not hold, --vina without Vina, or an unwritable
+    --out before any docking (parser.error: one line, exit 2); returns the data root."""
     if bad := options_below(args, 1, *counts):
         parser.error(", ".join(bad) + " must be at least 1")
     root = default_data_root()
@@ -101,8 +101,17 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, counts
         parser.error(f"no docking data at {root} (set SCIDDIFF_DATA)")
     try:
         check_output_path(args.out)
+        for cid in getattr(args, "ids", None) or ():  # a complex that is not there: said now, not mid-run
+            if not all(Path(f).is_file() for f in complex_files(root, cid)):
+                raise UserError(f"no complex {cid} under {root} (<id>_protein.pdb[.gz] and <id>_ligand.sdf[.gz])")
     except UserError as err:
         parser.error(str(err))
+    if getattr(args, "vina", False):
+        try:
+            import meeko  # noqa: F401
+            import vina  # noqa: F401
+        except ImportError as err:
+            parser.error(f"--vina needs AutoDock Vina and meeko: pip install vina meeko ({err})")
     return root
 
 

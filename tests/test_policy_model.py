@@ -380,3 +380,11 @@ def test_actor_keeps_each_environments_plan_for_warm_starts():
     actor.reset()
     actor({"state": obs["state"][:1]})  # no env ids: row 0 is environment 0
     assert seen[-1] is None and set(actor.plans) == {0}
+
+
+def test_a_renoising_policy_samples_with_dpm_solver_at_the_most_noise_it_takes():
+    """eta = inf (DDIM re-noising, the shipped policies) has no DPM-Solver++ form: that sampler takes its SDE form,
+    eta 1, as the CLI says in a note (the latency tools crashed on the shipped checkpoints)."""
+    policy = DiffusionPolicy(PolicyConfig(ddim_eta=float("inf"), down_dims=(16, 32))).eval()
+    obs = {"state": torch.full((1, 2, 18), 256.0)}
+    assert torch.isfinite(policy.predict_action(obs, sampler="dpmpp_2m", steps=3)).all()

@@ -273,10 +273,18 @@ def run_train(args) -> None:
             print(json.dumps({key: report[key]}), flush=True)
     best = max(report, key=lambda k: report[k]["top1_model"])
     hidden, wd = int(best.split()[0].split("=")[1]), float(best.split()[1].split("=")[1])
-    conf_weight = fit_confidence(out_of_fold[best])
-    for m, _ in out_of_fold[best]:
-        m.conf_weight.copy_(conf_weight)
-    chosen_cv = ranking_metrics(None, out_of_fold[best])  # the confidence head is fit on these same logits
+    # the confidence head cross-fitted too: each fold's head is fit on the other folds' out-of-fold logits (held_out
+    # lists the folds in order, one model per fold), so these metrics score no pose the head was fit on
+    start = 0
+    for fold in folds:
+        part, rest = (out_of_fold[best][start: start + len(fold)],
+                      out_of_fold[best][:start] + out_of_fold[best][start + len(fold):])
+        weight = fit_confidence(rest)
+        for m, _ in part:
+            m.conf_weight.copy_(weight)
+        start += len(fold)
+    chosen_cv = ranking_metrics(None, out_of_fold[best])
+    conf_weight = fit_confidence(out_of_fold[best])  # the shipped head: fit on every complex's out-of-fold logits
     by_mode = {}
     for mode in ("box", "blind"):
         pairs = [p for p in out_of_fold[best] if p[1].get("blind", False) == (mode == "blind")]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -19,7 +18,8 @@ import torch
 
 from sciddiff.policy import pusht
 from sciddiff.policy.io import load_policy
-from sciddiff.policy.policy import SAMPLERS, DiffusionPolicy
+from sciddiff.policy.policy import SAMPLERS, DiffusionPolicy, max_noise_scale
+from sciddiff.train.checkpoint import json_text
 
 
 def cpu_name() -> str:
@@ -108,8 +108,8 @@ def _time_settings(args: argparse.Namespace) -> None:
         builds[args.against_unet1d] = _unet1d_module(args.against_unet1d)
     torch.set_num_threads(args.threads)
     # the vector ISA decides what int8 weights buy (0.51x a float32 call with AVX-512, ~0.7x with AVX2 only)
-    print(json.dumps({"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
-                      "torch": str(torch.__version__)}))
+    print(json_text({"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
+                      "torch": str(torch.__version__)}, indent=None))
     cases, labels = [], []
     for path in args.checkpoints:
         variants = [("eager", "")] * (not args.no_eager) + [(w, b) for w in args.cpu_weights.split(",") for b in builds]
@@ -128,9 +128,11 @@ def _time_settings(args: argparse.Namespace) -> None:
                                    "steps": policy.denoising_steps(sampler, steps),
                                    "warm_start_t": policy.config.warm_start_t,
                                    "network_calls": policy.chunk_network_calls(sampler, steps),
-                                   "ddim_eta": policy.config.ddim_eta})
+                                   "ddim_eta": min(policy.config.ddim_eta,  # what the sampler takes
+                                                   max_noise_scale(sampler or policy.config.sampler))})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
-        print(json.dumps({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}), flush=True)
+        print(json_text({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}, indent=None),
+              flush=True)
 
 
 def _unet1d_module(path: str):

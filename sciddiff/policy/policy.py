@@ -269,7 +269,9 @@ class DiffusionPolicy(nn.Module):
             return sample_ddim(unet, x_T, self.schedule, steps=steps, eta=c.ddim_eta, generator=generator,
                                timestep_spacing=spacing, first_step=first, **common)
         if sampler == "dpmpp_2m":
-            return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, eta=c.ddim_eta, generator=generator, **common)
+            # a re-noising policy (eta inf) asked for DPM-Solver++: the most noise it takes (`fitted_noise_scale`)
+            eta = min(c.ddim_eta, max_noise_scale(sampler))
+            return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, eta=eta, generator=generator, **common)
         if sampler == "ddpm":
             return sample_ddpm(unet, x_T, self.schedule, generator=generator, **common)
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
