@@ -109,7 +109,7 @@ def _time_settings(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     # the vector ISA decides what int8 weights buy (0.51x a float32 call with AVX-512, ~0.7x with AVX2 only)
     print(json_text({"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
-                      "torch": str(torch.__version__)}, indent=None))
+                      "torch": str(torch.__version__)}, indent=None), end="")
     cases, labels = [], []
     for path in args.checkpoints:
         variants = [("eager", "")] * (not args.no_eager) + [(w, b) for w in args.cpu_weights.split(",") for b in builds]
@@ -132,7 +132,7 @@ def _time_settings(args: argparse.Namespace) -> None:
                                                    max_noise_scale(sampler or policy.config.sampler))})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json_text({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}, indent=None),
-              flush=True)
+              end="", flush=True)
 
 
 def _unet1d_module(path: str):

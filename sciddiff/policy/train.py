@@ -578,7 +578,7 @@ def train(args: argparse.Namespace) -> dict:
     summary = {"step": step, "train_seconds": round(trained_seconds(), 1), "val_loss": final_val,
                "policy": str(out / "policy.pt")}
     if info.is_main:
-        print(json_text(summary, indent=None), flush=True)
+        print(json_text(summary, indent=None), end="", flush=True)
     del model  # before cleanup (see there)
     distributed.cleanup()
     return summary
