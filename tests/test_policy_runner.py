@@ -416,8 +416,11 @@ def test_corrective_demos_of_a_policy_that_never_fails_write_nothing(tmp_path, t
 
     monkeypatch.setattr(dagger, "failure_start_states", lambda *a, **k: ([], {"success_rate": 1.0}))
     out = tmp_path / "none.zarr"
-    assert demos(["--from-policy", str(tiny_checkpoint), "--episodes", "2", "--no-images", "--out", str(out)]) == 0
+    metrics = tmp_path / "m.json"
+    assert demos(["--from-policy", str(tiny_checkpoint), "--episodes", "2", "--no-images", "--out", str(out),
+                  "--metrics-json", str(metrics)]) == 0
     assert "no failed episode to correct" in capsys.readouterr().err and not out.exists()
+    assert json.loads(metrics.read_text())["policy_rollout"]["success_rate"] == 1.0  # the run's result, still written
 
 
 def test_an_episode_run_one_at_a_time_is_reproduced_alone_and_in_a_batch_up_to_rounding(tiny_checkpoint):

@@ -4,7 +4,7 @@
 # Resumes when .gpu/dock/run/ holds state.pt + optimizer.pt from an earlier call (copy $OUT/dock there); else
 # DOCK_EXTRA="--init data/dock/score_model.pt --lr 5e-4" continues the shipped weights with a fresh optimizer.
 # DOCK_DATA=.gpu/dock/train_synthetic.pt trains on the split plus synthetic complexes (.gpu/prepare.sh, SYNTHETIC=N).
-set -e
+set -eo pipefail  # the trainer's status, not tee's
 export PYTHONUNBUFFERED=1
 SECS=${1:-450}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

@@ -57,3 +57,4 @@ for kind in state state_ft image; do
 done
 echo "exit codes: state=$rc_state state_ft=$rc_state_ft image=$rc_image"
 ls -la $OUT
+[ $rc_state -eq 0 ] && [ $rc_state_ft -eq 0 ] && [ $rc_image -eq 0 ]  # the script's status: non-zero when a run failed

@@ -8,7 +8,7 @@
 #    the "state goal within one 10-minute GPU run". Its policy comes back as policy_solo.tar for a CPU evaluation
 #    here (sciddiff policy eval --checkpoint policy_solo/policy.pt --episodes 500 ...).
 # Every run's log.csv (steps/s and samples/s per row) comes back as throughput_<name>.csv.
-# CPU smoke test: OUT=/tmp/t SOLO_BASE_SECONDS=3 SOLO_EXTRA="--threads 1" SOLO_COMPILE= bash .gpu/policy/solo.sh 8
+# CPU smoke test (mkdir $OUT first): OUT=/tmp/t SOLO_BASE_SECONDS=3 SOLO_LOG_EVERY=2 SOLO_EXTRA="--threads 1" SOLO_COMPILE= bash .gpu/policy/solo.sh 8
 set -u
 MAIN=${1:-380}
 BASE=${SOLO_BASE_SECONDS:-45}

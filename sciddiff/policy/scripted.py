@@ -387,6 +387,12 @@ def run_demos(args: argparse.Namespace) -> int:
               f"{len(episodes)} start states", flush=True)
         if not episodes:
             print(f"no failed episode to correct: nothing written to {args.out}", file=sys.stderr)
+            if args.metrics_json:  # the rollout is the run's result
+                from sciddiff.train.checkpoint import write_json
+
+                write_json(args.metrics_json, {"episodes": 0, "written": 0, "out": None,
+                                               "from_policy": str(args.from_policy), "restart_steps": restart_steps,
+                                               "policy_rollout": rollout})
             return 0
     else:
         episodes, desc = [(i, None) for i in seeds], "scripted demos"
