@@ -171,8 +171,11 @@ def test_rendered_states_are_the_states_asked_for():
     frames, settled = pusht.render_states(asked)
     assert frames.shape == (2, 96, 96, 3) and np.allclose(settled, asked, atol=1e-6)
     env = gym.make(pusht.ENV_ID, obs_type="pixels_agent_pos")
-    differ = np.any(frames[1] != pusht.reset_to_state(env, asked[1])["pixels"], axis=-1)
-    assert differ.mean() < 0.01  # gym-pusht's own renderer changes a few pixels from call to call (~7% of calls)
+    # gym-pusht's own renderer changes a few pixels from call to call (~7% of calls, up to ~1.3% of the pixels): a
+    # wrong state differs in every attempt, a renderer flicker in one
+    differ = [np.any(pusht.render_states(asked)[0][1] != pusht.reset_to_state(env, asked[1])["pixels"], axis=-1).mean()
+              for _ in range(3)]
+    assert min(differ) < 0.01, differ
     env.close()
 
 
