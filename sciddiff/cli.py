@@ -80,6 +80,8 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False, replaced
     out = Path(path)
     if replaced and (not str(path).strip() or out.name in ("", ".", "..") or Path.cwd().is_relative_to(out.resolve())):
         raise UserError(f"{option} must name the output folder itself, not {str(path)!r} (it is replaced as a whole)")
+    if not str(path).strip():  # Path("") is the current folder: never what an empty option meant
+        raise UserError(f"{option} is empty: name the output")
     if out.exists() and out.is_dir() != folder:
         raise UserError(f"{option} {out} exists and is {'not ' if folder else ''}a folder")
     parent = out.parent

@@ -255,14 +255,6 @@ def _note_receptor(receptor, protein: str) -> None:
         print(f"warning: protein {protein}: {note}", file=sys.stderr)
 
 
-def _without_ligand_itself(receptor, mol, protein: str) -> tuple:
-    from sciddiff.dock import io
-
-    receptor, removed = io.without_ligand_itself(receptor, mol)
-    _note_ligand_itself(removed, protein)
-    return receptor, removed
-
-
 def _note_ligand_itself(removed, protein: str) -> None:
     if removed:
         print(f"note: protein {protein}: {', '.join(removed)} is the ligand itself (the same heavy atoms): left out "
@@ -283,7 +275,8 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
     from sciddiff.dock.output import atomic_dir, write_result
 
     how = _how_docked(settings, model, rescorer, args, receptor, box)
-    receptor, removed = _without_ligand_itself(receptor, mol, protein)
+    receptor, removed = io.without_ligand_itself(receptor, mol)
+    _note_ligand_itself(removed, protein)
     with atomic_dir(out) as tmp:
         result = dock(receptor, mol, box, model, settings, device=args.device,
                       show_progress=show_progress and sys.stderr.isatty(), rescorer=rescorer)
@@ -420,12 +413,13 @@ def _screen_out(out: Path, folders: list[str], args) -> None:
         return
     if (out / "summary.json").is_file():
         raise UserError(f"--resume: {out} holds a single docking run, not a screen; --overwrite replaces it")
+    ours = set(folders)
     try:
         with open(out / "results.csv", newline="") as fh:
             earlier = [row.get("folder") or "" for row in csv.DictReader(fh)]
     except OSError:
         earlier = []
-    if stray := [f for f in earlier if f and f not in set(folders) and (out / f).is_dir()]:
+    if stray := [f for f in earlier if f and f not in ours and (out / f).is_dir()]:
         raise UserError(f"--resume: {out} holds a screen of other molecules ({stray[0]} is not one of this run's "
                         "folders); --overwrite replaces it, or choose another --out")
 

@@ -197,8 +197,9 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     coords, elements, names, resnames, atom_res, hetero, hydrogens = [], [], [], [], [], [], []
     het_group, het_ids = [], []
     res_type, res_ca, res_n, res_c, res_sc, res_chain = [], [], [], [], [], []
-    atoms = [ln for ln in records if ln.startswith(("ATOM", "HETATM"))]
-    if lost := len(atoms) - len({(ln[12:16], ln[16:17], ln[17:20], ln[21:27]) for ln in atoms}):  # the parser keeps one
+    atom_records = [ln for ln in records if ln.startswith(("ATOM", "HETATM"))]
+    keys = {(ln[12:16], ln[16:17], ln[17:20], ln[21:27]) for ln in atom_records}  # name, altloc, residue, chain, number
+    if lost := len(atom_records) - len(keys):  # the parser keeps one of each
         _note(f"protein {path}: {lost} atom records repeat an atom already read (the same chain, residue number, "
               "atom name and altloc) and were left out, the first of each kept (chains without their own chain id?)")
     for chain in models[0]:

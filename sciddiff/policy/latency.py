@@ -18,7 +18,7 @@ import torch
 
 from sciddiff.policy import pusht
 from sciddiff.policy.io import load_policy
-from sciddiff.policy.policy import SAMPLERS, DiffusionPolicy, max_noise_scale
+from sciddiff.policy.policy import SAMPLERS, DiffusionPolicy, noise_scale_for
 from sciddiff.train.checkpoint import json_text
 
 
@@ -128,8 +128,8 @@ def _time_settings(args: argparse.Namespace) -> None:
                                    "steps": policy.denoising_steps(sampler, steps),
                                    "warm_start_t": policy.config.warm_start_t,
                                    "network_calls": policy.chunk_network_calls(sampler, steps),
-                                   "ddim_eta": min(policy.config.ddim_eta,  # what the sampler takes
-                                                   max_noise_scale(sampler or policy.config.sampler))})
+                                   "ddim_eta": noise_scale_for(policy.config.ddim_eta,
+                                                               sampler or policy.config.sampler)})
     for label, (lo, med) in zip(labels, measure(cases, args.repeats)):
         print(json_text({**label, "min_ms": round(lo * 1e3, 2), "median_ms": round(med * 1e3, 2)}, indent=None),
               end="", flush=True)

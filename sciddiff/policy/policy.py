@@ -33,14 +33,18 @@ def max_noise_scale(sampler: str) -> float:
     return 1.0 if sampler == "dpmpp_2m" else float("inf")
 
 
+def noise_scale_for(eta: float, sampler: str) -> float:
+    """A policy's noise scale for `sampler`: its own, or the most that sampler takes (DDIM re-noising, inf, becomes
+    DPM-Solver++'s SDE form, 1)."""
+    return min(eta, max_noise_scale(sampler))
+
+
 def fitted_noise_scale(eta: float, sampler: str) -> float:
-    """A policy's noise scale for another `sampler`: its own, or the most that sampler takes (DDIM re-noising, inf,
-    becomes DPM-Solver++'s SDE form, 1), said in a note on stderr."""
-    if eta <= (top := max_noise_scale(sampler)):
-        return eta
-    print(f"note: the policy's noise scale {eta:g} is beyond what {sampler} takes: eta {top:g} (--ddim-eta to choose)",
-          file=sys.stderr)
-    return top
+    """`noise_scale_for`, said in a note on stderr where it differs from the policy's own (the CLI's)."""
+    if (fitted := noise_scale_for(eta, sampler)) != eta:
+        print(f"note: the policy's noise scale {eta:g} is beyond what {sampler} takes: eta {fitted:g} (--ddim-eta to "
+              "choose)", file=sys.stderr)
+    return fitted
 
 
 def noise_scale_error(eta: float, sampler: str, name: str = "ddim_eta") -> str | None:
@@ -269,9 +273,8 @@ class DiffusionPolicy(nn.Module):
             return sample_ddim(unet, x_T, self.schedule, steps=steps, eta=c.ddim_eta, generator=generator,
                                timestep_spacing=spacing, first_step=first, **common)
         if sampler == "dpmpp_2m":
-            # a re-noising policy (eta inf) asked for DPM-Solver++: the most noise it takes (`fitted_noise_scale`)
-            eta = min(c.ddim_eta, max_noise_scale(sampler))
-            return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, eta=eta, generator=generator, **common)
+            return sample_dpmpp_2m(unet, x_T, self.schedule, steps=steps, eta=noise_scale_for(c.ddim_eta, sampler),
+                                   generator=generator, **common)
         if sampler == "ddpm":
             return sample_ddpm(unet, x_T, self.schedule, generator=generator, **common)
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")

@@ -131,10 +131,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 RUN_OPTIONS = ("batch_size", "weight_decay", "warmup_steps", "ema_power", "encoder_lr_scale")  # + lr: one run's
 
 
-def parser_defaults() -> dict:
-    return vars(add_arguments(argparse.ArgumentParser()).parse_args(["--out", "x"]))
-
-
 def _widths(text: str, option: str) -> tuple[int, ...]:
     """Comma-separated network widths: each is split into GroupNorm's `n_groups` groups, so a multiple of them."""
     from sciddiff.cli import UserError
@@ -360,11 +356,12 @@ def train(args: argparse.Namespace) -> dict:
                             f"{init.config.state_dim} features and {init.config.action_dim} actions, not {data_shape}")
         if (init_task := init.config.extra.get("task", "pusht")) != args.task:
             raise UserError(f"--init {args.init} is a --task {init_task} policy, not {args.task}")
-        ignored = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in (
+        defaults = build_parser()  # a model option given (not its default) that the --init network contradicts
+        ignored = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, differs in (
             ("prediction_type", args.prediction_type != init.config.prediction_type),
             ("down_dims", down_dims != tuple(init.config.down_dims)),
             ("vision_channels", args.obs_type == "image" and vision_channels != tuple(init.config.vision_channels)))
-            if v and getattr(args, k) != parser_defaults().get(k)]
+            if differs and getattr(args, k) != defaults.get_default(k)]
         if ignored:
             print(f"note: --init {args.init} brings its own network: {', '.join(ignored)} not used", file=sys.stderr)
         given = {"sampler": args.sampler, "num_inference_steps": args.inference_steps, "ddim_eta": args.ddim_eta,

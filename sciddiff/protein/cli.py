@@ -166,8 +166,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         # said here for any --num: with one sample the drawn length would otherwise surface as a puzzling mismatch
         raise UserError("--ss: one secondary-structure string fits one length; give a single --length")
     device = torch_device(args.device)
-    if not args.out.strip():
-        raise UserError("--out must name a folder")
     out = check_output_path(args.out, folder=True)
     names = [f"len{n}_seed{args.seed}_{i:03d}.pdb" for i, n in enumerate(lengths)]
     earlier = _earlier_samples(out)
