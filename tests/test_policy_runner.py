@@ -344,6 +344,31 @@ def test_dagger_starts_the_planner_from_a_failed_episode(tmp_path, tiny_checkpoi
     assert "--restart-steps" in capsys.readouterr().err
 
 
+def test_corrective_demos_are_known_by_the_state_they_land_in(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """Setting a state takes one physics step, which moves seed 1's reset block by ~0.05 px: the store's first row is
+    where the episode landed, and the duplicate check must compare landed states (it compared requested ones)."""
+    from sciddiff.policy import dagger
+    from sciddiff.policy.replay_buffer import ReplayBuffer
+    from sciddiff.policy.scripted import main as demos
+
+    env = PushTAdapter("state").make_env()
+    env.reset(seed=1)
+    start = pusht.env_state(env)
+    pusht.reset_to_state(env, start, 1)
+    landed = pusht.env_state(env)
+    env.close()
+    assert not np.allclose(landed, start, atol=1e-3)  # the premise: the request and the stored row differ
+    monkeypatch.setattr(dagger, "failure_start_states", lambda *a, **k: ([(1, 0, start)], {"success_rate": 0.0}))
+    out = tmp_path / "dagger.zarr"
+    args = ["--from-policy", str(tiny_checkpoint), "--episodes", "1", "--seed", "1", "--max-steps", "3",
+            "--keep-failures", "--no-images", "--out", str(out)]
+    assert demos(args) == 0
+    assert np.allclose(ReplayBuffer.open(out).get_episode(0)["state"][0], landed, atol=1e-4)
+    capsys.readouterr()
+    assert demos(args) == 2 and "already holds the episodes of seed(s) 1 " in capsys.readouterr().err
+    assert ReplayBuffer.open(out).n_episodes == 1
+
+
 def test_eval_writes_the_states_it_visits(tmp_path, tiny_checkpoint):
     from sciddiff.policy.evaluate import evaluate_pusht
     from sciddiff.policy.io import load_policy

@@ -103,15 +103,17 @@ def test_complete_appends_the_last_push_to_recorded_episodes(tmp_path, capsys):
     done = ReplayBuffer.open(out)
     assert done.n_episodes == 1 and done.keys == ["action", "n_contacts", "state"]
     ep = done.get_episode(0)
-    assert np.array_equal(ep["state"][:4], recorded["state"]) and np.array_equal(ep["action"][:4], recorded["action"])
-    assert np.allclose(ep["state"][4], NEAR_GOAL, atol=1e-4)  # the planner starts from the last recorded state
+    assert np.array_equal(ep["state"][:3], recorded["state"][:3]) and np.array_equal(ep["action"][:3], recorded["action"][:3])
+    # the planner starts from the last recorded state, its first row in place of the recording's last: once each
+    assert np.allclose(ep["state"][3], NEAR_GOAL, atol=1e-4) and not np.allclose(ep["state"][4], NEAR_GOAL, atol=1e-4)
+    assert not np.array_equal(ep["action"][3], recorded["action"][3])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["success_rate"] == 1.0 and summary["mean_steps"] == done.n_steps - 4
-    # replaying the appended actions from the last recorded state reaches success
+    assert summary["success_rate"] == 1.0 and summary["mean_steps"] == done.n_steps - 3
+    # replaying the actions from the last recorded state on reaches success
     import gymnasium as gym
     env = gym.make(pusht.ENV_ID, obs_type="state")
     pusht.reset_to_state(env, NEAR_GOAL, seed=0)
-    coverage = max(env.step(a)[-1]["coverage"] for a in ep["action"][4:])
+    coverage = max(env.step(a)[-1]["coverage"] for a in ep["action"][3:])
     env.close()
     assert coverage > pusht.SUCCESS_COVERAGE
     assert main(["--complete", str(src), "--out", str(tmp_path / "x.zarr")]) == 2  # no frames to copy

@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,15 +251,20 @@ def episode_arrays(ep: Episode) -> dict[str, np.ndarray]:
     return data
 
 
-def reset_states(seeds: Iterable[int]) -> np.ndarray:
-    """The state (agent x, y, block x, y, angle) gym-pusht resets to from each seed: a scripted episode's first row."""
+def first_states(seeds: Sequence[int], start_states: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """The first row a scripted episode records (agent x, y, block x, y, angle): the state gym-pusht resets to from
+    each seed, or where each of `start_states` lands (`pusht.reset_to_state` takes one physics step, which can move
+    the block by a fraction of a pixel), so a store's episodes are recognised by the states they really start from."""
     import gymnasium as gym
     import gym_pusht  # noqa: F401  (registers the env)
 
     env = gym.make(pusht.ENV_ID, obs_type="state")
     states = []
-    for seed in seeds:
-        env.reset(seed=seed)
+    for k, seed in enumerate(seeds):
+        if start_states is None:
+            env.reset(seed=seed)
+        else:
+            pusht.reset_to_state(env, start_states[k], seed)
         states.append(pusht.env_state(env))
     env.close()
     return np.array(states).reshape(-1, 5)
@@ -288,12 +293,13 @@ def complete_episode(planner: PushPlanner, recorded: dict[str, np.ndarray], seed
     """A recorded episode (replay-buffer arrays) followed by the planner's pushes from its last recorded state until
     coverage exceeds 0.95 -> (arrays, the planner's episode). The PushT human demonstrations stop just short of
     success (peak coverage ~0.90), so no demonstration shows the last push; this appends one. The planner starts from
-    that state at rest; when it fails, the recording comes back unchanged."""
+    that state at rest, so its first row replaces the recording's last one (whose action never took effect): each
+    state appears once, with the action taken there. When the planner fails, the recording comes back unchanged."""
     ep = run_episode(planner, seed, render=render, start_state=np.asarray(recorded["state"][-1], float))
     if not ep.success:
         return dict(recorded), ep
     added = episode_arrays(ep)
-    return {k: np.concatenate([np.asarray(v, np.float32), added[k]]) for k, v in recorded.items()}, ep
+    return {k: np.concatenate([np.asarray(v[:-1], np.float32), added[k]]) for k, v in recorded.items()}, ep
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -398,8 +404,8 @@ def run_demos(args: argparse.Namespace) -> int:
         episodes, desc = [(i, None) for i in seeds], "scripted demos"
     if len(stored):  # the store records no seeds: an episode is known by its first state
         ids = [i for i, _ in episodes]
-        starts = (source_starts[:len(ids)] if source else [state for _, (_, state) in episodes] if args.from_policy
-                  else reset_states(ids))
+        starts = (source_starts[:len(ids)] if source else
+                  first_states(ids, [state for _, (_, state) in episodes] if args.from_policy else None))
         seen = [i for i, start in zip(ids, starts) if np.isclose(stored, start, atol=1e-3).all(1).any()]
         if again := list(dict.fromkeys(seen)):  # a seed's restarts share its id
             what = f"episode(s) {_listed(again)} of {args.complete}" if source else f"seed(s) {_listed(again)}"
