@@ -24,6 +24,18 @@ COMMANDS = {"dock": "sciddiff.dock.cli", "dock-eval": "sciddiff.dock.cli", "dock
             "policy": "sciddiff.policy.cli", "bench": "sciddiff.bench"}
 
 
+# The checkpoints the project ships live in the source checkout's data/ folder, beside this package: an editable
+# install (README: `pip install -e .`) finds them, a wheel or `pip install .` leaves them behind.
+SHIPPED_DATA = Path(__file__).resolve().parents[1] / "data"
+NOT_SHIPPED = ("the shipped checkpoints are in a source checkout's data/ folder, which a non-editable install leaves "
+               "behind: install from a clone with `pip install -e .`")
+
+
+def is_shipped(path: str | os.PathLike) -> bool:
+    """Whether `path` is one of the project's shipped files (under the checkout's data/)."""
+    return Path(path).resolve().is_relative_to(SHIPPED_DATA)
+
+
 class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit status 2, never as a traceback."""
 
@@ -120,7 +132,7 @@ def load_or_fail(load, path: str | os.PathLike, what: str):
     missing entries, wrong shapes), becomes one UserError line."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no {what} at {path}")
+        raise UserError(f"no {what} at {path}" + (f" ({NOT_SHIPPED})" if is_shipped(path) else ""))
     try:
         return load(path)
     # what the unpickler raises on bytes that are no pickle (torch's own text suggests weights_only=False: not for a

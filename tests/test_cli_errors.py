@@ -50,8 +50,24 @@ def test_load_or_fail_names_what_the_file_is_not(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match=r"other.pt is not a score model \(no 'config' entry\)"):
         load_or_fail(load, tmp_path / "other.pt", "score model")
-    with pytest.raises(UserError, match="no score model at"):
+    with pytest.raises(UserError, match="no score model at") as err:
         load_or_fail(load, tmp_path / "missing.pt", "score model")
+    assert "pip install -e" not in str(err.value)  # the user's own file: no word about the shipped ones
+
+
+def test_a_missing_shipped_checkpoint_says_where_they_come_from(tmp_path, capsys):
+    """A non-editable install leaves data/ behind: the shipped checkpoints' absence is said, never silent."""
+    from sciddiff.cli import SHIPPED_DATA
+    from sciddiff.dock.cli import _load_optional
+
+    gone = SHIPPED_DATA / "dock" / "no_such_model.pt"
+    with pytest.raises(UserError, match=r"no backbone checkpoint at .*no_such_model.pt \(.*`pip install -e \.`\)"):
+        load_or_fail(torch.load, gone, "backbone checkpoint")
+    assert _load_optional(None, gone, "score model", torch.load, "--model") is None  # docking goes on without it...
+    note = capsys.readouterr().err
+    assert note.startswith("note: no score model at") and "--model none" in note and "pip install -e ." in note
+    assert _load_optional("none", gone, "score model", torch.load, "--model") is None  # ...and `none` is silent
+    assert capsys.readouterr().err == ""
 
 
 def test_dock_refuses_to_replace_the_current_folder(tmp_path, monkeypatch, capsys):

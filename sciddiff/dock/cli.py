@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail, options_below
+from sciddiff.cli import NOT_SHIPPED, UserError, check_output_path, idle_threads, load_or_fail, options_below
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "dock" / "score_model.pt"
 MODEL_HELP = f"score-model checkpoint, or 'none' for physics-only docking (default: {DEFAULT_MODEL} when present)"
@@ -167,7 +167,7 @@ def _model(args):
 
         return load_score_model(path, args.device)
 
-    return _load_optional(args.model, DEFAULT_MODEL, "score model", load)
+    return _load_optional(args.model, DEFAULT_MODEL, "score model", load, "--model")
 
 
 @contextlib.contextmanager
@@ -198,12 +198,17 @@ def _rescorer(args):
 
         return load_rescorer(path)
 
-    return _load_optional(args.rescore, DEFAULT_RESCORER, "rescoring model", load)
+    return _load_optional(args.rescore, DEFAULT_RESCORER, "rescoring model", load, "--rescore")
 
 
-def _load_optional(value: str | None, default: Path, what: str, load):
-    """`none` -> None; no value -> the shipped file if present; a path must exist and load (one-line errors)."""
-    if value == "none" or (value is None and not default.exists()):
+def _load_optional(value: str | None, default: Path, what: str, load, option: str):
+    """`none` -> None; no value -> the shipped file, or None with a note when it is missing (docking goes on without
+    it, as with `none`); a path must exist and load (one-line errors)."""
+    if value == "none":
+        return None
+    if value is None and not default.exists():
+        print(f"note: no {what} at {default}, docking without it ({option} PATH gives one, {option} none says so); "
+              f"{NOT_SHIPPED}", file=sys.stderr)
         return None
     return load_or_fail(load, Path(value) if value else default, what)
 
