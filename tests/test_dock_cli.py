@@ -352,9 +352,11 @@ def _write_protein(path: Path, edit) -> str:
 
 
 def _flat_sdf(path: Path) -> str:
+    from rdkit.Chem import rdDepictor  # its own import: `Chem.rdDepictor` exists only once something imported it
+
     mol = Chem.MolFromMolFile(LIGAND)
     mol.RemoveAllConformers()
-    Chem.rdDepictor.Compute2DCoords(mol)
+    rdDepictor.Compute2DCoords(mol)
     Chem.MolToMolFile(mol, str(path))
     return str(path)
 
@@ -753,3 +755,26 @@ def test_a_comma_separated_smiles_file_reads_like_a_whitespace_separated_one(tmp
     (tmp_path / "lib.smi").write_text("smiles,name\nc1ccccc1C(=O)NO,hydroxamate\nCC(=O)Nc1ccc(O)cc1\tparacetamol\n")
     records = io.load_ligands(tmp_path / "lib.smi")
     assert [(r.name, r.mol is not None) for r in records] == [("hydroxamate", True), ("paracetamol", True)]
+
+
+def test_autobox_ligand_boxes_every_molecule_of_its_file(tmp_path, capsys):
+    """As gnina's --autobox_ligand: a reference of several poses or ligands gives the box around all of them (the
+    first record alone boxed a pose file's rank 1 and left the others outside)."""
+    from rdkit.Chem import rdMolTransforms
+    from sciddiff.dock import io
+
+    crystal = Chem.MolFromMolFile(LIGAND, removeHs=False)
+    moved = Chem.Mol(crystal)
+    shift = np.eye(4)
+    shift[:3, 3] = (6.0, 0.0, 0.0)
+    rdMolTransforms.TransformConformer(moved.GetConformer(), shift)
+    path = tmp_path / "two.sdf"
+    with Chem.SDWriter(str(path)) as w:
+        w.write(crystal)
+        w.write(moved)
+    one, two = io.box_from_ligand(LIGAND), io.box_from_ligand(path)
+    assert np.allclose(two.size - one.size, (6.0, 0, 0), atol=1e-3)
+    assert np.allclose(two.center - one.center, (3.0, 0, 0), atol=1e-3)
+    assert "all 2 molecules" in capsys.readouterr().err
+    io.box_from_ligand(LIGAND)
+    assert capsys.readouterr().err == ""  # one molecule: no note

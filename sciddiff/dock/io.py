@@ -656,17 +656,21 @@ def waters_on(receptor: Receptor, xyz: np.ndarray, distance: float = 1.5) -> int
 
 
 def reference_coords(path: str | os.PathLike) -> np.ndarray:
-    """The 3D coordinates (N, 3) of the first molecule of a reference ligand file (for a box)."""
+    """The 3D coordinates (N, 3) of every molecule of a reference ligand file (for a box), as gnina's and smina's
+    --autobox_ligand read it: a file of several poses or ligands gives the box around all of them."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"autobox ligand not found: {path}")
     with rdkit_quiet():
-        mol = next(_raw_records(path, limit=1), ("", None))[1]
-    if mol is None or mol.GetNumConformers() == 0 or mol.GetNumAtoms() == 0:
+        mols = [mol for _, mol in _raw_records(path) if mol is not None and mol.GetNumConformers()
+                and mol.GetNumAtoms()]
+    if not mols:
         raise UserError(f"cannot read coordinates from autobox ligand {path}")
-    if not mol.GetConformer().Is3D():  # a 2D depiction: a box around it would sit at an arbitrary place
+    if not all(mol.GetConformer().Is3D() for mol in mols):  # a 2D depiction: a box around it would sit anywhere
         raise UserError(f"autobox ligand {path} has no 3D coordinates")
-    return mol.GetConformer().GetPositions()
+    if len(mols) > 1:
+        _note(f"{path}: the box is around all {len(mols)} molecules of the file (as gnina's --autobox_ligand)")
+    return np.concatenate([mol.GetConformer().GetPositions() for mol in mols])
 
 
 def resolve_box(receptor: Receptor, autobox_ligand: str | None = None, autobox_add: float | None = None,
