@@ -87,7 +87,8 @@ def register(subparsers) -> None:
                                    "(a row with the cell empty, or a table without the column: --autobox-ligand / "
                                    "--center for every row, else blind)")
     box = p.add_argument_group("search box (default: blind docking)")
-    box.add_argument("--autobox-ligand", help="box = the extent of this file's ligand(s) (all its molecules, as gnina) plus --autobox-add on every side")
+    box.add_argument("--autobox-ligand", help="box = the extent of this file's molecules (all of them, as gnina) "
+                                              "plus --autobox-add on every side")
     box.add_argument("--autobox-add", type=float, default=None, help="padding for --autobox-ligand in A (default 4)")
     box.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"), help="box centre (A)")
     box.add_argument("--size", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="box edge lengths (A)")
