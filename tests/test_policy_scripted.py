@@ -103,7 +103,7 @@ def test_complete_appends_the_last_push_to_recorded_episodes(tmp_path, capsys):
     done = ReplayBuffer.open(out)
     assert done.n_episodes == 1 and done.keys == ["action", "n_contacts", "state"]
     ep = done.get_episode(0)
-    assert np.array_equal(ep["state"][:3], recorded["state"][:3]) and np.array_equal(ep["action"][:3], recorded["action"][:3])
+    assert all(np.array_equal(ep[k][:3], recorded[k][:3]) for k in ("state", "action"))
     # the planner starts from the last recorded state, its first row in place of the recording's last: once each
     assert np.allclose(ep["state"][3], NEAR_GOAL, atol=1e-4) and not np.allclose(ep["state"][4], NEAR_GOAL, atol=1e-4)
     assert not np.array_equal(ep["action"][3], recorded["action"][3])
