@@ -62,3 +62,17 @@ def test_pf_ode_euler_first_order_heun_second_order():
     steps = (8, 16, 32, 64)
     assert 0.8 < _order(steps, err["euler"]) < 1.3, err["euler"]
     assert 1.7 < _order(steps, err["heun"]) < 2.6, err["heun"]
+
+
+def test_a_one_percent_eps_error_from_the_last_cosine_step_spreads_the_samples():
+    """docs/core.md's cosine trap: from t = T-1 (abar 2.4e-7) a 1% error in eps moves the x0 prediction by ~20; the
+    later steps of a trailing grid correct it only partly (std 0.90 for 0.43 at 10 steps), a leading grid is unhurt."""
+    schedule = DiscreteSchedule(name="cosine", num_train_timesteps=100)
+    exact = _exact_eps(schedule)
+    x_T = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0))
+    std = {}
+    for spacing in ("trailing", "leading"):
+        for name, model in (("exact", exact), ("1%", lambda x, t: 1.01 * exact(x, t))):
+            std[spacing, name] = float(sample_ddim(model, x_T, schedule, steps=10, timestep_spacing=spacing).std())
+    assert std["trailing", "1%"] > 1.5 * std["trailing", "exact"], std
+    assert abs(std["leading", "1%"] / std["leading", "exact"] - 1) < 0.05, std

@@ -69,6 +69,29 @@ def test_a_score_of_the_wrong_shape_is_named():
             Torus(n)
 
 
+def test_every_loss_and_sampler_names_a_model_output_of_the_wrong_shape():
+    """A pooled (B, 1, 2) or batch-less (1, 16, 2) output for (B, 16, 2) actions broadcast silently through the
+    discrete losses and samplers, the SDE sampler and the flow (a loss of 0.83, full-shape samples)."""
+    from sciddiff.core import VPSDE, ddpm_loss, sample_sde
+    from sciddiff.core.flow import flow_matching_loss
+
+    schedule, x = DiscreteSchedule(name="linear", num_train_timesteps=100), torch.zeros(4, 16, 2)
+    for bad in (torch.zeros(4, 1, 2), torch.zeros(1, 16, 2)):
+        model = lambda x_t, t: bad  # noqa: E731
+        shape = rf"model returned \({', '.join(map(str, bad.shape))}\); the (sample|point) shape is \(4, 16, 2\)"
+        calls = [lambda: ddpm_loss(model, x, schedule), lambda: sample_ddpm(model, x, schedule, steps=2),
+                 lambda: sample_ddim(model, x, schedule, steps=2), lambda: sample_dpmpp_2m(model, x, schedule, steps=2),
+                 lambda: sample_sde(VPSDE(), model, x, steps=2),
+                 lambda: sample_flow(model, Euclidean((16, 2)), x, steps=2),
+                 lambda: flow_matching_loss(model, Euclidean((16, 2)), x, x, torch.full((4,), 0.5))]
+        for call in calls:
+            with pytest.raises(ValueError, match=shape):
+                call()
+    space = Product(tr=Euclidean(3), tor=Torus(2))
+    with pytest.raises(ValueError, match="dict with keys"):  # was a bare KeyError
+        sample_flow(lambda x, t: {"tr": x["tr"]}, space, {"tr": torch.zeros(2, 3), "tor": torch.zeros(2, 2)}, steps=2)
+
+
 def test_flow_samples_end_on_the_manifold_whatever_the_network_returns():
     angles = sample_flow(lambda x, t: x + 10.0, Torus(3), Torus(3).prior_sample(4, None), steps=3)
     assert angles.min() >= -math.pi and angles.max() < math.pi

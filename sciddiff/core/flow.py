@@ -39,6 +39,7 @@ def flow_matching_loss(model: Callable, space: Space, x_noise: Point, x_data: Po
         raise ValueError("flow_matching_loss: t must lie in [0, 1] (0 noise, 1 data)")
     x_t = interpolate(space, x_noise, x_data, t)
     pred = model(x_t, t, **cond)
+    Space.check_tangent(pred, x_t, what="point")
     diff = Space.add(space.log(x_t, pred), Space.scale(space.log(x_t, x_data), -1.0))
     err = space.sq_norm(diff)
     w = 1 / (1 - t.clamp(max=t_clip)) ** 2
@@ -82,7 +83,9 @@ def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, met
     t_dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
 
     def velocity(x, t):
-        x1 = Space.in_dtype_of(model(x, torch.full((ref.shape[0],), t, device=ref.device, dtype=t_dtype), **cond), x)
+        x1 = model(x, torch.full((ref.shape[0],), t, device=ref.device, dtype=t_dtype), **cond)
+        Space.check_tangent(x1, x, what="point")
+        x1 = Space.in_dtype_of(x1, x)
         v = space.log(x, x1)
         if isinstance(v, dict):
             return {k: vk * rates.get(k, 1 / (1 - t)) for k, vk in v.items()}, x1

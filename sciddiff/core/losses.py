@@ -28,6 +28,7 @@ def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, predictio
     eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     alpha, sigma = schedule.alpha_sigma(t, x0)
     out = model(alpha * x0 + sigma * eps, t, **cond)
+    Space.check_tangent(out, x0, what="sample")
     return (out.float() - target_for(prediction_type, x0, eps, alpha, sigma).float()).pow(2).mean()
 
 
@@ -68,6 +69,7 @@ def ddim_distillation_loss(student: Callable, teacher: Callable, x0: Tensor, sch
     def teacher_mean_step(x, s, s_next, **cond) -> tuple[Tensor, Tensor]:  # (mean of x_next, std of its noise)
         a, s_sigma = cast(abar(s).sqrt()), cast((1 - abar(s)).sqrt())
         out = teacher(x, s, **cond)
+        Space.check_tangent(out, x, what="sample")
         x0_hat = to_x0(out, x, a, s_sigma, prediction_type)
         x0_hat = x0_hat if clip_sample is None else x0_hat.clamp(-clip_sample, clip_sample)
         c, std = _ddim_coefficients(abar(s), abar(s_next), eta)
@@ -87,7 +89,9 @@ def ddim_distillation_loss(student: Callable, teacher: Callable, x0: Tensor, sch
         x0_target = (x_two - cast(c / sigma) * x_t) / cast(abar(t_next).sqrt() - c * alpha / sigma)
         target = target_for(prediction_type, x0_target, (x_t - cast(alpha) * x0_target) / cast(sigma), cast(alpha),
                             cast(sigma))
-    return (student(x_t, t, **cond).float() - target.float()).pow(2).mean()
+    out = student(x_t, t, **cond)
+    Space.check_tangent(out, x0, what="sample")
+    return (out.float() - target.float()).pow(2).mean()
 
 
 def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Generator | None = None, **cond) -> Tensor:
@@ -95,6 +99,7 @@ def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Gene
     z = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     mean, std = sde.marginal_prob(x0, t)
     score = score_fn(mean + std * z, t, **cond)
+    Space.check_tangent(score, x0, what="sample")
     return (std * score + z).pow(2).reshape(x0.shape[0], -1).sum(-1).mean()
 
 

@@ -62,7 +62,9 @@ def _steps(schedule: DiscreteSchedule, steps: int, spacing: str) -> list[tuple[i
 
 
 def _x0_eps(model, x, t: int, abar: float, prediction_type: str, clip_sample: float | None, cond) -> tuple[Tensor, Tensor]:
-    out = model(x, _full(t, x), **cond).to(x.dtype)
+    out = model(x, _full(t, x), **cond)
+    Space.check_tangent(out, x, what="sample")
+    out = out.to(x.dtype)
     alpha, sigma = math.sqrt(abar), math.sqrt(1 - abar)
     x0 = _clip(to_x0(out, x, alpha, sigma, prediction_type), clip_sample)
     return x0, to_eps(out, x, alpha, sigma, prediction_type)

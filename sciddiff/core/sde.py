@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .parameterization import broadcast_to_batch
 from .schedules import betas as make_betas
+from .spaces import Space
 
 __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DDPMChain"]
 
@@ -46,7 +47,9 @@ class SDE:
 
             def sde(self, x, t, **cond):
                 drift, g = forward.sde(x, t)
-                drift = drift - g**2 * score_fn(x, t, **cond) * (0.5 if probability_flow else 1.0)
+                score = score_fn(x, t, **cond)
+                Space.check_tangent(score, x, what="sample")
+                drift = drift - g**2 * score * (0.5 if probability_flow else 1.0)
                 return drift, torch.zeros_like(g) if probability_flow else g
 
         return Reverse()

@@ -96,18 +96,19 @@ class Space:
         return v * c
 
     @staticmethod
-    def check_tangent(v: Point, like: Point, name: str = "") -> None:
-        """Raise ValueError unless `v` (a network's score or velocity) has the shape (and, for products, the keys) of
-        the tangent `like`: broadcasting a wrong shape would silently mix samples."""
+    def check_tangent(v: Point, like: Point, name: str = "", what: str = "tangent") -> None:
+        """Raise ValueError unless `v` (a network's output: score, velocity, noise or clean point) has the shape
+        (and, for products, the keys) of `like` (the `what` it stands for): broadcasting a wrong shape would silently
+        mix samples. Every loss and sampler of the core checks its model's output with it."""
         if isinstance(like, dict):
             if not isinstance(v, dict) or set(v) != set(like):
                 raise ValueError(f"the model must return a dict with keys {sorted(like)}, got "
                                  f"{sorted(v) if isinstance(v, dict) else type(v).__name__}")
             for k in like:
-                Space.check_tangent(v[k], like[k], k)
+                Space.check_tangent(v[k], like[k], k, what)
         elif not torch.is_tensor(v) or v.shape != like.shape:
             got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
-            raise ValueError(f"the model returned {got}{f' for {name!r}' if name else ''}; the tangent shape is "
+            raise ValueError(f"the model returned {got}{f' for {name!r}' if name else ''}; the {what} shape is "
                              f"{tuple(like.shape)}")
 
     @staticmethod
