@@ -300,3 +300,61 @@ def test_four_bonded_neutral_nitrogen_gets_its_charge_and_clean_files_no_repair(
     mol = io.load_ligand(path)
     assert Chem.MolToSmiles(mol) == "C[N+](C)(C)CCO" and "charge +1" in mol.GetProp(io.REPAIRS_PROP)
     assert not io.load_ligand("Cc1ccc2[nH]ccc2c1").HasProp(io.REPAIRS_PROP)
+
+
+@pytest.mark.parametrize("smiles", ["OC(=O)/C=C\\c1ccc(O)cc1", "OC(=O)/C=C/c1ccc(O)cc1", "Br/C(CO)=C/CC",
+                                    "O/N=C\\c1ccccc1", "C/C=C\\C=C/C", "C/C=C/[C@H](O)[C@@H](C)C(=O)Nc1ccccc1"])
+def test_stereo_of_a_smiles_or_a_2d_drawing_is_docked_as_written(tmp_path, smiles):
+    """The unsanitized parse left `/C=C\\` and a drawing's double-bond geometry unread: Z came back E (or the
+    reverse) under a "stereo not specified" note, and a .smi of an E/Z pair was docked once."""
+    from rdkit.Chem import rdDepictor
+
+    want = Chem.MolToSmiles(Chem.MolFromSmiles(smiles))
+    drawing = Chem.MolFromSmiles(smiles)
+    rdDepictor.Compute2DCoords(drawing)
+    Chem.MolToMolFile(drawing, str(tmp_path / "drawn.sdf"))
+    for spec in (smiles, tmp_path / "drawn.sdf"):
+        mol = io.load_ligand(str(spec))
+        assert Chem.MolToSmiles(mol) == want and io.ligand_repairs(mol) is None, spec
+        embedded = io.pose_mol(mol, ligand.generate_conformers(mol, 1, seed=0)[0])
+        Chem.AssignStereochemistryFrom3D(embedded)
+        assert Chem.MolToSmiles(embedded) == want  # the conformers docking starts from are of that isomer
+    (tmp_path / "pair.smi").write_text("OC(=O)/C=C\\c1ccccc1 Z\nOC(=O)/C=C/c1ccccc1 E\n")
+    z, e = io.load_ligands(tmp_path / "pair.smi")
+    assert io.ligand_smiles(z.mol) != io.ligand_smiles(e.mol)
+
+
+def _closest_nonbonded_hydrogens(mol: Chem.Mol) -> float:
+    xyz, topo = mol.GetConformer().GetPositions(), Chem.GetDistanceMatrix(mol)
+    h = [a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() == 1]
+    return min(np.linalg.norm(xyz[i] - xyz[j]) for i in h for j in h if i < j and topo[i, j] > 3)
+
+
+def test_written_poses_keep_isotopes_and_title_and_relax_their_hydrogens(tmp_path):
+    """Deuterium came back as 1H; H placed on docked heavy atoms without relaxation collided (1.05 A; PoseBusters'
+    internal energy failed); a docked pose inherited the input's pose tags (inter, gnina's minimizedAffinity)."""
+    mol = Chem.AddHs(Chem.MolFromSmiles("[2H]C([2H])([2H])Oc1ccc([13CH2]C(N)=O)cc1"))
+    AllChem.EmbedMolecule(mol, randomSeed=42)
+    mol.SetProp("_Name", "d3-probe")
+    for key, value in (("minimizedAffinity", "-9.99"), ("inter", "-10.7"), ("IC50", "12 nM")):
+        mol.SetProp(key, value)
+    with Chem.SDWriter(str(tmp_path / "in.sdf")) as w:
+        w.write(mol)
+    heavy = io.load_ligand(tmp_path / "in.sdf")
+    assert io.ligand_smiles(heavy) == Chem.MolToSmiles(Chem.RemoveHs(mol))  # [2H] and [13CH2] both
+    out = io.pose_mol(heavy, io.ligand_coords(heavy), {"score": -7.0}, name="d3-probe", hydrogens=True,
+                      drop=io.POSE_TAGS)
+    assert sum(a.GetIsotope() == 2 for a in out.GetAtoms()) == 3 and out.GetNumAtoms() == mol.GetNumAtoms()
+    props = out.GetPropsAsDict()
+    assert out.GetProp("_Name") == "d3-probe" and props["IC50"] == "12 nM" and out.GetProp("score") == "-7.0000"
+    assert "minimizedAffinity" not in props and "inter" not in props
+
+    flexible = io.load_ligand("C/C=C/[C@H](O)[C@@H](C)C(=O)Nc1ccccc1")
+    flexible.SetIntProp(io.INPUT_H_PROP, 22)  # as if its file carried hydrogens
+    poses = ligand.generate_conformers(flexible, 30, seed=0, optimize=False)  # heavy-atom geometry, as docked
+    placed = [Chem.AddHs(io.pose_mol(flexible, xyz), addCoords=True) for xyz in poses]
+    assert min(map(_closest_nonbonded_hydrogens, placed)) < 1.4  # where the hydrogens alone would collide...
+    for xyz in poses:
+        out = io.pose_mol(flexible, xyz, hydrogens=True)
+        assert _closest_nonbonded_hydrogens(out) > 1.8  # ...they are relaxed apart
+        assert np.allclose(out.GetConformer().GetPositions()[:len(xyz)], xyz, atol=1e-4)  # the pose itself unmoved

@@ -227,8 +227,8 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
     if len(ligands) > 1 and all(r.mol is None for r in ligands):  # a library that is all bad input is bad input
         raise UserError(f"none of the {len(ligands)} molecules in {ligand} can be docked; the first: "
                         f"{ligands[0].error}")
-    first = _smiles(ligands[0].mol) if ligands[0].mol is not None else None
-    if len(ligands) > 1 and all(r.mol is not None and _smiles(r.mol) == first for r in ligands[1:]):
+    first = io.ligand_smiles(ligands[0].mol) if ligands[0].mol is not None else None
+    if len(ligands) > 1 and all(r.mol is not None and io.ligand_smiles(r.mol) == first for r in ligands[1:]):
         # conformers of one ligand (what conformer generators write): docking starts from fresh conformers anyway
         print(f"note: {ligand}: {len(ligands)} records of the same molecule, docked once (input coordinates are not "
               "used)", file=sys.stderr)
@@ -287,7 +287,7 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
         result = dock(receptor, mol, box, model, settings, device=args.device,
                       show_progress=show_progress and sys.stderr.isatty(), rescorer=rescorer)
         result.timings["total"] = time.perf_counter() - started
-        meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": _smiles(mol),
+        meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": io.ligand_smiles(mol),
                 "ligand_repairs": io.ligand_repairs(mol), "receptor_residues_removed": removed or None,
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
                 **how,
@@ -312,12 +312,6 @@ def _how_docked(settings, model, rescorer, args, receptor, box) -> dict:
             "settings": json.loads(json.dumps(settings_dict(settings))),
             "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
             else f"{settings.scoring} energy (inter + intra-ligand) after physics search"}
-
-
-def _smiles(mol) -> str:
-    from rdkit import Chem
-
-    return Chem.MolToSmiles(mol)
 
 
 def run_dock(args) -> int:
@@ -398,11 +392,13 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
 def _earlier_result(folder: Path, mol, how: dict) -> dict | None:
     """The summary of an earlier run in `folder` if it docked this molecule the same way (`_how_docked`: the same
     receptor, box, settings and models; and its poses are there)."""
+    from sciddiff.dock import io
+
     try:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    same = (summary.get("smiles") == _smiles(mol) and summary.get("poses")
+    same = (summary.get("smiles") == io.ligand_smiles(mol) and summary.get("poses")
             and all(summary.get(k) == v for k, v in how.items())
             and all((folder / p["file"]).is_file() for p in summary["poses"]))
     return summary if same else None
@@ -538,13 +534,13 @@ def run_score(args) -> int:
         own_receptor, own_copies = io.without_ligand_itself(receptor, mol)
         removed.update(dict.fromkeys(own_copies))
         r = score_pose(own_receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
-        for key in ("rank", "confidence", "consensus", "pocket") if args.minimize else ():
-            mol.ClearProp(key)  # a docking run's tags describe the pose before relaxation
         tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,
                 "n_torsions": r.n_torsions, **({"moved": r.moved} if args.minimize else {})}
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         rows.append({"pose": i + 1, "name": name or f"pose{i + 1}", **tags})
-        sd_records.append(io.sdf_block(io.pose_mol(mol, r.coords, tags, hydrogens=True)))
+        # a relaxed pose is a new pose: the tags of the one given (a docking run's rank, gnina's affinity) go
+        drop = io.POSE_TAGS if args.minimize else ()
+        sd_records.append(io.sdf_block(io.pose_mol(mol, r.coords, tags, hydrogens=True, drop=drop)))
     _note_ligand_itself(list(removed), args.protein)
     columns = ["score", "inter", "intra", *r.terms, *(["moved"] if args.minimize else [])]
     print("pose  " + "  ".join(f"{c:>11}" for c in columns) + "  name")

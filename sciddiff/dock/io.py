@@ -32,6 +32,11 @@ MAX_BOX_SIDE = 60.0  # A: a search box beyond this is a blind search; blind dock
 AUTODOCK_TYPES = {"A": "C", "NA": "N", "NS": "N", "OA": "O", "OS": "O", "SA": "S", "HD": "H", "HS": "H"}
 REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file, if anything
 INPUT_H_PROP = "_sciddiff_input_hydrogens"  # how many H atoms the input molecule carried (they are docked without)
+H_ISOTOPES_PROP = "_sciddiff_h_isotopes"  # atom property: mass numbers of its labelled H (D, T), e.g. "2,2,2"
+# SD tags that describe one pose (ours, gnina's, smina's): a new pose of the molecule must not inherit the input's
+POSE_TAGS = ("rank", "confidence", "consensus", "score", "energy", "pocket", "inter", "intra", "gauss1", "gauss2",
+             "repulsion", "hydrophobic", "hbond", "n_torsions", "moved", "minimizedAffinity", "minimizedRMSD",
+             "CNNscore", "CNNaffinity", "CNN_VS", "CNNaffinity_variance")
 WATERS = {"HOH", "WAT", "DOD", "H2O", "TIP", "TIP3", "SOL"}
 AMINO_ACIDS = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
                "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL")
@@ -436,6 +441,16 @@ def _stereo_from_3d(mol: Chem.Mol) -> None:
     Chem.AssignStereochemistryFrom3D(mol)
 
 
+def _stereo_as_written(mol: Chem.Mol) -> None:
+    """E/Z and chirality of a SMILES string or a 2D drawing, perceived as RDKit's sanitizing readers do (the raw,
+    unsanitized parse leaves the bond directions of `/C=C\\` and a drawing's double-bond geometry unread, and the
+    molecule would be docked as whichever isomer came first)."""
+    if mol.GetNumConformers():  # a 2D drawing: E/Z from its coordinates, chirality from its wedges
+        Chem.DetectBondStereochemistry(mol)
+        Chem.AssignChiralTypesFromBondDirs(mol)
+    Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
+
+
 def _aromatic_n_without_h(mol: Chem.Mol, atoms: Iterable[int]) -> list[int]:
     """Neutral two-bonded N in an aromatic bond with no hydrogen (before sanitization only bonds carry aromaticity)."""
     return [i for i in sorted(atoms) if (a := mol.GetAtomWithIdx(i)).GetSymbol() == "N" and a.GetFormalCharge() == 0
@@ -559,7 +574,12 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
                         "(a MOL2 file or a SMILES string of the ligand may read)") from None
     if mol.GetNumConformers() and mol.GetConformer().Is3D():
         _stereo_from_3d(mol)
+    else:
+        _stereo_as_written(mol)
     n_input_h = sum(atom.GetAtomicNum() == 1 for atom in mol.GetAtoms())
+    for atom in mol.GetAtoms():  # labelled H (D, T) are docked as H and given back on output (`pose_mol`)
+        if labels := [str(h.GetIsotope()) for h in atom.GetNeighbors() if h.GetAtomicNum() == 1 and h.GetIsotope()]:
+            atom.SetProp(H_ISOTOPES_PROP, ",".join(labels))
     mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
     if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
         frags = sorted(Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False), key=lambda m: -m.GetNumAtoms())
@@ -717,10 +737,12 @@ def checked_box_size(box: Box) -> Box:
 
 # ----------------------------------------------------------------------------------------------------- output
 def pose_mol(mol: Chem.Mol, coords: np.ndarray, tags: dict[str, object] | None = None, name: str | None = None,
-             hydrogens: bool = False) -> Chem.Mol:
-    """A copy of `mol` with a single conformer at `coords` and SD properties `tags`. With `hydrogens`, a ligand
-    whose input file carried hydrogens gets them back (all of them, as gnina writes poses; placed by RDKit's
-    geometry on the docked heavy atoms, not optimised against the protein: they play no part in the scoring)."""
+             hydrogens: bool = False, drop: Iterable[str] = ()) -> Chem.Mol:
+    """A copy of `mol` with a single conformer at `coords`, without the SD properties `drop` and with `tags`. With
+    `hydrogens`, a ligand whose input file carried hydrogens gets them back (all of them, as gnina writes poses,
+    with the input's D/T labels): placed by RDKit's geometry on the docked heavy atoms, then relaxed with the heavy
+    atoms fixed (MMFF94, else UFF) so that no two H collide; not against the protein (they play no part in the
+    scoring)."""
     out = Chem.Mol(mol)
     out.RemoveAllConformers()
     conf = Chem.Conformer(out.GetNumAtoms())
@@ -731,12 +753,50 @@ def pose_mol(mol: Chem.Mol, coords: np.ndarray, tags: dict[str, object] | None =
     if name:
         out.SetProp("_Name", name)
     if hydrogens and mol.HasProp(INPUT_H_PROP):
-        out = Chem.AddHs(out, addCoords=True)
+        out = _with_hydrogens(out)
     for prop in out.GetPropNames(includePrivate=True):  # bookkeeping (ours, RDKit's MOL2 reader's): not SD tags
-        if (prop.startswith("_") and prop != "_Name") or prop == REPAIRS_PROP:
+        if (prop.startswith("_") and prop != "_Name") or prop == REPAIRS_PROP or prop in drop:
             out.ClearProp(prop)
     for key, value in (tags or {}).items():
         out.SetProp(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return out
+
+
+def _add_labelled_hydrogens(mol: Chem.Mol, coords: bool = False) -> Chem.Mol:
+    """Chem.AddHs, with the D/T labels the input's hydrogens had (H_ISOTOPES_PROP) put back."""
+    out = Chem.AddHs(mol, addCoords=coords)
+    for atom in list(out.GetAtoms())[:mol.GetNumAtoms()]:  # AddHs appends the H: heavy atoms keep their indices
+        if atom.HasProp(H_ISOTOPES_PROP):
+            hs = [h for h in atom.GetNeighbors() if h.GetAtomicNum() == 1]
+            for h, mass in zip(hs, atom.GetProp(H_ISOTOPES_PROP).split(",")):
+                h.SetIsotope(int(mass))
+    return out
+
+
+def ligand_smiles(mol: Chem.Mol) -> str:
+    """Canonical isomeric SMILES of a ligand as `load_ligand` read it, its labelled hydrogens ([2H]) included."""
+    if not any(atom.HasProp(H_ISOTOPES_PROP) for atom in mol.GetAtoms()):
+        return Chem.MolToSmiles(mol)
+    return Chem.MolToSmiles(Chem.RemoveHs(_add_labelled_hydrogens(mol)))  # RemoveHs keeps the labelled ones
+
+
+def _with_hydrogens(mol: Chem.Mol) -> Chem.Mol:
+    """`mol` (heavy atoms, one conformer) with all its hydrogens, labelled as the input's were (H_ISOTOPES_PROP),
+    at positions relaxed with every heavy atom held fixed."""
+    from rdkit.Chem import rdForceFieldHelpers
+
+    n = mol.GetNumAtoms()
+    out = _add_labelled_hydrogens(mol, coords=True)
+    with rdkit_quiet():
+        if rdForceFieldHelpers.MMFFHasAllMoleculeParams(out):
+            ff = rdForceFieldHelpers.MMFFGetMoleculeForceField(out, rdForceFieldHelpers.MMFFGetMoleculeProperties(out))
+        elif rdForceFieldHelpers.UFFHasAllMoleculeParams(out):
+            ff = rdForceFieldHelpers.UFFGetMoleculeForceField(out)
+        else:
+            return out
+        for i in range(n):
+            ff.AddFixedPoint(i)
+        ff.Minimize(maxIts=200)
     return out
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from rdkit import Chem
 
 from sciddiff.cli import UserError, check_output_path
-from sciddiff.dock.io import Receptor, complex_pdb, pose_mol, sdf_block
+from sciddiff.dock.io import POSE_TAGS, Receptor, complex_pdb, pose_mol, sdf_block
 from sciddiff.train.checkpoint import json_text
 
 if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an output folder
@@ -78,7 +78,7 @@ def write_result(folder: Path, receptor: Receptor, mol: Chem.Mol, result: DockRe
         tags = {"rank": i + 1, "confidence": float(result.confidence[i]), "consensus": float(result.consensus[i]),
                 "score": float(result.score[i]),
                 "energy": float(result.energy[i]), "pocket": int(result.region[i]) + 1}
-        pm = pose_mol(mol, result.coords[i], tags, name=f"{name}_rank{i + 1}", hydrogens=True)
+        pm = pose_mol(mol, result.coords[i], tags, name=name, hydrogens=True, drop=POSE_TAGS)
         blocks.append(sdf_block(pm))
         (folder / f"rank{i + 1}.sdf").write_text(blocks[-1])
         if i == 0:
