@@ -778,3 +778,17 @@ def test_autobox_ligand_boxes_every_molecule_of_its_file(tmp_path, capsys):
     assert "all 2 molecules" in capsys.readouterr().err
     io.box_from_ligand(LIGAND)
     assert capsys.readouterr().err == ""  # one molecule: no note
+
+
+def test_bad_input_is_reported_before_torch_is_imported(tmp_path):
+    """docs/benchmarks.md: a missing input file is reported in a fraction of a second, the application's own modules
+    imported, not torch (~2 s on 2 cores; an output helper's import of sciddiff.train brought it back)."""
+    code = ("import sys\n"
+            "from sciddiff.cli import main\n"
+            "for argv in (['dock', '--protein', 'missing.pdb', '--ligand', 'x.sdf', '--out', 'o'],\n"
+            "             ['dock-score', '--protein', 'missing.pdb', '--ligand', 'x.sdf'], ['backbone', 'eval', 'm']):\n"
+            "    assert main(argv) == 2, argv\n"
+            "print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False"], run.stderr

@@ -507,7 +507,6 @@ def run_eval(args) -> int:
 def run_score(args) -> int:
     from sciddiff.dock import io
     from sciddiff.dock.output import atomic_file_text
-    from sciddiff.train.checkpoint import write_json
 
     if bad := options_below(args, 1, "minimize_steps", "threads"):
         raise UserError(f"{bad[0]} must be >= 1")
@@ -523,6 +522,7 @@ def run_score(args) -> int:
     import torch
 
     from sciddiff.dock.pose_scoring import pose_warnings, score_pose  # torch: once the inputs have passed
+    from sciddiff.train.checkpoint import write_json
 
     torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
 

@@ -15,7 +15,6 @@ from rdkit import Chem
 
 from sciddiff.cli import UserError, check_output_path
 from sciddiff.dock.io import POSE_TAGS, Receptor, complex_pdb, pose_mol, sdf_block
-from sciddiff.train.checkpoint import json_text
 
 if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an output folder
     from sciddiff.dock.docking import DockResult
@@ -73,6 +72,8 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
 def write_result(folder: Path, receptor: Receptor, mol: Chem.Mol, result: DockResult, meta: dict, name: str = "ligand") -> dict:
     """rank{i}.sdf (SD tags rank, confidence, consensus, score, energy, pocket), poses.sdf (all of them in rank order,
     one file as gnina's and Vina's outputs are, for viewers), complex_rank1.pdb and summary.json."""
+    from sciddiff.train.checkpoint import json_text  # sciddiff.train imports torch: not before the inputs are checked
+
     poses, blocks = [], []
     for i in range(len(result.coords)):
         tags = {"rank": i + 1, "confidence": float(result.confidence[i]), "consensus": float(result.consensus[i]),
