@@ -8,13 +8,16 @@ does not take down the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import math
 import os
 import pickle
+import signal
 import struct
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +39,36 @@ def is_shipped(path: str | os.PathLike) -> bool:
     return Path(path).resolve().is_relative_to(SHIPPED_DATA)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised where the command is, as Ctrl-C's KeyboardInterrupt is, so
+    that the same clean-up runs (staging folders removed, a trainer's checkpoint saved); exit status 143."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises `Terminated` inside the block (default Python would die at once, leaving staging folders and
+    temporary files behind). Set in the main thread only, and only where SIGTERM has its default action: an
+    ignored or otherwise handled signal stays as it is (a trainer's own handler takes over inside its loop)."""
+    def terminate(signum, frame):
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def interrupted_status(err: KeyboardInterrupt) -> int:
+    """One line for an interrupted command, and its exit status: 143 for SIGTERM, 130 for Ctrl-C (128 + signal)."""
+    terminated = isinstance(err, Terminated)
+    print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+    return 143 if terminated else 130
+
+
 class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit status 2, never as a traceback."""
 
@@ -52,16 +85,16 @@ def run_command(func, args) -> int:
     """Run func(args) for a module's own `main`: a UserError becomes one line on stderr and exit status 2, a
     file-system error (disk full, permissions) one line and exit status 1."""
     try:
-        func(args)
+        with sigterm_as_interrupt():
+            func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # as `sciddiff` itself: a trainer resumes from its last checkpoint
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # as `sciddiff` itself: a trainer resumes from its last checkpoint
+        return interrupted_status(err)
     return 0
 
 
@@ -201,16 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except UserError as err:
         print(f"sciddiff {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # disk full, permissions, a file that vanished: one line, not a traceback
         print(f"sciddiff {args.command}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return interrupted_status(err)
 
 
 if __name__ == "__main__":

@@ -183,3 +183,33 @@ def test_overwrite_replaces_only_a_docking_output_and_never_one_holding_the_inpu
     assert "is not a docking output" in one_line_error(capsys)
     assert sorted(p.name for p in inputs.iterdir()) == sorted([Path(protein).name, Path(ligand).name, "notes.txt"])
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does_and_exits_143(tmp_path, capsys):
+    """A scheduler's SIGTERM killed a command at once: hidden staging folders stayed behind, and one blocked every
+    later run into the same --out. Now it is raised where the command is, as Ctrl-C is."""
+    import os
+    import signal
+    import time
+
+    from sciddiff.cli import run_command
+    from sciddiff.dock.output import atomic_dir, check_out_dir
+    from sciddiff.train.interrupt import interruption
+
+    def work(args):
+        with atomic_dir(tmp_path / "out") as staging:
+            (staging / "rank1.sdf").write_text("half a result")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # never reached: the signal arrives first
+
+    assert run_command(work, None) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler lives only as long as the command
+    assert isinstance(interruption(["SIGTERM"]), KeyboardInterrupt) and run_command(
+        lambda args: (_ for _ in ()).throw(interruption(["SIGTERM"])), None) == 143  # a trainer that saved, then stops
+    assert run_command(lambda args: (_ for _ in ()).throw(interruption(["SIGINT"])), None) == 130
+    # what a run killed outright (SIGKILL) leaves: the next --overwrite / --resume clears it instead of refusing
+    (tmp_path / "out" / ".1s3v.tmp-abcd").mkdir(parents=True)
+    (tmp_path / ".out.tmp-efgh").mkdir()
+    assert check_out_dir(tmp_path / "out", overwrite=True) == tmp_path / "out"
+    assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / ".out.tmp-efgh").exists()

@@ -512,6 +512,33 @@ def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):
     assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full
 
 
+def test_an_interrupted_dock_eval_overwrite_leaves_no_earlier_rows_to_resume(tmp_path, capsys, monkeypatch):
+    """--overwrite wrote its run.json beside the earlier results.csv; stopped before its first complex, a --resume
+    with its options took the earlier run's rows as its own (exit 0, nothing docked)."""
+    from sciddiff.dock import data
+
+    folder = tmp_path / "data" / "set" / "1uou"
+    folder.mkdir(parents=True)
+    shutil.copy(PROTEIN, folder / "1uou_protein.pdb.gz")
+    shutil.copy(LIGAND, folder / "1uou_ligand.sdf")
+    split = tmp_path / "split.txt"
+    split.write_text("set/1uou\n")
+    run = ["dock-eval", "--data", str(tmp_path / "data"), "--split", str(split), "--autobox", "--out",
+           str(tmp_path / "ev"), *FAST, "--model", "none", "--no-posebusters"]
+    assert main(run) == 0
+    earlier = (tmp_path / "ev" / "results.csv").read_text()
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "complex_files", interrupt)  # the first thing done per complex, after run.json
+        assert main([*run, "--seed", "1", "--overwrite"]) == 130
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["run.json"]  # the earlier results went first
+    assert main([*run, "--seed", "1", "--resume"]) == 0
+    assert (tmp_path / "ev" / "results.csv").read_text() != earlier  # docked again, with seed 1
+
+
 def test_idle_threads_follows_the_load(monkeypatch):
     from sciddiff import cli
 

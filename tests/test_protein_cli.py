@@ -207,6 +207,17 @@ def test_an_output_folder_holds_one_run_replaced_whole_and_only_when_done(tmp_pa
     out = tmp_path / "designs"
     run = ["backbone", "sample", "--length", "20", "--steps", "3", "--no-idealize", "--out", str(out)]
     assert main([*run, "--num", "3", "--seed", "0"]) == 0
+    from sciddiff.protein import evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for name in ("eval.json", "phi_psi.png", "distances.png"):  # an earlier evaluation of these backbones
+        (out / name).write_text("earlier")
+    with monkeypatch.context() as m:  # an eval stopped midway leaves none of it beside its own half-written plots
+        m.setattr(evaluate, "evaluate", interrupted)
+        assert main(["backbone", "eval", str(out)]) == 130
+    assert sorted(p.name for p in out.glob("*.*") if not p.name.endswith(".pdb")) == ["samples.json"]
     before = {p.name: p.read_text() for p in out.iterdir()}
     assert main([*run, "--num", "2", "--seed", "1"]) == 2 and "earlier run" in capsys.readouterr().err
     assert main(["backbone", "sample", "--length", "20", "--seed", "-1", "--out", str(tmp_path / "x")]) == 2
@@ -223,6 +234,8 @@ def test_an_output_folder_holds_one_run_replaced_whole_and_only_when_done(tmp_pa
     assert main([*run, "--num", "2", "--seed", "0", "--overwrite"]) == 130
     assert {p.name: p.read_text() for p in out.iterdir()} == before  # the earlier run as it was
     monkeypatch.setattr(pdbio, "write_backbone", real_write)
+    (out / "eval.json").write_text("of the earlier run")  # replaced with it, as the staging of a killed run
+    (out / ".sampling-killed").mkdir()
     assert main([*run, "--num", "1", "--seed", "1", "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["len20_seed1_000.pdb", "samples.json"]
 

@@ -141,6 +141,9 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
            "waters": "dropped" if args.drop_waters else "receptor atoms",
            "settings": json.loads(json.dumps(settings_dict(settings)))}
     done = _earlier_rows(out, run) if args.resume else {}
+    if not args.resume:  # --overwrite: the earlier results go before this run's run.json describes the folder
+        for name in ("results.csv", "summary.json", "success_curves.png"):
+            (out / name).unlink(missing_ok=True)
     write_json(out / "run.json", run, indent=1)
     rows = []
     for cid in progress(ids, desc="dock-eval"):

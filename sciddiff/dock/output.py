@@ -36,6 +36,12 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str 
     for path in inputs:
         if path is not None and Path(path).is_file() and Path(path).resolve().is_relative_to(out.resolve()):
             raise UserError(f"--out {out} holds the input {path}, which --overwrite would delete; choose another --out")
+    # staging folders of a run killed outright (SIGKILL, power loss; Ctrl-C and SIGTERM remove their own): this
+    # folder's beside it, its molecules' inside it
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*"),
+                  *out.glob(".*.tmp-*"), *out.glob(".*.old-*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     if any(out.iterdir()) and not any((out / marker).is_file() for marker in OUTPUT_MARKERS):
         raise UserError(f"--out {out} is not a docking output (no {' or '.join(OUTPUT_MARKERS)}); --overwrite only "
                         "replaces one: choose another --out")

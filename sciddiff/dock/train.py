@@ -25,7 +25,7 @@ from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ScoreModel, ScoreModelConfig, count_parameters
 from sciddiff.train import (CSVLogger, autocast, distributed, load_checkpoint, restore_training_state, save_checkpoint,
                             seed_everything, training_state)
-from sciddiff.train.interrupt import decide, stop_requests
+from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -190,8 +190,8 @@ def train(args: argparse.Namespace, command: str) -> None:
         print(f"saved {out / 'score_model.pt'} at step {step} ({rate:.2f} steps/s this session)", flush=True)
     del ddp_model  # before cleanup (see there)
     distributed.cleanup()
-    if interrupted:  # saved above: exit as interrupted (130); re-running the command resumes
-        raise KeyboardInterrupt
+    if interrupted:  # saved above: exit as interrupted (130, SIGTERM 143); re-running the command resumes
+        raise interruption(requests)
 
 
 if __name__ == "__main__":

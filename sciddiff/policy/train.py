@@ -46,7 +46,7 @@ from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, Polic
 from sciddiff.policy.sampler import sequence_windows, split_episodes
 from sciddiff.train import CSVLogger, autocast, distributed, load_checkpoint, progress, save_checkpoint, seed_everything
 from sciddiff.train.checkpoint import json_text, restore_training_state, training_state
-from sciddiff.train.interrupt import decide, stop_requests
+from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -560,14 +560,14 @@ def train(args: argparse.Namespace) -> dict:
         bar.close()
         if logger is not None:
             logger.close()
-    if interrupted:  # save what was trained, then exit as interrupted (130)
+    if interrupted:  # save what was trained, then exit as interrupted (130, SIGTERM 143)
         checkpoint(last_val)
         if info.is_main:
             print(f"{requests[0] if requests else 'stopped'} at step {step}: saved {state_path}; re-run the same "
                   f"command to resume", file=sys.stderr, flush=True)
         del model
         distributed.cleanup()
-        raise KeyboardInterrupt
+        raise interruption(requests)
     final_val = None  # only rank 0 writes the policy and its validation loss
     if info.is_main:
         final_val = validation_loss(ema_policy(config, ema, device), val_data, args.batch_size, amp)

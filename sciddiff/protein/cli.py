@@ -210,6 +210,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     bar = progress(total=args.num * steps, desc="sampling", unit="backbone-step")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".sampling-*"):  # a run killed outright (SIGKILL) left its staging folder
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".sampling-", dir=out))  # moved into place once all are written
     try:
         for first in range(0, args.num, args.batch_size):
@@ -236,7 +238,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for name in names:
         os.replace(staging / name, out / name)
     staging.rmdir()
-    for name in set(earlier) - set(names):  # --overwrite: the earlier run is replaced as a whole
+    from sciddiff.protein.evaluate import PLOT_FILES
+
+    # --overwrite: the earlier run is replaced as a whole, its evaluation (which described it) too
+    for name in (set(earlier) - set(names)) | ({"eval.json", *PLOT_FILES} if earlier or clash else set()):
         (out / name).unlink(missing_ok=True)
     seconds = time.time() - start
     info = {"length": lengths[0] if len(set(lengths)) == 1 else args.length, "lengths": lengths, "num": args.num,
@@ -301,6 +306,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if len(reference) < 2:
             raise UserError(f"--reference {args.reference} has fewer than 2 PDB files")
         ref_name = str(args.reference)
+    for stale in (json_path, *(plots / name for name in PLOT_FILES)):  # an interrupted eval must not leave new
+        stale.unlink(missing_ok=True)                                   # plots beside an earlier eval.json
     try:
         result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=plots, gaps=gaps,
                           reference_gaps=ref_gaps)

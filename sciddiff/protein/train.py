@@ -43,7 +43,7 @@ from sciddiff.train import (
     training_state,
     write_json,
 )
-from sciddiff.train.interrupt import decide, stop_requests
+from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,8 +221,8 @@ def train(args: argparse.Namespace) -> Path:
         print(f"done: step {step}, {time.time() - start:.0f} s this call; EMA weights in {out / 'model.pt'}", flush=True)
     del model  # before cleanup (see there)
     distributed.cleanup()
-    if interrupted:  # saved above: exit as interrupted (130); re-running the command resumes
-        raise KeyboardInterrupt
+    if interrupted:  # saved above: exit as interrupted (130, SIGTERM 143); re-running the command resumes
+        raise interruption(requests)
     return out / "model.pt"
 
 

@@ -44,6 +44,14 @@ def stop_requests() -> Iterator[list[str]]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
+def interruption(requests: list[str]) -> KeyboardInterrupt:
+    """What a loop stopped by `requests` raises once it has saved: `sciddiff.cli.Terminated` for SIGTERM (exit
+    status 143), else KeyboardInterrupt (130)."""
+    from sciddiff.cli import Terminated
+
+    return Terminated() if "SIGTERM" in requests else KeyboardInterrupt()
+
+
 def stop_requested(requests: list[str], world_size: int, device: torch.device) -> bool:
     """Whether this process, or under DDP any process, was asked to stop: the same answer on every rank."""
     if world_size == 1:
