@@ -146,7 +146,8 @@ def run_baseline(args: argparse.Namespace) -> None:
             xtal = io.ligand_coords(crystal)
             rmsd = [symmetric_rmsd(crystal, c, xtal) for c in coords]
             row.update(rmsd_top1=round(rmsd[0], 3), rmsd_top5=round(min(rmsd[:5]), 3), cpu_s=round(cpu, 1))
-            row["pb_valid"], row["pb_failed"] = posebusters_valid(io.pose_mol(crystal, coords[0]), crystal, protein)
+            row["pb_valid"], row["pb_failed"] = posebusters_valid(io.pose_mol(crystal, coords[0]), crystal,
+                                                                  io.load_receptor(protein, keep_waters=False))
         except Exception as err:  # noqa: BLE001 - a baseline run records failures as misses and goes on
             row["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
         rows.append(row)

@@ -294,6 +294,21 @@ def test_a_protein_file_holding_the_ligand_itself_scores_as_without_it(tmp_path,
         scores.append(out.out.splitlines()[1].split()[1])
     assert scores[0] == scores[1] and "LIG 1 is the ligand itself" in out.err
 
+    # PoseBusters judges a pose against the receptor docked against: the crystal pose passes, where the raw file's
+    # copy of the ligand counted as a cofactor it overlaps (dock-eval called every such pose invalid); an mmCIF
+    # receptor, which posebusters cannot read, is given as PDB records (every pose was invalid)
+    from Bio.PDB import MMCIFIO, PDBParser
+
+    from sciddiff.dock.evaluate import posebusters_valid
+
+    crystal = io.load_ligand(LIGAND)
+    cif = tmp_path / "raw.cif"
+    writer = MMCIFIO()
+    writer.set_structure(PDBParser(QUIET=True).get_structure("p", gzip.open(PROTEIN, "rt")))
+    writer.save(str(cif))
+    for receptor in (trimmed, io.load_receptor(cif)):
+        assert posebusters_valid(io.pose_mol(crystal, io.ligand_coords(crystal)), crystal, receptor) == (True, "")
+
 
 @pytest.mark.parametrize("fullname, resname, element", [
     ("CL1 ", "LZC", "Cl"), ("BR1 ", "LIG", "Br"), ("ZN  ", "ZN", "Zn"), ("CA  ", "CA", "Ca"), ("NA  ", "NA", "Na"),

@@ -18,10 +18,8 @@ DiffDock's and PoseBusters' do).
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -37,15 +35,15 @@ if TYPE_CHECKING:
     from sciddiff.dock.io import Receptor
 
 
-def posebusters_valid(pose, crystal, protein_path: str) -> tuple[bool, str]:
-    """All redock checks except the RMSD one; returns (valid, names of failed checks)."""
+def posebusters_valid(pose, crystal, receptor: Receptor) -> tuple[bool, str]:
+    """All redock checks except the RMSD one, against the receptor docked against (as PDB records, whatever file it
+    came from: posebusters reads no mmCIF; a copy of the ligand the file held is not there to count as a clashing
+    cofactor); returns (valid, names of failed checks)."""
     from posebusters import PoseBusters
 
     with tempfile.TemporaryDirectory() as tmp:
         pdb = Path(tmp) / "protein.pdb"
-        with (gzip.open(protein_path, "rb") if protein_path.endswith(".gz") else open(protein_path, "rb")) as src, \
-                open(pdb, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        pdb.write_text(receptor.pdb_text)
         df = PoseBusters(config="redock").bust(mol_pred=[pose], mol_true=crystal, mol_cond=str(pdb))
     row = df.iloc[0]
     checks = {k: bool(v) for k, v in row.items() if isinstance(v, (bool, np.bool_)) and "rmsd" not in k.lower()}
@@ -136,7 +134,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                         "again, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     run = {"data": str(root.resolve()), "box": f"crystal ligand + {args.autobox_add:g} A" if args.autobox else "blind",
-           "posebusters": not args.no_posebusters, "model_version": getattr(model, "version", "none (physics only)"),
+           "posebusters": False if args.no_posebusters else _version("posebusters"), "model_version": getattr(model, "version", "none (physics only)"),
            "rescorer": None if rescorer is None else rescorer.version, "ranking": settings.ranking,
            "waters": "dropped" if args.drop_waters else "receptor atoms",
            "settings": json.loads(json.dumps(settings_dict(settings)))}
@@ -157,7 +155,12 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         try:
             t0 = time.perf_counter()
             crystal, ligand = complex_ligand(root, cid)
-            receptor = io.without_ligand_itself(io.load_receptor(protein, keep_waters=not args.drop_waters), crystal)[0]
+            receptor, removed = io.without_ligand_itself(io.load_receptor(protein, keep_waters=not args.drop_waters),
+                                                         crystal)
+            if removed:
+                tqdm.write(f"note: {cid}: the ligand's own residue {', '.join(removed)} left out of the receptor",
+                           file=sys.stderr)
+                row["receptor_residues_removed"] = " ".join(removed)
             box = io.checked_box_size(io.box_from_ligand(ligand, args.autobox_add)) if args.autobox else None
             result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False,
                           rescorer=rescorer)
@@ -185,7 +188,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
             if not args.no_posebusters:
                 for key, order in orders.items():
                     valid, failed = posebusters_valid(io.pose_mol(crystal, result.candidates[order[0]]), crystal,
-                                                       protein)
+                                                       receptor)
                     row[f"pb_valid_{key}"], row[f"pb_failed_{key}"] = valid, failed
                 row["pb_valid"], row["pb_failed"] = row[f"pb_valid_{default}"], row[f"pb_failed_{default}"]
         except UserError as err:
@@ -274,6 +277,12 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:
     """The rows of an interrupted evaluation in `out` (results.csv), by complex, if it ran the same way (run.json)."""
     try:
@@ -290,7 +299,7 @@ def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:
 
 
 def _is_text(column: str) -> bool:
-    return column in ("complex", "error", "all_rmsd") or column.startswith("pb_failed")
+    return column in ("complex", "error", "all_rmsd", "receptor_residues_removed") or column.startswith("pb_failed")
 
 
 def _csv_value(column: str, value: str):
