@@ -1,5 +1,6 @@
 """Benchmarks, run as ``python -m sciddiff.bench core`` (or ``sciddiff bench core``). They measure; results with the exact command
-go in docs/benchmarks.md. Timings use the median of repeats and report ratios measured in the same run.
+go in docs/benchmarks.md. Timings use the median of repeats, the compared functions taking turns within each repeat, and
+ratios are the median of each repeat's own ratio.
 
 core: per-step overhead of sciddiff's DDPM / DDIM / DPM-Solver++ samplers against diffusers' schedulers driving the same tiny
 model (a ratio < 1 means sciddiff adds less overhead per step), and IGSO(3) sampling / score throughput.
@@ -16,14 +17,22 @@ import time
 import torch
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (table builds, allocator)
-    times = []
+def _interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Each function's times over `repeats` rounds, the functions taking turns within each round: a machine that
+    speeds up or slows down during the run (load, clocks) then moves all of them alike, not only the one timed last."""
+    for fn in fns.values():
+        fn()  # warm-up (table builds, allocator)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _median_time(fn, repeats: int) -> float:
+    return statistics.median(_interleaved_times({"fn": fn}, repeats)["fn"])
 
 
 def bench_core(repeats: int = 7) -> dict:
@@ -51,23 +60,28 @@ def bench_core(repeats: int = 7) -> dict:
                                                                               beta_schedule="squaredcos_cap_v2"), 10),
         }
         for name, (ours, steps, make_ref, ref_steps) in cases.items():
-            t_model = _median_time(lambda: [model(x, None) for _ in range(steps)], repeats) / steps
-            t_ours = _median_time(ours, repeats) / steps
+            def ref(make_ref=make_ref, ref_steps=ref_steps):
+                sched = make_ref()
+                sched.set_timesteps(ref_steps)
+                y = x
+                for t in sched.timesteps:
+                    y = sched.step(model(y, t), t, y).prev_sample
+                return y
+
+            fns = {"model": lambda steps=steps: [model(x, None) for _ in range(steps)], "ours": ours}
+            times = _interleaved_times(fns | ({"ref": ref} if diffusers is not None else {}), repeats)
+            t_model, t_ours = (statistics.median(times[k]) / steps for k in ("model", "ours"))
             row = {"model_us_per_call": 1e6 * t_model, "sciddiff_us_per_step": 1e6 * t_ours,
                    "sciddiff_overhead_us_per_step": 1e6 * (t_ours - t_model)}
             if diffusers is not None:
-                def ref():
-                    sched = make_ref()
-                    sched.set_timesteps(ref_steps)
-                    y = x
-                    for t in sched.timesteps:
-                        y = sched.step(model(y, t), t, y).prev_sample
-                    return y
-                t_ref = _median_time(ref, repeats) / steps
+                t_ref = statistics.median(times["ref"]) / steps
+                # the ratio of each round's overheads (the three timed back to back), its median over the rounds;
+                # a round whose overhead comes out negative (noise above it: a busy machine) gives no ratio
+                ratios = [(o - m) / (r - m) for m, o, r in zip(times["model"], times["ours"], times["ref"])
+                          if min(o, r) > m]
                 row.update({"diffusers_us_per_step": 1e6 * t_ref, "diffusers_overhead_us_per_step": 1e6 * (t_ref - t_model),
-                            # a negative overhead means the machine's noise exceeded it (a busy machine): no ratio
-                            "overhead_ratio_sciddiff_over_diffusers": (t_ours - t_model) / (t_ref - t_model)
-                            if min(t_ours, t_ref) > t_model else None})
+                            "overhead_ratio_sciddiff_over_diffusers": statistics.median(ratios) if ratios else None,
+                            "overhead_ratio_rounds": len(ratios)})
             results[name] = row
         n = 100_000
         sigma = torch.rand(n, dtype=torch.float64) * 1.5 + 0.03
