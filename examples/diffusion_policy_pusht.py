@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from sciddiff.cli import UserError, check_output_path, idle_threads, options_below, options_not_positive
+from sciddiff.cli import (UserError, check_output_path, idle_threads, interrupted_status, options_below,
+                          options_not_positive, sigterm_as_interrupt)
 from sciddiff.policy.cli import SHIPPED, check_seeds, check_suffix, format_metrics, load_checkpoint_or_fail
 from sciddiff.policy.evaluate import evaluate_pusht
 from sciddiff.policy.runner import VIDEO_SUFFIXES
@@ -88,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # training has saved its state: the same command resumes it
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: training has saved its state, the same command resumes it
+        return interrupted_status(err)
     print(format_metrics(metrics))
     print(f"rollout video: {args.video}, episode plot: {args.plot}")
     if args.metrics_json:
@@ -101,4 +101,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with sigterm_as_interrupt():  # a scheduler's SIGTERM stops it as Ctrl-C does (status 143)
+        sys.exit(main())
