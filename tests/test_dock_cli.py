@@ -294,14 +294,22 @@ def test_a_protein_file_holding_the_ligand_itself_scores_as_without_it(tmp_path,
         scores.append(out.out.splitlines()[1].split()[1])
     assert scores[0] == scores[1] and "LIG 1 is the ligand itself" in out.err
 
-    # PoseBusters judges a pose against the receptor docked against: the crystal pose passes, where the raw file's
-    # copy of the ligand counted as a cofactor it overlaps (dock-eval called every such pose invalid); an mmCIF
-    # receptor, which posebusters cannot read, is given as PDB records (every pose was invalid)
+
+def test_posebusters_judges_a_pose_against_the_receptor_docked_against(tmp_path):
+    """The crystal pose passes against the receptor without the file's copy of the ligand (posebusters counted it as
+    an overlapping cofactor: dock-eval called every such pose invalid), and against an mmCIF receptor given as PDB
+    records (posebusters reads no mmCIF: every pose was invalid). No capsys here: posebusters points RDKit's log
+    handler at the sys.stderr of the moment, and a capsys stream closes with its test."""
     from Bio.PDB import MMCIFIO, PDBParser
 
+    from sciddiff.dock import io
     from sciddiff.dock.evaluate import posebusters_valid
 
+    lig = Chem.MolFromMolFile(LIGAND)
+    het = [ln.replace("UNL", "LIG") for ln in Chem.MolToPDBBlock(lig, flavor=4).splitlines() if ln.startswith("HETATM")]
+    raw = _write_protein(tmp_path / "raw.pdb", lambda lines: [ln for ln in lines if not ln.startswith("END")] + het)
     crystal = io.load_ligand(LIGAND)
+    trimmed = io.without_ligand_itself(io.load_receptor(raw), crystal)[0]
     cif = tmp_path / "raw.cif"
     writer = MMCIFIO()
     writer.set_structure(PDBParser(QUIET=True).get_structure("p", gzip.open(PROTEIN, "rt")))

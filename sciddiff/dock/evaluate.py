@@ -39,12 +39,19 @@ def posebusters_valid(pose, crystal, receptor: Receptor) -> tuple[bool, str]:
     """All redock checks except the RMSD one, against the receptor docked against (as PDB records, whatever file it
     came from: posebusters reads no mmCIF; a copy of the ligand the file held is not there to count as a clashing
     cofactor); returns (valid, names of failed checks)."""
+    import rdkit
     from posebusters import PoseBusters
 
     with tempfile.TemporaryDirectory() as tmp:
         pdb = Path(tmp) / "protein.pdb"
         pdb.write_text(receptor.pdb_text)
-        df = PoseBusters(config="redock").bust(mol_pred=[pose], mol_true=crystal, mol_cond=str(pdb))
+        try:
+            df = PoseBusters(config="redock").bust(mol_pred=[pose], mol_true=crystal, mol_cond=str(pdb))
+        finally:  # posebusters leaves RDKit's log handler on the sys.stderr of the moment, which may close later (a
+            # notebook cell's, a test's capture) and fail the next check: the process's own stderr never does
+            handler = getattr(rdkit, "log_handler", None)
+            if handler is not None:
+                handler.setStream(sys.__stderr__)
     row = df.iloc[0]
     checks = {k: bool(v) for k, v in row.items() if isinstance(v, (bool, np.bool_)) and "rmsd" not in k.lower()}
     failed = [k for k, ok in checks.items() if not ok]
