@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default 10)")
     parser.add_argument("--seed", type=int, default=0,
                         help="demos use seeds 10000 + seed.., evaluation seed.. (unseen starts), training this seed")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for training and the episodes (default: 2 on two idle cores, else 1)")
     args = parser.parse_args(argv)
     from sciddiff.cli import UserError, options_below
     from sciddiff.policy.cli import format_metrics
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from sciddiff.policy.train import add_arguments, train
 
     try:
-        if bad := options_below(args, 1, "demos", "steps", "episodes"):
+        if bad := options_below(args, 1, "demos", "steps", "episodes", "threads"):
             raise UserError(f"{bad[0]} must be at least 1")
         if args.seed < 0:
             raise UserError("--seed must be >= 0")
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             ["--task", "generic", "--env", ENV_ID, "--data", str(args.out / "demos.zarr"), "--out", str(args.out / "run"),
              "--steps", str(args.steps), "--batch-size", "64", "--lr", "3e-4", "--warmup-steps", "50",
              "--down-dims", "32,64", "--val-episodes", "2", "--inference-steps", "10", "--seed", str(args.seed),
-             "--log-every", "100"])
+             "--log-every", "100", *(["--threads", str(args.threads)] if args.threads else [])])
         policy = load_policy(train(train_args)["policy"])
         adapter = task_adapter(policy.config)
         metrics = evaluate_policy(policy, adapter, args.episodes, args.seed, video_path=args.out / "rollout.mp4")

@@ -477,3 +477,54 @@ def test_another_sampler_takes_the_shipped_policys_noise_as_far_as_it_goes(tmp_p
     train(build_parser().parse_args(["--init", str(REPO / "data/policy/pusht_state.pt"), "--out", str(tmp_path / "run"), "--steps",
                                      "0", "--sampler", "dpmpp_2m", "--inference-steps", "5", "--threads", "1"]))
     assert load_policy(tmp_path / "run" / "policy.pt").config.ddim_eta == 1.0  # a traceback before
+
+
+def test_a_generic_policy_is_checked_against_its_env(tmp_path):
+    """Data of other sizes than the env's trained, then crashed mid-rollout (observations) or silently acted on one
+    action of two; a discrete env crashed in gymnasium; a "module:EnvId" custom env failed without --max-steps; and
+    success meant `terminated` also where termination is failure (CartPole: a falling pole scored 100%)."""
+    from sciddiff.policy.runner import EnvAdapter
+
+    pendulum = EnvAdapter("Pendulum-v1", None)
+    assert pendulum.max_steps == pendulum.registered_steps == 200
+    assert pendulum.check_policy(3, 1, np.array([[-1.5], [1.9]])) == []
+    for dims, message in (((2, 1), "reads 2 observation features, Pendulum-v1 observes 3"),
+                          ((3, 2), "writes 2 action values, Pendulum-v1 takes 1")):
+        with pytest.raises(ValueError, match=message):
+            pendulum.check_policy(*dims)
+    (note,) = pendulum.check_policy(3, 1, np.array([[-4.0], [1.0], [0.5], [3.0]]))
+    assert note.startswith("50.0% of the demonstrated actions lie beyond Pendulum-v1's bounds [-2, 2]")
+    assert "not comparable" in EnvAdapter("Pendulum-v1", 500).check_policy(3, 1)[0]
+    with pytest.raises(ValueError, match="Discrete action space"):
+        EnvAdapter("CartPole-v1", None).check_policy(4, 1)
+    (tmp_path / "my_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('MyPendulum-v0', entry_point='gymnasium.envs.classic_control:PendulumEnv', "
+        "max_episode_steps=50)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert EnvAdapter("my_envs:MyPendulum-v0", None).max_steps == 50  # the module registers it, as gym.make reads it
+    finally:
+        sys.path.remove(str(tmp_path))
+    survived = EnvAdapter("Pendulum-v1", None, success="survived")
+    assert not survived.is_success(1.0, terminated=True) and survived.is_success(1.0, terminated=False)
+    assert pendulum.is_success(1.0, terminated=True) and not pendulum.is_success(1.0, terminated=False)
+    with pytest.raises(ValueError, match="success must be one of"):
+        EnvAdapter("Pendulum-v1", None, success="won")
+
+
+def test_generic_training_and_eval_refuse_an_env_the_data_does_not_fit(tmp_path, capsys, tiny_checkpoint):
+    from sciddiff.cli import main
+    from sciddiff.policy.replay_buffer import ReplayBuffer
+
+    store = ReplayBuffer.create(tmp_path / "demos.zarr")
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # 2 observation features, where Pendulum observes 3
+        store.add_episode({"state": rng.normal(size=(30, 2)).astype(np.float32),
+                           "action": rng.uniform(-2, 2, (30, 1)).astype(np.float32)})
+    run = tmp_path / "run"
+    assert main(["policy", "train", "--task", "generic", "--env", "Pendulum-v1", "--data", str(tmp_path / "demos.zarr"),
+                 "--out", str(run), "--steps", "2", "--threads", "1", "--val-episodes", "1"]) == 2
+    assert "reads 2 observation features, Pendulum-v1 observes 3" in capsys.readouterr().err and not run.exists()
+    assert main(["policy", "eval", "--checkpoint", str(tiny_checkpoint), "--success", "survived"]) == 2
+    assert "--success is for --task generic" in capsys.readouterr().err

@@ -66,12 +66,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="gymnasium env id for a policy trained with --task generic (default: the env recorded at "
                         "training)")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="env steps per episode (default: PushT's 300, another env's registered limit)")
+                   help="env steps per episode (default: PushT's 300, another env's registered limit; beyond that "
+                        "limit returns are not comparable with the env's usual benchmark, a note says so)")
+    p.add_argument("--success", choices=("terminated", "survived"), default=None,
+                   help="--task generic policies: what counts as success, the episode terminating before the step "
+                        "limit (default: a goal reached, e.g. MountainCar's flag) or running to the limit without "
+                        "terminating (where termination is failure: CartPole, the locomotion tasks)")
     p.add_argument("--video", "--gif", dest="video", type=Path, default=None, metavar="GIF|MP4",
                    help="write a video of the first episode here: .gif, or .mp4 (H.264)")
     p.add_argument("--metrics-json", type=Path, default=None, help="write the metrics here")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG",
-                   help="plot the episodes here: max-coverage histogram, fraction finished by env step")
+                   help="plot the episodes here: max-coverage (PushT) or return histogram, fraction finished by env "
+                        "step")
     p.add_argument("--per-episode", action="store_true", help="include per-episode rows in the metrics")
     p.add_argument("--states-out", type=Path, default=None, metavar="NPZ",
                    help="write the simulator states the episodes visit here (e.g. to train an image encoder on them)")
@@ -147,12 +153,19 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError(f"--obs-type {args.obs_type} contradicts --checkpoint {args.checkpoint}, whose policy reads "
                         f"{policy.config.obs_type} observations; drop --obs-type (it only picks the shipped policy)")
     try:
-        adapter = task_adapter(policy.config, args.env, args.max_steps)
+        adapter = task_adapter(policy.config, args.env, args.max_steps, args.success)
     except ValueError as err:
         raise UserError(str(err)) from None
     except Exception as err:  # gymnasium: an unknown or uninstallable env id
         raise UserError(f"--env {args.env or policy.config.extra.get('env')}: {str(err).splitlines()[0]}") from None
     pusht_task = isinstance(adapter, PushTAdapter)
+    if not pusht_task:  # a policy of other sizes than the env's would crash mid-rollout or act on half its actions
+        try:
+            notes = adapter.check_policy(policy.config.state_dim, policy.config.action_dim)
+        except ValueError as err:
+            raise UserError(f"--env {adapter.env_id}: {err}") from None
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     for option, value in (("--env-obs-type", args.env_obs_type), ("--states-out", args.states_out)):
         if value is not None and not pusht_task:
             raise UserError(f"{option} is for PushT policies; this one acts in {adapter.env_id}")
@@ -202,7 +215,8 @@ def format_metrics(m: dict) -> str:
     scores = (f"mean max coverage {m['mean_max_coverage']:.3f}, mean max reward {m['mean_max_reward']:.3f}"
               if "mean_max_coverage" in m else f"{m['env']}: mean return {m['mean_return']:.4g}, mean max reward "
                                                 f"{m['mean_max_reward']:.4g}")
-    return (f"{episodes}: {scores}, success {m['success_rate']:.0%}, "
+    rule = f" ({m['success_rule']})" if "success_rule" in m else ""
+    return (f"{episodes}: {scores}, success{rule} {m['success_rate']:.0%}, "
             f"{m['seconds_per_action_chunk'] * 1e3:.1f} ms (min {m['seconds_per_action_chunk_min'] * 1e3:.1f}) per "
             f"{m['action_steps']}-action chunk on {m['torch_threads']} CPU thread(s) ({m['sampler']}, {m['inference_steps']} steps{_eta_note(m)})")
 

@@ -25,20 +25,24 @@ ENV_OBS_TYPES = {"state": ("environment_state_agent_pos", "state"), "image": ("p
 DEFAULT_ENV_OBS = {kind: types[0] for kind, types in ENV_OBS_TYPES.items()}
 
 
-def task_adapter(config, env: str | None = None, max_steps: int | None = None) -> EnvAdapter:
+def task_adapter(config, env: str | None = None, max_steps: int | None = None,
+                 success: str | None = None) -> EnvAdapter:
     """The environment a policy was trained for: gym-pusht for `extra["task"] == "pusht"` (the default), else the
     gymnasium env `env` or, without it, the one recorded at training (`extra["env"]`, `sciddiff policy train --env`).
-    `max_steps`: the episode limit (default: PushT's 300, another env's registered limit). Raises ValueError when a
-    generic policy has no env."""
+    `max_steps`: the episode limit (default: PushT's 300, another env's registered limit); `success`: a generic
+    task's success rule (`runner.SUCCESS_RULES`, default "terminated"). Raises ValueError when a generic policy has
+    no env, or for options that do not apply to PushT."""
     if config.extra.get("task", "pusht") == "pusht":
         if env is not None:
             raise ValueError("this is a PushT policy; --env is for policies trained with --task generic")
+        if success is not None:
+            raise ValueError("--success is for --task generic policies; PushT's is the T covering >= 95% of its goal")
         return PushTAdapter(DEFAULT_ENV_OBS[config.obs_type], **({} if max_steps is None else {"max_steps": max_steps}))
     env = env or config.extra.get("env")
     if env is None:
         raise ValueError("this policy was trained for a generic task with no env recorded: give the gymnasium env id "
                          "(--env ID)")
-    return EnvAdapter(env, max_steps)
+    return EnvAdapter(env, max_steps, success=success or "terminated")
 
 
 def rollout_pusht(policy: DiffusionPolicy, seeds: Sequence[int], *, env_obs_type: str | None = None,
@@ -95,6 +99,9 @@ def evaluate_policy(policy: DiffusionPolicy, adapter: EnvAdapter, episodes: int,
                    action_steps=policy.config.n_action_steps,
                    cpu_weights=policy.config.cpu_weights if freeze else "float32",
                    torch_threads=torch.get_num_threads())
+    if not isinstance(adapter, PushTAdapter):  # what "success" meant here (PushT's is coverage > 0.95)
+        metrics["success_rule"] = (f"max score >= {adapter.success_score:g}" if adapter.success_score is not None
+                                   else adapter.success)
     if per_episode:
         metrics["per_episode"] = results_to_dicts(results)
     if plot_path is not None:
@@ -126,7 +133,7 @@ def plot_episodes(results: Sequence[EpisodeResult], path: str | Path, title: str
         left.set(xlabel="episode return", ylabel="episodes", title=f"mean return {np.mean(returns):.3g}")
     steps = np.arange(max_steps + 1)
     right.plot(steps, (finished[None] <= steps[:, None]).sum(1) / len(results), color="C0")
-    right.set(xlabel="env step (10 Hz)", ylabel="fraction of episodes finished", xlim=(0, max_steps), ylim=(0, 1),
+    right.set(xlabel="env step (10 Hz)" if pusht else "env step", ylabel="fraction of episodes finished", xlim=(0, max_steps), ylim=(0, 1),
               title=f"success {len(finished) / len(results):.1%}")
     fig.suptitle(title)
     fig.tight_layout()

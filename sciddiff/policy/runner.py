@@ -32,20 +32,72 @@ from sciddiff.train.log import progress as progress_bar
 PolicyFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+SUCCESS_RULES = ("terminated", "survived")
+
+
 class EnvAdapter:
-    """Generic gymnasium task: features = {"state": observation as float32}, score = reward, success = terminated
-    (or max score >= `success_score`). `max_steps` None: the env's registered episode limit (1000 where it has none)."""
+    """Generic gymnasium task: features = {"state": observation as float32}, score = reward, success = the episode
+    `terminated` before the step limit (a goal reached: MountainCar's flag) or, with success="survived", that it
+    ran to the limit without terminating (where termination is failure: CartPole, the locomotion tasks); or max
+    score >= `success_score`. `max_steps` None: the env's registered episode limit (1000 where it has none).
+    `env_id` may name the module that registers it, as gymnasium.make reads it ("my_package:MyEnv-v0")."""
 
     score_name = "reward"  # what `score` measures, named in the metrics
 
     def __init__(self, env_id: str, max_steps: int | None = 300, env_kwargs: dict | None = None,
-                 success_score: float | None = None):
-        if max_steps is None:
-            import gymnasium as gym
+                 success_score: float | None = None, success: str = "terminated"):
+        if success not in SUCCESS_RULES:
+            raise ValueError(f"success must be one of {SUCCESS_RULES}, got {success!r}")
+        self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        self.registered_steps = self._registered_limit(env_id)
+        self.max_steps = max_steps if max_steps is not None else self.registered_steps or 1000
+        self.success_score, self.success = success_score, success
 
-            max_steps = gym.spec(env_id).max_episode_steps or 1000
-        self.env_id, self.max_steps, self.env_kwargs = env_id, max_steps, dict(env_kwargs or {})
-        self.success_score = success_score
+    @staticmethod
+    def _registered_limit(env_id: str) -> int | None:
+        """The env's registered episode limit (None where it has none), importing the module a "module:EnvId" names
+        first, as gymnasium.make does."""
+        import importlib
+
+        import gymnasium as gym
+
+        module, _, name = env_id.rpartition(":")
+        if module:
+            importlib.import_module(module)
+        return gym.spec(name).max_episode_steps
+
+    def check_policy(self, state_dim: int, action_dim: int, actions: np.ndarray | None = None) -> list[str]:
+        """Raise ValueError unless a policy reading `state_dim` observation features and writing `action_dim`
+        actions can act in this env (a continuous Box action space of that size, flat observations of that size);
+        returns notes: demonstrated `actions` (N, action_dim) beyond the env's bounds, which the env would clip."""
+        from gymnasium import spaces
+
+        env = self.make_env()
+        try:
+            obs_space, act_space = env.observation_space, env.action_space
+        finally:
+            env.close()
+        if not isinstance(act_space, spaces.Box):
+            raise ValueError(f"{self.env_id} has a {type(act_space).__name__} action space; a diffusion policy writes "
+                             "continuous actions (a Box)")
+        if int(np.prod(act_space.shape)) != action_dim:
+            raise ValueError(f"the policy writes {action_dim} action values, {self.env_id} takes "
+                             f"{int(np.prod(act_space.shape))}")
+        obs_size = int(np.prod(obs_space.shape)) if obs_space.shape else None
+        if obs_size != state_dim:
+            raise ValueError(f"the policy reads {state_dim} observation features, {self.env_id} observes "
+                             f"{obs_size if obs_size is not None else type(obs_space).__name__}")
+        notes = []
+        if actions is not None and len(actions):
+            low, high = act_space.low.reshape(-1), act_space.high.reshape(-1)
+            outside = (actions < low - 1e-6) | (actions > high + 1e-6)
+            if outside.any():
+                notes.append(f"{outside.any(1).mean():.1%} of the demonstrated actions lie beyond {self.env_id}'s "
+                             f"bounds [{low.min():g}, {high.max():g}]: the env clips what the policy learns there")
+        if self.registered_steps and self.max_steps > self.registered_steps:
+            notes.append(f"episodes of {self.max_steps} steps, beyond {self.env_id}'s registered "
+                         f"{self.registered_steps}: returns are not comparable with the standard benchmark")
+        return notes
 
     def make_env(self, render: bool = False):
         import gymnasium as gym
@@ -62,7 +114,9 @@ class EnvAdapter:
         return float(reward)
 
     def is_success(self, max_score: float, terminated: bool) -> bool:
-        return bool(terminated) if self.success_score is None else max_score >= self.success_score
+        if self.success_score is not None:
+            return max_score >= self.success_score
+        return bool(terminated) if self.success == "terminated" else not terminated
 
     def snapshot(self, env) -> np.ndarray | None:
         """The simulator state an expert could restart from (None where the task has no such notion)."""
@@ -161,6 +215,7 @@ def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *,
     results: list[EpisodeResult] = []
     frames: list[np.ndarray] = []
     envs = [adapter.make_env(render=video_path is not None and i == 0) for i in range(min(batch_size, len(seeds)))]
+    fps = int(envs[0].metadata.get("render_fps") or 10) if envs else 10  # the video plays at the env's own rate
     bar = progress_bar(total=len(seeds), desc="episodes", unit="ep", disable=not show_progress)
     try:
         for start in range(0, len(seeds), batch_size):
@@ -172,7 +227,7 @@ def run_episodes(policy: PolicyFn, adapter: EnvAdapter, seeds: Sequence[int], *,
         for env in envs:
             env.close()
     if video_path is not None and frames:
-        write_video(video_path, frames)
+        write_video(video_path, frames, fps=fps)
     return results
 
 

@@ -264,6 +264,20 @@ def validation_loss(policy: DiffusionPolicy, val: Batches | None, batch_size: in
     return total / count
 
 
+def checked_env(env_id: str, state_dim: int, action_dim: int, actions: np.ndarray | None = None,
+                max_steps: int | None = None, **adapter_kwargs) -> list[str]:
+    """`runner.EnvAdapter(env_id).check_policy`, its mismatches and gymnasium's failures to make the env (an unknown
+    id, a module that does not import) as one UserError line; returns its notes."""
+    from sciddiff.cli import UserError
+    from sciddiff.policy.runner import EnvAdapter
+
+    try:
+        return EnvAdapter(env_id, max_steps, **adapter_kwargs).check_policy(
+            state_dim, action_dim, None if actions is None else np.asarray(actions).reshape(-1, action_dim))
+    except Exception as err:  # ValueError (the checks), gymnasium's errors, ImportError of a "module:EnvId"
+        raise UserError(f"--env {env_id}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
 def rollout_score(policy: DiffusionPolicy, n_episodes: int) -> dict | None:
     """Closed-loop score of `policy` in its task's env (`evaluate.task_adapter`) on seeds 100000.. (None where
     the env's package is not installed)."""
@@ -339,6 +353,10 @@ def train(args: argparse.Namespace) -> dict:
         vision_channels=vision_channels, cpu_weights=args.cpu_weights or "float32",
         extra={"task": args.task, **({"env": args.env} if args.env else {}), "train_episodes": len(train_eps),
                "val_episodes": val_eps.tolist()})
+    if args.task == "generic" and args.env:  # the data must fit the env the policy will act in: checked now
+        for note in checked_env(args.env, config.state_dim, config.action_dim, arrays["action"]):
+            if info.is_main:
+                print(f"note: {note}", file=sys.stderr)
     from sciddiff.policy.io import load_policy
 
     teacher = None
