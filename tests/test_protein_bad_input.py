@@ -183,3 +183,27 @@ def test_an_interrupted_run_saves_and_resumes(chains, tmp_path, capsys, monkeypa
     assert torch.load(out / "state.pt", weights_only=False)["step"] == 2
     monkeypatch.undo()
     assert _train(chains, out, "--max-steps", "3") == 0 and "resumed" in capsys.readouterr().out
+
+
+def test_resume_keeps_the_runs_training_options_and_a_finished_model_is_never_replaced(chains, tmp_path, capsys):
+    """Resuming fell back to this call's defaults for --lr, --warmup, ... (a --warmup 2 run resumed at lr 2.5e-5);
+    a run folder holding model.pt without state.pt was silently trained over from scratch."""
+    out = tmp_path / "run"
+    assert _train(chains, out, "--max-steps", "2", "--lr", "0.001", "--warmup", "2") == 0
+    capsys.readouterr()
+    assert _train(chains, out, "--max-steps", "3", "--lr", "0.002") == 2
+    err = _lines(capsys.readouterr().err)
+    assert len(err) == 1 and "trained with other options (--lr: 0.001 there, 0.002 here)" in err[0]
+    assert _train(chains, out, "--max-steps", "3") == 0  # no --lr, no --warmup: the run's own, not the defaults
+    state = torch.load(out / "state.pt", weights_only=False)
+    assert state["run_options"]["lr"] == 0.001 and state["run_options"]["warmup"] == 2 and state["step"] == 3
+    (out / "state.pt").unlink()  # a finished run kept without its (large) training state
+    model = (out / "model.pt").read_bytes()
+    assert _train(chains, out, "--max-steps", "2") == 2
+    assert "holds an earlier run (model.pt / log.csv) but no state.pt" in capsys.readouterr().err
+    assert (out / "model.pt").read_bytes() == model
+    for foreign, message in ((chains, "is not a backbone checkpoint"), (tmp_path / "run2" / "state.pt", "training state")):
+        if foreign.name == "state.pt":
+            assert _train(chains, tmp_path / "run2", "--max-steps", "1") == 0
+        assert _train(chains, tmp_path / "run3", "--max-steps", "1", "--init", str(foreign)) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "run3").exists()

@@ -333,3 +333,19 @@ def test_eval_says_when_no_natural_chains_match_the_samples_lengths(monkeypatch)
     assert "NOT length-matched" in short["reference"]["name"] and "NOT length-matched" in ev.format_report(short)
     matched = ev.evaluate([_chain(60, helix=True, seed=0)] * 2, ["a", "b"])
     assert "NOT" not in matched["reference"]["name"] and matched["reference"]["name"].endswith("lengths 50-69")
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="shipped checkpoint not present")
+def test_eval_scores_a_sample_runs_own_backbones_only(tmp_path, capsys):
+    """A natural chain left in the output folder was scored as a design (3 chains for a run of 2)."""
+    import shutil
+
+    out = tmp_path / "designs"
+    out.mkdir()
+    assert main(["backbone", "sample", "--length", "20", "--steps", "3", "--no-idealize", "--num", "2", "--out",
+                 str(out)]) == 0
+    shutil.copy(out / "len20_seed0_000.pdb", out / "my_native.pdb")
+    assert main(["backbone", "eval", str(out), "--reference", str(out)]) == 0
+    assert "besides the 2 its samples.json lists (my_native.pdb): left out" in capsys.readouterr().err
+    names = [c["name"] for c in json.loads((out / "eval.json").read_text())["chains"]]
+    assert names == ["len20_seed0_000.pdb", "len20_seed0_001.pdb"]

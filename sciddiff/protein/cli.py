@@ -170,6 +170,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     names = [f"len{n}_seed{args.seed}_{i:03d}.pdb" for i, n in enumerate(lengths)]
     earlier = _earlier_samples(out)
     clash = [n for n in names if (out / n).exists()]
+    if out.is_dir() and (foreign := [p.name for p in out.iterdir() if p.name.endswith((".pdb", ".pdb.gz"))
+                                     and p.name not in earlier and p.name not in names]):
+        print(f"note: {out} also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not of a sample "
+              "run: `backbone eval` scores only the backbones samples.json lists", file=sys.stderr)
     if (clash or earlier) and not args.overwrite:
         what = (f"{out / clash[0]} exists" if clash else
                 f"{out} holds an earlier run ({len(earlier)} backbones, samples.json)")
@@ -276,7 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
-    from sciddiff.protein.evaluate import PLOT_FILES, evaluate, format_report, read_folder
+    from sciddiff.protein.evaluate import PLOT_FILES, evaluate, format_report, pdb_files, read_folder
     from sciddiff.train import write_json
 
     json_path = check_output_path(args.json or folder / "eval.json", option="--json")
@@ -285,8 +289,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plots = Path(args.plots or folder)
     if any(json_path.resolve() == (plots / name).resolve() for name in PLOT_FILES):
         raise UserError(f"--json {json_path} is one of the plots eval writes to {plots}; name another file")
+    listed = _earlier_samples(folder)  # a sample run's own backbones, not other PDB files beside them
+    if listed and (others := [p.name for p in pdb_files(folder) if p.name not in listed]):
+        print(f"note: {folder} holds {len(others)} PDB file(s) besides the {len(listed)} its samples.json lists "
+              f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}): left out", file=sys.stderr)
     try:
-        names, backbones, gaps = read_folder(folder)
+        names, backbones, gaps = read_folder(folder, set(listed) if listed else None)
     except ValueError as err:
         raise UserError(str(err)) from None
     if len(backbones) < 2:

@@ -64,8 +64,8 @@ class FlowConfig:
 
 
 class _ModelOption(argparse.Action):
-    """Stores the value and records the option in `namespace.model_options_given`: a resumed run refuses model
-    options that differ from its own, and one given with its default value must count as given."""
+    """Stores the value and records the option in `namespace.model_options_given`: a resumed run refuses model (and
+    training, `RUN_OPTIONS`) options that differ from its own, and one given with its default value counts as given."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
@@ -78,20 +78,29 @@ class _ModelFlag(argparse.BooleanOptionalAction):
         namespace.model_options_given = getattr(namespace, "model_options_given", set()) | {self.dest}
 
 
+# training options a resumed run keeps (stored in state.pt): given again with another value they are refused, left
+# out they are the run's own, not this call's defaults
+RUN_OPTIONS = ("batch_residues", "length_balance", "lr", "warmup", "ema", "ema_power", "self_condition", "aux_weight",
+               "ss_drop")
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `sciddiff backbone train` / `python -m sciddiff.protein.train`."""
     p.add_argument("--chains", required=True, help="tensor file from `sciddiff backbone prepare` (chains.pt)")
     p.add_argument("--out", required=True, help="run folder (state.pt, model.pt, log.csv); resumed if it has state.pt")
     p.add_argument("--max-seconds", type=float, default=600.0, help="wall-clock budget of this call")
     p.add_argument("--max-steps", type=int, default=None, help="stop at this total step count")
-    p.add_argument("--batch-residues", type=int, default=4096, help="residues per batch (whole chains)")
-    p.add_argument("--length-balance", type=float, default=0.0,
+    p.add_argument("--batch-residues", action=_ModelOption, type=int, default=4096,
+                   help="residues per batch (whole chains)")
+    p.add_argument("--length-balance", action=_ModelOption, type=float, default=0.0,
                    help="draw chains with probability ~ length^-x: 0 uniform (long chains dominate the per-residue "
                         "loss), 1 equal expected weight per chain")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps (0: none)")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay (the ceiling when --ema-power is set)")
-    p.add_argument("--ema-power", type=float, default=0.75,
+    p.add_argument("--lr", action=_ModelOption, type=float, default=5e-4)
+    p.add_argument("--warmup", action=_ModelOption, type=int, default=200,
+                   help="linear learning-rate warm-up steps (0: none)")
+    p.add_argument("--ema", action=_ModelOption, type=float, default=0.999,
+                   help="EMA decay (the ceiling when --ema-power is set)")
+    p.add_argument("--ema-power", action=_ModelOption, type=float, default=0.75,
                    help="EMA warm-up power (decay 1 - (1 + step)^-power, capped at --ema); 0 = fixed decay")
     p.add_argument("--ckpt-seconds", type=float, default=120.0, help="checkpoint interval")
     p.add_argument("--log-every", type=int, default=25)
@@ -105,8 +114,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         else:
             p.add_argument(f"--{name.replace('_', '-')}", action=_ModelOption, type=type(value), default=value,
                            help="model: " + name)
-    p.add_argument("--self-condition", type=float, default=FlowConfig.self_condition, help="self-conditioning prob.")
-    p.add_argument("--aux-weight", type=float, default=FlowConfig.aux_weight, help="weight of the auxiliary atom losses")
-    p.add_argument("--ss-drop", type=float, default=FlowConfig.ss_drop,
+    p.add_argument("--self-condition", action=_ModelOption, type=float, default=FlowConfig.self_condition,
+                   help="self-conditioning prob.")
+    p.add_argument("--aux-weight", action=_ModelOption, type=float, default=FlowConfig.aux_weight,
+                   help="weight of the auxiliary atom losses")
+    p.add_argument("--ss-drop", action=_ModelOption, type=float, default=FlowConfig.ss_drop,
                    help="with --ss-condition: fraction of chains trained without their secondary-structure labels")
     p.add_argument("--init", default=None, help="start a new run from the EMA weights of this model file (model.pt)")

@@ -12,6 +12,8 @@ so the numbers of all candidate sets share one scale; with the default reference
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +46,26 @@ def complete_backbone(chain: Chain) -> np.ndarray:
     return coords
 
 
-def read_folder(folder: str | os.PathLike) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+def read_folder(folder: str | os.PathLike, only: Collection[str] | None = None
+                ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """File names, backbones (L, 4, 3) and chain gaps (L - 1,) bool: a residue number that skips ahead or back
-    (missing residues, a non-standard one that is not read); an insertion code (52, 52A) is no gap."""
-    names, backbones, gaps = [], [], []
+    (missing residues, a non-standard one that is not read); an insertion code (52, 52A) is no gap. `only`: the file
+    names to read (a sample run's, from its samples.json). A file's first protein chain is read (a note names files
+    with more)."""
+    names, backbones, gaps, several = [], [], [], []
     for path in pdb_files(folder):
+        if only is not None and path.name not in only:
+            continue
         chain = read_chain(path)
+        if chain.protein_chains_in_file > 1:
+            several.append(f"{path.name} ({chain.protein_chains_in_file})")
         names.append(path.name)
         backbones.append(complete_backbone(chain))
         gaps.append(~np.isin(np.diff(chain.resnums), (0, 1)))
+    if several:
+        print(f"note: {folder}: only the first protein chain of {', '.join(several[:5])}"
+              f"{' ...' if len(several) > 5 else ''} is read (split the chains into files of their own to use them)",
+              file=sys.stderr)
     return names, backbones, gaps
 
 

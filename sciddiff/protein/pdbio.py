@@ -30,6 +30,7 @@ class Chain:
     sequence: str
     resnums: np.ndarray
     chain_id: str
+    protein_chains_in_file: int = 1  # chains of the file's first model with amino-acid residues (one is read)
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -77,7 +78,8 @@ def read_chain(path: str | os.PathLike, chain_id: str | None = None) -> Chain:
         nums.append(res.id[1])
     if not coords:
         raise ValueError(f"{path}: chain {chain.id!r} has no residue with N, CA and C")
-    return Chain(np.asarray(coords, dtype=np.float32), "".join(seq), np.asarray(nums), chain.id)
+    proteins = sum(any(r.id[0] == " " and is_aa(r, standard=True) for r in c) for c in chains.values())
+    return Chain(np.asarray(coords, dtype=np.float32), "".join(seq), np.asarray(nums), chain.id, proteins)
 
 
 def backbone_to_pdb_string(coords: np.ndarray, chain_id: str = "A", resname: str = "GLY") -> str:

@@ -28,7 +28,7 @@ import torch
 from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, load_or_fail, options_below,
                           options_not_positive, torch_device)
 from sciddiff.core.ema import EMA
-from sciddiff.protein.config import DenoiserConfig, FlowConfig, add_training_arguments
+from sciddiff.protein.config import RUN_OPTIONS, DenoiserConfig, FlowConfig, add_training_arguments
 from sciddiff.protein.data import ChainSet
 from sciddiff.protein.frameflow import training_loss
 from sciddiff.protein.model import FrameDenoiser
@@ -104,6 +104,9 @@ def train(args: argparse.Namespace) -> Path:
     flow_cfg = FlowConfig(self_condition=args.self_condition, aux_weight=args.aux_weight, ss_drop=args.ss_drop)
     state_path = out / "state.pt"
     resumed = state_path.is_file()
+    if not resumed and any((out / name).exists() for name in ("model.pt", "log.csv")):  # a new run would replace it
+        raise UserError(f"{out} holds an earlier run (model.pt / log.csv) but no state.pt to resume it: use a new "
+                        f"--out, or --init {out / 'model.pt'} to fine-tune that model")
     if resumed:  # the stored configs win, so a resumed run is the same run
         def load_state(path: Path) -> tuple[dict, DenoiserConfig, FlowConfig]:
             state = load_checkpoint(path, map_location=device)
@@ -119,17 +122,39 @@ def train(args: argparse.Namespace) -> Path:
                             f"({'; '.join(changed)}); use a new --out, or leave the model options at their defaults "
                             f"to resume it")
         model_cfg = stored_cfg
+        # training options likewise: given with another value, refused; left out, the run's own (not the defaults)
+        stored_run = {**state.get("run_options", {}), **{k: getattr(flow_cfg, k) for k in flow_cfg.to_dict()}}
+        changed = [f"--{k.replace('_', '-')}: {stored_run[k]} there, {getattr(args, k)} here" for k in RUN_OPTIONS
+                   if k in given and k in stored_run and getattr(args, k) != stored_run[k]]
+        if changed:
+            raise UserError(f"{state_path} belongs to a run trained with other options ({'; '.join(changed)}); "
+                            f"resuming keeps them: drop those options, or use a new --out")
+        for k in RUN_OPTIONS:
+            if k in stored_run:
+                setattr(args, k, stored_run[k])
+        if state.get("chains") and state["chains"] != str(Path(args.chains).resolve()) and info.is_main:
+            print(f"note: resuming on {args.chains}; the run began on {state['chains']}", file=sys.stderr)
     if model_cfg.ss_condition and not bool((train_set.ss < SS_UNKNOWN).any()):
         raise UserError(f"--ss-condition needs secondary-structure labels: re-run `sciddiff backbone prepare` "
                         f"({args.chains} predates them)")
     net = FrameDenoiser(model_cfg).to(device)
     init_steps = 0  # the --init checkpoint's own training steps, so that total_steps counts from scratch
     if args.init and not resumed:  # fine-tuning: weights only, fresh optimizer and EMA
-        init = load_or_fail(lambda path: load_checkpoint(path, map_location=device), args.init, "backbone checkpoint")
-        init_cfg = DenoiserConfig(**init["model_config"])
+        def load_init(path: Path) -> tuple[dict, DenoiserConfig]:
+            ckpt = load_checkpoint(path, map_location=device)
+            if "optimizer" in ckpt:
+                raise ValueError(f"{path.name} is a training state (to resume a run); give the model.pt beside it")
+            return ckpt, DenoiserConfig(**ckpt["model_config"])
+
+        init, init_cfg = load_or_fail(load_init, args.init, "backbone checkpoint")
         # Adding secondary-structure conditioning to an unconditional model is allowed: its embedding starts at zero.
-        if replace(init_cfg, ss_condition=model_cfg.ss_condition) != model_cfg or init_cfg.ss_condition > model_cfg.ss_condition:
-            raise UserError(f"--init {args.init} has a different model configuration than this run")
+        if (replace(init_cfg, ss_condition=model_cfg.ss_condition) != model_cfg
+                or init_cfg.ss_condition > model_cfg.ss_condition):
+            differ = [f"--{k.replace('_', '-')} {v}" for k, v in init_cfg.to_dict().items()
+                      if v != getattr(model_cfg, k) and k != "ss_condition"]
+            differ += ["--ss-condition"] if init_cfg.ss_condition and not model_cfg.ss_condition else []
+            raise UserError(f"--init {args.init} has a different model configuration than this run: give "
+                            f"{' '.join(differ)} (its own) to fine-tune it")
         net.load_state_dict(init["ema"], strict=init_cfg.ss_condition == model_cfg.ss_condition)
         init_steps = int(init.get("total_steps", init.get("step", 0)))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
@@ -158,7 +183,8 @@ def train(args: argparse.Namespace) -> Path:
 
     def save() -> None:  # every rank: gathers their RNG states
         extra = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "init_steps": init_steps,
-                 "train_seconds": elapsed_before + time.time() - start}
+                 "train_seconds": elapsed_before + time.time() - start, "chains": str(Path(args.chains).resolve()),
+                 "run_options": {k: getattr(args, k) for k in RUN_OPTIONS}}
         state = training_state(model=net, step=step, optimizer=opt, ema=ema, **extra)
         if not info.is_main:
             return
