@@ -34,6 +34,18 @@ NOT_SHIPPED = ("the shipped checkpoints are in a source checkout's data/ folder,
                "behind: install from a clone with `pip install -e .`")
 
 
+def file_digest(path: str | os.PathLike, length: int = 12) -> str:
+    """The first `length` hex digits of a file's SHA-256: what names a model in a run's records (two trainings written
+    to the same file name and step are different models; a resume must not mix their results)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
 def is_shipped(path: str | os.PathLike) -> bool:
     """Whether `path` is one of the project's shipped files (under the checkout's data/)."""
     return Path(path).resolve().is_relative_to(SHIPPED_DATA)

@@ -44,7 +44,7 @@ def test_dock_writes_ranked_poses(tmp_path):
     assert summary["seed"] == 0 and len(summary["poses"]) == 3 and summary["mode"] == "box"
     assert summary["waters"] == "receptor atoms"
     assert summary["confidence"].startswith("search consensus")
-    assert {"total", "search", "grid"} <= summary["timings"].keys() and summary["model_version"]
+    assert {"total", "search", "grid"} <= summary["timings"].keys() and "sha256:" in summary["model_version"]
     pdb = (out / "complex_rank1.pdb").read_text()
     assert pdb.count("LIG L") == ref.GetNumAtoms() and "ATOM" in pdb
     # poses stay in the box (crystal ligand + 4 A, plus the grid margin)
@@ -548,6 +548,11 @@ def test_an_interrupted_dock_eval_overwrite_leaves_no_earlier_rows_to_resume(tmp
     split.write_text("set/1uou\n")
     run = ["dock-eval", "--data", str(tmp_path / "data"), "--split", str(split), "--autobox", "--out",
            str(tmp_path / "ev"), *FAST, "--model", "none", "--no-posebusters"]
+    (tmp_path / "dockrun").mkdir()  # a `sciddiff dock` output: its summary.json was replaced by the evaluation's
+    (tmp_path / "dockrun" / "summary.json").write_text("{}")
+    assert main([*run[:7], str(tmp_path / "dockrun"), *run[8:]]) == 2
+    assert "not an evaluation" in capsys.readouterr().err
+    assert (tmp_path / "dockrun" / "summary.json").read_text() == "{}"
     assert main(run) == 0
     earlier = (tmp_path / "ev" / "results.csv").read_text()
 

@@ -1,5 +1,7 @@
 """Score network: featurization of the example complexes, equivariance, training data noise, a tiny training run."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +134,23 @@ def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, ca
         assert train_module.main([*base, *extra]) == 2, extra
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and not run.exists(), (extra, err)
+    narrow = tmp_path / "narrow.pt"  # another featuriser's file failed at step 1, after the run folder was made
+    save_checkpoint(narrow, {"complexes": [{**c, "feat": c["feat"][:, :-1]} for c in complexes], "names": ["1uou"],
+                             "failed": [], "meta": {}})
+    assert train_module.main([*base[2:], "--data", str(narrow)]) == 2 and not run.exists()
+    assert "ligand atom features where this code computes" in capsys.readouterr().err
     assert train_module.main([*base, "--max-steps", "2", "--save-every", "0"]) == 0
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"  # 4 steps at once, and 2 + 2: the same weights
+    assert train_module.main([*base[:2], "--out", str(straight), *base[4:], "--max-steps", "4"]) == 0
+    shutil.copytree(run, resumed)
+    assert train_module.main([*base[:2], "--out", str(resumed), *base[4:], "--max-steps", "4"]) == 0
+    ours, theirs = (torch.load(d / "score_model.pt", weights_only=True)["weights"] for d in (resumed, straight))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # (the batches and noise were reseeded by the step)
+    for extra, message in ((["--ns", "16"], "--init .* has --ns 8: fine-tuning keeps its architecture"),
+                           ([], "not a docking score model")):  # a --ns that was silently ignored; a foreign file
+        init = str(run / "score_model.pt") if extra else policy
+        assert train_module.main([*base[:2], "--out", str(tmp_path / "ft"), "--init", init, *extra]) == 2
+        assert re.search(message, capsys.readouterr().err) and not (tmp_path / "ft").exists()
     assert train_module.main([*base, "--max-steps", "3", "--ns", "16"]) == 2  # a resumed run keeps its model
     assert "resuming keeps its model" in capsys.readouterr().err
     calls = []  # a Ctrl-C noticed at the second check between steps: saved there, exit 130, resumable

@@ -136,6 +136,9 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         raise UserError(f"{len(missing)} of the {len(ids)} complexes of {split} have no folder under {root} "
                         f"(first: {missing[0]!r})")
     out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).is_file() for name in ("run.json", "results.csv")):
+        raise UserError(f"--out {out} holds files that are not an evaluation (no run.json or results.csv; a docking "
+                        "run's summary.json would be replaced): choose another --out")
     if (out / "results.csv").exists() and not (args.resume or args.overwrite):
         raise UserError(f"{out} holds an evaluation (results.csv): give --resume to continue it, --overwrite to start "
                         "again, or another --out")

@@ -29,6 +29,7 @@ from rdkit import Chem
 from scipy.spatial import cKDTree
 from torch import nn
 
+from sciddiff.cli import file_digest
 from sciddiff.dock.io import Receptor
 from sciddiff.dock.ligand import rmsd_matrix
 from sciddiff.dock.scoring import (
@@ -200,6 +201,6 @@ def load_rescorer(path: str | Path) -> Rescorer:
     model = Rescorer(len(FEATURE_NAMES), hidden=ckpt["hidden"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
-    model.version = f"{Path(path).name} ({ckpt['meta'].get('version', '?')})"
+    model.version = f"{Path(path).name} ({ckpt['meta'].get('version', '?')}) sha256:{file_digest(path)}"
     model.meta = ckpt["meta"]
     return model

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from sciddiff.cli import file_digest
 from sciddiff.core.samplers import sample_reverse_sde
 from sciddiff.core.spaces import SO3, Euclidean, Product, Torus
 from sciddiff.dock.model import ScoreModel, ScoreModelConfig
@@ -23,7 +24,7 @@ def load_score_model(path: str | Path, device: str | torch.device = "cpu") -> Sc
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model = ScoreModel(ScoreModelConfig(**blob["config"]))
     model.load_state_dict(blob["weights"])
-    model.version = f"{Path(path).name}@step{blob.get('step', '?')}"
+    model.version = f"{Path(path).name}@step{blob.get('step', '?')} sha256:{file_digest(path)}"
     return model.to(device).eval()
 
 

@@ -22,7 +22,7 @@ from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, l
                           options_not_positive, run_command)
 from sciddiff.core.ema import EMA
 from sciddiff.dock.data import TrainSet, dsm_loss
-from sciddiff.dock.model import ScoreModel, ScoreModelConfig, count_parameters
+from sciddiff.dock.model import ATOM_DIM, ScoreModel, ScoreModelConfig, count_parameters
 from sciddiff.train import (CSVLogger, autocast, distributed, load_checkpoint, restore_training_state, save_checkpoint,
                             seed_everything, training_state)
 from sciddiff.train.interrupt import decide, interruption, stop_requests
@@ -81,9 +81,10 @@ def _model_config(args: argparse.Namespace, out: Path) -> tuple[ScoreModelConfig
     with, so model options that contradict it are refused (and an --init, which only starts a run, is noted)."""
     given = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
     if (out / "state.pt").exists():
-        state = load_or_fail(load_checkpoint, out / "state.pt", "docking training state")
-        load_or_fail(load_checkpoint, out / "optimizer.pt", "docking optimizer state")  # written first: must exist
-        cfg = ScoreModelConfig(**state["config"])
+        state, cfg = load_or_fail(lambda path: _with_config(load_checkpoint(path)), out / "state.pt",
+                                  "docking training state")
+        load_or_fail(lambda path: load_checkpoint(path)["optimizer"], out / "optimizer.pt",  # written first: must exist
+                     "docking optimizer state")
         if any(getattr(cfg, k) != v for k, v in given.items()):
             raise UserError(f"{out} holds a run of {cfg.to_dict()}: resuming keeps its model; drop the model options "
                             "or use a new --out")
@@ -91,11 +92,27 @@ def _model_config(args: argparse.Namespace, out: Path) -> tuple[ScoreModelConfig
             print(f"note: {out} holds a run: resuming it; --init {args.init} is not used", file=sys.stderr)
         return cfg, state, None
     if args.init:
-        init = load_or_fail(load_checkpoint, args.init, "docking score model")
-        if init.get("kind") != "sciddiff-dock-score":
-            raise UserError(f"--init {args.init} is not a docking score model (score_model.pt)")
-        return ScoreModelConfig(**init["config"]), None, init
+        init, cfg = load_or_fail(_init_model, args.init, "docking score model")
+        if differ := [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k, v in given.items() if getattr(cfg, k) != v]:
+            raise UserError(f"--init {args.init} has {', '.join(differ)}: fine-tuning keeps its architecture; drop "
+                            "those options (they were ignored)")
+        return cfg, None, init
     return ScoreModelConfig(**given), None, None
+
+
+def _with_config(ckpt: dict) -> tuple[dict, ScoreModelConfig]:
+    return ckpt, ScoreModelConfig(**ckpt["config"])
+
+
+def _init_model(path: Path) -> tuple[dict, ScoreModelConfig]:
+    """An --init checkpoint and its architecture, its weights checked against it (a file of the right kind whose
+    weights do not fit failed at load_state_dict, after the run folder was made)."""
+    init = load_checkpoint(path)
+    if init.get("kind") != "sciddiff-dock-score":
+        raise ValueError("not a docking score model (score_model.pt)")
+    init, cfg = _with_config(init)
+    ScoreModel(cfg).load_state_dict(init["weights"])
+    return init, cfg
 
 
 def train(args: argparse.Namespace, command: str) -> None:
@@ -112,6 +129,10 @@ def train(args: argparse.Namespace, command: str) -> None:
     blob = load_or_fail(load_checkpoint, args.data, "docking data file (python -m sciddiff.dock.data)")
     if not blob.get("complexes"):
         raise UserError(f"--data {args.data} holds no complexes")
+    widths = {int(c["feat"].shape[-1]) for c in blob["complexes"]}
+    if widths != {ATOM_DIM}:  # another featuriser's file: it failed at the first step, after the run folder was made
+        raise UserError(f"--data {args.data} has {sorted(widths)} ligand atom features where this code computes "
+                        f"{ATOM_DIM}: re-make it with `python -m sciddiff.dock.data`")
     info = distributed.setup()
     device = info.device
     if device.type == "cpu":
@@ -132,8 +153,8 @@ def train(args: argparse.Namespace, command: str) -> None:
         step = restore_training_state(state, model=model, optimizer=opt, ema=ema)
         print(f"resumed from {out / 'state.pt'} at step {step}", flush=True)
     ddp_model = distributed.wrap(model)
-    gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + info.rank + 7919 * step)
-    pick = torch.Generator().manual_seed(args.seed * 1000 + info.rank + 7919 * step)
+    gen, pick = torch.Generator(device=device), torch.Generator()
+    retries = 0  # draws of the current step: a batch skipped for non-finite gradients is drawn anew
     if info.is_main:
         print(f"{len(data)} complexes, {count_parameters(model)} parameters, device {device}, world {info.world_size}",
               flush=True)
@@ -161,6 +182,9 @@ def train(args: argparse.Namespace, command: str) -> None:
                     last_save = time.time()
                 if stop:
                     break
+            # seeded by the step (and rank): a resumed run draws the batches and noise an uninterrupted one would
+            for g in (gen, pick):
+                g.manual_seed(args.seed * 1000 + info.rank + 7919 * step + 104729 * retries)
             idx = torch.randint(0, len(data), (args.batch_size,), generator=pick).tolist()
             lig, rec, t, targets = data.batch(idx, gen)
             with autocast(device):
@@ -170,13 +194,14 @@ def train(args: argparse.Namespace, command: str) -> None:
             if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)):
                 # the gradients are averaged over ranks (DDP), so every rank skips this batch alike
                 print(f"step {step}: non-finite loss or gradients, batch skipped", flush=True)
+                retries += 1
                 continue
             # short warm-up, then constant: runs are minutes long and resumable, so no schedule tied to a horizon
             for g in opt.param_groups:
                 g["lr"] = args.lr * min(1.0, (step + 1) / 200)
             opt.step()
             ema.update(model)
-            step += 1
+            step, retries = step + 1, 0
             for k, v in {"loss": loss, **parts}.items():
                 running[k] = 0.98 * running.get(k, float(v.detach())) + 0.02 * float(v.detach())
             if info.is_main and (step % 25 == 0 or step == 1):
