@@ -95,10 +95,11 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def run_command(func, args) -> int:
     """Run func(args) for a module's own `main`: a UserError becomes one line on stderr and exit status 2, a
-    file-system error (disk full, permissions) one line and exit status 1."""
+    file-system error (disk full, permissions) one line and exit status 1; an int that func returns is the exit status
+    (e.g. 1: some items failed and were reported), anything else it returns (a path, a summary) means 0."""
     try:
         with sigterm_as_interrupt():
-            func(args)
+            status = func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -107,7 +108,7 @@ def run_command(func, args) -> int:
         return 1
     except KeyboardInterrupt as err:  # as `sciddiff` itself: a trainer resumes from its last checkpoint
         return interrupted_status(err)
-    return 0
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def options_below(args: argparse.Namespace, low: int, *names: str) -> list[str]:

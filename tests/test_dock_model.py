@@ -10,6 +10,7 @@ import pytest
 import torch
 from e3nn import o3
 
+from sciddiff.cli import main
 from sciddiff.dock import featurize, io, ligand
 from sciddiff.dock.data import TrainSet, dsm_loss, preprocess_complex
 from sciddiff.dock.model import ATOM_DIM, ScoreModel, ScoreModelConfig
@@ -170,6 +171,15 @@ def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, ca
     assert data_module.main(["--data", str(tmp_path), "--split", str(tmp_path / "x.txt"), *out]) == 2
     assert data_module.main(["--data", str(tmp_path), "--split", str(split), *out]) == 2
     assert "none of the 1 complexes" in capsys.readouterr().err and not (tmp_path / "d.pt").exists()
+    (tmp_path / "set" / "1uou").mkdir()  # one complex that prepares beside one that does not: written, exit status 1
+    for name in ("1uou_protein.pdb.gz", "1uou_ligand.sdf"):
+        shutil.copy(EXAMPLES / "1uou" / name, tmp_path / "set" / "1uou" / name)
+    split.write_text("set/1uou\nset/nope\n")
+    assert data_module.main(["--data", str(tmp_path), "--split", str(split), "--conformers", "1", *out]) == 1
+    assert "1 complexes (1 failed)" in capsys.readouterr().out and (tmp_path / "d.pt").exists()
+    assert main(["dock", "--protein", str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz"), "--ligand",
+                 str(EXAMPLES / "1uou" / "1uou_ligand.sdf"), "--out", str(tmp_path / "o"), "--model", policy]) == 2
+    assert "not a docking score model" in capsys.readouterr().err  # was: "unexpected keyword argument 'obs_type'"
 
 
 if __name__ == "__main__":  # torchrun's worker for the test above: train, then save this process's live weights

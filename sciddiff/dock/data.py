@@ -51,7 +51,9 @@ def preprocess_complex(protein: str, ligand: str, n_conformers: int = 2, seed: i
     }
 
 
-def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limit: int | None = None) -> None:
+def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limit: int | None = None) -> int:
+    """Write the split's complexes to `out`; a complex that fails is reported and skipped. Returns 1 if any failed
+    (as `dock --batch` and `dock-eval`), else 0."""
     from sciddiff.cli import UserError
     from sciddiff.train.checkpoint import save_checkpoint
     from sciddiff.train.log import progress
@@ -73,6 +75,7 @@ def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limi
     print(f"wrote {out}: {len(complexes)} complexes ({len(failed)} failed) {size:.1f} MiB")
     for f in failed:
         print("  failed", f)
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------------------------------- batching
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(_preprocess_command, p.parse_args(argv))
 
 
-def _preprocess_command(a: argparse.Namespace) -> None:
+def _preprocess_command(a: argparse.Namespace) -> int:
     from sciddiff.cli import UserError, check_output_path, options_below
 
     if bad := options_below(a, 1, "conformers", "limit"):
@@ -232,7 +235,7 @@ def _preprocess_command(a: argparse.Namespace) -> None:
         raise UserError(f"no complexes in {a.split}")
     check_output_path(a.out)
     torch.set_num_threads(1)
-    preprocess(str(root), a.split, a.out, a.conformers, a.limit)
+    return preprocess(str(root), a.split, a.out, a.conformers, a.limit)
 
 
 def read_split(path: str | Path) -> list[str]:

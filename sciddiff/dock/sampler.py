@@ -22,6 +22,8 @@ from sciddiff.dock.pose import PoseSpace
 
 def load_score_model(path: str | Path, device: str | torch.device = "cpu") -> ScoreModel:
     blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("kind") != "sciddiff-dock-score":
+        raise ValueError("not a docking score model (score_model.pt of python -m sciddiff.dock.train)")
     model = ScoreModel(ScoreModelConfig(**blob["config"]))
     model.load_state_dict(blob["weights"])
     model.version = f"{Path(path).name}@step{blob.get('step', '?')} sha256:{file_digest(path)}"
