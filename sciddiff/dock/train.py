@@ -100,6 +100,21 @@ def _model_config(args: argparse.Namespace, out: Path) -> tuple[ScoreModelConfig
     return ScoreModelConfig(**given), None, None
 
 
+def _note_other_options(out: Path, args: argparse.Namespace) -> None:
+    """A note naming the training options (data, learning rate, batch, seed, EMA) that differ from those the run
+    was started or last resumed with (config.json): they take effect from here, and config.json will record only
+    this call's."""
+    try:
+        before = json.loads((out / "config.json").read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    differ = [f"--{k.replace('_', '-')} {before[k]} -> {getattr(args, k)}"
+              for k in ("data", "lr", "batch_size", "seed", "ema_decay") if k in before and before[k] != getattr(args, k)]
+    if differ and distributed.is_main():
+        print(f"note: resuming with other training options ({'; '.join(differ)}): they apply from this step on",
+              file=sys.stderr)
+
+
 def _with_config(ckpt: dict) -> tuple[dict, ScoreModelConfig]:
     return ckpt, ScoreModelConfig(**ckpt["config"])
 
@@ -152,6 +167,7 @@ def train(args: argparse.Namespace, command: str) -> None:
         state["optimizer"] = load_checkpoint(out / "optimizer.pt", map_location=device)["optimizer"]
         step = restore_training_state(state, model=model, optimizer=opt, ema=ema)
         print(f"resumed from {out / 'state.pt'} at step {step}", flush=True)
+        _note_other_options(out, args)
     ddp_model = distributed.wrap(model)
     gen, pick = torch.Generator(device=device), torch.Generator()
     retries = 0  # draws of the current step: a batch skipped for non-finite gradients is drawn anew
