@@ -87,6 +87,13 @@ def test_pdb_write_read_round_trip_plain_and_gz(tmp_path):
         handle.write(path.read_text())
     assert np.array_equal(read_chain(gz).coords, chain.coords)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
+    from Bio.PDB import MMCIFIO, PDBParser  # mmCIF, as the PDB distributes structures now ("no model in file")
+
+    writer = MMCIFIO()
+    writer.set_structure(PDBParser(QUIET=True).get_structure("c", path))
+    writer.save(str(tmp_path / "chain.cif"))
+    cif = read_chain(tmp_path / "chain.cif")
+    assert np.array_equal(cif.coords, chain.coords) and cif.sequence == chain.sequence
 
 
 def test_write_backbone_rejects_bad_shapes(tmp_path):

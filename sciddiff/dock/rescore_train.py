@@ -251,6 +251,10 @@ def run_train(args) -> None:
     by_key = load(args.decoys)
     extra = [it for key, it in load(args.extra_decoys).items() if key not in by_key]
     items = list(by_key.values())
+    if not any(bool((it["rmsd"] < 2.0).any()) for it in [*items, *extra]):  # the confidence head learns "never"
+        print(f"warning: none of the {len(items) + len(extra)} decoy lists holds a pose within 2 A: the ranking has "
+              "nothing to prefer and the confidence head will call every pose wrong (confidence ~0); add complexes",
+              file=sys.stderr)
     # folds by complex, so that a complex's box and blind lists are never on both sides of a split
     lists: dict[str, list[int]] = {}
     for i, it in enumerate(items):

@@ -220,7 +220,7 @@ def train(args: argparse.Namespace, command: str) -> None:
             step, retries = step + 1, 0
             for k, v in {"loss": loss, **parts}.items():
                 running[k] = 0.98 * running.get(k, float(v.detach())) + 0.02 * float(v.detach())
-            if info.is_main and (step % 25 == 0 or step == 1):
+            if info.is_main and (step % 25 == 0 or step == 1 or step == args.max_steps):  # the last step too
                 elapsed = time.time() - start
                 log.log(step=step, seconds=round(elapsed, 1), **{k: round(v, 5) for k, v in running.items()})
                 print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)

@@ -504,7 +504,8 @@ def train(args: argparse.Namespace) -> dict:
     model = distributed.wrap(policy)  # DDP averages the gradients of its forward (the loss) over processes
     logger = CSVLogger(out / "log.csv", resume_step=step) if info.is_main else None
     sync_every = 1 if info.world_size == 1 else args.log_every  # steps between rank 0's shared time decisions
-    bar = progress(total=args.steps, initial=step, desc=f"train {args.obs_type}", unit="step")
+    what = "generic" if args.task == "generic" else args.obs_type
+    bar = progress(total=args.steps, initial=step, desc=f"train {what}", unit="step")
     run_start = last_ckpt = last_log_time = time.perf_counter()
     first_step = step
     last_log_step, loss_sum, last_val = step, torch.zeros((), device=device), None

@@ -24,7 +24,7 @@ from sciddiff.protein.data import read_manifest, read_split
 from sciddiff.protein.geometry import backbone_from_frames, frames_from_backbone
 from sciddiff.protein.pdbio import Chain, read_chain
 
-PDB_SUFFIXES = (".pdb", ".pdb.gz", ".ent", ".ent.gz")
+PDB_SUFFIXES = (".pdb", ".pdb.gz", ".ent", ".ent.gz", ".cif", ".cif.gz")
 LENGTH_MATCH = (0.75, 1.25)  # natural reference chains within these factors of the samples' length range
 PLOT_FILES = ("phi_psi.png", "distances.png")  # what `make_plots` writes into its folder
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from Bio.PDB import PDBIO, PDBParser, StructureBuilder
+from Bio.PDB import PDBIO, MMCIFParser, PDBParser, StructureBuilder
 from Bio.PDB.Polypeptide import index_to_one, is_aa, three_to_index
 
 from sciddiff.protein.geometry import ATOMS
@@ -46,14 +46,16 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def read_chain(path: str | os.PathLike, chain_id: str | None = None) -> Chain:
-    """Read the backbone of one chain (the first one unless chain_id is given) from a PDB / PDB.gz file, first model only."""
+    """Read the backbone of one chain (the first one unless chain_id is given) from a PDB or mmCIF file (plain or .gz;
+    mmCIF by its .cif suffix, chains by their author ids), first model only."""
     path = Path(path)
     try:
         with _open_text(path) as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # biopython warns on every discontinuous chain; breaks are measured
-            structure = PDBParser(QUIET=True).get_structure(path.stem, handle)
-    except (ValueError, EOFError, UnicodeDecodeError, OSError) as err:  # empty, corrupt .gz, binary, unreadable
-        raise ValueError(f"{path}: not a readable PDB file ({str(err) or type(err).__name__})") from None
+            parser = MMCIFParser(QUIET=True) if path.name.endswith((".cif", ".cif.gz")) else PDBParser(QUIET=True)
+            structure = parser.get_structure(path.stem, handle)
+    except (ValueError, EOFError, UnicodeDecodeError, OSError, KeyError) as err:  # empty, corrupt, binary, unreadable
+        raise ValueError(f"{path}: not a readable PDB or mmCIF file ({str(err) or type(err).__name__})") from None
     models = list(structure)
     if not models:
         raise ValueError(f"{path}: no model in file")
