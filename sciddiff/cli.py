@@ -46,6 +46,15 @@ def file_digest(path: str | os.PathLike, length: int = 12) -> str:
     return digest.hexdigest()[:length]
 
 
+def same_version(recorded, current) -> bool:
+    """Whether a run's recorded model version names the model loaded now: equal, or recorded before versions carried
+    the file's digest (2026-12-06; "score_model.pt@step4129" for "score_model.pt@step4129 sha256:...")."""
+    if recorded == current:
+        return True
+    return (isinstance(recorded, str) and isinstance(current, str) and "sha256:" not in recorded
+            and " sha256:" in current and current.split(" sha256:")[0] == recorded)
+
+
 def is_shipped(path: str | os.PathLike) -> bool:
     """Whether `path` is one of the project's shipped files (under the checkout's data/)."""
     return Path(path).resolve().is_relative_to(SHIPPED_DATA)

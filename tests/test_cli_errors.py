@@ -112,7 +112,7 @@ def test_backbone_commands_refuse_foreign_files(tmp_path, capsys):
     (folder / "a.pdb.gz").write_bytes(b"garbage, not gzip")
     (folder / "b.pdb").write_text("")
     assert main(["backbone", "eval", str(folder)]) == 2
-    assert "not a readable PDB file" in one_line_error(capsys)
+    assert "not a readable PDB or mmCIF file" in one_line_error(capsys)
     assert main(["backbone", "eval", str(folder), "--json", str(folder)]) == 2
     assert "--json" in one_line_error(capsys)
 
@@ -209,7 +209,12 @@ def test_sigterm_cleans_up_as_ctrl_c_does_and_exits_143(tmp_path, capsys):
         lambda args: (_ for _ in ()).throw(interruption(["SIGTERM"])), None) == 143  # a trainer that saved, then stops
     assert run_command(lambda args: (_ for _ in ()).throw(interruption(["SIGINT"])), None) == 130
     # what a run killed outright (SIGKILL) leaves: the next --overwrite / --resume clears it instead of refusing
-    (tmp_path / "out" / ".1s3v.tmp-abcd").mkdir(parents=True)
-    (tmp_path / ".out.tmp-efgh").mkdir()
+    (tmp_path / "out" / ".1s3v.tmp-abcd1234").mkdir(parents=True)
+    (tmp_path / "out" / ".notes.tmp-final").mkdir()  # not a staging name: the folder is foreign, and left alone
+    (tmp_path / ".out.tmp-efgh5678").mkdir()
+    with pytest.raises(UserError, match="not a docking output"):
+        check_out_dir(tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / ".1s3v.tmp-abcd1234").exists()  # a refused folder is left as it was
+    (tmp_path / "out" / ".notes.tmp-final").rmdir()
     assert check_out_dir(tmp_path / "out", overwrite=True) == tmp_path / "out"
-    assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / ".out.tmp-efgh").exists()
+    assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / ".out.tmp-efgh5678").exists()

@@ -319,6 +319,11 @@ def test_stereo_of_a_smiles_or_a_2d_drawing_is_docked_as_written(tmp_path, smile
         embedded = io.pose_mol(mol, ligand.generate_conformers(mol, 1, seed=0)[0])
         Chem.AssignStereochemistryFrom3D(embedded)
         assert Chem.MolToSmiles(embedded) == want  # the conformers docking starts from are of that isomer
+    either = Chem.MolFromSmiles("CC=C[C@@H](C)N")  # a drawing whose double bond is marked "either" (stereo 3)
+    rdDepictor.Compute2DCoords(either)
+    either.GetBondBetweenAtoms(1, 2).SetStereo(Chem.BondStereo.STEREOANY)
+    Chem.MolToMolFile(either, str(tmp_path / "either.sdf"))
+    assert "stereo not specified (double bond at atom 2)" in io.ligand_repairs(io.load_ligand(tmp_path / "either.sdf"))
     (tmp_path / "pair.smi").write_text("OC(=O)/C=C\\c1ccccc1 Z\nOC(=O)/C=C/c1ccccc1 E\n")
     z, e = io.load_ligands(tmp_path / "pair.smi")
     assert io.ligand_smiles(z.mol) != io.ligand_smiles(e.mol)

@@ -200,8 +200,10 @@ def test_resume_keeps_the_runs_training_options_and_a_finished_model_is_never_re
     (out / "state.pt").unlink()  # a finished run kept without its (large) training state
     model = (out / "model.pt").read_bytes()
     assert _train(chains, out, "--max-steps", "2") == 2
-    assert "holds an earlier run (model.pt / log.csv) but no state.pt" in capsys.readouterr().err
+    assert "holds a trained model.pt but no state.pt" in capsys.readouterr().err
     assert (out / "model.pt").read_bytes() == model
+    (out / "model.pt").unlink()  # a run that failed before its first checkpoint (config.json, log.csv): re-runnable
+    assert _train(chains, out, "--max-steps", "1") == 0
     for foreign, message in ((chains, "is not a backbone checkpoint"), (tmp_path / "run2" / "state.pt", "training state")):
         if foreign.name == "state.pt":
             assert _train(chains, tmp_path / "run2", "--max-steps", "1") == 0

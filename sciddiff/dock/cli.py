@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from sciddiff.cli import NOT_SHIPPED, UserError, check_output_path, idle_threads, load_or_fail, options_below
+from sciddiff.cli import (NOT_SHIPPED, UserError, check_output_path, idle_threads, load_or_fail, options_below,
+                          same_version)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "dock" / "score_model.pt"
 MODEL_HELP = f"score-model checkpoint, or 'none' for physics-only docking (default: {DEFAULT_MODEL} when present)"
@@ -399,7 +400,7 @@ def _earlier_result(folder: Path, mol, how: dict) -> dict | None:
     except (OSError, ValueError):
         return None
     same = (summary.get("smiles") == io.ligand_smiles(mol) and summary.get("poses")
-            and all(summary.get(k) == v for k, v in how.items())
+            and all(same_version(summary.get(k), v) for k, v in how.items())
             and all((folder / p["file"]).is_file() for p in summary["poses"]))
     return summary if same else None
 

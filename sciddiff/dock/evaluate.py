@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, same_version
 
 if TYPE_CHECKING:
     from sciddiff.dock.io import Receptor
@@ -301,8 +301,9 @@ def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:
             table = list(csv.DictReader(fh))
     except (OSError, ValueError):
         return {}
-    if earlier != run:
-        changed = sorted(k for k in run.keys() | earlier.keys() if run.get(k) != earlier.get(k))
+    if earlier.get("posebusters") is True and isinstance(run["posebusters"], str):  # recorded before its version was
+        earlier["posebusters"] = run["posebusters"]
+    if changed := sorted(k for k in run.keys() | earlier.keys() if not same_version(earlier.get(k), run.get(k))):
         raise UserError(f"{out} holds an evaluation run another way ({', '.join(changed)} differ); --resume needs "
                         "the same options, or use another --out")
     return {row["complex"]: {k: _csv_value(k, v) for k, v in row.items() if v != "" or _is_text(k)} for row in table}

@@ -449,6 +449,10 @@ def _stereo_as_written(mol: Chem.Mol) -> None:
         Chem.DetectBondStereochemistry(mol)
         Chem.AssignChiralTypesFromBondDirs(mol)
     Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
+    for bond in mol.GetBonds():  # drawn "either" (crossed or wavy): unspecified, so that one isomer is docked, named
+        if bond.GetStereo() == Chem.BondStereo.STEREOANY or bond.GetBondDir() == Chem.BondDir.EITHERDOUBLE:
+            bond.SetStereo(Chem.BondStereo.STEREONONE)
+            bond.SetBondDir(Chem.BondDir.NONE)
 
 
 def _aromatic_n_without_h(mol: Chem.Mol, atoms: Iterable[int]) -> list[int]:

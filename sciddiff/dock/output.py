@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -36,16 +37,22 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str 
     for path in inputs:
         if path is not None and Path(path).is_file() and Path(path).resolve().is_relative_to(out.resolve()):
             raise UserError(f"--out {out} holds the input {path}, which --overwrite would delete; choose another --out")
-    # staging folders of a run killed outright (SIGKILL, power loss; Ctrl-C and SIGTERM remove their own): this
-    # folder's beside it, its molecules' inside it
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*"),
-                  *out.glob(".*.tmp-*"), *out.glob(".*.old-*")]:
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    if any(out.iterdir()) and not any((out / marker).is_file() for marker in OUTPUT_MARKERS):
+    # staging folders of a run killed outright (SIGKILL, power loss; Ctrl-C and SIGTERM remove their own) do not make
+    # a folder foreign, and are removed once the folder has passed, never before
+    stale = [p for p in out.iterdir() if _staging(p)]
+    if any(p not in stale for p in out.iterdir()) and not any((out / m).is_file() for m in OUTPUT_MARKERS):
         raise UserError(f"--out {out} is not a docking output (no {' or '.join(OUTPUT_MARKERS)}); --overwrite only "
                         "replaces one: choose another --out")
+    for path in stale + [p for p in out.parent.iterdir() if _staging(p, of=out.name)]:
+        shutil.rmtree(path, ignore_errors=True)
     return out
+
+
+def _staging(path: Path, of: str | None = None) -> bool:
+    """Whether `path` is a staging folder `atomic_dir` makes (`.NAME.tmp-XXXXXXXX`, mkdtemp's 8 characters) or moves
+    aside (`.NAME.old-PID`), of the output `of` if given."""
+    name = re.escape(of) if of is not None else ".+"
+    return path.is_dir() and re.fullmatch(rf"\.{name}\.(tmp-[a-z0-9_]{{8}}|old-[0-9]+)", path.name) is not None
 
 
 @contextmanager

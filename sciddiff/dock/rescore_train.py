@@ -334,7 +334,7 @@ def run_calibrate(args: argparse.Namespace) -> dict:
 
     from scipy.special import expit
 
-    from sciddiff.cli import UserError
+    from sciddiff.cli import UserError, same_version
     from sciddiff.dock.rescore import load_rescorer, save_rescorer
     from sciddiff.train.checkpoint import write_json
 
@@ -345,7 +345,7 @@ def run_calibrate(args: argparse.Namespace) -> dict:
             raise UserError(f"{path}: no such dock-eval results file")
         summary = path.parent / "summary.json"
         used = json.loads(summary.read_text()).get("rescorer") if summary.is_file() else None
-        if used != model.version:
+        if not same_version(used, model.version):
             raise UserError(f"{path} was not made with {args.rescorer} (its run used {used or 'no recorded rescorer'})")
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):

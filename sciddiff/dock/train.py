@@ -108,8 +108,12 @@ def _note_other_options(out: Path, args: argparse.Namespace) -> None:
         before = json.loads((out / "config.json").read_text())["args"]
     except (OSError, ValueError, KeyError, TypeError):
         return
+    def same(k: str) -> bool:  # the data file by where it is, not by how it was spelled
+        now = getattr(args, k)
+        return Path(before[k]).resolve() == Path(now).resolve() if k == "data" else before[k] == now
+
     differ = [f"--{k.replace('_', '-')} {before[k]} -> {getattr(args, k)}"
-              for k in ("data", "lr", "batch_size", "seed", "ema_decay") if k in before and before[k] != getattr(args, k)]
+              for k in ("data", "lr", "batch_size", "seed", "ema_decay") if k in before and not same(k)]
     if differ and distributed.is_main():
         print(f"note: resuming with other training options ({'; '.join(differ)}): they apply from this step on",
               file=sys.stderr)

@@ -80,13 +80,15 @@ class EnvAdapter:
         if not isinstance(act_space, spaces.Box):
             raise ValueError(f"{self.env_id} has a {type(act_space).__name__} action space; a diffusion policy writes "
                              "continuous actions (a Box)")
-        if int(np.prod(act_space.shape)) != action_dim:
-            raise ValueError(f"the policy writes {action_dim} action values, {self.env_id} takes "
-                             f"{int(np.prod(act_space.shape))}")
-        obs_size = int(np.prod(obs_space.shape)) if obs_space.shape else None
+        if len(act_space.shape) != 1 or act_space.shape[0] != action_dim:
+            raise ValueError(f"the policy writes {action_dim} action values, {self.env_id} takes an action of shape "
+                             f"{act_space.shape}" + (" (a flat Box is needed)" if len(act_space.shape) != 1 else ""))
+        obs_size = obs_space.shape[0] if isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1 else None
         if obs_size != state_dim:
             raise ValueError(f"the policy reads {state_dim} observation features, {self.env_id} observes "
-                             f"{obs_size if obs_size is not None else type(obs_space).__name__}")
+                             f"{obs_size if obs_size is not None else f'{type(obs_space).__name__} {obs_space.shape}'}"
+                             + ("" if obs_size is not None else " (a flat Box is needed; an EnvAdapter subclass's "
+                                                                "`features` can flatten it)"))
         notes = []
         if actions is not None and len(actions):
             low, high = act_space.low.reshape(-1), act_space.high.reshape(-1)

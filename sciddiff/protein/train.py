@@ -17,6 +17,7 @@ Batches are whole chains up to --batch-residues residues in total.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -68,6 +69,15 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
     return total / batches
 
 
+def _config_args(out: Path) -> dict:
+    """The training options of the call that last wrote out/config.json ({} without one)."""
+    try:
+        args = json.loads((out / "config.json").read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k: args[k] for k in RUN_OPTIONS if k in args}
+
+
 def train(args: argparse.Namespace) -> Path:
     start = time.time()
     info = distributed.setup()
@@ -104,9 +114,9 @@ def train(args: argparse.Namespace) -> Path:
     flow_cfg = FlowConfig(self_condition=args.self_condition, aux_weight=args.aux_weight, ss_drop=args.ss_drop)
     state_path = out / "state.pt"
     resumed = state_path.is_file()
-    if not resumed and any((out / name).exists() for name in ("model.pt", "log.csv")):  # a new run would replace it
-        raise UserError(f"{out} holds an earlier run (model.pt / log.csv) but no state.pt to resume it: use a new "
-                        f"--out, or --init {out / 'model.pt'} to fine-tune that model")
+    if not resumed and (out / "model.pt").exists():  # a new run would replace that model
+        raise UserError(f"{out} holds a trained model.pt but no state.pt to resume its run: use a new --out, or "
+                        f"--init {out / 'model.pt'} to fine-tune that model")
     if resumed:  # the stored configs win, so a resumed run is the same run
         def load_state(path: Path) -> tuple[dict, DenoiserConfig, FlowConfig]:
             state = load_checkpoint(path, map_location=device)
@@ -123,7 +133,8 @@ def train(args: argparse.Namespace) -> Path:
                             f"to resume it")
         model_cfg = stored_cfg
         # training options likewise: given with another value, refused; left out, the run's own (not the defaults)
-        stored_run = {**state.get("run_options", {}), **{k: getattr(flow_cfg, k) for k in flow_cfg.to_dict()}}
+        # runs saved before the options were stored (2026-12-06): the last call's, from config.json
+        stored_run = {**state.get("run_options", _config_args(out)), **flow_cfg.to_dict()}
         changed = [f"--{k.replace('_', '-')}: {stored_run[k]} there, {getattr(args, k)} here" for k in RUN_OPTIONS
                    if k in given and k in stored_run and getattr(args, k) != stored_run[k]]
         if changed:
