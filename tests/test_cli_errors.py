@@ -218,3 +218,13 @@ def test_sigterm_cleans_up_as_ctrl_c_does_and_exits_143(tmp_path, capsys):
     (tmp_path / "out" / ".notes.tmp-final").rmdir()
     assert check_out_dir(tmp_path / "out", overwrite=True) == tmp_path / "out"
     assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / ".out.tmp-efgh5678").exists()
+
+
+def test_model_versions_name_the_file_and_still_match_runs_recorded_before():
+    from sciddiff.cli import file_digest, same_version
+
+    ours = f"score_model.pt@step4129 sha256:{file_digest(EXAMPLES.parent / 'dock' / 'score_model.pt')}"
+    assert same_version(ours, ours) and same_version("score_model.pt@step4129", ours)  # recorded before digests
+    assert not same_version("score_model.pt@step4129 sha256:000000000000", ours)  # another file, same name and step
+    assert not same_version("score_model.pt@step10", ours) and not same_version(None, ours)
+    assert same_version("learned rescorer rescore.pt (2026-12-06)", "learned rescorer rescore.pt (2026-12-06) sha256:1")
