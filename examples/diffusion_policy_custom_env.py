@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for training and the episodes (default: 2 on two idle cores, else 1)")
     args = parser.parse_args(argv)
-    from sciddiff.cli import UserError, options_below
+    from sciddiff.cli import UserError, interrupted_status, options_below
     from sciddiff.policy.cli import format_metrics
     from sciddiff.policy.evaluate import evaluate_policy, task_adapter
     from sciddiff.policy.io import load_policy
@@ -91,10 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: training has saved its state, the same command resumes it
+        return interrupted_status(err)
     print(format_metrics(metrics))
     print(f"rollout video: {args.out / 'rollout.mp4'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sciddiff.cli import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a scheduler's SIGTERM stops it as Ctrl-C does (saved; status 143)
+        sys.exit(main())

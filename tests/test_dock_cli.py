@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -575,6 +576,13 @@ def test_idle_threads_follows_the_load(monkeypatch):
         monkeypatch.setattr(cli, "_other_running", lambda: others)
         assert cli.idle_threads() == threads
     assert cli._other_running() >= 0  # the real reading works here
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(cli, "open", lambda *a, **k: StringIO("1.70 2.2 2.3 1/300 4242\n"), raising=False)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (1.7, 2.2, 2.3))  # a bursty neighbour: off the queue right now
+    assert cli._other_running() == pytest.approx(0.7) and cli.idle_threads() == 1
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.3, 0.2, 0.1))  # idle: both cores
+    assert cli._other_running() == 0 and cli.idle_threads() == 2
 
 
 def test_mmcif_protein_reads_like_its_pdb(tmp_path, capsys):

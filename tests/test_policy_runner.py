@@ -489,7 +489,7 @@ def test_a_generic_policy_is_checked_against_its_env(tmp_path):
     assert pendulum.max_steps == pendulum.registered_steps == 200
     assert pendulum.check_policy(3, 1, np.array([[-1.5], [1.9]])) == []
     for dims, message in (((2, 1), "reads 2 observation features, Pendulum-v1 observes 3"),
-                          ((3, 2), "writes 2 action values, Pendulum-v1 takes 1")):
+                          ((3, 2), r"writes 2 action values, Pendulum-v1 takes an action of shape \(1,\)")):
         with pytest.raises(ValueError, match=message):
             pendulum.check_policy(*dims)
     (note,) = pendulum.check_policy(3, 1, np.array([[-4.0], [1.0], [0.5], [3.0]]))
