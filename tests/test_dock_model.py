@@ -1,4 +1,5 @@
 """Score network: featurization of the example complexes, equivariance, training data noise, a tiny training run."""
+import json
 import os
 import re
 import shutil
@@ -163,6 +164,8 @@ def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, ca
     assert train_module.main([*base[:-8], "--max-steps", "3", "--init", shipped]) == 0  # resumes; --init noted
     captured = capsys.readouterr()
     assert "resumed" in captured.out and "--init" in captured.err
+    commands = json.loads((run / "config.json").read_text())["commands"]  # every call that trained this run
+    assert len(commands) >= 3 and commands[-1].endswith(f"--max-steps 3 --init {shipped}")
 
     split = tmp_path / "split.txt"
     split.write_text("set/nope\n")

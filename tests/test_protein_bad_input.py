@@ -1,6 +1,7 @@
 """`sciddiff backbone prepare | train` on bad input: unreadable chains are skipped with a warning, everything else is one
 error line (exit 2) before any work, and nothing is written or deleted on the way (tiny self-made data)."""
 import gzip
+import json
 import re
 
 import pytest
@@ -197,6 +198,7 @@ def test_resume_keeps_the_runs_training_options_and_a_finished_model_is_never_re
     assert _train(chains, out, "--max-steps", "3") == 0  # no --lr, no --warmup: the run's own, not the defaults
     state = torch.load(out / "state.pt", weights_only=False)
     assert state["run_options"]["lr"] == 0.001 and state["run_options"]["warmup"] == 2 and state["step"] == 3
+    assert len(json.loads((out / "config.json").read_text())["commands"]) == 2  # both calls that trained it
     (out / "state.pt").unlink()  # a finished run kept without its (large) training state
     model = (out / "model.pt").read_bytes()
     assert _train(chains, out, "--max-steps", "2") == 2

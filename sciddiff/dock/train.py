@@ -24,7 +24,8 @@ from sciddiff.core.ema import EMA
 from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ATOM_DIM, ScoreModel, ScoreModelConfig, count_parameters
 from sciddiff.train import (CSVLogger, autocast, distributed, load_checkpoint, restore_training_state, save_checkpoint,
-                            seed_everything, training_state)
+                            seed_everything, training_state, write_json)
+from sciddiff.train.checkpoint import command_history
 from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
@@ -102,8 +103,8 @@ def _model_config(args: argparse.Namespace, out: Path) -> tuple[ScoreModelConfig
 
 def _note_other_options(out: Path, args: argparse.Namespace) -> None:
     """A note naming the training options (data, learning rate, batch, seed, EMA) that differ from those the run
-    was started or last resumed with (config.json): they take effect from here, and config.json will record only
-    this call's."""
+    was started or last resumed with (config.json): they take effect from here (config.json's `commands` keeps
+    every call's command)."""
     try:
         before = json.loads((out / "config.json").read_text())["args"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -178,7 +179,9 @@ def train(args: argparse.Namespace, command: str) -> None:
     if info.is_main:
         print(f"{len(data)} complexes, {count_parameters(model)} parameters, device {device}, world {info.world_size}",
               flush=True)
-        (out / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "args": vars(args), "command": command}, indent=1))
+        commands = command_history(out / "config.json", command) if state is not None else [command]
+        write_json(out / "config.json", {"model": cfg.to_dict(), "args": vars(args), "command": command,
+                                         "commands": commands}, indent=1)
     log = CSVLogger(out / "log.csv", resume_step=step) if info.is_main else None
     start = last_save = time.time()
     start_step = step

@@ -44,6 +44,7 @@ from sciddiff.train import (
     training_state,
     write_json,
 )
+from sciddiff.train.checkpoint import command_history
 from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
@@ -180,7 +181,9 @@ def train(args: argparse.Namespace) -> Path:
             print(f"resumed {state_path} at step {step}", flush=True)
     elif info.world_size > 1:  # the same initial weights everywhere, different chains and noise per process
         seed_everything(args.seed * 1000 + info.rank)
-    config = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "command": " ".join(sys.argv),
+    command = " ".join(sys.argv)
+    config = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "command": command,
+              "commands": command_history(out / "config.json", command) if resumed else [command],
               "train_chains": len(train_set), "val_chains": len(val_set) if val_set else 0, "params": net.num_parameters()}
     plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
     out.mkdir(parents=True, exist_ok=True)  # only once data, model and optimizer are built: a bad input leaves no run

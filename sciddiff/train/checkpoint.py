@@ -75,6 +75,17 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
     return Path(path)
 
 
+def command_history(config_json: str | os.PathLike, command: str) -> list[str]:
+    """The commands of a run so far, this call's last: those a run folder's config.json recorded ("commands", or one
+    "command" as older runs wrote it) plus `command`. A resumed run keeps how every call trained it."""
+    try:
+        earlier = json.loads(Path(config_json).read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    past = earlier.get("commands") or ([earlier["command"]] if earlier.get("command") else [])
+    return [c for c in past if isinstance(c, str)] + [command]
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Atomically write `state` with torch.save; returns the path."""
     with atomic_file(path, "wb") as handle:
