@@ -267,3 +267,14 @@ def test_malformed_npz_datasets_are_refused_in_one_line(tmp_path, broken, messag
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(UserError, match=re.escape(message)):
         load_dataset(tmp_path / "d.npz", "state")
+
+
+def test_frames_stored_as_0_to_1_floats_are_refused(tmp_path):
+    """Such frames rounded to 0/1 uint8 (nearly black images) and an image policy trained on them without a word."""
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer.create(tmp_path / "unit.zarr")
+    for _ in range(2):
+        episode = _episode(rng, 12)
+        buf.add_episode({**episode, "img": episode["img"] / 255.0})
+    with pytest.raises(UserError, match=r"data/img holds values up to 0\.99.*must be 0-255 pixels"):
+        load_dataset(tmp_path / "unit.zarr", "image")

@@ -176,7 +176,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError(f"--inference-steps must be at most {policy.config.num_train_timesteps} (the policy's "
                         f"training timesteps)")
     if args.env_obs_type is not None and args.env_obs_type not in ENV_OBS_TYPES[policy.config.obs_type]:
-        raise UserError(f"a {policy.config.obs_type} policy reads --env-obs-type "
+        article = "an" if policy.config.obs_type == "image" else "a"
+        raise UserError(f"{article} {policy.config.obs_type} policy reads --env-obs-type "
                         f"{' or '.join(ENV_OBS_TYPES[policy.config.obs_type])}, not {args.env_obs_type}")
     if args.env_obs_type is not None:
         adapter = PushTAdapter(args.env_obs_type, max_steps=adapter.max_steps)

@@ -66,9 +66,14 @@ def dataset_from_zarr(path: str | Path, obs_type: str, chunk: int = 2048, task: 
         if "img" not in buffer.keys:
             raise UserError(f"{path} has no data/img frames for an image policy")
         img = buffer.root["data/img"]
-        frames = np.empty((buffer.n_steps, *img.shape[1:]), dtype=np.uint8)
+        frames, peak = np.empty((buffer.n_steps, *img.shape[1:]), dtype=np.uint8), 0.0
         for s in range(0, buffer.n_steps, chunk):  # the float32 frames are 2.8 GB: convert chunk by chunk
-            frames[s:s + chunk] = np.clip(np.rint(img[s:s + chunk]), 0, 255)
+            block = img[s:s + chunk]
+            peak = max(peak, float(block.max(initial=0)))
+            frames[s:s + chunk] = np.clip(np.rint(block), 0, 255)
+        if buffer.n_steps and peak <= 1.0:  # 0..1 floats would round to black and white frames, without a word
+            raise UserError(f"{path}: data/img holds values up to {peak:g}: frames must be 0-255 pixels (multiply "
+                            "0..1 floats by 255)")
         out["image"] = frames
         out["agent_pos"] = raw["state"][:, :2].astype(np.float32)
     else:

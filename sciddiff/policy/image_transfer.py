@@ -163,13 +163,13 @@ def train_vertex_encoder(args: argparse.Namespace) -> dict:
         if donor.config.obs_type != "image":
             raise UserError(f"--init-encoder {args.init_encoder} is not an image policy")
         channels, keypoints = donor.config.vision_channels, donor.config.vision_keypoints
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     config = image_config(state_policy.config, channels, keypoints)
     if args.init_encoder:
         keep_inference_settings(config, donor.config)
     images = dataset_from_zarr(args.data, "image")
     features = dataset_from_zarr(args.data, "state")["state"]
+    out = Path(args.out)  # made once the inputs have loaded: bad data leaves no empty run folder
+    out.mkdir(parents=True, exist_ok=True)
     targets = vertex_targets(state_policy, features)
     ends = images["episode_ends"]
     episode = np.searchsorted(ends, np.arange(len(features)), side="right")
