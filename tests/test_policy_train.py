@@ -105,8 +105,10 @@ def test_a_time_budgeted_run_resumed_after_its_schedule_stops_at_once(tmp_path, 
     done = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["step"]
     assert done > 0
     capsys.readouterr()
+    trained = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["elapsed"]
     train(build_parser().parse_args(run))  # the cosine LR reached 0: no steps wasted at LR 0, and the reason said
-    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["step"] == done
+    again = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)
+    assert again["step"] == done and again["elapsed"] == trained  # the call's set-up seconds are no training time
     assert "schedule (1 s) is complete: nothing to train" in capsys.readouterr().out
 
 

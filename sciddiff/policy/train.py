@@ -482,8 +482,8 @@ def train(args: argparse.Namespace) -> dict:
                  "torch": str(torch.__version__), "n_params": sum(p.numel() for p in policy.parameters()),
                  "processes": info.world_size}
 
-    def trained_seconds() -> float:  # over all runs of this training, resumed ones included
-        return elapsed_before + time.perf_counter() - run_start
+    def trained_seconds() -> float:  # over all runs of this training, resumed ones included; a call that trains no
+        return elapsed_before + (time.perf_counter() - run_start if step > first_step else 0.0)  # step adds none
 
     def checkpoint(val_loss: float | None = None, extra: dict | None = None) -> None:  # every rank: gathers RNGs
         samples_seen = samples_before + (step - first_step) * args.batch_size * info.world_size
