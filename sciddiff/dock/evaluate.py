@@ -23,6 +23,7 @@ import math
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,7 +145,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                         "again, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     run = {"data": str(root.resolve()), "box": f"crystal ligand + {args.autobox_add:g} A" if args.autobox else "blind",
-           "posebusters": False if args.no_posebusters else _version("posebusters"), "model_version": getattr(model, "version", "none (physics only)"),
+           "posebusters": False if args.no_posebusters else version("posebusters"),
+           "model_version": getattr(model, "version", "none (physics only)"),
            "rescorer": None if rescorer is None else rescorer.version, "ranking": settings.ranking,
            "waters": "dropped" if args.drop_waters else "receptor atoms",
            "settings": json.loads(json.dumps(settings_dict(settings)))}
@@ -285,12 +287,6 @@ def success_rates(rows: list[dict], suffix: str, no_posebusters: bool) -> dict:
 def _finite(value: float) -> float | None:
     """JSON has no Infinity: a median over mostly failed complexes is reported as null."""
     return value if math.isfinite(value) else None
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:

@@ -10,7 +10,6 @@ out/score_model.pt: EMA weights + model config + the training command, small eno
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -25,7 +24,7 @@ from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ATOM_DIM, ScoreModel, ScoreModelConfig, count_parameters
 from sciddiff.train import (CSVLogger, autocast, distributed, load_checkpoint, restore_training_state, save_checkpoint,
                             seed_everything, training_state, write_json)
-from sciddiff.train.checkpoint import command_history
+from sciddiff.train.checkpoint import command_history, earlier_config
 from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
@@ -105,10 +104,8 @@ def _note_other_options(out: Path, args: argparse.Namespace) -> None:
     """A note naming the training options (data, learning rate, batch, seed, EMA) that differ from those the run
     was started or last resumed with (config.json): they take effect from here (config.json's `commands` keeps
     every call's command)."""
-    try:
-        before = json.loads((out / "config.json").read_text())["args"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
+    before = earlier_config(out / "config.json").get("args") or {}
+
     def same(k: str) -> bool:  # the data file by where it is, not by how it was spelled
         now = getattr(args, k)
         return Path(before[k]).resolve() == Path(now).resolve() if k == "data" else before[k] == now

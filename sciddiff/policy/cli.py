@@ -160,12 +160,9 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError(f"--env {args.env or policy.config.extra.get('env')}: {str(err).splitlines()[0]}") from None
     pusht_task = isinstance(adapter, PushTAdapter)
     if not pusht_task:  # a policy of other sizes than the env's would crash mid-rollout or act on half its actions
-        try:
-            notes = adapter.check_policy(policy.config.state_dim, policy.config.action_dim)
-        except ValueError as err:
-            raise UserError(f"--env {adapter.env_id}: {err}") from None
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
+        from sciddiff.policy.train import checked_env
+
+        checked_env(adapter, policy.config.state_dim, policy.config.action_dim)
     for option, value in (("--env-obs-type", args.env_obs_type), ("--states-out", args.states_out)):
         if value is not None and not pusht_task:
             raise UserError(f"{option} is for PushT policies; this one acts in {adapter.env_id}")

@@ -133,8 +133,8 @@ def plot_episodes(results: Sequence[EpisodeResult], path: str | Path, title: str
         left.set(xlabel="episode return", ylabel="episodes", title=f"mean return {np.mean(returns):.3g}")
     steps = np.arange(max_steps + 1)
     right.plot(steps, (finished[None] <= steps[:, None]).sum(1) / len(results), color="C0")
-    right.set(xlabel="env step (10 Hz)" if pusht else "env step", ylabel="fraction of episodes finished", xlim=(0, max_steps), ylim=(0, 1),
-              title=f"success {len(finished) / len(results):.1%}")
+    right.set(xlabel="env step (10 Hz)" if pusht else "env step", ylabel="fraction of episodes finished",
+              xlim=(0, max_steps), ylim=(0, 1), title=f"success {len(finished) / len(results):.1%}")
     fig.suptitle(title)
     fig.tight_layout()
     save_png(fig, path, dpi=110)

@@ -264,18 +264,23 @@ def validation_loss(policy: DiffusionPolicy, val: Batches | None, batch_size: in
     return total / count
 
 
-def checked_env(env_id: str, state_dim: int, action_dim: int, actions: np.ndarray | None = None,
-                max_steps: int | None = None, **adapter_kwargs) -> list[str]:
-    """`runner.EnvAdapter(env_id).check_policy`, its mismatches and gymnasium's failures to make the env (an unknown
-    id, a module that does not import) as one UserError line; returns its notes."""
+def checked_env(env, state_dim: int, action_dim: int, actions: np.ndarray | None = None, show: bool = True):
+    """The `runner.EnvAdapter` of `env` (an env id, or an adapter) once `check_policy` has passed: its mismatches and
+    gymnasium's failures to make the env (an unknown id, a module that does not import) as one UserError line, its
+    notes printed (with `show`)."""
     from sciddiff.cli import UserError
     from sciddiff.policy.runner import EnvAdapter
 
+    env_id = env.env_id if isinstance(env, EnvAdapter) else env
     try:
-        return EnvAdapter(env_id, max_steps, **adapter_kwargs).check_policy(
-            state_dim, action_dim, None if actions is None else np.asarray(actions).reshape(-1, action_dim))
+        adapter = env if isinstance(env, EnvAdapter) else EnvAdapter(env, None)
+        notes = adapter.check_policy(state_dim, action_dim,
+                                     None if actions is None else np.asarray(actions).reshape(-1, action_dim))
     except Exception as err:  # ValueError (the checks), gymnasium's errors, ImportError of a "module:EnvId"
         raise UserError(f"--env {env_id}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    for note in notes if show else ():
+        print(f"note: {note}", file=sys.stderr)
+    return adapter
 
 
 def rollout_score(policy: DiffusionPolicy, n_episodes: int) -> dict | None:
@@ -354,9 +359,7 @@ def train(args: argparse.Namespace) -> dict:
         extra={"task": args.task, **({"env": args.env} if args.env else {}), "train_episodes": len(train_eps),
                "val_episodes": val_eps.tolist()})
     if args.task == "generic" and args.env:  # the data must fit the env the policy will act in: checked now
-        for note in checked_env(args.env, config.state_dim, config.action_dim, arrays["action"]):
-            if info.is_main:
-                print(f"note: {note}", file=sys.stderr)
+        checked_env(args.env, config.state_dim, config.action_dim, arrays["action"], show=info.is_main)
     from sciddiff.policy.io import load_policy
 
     teacher = None

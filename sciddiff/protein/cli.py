@@ -170,10 +170,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     names = [f"len{n}_seed{args.seed}_{i:03d}.pdb" for i, n in enumerate(lengths)]
     earlier = _earlier_samples(out)
     clash = [n for n in names if (out / n).exists()]
-    if out.is_dir() and (foreign := [p.name for p in out.iterdir() if p.name.endswith((".pdb", ".pdb.gz"))
-                                     and p.name not in earlier and p.name not in names]):
-        print(f"note: {out} also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not of a sample "
-              "run: `backbone eval` scores only the backbones samples.json lists", file=sys.stderr)
     if (clash or earlier) and not args.overwrite:
         what = (f"{out / clash[0]} exists" if clash else
                 f"{out} holds an earlier run ({len(earlier)} backbones, samples.json)")
@@ -181,6 +177,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     import torch
 
+    from sciddiff.protein.evaluate import PLOT_FILES, pdb_files
     from sciddiff.protein.frameflow import sample
     from sciddiff.protein.pdbio import write_backbone
     from sciddiff.protein.pretrained import DEFAULT_CHECKPOINT, load_model
@@ -188,6 +185,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from sciddiff.protein.ss import chain_labels, labels_to_string
     from sciddiff.train import progress, write_json
 
+    if out.is_dir() and (foreign := [p.name for p in pdb_files(out) if p.name not in earlier and p.name not in names]):
+        print(f"note: {out} also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not of a sample "
+              "run: `backbone eval` scores only the backbones samples.json lists", file=sys.stderr)
     threads = idle_threads() if args.threads is None else args.threads
     torch.set_num_threads(threads)
     net, flow_cfg, meta = load_or_fail(lambda path: load_model(path, device), args.checkpoint or DEFAULT_CHECKPOINT,
@@ -242,8 +242,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for name in names:
         os.replace(staging / name, out / name)
     staging.rmdir()
-    from sciddiff.protein.evaluate import PLOT_FILES
-
     # --overwrite: the earlier run is replaced as a whole, its evaluation (which described it) too
     for name in (set(earlier) - set(names)) | ({"eval.json", *PLOT_FILES} if earlier or clash else set()):
         (out / name).unlink(missing_ok=True)

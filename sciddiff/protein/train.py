@@ -17,7 +17,6 @@ Batches are whole chains up to --batch-residues residues in total.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -44,7 +43,7 @@ from sciddiff.train import (
     training_state,
     write_json,
 )
-from sciddiff.train.checkpoint import command_history
+from sciddiff.train.checkpoint import command_history, earlier_config
 from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
@@ -68,15 +67,6 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
                                 ss=b["ss"], amp=device.type == "cuda")
         total += float(loss)
     return total / batches
-
-
-def _config_args(out: Path) -> dict:
-    """The training options of the call that last wrote out/config.json ({} without one)."""
-    try:
-        args = json.loads((out / "config.json").read_text())["args"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return {k: args[k] for k in RUN_OPTIONS if k in args}
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -135,7 +125,9 @@ def train(args: argparse.Namespace) -> Path:
         model_cfg = stored_cfg
         # training options likewise: given with another value, refused; left out, the run's own (not the defaults)
         # runs saved before the options were stored (2026-12-06): the last call's, from config.json
-        stored_run = {**state.get("run_options", _config_args(out)), **flow_cfg.to_dict()}
+        last_call = earlier_config(out / "config.json").get("args") or {}
+        stored_run = {**state.get("run_options", {k: last_call[k] for k in RUN_OPTIONS if k in last_call}),
+                      **flow_cfg.to_dict()}
         changed = [f"--{k.replace('_', '-')}: {stored_run[k]} there, {getattr(args, k)} here" for k in RUN_OPTIONS
                    if k in given and k in stored_run and getattr(args, k) != stored_run[k]]
         if changed:

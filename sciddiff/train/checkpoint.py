@@ -75,13 +75,19 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
     return Path(path)
 
 
-def command_history(config_json: str | os.PathLike, command: str) -> list[str]:
-    """The commands of a run so far, this call's last: those a run folder's config.json recorded ("commands", or one
-    "command" as older runs wrote it) plus `command`. A resumed run keeps how every call trained it."""
+def earlier_config(config_json: str | os.PathLike) -> dict:
+    """What a run folder's config.json recorded of the call that last wrote it ({} without a readable one)."""
     try:
         earlier = json.loads(Path(config_json).read_text())
     except (OSError, ValueError):
-        earlier = {}
+        return {}
+    return earlier if isinstance(earlier, dict) else {}
+
+
+def command_history(config_json: str | os.PathLike, command: str) -> list[str]:
+    """The commands of a run so far, this call's last: those a run folder's config.json recorded ("commands", or one
+    "command" as older runs wrote it) plus `command`. A resumed run keeps how every call trained it."""
+    earlier = earlier_config(config_json)
     past = earlier.get("commands") or ([earlier["command"]] if earlier.get("command") else [])
     return [c for c in past if isinstance(c, str)] + [command]
 
