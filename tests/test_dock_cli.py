@@ -133,6 +133,23 @@ def test_batch_skips_failing_rows(tmp_path, capsys):
     assert (tmp_path / "o" / "good" / "rank1.sdf").exists() and not (tmp_path / "o" / "bad").exists()
 
 
+def test_batch_overwrite_never_deletes_a_rows_input_and_resume_deletes_nothing(tmp_path, capsys):
+    shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
+    out, table = tmp_path / "o", tmp_path / "table.csv"
+    table.write_text("protein,ligand,name\nrec.pdb.gz,CCO,first\n")
+    run = ["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(out), *FAST, "--model", "none"]
+    assert main(run) == 0
+    # re-dock a pose of the earlier run: --overwrite would delete it before reading it
+    table.write_text("protein,ligand,name\nrec.pdb.gz,o/first/rank1.sdf,again\n")
+    assert main(run + ["--overwrite"]) == 2
+    assert "holds the input" in capsys.readouterr().err and (out / "first" / "rank1.sdf").is_file()
+    # a table kept beside its results: --resume deletes no input, so it is not refused
+    shutil.copy(table, out / "table.csv")
+    (out / "table.csv").write_text("protein,ligand,name\n../rec.pdb.gz,CCO,first\n")
+    assert main(["dock", "--batch", str(out / "table.csv"), *run[3:], "--resume"]) == 0
+    assert "first: kept from the earlier run" in capsys.readouterr().err and (out / "table.csv").is_file()
+
+
 def test_a_library_docks_each_molecule_as_alone_and_ranks_them(tmp_path, capsys):
     import csv
 
@@ -439,7 +456,8 @@ def test_batch_names_that_are_not_folders_and_dock_score_paths(tmp_path, capsys)
     table = tmp_path / "table.csv"
     table.write_text(f"protein,ligand,name\n{PROTEIN},{LIGAND},a\n{PROTEIN},CCO,.\n")
     code = main(["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST])
-    assert code == 2 and "not be '.'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert code == 2 and "row 2: the name '.' names no folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     same = str(tmp_path / "same.txt")
     assert main(["dock-score", "--protein", PROTEIN, "--ligand", LIGAND, "--out", same, "--json", same]) == 2
     assert "same file" in capsys.readouterr().err
@@ -447,13 +465,17 @@ def test_batch_names_that_are_not_folders_and_dock_score_paths(tmp_path, capsys)
     assert "--json /proc/x.json" in capsys.readouterr().err
 
 
-def test_a_gzipped_batch_table_and_split_and_odd_bytes_are_read(tmp_path, capsys):
+def test_a_gzipped_batch_table_and_split_are_read_and_a_table_not_in_utf8_is_refused(tmp_path, capsys):
     shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
-    with gzip.open(tmp_path / "table.csv.gz", "wt", encoding="latin-1") as fh:  # a Latin-1 name: not UTF-8
-        fh.write("protein,ligand,name\nrec.pdb.gz,CCO,caf\xe9\n")
-    assert main(["dock", "--batch", str(tmp_path / "table.csv.gz"), "--autobox-ligand", LIGAND,
-                 "--out", str(tmp_path / "o"), *FAST, "--model", "none"]) == 0
-    assert [p.name for p in (tmp_path / "o").iterdir() if p.is_dir()] == ["caf\ufffd"]
+    run = ["dock", "--batch", str(tmp_path / "table.csv.gz"), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"),
+           *FAST, "--model", "none"]
+    for encoding in ("utf-8", "cp1252"):  # Excel's "CSV (Windows)": its names and paths would be read as other ones
+        with gzip.open(tmp_path / "table.csv.gz", "wt", encoding=encoding) as fh:
+            fh.write("protein,ligand,name\nrec.pdb.gz,CCO,caf\xe9\n")
+        code = main(run + ["--overwrite"])
+        assert code == (0 if encoding == "utf-8" else 2)
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "o").iterdir() if p.is_dir()] == ["caf\xe9"]
     from sciddiff.dock.data import read_split
 
     with gzip.open(tmp_path / "split.txt.gz", "wt") as fh:
@@ -467,9 +489,13 @@ def test_batch_table_from_a_spreadsheet(tmp_path, capsys):
     table = tmp_path / "table.csv"
     run = ["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST, "--model", "none"]
     table.write_text("protein,ligand,name\nrec.pdb.gz,lig.sdf,good\nrec.pdb.gz\n")  # a short row: no name
-    assert main(run) == 2 and "names must be unique, non-empty" in capsys.readouterr().err
+    assert main(run) == 2 and "row 2: the name '' is empty" in capsys.readouterr().err
+    table.write_text("protein,ligand,name\nrec.pdb.gz,lig.sdf,good\nrec.pdb.gz,CCO,good\n")
+    assert main(run) == 2 and "row 2: the name 'good' is used by an earlier row" in capsys.readouterr().err
     # byte-order mark, blanks after commas, CRLF; an empty ligand cell skips its row
-    table.write_bytes("\ufeffprotein, ligand, name\r\nrec.pdb.gz, lig.sdf, good\r\nrec.pdb.gz,,empty\r\n".encode())
+    # and rows of bare commas (cells once used) and a header cell with a trailing blank
+    table.write_bytes("\ufeffprotein, ligand, name \r\nrec.pdb.gz, lig.sdf, good\r\nrec.pdb.gz,,empty\r\n,,\r\n,,\r\n"
+                      .encode())
     code = main(run)
     assert code == 1 and "empty: skipped: empty protein or ligand cell" in capsys.readouterr().err
     assert (tmp_path / "o" / "good" / "rank1.sdf").exists() and not (tmp_path / "o" / "empty").exists()
@@ -802,9 +828,11 @@ def test_batch_rows_may_carry_their_own_box_and_unread_columns_are_named(tmp_pat
     shutil.copy(LIGAND, tmp_path / "lig.sdf")
     shutil.copy(PROTEIN, tmp_path / "rec.pdb.gz")
     table = tmp_path / "table.csv"
-    table.write_text("protein,ligand,name,autobox_ligand,notes\nrec.pdb.gz,lig.sdf,boxed,lig.sdf,x\n")
+    # a header cell with a trailing blank ("autobox_ligand "): the column was found, then read as empty: blind
+    table.write_text("protein,ligand,name,autobox_ligand ,notes\nrec.pdb.gz,lig.sdf,boxed,lig.sdf,x\n")
     assert main(["dock", "--batch", str(table), "--out", str(tmp_path / "o"), *FAST, "--model", "none"]) == 0
-    assert "columns notes are not read" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "columns notes are not read" in err and "boxed: rank 1 score" in err and "blind" not in err
     summary = json.loads((tmp_path / "o" / "boxed" / "summary.json").read_text())
     assert summary["mode"] != "blind"  # the row's box was ignored before: every row docked blind
     assert main(["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o2"),

@@ -83,10 +83,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (written atomically). A library or --batch: one sub-folder per molecule/row "
                         "and a hit list results.csv (+ best_poses.sdf for a library), best score first")
-    p.add_argument("--batch", help="CSV with columns protein, ligand, name (paths relative to the CSV's folder) and "
-                                   "optionally autobox_ligand: that row's box, its reference ligand + --autobox-add "
-                                   "(a row with the cell empty, or a table without the column: --autobox-ligand / "
-                                   "--center for every row, else blind)")
+    p.add_argument("--batch", help="CSV (UTF-8) with columns protein, ligand, name (paths relative to the CSV's "
+                                   "folder) and optionally autobox_ligand: that row's box, its reference ligand + "
+                                   "--autobox-add (a row with the cell empty is docked blind); without the column, "
+                                   "--autobox-ligand / --center give every row's box, else all are blind")
     box = p.add_argument_group("search box (default: blind docking)")
     box.add_argument("--autobox-ligand", help="box = the extent of this file's molecules (all of them, as gnina) "
                                               "plus --autobox-add on every side")
@@ -327,8 +327,8 @@ def run_dock(args) -> int:
         return _run_batch(args, settings)
     if not args.protein or not args.ligand:
         raise UserError("give --protein and --ligand (or --batch table.csv)")
-    out = check_out_dir(args.out, args.overwrite or args.resume,
-                        inputs=(args.protein, args.ligand, args.autobox_ligand))
+    out = check_out_dir(args.out, args.overwrite or args.resume,  # --resume deletes no input: only --overwrite
+                        inputs=(args.protein, args.ligand, args.autobox_ligand) if args.overwrite else ())
     started = time.perf_counter()
     receptor, ligands, box = _read_inputs(args.protein, args.ligand, args)
     if len(ligands) > 1:
@@ -385,7 +385,8 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
             tqdm.write(f"{name}: skipped: {err}", file=sys.stderr)
             continue
         hits.add(name, folder, summary=summary, mol=mol)
-        tqdm.write(f"{name}: rank 1 score {summary['poses'][0]['score']:.2f} ({summary['timings']['total']:.1f} s)",
+        blind = ", blind" if box is None else ""
+        tqdm.write(f"{name}: rank 1 score {summary['poses'][0]['score']:.2f}{blind} ({summary['timings']['total']:.1f} s)",
                    file=sys.stderr)
     return hits.failed
 
@@ -439,10 +440,18 @@ def _run_batch(args, settings) -> int:
         raise UserError(f"batch table not found: {table}")
     from sciddiff.dock import io
 
-    # plain or .gz, a byte-order mark dropped, odd bytes replaced (io.read_text); skipinitialspace: "protein, ligand"
-    reader = csv.DictReader(io.read_text(table).splitlines(), skipinitialspace=True)
-    rows, header = list(reader), reader.fieldnames or ()  # None for an empty file
-    columns = {h.strip() for h in header if h}
+    # plain or .gz, a byte-order mark dropped (io.read_text); skipinitialspace: "protein, ligand"
+    text = io.read_text(table)
+    if "\ufffd" in text:  # a name or path with its bytes replaced would name a folder or file that is not there
+        raise UserError(f"{table} is not UTF-8 text (a spreadsheet's 'CSV (Windows)' or 'Latin-1'?): save it as "
+                        "'CSV UTF-8'")
+    reader = csv.DictReader(text.splitlines(), skipinitialspace=True)
+    if reader.fieldnames:  # "name ,protein": the header's cells as the columns they name
+        reader.fieldnames = [h.strip() for h in reader.fieldnames]
+    header = reader.fieldnames or ()  # None for an empty file
+    # a spreadsheet writes rows of bare commas for cells it once held: blank rows, as blank lines are
+    rows = [r for r in reader if any(isinstance(v, str) and v.strip() for v in r.values())]
+    columns = {h for h in header if h}
     if not {"protein", "ligand", "name"} <= columns:
         raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
     if unknown := sorted(columns - {"protein", "ligand", "name", "autobox_ligand"}):
@@ -453,23 +462,31 @@ def _run_batch(args, settings) -> int:
     if not rows:
         raise UserError(f"{table} has a header but no rows")
     names = [_cell(r, "name") for r in rows]
-    if len(set(names)) != len(names) or any(not n or "/" in n or n in (".", "..", "results.csv") for n in names):
-        raise UserError(f"{table}: names must be unique, non-empty, contain no '/' and not be '.', '..' or "
-                        "results.csv (each names a folder inside --out)")
-    out = check_out_dir(args.out, args.overwrite or args.resume, inputs=(table,))
+    for k, n in enumerate(names, 1):
+        if not n or "/" in n or n in (".", "..", "results.csv") or n in names[:k - 1]:
+            why = ("is empty" if not n else "is used by an earlier row" if n in names[:k - 1] else
+                   "names no folder (names contain no '/' and are not '.', '..' or results.csv)")
+            raise UserError(f"{table}, row {k}: the name {n!r} {why}; each row's name is its folder inside --out")
+
+    def path_of(cell: str) -> Path:
+        return Path(cell) if Path(cell).is_absolute() else table.parent / cell
+
+    # --overwrite deletes --out first: never with a row's input inside it (a pose re-docked from an earlier run)
+    inputs = [table] + [path_of(c) for r in rows for c in map(lambda col: _cell(r, col),
+                                                             ("protein", "ligand", "autobox_ligand")) if c]
+    out = check_out_dir(args.out, args.overwrite or args.resume, inputs=inputs if args.overwrite else ())
     _screen_out(out, names, args)
 
     def read(row: dict) -> tuple:
         protein, ligand = _cell(row, "protein"), _cell(row, "ligand")
         if not protein or not ligand:
             raise UserError("empty protein or ligand cell")
-        protein = str(table.parent / protein) if not Path(protein).is_absolute() else protein
-        lig_path = table.parent / ligand
+        protein, lig_path = str(path_of(protein)), path_of(ligand)
         if lig_path.exists() or io.is_ligand_file_name(ligand):  # else: a SMILES string
             ligand = str(lig_path)
         row_args = args
         if reference := _cell(row, "autobox_ligand"):  # this row's box: its reference ligand + --autobox-add
-            row_args = argparse.Namespace(**{**vars(args), "autobox_ligand": str(table.parent / reference)})
+            row_args = argparse.Namespace(**{**vars(args), "autobox_ligand": str(path_of(reference))})
         receptor, ligands, box = _read_inputs(protein, ligand, row_args)
         return receptor, _one_ligand(ligands, ligand), box, protein, ligand
 
