@@ -345,6 +345,21 @@ def test_elements_of_atoms_without_an_element_column_come_from_the_name_columns(
     assert io._element_from_name(fullname, resname) == element
 
 
+def test_ions_without_an_element_column_are_their_residues_element(tmp_path):
+    # biopython guesses an ion's element from its name's first letter where the name starts in column 14: " FE " in
+    # FE was fluorine, " CA " carbon, " NA " nitrogen; an ion's residue is its element (as Vina's receptor preparation)
+    from sciddiff.dock import io
+
+    lines = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith("ATOM")]
+    ions = [f"HETATM{9000 + k:5d} {name} {res:>3} Z{k + 1:4d}    {k * 3.0:8.3f}{80.0:8.3f}{80.0:8.3f}  1.00 20.00"
+            for k, (name, res) in enumerate([(" FE ", "FE"), (" CA ", "CA"), (" NA ", "NA"), (" CL ", "CL"),
+                                             ("FE  ", "FE"), (" ZN ", "ZN")])]
+    (tmp_path / "ions.pdb").write_text("\n".join(lines + ions) + "\nEND\n")
+    rec = io.load_receptor(tmp_path / "ions.pdb")
+    assert list(rec.elements[rec.is_hetero]) == ["Fe", "Ca", "Na", "Cl", "Fe", "Zn"]
+    assert list(rec.elements[~rec.is_hetero]) == list(io.load_receptor(PROTEIN).elements[:int((~rec.is_hetero).sum())])
+
+
 def test_raw_pdb_files_segment_ids_models_point_mutations_and_parse_errors(tmp_path, capsys):
     """What MD, assembly and crystal files carry: chains only as segment ids, several models, a residue modelled
     as two amino acids (altlocs), a broken coordinate deep in the file."""

@@ -207,6 +207,9 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     if lost := len(atom_records) - len(keys):  # the parser keeps one of each
         _note(f"protein {path}: {lost} atom records repeat an atom already read (the same chain, residue number, "
               "atom name and altloc) and were left out, the first of each kept (chains without their own chain id?)")
+    # single-atom hetero residues named as their atom and written without an element column ("HETATM ... FE  FE")
+    unlisted_ions = {ln[17:20].strip() for ln in atom_records
+                     if ln.startswith("HETATM") and not ln[76:78].strip() and ln[12:16].strip() == ln[17:20].strip()}
     for chain in models[0]:
         for res in chain:
             if res.is_disordered() == 2:  # a point mutation (altlocs with other residue names): the most occupied
@@ -224,7 +227,9 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                 if atom.is_disordered():
                     atom = atom.selected_child
                 el = (atom.element or "").strip().capitalize()
-                if not el or el == "X":  # element column missing and biopython could not guess
+                if not el or el == "X" or (len(res) == 1 and resname in unlisted_ions):
+                    # no element column: biopython could not guess, or guessed an ion's first letter (" FE " in FE:
+                    # F, " CA " in CA: C); an ion's residue is its element
                     el = _element_from_name(atom.get_fullname(), resname)
                 if el in ("H", "D"):
                     res_h.append(atom.coord)
