@@ -211,3 +211,36 @@ def test_resume_keeps_the_runs_training_options_and_a_finished_model_is_never_re
             assert _train(chains, tmp_path / "run2", "--max-steps", "1") == 0
         assert _train(chains, tmp_path / "run3", "--max-steps", "1", "--init", str(foreign)) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "run3").exists()
+
+
+def test_read_chain_corrupt_files_are_one_error_and_the_first_protein_chain_and_mse_are_read(tmp_path):
+    from sciddiff.protein.pdbio import read_chain
+
+    lines = [ln for ln in _pdb(24, 3).splitlines() if ln.startswith("ATOM")]
+    bad = lines[:5] + [lines[5][:30] + "    abcd" + lines[5][38:]] + lines[6:]  # a coordinate that is no number
+    (tmp_path / "bad.pdb").write_text("\n".join(bad) + "\nEND\n")
+    (tmp_path / "cut.cif").write_text("data_x\nloop_\n_atom_site.group_PDB\n_atom_site.id\n_atom_site.type_symbol\n"
+                                      "ATOM 1\n")  # an mmCIF cut short inside its atom table
+    for name in ("bad.pdb", "cut.cif"):
+        with pytest.raises(ValueError, match="not a readable PDB or mmCIF file"):
+            read_chain(tmp_path / name)
+    # a DNA chain first, then the protein as chain B; its 10th residue as selenomethionine (a HETATM, as the PDB has)
+    dna = [f"ATOM  {k + 1:5d}  P    DA A{k + 1:4d}    {50.0 + 3 * k:8.3f}{50.0:8.3f}{50.0:8.3f}  1.00 20.00           P"
+           for k in range(4)]
+    protein = [ln[:21] + "B" + ln[22:] for ln in lines]
+    protein = ["HETATM" + ln[6:17] + "MSE" + ln[20:] if int(ln[22:26]) == 10 else ln for ln in protein]
+    (tmp_path / "two.pdb").write_text("\n".join(dna + ["TER"] + protein) + "\nEND\n")
+    chain = read_chain(tmp_path / "two.pdb")
+    assert chain.chain_id == "B" and len(chain) == 24 and chain.sequence[9] == "M" and chain.ca_breaks() == 0
+    assert chain.protein_chains_in_file == 1
+
+
+def test_a_chain_the_split_file_does_not_list_joins_its_clusters_held_out_split(tmp_path):
+    # a newer reader may read chains an older one could not (MSE): such a chain must not land in train beside a
+    # val/test chain of its own sequence cluster (the toy chains are all poly-glycine: one cluster)
+    root = _root(tmp_path, [], good=4)
+    split = tmp_path / "split.tsv"
+    split.write_text("id\tcluster\tsplit\ntoy:good0\t0\tval\ntoy:good1\t0\tval\ntoy:good2\t0\tval\n")
+    assert _prepare(root, tmp_path / "chains.pt", "--split", str(split)) == 0
+    data = torch.load(tmp_path / "chains.pt", weights_only=True)
+    assert data["ids"][3] == "toy:good3" and data["split"].tolist() == [1, 1, 1, 1]

@@ -229,7 +229,7 @@ def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split
         coords.append(chain.coords[:, :3])
     if ids and (marked or short):
         tqdm.write(f"note: left out {marked} chain(s) with n_breaks > 0 in the manifest and {short} with a chain "
-                   "break (a C-alpha gap over 4.2 A; non-standard residues such as MSE are not read) or under 20 "
+                   "break (a C-alpha gap over 4.2 A; non-standard residues other than MSE are not read) or under 20 "
                    "residues", file=sys.stderr)
     if not ids:
         raise ValueError(f"no usable chain in {data_root(root) / 'proteins' / 'manifest.tsv'} ({len(rows)} row(s): "
@@ -237,6 +237,11 @@ def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split
     cluster = cluster_sequences(seqs)
     if known is not None:
         split = np.array([SPLITS.index(known.get(i, "train")) for i in ids])
+        # a chain the split file does not list (read by a newer reader, e.g. one with MSE) joins its cluster's
+        # held-out split: never a training copy of a val/test chain
+        listed = np.array([i in known for i in ids])
+        for k in np.unique(cluster[~listed]):
+            split[(cluster == k) & ~listed] = split[(cluster == k) & listed].max(initial=0)
     else:
         split = split_clusters(cluster, seed=seed)
     natural_ids, natural_cluster, natural_split = list(ids), cluster, split

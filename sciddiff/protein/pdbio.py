@@ -1,8 +1,8 @@
 """Backbone PDB input/output with biopython.
 
 A backbone is a float array (L, 4, 3) of N, CA, C, O in Angstrom, in residue order. Readers accept `.pdb` and `.pdb.gz`
-(gzipped PDB as the PDB distributes it) and keep only standard amino-acid residues with all of N, CA, C (O may be absent:
-it is then NaN). Writers emit one chain of poly-glycine (the complete residue for a 4-atom backbone, as RFdiffusion does),
+(gzipped PDB as the PDB distributes it) and keep only amino-acid residues (the standard ones and selenomethionine, read
+as methionine) with all of N, CA, C (O may be absent: it is then NaN). Writers emit one chain of poly-glycine (the complete residue for a 4-atom backbone, as RFdiffusion does),
 atomically (temporary file + rename) so a crashed run never leaves half a PDB behind.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from Bio.PDB import PDBIO, MMCIFParser, PDBParser, StructureBuilder
+from Bio.PDB.PDBExceptions import PDBConstructionException
 from Bio.PDB.Polypeptide import index_to_one, is_aa, three_to_index
 
 from sciddiff.protein.geometry import ATOMS
@@ -45,25 +46,35 @@ def _open_text(path: Path) -> io.TextIOBase:
     return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
 
 
+def _amino_acid(res) -> str | None:
+    """A residue's amino-acid name if it is one: a standard residue, or selenomethionine (MSE, a HETATM in the PDB's
+    files) as methionine, as FrameDiff and AlphaFold read it."""
+    if res.id[0] == "H_MSE":
+        return "MET"
+    return res.get_resname() if res.id[0] == " " and is_aa(res, standard=True) else None
+
+
 def read_chain(path: str | os.PathLike, chain_id: str | None = None) -> Chain:
-    """Read the backbone of one chain (the first one unless chain_id is given) from a PDB or mmCIF file (plain or .gz;
-    mmCIF by its .cif suffix, chains by their author ids), first model only."""
+    """Read the backbone of one chain (the first protein chain unless chain_id is given) from a PDB or mmCIF file
+    (plain or .gz; mmCIF by its .cif suffix, chains by their author ids), first model only."""
     path = Path(path)
     try:
         with _open_text(path) as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # biopython warns on every discontinuous chain; breaks are measured
             parser = MMCIFParser(QUIET=True) if path.name.endswith((".cif", ".cif.gz")) else PDBParser(QUIET=True)
             structure = parser.get_structure(path.stem, handle)
-    except (ValueError, EOFError, UnicodeDecodeError, OSError, KeyError) as err:  # empty, corrupt, binary, unreadable
+    except (ValueError, EOFError, UnicodeDecodeError, OSError, KeyError, IndexError, PDBConstructionException) as err:
+        # empty, corrupt (a bad coordinate, an mmCIF cut short), binary, unreadable
         raise ValueError(f"{path}: not a readable PDB or mmCIF file ({str(err) or type(err).__name__})") from None
     models = list(structure)
     if not models:
         raise ValueError(f"{path}: no model in file")
     chains = {c.id.strip(): c for c in models[0]}  # a blank chain id reads as ""
+    protein = [c for c in chains.values() if any(_amino_acid(r) and all(a in r for a in ATOMS[:3]) for r in c)]
     if chain_id is None:
         if not chains:
             raise ValueError(f"{path}: no chain in file")
-        chain = next(iter(chains.values()))
+        chain = protein[0] if protein else next(iter(chains.values()))  # a DNA or ligand chain may come first
     elif chain_id.strip() in chains:
         chain = chains[chain_id.strip()]
     else:
@@ -71,17 +82,17 @@ def read_chain(path: str | os.PathLike, chain_id: str | None = None) -> Chain:
         raise ValueError(f"{path}: no chain {chain_id!r} (has {has})")
     coords, seq, nums = [], [], []
     for res in chain:
-        if res.id[0] != " " or not is_aa(res, standard=True) or not all(a in res for a in ATOMS[:3]):
+        name = _amino_acid(res)
+        if name is None or not all(a in res for a in ATOMS[:3]):
             continue
         if not all(np.isfinite(res[a].coord).all() for a in ATOMS if a in res):  # NaN here means "absent O" only
             raise ValueError(f"{path}: residue {res.id[1]} of chain {chain.id!r} has a non-finite coordinate")
         coords.append([res[a].coord if a in res else np.full(3, np.nan, np.float32) for a in ATOMS])
-        seq.append(index_to_one(three_to_index(res.get_resname())))
+        seq.append(index_to_one(three_to_index(name)))
         nums.append(res.id[1])
     if not coords:
         raise ValueError(f"{path}: chain {chain.id!r} has no residue with N, CA and C")
-    proteins = sum(any(r.id[0] == " " and is_aa(r, standard=True) for r in c) for c in chains.values())
-    return Chain(np.asarray(coords, dtype=np.float32), "".join(seq), np.asarray(nums), chain.id, proteins)
+    return Chain(np.asarray(coords, dtype=np.float32), "".join(seq), np.asarray(nums), chain.id, len(protein))
 
 
 def backbone_to_pdb_string(coords: np.ndarray, chain_id: str = "A", resname: str = "GLY") -> str:
