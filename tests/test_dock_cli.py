@@ -360,6 +360,21 @@ def test_ions_without_an_element_column_are_their_residues_element(tmp_path):
     assert list(rec.elements[~rec.is_hetero]) == list(io.load_receptor(PROTEIN).elements[:int((~rec.is_hetero).sum())])
 
 
+def test_repeated_atom_records_are_left_out_of_the_receptor_and_of_its_written_records(tmp_path, capsys):
+    # two copies of a chain without chain ids: the parser keeps the first of each atom; the complex written with
+    # the poses held both copies, atoms that were never scored
+    from sciddiff.dock import io
+
+    lines = [ln[:21] + " " + ln[22:] for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith("ATOM")]
+    moved = [ln[:30] + f"{float(ln[30:38]) + 40:8.3f}" + ln[38:] for ln in lines]
+    (tmp_path / "twice.pdb").write_text("\n".join(lines + ["TER"] + moved + ["END"]) + "\n")
+    rec = io.load_receptor(tmp_path / "twice.pdb")
+    assert "repeat an atom already read" in capsys.readouterr().err
+    (tmp_path / "once.pdb").write_text("\n".join(lines + ["END"]) + "\n")
+    assert len(rec.coords) == len(io.load_receptor(tmp_path / "once.pdb").coords)
+    assert [ln for ln in rec.pdb_text.splitlines() if ln.startswith("ATOM")] == lines
+
+
 def test_raw_pdb_files_segment_ids_models_point_mutations_and_parse_errors(tmp_path, capsys):
     """What MD, assembly and crystal files carry: chains only as segment ids, several models, a residue modelled
     as two amino acids (altlocs), a broken coordinate deep in the file."""

@@ -202,11 +202,17 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     coords, elements, names, resnames, atom_res, hetero, hydrogens = [], [], [], [], [], [], []
     het_group, het_ids = [], []
     res_type, res_ca, res_n, res_c, res_sc, res_chain = [], [], [], [], [], []
-    atom_records = [ln for ln in records if ln.startswith(("ATOM", "HETATM"))]
-    keys = {(ln[12:16], ln[16:17], ln[17:20], ln[21:27]) for ln in atom_records}  # name, altloc, residue, chain, number
-    if lost := len(atom_records) - len(keys):  # the parser keeps one of each
+    first_of_each, seen = [], set()  # by name, altloc, residue, chain, number: the parser keeps the first of each
+    for ln in records:
+        key = (ln[12:16], ln[16:17], ln[17:20], ln[21:27]) if ln.startswith(("ATOM", "HETATM")) else None
+        if key is None or key not in seen:
+            first_of_each.append(ln)
+            seen.add(key)
+    if lost := len(records) - len(first_of_each):
         _note(f"protein {path}: {lost} atom records repeat an atom already read (the same chain, residue number, "
               "atom name and altloc) and were left out, the first of each kept (chains without their own chain id?)")
+        records = first_of_each  # the complex written with the poses shows the atoms scored, no others
+    atom_records = [ln for ln in records if ln.startswith(("ATOM", "HETATM"))]
     # single-atom hetero residues named as their atom and written without an element column ("HETATM ... FE  FE")
     unlisted_ions = {ln[17:20].strip() for ln in atom_records
                      if ln.startswith("HETATM") and not ln[76:78].strip() and ln[12:16].strip() == ln[17:20].strip()}
