@@ -303,6 +303,10 @@ def test_a_protein_file_holding_the_ligand_itself_scores_as_without_it(tmp_path,
     other = Chem.RWMol(lig)
     other.RemoveAtom(other.GetNumAtoms() - 1)
     assert io.without_ligand_itself(held, other.GetMol())[1] == []  # not the same molecule: a cofactor, kept
+    # a box elsewhere: a molecule of the same heavy atoms outside it is another molecule (an isomer), kept
+    far = io.Box(center=io.ligand_coords(lig).mean(0) + 30.0, size=np.full(3, 20.0, np.float32))
+    assert io.without_ligand_itself(held, lig, far)[1] == [] and io.without_ligand_itself(held, lig, io.box_around(
+        io.ligand_coords(lig)))[1] == ["LIG 1"]
 
     scores = []
     for protein in (PROTEIN, raw):

@@ -264,8 +264,8 @@ def _note_receptor(receptor, protein: str) -> None:
 
 def _note_ligand_itself(removed, protein: str) -> None:
     if removed:
-        print(f"note: protein {protein}: {', '.join(removed)} is the ligand itself (the same heavy atoms): left out "
-              "of the receptor", file=sys.stderr)
+        print(f"note: protein {protein}: {', '.join(removed)} is the ligand itself (the same heavy atoms, in the "
+              "site): left out of the receptor", file=sys.stderr)
 
 
 def _note_repairs(mol, what: str) -> None:
@@ -282,7 +282,7 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
     from sciddiff.dock.output import atomic_dir, write_result
 
     how = _how_docked(settings, model, rescorer, args, receptor, box)
-    receptor, removed = io.without_ligand_itself(receptor, mol)
+    receptor, removed = io.without_ligand_itself(receptor, mol, box)
     _note_ligand_itself(removed, protein)
     with atomic_dir(out) as tmp:
         result = dock(receptor, mol, box, model, settings, device=args.device,
@@ -549,7 +549,7 @@ def run_score(args) -> int:
     for i, mol in enumerate(poses):
         for warning in problems[i]:
             print(f"warning: {args.ligand} (pose {i + 1}): {warning}", file=sys.stderr)
-        own_receptor, own_copies = io.without_ligand_itself(receptor, mol)
+        own_receptor, own_copies = io.without_ligand_itself(receptor, mol, io.box_around(io.ligand_coords(mol)))
         removed.update(dict.fromkeys(own_copies))
         r = score_pose(own_receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
         tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,

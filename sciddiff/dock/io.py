@@ -281,16 +281,19 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     )
 
 
-def without_ligand_itself(receptor: Receptor, mol: Chem.Mol) -> tuple[Receptor, list[str]]:
+def without_ligand_itself(receptor: Receptor, mol: Chem.Mol, site: Box | None = None) -> tuple[Receptor, list[str]]:
     """The receptor without its hetero residues that are the docked ligand itself (the same heavy atoms, element by
     element: a structure from the PDB with its ligand left in), and their names ("TQD A 501"). Such a copy fills the
-    site the ligand is docked into; Vina and gnina expect a receptor prepared without it and score it as protein."""
+    site the ligand is docked into; Vina and gnina expect a receptor prepared without it and score it as protein.
+    With a `site` (the box docked in) only copies with an atom in it count: elsewhere a molecule of the same heavy
+    atoms is another molecule (a glucose beside a galactose docked), and stays."""
     if receptor.het_group is None or not receptor.het_ids:
         return receptor, []
     formula = sorted(a.GetSymbol().capitalize() for a in mol.GetAtoms() if a.GetAtomicNum() > 1)
     het = receptor.het_group
     copies = [g for g in np.unique(het[het >= 0])
-              if receptor.het_ids[g][0] != "HOH" and sorted(receptor.elements[het == g]) == formula]
+              if receptor.het_ids[g][0] != "HOH" and sorted(receptor.elements[het == g]) == formula
+              and (site is None or site.contains(receptor.coords[het == g]).any())]
     if not copies:
         return receptor, []
     drop = {receptor.het_ids[g] for g in copies}
