@@ -665,6 +665,13 @@ def test_mmcif_protein_reads_like_its_pdb(tmp_path, capsys):
         assert np.array_equal(rec.coords, ref.coords) and np.array_equal(rec.res_type, ref.res_type)
         assert np.array_equal(rec.elements, ref.elements) and rec.pdb_text.count("ATOM") == ref.pdb_text.count("ATOM")
         assert "chain ids longer than PDB's one letter renamed: AAA -> " in capsys.readouterr().err
+    second = structure[0].copy()  # an ensemble: the first model is the receptor, with the note a PDB file gets
+    second.id, second.serial_num = 1, 2
+    structure.add(second)
+    writer.set_structure(structure)
+    writer.save(str(tmp_path / "two.cif"))
+    assert np.array_equal(io.load_receptor(tmp_path / "two.cif").coords, ref.coords)
+    assert "two.cif has 2 models: the first is the receptor" in capsys.readouterr().err
     (tmp_path / "bad.cif").write_text("data_x\nloop_\n_atom_site.id\n1\n")
     code = main(["dock", "--protein", str(tmp_path / "bad.cif"), "--ligand", LIGAND, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()

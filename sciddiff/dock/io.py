@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from itertools import combinations
+from itertools import combinations, count
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,8 @@ def _mmcif_to_pdb(text: str, path: str | os.PathLike) -> str:
     if not models:
         raise UserError(f"no atoms in {path}: not an mmCIF coordinate file?")
     model = models[0]
+    if len(models) > 1:
+        _note_models(path, len(models))
     for extra in models[1:]:
         structure.detach_child(extra.id)
     chains = list(model)
@@ -125,12 +127,17 @@ def _mmcif_to_pdb(text: str, path: str | os.PathLike) -> str:
         chain.id = new_id
     if renamed:
         _note(f"protein {path}: chain ids longer than PDB's one letter renamed: {', '.join(renamed)}")
+    # serial numbers wrap past PDB's five digits (as large PDB-format files do): the reader goes by names, not serials
+    serial = count()
+    for residue in model.get_residues():
+        for atom in residue.get_unpacked_list():  # every altloc
+            atom.serial_number = next(serial) % 99_999 + 1
     out = io.StringIO()
     writer = PDBIO()
     writer.set_structure(structure)
     try:
-        writer.save(out)
-    except Exception as err:  # e.g. more than 99,999 atoms
+        writer.save(out, preserve_atom_numbering=True)
+    except Exception as err:  # e.g. a residue number beyond PDB's four digits
         raise UserError(f"cannot convert protein {path} to PDB records: {err}") from None
     return out.getvalue()
 
@@ -179,8 +186,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     bounds = zip([0] + [k + 1 for k in models], models + [len(lines)])
     with_atoms = [(a, b) for a, b in bounds if any(ln.startswith(("ATOM", "HETATM")) for ln in lines[a:b])]
     if len(with_atoms) > 1:
-        _note(f"protein {path} has {len(with_atoms)} models: the first is the receptor (an NMR ensemble's first "
-              "model; an assembly file's other copies are left out)")
+        _note_models(path, len(with_atoms))
     first, last = with_atoms[0] if with_atoms else (0, len(lines))
     numbered = [(k + 1, ln) for k, ln in enumerate(lines[first:last], first)
                 if ln.startswith(("ATOM", "HETATM", "TER"))]
@@ -313,6 +319,11 @@ def without_ligand_itself(receptor: Receptor, mol: Chem.Mol, site: Box | None = 
                       pdb_text="\n".join(ln for ln in receptor.pdb_text.splitlines() if kept(ln)) + "\n")
     names = [" ".join(f"{n} {c.strip()} {i}{code}".split()) for n, c, i, code in (receptor.het_ids[g] for g in copies)]
     return trimmed, names
+
+
+def _note_models(path: str | os.PathLike, n: int) -> None:
+    _note(f"protein {path} has {n} models: the first is the receptor (an NMR ensemble's first model; an assembly "
+          "file's other copies are left out)")
 
 
 def _element_from_name(fullname: str, resname: str) -> str:
