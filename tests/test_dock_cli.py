@@ -379,6 +379,26 @@ def test_repeated_atom_records_are_left_out_of_the_receptor_and_of_its_written_r
     assert [ln for ln in rec.pdb_text.splitlines() if ln.startswith("ATOM")] == lines
 
 
+def test_a_residues_alternate_locations_are_read_as_one_conformer(tmp_path):
+    # conformer A holds 0.55 of most side-chain atoms but 0.45 of three: biopython's per-atom choice built the ring
+    # from atoms of both conformers; one conformer is read, the one of highest summed occupancy
+    from sciddiff.dock import io
+
+    lines = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith("ATOM")]
+    number = int(next(ln for ln in lines if ln[17:20] == "PHE")[22:26])
+    out = []
+    for ln in lines:
+        if int(ln[22:26]) != number or ln[12:16].strip() in ("N", "CA", "C", "O"):
+            out.append(ln)
+            continue
+        a = 0.45 if ln[12:16].strip() in ("CG", "CD1", "CE1") else 0.55
+        moved = ln[:30] + f"{float(ln[30:38]) + 1.5:8.3f}" + ln[38:]
+        out += [ln[:16] + "A" + ln[17:54] + f"{a:6.2f}" + ln[60:], moved[:16] + "B" + moved[17:54] + f"{1 - a:6.2f}" + ln[60:]]
+    (tmp_path / "altloc.pdb").write_text("\n".join(out) + "\nEND\n")
+    rec = io.load_receptor(tmp_path / "altloc.pdb")
+    assert np.array_equal(rec.coords, io.load_receptor(PROTEIN).coords)  # every atom of conformer A
+
+
 def test_raw_pdb_files_segment_ids_models_point_mutations_and_parse_errors(tmp_path, capsys):
     """What MD, assembly and crystal files carry: chains only as segment ids, several models, a residue modelled
     as two amino acids (altlocs), a broken coordinate deep in the file."""

@@ -235,9 +235,10 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                 resname = "HOH"  # one name for every water, for the atom typing (`scoring.receptor_types`)
             aa = AA_ALIASES.get(resname, resname)
             atoms, res_h = [], []
+            altloc = _residue_altloc(res)
             for atom in res:
                 if atom.is_disordered():
-                    atom = atom.selected_child
+                    atom = atom.child_dict.get(altloc, atom.selected_child)
                 el = (atom.element or "").strip().capitalize()
                 if not el or el == "X" or (len(res) == 1 and resname in unlisted_ions):
                     # no element column: biopython could not guess, or guessed an ion's first letter (" FE " in FE:
@@ -319,6 +320,18 @@ def without_ligand_itself(receptor: Receptor, mol: Chem.Mol, site: Box | None = 
                       pdb_text="\n".join(ln for ln in receptor.pdb_text.splitlines() if kept(ln)) + "\n")
     names = [" ".join(f"{n} {c.strip()} {i}{code}".split()) for n, c, i, code in (receptor.het_ids[g] for g in copies)]
     return trimmed, names
+
+
+def _residue_altloc(res) -> str | None:
+    """The alternate location a residue is read in: one conformer for all its atoms (as gemmi and PDBFixer choose),
+    the one of highest summed occupancy, the first listed on a tie (biopython picks per atom, which can build a ring
+    from atoms of two conformers)."""
+    occupancy: dict[str, float] = {}
+    for atom in res:
+        if atom.is_disordered():
+            for key, child in atom.child_dict.items():
+                occupancy[key] = occupancy.get(key, 0.0) + (child.get_occupancy() or 0.0)
+    return max(occupancy, key=lambda k: (occupancy[k], -list(occupancy).index(k))) if occupancy else None
 
 
 def _note_models(path: str | os.PathLike, n: int) -> None:
