@@ -57,6 +57,25 @@ def test_replay_buffer_trims_rows_of_an_interrupted_append(tmp_path):
     assert buf.root["data/action"].shape[0] == 4 == buf.n_steps
 
 
+def test_a_refused_episode_writes_no_row_and_the_next_one_is_stored_whole(tmp_path):
+    # the state rows of an episode whose action width was wrong were written before the refusal: the next episode
+    # on the same buffer then read back with the refused episode's states
+    rng = np.random.default_rng(2)
+    buf = ReplayBuffer.create(tmp_path / "b.zarr")
+    with pytest.raises(ValueError, match="numeric"):  # a refused first episode leaves no half-made key set
+        buf.add_episode({"state": np.zeros((3, 5), np.float32), "action": np.array([{"a": 1}] * 3, dtype=object)})
+    first, second = _episode(rng, 4), _episode(rng, 6)
+    buf.add_episode(first)
+    for wrong in ({"action": first["action"][:, :1]}, {"img": first["img"].astype(np.uint8)[..., :2]}):
+        with pytest.raises(ValueError, match="per step"):
+            buf.add_episode({**first, **wrong})
+    buf.add_episode(second)
+    back = ReplayBuffer.open(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(back.episode_ends, [4, 10])
+    for k in second:
+        np.testing.assert_array_equal(back.get_episode(1)[k], second[k])
+
+
 def test_replay_buffer_bad_paths(tmp_path):
     with pytest.raises(UserError):
         ReplayBuffer.open(tmp_path / "missing.zarr")

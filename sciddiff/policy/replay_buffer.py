@@ -97,21 +97,31 @@ class ReplayBuffer:
         return data, np.cumsum(lengths)
 
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> None:
-        """Append one episode: every array has the same length along axis 0 and the same keys as earlier episodes."""
+        """Append one episode: every array has the same length along axis 0 and the same keys, per-step shapes and
+        kinds of dtype as earlier episodes. All or nothing: a refused episode writes no row."""
+        episode = {k: np.asarray(v) for k, v in episode.items()}
         lengths = {k: len(v) for k, v in episode.items()}
         if len(set(lengths.values())) != 1 or 0 in lengths.values():
             raise ValueError(f"episode arrays must share one non-zero length, got {lengths}")
+        if bad := {k: v.dtype for k, v in episode.items() if v.dtype.kind not in "biuf"}:
+            raise ValueError(f"episode arrays must be numeric (bool, int, float), got {bad}")
         data = self.root["data"]
         if self.n_episodes == 0 and not self.keys:
             for k, v in episode.items():
-                v = np.asarray(v)
-                data.create_array(k, shape=(0, *v.shape[1:]), dtype=v.dtype,
-                                  chunks=(CHUNK_STEPS, *v.shape[1:]))
+                data.create_array(k, shape=(0, *v.shape[1:]), dtype=v.dtype, chunks=(CHUNK_STEPS, *v.shape[1:]))
         elif set(episode) != set(self.keys):
             raise ValueError(f"episode keys {sorted(episode)} differ from the buffer's {self.keys}")
         for k, v in episode.items():
-            data[k].append(np.asarray(v, dtype=data[k].dtype), axis=0)
-        self.root["meta/episode_ends"].append(np.array([self.n_steps + next(iter(lengths.values()))]), axis=0)
+            if v.shape[1:] != data[k].shape[1:] or not np.can_cast(v.dtype, data[k].dtype, "same_kind"):
+                raise ValueError(f"episode array {k!r} is {v.dtype} {v.shape[1:]} per step; the buffer holds "
+                                 f"{data[k].dtype} {data[k].shape[1:]}")
+        try:
+            for k, v in episode.items():
+                data[k].append(v.astype(data[k].dtype, copy=False), axis=0)
+            self.root["meta/episode_ends"].append(np.array([self.n_steps + next(iter(lengths.values()))]), axis=0)
+        except BaseException:  # a write that failed part-way (disk full, Ctrl-C): no row of it stays
+            self._trim_dangling_rows()
+            raise
 
     def _check_episode_ends(self, path: str | Path) -> None:
         """Refuse a store whose `episode_ends` cannot index its data: every reader (training, `prepare`,
