@@ -148,6 +148,27 @@ def test_policy_predicts_action_chunks(obs_type, state_dim, sampler):
         assert policy.encoder.stem[0].weight.grad.abs().sum() > 0  # trained end to end
 
 
+def test_observations_of_another_layout_range_or_size_are_refused_not_acted_on():
+    # LeRobot-style 0..1 float frames read as near-black, a 128 px render was cropped to 84 silently: both ran
+    # and failed the task; channels-last frames and a history without its step axis were raw torch errors
+    config = PolicyConfig(obs_type="image", state_dim=2, num_inference_steps=2, **TINY)
+    policy = DiffusionPolicy(config).eval()
+    obs = _obs(config)
+    for wrong, message in [({"image": obs["image"].float() / 255}, "must be uint8 pixels 0..255"),
+                           ({"image": obs["image"].repeat(1, 1, 1, 2, 2)}, r"must be \(B, 2, 3, 96, 96\), got"),
+                           ({"image": obs["image"].permute(0, 1, 3, 4, 2)}, "channels last"),
+                           ({"agent_pos": obs["agent_pos"][:, -1]}, r"'agent_pos' must be \(B, 2, 2\)")]:
+        with pytest.raises(ValueError, match=message):
+            policy.predict_action({**obs, **wrong})
+    with pytest.raises(ValueError, match="observations hold"):
+        policy.predict_action({"image": obs["image"]})
+    with pytest.raises(ValueError, match="steps must be >= 1"):  # 0 ran the config's steps
+        policy.predict_action(obs, steps=0)
+    state = DiffusionPolicy(PolicyConfig(num_inference_steps=2, **TINY)).eval()
+    numpy_obs = {"state": _obs(state.config)["state"].numpy()}  # numpy, as an env returns it, is taken
+    assert state.predict_action(numpy_obs).shape == (2, config.n_action_steps, 2)
+
+
 def test_ddim_eta_adds_noise_per_step_and_rides_with_the_checkpoint(tmp_path):
     torch.manual_seed(0)
     config = PolicyConfig(sampler="ddim_trailing", num_inference_steps=4, **TINY)

@@ -4,8 +4,9 @@ the paper's and LeRobot's metrics, CPU latency.
 PushT metrics (per episode, then averaged): max coverage over the episode; max reward = min(max coverage / 0.95, 1)
 (Diffusion Policy's and LeRobot's "mean max reward"); success = max coverage > 0.95 (gym-pusht's termination); the
 return. Another task reports its adapter's max reward, return and success (`runner.summarize`). The latency
-`seconds_per_action_chunk` is the median wall time of one `predict_action` call (one observation history, batch of 1,
-i.e. one 8-action chunk) on the CPU with the current torch thread count (`..._min`: the fastest of those calls).
+`seconds_per_action_chunk` is the median wall time of one 8-action chunk for one observation history (batch of 1),
+warm-started as the rollouts run it (`TorchPolicyActor`), on the CPU with the current torch thread count (`..._min`:
+the fastest of those chunks).
 """
 from __future__ import annotations
 

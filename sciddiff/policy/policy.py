@@ -136,6 +136,29 @@ class DiffusionPolicy(nn.Module):
             out["image"] = obs["image"]
         return out
 
+    def checked_obs(self, obs: dict) -> dict[str, torch.Tensor]:
+        """The raw observations `predict_plan` takes, as tensors: (B, n_obs_steps, state_dim) features under "state"
+        (an image policy: the agent position under "agent_pos") and (B, n_obs_steps, 3, image_size, image_size) uint8
+        frames under "image", as `runner.obs_to_features` makes them from gym-pusht's. Anything else is a ValueError:
+        a float frame in 0..1 or another frame size ran silently and failed the task."""
+        c = self.config
+        key = "state" if c.obs_type == "state" else "agent_pos"
+        expected = {key: (c.state_dim,), **({"image": (3, c.image_size, c.image_size)} if self.encoder else {})}
+        out = {}
+        for k, per_step in expected.items():
+            if k not in obs:
+                raise ValueError(f"a {c.obs_type} policy's observations hold {sorted(expected)}, got {sorted(obs)}")
+            v = torch.as_tensor(obs[k])
+            if tuple(v.shape[1:]) != (c.n_obs_steps, *per_step):
+                last = " (channels last: permute to (..., 3, H, W))" if k == "image" and v.shape[-1:] == (3,) else ""
+                raise ValueError(f"observation {k!r} must be (B, {', '.join(map(str, (c.n_obs_steps, *per_step)))}), "
+                                 f"got {tuple(v.shape)}{last}")
+            if k == "image" and v.dtype != torch.uint8:
+                raise ValueError(f"observation 'image' must be uint8 pixels 0..255, as gym-pusht renders them; got "
+                                 f"{v.dtype}")
+            out[k] = v
+        return out
+
     def crop(self, image: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 -> (N, 3, crop, crop): random crop per image in training, centre crop in eval."""
         size, full = self.config.crop_size, image.shape[-1]
@@ -258,6 +281,8 @@ class DiffusionPolicy(nn.Module):
         """Global condition (B, C) -> normalized trajectories (B, horizon, action_dim). `previous`: the last chunk's
         trajectories (B, horizon, action_dim), the start of a warm-started chunk (`config.warm_start_t`)."""
         c = self.config
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1 (None: the config's {c.num_inference_steps}), got {steps}")
         sampler, steps = sampler or c.sampler, steps or c.num_inference_steps
         x_T = randn((cond.shape[0], c.horizon, c.action_dim), generator, cond.device, cond.dtype)
         common = dict(prediction_type=c.prediction_type, clip_sample=c.clip_sample, global_cond=cond)
@@ -285,7 +310,8 @@ class DiffusionPolicy(nn.Module):
                      previous: torch.Tensor | None = None) -> torch.Tensor:
         """Raw observations (B, n_obs, ...) -> normalized trajectories (B, horizon, action_dim); `previous`: the
         last call's, for warm starts (`config.warm_start_t`)."""
-        return self.sample(self.encode_obs(self.normalize_obs(obs)), generator, sampler, steps, previous)
+        cond = self.encode_obs(self.normalize_obs(self.checked_obs(obs)))
+        return self.sample(cond, generator, sampler, steps, previous)
 
     def plan_actions(self, plan: torch.Tensor) -> torch.Tensor:
         """Normalized trajectories -> the n_action_steps raw actions from step t on (B, n_action_steps, action_dim)."""

@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -101,8 +102,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu",
                     weights_only: bool = True) -> dict:
-    """torch.load a checkpoint (tensors mapped to `map_location`); weights_only refuses pickled code objects."""
-    return torch.load(path, map_location=map_location, weights_only=weights_only)
+    """torch.load a checkpoint (tensors mapped to `map_location`); weights_only refuses pickled code objects. A file
+    that is no pickle at all raises pickle.UnpicklingError naming it (torch's own text advises weights_only=False,
+    which is no advice for a file that is not a checkpoint)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) and "Unsupported global" in str(err):
+            raise  # a real checkpoint with a pickled object: torch's message names it
+        raise pickle.UnpicklingError(f"{path} is not a torch checkpoint file") from None
 
 
 def training_state(
