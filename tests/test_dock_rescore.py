@@ -87,6 +87,16 @@ def test_rescore_training_refuses_bad_input_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (argv, err)
     assert not list(tmp_path.glob("[dr].*"))
+    assert rescore_train.main([*decoys, "--every", "2", "--skip", "1"]) == 2  # --skip ignored before
+    assert "--every takes dock-eval's selection" in capsys.readouterr().err
+    (tmp_path / "d.pt").write_text("earlier decoys")
+    assert rescore_train.main(decoys) == 2 and "pass --overwrite" in capsys.readouterr().err  # replaced before
+    # decoys of another featuriser (400 features): an IndexError traceback in training before
+    torch.save({"items": [{"complex": "a/b", "features": torch.zeros(3, 400), "rmsd": torch.ones(3),
+                           "kind": torch.ones(3, dtype=torch.long), "order_energy": torch.arange(3)}]}, tmp_path / "d.pt")
+    assert rescore_train.main(["train", "--decoys", str(tmp_path / "d.pt"), "--out", str(tmp_path / "r.pt")]) == 2
+    assert "pose features of another featuriser" in capsys.readouterr().err
+    (tmp_path / "d.pt").unlink()
     (tmp_path / "set" / "1uou").mkdir(parents=True)  # the complex's folder without its files: skipped, then refused
     assert rescore_train.main([*decoys[:2], str(tmp_path), *decoys[3:]]) == 2
     assert "none of the 1 complexes could be docked" in capsys.readouterr().err and not (tmp_path / "d.pt").exists()
@@ -100,6 +110,11 @@ def test_platt_fit_recovers_a_known_calibration():
     hit = (rng.random(z.size) < 1 / (1 + np.exp(-(1.3 * z + 0.9)))).astype(float)
     a, c = platt_fit(z, hit)
     assert abs(a - 1.3) < 0.06 and abs(c - 0.9) < 0.06
+    # six top-1 poses, a hit and a miss both at confidence 1.0 (dock-eval's 3 decimals): Newton's steps diverged to
+    # a = -2e8 (every confidence 0); the likelihood's maximum is a = 0.32, c = -1.38 (Nelder-Mead agrees)
+    conf = np.clip([0.003, 1.0, 0.978, 0.003, 0.021, 1.0], 1e-3, 1 - 1e-3)
+    a, c = platt_fit(np.log(conf / (1 - conf)), np.array([0, 1, 1, 0, 0, 0.0]))
+    assert abs(a - 0.32) < 0.01 and abs(c + 1.38) < 0.01
 
 
 def test_calibrate_rescales_the_confidence_and_keeps_the_ranking(tmp_path, capsys):
@@ -145,3 +160,13 @@ def test_calibrate_rescales_the_confidence_and_keeps_the_ranking(tmp_path, capsy
     assert main(["calibrate", "--rescorer", str(out), "--results", str(run / "results.csv"),
                  "--out", str(tmp_path / "again.pt")]) == 2
     assert "was not made with" in capsys.readouterr().err and not (tmp_path / "again.pt").exists()
+    # a file that is no rescorer, a summary instead of results: one line each (a KeyError traceback before)
+    for rescorer, results, message in [(EXAMPLES / "1uou" / "1uou_ligand.sdf", run / "results.csv",
+                                        "is not a rescoring model"),
+                                       (out, run / "summary.json", "is not a dock-eval results.csv")]:
+        if results.name == "summary.json":
+            (run / "summary.json").write_text(json.dumps({"rescorer": after.version}))
+        assert main(["calibrate", "--rescorer", str(rescorer), "--results", str(results),
+                     "--out", str(tmp_path / "again.pt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

@@ -95,6 +95,7 @@ def complex_decoys(cid: str, root: Path, settings, model=None, blind: bool = Fal
 def run_decoys(args) -> None:
     from sciddiff.cli import UserError, check_output_path
     from sciddiff.dock.data import default_data_root, read_split
+    from sciddiff.dock.rescore import FEATURE_NAMES
     from sciddiff.dock.settings import DockSettings, settings_dict
     from sciddiff.train.checkpoint import save_checkpoint
 
@@ -107,7 +108,13 @@ def run_decoys(args) -> None:
             or min(args.samples, args.random_starts) < 0:
         raise UserError("need 0 <= --shard < --shards, --every/--offset/--skip/--samples/--random-starts >= 0, "
                         "--limit/--mc-chains/--mc-rounds >= 1")
+    if args.every and (args.skip or args.shards > 1):
+        raise UserError("--every takes dock-eval's selection (--offset, --limit); --skip and --shard/--shards "
+                        "select from the seeded order instead: give one or the other")
     check_output_path(args.out)
+    if Path(args.out).exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists: pass --overwrite to replace its decoys (or choose another --out; "
+                        "`train --decoys` takes several files)")
     ids = read_split(args.split)
     if args.every:  # dock-eval's selection (so that its candidates are reproduced exactly)
         ids = ids[args.offset:: args.every][: args.limit]
@@ -137,7 +144,8 @@ def run_decoys(args) -> None:
         print(f"[{k + 1}/{len(ids)}] {cid}: {len(it['rmsd'])} poses, best candidate {it['rmsd'][cand].min():.2f} A, "
               f"energy top-1 {it['rmsd'][cand][it['order_energy'][0]]:.2f} A, crystal {it['rmsd'][-1]:.2f} A, "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
-        save_checkpoint(out, {"items": items, "settings": settings_dict(settings), "command": _command()})
+        save_checkpoint(out, {"items": items, "settings": settings_dict(settings), "command": _command(),
+                              "features": list(FEATURE_NAMES)})
     if not items:  # saved after each complex above, so an interrupted run keeps what it docked
         raise UserError(f"none of the {len(ids)} complexes could be docked; nothing written to {out}")
 
@@ -155,11 +163,12 @@ def _loss(model, items: list[dict]) -> torch.Tensor:
     return total / len(items)
 
 
-def ranking_metrics(model, items: list) -> dict:
+def ranking_metrics(model, items: list, confidence: bool = True) -> dict:
     """On the candidates the pipeline ranks (kind 1): top-1 < 2 A by energy vs by the model, the oracle (some
     candidate within 2 A), and how well the model's probability and the search consensus of the energy top-1 pose
     separate hits from misses (ROC AUC) and the Brier score of the model's probability there. `items` are decoy
-    dicts scored by `model`, or (model, dict) pairs when model is None."""
+    dicts scored by `model`, or (model, dict) pairs when model is None; `confidence` False leaves out the
+    probability's metrics (before the confidence head is fit they would score its placeholder)."""
     from sciddiff.dock.evaluate import roc_auc
     from sciddiff.dock.rescore import FEATURE_NAMES
 
@@ -177,10 +186,12 @@ def ranking_metrics(model, items: list) -> dict:
             prob.append(float(m.probability(it["features"][cand][top:top + 1])[0]))
             cons.append(float(it["features"][cand][top, col]))
     hit, prob_a = np.array(e1), np.array(prob)
-    return {"n": len(items), "top1_energy": float(hit.mean()), "top1_model": float(np.mean(m1)),
-            "oracle": float(np.mean(oracle)), "auc_prob_energy_top1": roc_auc(prob_a, hit),
-            "auc_consensus_energy_top1": roc_auc(np.array(cons), hit),
-            "brier_energy_top1": float(((prob_a - hit) ** 2).mean()), "mean_prob_energy_top1": float(prob_a.mean())}
+    metrics = {"n": len(items), "top1_energy": float(hit.mean()), "top1_model": float(np.mean(m1)),
+               "oracle": float(np.mean(oracle)), "auc_consensus_energy_top1": roc_auc(np.array(cons), hit)}
+    if confidence:
+        metrics.update(auc_prob_energy_top1=roc_auc(prob_a, hit), brier_energy_top1=float(((prob_a - hit) ** 2).mean()),
+                       mean_prob_energy_top1=float(prob_a.mean()))
+    return metrics
 
 
 def fit(items: list[dict], hidden: int, epochs: int, weight_decay: float, seed: int = 0, lr: float = 3e-3):
@@ -215,22 +226,29 @@ def fit_confidence(scored: list) -> torch.Tensor:
             top = torch.unique(torch.stack([it["order_energy"][0], logit.argmax()]))
             inputs.append(m.confidence_inputs(it["features"][cand][top], logit[top]))
             labels.append((it["rmsd"][cand][top] < 2).float())
-    x, y = torch.cat(inputs), torch.cat(labels)
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+    return logistic_fit(torch.cat(inputs), torch.cat(labels))
+
+
+def logistic_fit(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> torch.Tensor:
+    """Weights w of P(y = 1) = sigmoid(x @ w) by maximum likelihood, an L2 penalty on all but the last weight (x's
+    last column is the constant 1). L-BFGS with a strong-Wolfe line search: it converges on this convex loss also
+    where hits and misses nearly separate, where plain Newton steps diverged (a calibration to a = -2e8)."""
+    x, y = x.double(), y.double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y) + 1e-3 * w[:-1].pow(2).sum()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y) + l2 * w[:-1].pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return w.detach()
+    return w.detach().float()
 
 
 def run_train(args) -> None:
-    from sciddiff.dock.rescore import save_rescorer
+    from sciddiff.dock.rescore import FEATURE_NAMES, save_rescorer
 
     from sciddiff.cli import UserError, check_output_path, load_or_fail
 
@@ -243,9 +261,18 @@ def run_train(args) -> None:
     check_output_path(args.out)
     torch.set_num_threads(1)
 
+    def decoy_items(path: Path) -> list[dict]:
+        blob = torch.load(path, weights_only=True)
+        items = blob["items"]
+        # files made before the record: the width tells a featuriser's output apart
+        if blob.get("features", list(FEATURE_NAMES)) != list(FEATURE_NAMES) or any(
+                it["features"].shape[1] != len(FEATURE_NAMES) for it in items):
+            raise UserError(f"{path} holds pose features of another featuriser than this code's "
+                            f"({len(FEATURE_NAMES)} features): make its decoys again with this version")
+        return items
+
     def load(paths: list[str]) -> dict[tuple[str, bool], dict]:  # by complex and mode: shards may overlap
-        files = [load_or_fail(lambda f: torch.load(f, weights_only=True)["items"], path, "decoy file")
-                 for path in paths]
+        files = [load_or_fail(decoy_items, path, "decoy file") for path in paths]
         return {(it["complex"], bool(it.get("blind", False))): it for items in files for it in items}
 
     by_key = load(args.decoys)
@@ -273,7 +300,7 @@ def run_train(args) -> None:
                 model = fit(rest, hidden, args.epochs, wd)
                 held_out += [(model, items[i]) for i in fold]
             key = f"hidden={hidden} wd={wd}"
-            report[key], out_of_fold[key] = ranking_metrics(None, held_out), held_out
+            report[key], out_of_fold[key] = ranking_metrics(None, held_out, confidence=False), held_out
             print(json.dumps({key: report[key]}), flush=True)
     best = max(report, key=lambda k: report[k]["top1_model"])
     hidden, wd = int(best.split()[0].split("=")[1]), float(best.split()[1].split("=")[1])
@@ -312,19 +339,10 @@ def run_train(args) -> None:
 
 
 def platt_fit(logit: np.ndarray, hit: np.ndarray) -> tuple[float, float]:
-    """(a, c) maximising the likelihood of P(hit) = sigmoid(a * logit + c) (Platt scaling; Newton's method on a
-    convex 2-parameter logistic regression)."""
-    from scipy.special import expit
-
-    x = np.stack([logit, np.ones_like(logit)], 1)
-    w = np.array([1.0, 0.0])
-    for _ in range(50):
-        p = expit(x @ w)
-        step = np.linalg.solve(x.T @ (x * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2), x.T @ (hit - p))
-        w += step
-        if np.abs(step).max() < 1e-10:
-            break
-    return float(w[0]), float(w[1])
+    """(a, c) maximising the likelihood of P(hit) = sigmoid(a * logit + c) (Platt scaling)."""
+    x = torch.as_tensor(np.stack([logit, np.ones_like(logit)], 1))
+    a, c = logistic_fit(x, torch.as_tensor(hit, dtype=torch.float64)).double().tolist()
+    return a, c
 
 
 def run_calibrate(args: argparse.Namespace) -> dict:
@@ -334,21 +352,28 @@ def run_calibrate(args: argparse.Namespace) -> dict:
 
     from scipy.special import expit
 
-    from sciddiff.cli import UserError, same_version
+    from sciddiff.cli import UserError, check_output_path, load_or_fail, same_version
     from sciddiff.dock.rescore import load_rescorer, save_rescorer
     from sciddiff.train.checkpoint import write_json
 
-    model = load_rescorer(args.rescorer)
+    model = load_or_fail(load_rescorer, args.rescorer, "rescoring model")
+    if Path(args.out).resolve() != Path(args.rescorer).resolve():
+        check_output_path(args.out)
     logit, hit = [], []
     for path in map(Path, args.results):
         if not path.is_file():
             raise UserError(f"{path}: no such dock-eval results file")
-        summary = path.parent / "summary.json"
-        used = json.loads(summary.read_text()).get("rescorer") if summary.is_file() else None
+        used = None  # the rescorer the run recorded: summary.json once it finished, run.json from its start
+        for record in (path.parent / "summary.json", path.parent / "run.json"):
+            if used is None and record.is_file():
+                used = json.loads(record.read_text()).get("rescorer")
         if not same_version(used, model.version):
             raise UserError(f"{path} was not made with {args.rescorer} (its run used {used or 'no recorded rescorer'})")
         with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
+            reader = csv.DictReader(handle)
+            if not {"confidence_top1", "rmsd_top1"} <= set(reader.fieldnames or ()):
+                raise UserError(f"{path} is not a dock-eval results.csv (no confidence_top1 and rmsd_top1 columns)")
+            for row in reader:
                 if row.get("error") or not row.get("confidence_top1"):
                     continue
                 conf = min(max(float(row["confidence_top1"]), 1e-3), 1 - 1e-3)  # the CSV keeps 3 decimals
@@ -362,6 +387,9 @@ def run_calibrate(args: argparse.Namespace) -> dict:
         model.conf_weight.mul_(a)
         model.conf_weight[-1] += c  # the head's last input is the constant 1
     before, after = expit(z), expit(a * z + c)
+    if ((after - y) ** 2).mean() > ((before - y) ** 2).mean():
+        print(f"warning: on these {len(y)} top-1 poses the recalibrated confidence scores a worse Brier score than "
+              "before: too few results to calibrate on?", file=sys.stderr)
     meta = dict(model.meta)
     meta["calibration"] = {"a": a, "c": c, "results": [str(r) for r in args.results], "n": len(y),
                            "hit_rate": float(y.mean()), "mean_confidence_before": float(before.mean()),
@@ -406,15 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--blind", action="store_true",
                    help="dock without a box, into the pipeline's geometric pockets (candidate lists span pockets)")
     d.add_argument("--out", required=True, help="decoy file (.pt), rewritten after every complex")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     d.set_defaults(func=run_decoys)
     t = sub.add_parser("train", help="train the rescorer on decoy files")
     t.add_argument("--decoys", nargs="+", required=True, help="decoy files (`decoys`): cross-validated and trained on")
     t.add_argument("--extra-decoys", nargs="+", default=[],
                    help="decoy files for training only: in every cross-validation fold and the final fit, never "
                         "scored (synthetic complexes from `python -m sciddiff.dock.synthetic`)")
-    t.add_argument("--hidden", type=int, nargs="+", default=[0, 32], help="hidden widths tried (0 = linear)")
+    t.add_argument("--hidden", type=int, nargs="+", default=[0, 32],
+                   help="hidden widths tried (0 = linear; default 0 32)")
     t.add_argument("--weight-decay", type=float, nargs="+", default=[1e-2, 1e-1, 1.0],
-                   help="L2 penalties tried on the non-prior weights")
+                   help="L2 penalties tried on the non-prior weights (default 0.01 0.1 1)")
     t.add_argument("--epochs", type=int, default=40, help="passes over the complexes per fit (default 40)")
     t.add_argument("--folds", type=int, default=4, help="cross-validation folds, by complex (default 4)")
     t.add_argument("--out", required=True, help="the rescorer (.pt); its metadata is written beside it as .json")
