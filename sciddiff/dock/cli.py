@@ -292,8 +292,6 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
                 "ligand_repairs": io.ligand_repairs(mol), "receptor_residues_removed": removed or None,
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
                 **how,
-                "confidence": "learned P(RMSD < 2 A)" if rescorer is not None else
-                "search consensus: fraction of search chains ending within 2 A of the pose",
                 "score_units": "kcal/mol-like (Vina weights), lower is better"}
         return write_result(tmp, receptor, mol, result, meta, name)
 
@@ -312,7 +310,10 @@ def _how_docked(settings, model, rescorer, args, receptor, box) -> dict:
             "waters": "dropped" if args.drop_waters else "receptor atoms",
             "settings": json.loads(json.dumps(settings_dict(settings))),
             "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
-            else f"{settings.scoring} energy (inter + intra-ligand) after physics search"}
+            else f"{settings.scoring} energy (inter + intra-ligand) after physics search",
+            # the confidences written come from the rescorer whichever ranking: a resume compares it too
+            "confidence": f"learned P(RMSD < 2 A), rescorer {rescorer.version}" if rescorer is not None else
+            "search consensus: fraction of search chains ending within 2 A of the pose"}
 
 
 def run_dock(args) -> int:
