@@ -161,11 +161,16 @@ def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, ca
     assert torch.load(run / "state.pt", weights_only=False)["step"] == 3  # 2 before + 1 step, then the request
     monkeypatch.undo()
     shipped = str(EXAMPLES.parents[0] / "dock" / "score_model.pt")
-    assert train_module.main([*base[:-8], "--max-steps", "3", "--init", shipped]) == 0  # resumes; --init noted
+    assert train_module.main([*base[:-8], "--max-steps", "4", "--init", shipped]) == 0  # resumes; --init noted
     captured = capsys.readouterr()
     assert "resumed" in captured.out and "--init" in captured.err
     commands = json.loads((run / "config.json").read_text())["commands"]  # every call that trained this run
-    assert len(commands) >= 3 and commands[-1].endswith(f"--max-steps 3 --init {shipped}")
+    assert len(commands) >= 3 and commands[-1].endswith(f"--max-steps 4 --init {shipped}")
+    # a call with nothing to train leaves the files as they are (it rewrote the model: a new digest and command)
+    before = {f: (run / f).read_bytes() for f in ("score_model.pt", "state.pt", "config.json")}
+    assert train_module.main([*base[:-8], "--max-steps", "2"]) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert all((run / f).read_bytes() == b for f, b in before.items())
 
     split = tmp_path / "split.txt"
     split.write_text("set/nope\n")

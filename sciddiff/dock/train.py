@@ -170,6 +170,11 @@ def train(args: argparse.Namespace, command: str) -> None:
         step = restore_training_state(state, model=model, optimizer=opt, ema=ema)
         print(f"resumed from {out / 'state.pt'} at step {step}", flush=True)
         _note_other_options(out, args)
+        if step >= args.max_steps:  # nothing to train: the files stay as they are (the model's digest with them)
+            print(f"{out} is trained to step {step}, --max-steps {args.max_steps}: nothing to train (a larger "
+                  "--max-steps goes on)", flush=True)
+            distributed.cleanup()
+            return
     ddp_model = distributed.wrap(model)
     gen, pick = torch.Generator(device=device), torch.Generator()
     retries = 0  # draws of the current step: a batch skipped for non-finite gradients is drawn anew
