@@ -62,7 +62,8 @@ def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limi
     complexes, names, failed = [], [], []
     for cid in progress(ids, desc="preprocess"):
         try:
-            complexes.append(preprocess_complex(*complex_files(data_root, cid), n_conformers))
+            ligand = complex_ligand(data_root, cid)[1]  # the SDF, or the MOL2 where the SDF does not sanitize
+            complexes.append(preprocess_complex(complex_files(data_root, cid)[0], ligand, n_conformers))
             names.append(cid)
         except Exception as err:  # report and skip: one broken complex must not sink the file
             failed.append(f"{cid}: {err}")

@@ -72,14 +72,13 @@ def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
 
 def complex_decoys(cid: str, root: Path, settings, model=None, blind: bool = False) -> dict:
     from sciddiff.dock import io
-    from sciddiff.dock.data import complex_files
+    from sciddiff.dock.data import complex_files, complex_ligand
     from sciddiff.dock.docking import dock
     from sciddiff.dock.ligand import rotatable_torsions, symmetric_rmsd
     from sciddiff.dock.rescore import Featurizer
 
-    protein, ligand = complex_files(root, cid)
-    receptor = io.load_receptor(protein)
-    mol = io.load_ligand(ligand)
+    mol, ligand = complex_ligand(root, cid)  # its SDF, or its MOL2 where the SDF does not sanitize (as dock-eval)
+    receptor = io.load_receptor(complex_files(root, cid)[0])
     box = None if blind else io.box_from_ligand(ligand, 4.0)
     result = dock(receptor, mol, box, model, settings, show_progress=False)
     search, cand = torch.as_tensor(result.search), torch.as_tensor(result.candidates)
