@@ -611,10 +611,16 @@ def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):
     assert main([*run, "--resume"]) == 1
     assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full  # 1uou kept (its seconds too)
     assert json.loads((tmp_path / "ev" / "summary.json").read_text()) == summary
-    assert main([*run, "--resume", "--mc-rounds", "3"]) == 2 and "settings differ" in capsys.readouterr().err
+    assert main([*run, "--resume", "--mc-rounds", "3"]) == 2 and "(other settings)" in capsys.readouterr().err
     assert main(run) == 2 and "holds an evaluation" in capsys.readouterr().err  # never rewritten by accident
     assert main([*run, "--resume", "--overwrite"]) == 2 and "not both" in capsys.readouterr().err
     assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full
+    # without PoseBusters (pb_valid left empty): a resumed table had that column moved to its end
+    quick = [*run[:-len(FAST) - 3], str(tmp_path / "ev2"), *FAST, "--model", "none", "--no-posebusters"]
+    assert main(quick) == 1
+    full = (tmp_path / "ev2" / "results.csv").read_text().splitlines()
+    (tmp_path / "ev2" / "results.csv").write_text("\n".join(full[:2]) + "\n")
+    assert main([*quick, "--resume"]) == 1 and (tmp_path / "ev2" / "results.csv").read_text().splitlines() == full
 
 
 def test_an_interrupted_dock_eval_overwrite_leaves_no_earlier_rows_to_resume(tmp_path, capsys, monkeypatch):

@@ -300,9 +300,10 @@ def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:
     if earlier.get("posebusters") is True and isinstance(run["posebusters"], str):  # recorded before its version was
         earlier["posebusters"] = run["posebusters"]
     if changed := sorted(k for k in run.keys() | earlier.keys() if not same_version(earlier.get(k), run.get(k))):
-        raise UserError(f"{out} holds an evaluation run another way ({', '.join(changed)} differ); --resume needs "
+        raise UserError(f"{out} holds an evaluation run another way (other {', '.join(changed)}); --resume needs "
                         "the same options, or use another --out")
-    return {row["complex"]: {k: _csv_value(k, v) for k, v in row.items() if v != "" or _is_text(k)} for row in table}
+    return {row["complex"]: {k: _csv_value(k, v) for k, v in row.items() if v != "" or _is_text(k)
+                             or k.startswith("pb_valid")} for row in table}  # pb_valid "": not checked
 
 
 def _is_text(column: str) -> bool:
@@ -313,4 +314,6 @@ def _csv_value(column: str, value: str):
     """A results.csv cell back as the row held it: text, a pb_valid* boolean, else a number (inf, nan included)."""
     if _is_text(column):
         return value
-    return value == "True" if column.startswith("pb_valid") else float(value)
+    if column.startswith("pb_valid"):
+        return value == "True" if value else ""
+    return float(value)
