@@ -1,5 +1,6 @@
 """The learned rescorer: invariant features, the shipped model, and ranking inside the docking pipeline."""
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,15 @@ def test_rescore_training_refuses_bad_input_before_any_work(tmp_path, capsys):
     (tmp_path / "set" / "1uou").mkdir(parents=True)  # the complex's folder without its files: skipped, then refused
     assert rescore_train.main([*decoys[:2], str(tmp_path), *decoys[3:]]) == 2
     assert "none of the 1 complexes could be docked" in capsys.readouterr().err and not (tmp_path / "d.pt").exists()
+    # one complex docked, one skipped: its decoys written, and exit 1 as dock.data and dock-eval (0 before)
+    shutil.copytree(EXAMPLES / "1uou", tmp_path / "set" / "good")
+    for f in (tmp_path / "set" / "good").iterdir():
+        f.rename(f.with_name(f.name.replace("1uou", "good")))
+    split.write_text("set/good\nset/1uou\n")
+    assert rescore_train.main([*decoys[:2], str(tmp_path), *decoys[3:], "--every", "1", "--random-starts", "4",
+                               "--mc-chains", "2", "--mc-rounds", "1"]) == 1
+    assert "1 of 2 complexes skipped" in capsys.readouterr().err
+    assert [it["complex"] for it in torch.load(tmp_path / "d.pt", weights_only=True)["items"]] == ["set/good"]
 
 
 def test_platt_fit_recovers_a_known_calibration():

@@ -91,7 +91,7 @@ def complex_decoys(cid: str, root: Path, settings, model=None, blind: bool = Fal
             "order_energy": torch.as_tensor(result.order_energy)}
 
 
-def run_decoys(args) -> None:
+def run_decoys(args) -> int:
     from sciddiff.cli import UserError, check_output_path
     from sciddiff.dock.data import default_data_root, read_split
     from sciddiff.dock.rescore import FEATURE_NAMES
@@ -130,13 +130,14 @@ def run_decoys(args) -> None:
         model = load_or_fail(lambda f: load_score_model(f, "cpu"), args.score_model, "docking score model")
     settings = DockSettings(samples=args.samples if model is not None else 0, random_starts=args.random_starts,
                             mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, seed=0)
-    out, items = Path(args.out), []
+    out, items, skipped = Path(args.out), [], 0
     for k, cid in enumerate(ids):
         t0 = time.perf_counter()
         try:
             items.append(complex_decoys(cid, root, settings, model, blind=args.blind))
         except (UserError, ValueError, RuntimeError) as err:  # unreadable input or an embedding failure: skip it
             print(f"{cid}: skipped ({err})", flush=True)
+            skipped += 1
             continue
         it = items[-1]
         cand = it["kind"] == 1
@@ -147,6 +148,9 @@ def run_decoys(args) -> None:
                               "features": list(FEATURE_NAMES)})
     if not items:  # saved after each complex above, so an interrupted run keeps what it docked
         raise UserError(f"none of the {len(ids)} complexes could be docked; nothing written to {out}")
+    if skipped:  # as dock.data, dock --batch and dock-eval: the file is written, the run reports its failures
+        print(f"{skipped} of {len(ids)} complexes skipped; {len(items)} in {out}", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 # ------------------------------------------------------------------------------------------------------------ train
