@@ -1,4 +1,5 @@
 """Score network: featurization of the example complexes, equivariance, training data noise, a tiny training run."""
+import csv
 import json
 import os
 import re
@@ -148,6 +149,9 @@ def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, ca
     assert train_module.main([*base[:2], "--out", str(resumed), *base[4:], "--max-steps", "4"]) == 0
     ours, theirs = (torch.load(d / "score_model.pt", weights_only=True)["weights"] for d in (resumed, straight))
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # (the batches and noise were reseeded by the step)
+    # the log goes on as one run: the running losses at step 4 as without the stop (they restarted before)
+    last = [next(r for r in csv.DictReader(open(d / "log.csv")) if r["step"] == "4") for d in (resumed, straight)]
+    assert {k: v for k, v in last[0].items() if k != "seconds"} == {k: v for k, v in last[1].items() if k != "seconds"}
     for extra, message in ((["--ns", "16"], "--init .* has --ns 8: fine-tuning keeps its architecture"),
                            ([], "not a docking score model")):  # a --ns that was silently ignored; a foreign file
         init = str(run / "score_model.pt") if extra else policy

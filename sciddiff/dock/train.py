@@ -60,11 +60,12 @@ def export(path: Path, model: ScoreModel, ema: EMA, cfg: ScoreModelConfig, step:
                            "config": cfg.to_dict(), "step": step, "command": command, "kind": "sciddiff-dock-score"})
 
 
-def save_state(out: Path, model, opt, ema: EMA, cfg: ScoreModelConfig, step: int) -> None:
+def save_state(out: Path, model, opt, ema: EMA, cfg: ScoreModelConfig, step: int, running: dict[str, float],
+               seconds: float) -> None:
     """Resume state in two files (optimizer.pt first, so a state.pt never points past its optimizer), each under
-    the 16 MiB that a GPU-machine run can bring back. Call it on every rank (it gathers their RNG states); rank 0
-    writes."""
-    state = training_state(model=model, step=step, ema=ema, config=cfg.to_dict())
+    the 16 MiB that a GPU-machine run can bring back; with it the logged running losses and the run's training
+    seconds, so that log.csv goes on as one run. Call it on every rank (it gathers their RNG states); rank 0 writes."""
+    state = training_state(model=model, step=step, ema=ema, config=cfg.to_dict(), running=running, seconds=seconds)
     if distributed.is_main():
         save_checkpoint(out / "optimizer.pt", {"optimizer": opt.state_dict(), "step": step})
         save_checkpoint(out / "state.pt", state)
@@ -163,11 +164,12 @@ def train(args: argparse.Namespace, command: str) -> None:
         model.load_state_dict(init["weights"])
     ema = EMA(model, decay=args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-6)
-    step = 0
+    step, running, seconds_before = 0, {}, 0.0  # the logged running losses and training time of earlier calls
     if state is not None:
         state = load_checkpoint(out / "state.pt", map_location=device)
         state["optimizer"] = load_checkpoint(out / "optimizer.pt", map_location=device)["optimizer"]
         step = restore_training_state(state, model=model, optimizer=opt, ema=ema)
+        running, seconds_before = dict(state.get("running", {})), float(state.get("seconds", 0.0))
         print(f"resumed from {out / 'state.pt'} at step {step}", flush=True)
         _note_other_options(out, args)
         if step >= args.max_steps:  # nothing to train: the files stay as they are (the model's digest with them)
@@ -187,11 +189,10 @@ def train(args: argparse.Namespace, command: str) -> None:
     log = CSVLogger(out / "log.csv", resume_step=step) if info.is_main else None
     start = last_save = time.time()
     start_step = step
-    running: dict[str, float] = {}
     sync_every = 1 if info.world_size == 1 else 25  # steps between rank 0's shared time decisions
 
     def save() -> None:
-        save_state(out, model, opt, ema, cfg, step)
+        save_state(out, model, opt, ema, cfg, step, running, seconds_before + time.time() - start)
         if info.is_main:
             export(out / "score_model.pt", model, ema, cfg, step, command)
 
@@ -230,7 +231,7 @@ def train(args: argparse.Namespace, command: str) -> None:
             for k, v in {"loss": loss, **parts}.items():
                 running[k] = 0.98 * running.get(k, float(v.detach())) + 0.02 * float(v.detach())
             if info.is_main and (step % 25 == 0 or step == 1 or step == args.max_steps):  # the last step too
-                elapsed = time.time() - start
+                elapsed = seconds_before + time.time() - start
                 log.log(step=step, seconds=round(elapsed, 1), **{k: round(v, 5) for k, v in running.items()})
                 print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)
     save()
