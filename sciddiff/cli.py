@@ -190,15 +190,26 @@ def load_or_fail(load, path: str | os.PathLike, what: str):
         raise UserError(f"no {what} at {path}" + (f" ({NOT_SHIPPED})" if is_shipped(path) else ""))
     try:
         return load(path)
-    # what the unpickler raises on bytes that are no pickle (torch's own text suggests weights_only=False: not for a
-    # foreign file): UnpicklingError, or for some text an empty stack (IndexError) or a short read (struct.error)
-    except (pickle.UnpicklingError, EOFError, IndexError, struct.error):
-        raise UserError(f"{path} is not a {what} (not a torch checkpoint file)") from None
-    except KeyError as err:  # an int key is the unpickler's memo failing on a file that is no pickle at all
-        detail = "not a torch checkpoint file" if err.args and isinstance(err.args[0], int) else f"no {err} entry"
-        raise UserError(f"{path} is not a {what} ({detail})") from None
+    except (pickle.UnpicklingError, EOFError, IndexError, struct.error, KeyError) as err:
+        if not_a_pickle(err):
+            raise UserError(f"{path} is not a {what} (not a torch checkpoint file)") from None
+        if isinstance(err, KeyError):
+            raise UserError(f"{path} is not a {what} (no {err} entry)") from None
+        raise UserError(f"cannot load {what} {path}: {_first_line(err)}") from None  # a pickled object refused
     except (RuntimeError, ValueError, TypeError, OSError) as err:
         raise UserError(f"cannot load {what} {path}: {_first_line(err)}") from None
+
+
+def not_a_pickle(err: BaseException) -> bool:
+    """Whether torch.load's error says the bytes are no pickle at all (torch's own text then suggests
+    weights_only=False: no advice for a file that is not a checkpoint): an UnpicklingError other than a weights-only
+    refusal of a pickled object, an empty stack (IndexError), a short read (EOFError, struct.error), or an int
+    KeyError (the unpickler's memo failing on text)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "Unsupported global" not in str(err)
+    if isinstance(err, KeyError):
+        return bool(err.args) and isinstance(err.args[0], int)
+    return isinstance(err, (EOFError, IndexError, struct.error))
 
 
 def _first_line(err: BaseException) -> str:

@@ -53,6 +53,21 @@ def test_load_or_fail_names_what_the_file_is_not(tmp_path):
     with pytest.raises(UserError, match="no score model at") as err:
         load_or_fail(load, tmp_path / "missing.pt", "score model")
     assert "pip install -e" not in str(err.value)  # the user's own file: no word about the shipped ones
+    # the Python loaders' own error for bytes that are no checkpoint (torch advised weights_only=False, or raised a
+    # bare KeyError / IndexError / EOFError), and a real checkpoint holding a pickled object keeps torch's reason
+    import pickle
+
+    import numpy as np
+
+    from sciddiff.train.checkpoint import load_checkpoint
+
+    for text in ("hello world\n", "", "{\"a\": 1}\n"):
+        junk.write_text(text)
+        with pytest.raises(pickle.UnpicklingError, match="ligand.sdf is not a torch checkpoint file"):
+            load_checkpoint(junk)
+    torch.save({"config": {"steps": np.int64(3)}}, tmp_path / "numpy.pt")
+    with pytest.raises(UserError, match=r"cannot load score model .*numpy.pt: .*Weights only load failed"):
+        load_or_fail(load_checkpoint, tmp_path / "numpy.pt", "score model")
 
 
 def test_a_missing_shipped_checkpoint_says_where_they_come_from(tmp_path, capsys):

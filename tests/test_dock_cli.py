@@ -58,7 +58,8 @@ def test_default_confidence_is_the_learned_probability(tmp_path, ranking):
     code, out = _dock(tmp_path, ranking, "--model", "none", "--ranking", ranking)
     summary = json.loads((out / "summary.json").read_text())
     # the rescorer named also where it only gives the confidence: a --resume with another one docks again
-    assert code == 0 and summary["confidence"].startswith("learned P(RMSD < 2 A), rescorer rescore.pt")
+    named = summary["ranking"] if ranking == "learned" else summary["confidence"]
+    assert code == 0 and summary["confidence"].startswith("learned P(RMSD < 2 A)") and "rescore.pt" in named
     assert summary["ranking"].startswith("learned" if ranking == "learned" else "vina energy")
     conf = [p["confidence"] for p in summary["poses"]]
     energy = [p["energy"] for p in summary["poses"]]
@@ -358,10 +359,11 @@ def test_ions_without_an_element_column_are_their_residues_element(tmp_path):
     lines = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith("ATOM")]
     ions = [f"HETATM{9000 + k:5d} {name} {res:>3} Z{k + 1:4d}    {k * 3.0:8.3f}{80.0:8.3f}{80.0:8.3f}  1.00 20.00"
             for k, (name, res) in enumerate([(" FE ", "FE"), (" CA ", "CA"), (" NA ", "NA"), (" CL ", "CL"),
-                                             ("FE  ", "FE"), (" ZN ", "ZN")])]
+                                             ("FE  ", "FE"), (" ZN ", "ZN"), (" SOD", "SOD"), (" CLA", "CLA")])]
+    ions += ["ATOM  " + ln[6:22] + f"{k + 20:4d}" + ln[26:] for k, ln in enumerate(ions[1:3])]  # as MD files do
     (tmp_path / "ions.pdb").write_text("\n".join(lines + ions) + "\nEND\n")
     rec = io.load_receptor(tmp_path / "ions.pdb")
-    assert list(rec.elements[rec.is_hetero]) == ["Fe", "Ca", "Na", "Cl", "Fe", "Zn"]
+    assert list(rec.elements[rec.is_hetero]) == ["Fe", "Ca", "Na", "Cl", "Fe", "Zn", "Na", "Cl", "Ca", "Na"]
     assert list(rec.elements[~rec.is_hetero]) == list(io.load_receptor(PROTEIN).elements[:int((~rec.is_hetero).sum())])
 
 
@@ -398,6 +400,8 @@ def test_a_residues_alternate_locations_are_read_as_one_conformer(tmp_path):
     (tmp_path / "altloc.pdb").write_text("\n".join(out) + "\nEND\n")
     rec = io.load_receptor(tmp_path / "altloc.pdb")
     assert np.array_equal(rec.coords, io.load_receptor(PROTEIN).coords)  # every atom of conformer A
+    # and the records written with the poses (complex_rank1.pdb, PoseBusters' receptor) hold that conformer only
+    assert {ln[16] for ln in rec.pdb_text.splitlines() if ln.startswith("ATOM")} == {" ", "A"}
 
 
 def test_raw_pdb_files_segment_ids_models_point_mutations_and_parse_errors(tmp_path, capsys):
@@ -511,7 +515,7 @@ def test_batch_names_that_are_not_folders_and_dock_score_paths(tmp_path, capsys)
     table = tmp_path / "table.csv"
     table.write_text(f"protein,ligand,name\n{PROTEIN},{LIGAND},a\n{PROTEIN},CCO,.\n")
     code = main(["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST])
-    assert code == 2 and "row 2: the name '.' names no folder" in capsys.readouterr().err
+    assert code == 2 and "line 3: the name '.' names no folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     same = str(tmp_path / "same.txt")
     assert main(["dock-score", "--protein", PROTEIN, "--ligand", LIGAND, "--out", same, "--json", same]) == 2
@@ -544,9 +548,9 @@ def test_batch_table_from_a_spreadsheet(tmp_path, capsys):
     table = tmp_path / "table.csv"
     run = ["dock", "--batch", str(table), "--autobox-ligand", LIGAND, "--out", str(tmp_path / "o"), *FAST, "--model", "none"]
     table.write_text("protein,ligand,name\nrec.pdb.gz,lig.sdf,good\nrec.pdb.gz\n")  # a short row: no name
-    assert main(run) == 2 and "row 2: the name '' is empty" in capsys.readouterr().err
-    table.write_text("protein,ligand,name\nrec.pdb.gz,lig.sdf,good\nrec.pdb.gz,CCO,good\n")
-    assert main(run) == 2 and "row 2: the name 'good' is used by an earlier row" in capsys.readouterr().err
+    assert main(run) == 2 and "line 3: the name '' is empty" in capsys.readouterr().err
+    table.write_text("protein,ligand,name\nrec.pdb.gz,lig.sdf,good\n,,\n\nrec.pdb.gz,CCO,good\n")  # the file's lines
+    assert main(run) == 2 and "line 5: the name 'good' is line 2's too" in capsys.readouterr().err
     # byte-order mark, blanks after commas, CRLF; an empty ligand cell skips its row
     # and rows of bare commas (cells once used) and a header cell with a trailing blank
     table.write_bytes("\ufeffprotein, ligand, name \r\nrec.pdb.gz, lig.sdf, good\r\nrec.pdb.gz,,empty\r\n,,\r\n,,\r\n"

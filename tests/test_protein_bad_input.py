@@ -229,9 +229,11 @@ def test_read_chain_corrupt_files_are_one_error_and_the_first_protein_chain_and_
            for k in range(4)]
     protein = [ln[:21] + "B" + ln[22:] for ln in lines]
     protein = ["HETATM" + ln[6:17] + "MSE" + ln[20:] if int(ln[22:26]) == 10 else ln for ln in protein]
+    protein = [ln[:17] + "MSE" + ln[20:] if int(ln[22:26]) == 12 else ln for ln in protein]  # as ATOM (PDBFixer)
     (tmp_path / "two.pdb").write_text("\n".join(dna + ["TER"] + protein) + "\nEND\n")
     chain = read_chain(tmp_path / "two.pdb")
-    assert chain.chain_id == "B" and len(chain) == 24 and chain.sequence[9] == "M" and chain.ca_breaks() == 0
+    assert chain.chain_id == "B" and len(chain) == 24 and chain.sequence[9] == chain.sequence[11] == "M"
+    assert chain.ca_breaks() == 0
     assert chain.protein_chains_in_file == 1
 
 

@@ -311,9 +311,11 @@ def _how_docked(settings, model, rescorer, args, receptor, box) -> dict:
             "settings": json.loads(json.dumps(settings_dict(settings))),
             "ranking": f"learned rescorer {rescorer.version}" if rescorer is not None and settings.ranking == "learned"
             else f"{settings.scoring} energy (inter + intra-ligand) after physics search",
-            # the confidences written come from the rescorer whichever ranking: a resume compares it too
-            "confidence": f"learned P(RMSD < 2 A), rescorer {rescorer.version}" if rescorer is not None else
-            "search consensus: fraction of search chains ending within 2 A of the pose"}
+            # the confidences come from the rescorer whichever the ranking: under the energy ranking its name goes
+            # here, so that a resume compares it (under the learned ranking the "ranking" entry names it)
+            "confidence": "search consensus: fraction of search chains ending within 2 A of the pose"
+            if rescorer is None else "learned P(RMSD < 2 A)" if settings.ranking == "learned"
+            else f"learned P(RMSD < 2 A), rescorer {rescorer.version}"}
 
 
 def run_dock(args) -> int:
@@ -450,8 +452,13 @@ def _run_batch(args, settings) -> int:
     if reader.fieldnames:  # "name ,protein": the header's cells as the columns they name
         reader.fieldnames = [h.strip() for h in reader.fieldnames]
     header = reader.fieldnames or ()  # None for an empty file
-    # a spreadsheet writes rows of bare commas for cells it once held: blank rows, as blank lines are
-    rows = [r for r in reader if any(isinstance(v, str) and v.strip() for v in r.values())]
+    # a spreadsheet writes rows of bare commas for cells it once held: blank rows, as blank lines are; each row's
+    # line in the file (a quoted cell may span lines: the row's last) names it in errors
+    rows, lines = [], []
+    for r in reader:
+        if any(isinstance(v, str) and v.strip() for v in r.values()):
+            rows.append(r)
+            lines.append(reader.line_num)
     columns = {h for h in header if h}
     if not {"protein", "ligand", "name"} <= columns:
         raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
@@ -462,12 +469,13 @@ def _run_batch(args, settings) -> int:
         raise UserError(f"{table} has an autobox_ligand column: give the boxes there or by an option, not both")
     if not rows:
         raise UserError(f"{table} has a header but no rows")
-    names = [_cell(r, "name") for r in rows]
-    for k, n in enumerate(names, 1):
-        if not n or "/" in n or n in (".", "..", "results.csv") or n in names[:k - 1]:
-            why = ("is empty" if not n else "is used by an earlier row" if n in names[:k - 1] else
+    names, first_line = [_cell(r, "name") for r in rows], {}
+    for line, n in zip(lines, names):
+        if not n or "/" in n or n in (".", "..", "results.csv") or n in first_line:
+            why = ("is empty" if not n else f"is line {first_line[n]}'s too" if n in first_line else
                    "names no folder (names contain no '/' and are not '.', '..' or results.csv)")
-            raise UserError(f"{table}, row {k}: the name {n!r} {why}; each row's name is its folder inside --out")
+            raise UserError(f"{table}, line {line}: the name {n!r} {why}; each row's name is its folder inside --out")
+        first_line[n] = line
 
     def path_of(cell: str) -> Path:
         return Path(cell) if Path(cell).is_absolute() else table.parent / cell

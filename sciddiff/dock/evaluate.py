@@ -167,13 +167,13 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         try:
             t0 = time.perf_counter()
             crystal, ligand = complex_ligand(root, cid)
+            box = io.checked_box_size(io.box_from_ligand(ligand, args.autobox_add)) if args.autobox else None
             receptor, removed = io.without_ligand_itself(io.load_receptor(protein, keep_waters=not args.drop_waters),
-                                                         crystal)
+                                                         crystal, box)  # as `dock` with this box
             if removed:
                 tqdm.write(f"note: {cid}: the ligand's own residue {', '.join(removed)} left out of the receptor",
                            file=sys.stderr)
                 row["receptor_residues_removed"] = " ".join(removed)
-            box = io.checked_box_size(io.box_from_ligand(ligand, args.autobox_add)) if args.autobox else None
             result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False,
                           rescorer=rescorer)
             row["seconds"] = round(time.perf_counter() - t0, 2)

@@ -208,9 +208,10 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     coords, elements, names, resnames, atom_res, hetero, hydrogens = [], [], [], [], [], [], []
     het_group, het_ids = [], []
     res_type, res_ca, res_n, res_c, res_sc, res_chain = [], [], [], [], [], []
-    first_of_each, seen = [], set()  # by name, altloc, residue, chain, number: the parser keeps the first of each
+    # by record type (biopython's hetero flag), name, altloc, residue, chain, number: the parser keeps the first of each
+    first_of_each, seen = [], set()
     for ln in records:
-        key = (ln[12:16], ln[16:17], ln[17:20], ln[21:27]) if ln.startswith(("ATOM", "HETATM")) else None
+        key = (ln[:6], ln[12:16], ln[16:17], ln[17:20], ln[21:27]) if ln.startswith(("ATOM", "HETATM")) else None
         if key is None or key not in seen:
             first_of_each.append(ln)
             seen.add(key)
@@ -219,9 +220,11 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
               "atom name and altloc) and were left out, the first of each kept (chains without their own chain id?)")
         records = first_of_each  # the complex written with the poses shows the atoms scored, no others
     atom_records = [ln for ln in records if ln.startswith(("ATOM", "HETATM"))]
-    # single-atom hetero residues named as their atom and written without an element column ("HETATM ... FE  FE")
+    # single-atom residues named as their atom and written without an element column ("HETATM ... FE  FE"; MD
+    # files write ions as ATOM records, CHARMM's as SOD, CLA ...)
     unlisted_ions = {ln[17:20].strip() for ln in atom_records
-                     if ln.startswith("HETATM") and not ln[76:78].strip() and ln[12:16].strip() == ln[17:20].strip()}
+                     if not ln[76:78].strip() and ln[12:16].strip() == ln[17:20].strip()}
+    read_altlocs = set()  # (chain, number, insertion code, atom name, altloc) of each alternate location read
     for chain in models[0]:
         for res in chain:
             if res.is_disordered() == 2:  # a point mutation (altlocs with other residue names): the most occupied
@@ -239,6 +242,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
             for atom in res:
                 if atom.is_disordered():
                     atom = atom.child_dict.get(altloc, atom.selected_child)
+                    read_altlocs.add((chain.id, res.id[1], res.id[2], atom.get_fullname(), atom.get_altloc()))
                 el = (atom.element or "").strip().capitalize()
                 if not el or el == "X" or (len(res) == 1 and resname in unlisted_ions):
                     # no element column: biopython could not guess, or guessed an ion's first letter (" FE " in FE:
@@ -283,7 +287,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
         res_type=np.array(res_type, dtype=np.int64), res_ca=f32(res_ca), res_n=f32(res_n), res_c=f32(res_c),
         res_sc=f32(res_sc), res_chain=np.array(res_chain),
         pdb_text="\n".join(ln.ljust(6) if ln.startswith("TER") else ln for ln in records  # "TER" alone: unrecognised
-                           if keep_waters or not _water_record(ln)) + "\n",
+                           if (keep_waters or not _water_record(ln)) and _read_altloc(ln, read_altlocs)) + "\n",
         hydrogens=np.array(hydrogens, dtype=np.int8), het_group=np.array(het_group, dtype=np.int64), het_ids=het_ids,
     )
 
@@ -322,6 +326,17 @@ def without_ligand_itself(receptor: Receptor, mol: Chem.Mol, site: Box | None = 
     return trimmed, names
 
 
+def _read_altloc(line: str, read: set) -> bool:
+    """Whether a record is one the receptor was read from: no alternate location, or the one read (`read`), so that
+    the records written with the poses (complex_rank1.pdb) and judged by PoseBusters hold the conformer scored."""
+    if not line.startswith(("ATOM", "HETATM")) or line[16] == " ":
+        return True
+    try:
+        return (line[21], int(line[22:26]), line[26], line[12:16], line[16]) in read
+    except ValueError:
+        return True
+
+
 def _residue_altloc(res) -> str | None:
     """The alternate location a residue is read in: one conformer for all its atoms (as gemmi and PDBFixer choose),
     the one of highest summed occupancy, the first listed on a tie (biopython picks per atom, which can build a ring
@@ -339,6 +354,9 @@ def _note_models(path: str | os.PathLike, n: int) -> None:
           "file's other copies are left out)")
 
 
+CHARMM_IONS = {"SOD": "Na", "POT": "K", "CLA": "Cl", "CAL": "Ca", "CES": "Cs", "LIT": "Li", "ZN2": "Zn", "RUB": "Rb"}
+
+
 def _element_from_name(fullname: str, resname: str) -> str:
     """The element of a PDB atom without an element column, from its 4-character name: two-letter elements start in
     column 13 ("CL1 ", "ZN  "), one-letter ones in column 14 (" CA ", "1HB "); an ion's residue is its element."""
@@ -351,8 +369,9 @@ def _element_from_name(fullname: str, resname: str) -> str:
             return None
 
     name = fullname.rstrip()
-    if name.strip() == resname.strip() and (el := element(resname.strip().capitalize())):
-        return el  # ZN in ZN, CL in CL: a single-atom ion
+    if name.strip() == resname.strip() and (el := CHARMM_IONS.get(resname.strip())
+                                            or element(resname.strip().capitalize())):
+        return el  # ZN in ZN, CL in CL, CHARMM's SOD in SOD: a single-atom ion
     if name[:1].isalpha() and (el := element(name[:2].capitalize())):
         return el
     return name.strip().lstrip("0123456789")[:1].capitalize()

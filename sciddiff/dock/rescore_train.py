@@ -229,7 +229,7 @@ def fit_confidence(scored: list) -> torch.Tensor:
             top = torch.unique(torch.stack([it["order_energy"][0], logit.argmax()]))
             inputs.append(m.confidence_inputs(it["features"][cand][top], logit[top]))
             labels.append((it["rmsd"][cand][top] < 2).float())
-    return logistic_fit(torch.cat(inputs), torch.cat(labels))
+    return logistic_fit(torch.cat(inputs), torch.cat(labels)).float()
 
 
 def logistic_fit(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> torch.Tensor:
@@ -247,7 +247,7 @@ def logistic_fit(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> torch.Te
         return loss
 
     opt.step(closure)
-    return w.detach().float()
+    return w.detach()
 
 
 def run_train(args) -> None:
@@ -344,7 +344,7 @@ def run_train(args) -> None:
 def platt_fit(logit: np.ndarray, hit: np.ndarray) -> tuple[float, float]:
     """(a, c) maximising the likelihood of P(hit) = sigmoid(a * logit + c) (Platt scaling)."""
     x = torch.as_tensor(np.stack([logit, np.ones_like(logit)], 1))
-    a, c = logistic_fit(x, torch.as_tensor(hit, dtype=torch.float64)).double().tolist()
+    a, c = logistic_fit(x, torch.as_tensor(hit, dtype=torch.float64), l2=0.0).double().tolist()
     return a, c
 
 

@@ -47,9 +47,9 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def _amino_acid(res) -> str | None:
-    """A residue's amino-acid name if it is one: a standard residue, or selenomethionine (MSE, a HETATM in the PDB's
-    files) as methionine, as FrameDiff and AlphaFold read it."""
-    if res.id[0] == "H_MSE":
+    """A residue's amino-acid name if it is one: a standard residue, or selenomethionine (MSE: a HETATM in the PDB's
+    files, an ATOM in PDBFixer's and MD tools') as methionine, as FrameDiff and AlphaFold read it."""
+    if res.get_resname() == "MSE" and res.id[0] in (" ", "H_MSE"):
         return "MET"
     return res.get_resname() if res.id[0] == " " and is_aa(res, standard=True) else None
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import pickle
+import struct
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -105,12 +106,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     """torch.load a checkpoint (tensors mapped to `map_location`); weights_only refuses pickled code objects. A file
     that is no pickle at all raises pickle.UnpicklingError naming it (torch's own text advises weights_only=False,
     which is no advice for a file that is not a checkpoint)."""
+    from sciddiff.cli import not_a_pickle
+
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) and "Unsupported global" in str(err):
-            raise  # a real checkpoint with a pickled object: torch's message names it
-        raise pickle.UnpicklingError(f"{path} is not a torch checkpoint file") from None
+    except (pickle.UnpicklingError, EOFError, IndexError, struct.error, KeyError) as err:
+        if not_a_pickle(err):
+            raise pickle.UnpicklingError(f"{path} is not a torch checkpoint file") from None
+        raise  # a real checkpoint with a pickled object (torch's message names it), a missing entry
 
 
 def training_state(
