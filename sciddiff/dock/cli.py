@@ -126,7 +126,7 @@ def register(subparsers) -> None:
     s = subparsers.add_parser(
         "dock-score", help="score given ligand poses, or relax them in place (Vina's --score_only / --local_only)",
         description="Score each pose of a ligand file in a protein with the docking energy (no search): Vina-like "
-                    "score = inter-molecular energy / (1 + 0.0585 n_torsions), the inter- and intra-molecular "
+                    "score = inter-molecular energy / (1 + 0.0585 N_rot) as Vina's, the inter- and intra-molecular "
                     "energies and the unweighted protein-ligand term sums. --minimize first relaxes each pose "
                     "rigidly and about its rotatable bonds (bond lengths, angles and rings stay as given).")
     s.add_argument("--protein", required=True, help="receptor PDB, mmCIF or PDBQT (optionally .gz)")

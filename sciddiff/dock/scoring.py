@@ -31,9 +31,10 @@ from rdkit import Chem
 from scipy.spatial import cKDTree
 
 from sciddiff.dock.io import AA_ALIASES, Box, Receptor
+from sciddiff.dock.ligand import polar_hydrogen_rotors
 from sciddiff.nn.embeddings import EXP_FLOOR, floored_exp
 
-W_ROT = 0.0585  # Vina's conformational-entropy factor: score / (1 + W_ROT * n_torsions)
+W_ROT = 0.0585  # Vina's conformational-entropy factor: score = inter / (1 + W_ROT * N_rot)
 CUTOFF = 8.0
 
 
@@ -337,7 +338,8 @@ class ScoringFunction:
         self.atom_class = torch.as_tensor(atom_class)  # (N,) grid-map class per ligand atom, looked up every step
         rec_types = receptor_types(receptor, function)
         self.n_torsions = n_torsions
-        self.entropy = 1.0 + W_ROT * n_torsions
+        # Vina's N_rot: the searched torsions and half of each terminal polar-hydrogen rotor
+        self.entropy = 1.0 + W_ROT * (n_torsions + 0.5 * polar_hydrogen_rotors(mol))
         keep = np.ones(len(receptor.coords), bool)
         if region is not None:  # only atoms that can reach the region
             keep = region.contains(receptor.coords, pad=grid_pad + CUTOFF)
@@ -451,7 +453,7 @@ class ScoringFunction:
         return inter + intra, g_inter + g_intra
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Reported score (B,), Vina-style: exact inter-molecular energy / (1 + 0.0585 n_torsions)."""
+        """Reported score (B,), Vina's: exact inter-molecular energy / (1 + 0.0585 N_rot)."""
         return self.inter_exact(x) / self.entropy
 
 
