@@ -216,3 +216,51 @@ def test_a_schedule_inside_a_bf16_model_keeps_its_float64_tables():
     model.to(torch.bfloat16)
     assert model.net.weight.dtype == torch.bfloat16 and model.schedule.alphas_cumprod.dtype == torch.float64
     assert torch.equal(model.schedule.alphas_cumprod, table)  # not rounded through bf16 (0.4% off before)
+
+
+def test_extending_the_core_gets_clear_contracts():
+    """What a researcher adding a space met (an S^2 plugged in): the SO(3) weight blew up where IGSO(3) is uniform,
+    a (B, 1) sigma reached the model as (B, 1) in training but (B,) in sampling, a product-like class of one's own
+    was refused `rates`, a grid dict with a typo was a bare KeyError, the discrete chains an AttributeError on dicts."""
+    rot = SO3()
+    weights = rot.score_norm_sq(torch.tensor([2.5, 3.0, 4.0]))
+    assert torch.allclose(weights, weights[:1].expand(3))  # held at its value at 2.5, as the torus's at pi
+    x0, gen = torch.eye(3).expand(64, 3, 3), torch.Generator().manual_seed(0)
+    off = lambda x, sigma: torch.full(x.shape[:-1], 0.01)  # noqa: E731  a score 0.01 off, near-uniform kernel
+    assert float(dsm_loss(off, rot, x0, torch.full((64,), 4.0), gen)[0]) < 10.0  # was 1e9
+
+    seen = []
+    dsm_loss(lambda x, sigma: seen.append(sigma.shape) or torch.zeros_like(x), Euclidean(3), torch.zeros(8, 3),
+             torch.rand(8, 1) + 0.1)
+    assert seen == [(8,)]  # the samplers' shape
+
+    from sciddiff.core.spaces import Space
+
+    class MyProduct(Space):  # a user's own product (delegation, not a Product subclass)
+        def __init__(self, **parts):
+            self.components, self.inner = parts, Product(**parts)
+
+        def exp(self, x, v):
+            return self.inner.exp(x, v)
+
+        def log(self, x, y):
+            return self.inner.log(x, y)
+
+        def randn_tangent(self, x, generator=None):
+            return self.inner.randn_tangent(x, generator)
+
+    space = MyProduct(tr=Euclidean(3), rot=SO3())
+    x = {"tr": torch.randn(4, 3), "rot": torch.eye(3).expand(4, 3, 3)}
+    out = sample_flow(lambda x, t: x, space, x, steps=2, rates={"rot": 10.0}, langevin={"tr": 1.0})
+    assert set(out) == {"tr", "rot"}
+
+    product = Product(tr=Euclidean(3), tor=Torus(2))
+    x = {"tr": torch.zeros(4, 3), "tor": torch.zeros(4, 2)}
+    from sciddiff.core import sample_reverse_sde
+
+    with pytest.raises(ValueError, match=r"one grid per component of the points \(\['tor', 'tr'\]\), got \['tors', 'tr'\]"):
+        sample_reverse_sde(zero_score, product, x, {"tr": torch.tensor([1.0, 0.0]), "tors": torch.tensor([1.0, 0.0])})
+    with pytest.raises(ValueError, match="per-component sigma names the components"):
+        product.prior_sample(4, {"tr": 1.0})
+    with pytest.raises(TypeError, match="sample_ddim samples R\\^n tensors"):
+        sample_ddim(lambda x, t: x, x, DiscreteSchedule(), steps=2)

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .spaces import Euclidean, Point, Product, Space
+from .spaces import Euclidean, Point, Space
 
 __all__ = ["interpolate", "flow_matching_loss", "sample_flow"]
 
@@ -70,7 +70,7 @@ def sample_flow(model: Callable, space: Space, x_init: Point, *, steps: int, met
     langevin = {k: eta for k, eta in (langevin or {}).items() if eta > 0}
     if langevin and method != "euler":
         raise ValueError("Langevin sampling is implemented for the euler method only")
-    parts = space.components if isinstance(space, Product) else {"x": space}
+    parts = getattr(space, "components", None) or {"x": space}  # a product's named spaces (any class that has them)
     for k, rate in rates.items():
         if k not in parts or not rate > 0 or not math.isfinite(rate):
             raise ValueError(f"rates: {k!r} must name a component ({', '.join(parts)}) and map to a finite rate > 0, "
@@ -114,11 +114,11 @@ def _add_langevin(space: Space, x_next: Point, x: Point, x1: Point, t: float, dt
                   temperature: float, noise: Callable[[Point], Point]) -> Point:
     """Add the Langevin drift g s dt and noise sqrt(2 g T dt) z (module doc) to the Euler step x_next of each listed
     Euclidean component (where exp is addition, so the two parts simply add)."""
-    z = noise(x)
-    wrap = (lambda p: p) if isinstance(x, dict) else (lambda p: {"x": p})
+    z, single = noise(x), not isinstance(x, dict)
+    wrap = (lambda p: {"x": p}) if single else (lambda p: p)
     x_next, x, x1, z = dict(wrap(x_next)), wrap(x), wrap(x1), wrap(z)
     for k, eta in langevin.items():
         g = eta * (1 - t)
         score = (t * x1[k] - x[k]) / (1 - t) ** 2
         x_next[k] = x_next[k] + g * score * dt + (2 * g * temperature * dt) ** 0.5 * z[k]
-    return x_next if isinstance(space, Product) else x_next["x"]
+    return x_next["x"] if single else x_next

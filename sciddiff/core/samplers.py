@@ -41,6 +41,12 @@ def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype
     return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
 
 
+def _euclidean_only(x_T, sampler: str) -> None:
+    if not torch.is_tensor(x_T):
+        raise TypeError(f"{sampler} samples R^n tensors (a discrete chain of Gaussian noise); on a product or a manifold "
+                        "use sample_reverse_sde, sample_pf_ode or sample_flow")
+
+
 def _full(value: float, x: Tensor, dtype=None) -> Tensor:
     return torch.full((x.shape[0],), value, device=x.device, dtype=dtype or torch.long)
 
@@ -75,6 +81,7 @@ def sample_ddpm(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
                 prediction_type: str = "epsilon", clip_sample: float | None = None, generator: Generators = None,
                 timestep_spacing: str = "leading", progress: Callable = iter, **cond) -> Tensor:
     """Ancestral sampling with the "fixed_small" posterior variance (Ho et al. 2020); ``steps`` < T strides the chain."""
+    _euclidean_only(x_T, "sample_ddpm")
     abar, x = schedule.alphas_cumprod.tolist(), x_T
     for t, t_prev in progress(_steps(schedule, schedule.num_train_timesteps if steps is None else steps,
                                      timestep_spacing)):
@@ -105,6 +112,7 @@ def sample_ddim(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *, ste
     grid = _steps(schedule, steps, timestep_spacing)  # checks steps first
     if not 0 <= first_step < steps:
         raise ValueError(f"first_step must lie in 0..steps - 1 = {steps - 1}, got {first_step}")
+    _euclidean_only(x_T, "sample_ddim")
     abar, x = schedule.alphas_cumprod.tolist(), x_T
     for t, t_prev in progress(grid[first_step:]):
         a_t, a_prev = abar[t], abar[t_prev] if t_prev >= 0 else 1.0
@@ -134,6 +142,7 @@ def sample_dpmpp_2m(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, *,
     # (alpha, sigma, lambda) per grid point; the final point is clean data: alpha 1, sigma 0, lambda inf
     grid = [(math.sqrt(abar[t]), math.sqrt(1 - abar[t]), 0.5 * math.log(abar[t] / (1 - abar[t]))) for t in timesteps]
     grid.append((1.0, 0.0, math.inf))
+    _euclidean_only(x_T, "sample_dpmpp_2m")
     x, x0_prev, h_prev = x_T, None, None
     for i, t in enumerate(progress(timesteps)):
         (_, sigma, lam), (alpha_next, sigma_next, lam_next) = grid[i], grid[i + 1]
@@ -176,9 +185,13 @@ def sample_sde(sde: SDE, score_fn: Callable, x_T: Tensor, *, steps: int, probabi
 
 
 # ------------------------------------------------------------------------------------------------- VE diffusion on any Space
-def _grid_length(sigmas) -> int:
-    """Steps of a sigma grid (or a product's dict of grids), checked: >= 2 points, non-increasing, >= 0, finite, and
-    one length for every component (an increasing grid would integrate the wrong way)."""
+def _grid_length(sigmas, like: Point) -> int:
+    """Steps of a sigma grid (or a product's dict of grids, one per component of the points `like`), checked: >= 2
+    points, non-increasing, >= 0, finite, and one length for every component (an increasing grid would integrate the
+    wrong way)."""
+    if isinstance(sigmas, Mapping) and (not isinstance(like, dict) or set(sigmas) != set(like)):
+        have = sorted(like) if isinstance(like, dict) else "one tensor"
+        raise ValueError(f"a dict of sigma grids needs one grid per component of the points ({have}), got {sorted(sigmas)}")
     grids = list(sigmas.values()) if isinstance(sigmas, Mapping) else [sigmas]
     grids = [torch.as_tensor(g, dtype=torch.float64) for g in grids]
     if any(g.dim() != 1 for g in grids):
@@ -218,7 +231,7 @@ def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigma
 
     ``sigmas`` is a decreasing float64 grid (N+1,) or, for a ``Product``, a dict of such grids of equal length. No noise is added
     on the last step unless ``noise_last`` (DiffDock's choice: the last step only denoises)."""
-    n = _grid_length(sigmas)
+    n = _grid_length(sigmas, x_init)
     x = x_init
     for i in progress(range(n)):
         s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
@@ -241,7 +254,7 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
     """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
     step that ends at sigma = 0). On curved spaces the Heun average combines tangents at x and at the Euler point as if both lived
     at x (exact on flat spaces, second-order on SO(3) since the body-frame transport error is O(h^2))."""
-    n = _grid_length(sigmas)
+    n = _grid_length(sigmas, x_init)
     x = x_init
     checked = []
 
