@@ -90,6 +90,22 @@ def test_receptor_hydrogens_in_the_file_decide_donors_and_acceptors(tmp_path):
     assert rec.hydrogens[n6] == 1 and (rec.hydrogens[lys_n] == -1).all()
 
 
+def test_a_donor_acceptor_pair_is_one_hbond_as_vina_counts_it(tmp_path):
+    # methanol's O (donor and acceptor) 2.7 A from Ser OG (donor and acceptor, template typing): Vina's term is 1,
+    # the mask counted it twice (6nv9's ligand O - Thr OG1: 6.460 against Vina 1.2.7's 5.459)
+    rows = [("N", "N", (0, 0, 0)), ("CA", "C", (1.5, 0, 0)), ("C", "C", (2, 1.4, 0)), ("O", "O", (3, 1.6, 1)),
+            ("CB", "C", (2, -1.4, 0)), ("OG", "O", (3.2, -2.2, 0))]
+    (tmp_path / "p.pdb").write_text("\n".join(_pdb_line(i + 1, n, "SER", 1, xyz, el) for i, (n, el, xyz) in
+                                             enumerate(rows)) + "\nEND\n")
+    rec = io.load_receptor(tmp_path / "p.pdb")
+    mol = Chem.MolFromSmiles("CO")
+    sf = scoring.ScoringFunction(rec, mol, 0)
+    og = np.array([3.2, -2.2, 0.0])
+    x = torch.tensor([[og + [0.0, -2.7 - 1.43, 0.0], og + [0.0, -2.7, 0.0]]], dtype=torch.float64)  # C, then O
+    hbond = sf.inter_terms(x)[0, scoring.PAIR_TERMS.index("hbond")]
+    assert float(hbond) == pytest.approx(1.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("exact", [True, False])
 def test_gradient_matches_finite_differences(complex_1uou, exact):
     _, mol, _, _, sf = complex_1uou

@@ -37,6 +37,7 @@ from sciddiff.dock.scoring import (
     FUNCTIONS,
     METALS,
     IntraLigand,
+    hbond_pairs,
     ligand_types,
     pair_terms,
     receptor_types,
@@ -109,7 +110,7 @@ class Featurizer:
         r = torch.cdist(x, rxyz[None].expand(b, -1, -1), compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, M)
         within = (r < CUTOFF).float()
         hyd = self.lig_hyd[:, None] * self.rec_hyd[idx]
-        hb = self.lig_don[:, None] * self.rec_acc[idx] + self.lig_acc[:, None] * self.rec_don[idx]
+        hb = hbond_pairs(self.lig_don[:, None], self.lig_acc[:, None], self.rec_don[idx], self.rec_acc[idx])
         raw = torch.stack(pair_terms(r, self.lig_r[:, None] + self.rec_r[idx], hyd, hb, self.fn), -1)
         sums = (raw * within[..., None]).sum((1, 2))  # (B, 5)
         intra = self.intra(x)

@@ -199,6 +199,13 @@ def term_weights(fn: Function = FUNCTIONS["vina"]) -> torch.Tensor:
     return torch.tensor([getattr(fn, name) for name in PAIR_TERMS])
 
 
+def hbond_pairs(donor_l, acceptor_l, donor_r, acceptor_r) -> torch.Tensor:
+    """The H-bond pair mask of ligand against receptor atoms (broadcast): 1 where one can donate to the other. A pair
+    of two atoms that both donate and accept (a hydroxyl and Ser OG, a water) is one bond, as Vina's yes/no test
+    (xs_h_bond_possible) counts it, not two."""
+    return (donor_l * acceptor_r + acceptor_l * donor_r).clamp(max=1.0)
+
+
 def pair_energy(r: torch.Tensor, r_sum: torch.Tensor, hyd: torch.Tensor, hb: torch.Tensor,
                 terms: str = "all", fn: Function = FUNCTIONS["vina"]) -> torch.Tensor:
     """Weighted sum of `pair_terms`, zero beyond CUTOFF; terms: "all", "short" (everything but gauss2) or "long"
@@ -375,7 +382,8 @@ class ScoringFunction:
             self.rec_xyz, self.rec_r, self.rec_hyd, self.rec_don, self.rec_acc))
         r_l, h_l, d_l, a_l = (torch.as_tensor(v, dtype=x.dtype) for v in (
             lig.radius, lig.hydrophobic, lig.donor, lig.acceptor))
-        return rec_xyz, (r_l[:, None] + rec_r, h_l[:, None] * rec_hyd, d_l[:, None] * rec_acc + a_l[:, None] * rec_don)
+        return rec_xyz, (r_l[:, None] + rec_r, h_l[:, None] * rec_hyd, hbond_pairs(d_l[:, None], a_l[:, None], rec_don,
+                                                                                   rec_acc))
 
     def _inter_exact(self, x: torch.Tensor, chunk: int = 64, gradient: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -417,7 +425,8 @@ class ScoringFunction:
             rec_d, rec_a = self.rec_don[rj], self.rec_acc[rj]
             values = []
             for radius, hyd, don, acc in self.classes:
-                e = pair_energy(r, radius + rec_r, hyd * rec_h, don * rec_a + acc * rec_d, terms=terms, fn=self.fn)
+                e = pair_energy(r, radius + rec_r, hyd * rec_h, hbond_pairs(don, acc, rec_d, rec_a), terms=terms,
+                                fn=self.fn)
                 values.append(torch.zeros(len(pts)).index_add_(0, gi, e).reshape(shape))
             lo_t = torch.as_tensor([a[0] for a in axes])
             hi_t = torch.as_tensor([a[-1] for a in axes])
