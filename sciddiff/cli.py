@@ -13,6 +13,7 @@ import importlib
 import math
 import os
 import pickle
+import re
 import signal
 import struct
 import sys
@@ -195,9 +196,20 @@ def load_or_fail(load, path: str | os.PathLike, what: str):
             raise UserError(f"{path} is not a {what} (not a torch checkpoint file)") from None
         if isinstance(err, KeyError):
             raise UserError(f"{path} is not a {what} (no {err} entry)") from None
-        raise UserError(f"cannot load {what} {path}: {_first_line(err)}") from None  # a pickled object refused
+        raise UserError(f"cannot load {what} {path}: {_refusal(err)}") from None  # a pickled object refused
     except (RuntimeError, ValueError, TypeError, OSError) as err:
         raise UserError(f"cannot load {what} {path}: {_first_line(err)}") from None
+
+
+def _refusal(err: BaseException) -> str:
+    """torch's reason for refusing a pickled object under weights_only (the line naming the object's global),
+    without the terminal's escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    reason = next((ln.split("WeightsUnpickler error:")[-1].strip() for ln in text.splitlines()
+                   if "unsupported global" in ln.lower()), None)
+    if reason is None:
+        return _first_line(Exception(text))
+    return f"it holds a pickled object a weights-only load refuses ({reason.split(' Please use')[0].rstrip('.')})"
 
 
 def not_a_pickle(err: BaseException) -> bool:
@@ -206,7 +218,7 @@ def not_a_pickle(err: BaseException) -> bool:
     refusal of a pickled object, an empty stack (IndexError), a short read (EOFError, struct.error), or an int
     KeyError (the unpickler's memo failing on text)."""
     if isinstance(err, pickle.UnpicklingError):
-        return "Unsupported global" not in str(err)
+        return "unsupported global" not in str(err).lower()
     if isinstance(err, KeyError):
         return bool(err.args) and isinstance(err.args[0], int)
     return isinstance(err, (EOFError, IndexError, struct.error))

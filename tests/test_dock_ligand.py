@@ -395,3 +395,4 @@ def test_vina_rotor_count_halves_terminal_polar_hydrogen_rotors(smiles, n_rot):
 
     mol = Chem.MolFromSmiles(smiles)
     assert len(ligand.rotatable_torsions(mol).bonds) + 0.5 * polar_hydrogen_rotors(mol) == n_rot
+    assert polar_hydrogen_rotors(Chem.AddHs(mol)) == polar_hydrogen_rotors(mol)  # explicit hydrogens alike

@@ -121,10 +121,19 @@ def test_platt_fit_recovers_a_known_calibration():
     a, c = platt_fit(z, hit)
     assert abs(a - 1.3) < 0.06 and abs(c - 0.9) < 0.06
     # six top-1 poses, a hit and a miss both at confidence 1.0 (dock-eval's 3 decimals): Newton's steps diverged to
-    # a = -2e8 (every confidence 0); the likelihood's maximum is a = 0.32, c = -1.38 (Nelder-Mead agrees)
+    # a = -2e8 (every confidence 0); the fit is the maximum of the likelihood of Platt's smoothed targets (Nelder-Mead
+    # agrees), and where the logits separate hits from misses its slope stays finite (plain maximum likelihood: 217)
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
     conf = np.clip([0.003, 1.0, 0.978, 0.003, 0.021, 1.0], 1e-3, 1 - 1e-3)
-    a, c = platt_fit(np.log(conf / (1 - conf)), np.array([0, 1, 1, 0, 0, 0.0]))
-    assert abs(a - 0.32) < 0.01 and abs(c + 1.38) < 0.01
+    z, hit = np.log(conf / (1 - conf)), np.array([0, 1, 1, 0, 0, 0.0])
+    target = np.where(hit > 0, 3 / 4, 1 / 6)  # (N+ + 1) / (N+ + 2), 1 / (N- + 2)
+    loss = lambda w: -np.sum(target * np.log(expit(w[0] * z + w[1])) + (1 - target) * np.log(expit(-w[0] * z - w[1])))  # noqa: E731
+    best = minimize(loss, [1.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-12}).x
+    assert np.allclose(platt_fit(z, hit), best, atol=1e-3)
+    a, _ = platt_fit(np.linspace(-3, 3, 40), (np.linspace(-3, 3, 40) > 0).astype(float))
+    assert 0 < a < 20
 
 
 def test_calibrate_rescales_the_confidence_and_keeps_the_ranking(tmp_path, capsys):

@@ -562,7 +562,7 @@ def run_score(args) -> int:
         removed.update(dict.fromkeys(own_copies))
         r = score_pose(own_receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
         tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,
-                "n_torsions": r.n_torsions, **({"moved": r.moved} if args.minimize else {})}
+                "n_torsions": r.n_torsions, "n_rot": r.n_rot, **({"moved": r.moved} if args.minimize else {})}
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         rows.append({"pose": i + 1, "name": name or f"pose{i + 1}", **tags})
         # a relaxed pose is a new pose: the tags of the one given (a docking run's rank, gnina's affinity) go

@@ -85,8 +85,10 @@ def polar_hydrogen_rotors(mol: Chem.Mol) -> int:
                 a.GetHybridization() == Chem.HybridizationType.SP for a in ends)
                 or frozenset(a.GetIdx() for a in ends) in rigid):
             continue
-        terminal = [a for a in ends if a.GetDegree() == 1]
-        count += len(terminal) == 1 and terminal[0].GetSymbol() in ("N", "O", "S") and terminal[0].GetTotalNumHs() > 0
+        # heavy neighbours, hydrogens counted whether implicit or explicit (a molecule after Chem.AddHs)
+        terminal = [a for a in ends if sum(n.GetAtomicNum() > 1 for n in a.GetNeighbors()) == 1]
+        count += (len(terminal) == 1 and terminal[0].GetSymbol() in ("N", "O", "S")
+                  and terminal[0].GetTotalNumHs(includeNeighbors=True) > 0)
     return count
 
 

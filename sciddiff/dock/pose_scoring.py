@@ -29,7 +29,8 @@ class PoseScore:
     inter: float               # weighted protein-ligand terms
     intra: float               # intra-ligand term
     terms: dict[str, float]    # unweighted protein-ligand term sums (PAIR_TERMS), as Vina's --score_only lists them
-    n_torsions: int
+    n_torsions: int            # rotatable bonds searched (and moved by the minimisation)
+    n_rot: float               # Vina's rotor count, the score's divisor: n_torsions + 0.5 per terminal OH, SH, NH2
     coords: np.ndarray         # (N, 3) the pose scored (after minimisation, if any)
     moved: float               # symmetry-corrected RMSD of `coords` from the input pose (A)
 
@@ -56,7 +57,7 @@ def score_pose(receptor: Receptor, mol: Chem.Mol, minimize_steps: int = 0, funct
     coords = x[0].numpy()
     moved = symmetric_rmsd(mol, coords, given[0].numpy()) if minimize_steps > 0 else 0.0
     return PoseScore(score=score, energy=inter + intra, inter=inter, intra=intra, terms=terms, n_torsions=tors.n,
-                     coords=coords, moved=moved)
+                     n_rot=sf.n_rot, coords=coords, moved=moved)
 
 
 def pose_warnings(receptor: Receptor, poses: list[np.ndarray]) -> list[list[str]]:

@@ -342,9 +342,13 @@ def run_train(args) -> None:
 
 
 def platt_fit(logit: np.ndarray, hit: np.ndarray) -> tuple[float, float]:
-    """(a, c) maximising the likelihood of P(hit) = sigmoid(a * logit + c) (Platt scaling)."""
+    """(a, c) maximising the likelihood of P(hit) = sigmoid(a * logit + c) with Platt's targets (N+ + 1) / (N+ + 2)
+    for hits and 1 / (N- + 2) for misses (Platt 1999, as sklearn's sigmoid calibration): where the logits separate
+    hits from misses the plain maximum lies at an infinite slope, confidences of exactly 0 and 1."""
+    n_pos, n_neg = float(hit.sum()), float(len(hit) - hit.sum())
+    target = np.where(hit > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     x = torch.as_tensor(np.stack([logit, np.ones_like(logit)], 1))
-    a, c = logistic_fit(x, torch.as_tensor(hit, dtype=torch.float64), l2=0.0).double().tolist()
+    a, c = logistic_fit(x, torch.as_tensor(target, dtype=torch.float64), l2=0.0).double().tolist()
     return a, c
 
 

@@ -345,8 +345,8 @@ class ScoringFunction:
         self.atom_class = torch.as_tensor(atom_class)  # (N,) grid-map class per ligand atom, looked up every step
         rec_types = receptor_types(receptor, function)
         self.n_torsions = n_torsions
-        # Vina's N_rot: the searched torsions and half of each terminal polar-hydrogen rotor
-        self.entropy = 1.0 + W_ROT * (n_torsions + 0.5 * polar_hydrogen_rotors(mol))
+        self.n_rot = n_torsions + 0.5 * polar_hydrogen_rotors(mol)  # Vina's N_rot: half a rotor per terminal OH/NH2
+        self.entropy = 1.0 + W_ROT * self.n_rot
         keep = np.ones(len(receptor.coords), bool)
         if region is not None:  # only atoms that can reach the region
             keep = region.contains(receptor.coords, pad=grid_pad + CUTOFF)
