@@ -443,22 +443,7 @@ def _run_batch(args, settings) -> int:
         raise UserError(f"batch table not found: {table}")
     from sciddiff.dock import io
 
-    # plain or .gz, a byte-order mark dropped (io.read_text); skipinitialspace: "protein, ligand"
-    text = io.read_text(table)
-    if "\ufffd" in text:  # a name or path with its bytes replaced would name a folder or file that is not there
-        raise UserError(f"{table} is not UTF-8 text (a spreadsheet's 'CSV (Windows)' or 'Latin-1'?): save it as "
-                        "'CSV UTF-8'")
-    reader = csv.DictReader(text.splitlines(), skipinitialspace=True)
-    if reader.fieldnames:  # "name ,protein": the header's cells as the columns they name
-        reader.fieldnames = [h.strip() for h in reader.fieldnames]
-    header = reader.fieldnames or ()  # None for an empty file
-    # a spreadsheet writes rows of bare commas for cells it once held: blank rows, as blank lines are; each row's
-    # line in the file (a quoted cell may span lines: the row's last) names it in errors
-    rows, lines = [], []
-    for r in reader:
-        if any(isinstance(v, str) and v.strip() for v in r.values()):
-            rows.append(r)
-            lines.append(reader.line_num)
+    rows, lines, header = _batch_table(table)
     columns = {h for h in header if h}
     if not {"protein", "ligand", "name"} <= columns:
         raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
@@ -481,8 +466,8 @@ def _run_batch(args, settings) -> int:
         return Path(cell) if Path(cell).is_absolute() else table.parent / cell
 
     # --overwrite deletes --out first: never with a row's input inside it (a pose re-docked from an earlier run)
-    inputs = [table] + [path_of(c) for r in rows for c in map(lambda col: _cell(r, col),
-                                                             ("protein", "ligand", "autobox_ligand")) if c]
+    inputs = [table] + [path_of(c) for r in rows for col in ("protein", "ligand", "autobox_ligand")
+                        if (c := _cell(r, col))]
     out = check_out_dir(args.out, args.overwrite or args.resume, inputs=inputs if args.overwrite else ())
     _screen_out(out, names, args)
 
@@ -503,6 +488,26 @@ def _run_batch(args, settings) -> int:
                         best_poses=False)
     print(f"{len(rows) - failed}/{len(rows)} complexes docked into {out} (results.csv)")
     return 1 if failed else 0
+
+
+def _batch_table(table: Path) -> tuple[list[dict], list[int], list[str]]:
+    """A --batch table's rows (blank ones left out), the file line each ends on (errors name it) and its header."""
+    from sciddiff.dock import io
+
+    # plain or .gz, a byte-order mark dropped (io.read_text); skipinitialspace: "protein, ligand"
+    text = io.read_text(table)
+    if "\ufffd" in text:  # a name or path with its bytes replaced would name a folder or file that is not there
+        raise UserError(f"{table} is not UTF-8 text (a spreadsheet's 'CSV (Windows)' or 'Latin-1'?): save it as "
+                        "'CSV UTF-8'")
+    reader = csv.DictReader(text.splitlines(), skipinitialspace=True)
+    if reader.fieldnames:  # "name ,protein": the header's cells as the columns they name
+        reader.fieldnames = [h.strip() for h in reader.fieldnames]
+    rows, lines = [], []
+    for row in reader:  # a spreadsheet writes rows of bare commas for cells it once held: blank, as blank lines are
+        if any(isinstance(v, str) and v.strip() for v in row.values()):
+            rows.append(row)
+            lines.append(reader.line_num)  # a quoted cell may span lines: the row's last
+    return rows, lines, list(reader.fieldnames or ())  # no fieldnames: an empty file
 
 
 def _cell(row: dict, column: str) -> str:
