@@ -191,7 +191,7 @@ def load_or_fail(load, path: str | os.PathLike, what: str):
         raise UserError(f"no {what} at {path}" + (f" ({NOT_SHIPPED})" if is_shipped(path) else ""))
     try:
         return load(path)
-    except (pickle.UnpicklingError, EOFError, IndexError, struct.error, KeyError) as err:
+    except PICKLE_ERRORS as err:
         if not_a_pickle(err):
             raise UserError(f"{path} is not a {what} (not a torch checkpoint file)") from None
         if isinstance(err, KeyError):
@@ -210,6 +210,10 @@ def _refusal(err: BaseException) -> str:
     if reason is None:
         return _first_line(Exception(text))
     return f"it holds a pickled object a weights-only load refuses ({reason.split(' Please use')[0].rstrip('.')})"
+
+
+# what torch.load raises when its bytes are no checkpoint (or hold a pickled object it refuses): `not_a_pickle` sorts them
+PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, IndexError, struct.error, KeyError)
 
 
 def not_a_pickle(err: BaseException) -> bool:

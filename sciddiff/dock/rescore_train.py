@@ -251,9 +251,9 @@ def logistic_fit(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> torch.Te
 
 
 def run_train(args) -> None:
-    from sciddiff.dock.rescore import FEATURE_NAMES, save_rescorer
-
     from sciddiff.cli import UserError, check_output_path, load_or_fail
+    from sciddiff.dock.rescore import FEATURE_NAMES, save_rescorer
+    from sciddiff.train.checkpoint import load_checkpoint
 
     if args.folds < 2 or args.epochs < 1:
         raise UserError("--folds must be at least 2 (cross-validation) and --epochs at least 1")
@@ -264,9 +264,11 @@ def run_train(args) -> None:
     check_output_path(args.out)
     torch.set_num_threads(1)
 
+    commands = {}  # each decoy file's command, recorded with the rescorer
+
     def decoy_items(path: Path) -> list[dict]:
-        blob = torch.load(path, weights_only=True)
-        items = blob["items"]
+        blob = load_checkpoint(path)
+        items, commands[str(path)] = blob["items"], blob.get("command")
         # files made before the record: the width tells a featuriser's output apart
         if blob.get("features", list(FEATURE_NAMES)) != list(FEATURE_NAMES) or any(
                 it["features"].shape[1] != len(FEATURE_NAMES) for it in items):
@@ -330,8 +332,7 @@ def run_train(args) -> None:
     meta = {"version": time.strftime("%Y-%m-%d"), "hidden": hidden, "weight_decay": wd, "epochs": args.epochs,
             "complexes": len(complexes), "candidate_lists": len(items), "extra_complexes": len(extra),
             "poses": int(sum(len(it["rmsd"]) for it in items + extra)), "command": _command(),
-            "decoy_commands": [torch.load(p, weights_only=True).get("command")
-                               for p in args.decoys + args.extra_decoys],
+            "decoy_commands": [commands[str(Path(p))] for p in args.decoys + args.extra_decoys],
             "folds": args.folds, "cross_validation": report, "chosen": best, "chosen_cross_validation": chosen_cv,
             "chosen_cross_validation_by_mode": by_mode,
             "confidence_weight": conf_weight.tolist(),

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import pickle
-import struct
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -106,11 +105,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     """torch.load a checkpoint (tensors mapped to `map_location`); weights_only refuses pickled code objects. A file
     that is no pickle at all raises pickle.UnpicklingError naming it (torch's own text advises weights_only=False,
     which is no advice for a file that is not a checkpoint)."""
-    from sciddiff.cli import not_a_pickle
+    from sciddiff.cli import PICKLE_ERRORS, not_a_pickle
 
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
-    except (pickle.UnpicklingError, EOFError, IndexError, struct.error, KeyError) as err:
+    except PICKLE_ERRORS as err:
         if not_a_pickle(err):
             raise pickle.UnpicklingError(f"{path} is not a torch checkpoint file") from None
         raise  # a real checkpoint with a pickled object (torch's message names it), a missing entry
