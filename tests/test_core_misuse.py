@@ -28,6 +28,10 @@ def test_sigma_shapes_the_docs_allow_give_the_same_loss():
         per_element = dsm_loss(zero_score, space, x0, sigma.reshape(-1, *[1] * (len(points) - 1)).expand(points),
                                torch.Generator().manual_seed(0))[0]
         assert torch.allclose(column, per_sample) and torch.allclose(per_element, per_sample), space
+    seen = []  # the model gets the samplers' (B,) for any one-level-per-sample sigma, as k-diffusion's denoisers do
+    for level in (0.5, torch.tensor(0.5), torch.full((4, 1, 1), 0.5)):
+        dsm_loss(lambda x, s: seen.append(tuple(s.shape)) or torch.zeros_like(x), Euclidean(3), torch.zeros(4, 3), level)
+    assert seen == [(4,)] * 3
 
 
 def test_a_rigid_ligand_and_a_large_torsion_sigma_give_finite_losses():
@@ -130,6 +134,24 @@ def test_sigma_grids_that_run_the_wrong_way_are_refused():
     with pytest.raises(ValueError, match="one length per component"):
         sample_pf_ode(zero_score, Product(a=Euclidean(3), b=Torus(2)), {"a": x, "b": torch.zeros(2, 2)},
                       {"a": torch.tensor([1.0, 0.5, 0.0]), "b": torch.tensor([1.0, 0.0])})
+
+
+def test_heun_takes_an_euler_step_where_any_component_of_a_product_reaches_sigma_zero():
+    # k-diffusion's and EDM's rule per step: the Heun correction at sigma = 0 halved component a's last step (its
+    # velocity sigma * score is 0 there), leaving it half-way between x and the data
+    from sciddiff.core import karras_sigmas, sample_pf_ode
+
+    def score(x, sigma):  # data N(0.7, 0.5^2) per coordinate, exact
+        if isinstance(x, dict):
+            return {k: score(x[k], sigma[k]) for k in x}
+        return -(x - 0.7) / (0.25 + sigma[:, None] ** 2)
+
+    x = {"a": 3.0 * torch.randn(64, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+         "b": 3.0 * torch.randn(64, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))}
+    grids = {"a": karras_sigmas(20, 0.3, 3.0), "b": torch.linspace(3.0, 0.3, 21, dtype=torch.float64)}
+    together = sample_pf_ode(score, Product(a=Euclidean(1), b=Euclidean(1)), x, grids)
+    alone = sample_pf_ode(score, Euclidean(1), x["a"], grids["a"])
+    assert torch.allclose(together["a"], alone, atol=1e-12)
 
 
 def test_samplers_name_a_score_of_the_wrong_shape_and_guidance_takes_products():

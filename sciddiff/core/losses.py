@@ -104,14 +104,16 @@ def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Gene
 
 
 def _model_sigma(sigma: Sigma, like: Point) -> Sigma:
-    """sigma as the samplers hand it to a model: a tensor in float64 for float64 points, else float32; a (B, 1) one as
-    (B,), the samplers' shape (a per-element sigma as given)."""
+    """sigma as the samplers hand it to a model: a tensor in float64 for float64 points, else float32, of the samplers'
+    shape (B,) when it is one level per sample (a number, (B,), (B, 1), (B, 1, 1), ...; a per-element sigma as given)."""
     ref = next(iter(like.values())) if isinstance(like, Mapping) else like
     dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
 
     def as_tensor(s):
         s = torch.as_tensor(s, dtype=dtype, device=ref.device)
-        return s.reshape(-1) if s.dim() == 2 and s.shape[1] == 1 else s
+        if s.dim() == 0:
+            return s.expand(ref.shape[0])
+        return s.reshape(-1) if all(n == 1 for n in s.shape[1:]) else s
 
     return {k: as_tensor(v) for k, v in sigma.items()} if isinstance(sigma, Mapping) else as_tensor(sigma)
 

@@ -1,5 +1,6 @@
-"""Samplers. Every one takes a denoiser callable and the starting point the caller drew, so any network plugs in and seeds stay
-with the caller (k-diffusion's seam):
+"""Samplers. Every one takes the network as a callable ``model(x, noise level, **cond)`` and the starting point the caller drew,
+so any network plugs in and seeds stay with the caller (k-diffusion's seam). What the callable returns depends on the family
+(below): a k-diffusion denoiser D(x, sigma) serves the VE samplers as the score (D(x, sigma) - x) / sigma^2.
 
 - Discrete DDPM chain (``DiscreteSchedule``), ``model(x_t, t, **cond)`` with integer t (B,) returning the ``prediction_type``:
   ``sample_ddpm`` (ancestral), ``sample_ddim`` (eta), ``sample_dpmpp_2m`` (DPM-Solver++(2M), Lu et al. 2022; eta = 1: its SDE
@@ -252,7 +253,7 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
                   method: str = "heun",
                   progress: Callable = iter, **cond) -> Point:
     """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
-    step that ends at sigma = 0). On curved spaces the Heun average combines tangents at x and at the Euler point as if both lived
+    step that ends at sigma = 0, for a product: at 0 in any component, where the score is undefined). On curved spaces the Heun average combines tangents at x and at the Euler point as if both lived
     at x (exact on flat spaces, second-order on SO(3) since the body-frame transport error is O(h^2))."""
     n = _grid_length(sigmas, x_init)
     x = x_init
@@ -270,7 +271,7 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
         h = _combine(s, s_next, lambda a, b: a - b) if isinstance(s, dict) else s - s_next
         d = velocity(x, s)
         x_euler = space.exp(x, Space.scale(d, h))
-        last = all(v == 0 for v in s_next.values()) if isinstance(s_next, dict) else s_next == 0
+        last = any(v == 0 for v in s_next.values()) if isinstance(s_next, dict) else s_next == 0
         if method == "euler" or last:
             x = x_euler
         elif method == "heun":
