@@ -353,6 +353,9 @@ def test_written_poses_keep_isotopes_and_title_and_relax_their_hydrogens(tmp_pat
     props = out.GetPropsAsDict()
     assert out.GetProp("_Name") == "d3-probe" and props["IC50"] == "12 nM" and out.GetProp("score") == "-7.0000"
     assert "minimizedAffinity" not in props and "inter" not in props
+    receptor = io.load_receptor(EXAMPLES / "1s3v" / "1s3v_protein.pdb.gz")
+    records = [ln for ln in io.complex_pdb(receptor, out).splitlines() if ln.startswith("HETATM") and "LIG" in ln]
+    assert [ln[76:78] for ln in records].count(" D") == 3  # the complex's PDB says D too (RDKit writes H)
 
     flexible = io.load_ligand("C/C=C/[C@H](O)[C@@H](C)C(=O)Nc1ccccc1")
     flexible.SetIntProp(io.INPUT_H_PROP, 22)  # as if its file carried hydrogens

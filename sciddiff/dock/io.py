@@ -877,10 +877,13 @@ def complex_pdb(receptor: Receptor, mol: Chem.Mol) -> str:
     receptor_lines = receptor.pdb_text.splitlines()
     used = {ln[21] for ln in receptor_lines if ln.startswith(("ATOM", "HETATM")) and len(ln) > 21}
     chain = next((c for c in "LZYXWVUTSRQPONMKJIHGFEDCBA0123456789abcdefghijklmnopqrstuvwxyz" if c not in used), "L")
-    lig_lines = []
+    lig_lines, atoms = [], iter(lig.GetAtoms())  # one record per atom, in atom order
     for ln in info_mol.splitlines():
         if ln.startswith(("HETATM", "ATOM")):
             ln = "HETATM" + ln[6:17] + f"LIG {chain}" + ln[22:]
+            atom = next(atoms)
+            if atom.GetAtomicNum() == 1 and atom.GetIsotope() == 2:  # RDKit writes H; the PDB's element is D
+                ln = ln[:76] + " D" + ln[78:]
             lig_lines.append(ln)
         elif ln.startswith("CONECT"):
             lig_lines.append(ln)
