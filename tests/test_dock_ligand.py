@@ -329,6 +329,34 @@ def test_stereo_of_a_smiles_or_a_2d_drawing_is_docked_as_written(tmp_path, smile
     assert io.ligand_smiles(z.mol) != io.ligand_smiles(e.mol)
 
 
+def test_a_centre_its_3d_coordinates_leave_open_is_one_isomer_in_every_conformer(tmp_path):
+    """1nen's ligand: a stereocentre on near-flat crystal geometry loaded unassigned, and ETKDG built S, S, R, S: the
+    ranked poses alternated enantiomers without a note. Now one isomer, named; an azide (nothing to choose) no note."""
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[C@H](O)CC"))
+    AllChem.EmbedMolecule(mol, randomSeed=1)
+    mol = Chem.RemoveHs(mol)
+    conf = mol.GetConformer()
+    conf.SetAtomPosition(1, conf.GetPositions()[[0, 2, 3]].mean(0).tolist())  # the centre flat among its neighbours
+    Chem.MolToMolFile(mol, str(tmp_path / "flat.sdf"))
+    loaded = io.load_ligand(tmp_path / "flat.sdf")
+    assert "stereo not specified (atom 2)" in io.ligand_repairs(loaded)
+    isomers = set()
+    for xyz in ligand.generate_conformers(loaded, 6, seed=0):
+        embedded = io.pose_mol(loaded, xyz)
+        Chem.AssignStereochemistryFrom3D(embedded)
+        isomers.add(Chem.MolToSmiles(embedded))
+    assert isomers == {io.ligand_smiles(loaded)}
+    assert io.ligand_repairs(io.load_ligand("CN=[N+]=[N-]")) is None
+
+
+def test_a_metal_complex_written_as_ions_is_refused_and_a_salts_cation_dropped():
+    with pytest.raises(io.UserError, match="metal complex written as separate ions \\(Pt"):
+        io.load_ligand("[NH3].[NH3].[Cl-].[Cl-].[Pt+2]")  # its largest fragment: an ammonia
+    with pytest.raises(io.UserError, match="\\(Fe"):
+        io.load_ligand("c1cc[cH-]c1.c1cc[cH-]c1.[Fe+2]")  # ferrocene: a cyclopentadienyl docked alone
+    assert "dropped [Na+]" in io.ligand_repairs(io.load_ligand("CC(=O)[O-].[Na+]"))
+
+
 def _closest_nonbonded_hydrogens(mol: Chem.Mol) -> float:
     xyz, topo = mol.GetConformer().GetPositions(), Chem.GetDistanceMatrix(mol)
     h = [a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() == 1]

@@ -623,9 +623,15 @@ def load_ligand(spec: str | os.PathLike, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
     return record.mol
 
 
+NON_METALS = {"H", "He", "B", "C", "N", "O", "F", "Ne", "Si", "P", "S", "Cl", "Ar", "Ge", "As", "Se", "Br", "Kr",
+              "Sb", "Te", "I", "Xe", "At", "Rn"}  # metalloids included; every other element is a metal
+COUNTER_ION_ELEMENTS = {"Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Sr", "Ba"}  # salts' cations, dropped with a note
+
+
 def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS,
-                       largest_fragment: bool = True) -> Chem.Mol:
-    """`load_ligand`'s checks and clean-up of one unsanitized molecule; `what` names it in errors."""
+                       largest_fragment: bool = True, one_isomer: bool = True) -> Chem.Mol:
+    """`load_ligand`'s checks and clean-up of one unsanitized molecule; `what` names it in errors. `one_isomer`: fix
+    stereo that neither the file nor its 3D coordinates define (docking); poses to score keep theirs."""
     if raw is None:
         raise UserError(f"cannot parse ligand {what}")
     try:
@@ -644,6 +650,12 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
     mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
     if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
         frags = sorted(Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False), key=lambda m: -m.GetNumAtoms())
+        metals = sorted({a.GetSymbol() for f in frags[1:] for a in f.GetAtoms()
+                         if a.GetSymbol() not in NON_METALS | COUNTER_ION_ELEMENTS})
+        if metals:  # cisplatin as [NH3].[NH3].[Cl-].[Cl-].[Pt+2]: its largest fragment is an ammonia
+            raise UserError(f"ligand {what} is a metal complex written as separate ions ({', '.join(metals)} apart "
+                            "from the rest): give it with its metal bonds (an SDF, or dative bonds in the SMILES), or "
+                            "the organic part alone")
         mol = frags[0]
         dropped = ".".join(Chem.MolToSmiles(f) for f in frags[1:])
         repairs = repairs + [f"kept the largest of {len(frags)} fragments, dropped {dropped}"]
@@ -653,7 +665,7 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
     if n_heavy > max_heavy_atoms:
         raise UserError(f"ligand {what} has {n_heavy} heavy atoms; the limit is {max_heavy_atoms}")
     Chem.SanitizeMol(mol)
-    if not (mol.GetNumConformers() and mol.GetConformer().Is3D()):
+    if one_isomer:
         mol, repairs = _one_stereoisomer(mol, repairs)
     if repairs:
         mol.SetProp(REPAIRS_PROP, "; ".join(repairs))
@@ -663,19 +675,21 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
 
 
 def _one_stereoisomer(mol: Chem.Mol, repairs: list[str]) -> tuple[Chem.Mol, list[str]]:
-    """A molecule without 3D coordinates whose stereocentres or double bonds are not specified would be embedded as a
-    different isomer in every conformer (a mix of diastereomers across the ranked poses): fix the first isomer RDKit
-    enumerates and say so."""
+    """A molecule whose stereocentres or double bonds are not specified (a 2D input without the stereo, or 3D
+    coordinates too flat at a centre to define it: 1nen's ligand) would be embedded as a different isomer in every
+    conformer (a mix of stereoisomers across the ranked poses): fix the first isomer RDKit enumerates and say so."""
     from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
 
     open_ = [s for s in Chem.FindPotentialStereo(mol) if s.specified == Chem.StereoSpecified.Unspecified]
     if not open_:
         return mol, repairs
     isomer = next(iter(EnumerateStereoisomers(mol, options=StereoEnumerationOptions(onlyUnassigned=True, unique=True))))
+    if Chem.MolToSmiles(isomer) == Chem.MolToSmiles(mol):  # nothing to choose (an azide's N=N): no note
+        return mol, repairs
     where = ", ".join(f"{'atom' if s.type == Chem.StereoType.Atom_Tetrahedral else 'double bond at atom'} "
                       f"{s.centeredOn + 1}" for s in open_)
     return isomer, repairs + [f"stereo not specified ({where}): docked one isomer, {Chem.MolToSmiles(isomer)}; give "
-                              "the stereo (isomeric SMILES or a 3D file) to dock another"]
+                              "the stereo (an isomeric SMILES, or 3D coordinates that define it) to dock another"]
 
 
 def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
@@ -688,7 +702,7 @@ def load_poses(path: str | os.PathLike) -> list[Chem.Mol]:
         raise UserError(f"poses must be an SDF, MOL or MOL2 file with 3D coordinates (optionally .gz); got {path.name}")
     with rdkit_quiet():
         raws = [raw for _, raw in _raw_records(path)]
-        mols = [_heavy_atom_ligand(raw, f"{path} (molecule {i + 1})") for i, raw in enumerate(raws)]
+        mols = [_heavy_atom_ligand(raw, f"{path} (molecule {i + 1})", one_isomer=False) for i, raw in enumerate(raws)]
     if not mols:
         raise UserError(f"no molecule in {path}")
     for i, mol in enumerate(mols):
