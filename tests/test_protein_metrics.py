@@ -1,10 +1,12 @@
 """Backbone metrics: synthetic chains with known answers, and natural chains against the reference statistics."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from sciddiff.protein import metrics, ramachandran
+from sciddiff.protein import geometry, metrics, ramachandran
 from sciddiff.protein.data import data_root, read_manifest
 from sciddiff.protein.evaluate import complete_backbone
 from sciddiff.protein.pdbio import read_chain
@@ -30,6 +32,38 @@ def test_a_gap_in_an_experimental_chain_is_no_peptide_bond():
     assert skipped["ca_valid"] and skipped["gaps"] == 1 and skipped["rama_favoured"] == 1.0
     assert skipped["C-N_mean"] == pytest.approx(1.329, abs=1e-3)
     assert skipped["ca_ca_mean"] == pytest.approx(3.80, abs=0.02)
+
+
+def test_peptide_planarity_counts_twisted_peptides_and_not_cis_ones():
+    phi, psi = torch.full((30,), -1.0, dtype=torch.float64), torch.full((30,), -0.8, dtype=torch.float64)
+    omega = torch.full((30,), math.pi, dtype=torch.float64)
+    omega[5], omega[12] = math.radians(140.0), 0.0  # one peptide 40 deg from planar, one cis
+    m = metrics.chain_metrics(geometry.backbone_from_dihedrals(phi, psi, omega).numpy())
+    assert m["omega_twisted"] == pytest.approx(1 / 29)
+    assert m["omega_deviation_mean"] == pytest.approx(40.0 / 29, abs=1e-6)
+    gaps = np.zeros(29, bool)
+    gaps[5] = True  # the twisted peptide, 5 -> 6, left out as a gap
+    assert metrics.chain_metrics(geometry.backbone_from_dihedrals(phi, psi, omega).numpy(), gaps)["omega_twisted"] == 0
+
+
+def test_gaps_are_read_from_numbering_and_geometry(tmp_path):
+    # DSSP and MolProbity find breaks from geometry: a numbering that skips over a bonded peptide (chymotrypsin's) is
+    # no gap; a skip where C-N is 7 A is one; consecutive numbers stay a peptide, so a broken sample is judged broken
+    from sciddiff.protein.evaluate import read_folder
+    from sciddiff.protein.pdbio import backbone_to_pdb_string
+
+    helix = metrics.ideal_helix(40)
+    broken = np.concatenate([helix[:20], helix[25:]])
+
+    def renumber(text, after, by):
+        return "\n".join(ln[:22] + f"{int(ln[22:26]) + by:4d}" + ln[26:] if ln.startswith("ATOM") and
+                         int(ln[22:26]) > after else ln for ln in text.splitlines()) + "\n"
+
+    (tmp_path / "a_skip_bonded.pdb").write_text(renumber(backbone_to_pdb_string(helix), 20, 5))
+    (tmp_path / "b_skip_broken.pdb").write_text(renumber(backbone_to_pdb_string(broken), 20, 5))
+    (tmp_path / "c_contiguous_broken.pdb").write_text(backbone_to_pdb_string(broken))
+    _, _, gaps = read_folder(tmp_path)
+    assert [int(g.sum()) for g in gaps] == [0, 1, 0]
 
 
 def test_ramachandran_regions():

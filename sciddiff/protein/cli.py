@@ -278,7 +278,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
-    from sciddiff.protein.evaluate import PLOT_FILES, evaluate, format_report, pdb_files, read_folder
+    from sciddiff.protein.evaluate import PLOT_FILES, evaluate, format_report, pdb_files, read_folder, unbonded
     from sciddiff.train import write_json
 
     json_path = check_output_path(args.json or folder / "eval.json", option="--json")
@@ -299,8 +299,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{folder} has {len(backbones)} backbone PDB file(s); eval needs at least 2")
     if broken := [f"{n} ({int(g.sum())})" for n, g in zip(names, gaps) if g.any()]:
         more = " ..." if len(broken) > 5 else ""
-        print(f"note: chain gaps (residue numbers skipping) in {', '.join(broken[:5])}{more}: "
+        print(f"note: chain gaps (residue numbers skipping, C-N over 2 A) in {', '.join(broken[:5])}{more}: "
               "left out of the bond, CA-CA and Ramachandran metrics", file=sys.stderr)
+    if stretched := [n for n, b, g in zip(names, backbones, gaps) if (unbonded(b) & ~g).any()]:
+        more = " ..." if len(stretched) > 5 else ""
+        print(f"note: consecutively numbered residues over 2 A apart (C-N) in {', '.join(stretched[:5])}{more}: "
+              "scored as peptide bonds (a broken chain); a file renumbered over missing residues should keep "
+              "their numbers", file=sys.stderr)
     reference, ref_name, ref_gaps = None, "natural test split", None
     if args.reference:
         if not Path(args.reference).is_dir():

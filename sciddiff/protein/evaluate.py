@@ -46,10 +46,17 @@ def complete_backbone(chain: Chain) -> np.ndarray:
     return coords
 
 
+def unbonded(bb: np.ndarray) -> np.ndarray:
+    """(L - 1,) bool: C(i) and N(i + 1) of a backbone (L, 4, 3) over 2 A apart, no peptide bond."""
+    return np.linalg.norm(bb[1:, 0] - bb[:-1, 2], axis=-1) > 2.0
+
+
 def read_folder(folder: str | os.PathLike, only: Collection[str] | None = None
                 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """File names, backbones (L, 4, 3) and chain gaps (L - 1,) bool: a residue number that skips ahead or back
-    (missing residues, a non-standard one that is not read); an insertion code (52, 52A) is no gap. `only`: the file
+    (missing residues, a non-standard one that is not read) where C(i) and N(i + 1) are not bonded (over 2 A apart: a
+    numbering that skips over a bonded peptide, chymotrypsin's, is no gap); an insertion code (52, 52A) is no gap.
+    Consecutive numbers are always a peptide, however far apart: a generated chain that breaks is judged broken. `only`: the file
     names to read (a sample run's, from its samples.json). A file's first protein chain is read (a note names files
     with more)."""
     names, backbones, gaps, several = [], [], [], []
@@ -61,7 +68,7 @@ def read_folder(folder: str | os.PathLike, only: Collection[str] | None = None
             several.append(f"{path.name} ({chain.protein_chains_in_file})")
         names.append(path.name)
         backbones.append(complete_backbone(chain))
-        gaps.append(~np.isin(np.diff(chain.resnums), (0, 1)))
+        gaps.append(~np.isin(np.diff(chain.resnums), (0, 1)) & unbonded(backbones[-1]))
     if several:
         print(f"note: {folder}: only the first protein chain of {', '.join(several[:5])}"
               f"{' ...' if len(several) > 5 else ''} is read (split the chains into files of their own to use them)",
@@ -224,6 +231,8 @@ def format_report(result: dict) -> str:
         ("C-N bond (A)", "C-N_mean", "{:.3f}"),
         ("CA-C-N angle (deg)", "CA-C-N_mean", "{:.1f}"),
         ("C-N-CA angle (deg)", "C-N-CA_mean", "{:.1f}"),
+        ("omega from planar (deg)", "omega_deviation_mean", "{:.1f}"),
+        ("twisted peptides (> 30 deg)", "omega_twisted", "{:.1%}"),
         ("Rama favoured", "rama_favoured", "{:.1%}"),
         ("Rama allowed", "rama_allowed", "{:.1%}"),
         ("helix", "helix", "{:.2f}"),

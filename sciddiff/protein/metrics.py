@@ -3,7 +3,9 @@
 All functions take one backbone as a float array (L, 4, 3) of N, CA, C, O in Angstrom and return plain Python numbers;
 angles are reported in degrees. Definitions (the goals of issue 5 and the natural reference of shared/data/README.md):
 - bonds N-CA, CA-C, C(i)-N(i+1); angles N-CA-C, CA-C-N(i+1), C(i)-N(i+1)-CA(i+1)  (mean and std over the chain);
-- CA(i)-CA(i+1) distance; a chain is "CA-valid" when every one is within 3.8 +/- 0.2 A;
+- CA(i)-CA(i+1) distance; a chain is "CA-valid" when every one is within 3.8 +/- 0.2 A (two-sided, so a natural chain's
+  cis peptide, CA-CA ~2.9 A, makes it invalid; FrameDiff's ca_ca_valid is one-sided);
+- peptide planarity: omega's distance from planar (cis or trans), degrees; "twisted" beyond 30 (MolProbity's flag);
 - CA clashes: pairs |i - j| >= 3 closer than 3 A;
 - Ramachandran favoured / allowed: MolProbity general-case table (see `ramachandran`);
 - DSSP (pydssp, 3 states): helix (H) and strand (E) fractions;
@@ -25,6 +27,7 @@ CLASH_DIST, CLASH_MIN_SEP = 3.0, 3
 RG_PREFACTOR, RG_EXPONENT = 1.59, 0.465
 PROFILE_BINS = np.arange(0.0, 25.0, 1.0)  # 24 shells of 1 A
 PROFILE_MIN_SEP = 2
+OMEGA_TWISTED = 30.0  # degrees from planar: MolProbity's twisted peptide
 
 
 def _t(bb: np.ndarray) -> torch.Tensor:
@@ -57,6 +60,12 @@ def ca_clashes(bb: np.ndarray, cutoff: float = CLASH_DIST, min_sep: int = CLASH_
     d = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
     i, j = np.triu_indices(len(ca), k=min_sep)
     return int((d[i, j] < cutoff).sum())
+
+
+def omega_deviation(bb: np.ndarray) -> np.ndarray:
+    """Degrees from planar (the nearer of cis and trans) of each peptide i -> i + 1, (L - 1,)."""
+    omega = np.degrees(np.abs(geometry.backbone_dihedrals(_t(bb))[2].numpy()[:-1]))
+    return np.minimum(omega, 180.0 - omega)
 
 
 def phi_psi(bb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +144,8 @@ def chain_metrics(bb: np.ndarray, gaps: np.ndarray | None = None) -> dict:
     caca = ca_ca_distances(bb)
     clashes = ca_clashes(bb)
     phi, psi = phi_psi(bb)
-    for values in [*(geo[k] for k in PEPTIDE_TERMS), caca, phi[1:], psi[:-1]]:
+    omega = omega_deviation(bb)
+    for values in [*(geo[k] for k in PEPTIDE_TERMS), caca, phi[1:], psi[:-1], omega]:
         values[gaps] = np.nan
     bonded = caca[~gaps]
     rama = ramachandran.classify(phi, psi)
@@ -151,6 +161,8 @@ def chain_metrics(bb: np.ndarray, gaps: np.ndarray | None = None) -> dict:
         "ca_clashes": clashes,
         "ca_valid": bool((np.abs(bonded - CA_CA_IDEAL) <= CA_CA_TOL).all() and clashes == 0),
         "gaps": int(gaps.sum()),
+        "omega_deviation_mean": _defined(omega),
+        "omega_twisted": _defined(np.where(np.isnan(omega), np.nan, omega > OMEGA_TWISTED)),
         "rama_favoured": _defined([rama["favoured"]]),
         "rama_allowed": _defined([rama["allowed"]]),
         "helix": float((ss == "H").mean()),
@@ -181,6 +193,8 @@ def summarize(per_chain: list[dict]) -> dict:
         "C-N_mean": mean("C-N_mean"),
         "CA-C-N_mean": mean("CA-C-N_mean"),
         "C-N-CA_mean": mean("C-N-CA_mean"),
+        "omega_deviation_mean": mean("omega_deviation_mean"),
+        "omega_twisted": mean("omega_twisted"),
         "rama_favoured": mean("rama_favoured"),
         "rama_allowed": mean("rama_allowed"),
         "helix": float(helix.mean()),

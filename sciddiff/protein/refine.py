@@ -6,11 +6,13 @@ by a small rigid motion (R <- R Exp(w), body frame as in `sciddiff.core.spaces.S
 Angstrom, a sum of squared z-scores:
 
 - the trans peptide between consecutive residues, as four distances: C(i)-N(i+1) 1.329, CA(i)-N(i+1) and C(i)-CA(i+1) from
-  Engh & Huber's CA-C-N 116.2 and C-N-CA 121.7 degrees, CA(i)-CA(i+1) of a trans peptide (omega = 180 deg);
+  Engh & Huber's CA-C-N 116.2 and C-N-CA 121.7 degrees, CA(i)-CA(i+1) of a trans peptide, and its planarity, omega =
+  180 deg (a circular term: CA-CA alone barely holds omega, its slope is zero at 180, and without it the H-bond reward
+  twisted ~1% of peptides past MolProbity's 30 deg);
 - a flat-bottomed repulsion between CA atoms |i - j| >= 3 closer than `clash_distance`;
 - a harmonic restraint of each residue's N, CA, C to where the model put them (keeps the fold), and a circular one of
   every phi and psi to the model's (keeps the Ramachandran distribution the model learned);
-- a reward for backbone hydrogen bonds (Kabsch & Sander's electrostatic energy with amide H placed as DSSP does) between
+- a reward for backbone hydrogen bonds (Kabsch & Sander's electrostatic energy with amide H placed as pydssp does) between
   residues |i - j| >= 3 whose O and N start within 5 A: the model often builds strand pairs and helix turns a few tenths
   of an Angstrom or degrees short of bonding, and a relax with an H-bond term completes them, as Rosetta's would.
   DSSP scores secondary structure with this same energy, so the relax's gain in DSSP helix/strand is partly by
@@ -67,6 +69,7 @@ class IdealizeConfig:
     clash_sigma: float = 0.1
     restraint_sigma: float = 0.3  # how far atoms may move from the model's placement
     dihedral_sigma: float = 0.2  # how far phi/psi may move from the model's (radians; on 2 - 2 cos)
+    omega_sigma: float = 0.1  # peptide planarity (radians; Engh & Huber's omega spread is ~6 deg)
     max_evals: int = 100  # energy + gradient evaluations (batched L-BFGS iterations) per chain
     # Backbone H-bonds: a reward of hbond_weight per pair, pydssp's smooth indicator of the Kabsch-Sander energy E
     # (1 below cutoff - 2 margin, 0 above cutoff, a sine ramp between). The window [-2, 0] kcal/mol gives nearly formed
@@ -101,8 +104,9 @@ def hbond_energy(bb: Tensor, acceptor: Tensor, donor: Tensor) -> Tensor:
 
 
 def _hbond_energy(c: Tensor, o: Tensor, n: Tensor, ca: Tensor, c_prev: Tensor) -> Tensor:
-    """`hbond_energy` from the acceptors' C, O and the donors' N, CA and previous C; the amide H is placed as DSSP /
-    pydssp do: 1.01 A from N along the bisector of C(i-1)->N and CA->N."""
+    """`hbond_energy` from the acceptors' C, O and the donors' N, CA and previous C; the amide H is placed as pydssp
+    places it: 1.01 A from N along the bisector of C(i-1)->N and CA->N (DSSP itself: 1.0 A along the previous C=O,
+    O->C; the two differ by ~5 deg on natural chains)."""
     unit = lambda v: v / v.norm(dim=-1, keepdim=True)  # noqa: E731
     h = n + 1.01 * unit(unit(n - c_prev) + unit(n - ca))
     inv = lambda a, b: 1.0 / (a - b).norm(dim=-1)  # noqa: E731
@@ -177,7 +181,10 @@ def _idealize(rot: Tensor, trans: Tensor, chain: Tensor, cfg: IdealizeConfig) ->
         clash = torch.zeros(num, **f64).index_add(0, cb, overlap)
         restraint = ((atoms - atoms0) / cfg.restraint_sigma).pow(2).sum((1, 2, 3))
         torsion = (((2 - 2 * torch.cos(_phi_psi(atoms) - phi_psi0)) / cfg.dihedral_sigma ** 2).sum(-1) * peptide).sum(-1)
-        total = bonded + clash + restraint + torsion
+        ca, c, n = atoms[..., 1, :], atoms[..., 2, :], atoms[..., 0, :]
+        omega = dihedral(ca[:, :-1], c[:, :-1], n[:, 1:], ca[:, 1:])
+        planar = ((2 + 2 * torch.cos(omega)) / cfg.omega_sigma ** 2 * peptide).sum(-1)
+        total = bonded + clash + restraint + torsion + planar
         if len(hb_chain):
             # pydssp's smooth H-bond indicator: 0 above the cutoff, 1 below cutoff - 2 margin, a sine ramp between
             flat = atoms.flatten(0, 1)
