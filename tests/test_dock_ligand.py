@@ -329,6 +329,29 @@ def test_stereo_of_a_smiles_or_a_2d_drawing_is_docked_as_written(tmp_path, smile
     assert io.ligand_smiles(z.mol) != io.ligand_smiles(e.mol)
 
 
+def test_written_poses_list_the_atoms_in_the_input_files_order(tmp_path):
+    """A file listing each atom's H after it came back heavy atoms first, then H: a pose no longer paired atom by atom
+    with its input (gnina and Vina keep the input's order)."""
+    mol = Chem.AddHs(Chem.MolFromSmiles("[2H]C([2H])C(=O)NCO"))
+    AllChem.EmbedMolecule(mol, randomSeed=3)
+    order = []
+    for atom in mol.GetAtoms():
+        if atom.GetAtomicNum() > 1:
+            order += [atom.GetIdx()] + [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1]
+    interleaved = Chem.RenumberAtoms(mol, order)
+    interleaved.SetProp("_Name", "probe")
+    interleaved.SetProp("IC50", "3 nM")
+    with Chem.SDWriter(str(tmp_path / "in.sdf")) as w:
+        w.write(interleaved)
+    heavy = io.load_ligand(tmp_path / "in.sdf")
+    out = io.pose_mol(heavy, ligand.generate_conformers(heavy, 1, seed=0)[0], {"score": -1.0}, hydrogens=True)
+
+    def atoms(m):
+        return [(a.GetSymbol(), a.GetIsotope(), sorted(n.GetIdx() for n in a.GetNeighbors())) for a in m.GetAtoms()]
+    assert atoms(out) == atoms(interleaved)
+    assert out.GetProp("_Name") == "probe" and out.GetProp("IC50") == "3 nM"
+
+
 def test_a_centre_its_3d_coordinates_leave_open_is_one_isomer_in_every_conformer(tmp_path):
     """1nen's ligand: a stereocentre on near-flat crystal geometry loaded unassigned, and ETKDG built S, S, R, S: the
     ranked poses alternated enantiomers without a note. Now one isomer, named; an azide (nothing to choose) no note."""

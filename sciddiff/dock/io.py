@@ -33,6 +33,7 @@ AUTODOCK_TYPES = {"A": "C", "NA": "N", "NS": "N", "OA": "O", "OS": "O", "SA": "S
 REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file, if anything
 INPUT_H_PROP = "_sciddiff_input_hydrogens"  # how many H atoms the input molecule carried (they are docked without)
 H_ISOTOPES_PROP = "_sciddiff_h_isotopes"  # atom property: mass numbers of its labelled H (D, T), e.g. "2,2,2"
+INPUT_ORDER_PROP = "_sciddiff_input_order"  # the input's atoms in file order: heavy-atom index, or h<parent>:<mass>
 # SD tags that describe one pose (ours, gnina's, smina's): a new pose of the molecule must not inherit the input's
 POSE_TAGS = ("rank", "confidence", "consensus", "score", "energy", "pocket", "inter", "intra", "gauss1", "gauss2",
              "repulsion", "hydrophobic", "hbond", "n_torsions", "moved", "minimizedAffinity", "minimizedRMSD",
@@ -647,8 +648,10 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
     for atom in mol.GetAtoms():  # labelled H (D, T) are docked as H and given back on output (`pose_mol`)
         if labels := [str(h.GetIsotope()) for h in atom.GetNeighbors() if h.GetAtomicNum() == 1 and h.GetIsotope()]:
             atom.SetProp(H_ISOTOPES_PROP, ",".join(labels))
+    order = _input_order(mol) if n_input_h else None
     mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
     if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
+        order = None  # atoms were dropped: the output cannot list the input's
         frags = sorted(Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False), key=lambda m: -m.GetNumAtoms())
         metals = sorted({a.GetSymbol() for f in frags[1:] for a in f.GetAtoms()
                          if a.GetSymbol() not in NON_METALS | COUNTER_ION_ELEMENTS})
@@ -671,7 +674,48 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
         mol.SetProp(REPAIRS_PROP, "; ".join(repairs))
     if n_input_h:
         mol.SetIntProp(INPUT_H_PROP, n_input_h)
+    if order:
+        mol.SetProp(INPUT_ORDER_PROP, order)
     return mol
+
+
+def _input_order(mol: Chem.Mol) -> str | None:
+    """The file's atom order as INPUT_ORDER_PROP tokens (None where an H has no one heavy neighbour)."""
+    heavy = {a.GetIdx(): k for k, a in enumerate(a for a in mol.GetAtoms() if a.GetAtomicNum() != 1)}
+    tokens = []
+    for atom in mol.GetAtoms():
+        if atom.GetAtomicNum() != 1:
+            tokens.append(str(heavy[atom.GetIdx()]))
+            continue
+        parents = [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() != 1]
+        if len(parents) != 1:
+            return None
+        tokens.append(f"h{heavy[parents[0]]}:{atom.GetIsotope()}")
+    return ",".join(tokens)
+
+
+def _in_input_order(mol: Chem.Mol, order: str) -> Chem.Mol:
+    """`mol` (heavy atoms, then their hydrogens) renumbered as the input file listed its atoms (gnina and Vina keep
+    the input's order: a pose then pairs with its input atom by atom); unchanged where the H do not match."""
+    free: dict[tuple[int, int], list[int]] = {}
+    for h in mol.GetAtoms():
+        if h.GetAtomicNum() == 1:
+            free.setdefault((h.GetNeighbors()[0].GetIdx(), h.GetIsotope()), []).append(h.GetIdx())
+    new = []
+    for token in order.split(","):
+        if not token.startswith("h"):
+            new.append(int(token))
+            continue
+        parent, mass = map(int, token[1:].split(":"))
+        if not free.get((parent, mass)):
+            return mol
+        new.append(free[(parent, mass)].pop(0))
+    if len(new) != mol.GetNumAtoms():
+        return mol
+    out = Chem.RenumberAtoms(mol, new)
+    for key in mol.GetPropNames(includePrivate=True):  # RenumberAtoms keeps no molecule properties (title, tags)
+        out.SetProp(key, mol.GetProp(key))
+    return out
 
 
 def _one_stereoisomer(mol: Chem.Mol, repairs: list[str]) -> tuple[Chem.Mol, list[str]]:
@@ -857,22 +901,21 @@ def ligand_smiles(mol: Chem.Mol) -> str:
 
 def _with_hydrogens(mol: Chem.Mol) -> Chem.Mol:
     """`mol` (heavy atoms, one conformer) with all its hydrogens, labelled as the input's were (H_ISOTOPES_PROP),
-    at positions relaxed with every heavy atom held fixed."""
+    at positions relaxed with every heavy atom held fixed, its atoms in the input file's order (INPUT_ORDER_PROP)."""
     from rdkit.Chem import rdForceFieldHelpers
 
-    n = mol.GetNumAtoms()
     out = _add_labelled_hydrogens(mol, coords=True)
     with rdkit_quiet():
+        ff = None
         if rdForceFieldHelpers.MMFFHasAllMoleculeParams(out):
             ff = rdForceFieldHelpers.MMFFGetMoleculeForceField(out, rdForceFieldHelpers.MMFFGetMoleculeProperties(out))
         elif rdForceFieldHelpers.UFFHasAllMoleculeParams(out):
             ff = rdForceFieldHelpers.UFFGetMoleculeForceField(out)
-        else:
-            return out
-        for i in range(n):
-            ff.AddFixedPoint(i)
-        ff.Minimize(maxIts=200)
-    return out
+        if ff is not None:
+            for i in range(mol.GetNumAtoms()):
+                ff.AddFixedPoint(i)
+            ff.Minimize(maxIts=200)
+    return _in_input_order(out, mol.GetProp(INPUT_ORDER_PROP)) if mol.HasProp(INPUT_ORDER_PROP) else out
 
 
 def sdf_block(mol: Chem.Mol) -> str:
