@@ -31,6 +31,10 @@ def test_reference_score_values():
     assert so3.igso3_score(torch.tensor(0.05, dtype=torch.float64), 0.1).item() == pytest.approx(-4.996, abs=1e-3)
     # FrameDiff's (f + 1e-4) denominator gives -0.106 here; the exact value is -10.96
     assert so3.igso3_score(torch.tensor(3.0, dtype=torch.float64), 0.5).item() == pytest.approx(-10.96, abs=1e-2)
+    # a Python-float sigma is float64, not rounded to float32 first (off by 9e-6 at s = 0.1, w = 3; mpmath -299.702124089)
+    w = torch.tensor(3.0, dtype=torch.float64)
+    assert so3.igso3_score(w, 0.1).item() == pytest.approx(-299.7021240888, abs=1e-9)
+    assert so3.igso3_density(w, 0.1).item() == so3.igso3_density(w, torch.tensor(0.1, dtype=torch.float64)).item()
 
 
 @pytest.mark.parametrize("sigma", [0.03, 0.2, 0.8, 1.0, 1.2, 2.0])

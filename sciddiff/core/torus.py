@@ -23,7 +23,7 @@ _K_MAX = 10
 
 
 def wrap(x: Tensor) -> Tensor:
-    """Map angles to [-pi, pi)."""
+    """Map angles to [-pi, pi) (in floating point an angle a rounding error below -pi can come back as +pi)."""
     return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
