@@ -619,6 +619,15 @@ def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):
     assert main(run) == 2 and "holds an evaluation" in capsys.readouterr().err  # never rewritten by accident
     assert main([*run, "--resume", "--overwrite"]) == 2 and "not both" in capsys.readouterr().err
     assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full
+    # a resume with another selection rewrote results.csv without the earlier rows (or left a summary of fewer)
+    assert main([*run, "--resume", "--limit", "1"]) == 2 and "this selection leaves out" in capsys.readouterr().err
+    assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == full
+    # `ls -d */` writes a trailing /, which looked for set/1uou/_ligand.sdf; a repeated line was docked twice
+    slashed = tmp_path / "slashed.txt"
+    slashed.write_text("set/empty/\nset/empty\n")
+    assert main([*run[:4], str(slashed), *run[5:7], str(tmp_path / "ev3"), *run[8:]]) == 1
+    assert "repeated complex line" in capsys.readouterr().err
+    assert json.loads((tmp_path / "ev3" / "summary.json").read_text())["n"] == 1
     # without PoseBusters (pb_valid left empty): a resumed table had that column moved to its end
     quick = [*run[:-len(FAST) - 3], str(tmp_path / "ev2"), *FAST, "--model", "none", "--no-posebusters"]
     assert main(quick) == 1

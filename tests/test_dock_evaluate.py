@@ -49,3 +49,10 @@ def test_success_curves_plot_the_copies_line_for_blind_runs_with_identical_pocke
             {"rmsd_top1": 0.8, "rmsd_top5": 0.8, "rmsd_best_candidate": 0.8, "copies": 0, "rmsd_top1_copies": 0.8}]
     plot_success_curves(rows, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_rmsds_are_cut_not_rounded_to_three_decimals():
+    # 1.9996 rounded to 2.0 was counted a miss by the < 2 A test on results.csv; cut, the file's test is the value's
+    from sciddiff.dock.evaluate import _milli
+
+    assert _milli(1.9996) == 1.999 and _milli(2.0004) == 2.0 and _milli(0.0) == 0.0

@@ -240,10 +240,11 @@ def _preprocess_command(a: argparse.Namespace) -> int:
 
 
 def read_split(path: str | Path) -> list[str]:
-    """Complex ids (e.g. `val/1abc`), one per line of a split file; blank lines and `#` comments are skipped."""
+    """Complex ids (e.g. `val/1abc`), one per line of a split file; blank lines and `#` comments are skipped, and a
+    trailing `/` (as `ls -d */` writes folders) is dropped."""
     from sciddiff.dock.io import read_text  # plain or .gz
 
-    lines = (ln.split("#", 1)[0].strip() for ln in read_text(path).splitlines())
+    lines = (ln.split("#", 1)[0].strip().rstrip("/") for ln in read_text(path).splitlines())
     return [ln for ln in lines if ln]
 
 

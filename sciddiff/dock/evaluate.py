@@ -130,6 +130,9 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         raise UserError(f"split file not found: {split}")
     listed = read_split(split)
     ids = listed[args.offset:: args.every][: args.limit]
+    if len(set(ids)) < len(ids):  # a complex listed twice would be docked and counted twice
+        tqdm.write(f"note: {split}: {len(ids) - len(set(ids))} repeated complex line(s) evaluated once", file=sys.stderr)
+        ids = list(dict.fromkeys(ids))
     if not ids:
         raise UserError(f"no complexes in {split}" if not listed else
                         f"--offset {args.offset} is past the end of {split} ({len(listed)} complexes)")
@@ -151,6 +154,10 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
            "waters": "dropped" if args.drop_waters else "receptor atoms",
            "settings": json.loads(json.dumps(settings_dict(settings)))}
     done = _earlier_rows(out, run) if args.resume else {}
+    if left_out := [cid for cid in done if cid not in set(ids)]:  # the rewritten results.csv would drop them
+        raise UserError(f"{out} holds results of {len(left_out)} complex(es) this selection leaves out (first: "
+                        f"{left_out[0]!r}): --resume needs the interrupted run's --split, --offset, --every and "
+                        "--limit (or a selection that contains them), or use another --out")
     if not args.resume:  # --overwrite: the earlier results go before this run's run.json describes the folder
         for name in ("results.csv", "summary.json", "success_curves.png"):
             (out / name).unlink(missing_ok=True)
@@ -184,19 +191,18 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                 orders["learned"] = result.order_learned
             for key, order in orders.items():
                 rm = [cand_rmsd[j] for j in order]
-                row[f"rmsd_top1_{key}"], row[f"rmsd_top5_{key}"] = round(rm[0], 3), round(min(rm[:5]), 3)
+                row[f"rmsd_top1_{key}"], row[f"rmsd_top5_{key}"] = _milli(rm[0]), _milli(min(rm[:5]))
             default = settings.ranking if result.order_learned is not None else "energy"
             row.update(rmsd_top1=row[f"rmsd_top1_{default}"], rmsd_top5=row[f"rmsd_top5_{default}"],
                        score_top1=round(float(result.score[0]), 3), confidence_top1=round(float(result.confidence[0]), 3),
                        consensus_top1=round(float(result.consensus[0]), 3),
-                       rmsd_best_candidate=round(min(cand_rmsd), 3),
+                       rmsd_best_candidate=_milli(min(cand_rmsd)),
                        all_rmsd=" ".join(f"{cand_rmsd[j]:.2f}" for j in orders[default]))
             if not args.autobox:  # a blind pose may sit in a copy of the site on an identical chain
                 copies = ligand_copies(receptor, xtal)
                 rm = [min([cand_rmsd[j]] + [symmetric_rmsd(crystal, result.candidates[j], c) for c in copies])
                       for j in orders[default]]
-                row.update(copies=len(copies), rmsd_top1_copies=round(rm[0], 3),
-                           rmsd_top5_copies=round(min(rm[:5]), 3))
+                row.update(copies=len(copies), rmsd_top1_copies=_milli(rm[0]), rmsd_top5_copies=_milli(min(rm[:5])))
             if not args.no_posebusters:
                 for key, order in orders.items():
                     valid, failed = posebusters_valid(io.pose_mol(crystal, result.candidates[order[0]]), crystal,
@@ -287,6 +293,12 @@ def success_rates(rows: list[dict], suffix: str, no_posebusters: bool) -> dict:
 def _finite(value: float) -> float | None:
     """JSON has no Infinity: a median over mostly failed complexes is reported as null."""
     return value if math.isfinite(value) else None
+
+
+def _milli(rmsd: float) -> float:
+    """An RMSD cut (not rounded) to 3 decimals: the file's value passes `< 2` (or 1, 3, 5 A) exactly when the value
+    does (1.9996 rounded to 2.0 counted as a miss)."""
+    return math.floor(rmsd * 1000) / 1000
 
 
 def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:
