@@ -29,9 +29,9 @@ def test_sigma_shapes_the_docs_allow_give_the_same_loss():
                                torch.Generator().manual_seed(0))[0]
         assert torch.allclose(column, per_sample) and torch.allclose(per_element, per_sample), space
     seen = []  # the model gets the samplers' (B,) for any one-level-per-sample sigma, as k-diffusion's denoisers do
-    for level in (0.5, torch.tensor(0.5), torch.full((4, 1, 1), 0.5)):
+    for level in (0.5, torch.tensor(0.5), torch.tensor([0.5]), torch.full((1, 1), 0.5), torch.full((4, 1, 1), 0.5)):
         dsm_loss(lambda x, s: seen.append(tuple(s.shape)) or torch.zeros_like(x), Euclidean(3), torch.zeros(4, 3), level)
-    assert seen == [(4,)] * 3
+    assert seen == [(4,)] * 5
 
 
 def test_a_rigid_ligand_and_a_large_torsion_sigma_give_finite_losses():

@@ -350,6 +350,17 @@ def test_written_poses_list_the_atoms_in_the_input_files_order(tmp_path):
         return [(a.GetSymbol(), a.GetIsotope(), sorted(n.GetIdx() for n in a.GetNeighbors())) for a in m.GetAtoms()]
     assert atoms(out) == atoms(interleaved)
     assert out.GetProp("_Name") == "probe" and out.GetProp("IC50") == "3 nM"
+    # polar H only in the file: its atoms in its order, the other H after them
+    polar = Chem.RWMol(interleaved)
+    for idx in sorted((a.GetIdx() for a in polar.GetAtoms() if a.GetAtomicNum() == 1
+                       and a.GetNeighbors()[0].GetSymbol() == "C"), reverse=True):
+        polar.RemoveAtom(idx)
+    Chem.MolToMolFile(polar, str(tmp_path / "polar.sdf"))
+    heavy = io.load_ligand(tmp_path / "polar.sdf")
+    out = io.pose_mol(heavy, ligand.generate_conformers(heavy, 1, seed=0)[0], hydrogens=True)
+    n = polar.GetNumAtoms()
+    listed = [(sym, iso, [j for j in nbrs if j < n]) for sym, iso, nbrs in atoms(out)[:n]]
+    assert listed == atoms(polar) and all(a.GetAtomicNum() == 1 for a in list(out.GetAtoms())[n:])
 
 
 def test_a_centre_its_3d_coordinates_leave_open_is_one_isomer_in_every_conformer(tmp_path):
@@ -370,6 +381,16 @@ def test_a_centre_its_3d_coordinates_leave_open_is_one_isomer_in_every_conformer
         isomers.add(Chem.MolToSmiles(embedded))
     assert isomers == {io.ligand_smiles(loaded)}
     assert io.ligand_repairs(io.load_ligand("CN=[N+]=[N-]")) is None
+    # the note numbers atoms as the file does: each atom's H listed after it (the flat centre's own H left implicit)
+    withh = Chem.RWMol(Chem.AddHs(mol, addCoords=True))
+    withh.RemoveAtom([n.GetIdx() for n in withh.GetAtomWithIdx(1).GetNeighbors() if n.GetAtomicNum() == 1][0])
+    order = []
+    for atom in withh.GetAtoms():
+        if atom.GetAtomicNum() > 1:
+            order += [atom.GetIdx()] + [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1]
+    Chem.MolToMolFile(Chem.RenumberAtoms(withh.GetMol(), order), str(tmp_path / "interleaved.sdf"))
+    centre = order.index(1) + 1  # file atom 5: C1, its 3 H, then the centre
+    assert f"stereo not specified (atom {centre})" in io.ligand_repairs(io.load_ligand(tmp_path / "interleaved.sdf"))
 
 
 def test_a_metal_complex_written_as_ions_is_refused_and_a_salts_cation_dropped():
@@ -378,6 +399,9 @@ def test_a_metal_complex_written_as_ions_is_refused_and_a_salts_cation_dropped()
     with pytest.raises(io.UserError, match="\\(Fe"):
         io.load_ligand("c1cc[cH-]c1.c1cc[cH-]c1.[Fe+2]")  # ferrocene: a cyclopentadienyl docked alone
     assert "dropped [Na+]" in io.ligand_repairs(io.load_ligand("CC(=O)[O-].[Na+]"))
+    # a drug's transition-metal salt docks its organic ion; a dummy atom is no metal
+    assert "dropped [Fe+2]" in io.ligand_repairs(io.load_ligand("OC(=O)/C=C/C(=O)[O-].[Fe+2]"))
+    assert "dropped *" in io.ligand_repairs(io.load_ligand("OC(=O)Cc1ccccc1.[*]"))
 
 
 def _closest_nonbonded_hydrogens(mol: Chem.Mol) -> float:

@@ -111,8 +111,8 @@ def _model_sigma(sigma: Sigma, like: Point) -> Sigma:
 
     def as_tensor(s):
         s = torch.as_tensor(s, dtype=dtype, device=ref.device)
-        if s.dim() == 0:
-            return s.expand(ref.shape[0])
+        if s.numel() == 1:
+            return s.reshape(()).expand(ref.shape[0])
         return s.reshape(-1) if all(n == 1 for n in s.shape[1:]) else s
 
     return {k: as_tensor(v) for k, v in sigma.items()} if isinstance(sigma, Mapping) else as_tensor(sigma)

@@ -34,6 +34,7 @@ REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file
 INPUT_H_PROP = "_sciddiff_input_hydrogens"  # how many H atoms the input molecule carried (they are docked without)
 H_ISOTOPES_PROP = "_sciddiff_h_isotopes"  # atom property: mass numbers of its labelled H (D, T), e.g. "2,2,2"
 INPUT_ORDER_PROP = "_sciddiff_input_order"  # the input's atoms in file order: heavy-atom index, or h<parent>:<mass>
+FILE_INDEX_PROP = "_sciddiff_file_index"  # atom property: its index in the input file (0-based)
 # SD tags that describe one pose (ours, gnina's, smina's): a new pose of the molecule must not inherit the input's
 POSE_TAGS = ("rank", "confidence", "consensus", "score", "energy", "pocket", "inter", "intra", "gauss1", "gauss2",
              "repulsion", "hydrophobic", "hbond", "n_torsions", "moved", "minimizedAffinity", "minimizedRMSD",
@@ -649,18 +650,25 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
         if labels := [str(h.GetIsotope()) for h in atom.GetNeighbors() if h.GetAtomicNum() == 1 and h.GetIsotope()]:
             atom.SetProp(H_ISOTOPES_PROP, ",".join(labels))
     order = _input_order(mol) if n_input_h else None
+    for atom in mol.GetAtoms():  # notes number atoms as the file does (H among them; kept through fragments)
+        atom.SetIntProp(FILE_INDEX_PROP, atom.GetIdx())
     mol = Chem.RemoveAllHs(mol, sanitize=False)  # also the H that RemoveHs keeps (stereo-defining, isotopes)
     if largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
         order = None  # atoms were dropped: the output cannot list the input's
         frags = sorted(Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False), key=lambda m: -m.GetNumAtoms())
         metals = sorted({a.GetSymbol() for f in frags[1:] for a in f.GetAtoms()
-                         if a.GetSymbol() not in NON_METALS | COUNTER_ION_ELEMENTS})
-        if metals:  # cisplatin as [NH3].[NH3].[Cl-].[Cl-].[Pt+2]: its largest fragment is an ammonia
-            raise UserError(f"ligand {what} is a metal complex written as separate ions ({', '.join(metals)} apart "
-                            "from the rest): give it with its metal bonds (an SDF, or dative bonds in the SMILES), or "
-                            "the organic part alone")
+                         if a.GetAtomicNum() > 0 and a.GetSymbol() not in NON_METALS | COUNTER_ION_ELEMENTS})
+        smiles = [Chem.MolToSmiles(f) for f in frags]
+        ambiguous = any(f.GetNumAtoms() == frags[0].GetNumAtoms() and smi != smiles[0]
+                        for f, smi in zip(frags[1:], smiles[1:]))
+        if metals and (frags[0].GetNumAtoms() < 6 or ambiguous):
+            # cisplatin as [NH3].[NH3].[Cl-].[Cl-].[Pt+2] kept an ammonia, ferrocene as ions a cyclopentadienyl; a
+            # transition-metal salt of a drug (silver sulfadiazine, ferrous fumarate) docks its organic ion
+            raise UserError(f"ligand {what} looks like a metal complex written as separate ions ({', '.join(metals)} "
+                            "apart from the rest): give it with its metal bonds (an SDF, or dative bonds in the "
+                            "SMILES), or the organic part alone")
         mol = frags[0]
-        dropped = ".".join(Chem.MolToSmiles(f) for f in frags[1:])
+        dropped = ".".join(smiles[1:])
         repairs = repairs + [f"kept the largest of {len(frags)} fragments, dropped {dropped}"]
     n_heavy = mol.GetNumAtoms()
     if n_heavy == 0:
@@ -696,7 +704,8 @@ def _input_order(mol: Chem.Mol) -> str | None:
 
 def _in_input_order(mol: Chem.Mol, order: str) -> Chem.Mol:
     """`mol` (heavy atoms, then their hydrogens) renumbered as the input file listed its atoms (gnina and Vina keep
-    the input's order: a pose then pairs with its input atom by atom); unchanged where the H do not match."""
+    the input's order: a pose then pairs with its input atom by atom), hydrogens the input did not list (a file with
+    polar H only) after them; unchanged where an input H has no match."""
     free: dict[tuple[int, int], list[int]] = {}
     for h in mol.GetAtoms():
         if h.GetAtomicNum() == 1:
@@ -710,8 +719,7 @@ def _in_input_order(mol: Chem.Mol, order: str) -> Chem.Mol:
         if not free.get((parent, mass)):
             return mol
         new.append(free[(parent, mass)].pop(0))
-    if len(new) != mol.GetNumAtoms():
-        return mol
+    new += sorted(i for bucket in free.values() for i in bucket)
     out = Chem.RenumberAtoms(mol, new)
     for key in mol.GetPropNames(includePrivate=True):  # RenumberAtoms keeps no molecule properties (title, tags)
         out.SetProp(key, mol.GetProp(key))
@@ -730,8 +738,13 @@ def _one_stereoisomer(mol: Chem.Mol, repairs: list[str]) -> tuple[Chem.Mol, list
     isomer = next(iter(EnumerateStereoisomers(mol, options=StereoEnumerationOptions(onlyUnassigned=True, unique=True))))
     if Chem.MolToSmiles(isomer) == Chem.MolToSmiles(mol):  # nothing to choose (an azide's N=N): no note
         return mol, repairs
+    def file_number(s) -> int:  # centeredOn is a bond's index for a double bond: name its first atom
+        atom = (mol.GetAtomWithIdx(s.centeredOn) if s.type == Chem.StereoType.Atom_Tetrahedral
+                else mol.GetBondWithIdx(s.centeredOn).GetBeginAtom())
+        return (atom.GetIntProp(FILE_INDEX_PROP) if atom.HasProp(FILE_INDEX_PROP) else atom.GetIdx()) + 1
+
     where = ", ".join(f"{'atom' if s.type == Chem.StereoType.Atom_Tetrahedral else 'double bond at atom'} "
-                      f"{s.centeredOn + 1}" for s in open_)
+                      f"{file_number(s)}" for s in open_)
     return isomer, repairs + [f"stereo not specified ({where}): docked one isomer, {Chem.MolToSmiles(isomer)}; give "
                               "the stereo (an isomeric SMILES, or 3D coordinates that define it) to dock another"]
 
