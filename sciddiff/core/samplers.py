@@ -253,8 +253,9 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
                   method: str = "heun",
                   progress: Callable = iter, **cond) -> Point:
     """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
-    step that ends at sigma = 0, for a product: at 0 in any component, where the score is undefined). On curved spaces the Heun average combines tangents at x and at the Euler point as if both lived
-    at x (exact on flat spaces, second-order on SO(3) since the body-frame transport error is O(h^2))."""
+    step that ends at sigma = 0, for a product: at 0 in any component, where the score is undefined). On curved spaces the
+    Heun average combines tangents at x and at the Euler point as if both lived at x (exact on flat spaces, second-order on
+    SO(3) since the body-frame transport error is O(h^2))."""
     n = _grid_length(sigmas, x_init)
     x = x_init
     checked = []

@@ -8,7 +8,8 @@ Conventions (stated once, used everywhere in sciddiff):
   The density on SO(3) w.r.t. the normalised Haar measure is f; the rotation angle w has density f(w) (1 - cos w) / pi.
 - For s < 1 the series converges slowly, so we use its exact Poisson-summed form (a sum of wrapped Gaussians):
   f(w; s) = e^{s^2/8} sqrt(2 pi) / (s^3 sin(w/2)) * sum_k (-1)^k (w - 2 pi k) exp(-(w - 2 pi k)^2 / (2 s^2)),
-  of which k = -1, 0, 1 suffice in float64 (the next terms are below 1e-17 of k = 0). Both forms agree to float64 precision where they overlap (tested).
+  of which k = -1, 0, 1 suffice in float64 (the next terms are below 1e-17 of k = 0). Both forms agree to float64
+  precision where they overlap (tested).
 - ``igso3_score`` is the exact d/dw log f (no additive fudge in the denominator, cf. FrameDiff's ``f + 1e-4``); near w = 0 its
   series limit is used. Its small-s limit is -w / s^2 + w / 12.
 

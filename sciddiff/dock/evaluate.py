@@ -131,7 +131,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
     listed = read_split(split)
     ids = listed[args.offset:: args.every][: args.limit]
     if len(set(ids)) < len(ids):  # a complex listed twice would be docked and counted twice
-        tqdm.write(f"note: {split}: {len(ids) - len(set(ids))} repeated complex line(s) evaluated once", file=sys.stderr)
+        tqdm.write(f"note: {split}: {len(ids) - len(set(ids))} repeated complex line(s) evaluated once",
+                   file=sys.stderr)
         ids = list(dict.fromkeys(ids))
     if not ids:
         raise UserError(f"no complexes in {split}" if not listed else
@@ -154,7 +155,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
            "waters": "dropped" if args.drop_waters else "receptor atoms",
            "settings": json.loads(json.dumps(settings_dict(settings)))}
     done = _earlier_rows(out, run) if args.resume else {}
-    if left_out := [cid for cid in done if cid not in set(ids)]:  # the rewritten results.csv would drop them
+    selected = set(ids)
+    if left_out := [cid for cid in done if cid not in selected]:  # the rewritten results.csv would drop them
         raise UserError(f"{out} holds results of {len(left_out)} complex(es) this selection leaves out (first: "
                         f"{left_out[0]!r}): --resume needs the interrupted run's --split, --offset, --every and "
                         "--limit (or a selection that contains them), or use another --out")

@@ -738,6 +738,7 @@ def _one_stereoisomer(mol: Chem.Mol, repairs: list[str]) -> tuple[Chem.Mol, list
     isomer = next(iter(EnumerateStereoisomers(mol, options=StereoEnumerationOptions(onlyUnassigned=True, unique=True))))
     if Chem.MolToSmiles(isomer) == Chem.MolToSmiles(mol):  # nothing to choose (an azide's N=N): no note
         return mol, repairs
+
     def file_number(s) -> int:  # centeredOn is a bond's index for a double bond: name its first atom
         atom = (mol.GetAtomWithIdx(s.centeredOn) if s.type == Chem.StereoType.Atom_Tetrahedral
                 else mol.GetBondWithIdx(s.centeredOn).GetBeginAtom())

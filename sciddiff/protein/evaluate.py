@@ -56,9 +56,9 @@ def read_folder(folder: str | os.PathLike, only: Collection[str] | None = None
     """File names, backbones (L, 4, 3) and chain gaps (L - 1,) bool: a residue number that skips ahead or back
     (missing residues, a non-standard one that is not read) where C(i) and N(i + 1) are not bonded (over 2 A apart: a
     numbering that skips over a bonded peptide, chymotrypsin's, is no gap); an insertion code (52, 52A) is no gap.
-    Consecutive numbers are always a peptide, however far apart: a generated chain that breaks is judged broken. `only`: the file
-    names to read (a sample run's, from its samples.json). A file's first protein chain is read (a note names files
-    with more)."""
+    Consecutive numbers are always a peptide, however far apart: a generated chain that breaks is judged broken.
+    `only`: the file names to read (a sample run's, from its samples.json). A file's first protein chain is read (a
+    note names files with more)."""
     names, backbones, gaps, several = [], [], [], []
     for path in pdb_files(folder):
         if only is not None and path.name not in only:
