@@ -329,16 +329,21 @@ def test_stereo_of_a_smiles_or_a_2d_drawing_is_docked_as_written(tmp_path, smile
     assert io.ligand_smiles(z.mol) != io.ligand_smiles(e.mol)
 
 
+def _h_after_each_atom(mol: Chem.Mol) -> list[int]:
+    """An atom order listing each heavy atom's hydrogens right after it (as Open Babel and Maestro write files)."""
+    order = []
+    for atom in mol.GetAtoms():
+        if atom.GetAtomicNum() > 1:
+            order += [atom.GetIdx()] + [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1]
+    return order
+
+
 def test_written_poses_list_the_atoms_in_the_input_files_order(tmp_path):
     """A file listing each atom's H after it came back heavy atoms first, then H: a pose no longer paired atom by atom
     with its input (gnina and Vina keep the input's order)."""
     mol = Chem.AddHs(Chem.MolFromSmiles("[2H]C([2H])C(=O)NCO"))
     AllChem.EmbedMolecule(mol, randomSeed=3)
-    order = []
-    for atom in mol.GetAtoms():
-        if atom.GetAtomicNum() > 1:
-            order += [atom.GetIdx()] + [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1]
-    interleaved = Chem.RenumberAtoms(mol, order)
+    interleaved = Chem.RenumberAtoms(mol, _h_after_each_atom(mol))
     interleaved.SetProp("_Name", "probe")
     interleaved.SetProp("IC50", "3 nM")
     with Chem.SDWriter(str(tmp_path / "in.sdf")) as w:
@@ -384,10 +389,7 @@ def test_a_centre_its_3d_coordinates_leave_open_is_one_isomer_in_every_conformer
     # the note numbers atoms as the file does: each atom's H listed after it (the flat centre's own H left implicit)
     withh = Chem.RWMol(Chem.AddHs(mol, addCoords=True))
     withh.RemoveAtom([n.GetIdx() for n in withh.GetAtomWithIdx(1).GetNeighbors() if n.GetAtomicNum() == 1][0])
-    order = []
-    for atom in withh.GetAtoms():
-        if atom.GetAtomicNum() > 1:
-            order += [atom.GetIdx()] + [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1]
+    order = _h_after_each_atom(withh)
     Chem.MolToMolFile(Chem.RenumberAtoms(withh.GetMol(), order), str(tmp_path / "interleaved.sdf"))
     centre = order.index(1) + 1  # file atom 5: C1, its 3 H, then the centre
     assert f"stereo not specified (atom {centre})" in io.ligand_repairs(io.load_ligand(tmp_path / "interleaved.sdf"))
