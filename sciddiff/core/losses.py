@@ -4,6 +4,8 @@
 - ``ddim_distillation_loss``: progressive distillation (Salimans & Ho 2022): one student DDIM step regresses onto two
   teacher steps, MSE on the student's ``prediction_type`` target (the teacher's own weighting).
 - ``sde_dsm_loss``: continuous score SDEs on R^n, t ~ U(eps, T), weighting lambda(t) = std(t)^2 (Song et al. 2021).
+- ``edm_loss``: EDM (Karras et al. 2022) on R^n, ln sigma ~ N(P_mean, P_std^2), weighting lambda(sigma) = (sigma^2 +
+  sigma_data^2) / (sigma sigma_data)^2 on the denoiser's error (with ``precond.EDMPrecond``: unit-variance targets).
 - ``dsm_loss``: VE denoising score matching on any ``Space``, weighting lambda(sigma) = 1 / E|score|^2 per component, so every
   component (translation in A, rotation, torsions) contributes O(1) whatever its sigma (DiffDock's normalisation).
 """
@@ -19,7 +21,7 @@ from .parameterization import broadcast_to_batch, target_for, to_eps, to_x0
 from .sde import SDE
 from .spaces import Point, Sigma, Space
 
-__all__ = ["ddpm_loss", "ddim_distillation_loss", "sde_dsm_loss", "dsm_loss"]
+__all__ = ["ddpm_loss", "ddim_distillation_loss", "sde_dsm_loss", "edm_loss", "dsm_loss"]
 
 
 def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, prediction_type: str = "epsilon",
@@ -101,6 +103,19 @@ def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Gene
     score = score_fn(mean + std * z, t, **cond)
     Space.check_tangent(score, x0, what="sample")
     return (std * score + z).pow(2).reshape(x0.shape[0], -1).sum(-1).mean()
+
+
+def edm_loss(denoiser: Callable, x0: Tensor, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
+             generator: torch.Generator | None = None, **cond) -> Tensor:
+    """lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2, mean over samples and elements; ``denoiser(x, sigma, **cond)`` predicts
+    x0 (an ``EDMPrecond``), sigma (B,) reaches it in float64 for float64 points, else float32. With the exact denoiser of
+    data N(m, sigma_data^2) the loss is 1 in expectation at every sigma (the weight is 1 / the posterior variance)."""
+    sigma = (torch.randn(x0.shape[0], generator=generator, device=x0.device, dtype=torch.float64) * p_std + p_mean).exp()
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    out = denoiser(x0 + broadcast_to_batch(sigma, x0) * noise, _model_sigma(sigma, x0), **cond)
+    Space.check_tangent(out, x0, what="sample")
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    return (broadcast_to_batch(weight, out.float()) * (out.float() - x0.float()).pow(2)).mean()
 
 
 def _model_sigma(sigma: Sigma, like: Point) -> Sigma:

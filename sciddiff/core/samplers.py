@@ -1,6 +1,7 @@
 """Samplers. Every one takes the network as a callable ``model(x, noise level, **cond)`` and the starting point the caller drew,
 so any network plugs in and seeds stay with the caller (k-diffusion's seam). What the callable returns depends on the family
-(below): a k-diffusion denoiser D(x, sigma) serves the VE samplers as the score (D(x, sigma) - x) / sigma^2.
+(below): a k-diffusion denoiser D(x, sigma) serves the VE samplers as the score (D(x, sigma) - x) / sigma^2
+(``precond.score_from_denoiser``).
 
 - Discrete DDPM chain (``DiscreteSchedule``), ``model(x_t, t, **cond)`` with integer t (B,) returning the ``prediction_type``:
   ``sample_ddpm`` (ancestral), ``sample_ddim`` (eta), ``sample_dpmpp_2m`` (DPM-Solver++(2M), Lu et al. 2022; eta = 1: its SDE
@@ -9,7 +10,8 @@ so any network plugs in and seeds stay with the caller (k-diffusion's seam). Wha
 - Continuous SDEs on R^n (``sciddiff.core.sde``), ``score_fn(x, t, **cond)``: ``sample_sde`` (reverse SDE by Euler-Maruyama, or the
   probability-flow ODE by Euler or Heun).
 - Variance-exploding diffusion on any ``Space`` (R^n, SO(3), torus, products), ``score_model(x, sigma, **cond)`` returning the score
-  as a tangent: ``sample_reverse_sde`` (geodesic random walk) and ``sample_pf_ode`` (Euler / Heun, EDM-style, in sigma).
+  as a tangent: ``sample_reverse_sde`` (geodesic random walk) and ``sample_pf_ode`` (Euler / Heun in sigma, optionally
+  with EDM's churn: their stochastic sampler).
 Schedules (``t`` grids, ``sigmas``) are float64; the state keeps the caller's dtype. The discrete-chain samplers take
 ``generator`` = one ``torch.Generator`` or, as diffusers does, a list of one per batch row, so that a sample's noise does not
 depend on its batch-mates (a rollout seed that reproduces alone, `randn`).
@@ -250,15 +252,27 @@ def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigma
 
 @torch.no_grad()
 def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Tensor | Mapping[str, Tensor], *,
-                  method: str = "heun",
+                  method: str = "heun", s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+                  s_noise: float = 1.0, generator: torch.Generator | None = None,
                   progress: Callable = iter, **cond) -> Point:
     """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
     step that ends at sigma = 0, for a product: at 0 in any component, where the score is undefined). On curved spaces the
     Heun average combines tangents at x and at the Euler point as if both lived at x (exact on flat spaces, second-order on
-    SO(3) since the body-frame transport error is O(h^2))."""
+    SO(3) since the body-frame transport error is O(h^2)).
+
+    ``s_churn > 0`` makes it EDM's stochastic sampler (their Algorithm 2, k-diffusion's ``s_churn``, ``s_tmin``, ``s_tmax``,
+    ``s_noise``): where s_tmin <= sigma_i <= s_tmax, each step first raises the noise level to sigma_hat = sigma_i (1 + gamma),
+    gamma = min(s_churn / N, sqrt(2) - 1), by adding the space's own noise of scale s_noise sqrt(sigma_hat^2 - sigma_i^2)
+    (``perturb``: exact Brownian increments on SO(3) and the torus), then steps from sigma_hat. On a product each component
+    tests its own sigma against the range. Noise comes from ``generator`` (the global stream when None, as k-diffusion)."""
     n = _grid_length(sigmas, x_init)
+    if not (s_churn >= 0 and s_noise >= 0 and s_tmin <= s_tmax):
+        raise ValueError(f"sample_pf_ode: need s_churn >= 0, s_noise >= 0 and s_tmin <= s_tmax, got {s_churn}, {s_noise}, "
+                         f"[{s_tmin}, {s_tmax}]")
     x = x_init
     checked = []
+    gamma_max = min(s_churn / n, math.sqrt(2) - 1)
+    parts = getattr(space, "components", None)
 
     def velocity(x, s):  # d x / d(-sigma): sigma * score
         score = score_model(x, _batch_sigma(s, x), **cond)
@@ -267,8 +281,21 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
             checked.append(True)
         return Space.scale(Space.in_dtype_of(score, x), s)
 
+    def churn(x, s):  # -> (x at sigma_hat, sigma_hat)
+        def hat(v):
+            return v * (1 + gamma_max) if gamma_max > 0 and s_tmin <= v <= s_tmax else v
+        s_hat = _combine(s, s, lambda v, _: hat(v)) if isinstance(s, dict) else hat(s)
+        added = _combine(s_hat, s, lambda a, b: s_noise * math.sqrt(a * a - b * b))
+        if isinstance(x, dict):
+            x = {k: parts[k].perturb(x[k], _batch_sigma(added[k], x[k]), generator)[0] if added[k] > 0 else x[k] for k in x}
+        elif added > 0:
+            x = space.perturb(x, _batch_sigma(added, x), generator)[0]
+        return x, s_hat
+
     for i in progress(range(n)):
         s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
+        if gamma_max > 0:
+            x, s = churn(x, s)
         h = _combine(s, s_next, lambda a, b: a - b) if isinstance(s, dict) else s - s_next
         d = velocity(x, s)
         x_euler = space.exp(x, Space.scale(d, h))
