@@ -281,16 +281,14 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
             checked.append(True)
         return Space.scale(Space.in_dtype_of(score, x), s)
 
-    def churn(x, s):  # -> (x at sigma_hat, sigma_hat)
-        def hat(v):
-            return v * (1 + gamma_max) if gamma_max > 0 and s_tmin <= v <= s_tmax else v
-        s_hat = _combine(s, s, lambda v, _: hat(v)) if isinstance(s, dict) else hat(s)
+    def churn(x, s):  # EDM's step back up the noise levels: -> (x at sigma_hat, sigma_hat)
+        s_hat = _combine(s, s, lambda v, _: v * (1 + gamma_max) if s_tmin <= v <= s_tmax else v)
         added = _combine(s_hat, s, lambda a, b: s_noise * math.sqrt(a * a - b * b))
-        if isinstance(x, dict):
-            x = {k: parts[k].perturb(x[k], _batch_sigma(added[k], x[k]), generator)[0] if added[k] > 0 else x[k] for k in x}
-        elif added > 0:
-            x = space.perturb(x, _batch_sigma(added, x), generator)[0]
-        return x, s_hat
+        if not isinstance(x, dict):
+            return (space.perturb(x, _batch_sigma(added, x), generator)[0] if added > 0 else x), s_hat
+        per = added if isinstance(added, dict) else dict.fromkeys(x, added)  # one grid may serve every component
+        return {k: parts[k].perturb(v, _batch_sigma(per[k], v), generator)[0] if per[k] > 0 else v
+                for k, v in x.items()}, s_hat
 
     for i in progress(range(n)):
         s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
