@@ -1,5 +1,5 @@
 """Toy targets and tiny score networks on R^2, SO(3) and the torus: shared by the core's learning tests, the
-``examples/core_manifolds.py`` demo and ``python -m sciddiff.bench core``.
+``examples/core_manifolds.py`` and ``examples/core_edm.py`` demos and ``python -m sciddiff.bench core``.
 
 Each target draws fresh samples on demand, so a trained model is judged against samples it never saw, with a kernel MMD on the
 space's own geodesic distance (``mmd``). Angles in radians.
@@ -16,7 +16,7 @@ from .core.schedules import geometric_sigma
 from .nn.embeddings import sinusoidal_embedding
 
 __all__ = ["eight_gaussians", "so3_mixture", "torus_mixture", "mmd", "geodesic_so3", "geodesic_torus", "ScoreMLP",
-           "train_score_model"]
+           "EDMNet", "train_score_model"]
 
 
 def eight_gaussians(n: int, generator: torch.Generator | None = None, radius: float = 2.0, std: float = 0.1) -> Tensor:
@@ -94,6 +94,19 @@ class ScoreMLP(nn.Module):
             return out * (so3.igso3_score_norm(noise_level) / 3).sqrt().to(out.dtype)[:, None]
         out = self.net(torch.cat([torch.cos(x), torch.sin(x), temb], -1))
         return out * torus.wrapped_normal_score_norm(noise_level).sqrt().to(out.dtype)[:, None]
+
+
+class EDMNet(nn.Module):
+    """The raw network F(x_in, c_noise) that ``core.EDMPrecond`` wraps into a denoiser on R^dim: an MLP of the scaled point
+    and c_noise = ln(sigma) / 4 (already O(1), so no embedding)."""
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        return self.net(torch.cat([x, c_noise[:, None].to(x.dtype)], -1))
 
 
 def train_score_model(model: nn.Module, space, sample_target, sigma_min: float, sigma_max: float, steps: int,

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from sciddiff import toy
 from sciddiff.core import (SO3, EDMPrecond, Euclidean, Product, edm_loss, karras_sigmas, sample_pf_ode,
@@ -74,20 +73,10 @@ def test_churn_arguments_are_checked():
         sample_pf_ode(lambda x, s: -x, Euclidean(1), torch.zeros(2, 1), karras_sigmas(4, 0.1, 1.0), s_churn=-1)
 
 
-class RingNet(nn.Module):
-    def __init__(self, hidden: int = 128):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
-
-    def forward(self, x, c_noise):
-        return self.net(torch.cat([x, c_noise[:, None].to(x.dtype)], -1))
-
-
 def test_edm_learns_the_eight_gaussians_and_heun_with_churn_samples_them():
     g = torch.Generator().manual_seed(3)
     torch.manual_seed(3)
-    denoiser = EDMPrecond(RingNet(), sigma_data=SD)
+    denoiser = EDMPrecond(toy.EDMNet(2), sigma_data=SD)
     opt = torch.optim.Adam(denoiser.parameters(), lr=2e-3)
     for _ in range(2500):
         loss = edm_loss(denoiser, toy.eight_gaussians(512, g) / 2, sigma_data=SD, generator=g)

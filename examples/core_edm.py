@@ -1,0 +1,92 @@
+"""Bring your own network, EDM style: wrap a raw MLP in sciddiff.core's EDM preconditioning, train it with edm_loss on the
+8-Gaussian ring in R^2, sample with Heun (deterministic) and with EDM's churn (stochastic), and save a PNG of both against
+fresh target samples.
+
+    python examples/core_edm.py [--out core_edm.png] [--steps 2500] [--sample-steps 24] [--churn 10] [--seed 0]
+
+Runs in about 15 s on a 2-core CPU. Prints, per sampler, the share of samples within 2 std of a mode, the emptiest
+mode's share (uniform: 0.125) and an MMD against fresh target samples, next to the MMD of the prior (the Gaussian the
+sampler starts from, scaled to the data) so you can see what training bought.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from tqdm import tqdm
+
+from sciddiff import toy
+from sciddiff.cli import UserError, check_output_path
+from sciddiff.core import EDMPrecond, Euclidean, edm_loss, karras_sigmas, sample_pf_ode, score_from_denoiser
+from sciddiff.plots import pyplot, save_png
+
+SIGMA_DATA = 0.7   # std of the ring (radius 1 after halving, mode std 0.05): EDM's c_skip / c_out assume it
+SIGMA_MAX = 40.0   # sampling starts at N(0, SIGMA_MAX^2 I)
+
+
+def target(n: int, g: torch.Generator) -> torch.Tensor:
+    return toy.eight_gaussians(n, g) / 2
+
+
+def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(a, b)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="core_edm.png", help="PNG to write (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2500, help="training steps (default: %(default)s)")
+    parser.add_argument("--sample-steps", type=int, default=24, help="Heun steps on EDM's grid (default: %(default)s)")
+    parser.add_argument("--churn", type=float, default=10.0, help="s_churn of the stochastic sampler (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=2000, help="samples to draw (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.n < 1 or args.sample_steps < 1 or args.churn < 0:
+        parser.error("--steps, --sample-steps and --n must be positive, --churn >= 0")
+    try:
+        check_output_path(args.out)
+    except UserError as err:  # before training, not after
+        parser.error(str(err))
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+
+    denoiser = EDMPrecond(toy.EDMNet(2), sigma_data=SIGMA_DATA)
+    opt = torch.optim.Adam(denoiser.parameters(), lr=2e-3)
+    for _ in tqdm(range(args.steps), desc="train", leave=False):
+        loss = edm_loss(denoiser, target(512, g), sigma_data=SIGMA_DATA, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    sigmas = karras_sigmas(args.sample_steps, 0.002, SIGMA_MAX)
+    noise = torch.randn(args.n, 2, generator=g)
+    fresh, modes = target(args.n, g), toy.eight_gaussian_modes() / 2
+    prior = noise * SIGMA_DATA
+    print(f"{'prior':>18}: MMD(prior, target) = {toy.mmd(prior, fresh, euclidean, 0.1):.4f}")
+    samples = {}
+    with torch.no_grad():
+        for name, churn in (("Heun", 0.0), (f"Heun + churn {args.churn:g}", args.churn)):
+            x = sample_pf_ode(score_from_denoiser(denoiser), Euclidean(2), noise * SIGMA_MAX, sigmas, s_churn=churn,
+                              generator=g)
+            d, nearest = torch.cdist(x, modes).min(-1)
+            share = torch.bincount(nearest, minlength=8).float() / len(x)
+            print(f"{name:>18}: within 2 std of a mode {float((d < 0.1).float().mean()):.3f}, emptiest mode "
+                  f"{float(share.min()):.3f}, MMD(samples, target) = {toy.mmd(x, fresh, euclidean, 0.1):.4f}")
+            samples[name] = x
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(samples), figsize=(5 * len(samples), 4.8), sharex=True, sharey=True)
+    for ax, (name, x) in zip(axes, samples.items()):
+        ax.scatter(fresh[:, 0], fresh[:, 1], s=3, alpha=0.3, color="tab:gray", label="target")
+        ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.4, color="tab:blue", label="sciddiff samples")
+        ax.set(title=f"{name}, {args.sample_steps} steps", xlabel="x", ylabel="y", aspect="equal")
+        ax.legend(loc="lower left", markerscale=4)
+    fig.tight_layout()
+    save_png(fig, args.out, dpi=110)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
