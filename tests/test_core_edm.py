@@ -93,3 +93,32 @@ def test_edm_learns_the_eight_gaussians_and_heun_with_churn_samples_them():
             counts = torch.bincount(nearest, minlength=8).float() / len(x)
             assert counts.min() > 0.08, counts  # every mode (uniform would be 0.125)
     assert math.isfinite(float(loss.detach()))
+
+
+def test_wrong_shapes_and_sigma_data_are_refused_and_edm_loss_takes_the_denoisers_sigma_data():
+    x, sigma = torch.randn(8, 2), torch.ones(8)
+    one_column = lambda x, c_noise: torch.zeros(x.shape[0], 1)  # noqa: E731 (broadcast to (8, 2) before the check)
+    with pytest.raises(ValueError, match="sample shape is"):
+        EDMPrecond(one_column)(x, sigma)
+    with pytest.raises(ValueError, match="sample shape is"):
+        score_from_denoiser(lambda x, s: x[:, :1])(x, sigma)
+    with pytest.raises(ValueError, match="one noise level per sample"):
+        EDMPrecond(lambda x, c: x)(x, torch.ones(8, 2))
+    for sd in (0.0, -0.5):
+        with pytest.raises(ValueError, match="sigma_data"):
+            EDMPrecond(lambda x, c: x, sigma_data=sd)
+    zero = EDMPrecond(lambda x, c_noise: torch.zeros_like(x), sigma_data=1.0)
+    x0 = torch.randn(256, 2, dtype=torch.float64)
+    own = edm_loss(zero, x0, generator=torch.Generator().manual_seed(0))
+    assert own.dtype == torch.float64
+    assert own == edm_loss(zero, x0, sigma_data=1.0, generator=torch.Generator().manual_seed(0))
+    assert own != edm_loss(zero, x0, sigma_data=0.5, generator=torch.Generator().manual_seed(0))
+
+
+def test_score_from_denoiser_keeps_fp16_points_finite_at_large_sigma():
+    exact = lambda x, s: x * (SD**2 / (s.to(x.dtype) ** 2 + SD**2))[:, None]  # noqa: E731
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(4)) * 400
+    sigma = torch.full((64,), 400.0)
+    ref = score_from_denoiser(exact)(x.double(), sigma.double())
+    half = score_from_denoiser(exact)(x.half(), sigma)  # sigma^2 = 1.6e5 overflows fp16 (max 65504)
+    assert half.dtype == torch.float16 and torch.allclose(half.double(), ref, rtol=1e-2, atol=1e-5)

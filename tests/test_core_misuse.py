@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sciddiff.core import (SO3, DiscreteSchedule, Euclidean, Product, Torus, dsm_loss, sample_ddim, sample_ddpm,
-                           sample_dpmpp_2m)
+                           sample_dpmpp_2m, sample_pf_ode, sample_reverse_sde)
 from sciddiff.core.flow import sample_flow
 from sciddiff.core.so3 import sample_igso3
 
@@ -286,3 +286,23 @@ def test_extending_the_core_gets_clear_contracts():
         product.prior_sample(4, {"tr": 1.0})
     with pytest.raises(TypeError, match="sample_ddim samples R\\^n tensors"):
         sample_ddim(lambda x, t: x, x, DiscreteSchedule(), steps=2)
+
+
+def test_integer_points_and_an_unknown_ode_method_are_refused_before_the_model_runs():
+    calls = []
+
+    def score(x, sigma):
+        calls.append(1)
+        return -x
+
+    grid = torch.tensor([80.0, 0.0], dtype=torch.float64)
+    start = torch.randint(-80, 80, (64, 2))  # an integer start lost its first step (rounded) before this check
+    with pytest.raises(TypeError, match="floating-point"):
+        sample_pf_ode(score, Euclidean(2), start, grid)
+    with pytest.raises(TypeError, match="floating-point"):
+        sample_reverse_sde(score, Euclidean(2), start, grid)
+    with pytest.raises(TypeError, match="floating-point"):
+        dsm_loss(score, Euclidean(2), start, torch.ones(64))
+    with pytest.raises(ValueError, match="unknown ODE method"):  # a one-step grid used to run it as Euler
+        sample_pf_ode(score, Euclidean(2), start.float(), grid, method="dpmpp")
+    assert not calls

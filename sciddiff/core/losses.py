@@ -105,17 +105,23 @@ def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Gene
     return (std * score + z).pow(2).reshape(x0.shape[0], -1).sum(-1).mean()
 
 
-def edm_loss(denoiser: Callable, x0: Tensor, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
+def edm_loss(denoiser: Callable, x0: Tensor, sigma_data: float | None = None, p_mean: float = -1.2, p_std: float = 1.2,
              generator: torch.Generator | None = None, **cond) -> Tensor:
-    """lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2, mean over samples and elements; ``denoiser(x, sigma, **cond)`` predicts
-    x0 (an ``EDMPrecond``), sigma (B,) reaches it in float64 for float64 points, else float32. With the exact denoiser of
-    data N(m, sigma_data^2) the loss is 1 in expectation at every sigma (the weight is 1 / the posterior variance)."""
+    """lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2, mean over samples and elements, in float32 or float64 as x0;
+    ``denoiser(x, sigma, **cond)`` predicts x0 (an ``EDMPrecond``, whose ``sigma_data`` is the default), sigma (B,) reaches
+    it in float64 for float64 points, else float32. With the exact denoiser of data N(m, sigma_data^2) the loss is 1 in
+    expectation at every sigma (the weight is 1 / the posterior variance)."""
+    Space.check_floating(x0, "edm_loss")
+    sd = getattr(denoiser, "sigma_data", 0.5) if sigma_data is None else sigma_data
+    if not sd > 0:
+        raise ValueError(f"edm_loss: sigma_data is the data's standard deviation and must be > 0, got {sd}")
     sigma = (torch.randn(x0.shape[0], generator=generator, device=x0.device, dtype=torch.float64) * p_std + p_mean).exp()
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     out = denoiser(x0 + broadcast_to_batch(sigma, x0) * noise, _model_sigma(sigma, x0), **cond)
     Space.check_tangent(out, x0, what="sample")
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    return (broadcast_to_batch(weight, out.float()) * (out.float() - x0.float()).pow(2)).mean()
+    dtype = torch.promote_types(x0.dtype, torch.float32)
+    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    return (broadcast_to_batch(weight, out.to(dtype)) * (out.to(dtype) - x0.to(dtype)).pow(2)).mean()
 
 
 def _model_sigma(sigma: Sigma, like: Point) -> Sigma:
@@ -137,6 +143,7 @@ def dsm_loss(score_model: Callable, space: Space, x0: Point, sigma: Sigma, gener
              **cond) -> tuple[Tensor, dict[str, Tensor]]:
     """Returns (total loss, per-component losses); the total is the mean over the components that have dimensions
     (a torsion space of a rigid ligand, Torus(0), reports 0 and is not averaged in)."""
+    Space.check_floating(x0, "dsm_loss")
     for s in sigma.values() if isinstance(sigma, Mapping) else [sigma]:
         if not bool((torch.as_tensor(s) > 0).all() & torch.isfinite(torch.as_tensor(s)).all()):
             raise ValueError("dsm_loss: sigma must be finite and > 0 (the kernel's scale; its loss weight is 1/E|score|^2)")

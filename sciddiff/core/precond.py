@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .parameterization import broadcast_to_batch
+from .spaces import Space
 
 __all__ = ["EDMPrecond", "score_from_denoiser"]
 
@@ -27,6 +28,8 @@ class EDMPrecond(nn.Module):
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
         super().__init__()
+        if not sigma_data > 0:
+            raise ValueError(f"EDMPrecond: sigma_data is the data's standard deviation and must be > 0, got {sigma_data}")
         self.net, self.sigma_data = net, float(sigma_data)
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -36,10 +39,14 @@ class EDMPrecond(nn.Module):
         return sd**2 / norm**2, s * sd / norm, 1 / norm, s.log() / 4
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.numel() not in (1, x.shape[0]):
+            raise ValueError(f"EDMPrecond: sigma must be one noise level per sample ({x.shape[0]},), got {tuple(sigma.shape)}")
+        sigma = sigma.reshape(-1).expand(x.shape[0])
         dtype = torch.promote_types(x.dtype, torch.float32)
         c_skip, c_out, c_in, c_noise = (broadcast_to_batch(c, x.to(dtype)) for c in self.coefficients(sigma))
         out = self.net((c_in * x).to(x.dtype), c_noise.reshape(-1).to(dtype), **cond)
+        Space.check_tangent(out, x, what="sample")  # c_skip x + c_out out would broadcast a wrong shape silently
         return c_skip * x + c_out * out.to(dtype)
 
 
@@ -47,6 +54,9 @@ def score_from_denoiser(denoiser: Callable) -> Callable:
     """score(x, sigma, **cond) = (D(x, sigma) - x) / sigma^2 for the VE samplers (Tweedie; k-diffusion's ``to_d`` is sigma
     times it). x is an R^n tensor, sigma (B,)."""
     def score(x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        s = broadcast_to_batch(sigma, x)
-        return (denoiser(x, sigma, **cond) - x) / s**2
+        d = denoiser(x, sigma, **cond)
+        Space.check_tangent(d, x, what="sample")
+        dtype = torch.promote_types(sigma.dtype, torch.float32)  # sigma^2 overflows fp16 above 256
+        s = sigma.to(dtype).reshape(sigma.shape + (1,) * (x.dim() - sigma.dim()))
+        return ((d.to(dtype) - x.to(dtype)) / s**2).to(x.dtype)
     return score

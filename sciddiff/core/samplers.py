@@ -235,6 +235,7 @@ def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigma
     ``sigmas`` is a decreasing float64 grid (N+1,) or, for a ``Product``, a dict of such grids of equal length. No noise is added
     on the last step unless ``noise_last`` (DiffDock's choice: the last step only denoises)."""
     n = _grid_length(sigmas, x_init)
+    Space.check_floating(x_init, "sample_reverse_sde")
     x = x_init
     for i in progress(range(n)):
         s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
@@ -266,6 +267,9 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
     (``perturb``: exact Brownian increments on SO(3) and the torus), then steps from sigma_hat. On a product each component
     tests its own sigma against the range. Noise comes from ``generator`` (the global stream when None, as k-diffusion)."""
     n = _grid_length(sigmas, x_init)
+    Space.check_floating(x_init, "sample_pf_ode")
+    if method not in ("euler", "heun"):
+        raise ValueError(f"unknown ODE method {method!r}; choose euler or heun")
     if not (s_churn >= 0 and s_noise >= 0 and s_tmin <= s_tmax):
         raise ValueError(f"sample_pf_ode: need s_churn >= 0, s_noise >= 0 and s_tmin <= s_tmax, got {s_churn}, {s_noise}, "
                          f"[{s_tmin}, {s_tmax}]")
@@ -300,11 +304,9 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
         last = any(v == 0 for v in s_next.values()) if isinstance(s_next, dict) else s_next == 0
         if method == "euler" or last:
             x = x_euler
-        elif method == "heun":
+        else:
             d2 = velocity(x_euler, s_next)
             x = space.exp(x, Space.scale(Space.add(d, d2), _combine(h, h, lambda a, _: a / 2) if isinstance(h, dict) else h / 2))
-        else:
-            raise ValueError(f"unknown ODE method {method!r}; choose euler or heun")
     return x
 
 

@@ -112,6 +112,15 @@ class Space:
                              f"{tuple(like.shape)}")
 
     @staticmethod
+    def check_floating(x: Point, what: str) -> None:
+        """Raise TypeError unless every tensor of the point x is floating point: an integer state would round each step's
+        update (an integer start lost its first step silently)."""
+        for v in x.values() if isinstance(x, dict) else [x]:
+            if not (torch.is_tensor(v) and v.is_floating_point()):
+                raise TypeError(f"{what}: points must be floating-point tensors, got "
+                                f"{v.dtype if torch.is_tensor(v) else type(v).__name__}")
+
+    @staticmethod
     def in_dtype_of(v: Point, x: Point) -> Point:
         """A network's tangent v in the dtype of the state x (per component): the samplers keep the caller's dtype
         whatever precision the network computes in."""
