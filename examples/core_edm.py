@@ -29,10 +29,6 @@ def target(n: int, g: torch.Generator) -> torch.Tensor:
     return toy.eight_gaussians(n, g) / 2
 
 
-def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.cdist(a, b)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="core_edm.png", help="PNG to write (default: %(default)s)")
@@ -63,7 +59,7 @@ def main(argv=None):
     noise = torch.randn(args.n, 2, generator=g)
     fresh, modes = target(args.n, g), toy.eight_gaussian_modes() / 2
     prior = noise * SIGMA_DATA
-    print(f"{'prior':>18}: MMD(prior, target) = {toy.mmd(prior, fresh, euclidean, 0.1):.4f}")
+    print(f"{'prior':>18}: MMD(prior, target) = {toy.mmd(prior, fresh, torch.cdist, 0.1):.4f}")
     samples = {}
     with torch.no_grad():
         for name, churn in (("Heun", 0.0), (f"Heun + churn {args.churn:g}", args.churn)):
@@ -72,7 +68,7 @@ def main(argv=None):
             d, nearest = torch.cdist(x, modes).min(-1)
             share = torch.bincount(nearest, minlength=8).float() / len(x)
             print(f"{name:>18}: within 2 std of a mode {float((d < 0.1).float().mean()):.3f}, emptiest mode "
-                  f"{float(share.min()):.3f}, MMD(samples, target) = {toy.mmd(x, fresh, euclidean, 0.1):.4f}")
+                  f"{float(share.min()):.3f}, MMD(samples, target) = {toy.mmd(x, fresh, torch.cdist, 0.1):.4f}")
             samples[name] = x
 
     plt = pyplot()

@@ -30,6 +30,34 @@ def test_a_zero_network_is_the_exact_denoiser_of_gaussian_data_and_its_loss_is_o
                           generator=g)) > 1.1
 
 
+def test_the_preconditioning_is_edms_table_1():
+    x = torch.randn(16, 3, dtype=torch.float64)
+    sigma = torch.rand(16, dtype=torch.float64) * 5 + 0.01
+    net = lambda x_in, c_noise: x_in**2 + c_noise[:, None]  # noqa: E731 (reads c_in x and c_noise)
+    norm = (sigma**2 + SD**2).sqrt()[:, None]
+    c_skip, c_out, c_in, c_noise = SD**2 / norm**2, sigma[:, None] * SD / norm, 1 / norm, sigma.log()[:, None] / 4
+    assert torch.allclose(EDMPrecond(net, sigma_data=SD)(x, sigma), c_skip * x + c_out * ((c_in * x) ** 2 + c_noise),
+                          rtol=1e-12, atol=1e-12)
+
+
+def test_one_churn_step_adds_each_components_own_noise_and_none_outside_the_range():
+    """A zero score leaves exactly the churn noise: each component's own scale (capped gamma = sqrt(2) - 1, so the added
+    scale sqrt(sigma_hat^2 - sigma^2) equals sigma), IGSO(3) on SO(3), nothing where sigma is above s_tmax."""
+    n = 4000
+    space = Product(tr=Euclidean(3), rot=SO3(), far=Euclidean(3))
+    x = {"tr": torch.zeros(n, 3, dtype=torch.float64), "rot": torch.eye(3, dtype=torch.float64).expand(n, 3, 3),
+         "far": torch.zeros(n, 3, dtype=torch.float64)}
+    zero = lambda x, s: {k: torch.zeros(v.shape[:-1] if k == "rot" else v.shape, dtype=v.dtype) for k, v in x.items()}  # noqa: E731
+    grids = {"tr": torch.tensor([0.3, 0.1], dtype=torch.float64), "rot": torch.tensor([0.5, 0.1], dtype=torch.float64),
+             "far": torch.tensor([3.0, 0.1], dtype=torch.float64)}
+    out = sample_pf_ode(zero, space, x, grids, s_churn=100, s_tmax=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out["far"], x["far"])
+    assert abs(float(out["tr"].std()) / 0.3 - 1) < 0.03
+    angle = so3.log_map(out["rot"]).norm(dim=-1)
+    ref = so3.sample_igso3(torch.full((n,), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(1))
+    assert abs(float(angle.mean() / ref.norm(dim=-1).mean()) - 1) < 0.03
+
+
 @pytest.mark.parametrize("churn", [0.0, 40.0])
 def test_heun_with_churn_samples_gaussian_data(churn):
     score = score_from_denoiser(EDMPrecond(lambda x, c_noise: torch.zeros_like(x), sigma_data=SD))
@@ -42,9 +70,9 @@ def test_heun_with_churn_samples_gaussian_data(churn):
     assert out.mean(0).abs().max() < 0.02 and (out.std(0) / SD - 1).abs().max() < 0.02
 
 
-def test_churn_on_a_product_adds_each_components_own_noise():
-    """Data: a point (t0, R0) on R^3 x SO(3); exact scores of the kernels around it; per-component grids. With churn the
-    sampler still lands on the point, and the churn noise (s_noise) moves the result."""
+def test_churn_on_a_product_lands_on_the_data():
+    """Data: a point (t0, R0) on R^3 x SO(3); exact scores of the kernels around it; per-component grids or one shared
+    grid. With churn the sampler still lands on the point, and the churn noise (s_noise) moves the result."""
     t0, r0 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), so3.exp_map(torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64))
     space = Product(tr=Euclidean(3), rot=SO3())
 
@@ -109,6 +137,8 @@ def test_wrong_shapes_and_sigma_data_are_refused_and_edm_loss_takes_the_denoiser
             EDMPrecond(lambda x, c: x, sigma_data=sd)
     zero = EDMPrecond(lambda x, c_noise: torch.zeros_like(x), sigma_data=1.0)
     x0 = torch.randn(256, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="sigma_data"):  # a plain callable has none to take
+        edm_loss(lambda x, s: zero(x, s), x0)
     own = edm_loss(zero, x0, generator=torch.Generator().manual_seed(0))
     assert own.dtype == torch.float64
     assert own == edm_loss(zero, x0, sigma_data=1.0, generator=torch.Generator().manual_seed(0))
@@ -122,3 +152,5 @@ def test_score_from_denoiser_keeps_fp16_points_finite_at_large_sigma():
     ref = score_from_denoiser(exact)(x.double(), sigma.double())
     half = score_from_denoiser(exact)(x.half(), sigma)  # sigma^2 = 1.6e5 overflows fp16 (max 65504)
     assert half.dtype == torch.float16 and torch.allclose(half.double(), ref, rtol=1e-2, atol=1e-5)
+    near = torch.full((1, 1), 1 + 1e-9, dtype=torch.float64)  # float64 points with a float32 sigma stay float64
+    assert float(score_from_denoiser(lambda x, s: torch.ones_like(x))(near, torch.ones(1))) == pytest.approx(-1e-9, rel=1e-6)

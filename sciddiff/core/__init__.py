@@ -3,8 +3,8 @@
 Modules (one concept each): ``schedules`` (betas, VE sigma grids), ``parameterization`` (eps / x0 / v / score), ``precond``
 (EDM's preconditioning, denoiser -> score), ``ddpm`` (the discrete chain), ``sde`` (VP, sub-VP, VE, DDPM-chain SDEs), ``so3``
 (geometry and IGSO(3)), ``torus`` (wrapped normal), ``spaces`` (one interface over all of them), ``losses``, ``samplers``,
-``flow`` (flow matching), ``ema``, ``lbfgs`` (batched minimization). Conventions are stated in each module's docstring and collected in docs/core.md. This package imports torch
-only.
+``flow`` (flow matching), ``ema``, ``lbfgs`` (batched minimization). Conventions are stated in each module's docstring
+and collected in docs/core.md. This package imports torch only.
 """
 from . import ddpm, ema, flow, lbfgs, losses, parameterization, precond, samplers, schedules, sde, so3, spaces, torus
 from .ddpm import DiscreteSchedule

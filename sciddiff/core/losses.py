@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .ddpm import DiscreteSchedule
-from .parameterization import broadcast_to_batch, target_for, to_eps, to_x0
+from .parameterization import broadcast_to_batch, target_for, to_eps, to_x0, working_dtype
 from .sde import SDE
 from .spaces import Point, Sigma, Space
 
@@ -108,20 +108,21 @@ def sde_dsm_loss(score_fn: Callable, sde: SDE, x0: Tensor, generator: torch.Gene
 def edm_loss(denoiser: Callable, x0: Tensor, sigma_data: float | None = None, p_mean: float = -1.2, p_std: float = 1.2,
              generator: torch.Generator | None = None, **cond) -> Tensor:
     """lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2, mean over samples and elements, in float32 or float64 as x0;
-    ``denoiser(x, sigma, **cond)`` predicts x0 (an ``EDMPrecond``, whose ``sigma_data`` is the default), sigma (B,) reaches
-    it in float64 for float64 points, else float32. With the exact denoiser of data N(m, sigma_data^2) the loss is 1 in
-    expectation at every sigma (the weight is 1 / the posterior variance)."""
+    ``denoiser(x, sigma, **cond)`` predicts x0 (an ``EDMPrecond``, whose ``sigma_data`` is the default; another callable
+    needs ``sigma_data``), sigma (B,) reaches it in float64 for float64 points, else float32. With the exact denoiser of
+    data N(m, sigma_data^2) the loss is 1 in expectation at every sigma (the weight is 1 / the posterior variance)."""
     Space.check_floating(x0, "edm_loss")
-    sd = getattr(denoiser, "sigma_data", 0.5) if sigma_data is None else sigma_data
-    if not sd > 0:
-        raise ValueError(f"edm_loss: sigma_data is the data's standard deviation and must be > 0, got {sd}")
+    sd = getattr(denoiser, "sigma_data", None) if sigma_data is None else sigma_data
+    if sd is None or not sd > 0:
+        raise ValueError(f"edm_loss: sigma_data (the data's standard deviation, > 0) is needed, got {sd}: pass it, or "
+                         "a denoiser with a sigma_data attribute (EDMPrecond)")
     sigma = (torch.randn(x0.shape[0], generator=generator, device=x0.device, dtype=torch.float64) * p_std + p_mean).exp()
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     out = denoiser(x0 + broadcast_to_batch(sigma, x0) * noise, _model_sigma(sigma, x0), **cond)
     Space.check_tangent(out, x0, what="sample")
-    dtype = torch.promote_types(x0.dtype, torch.float32)
+    err = out.to(working_dtype(x0)) - x0.to(working_dtype(x0))
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
-    return (broadcast_to_batch(weight, out.to(dtype)) * (out.to(dtype) - x0.to(dtype)).pow(2)).mean()
+    return (broadcast_to_batch(weight, err) * err.pow(2)).mean()
 
 
 def _model_sigma(sigma: Sigma, like: Point) -> Sigma:

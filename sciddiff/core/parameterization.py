@@ -6,9 +6,10 @@ broadcast against x (use ``broadcast_to_batch``).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["PREDICTION_TYPES", "broadcast_to_batch", "to_x0", "to_eps", "to_score", "target_for"]
+__all__ = ["PREDICTION_TYPES", "broadcast_to_batch", "working_dtype", "to_x0", "to_eps", "to_score", "target_for"]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "score")
 
@@ -16,6 +17,15 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "score")
 def broadcast_to_batch(values: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-sample (B,) tensor to (B, 1, ..., 1) so it broadcasts against x of any rank."""
     return values.reshape(values.shape + (1,) * (x.dim() - values.dim())).to(x.dtype)
+
+
+def working_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype to compute a loss or a preconditioning in: the widest of the tensors', at least float32 (fp16 / bf16
+    networks keep their own dtype; their noise-level arithmetic must not: sigma^2 overflows fp16 above 256)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 def to_x0(out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, kind: str) -> Tensor:

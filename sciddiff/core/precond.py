@@ -16,15 +16,15 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .parameterization import broadcast_to_batch
+from .parameterization import working_dtype
 from .spaces import Space
 
 __all__ = ["EDMPrecond", "score_from_denoiser"]
 
 
 class EDMPrecond(nn.Module):
-    """D(x, sigma, **cond) = c_skip x + c_out net(c_in x, c_noise, **cond) (EDM's ``EDMPrecond``; k-diffusion's
-    ``Denoiser``)."""
+    """D(x, sigma, **cond) = c_skip x + c_out net(c_in x, c_noise, **cond) (EDM's ``EDMPrecond``; k-diffusion's ``Denoiser``
+    scalings)."""
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
         super().__init__()
@@ -42,21 +42,20 @@ class EDMPrecond(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device)
         if sigma.numel() not in (1, x.shape[0]):
             raise ValueError(f"EDMPrecond: sigma must be one noise level per sample ({x.shape[0]},), got {tuple(sigma.shape)}")
-        sigma = sigma.reshape(-1).expand(x.shape[0])
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        c_skip, c_out, c_in, c_noise = (broadcast_to_batch(c, x.to(dtype)) for c in self.coefficients(sigma))
-        out = self.net((c_in * x).to(x.dtype), c_noise.reshape(-1).to(dtype), **cond)
+        dtype, per_sample = working_dtype(x), (-1,) + (1,) * (x.dim() - 1)
+        c_skip, c_out, c_in, c_noise = (c.to(dtype) for c in self.coefficients(sigma.reshape(-1).expand(x.shape[0])))
+        out = self.net((c_in.reshape(per_sample) * x).to(x.dtype), c_noise, **cond)
         Space.check_tangent(out, x, what="sample")  # c_skip x + c_out out would broadcast a wrong shape silently
-        return c_skip * x + c_out * out.to(dtype)
+        return c_skip.reshape(per_sample) * x + c_out.reshape(per_sample) * out.to(dtype)
 
 
 def score_from_denoiser(denoiser: Callable) -> Callable:
     """score(x, sigma, **cond) = (D(x, sigma) - x) / sigma^2 for the VE samplers (Tweedie; k-diffusion's ``to_d`` is sigma
-    times it). x is an R^n tensor, sigma (B,)."""
+    times it), computed in at least float32 and returned in x's dtype. x is an R^n tensor, sigma (B,)."""
     def score(x: Tensor, sigma: Tensor, **cond) -> Tensor:
         d = denoiser(x, sigma, **cond)
         Space.check_tangent(d, x, what="sample")
-        dtype = torch.promote_types(sigma.dtype, torch.float32)  # sigma^2 overflows fp16 above 256
+        dtype = working_dtype(x, sigma)
         s = sigma.to(dtype).reshape(sigma.shape + (1,) * (x.dim() - sigma.dim()))
         return ((d.to(dtype) - x.to(dtype)) / s**2).to(x.dtype)
     return score

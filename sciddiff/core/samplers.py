@@ -226,6 +226,10 @@ def _combine(a, b, fn):
     return {k: fn(a[k], b[k]) for k in a} if isinstance(a, dict) else fn(a, b)
 
 
+def _map(a, fn):
+    return {k: fn(v) for k, v in a.items()} if isinstance(a, dict) else fn(a)
+
+
 @torch.no_grad()
 def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigmas: Tensor | Mapping[str, Tensor], *,
                        generator: torch.Generator | None = None,
@@ -265,7 +269,9 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
     ``s_noise``): where s_tmin <= sigma_i <= s_tmax, each step first raises the noise level to sigma_hat = sigma_i (1 + gamma),
     gamma = min(s_churn / N, sqrt(2) - 1), by adding the space's own noise of scale s_noise sqrt(sigma_hat^2 - sigma_i^2)
     (``perturb``: exact Brownian increments on SO(3) and the torus), then steps from sigma_hat. On a product each component
-    tests its own sigma against the range. Noise comes from ``generator`` (the global stream when None, as k-diffusion)."""
+    tests its own sigma (in its own units: A, radians) against the range, so a component outside it takes a plain step,
+    and per-component churn moves the levels off a schedule that ties them (DiffDock's sigma(t)): keep the range wide, or
+    use one grid for all. Noise comes from ``generator`` (the global stream when None, as k-diffusion)."""
     n = _grid_length(sigmas, x_init)
     Space.check_floating(x_init, "sample_pf_ode")
     if method not in ("euler", "heun"):
@@ -276,7 +282,6 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
     x = x_init
     checked = []
     gamma_max = min(s_churn / n, math.sqrt(2) - 1)
-    parts = getattr(space, "components", None)
 
     def velocity(x, s):  # d x / d(-sigma): sigma * score
         score = score_model(x, _batch_sigma(s, x), **cond)
@@ -286,13 +291,13 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
         return Space.scale(Space.in_dtype_of(score, x), s)
 
     def churn(x, s):  # EDM's step back up the noise levels: -> (x at sigma_hat, sigma_hat)
-        s_hat = _combine(s, s, lambda v, _: v * (1 + gamma_max) if s_tmin <= v <= s_tmax else v)
+        s_hat = _map(s, lambda v: v * (1 + gamma_max) if s_tmin <= v <= s_tmax else v)
         added = _combine(s_hat, s, lambda a, b: s_noise * math.sqrt(a * a - b * b))
         if not isinstance(x, dict):
             return (space.perturb(x, _batch_sigma(added, x), generator)[0] if added > 0 else x), s_hat
         per = added if isinstance(added, dict) else dict.fromkeys(x, added)  # one grid may serve every component
-        return {k: parts[k].perturb(v, _batch_sigma(per[k], v), generator)[0] if per[k] > 0 else v
-                for k, v in x.items()}, s_hat
+        return {k: part.perturb(x[k], _batch_sigma(per[k], x[k]), generator)[0] if per[k] > 0 else x[k]
+                for k, part in space.components.items()}, s_hat
 
     for i in progress(range(n)):
         s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
@@ -306,7 +311,7 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
             x = x_euler
         else:
             d2 = velocity(x_euler, s_next)
-            x = space.exp(x, Space.scale(Space.add(d, d2), _combine(h, h, lambda a, _: a / 2) if isinstance(h, dict) else h / 2))
+            x = space.exp(x, Space.scale(Space.add(d, d2), _map(h, lambda a: a / 2)))
     return x
 
 
