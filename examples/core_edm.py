@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from sciddiff import toy
-from sciddiff.cli import UserError, check_output_path
+from sciddiff.cli import UserError, check_output_path, run_command
 from sciddiff.core import EDMPrecond, Euclidean, edm_loss, karras_sigmas, sample_pf_ode, score_from_denoiser
 from sciddiff.plots import pyplot, save_png
 
@@ -29,7 +29,7 @@ def target(n: int, g: torch.Generator) -> torch.Tensor:
     return toy.eight_gaussians(n, g) / 2
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="core_edm.png", help="PNG to write (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=2500, help="training steps (default: %(default)s)")
@@ -37,20 +37,20 @@ def main(argv=None):
     parser.add_argument("--churn", type=float, default=10.0, help="s_churn of the stochastic sampler (default: %(default)s)")
     parser.add_argument("--n", type=int, default=2000, help="samples to draw (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.n < 1 or args.sample_steps < 1 or args.churn < 0:
-        parser.error("--steps, --sample-steps and --n must be positive, --churn >= 0")
-    try:
-        check_output_path(args.out)
-    except UserError as err:  # before training, not after
-        parser.error(str(err))
+    return run_command(run, parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.steps < 1 or args.n < 1 or args.sample_steps < 1 or not args.churn >= 0:
+        raise UserError("--steps, --sample-steps and --n must be positive, --churn >= 0")
+    check_output_path(args.out)  # before training, not after
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
 
     denoiser = EDMPrecond(toy.EDMNet(2), sigma_data=SIGMA_DATA)
     opt = torch.optim.Adam(denoiser.parameters(), lr=2e-3)
     for _ in tqdm(range(args.steps), desc="train", leave=False):
-        loss = edm_loss(denoiser, target(512, g), sigma_data=SIGMA_DATA, generator=g)
+        loss = edm_loss(denoiser, target(512, g), generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -71,17 +71,13 @@ def main(argv=None):
                   f"{float(share.min()):.3f}, MMD(samples, target) = {toy.mmd(x, fresh, torch.cdist, 0.1):.4f}")
             samples[name] = x
 
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(samples), figsize=(5 * len(samples), 4.8), sharex=True, sharey=True)
+    fig, axes = pyplot().subplots(1, len(samples), figsize=(5 * len(samples), 4.8), sharex=True, sharey=True)
     for ax, (name, x) in zip(axes, samples.items()):
         ax.scatter(fresh[:, 0], fresh[:, 1], s=3, alpha=0.3, color="tab:gray", label="target")
         ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.4, color="tab:blue", label="sciddiff samples")
         ax.set(title=f"{name}, {args.sample_steps} steps", xlabel="x", ylabel="y", aspect="equal")
         ax.legend(loc="lower left", markerscale=4)
-    fig.tight_layout()
-    save_png(fig, args.out, dpi=110)
-    print(f"wrote {args.out}")
-    return 0
+    print(f"wrote {save_png(fig, args.out, dpi=110)}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,6 @@ def main(argv=None):
     axes[1].set(title="torus T^2", xlabel="angle 1 (rad)", ylabel="angle 2 (rad)", xlim=(-3.15, 3.15), ylim=(-3.15, 3.15))
     for ax in axes:
         ax.legend(loc="lower left", markerscale=4)
-    fig.tight_layout()
     save_png(fig, args.out, dpi=110)
     print(f"wrote {args.out}")
     return 0

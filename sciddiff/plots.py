@@ -18,9 +18,10 @@ def pyplot():
 
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write `fig` to `path` as a PNG atomically and close it; returns the path."""
+    """Lay `fig` out (`tight_layout`), write it to `path` as a PNG atomically and close it; returns the path."""
     from sciddiff.train.checkpoint import atomic_file
 
+    fig.tight_layout()
     with atomic_file(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=dpi)
     pyplot().close(fig)

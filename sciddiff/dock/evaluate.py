@@ -267,7 +267,6 @@ def plot_success_curves(rows: list[dict], path: Path, title: str = "") -> None:
     ax.set(xlabel="symmetry-corrected RMSD to the crystal ligand (A)", ylabel="fraction of complexes below",
            xlim=(0, 10), ylim=(0, 1), title=title)
     ax.legend(loc="lower right")
-    fig.tight_layout()
     save_png(fig, path)
 
 

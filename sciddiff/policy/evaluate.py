@@ -137,7 +137,6 @@ def plot_episodes(results: Sequence[EpisodeResult], path: str | Path, title: str
     right.set(xlabel="env step (10 Hz)" if pusht else "env step", ylabel="fraction of episodes finished",
               xlim=(0, max_steps), ylim=(0, 1), title=f"success {len(finished) / len(results):.1%}")
     fig.suptitle(title)
-    fig.tight_layout()
     save_png(fig, path, dpi=110)
 
 

@@ -194,7 +194,6 @@ def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candida
         ax.set(title=f"{title}: {len(bbs)} chains, {fav:.0%} favoured", xlabel="phi (deg)", xlim=(-180, 180),
                ylim=(-180, 180), aspect="equal")
     axes[0].set_ylabel("psi (deg)")
-    fig.tight_layout()
     phi_psi_png = folder / PLOT_FILES[0]
     save_png(fig, phi_psi_png)
 
@@ -213,7 +212,6 @@ def make_plots(backbones: list[np.ndarray], reference: list[np.ndarray], candida
     axes[1].axvspan(metrics.CA_CA_IDEAL - metrics.CA_CA_TOL, metrics.CA_CA_IDEAL + metrics.CA_CA_TOL, color="0.9")
     axes[1].set(xlabel="CA(i)-CA(i+1) (A)", ylabel="density", title="consecutive CA distance")
     axes[1].legend()
-    fig.tight_layout()
     dist_png = folder / PLOT_FILES[1]
     save_png(fig, dist_png)
     return [str(phi_psi_png), str(dist_png)]
