@@ -120,7 +120,8 @@ def edm_loss(denoiser: Callable, x0: Tensor, sigma_data: float | None = None, p_
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     out = denoiser(x0 + broadcast_to_batch(sigma, x0) * noise, _model_sigma(sigma, x0), **cond)
     Space.check_tangent(out, x0, what="sample")
-    err = out.to(working_dtype(x0)) - x0.to(working_dtype(x0))
+    dtype = working_dtype(x0)
+    err = out.to(dtype) - x0.to(dtype)
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
     return (broadcast_to_batch(weight, err) * err.pow(2)).mean()
 

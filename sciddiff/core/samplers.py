@@ -303,7 +303,7 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
         s, s_next = _sigma_at(sigmas, i), _sigma_at(sigmas, i + 1)
         if gamma_max > 0:
             x, s = churn(x, s)
-        h = _combine(s, s_next, lambda a, b: a - b) if isinstance(s, dict) else s - s_next
+        h = _combine(s, s_next, lambda a, b: a - b)
         d = velocity(x, s)
         x_euler = space.exp(x, Space.scale(d, h))
         last = any(v == 0 for v in s_next.values()) if isinstance(s_next, dict) else s_next == 0
