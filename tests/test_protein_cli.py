@@ -214,10 +214,12 @@ def test_an_output_folder_holds_one_run_replaced_whole_and_only_when_done(tmp_pa
 
     for name in ("eval.json", "phi_psi.png", "distances.png"):  # an earlier evaluation of these backbones
         (out / name).write_text("earlier")
-    with monkeypatch.context() as m:  # an eval stopped midway leaves none of it beside its own half-written plots
+    with monkeypatch.context() as m:  # an eval stopped midway leaves the earlier one as it was, no plots of its own
         m.setattr(evaluate, "evaluate", interrupted)
         assert main(["backbone", "eval", str(out)]) == 130
-    assert sorted(p.name for p in out.glob("*.*") if not p.name.endswith(".pdb")) == ["samples.json"]
+    assert all((out / name).read_text() == "earlier" for name in ("eval.json", "phi_psi.png", "distances.png"))
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".pdb")) == [
+        "distances.png", "eval.json", "phi_psi.png", "samples.json"]
     before = {p.name: p.read_text() for p in out.iterdir()}
     assert main([*run, "--num", "2", "--seed", "1"]) == 2 and "earlier run" in capsys.readouterr().err
     assert main(["backbone", "sample", "--length", "20", "--seed", "-1", "--out", str(tmp_path / "x")]) == 2
@@ -349,3 +351,24 @@ def test_eval_scores_a_sample_runs_own_backbones_only(tmp_path, capsys):
     assert "besides the 2 its samples.json lists (my_native.pdb): left out" in capsys.readouterr().err
     names = [c["name"] for c in json.loads((out / "eval.json").read_text())["chains"]]
     assert names == ["len20_seed0_000.pdb", "len20_seed0_001.pdb"]
+
+
+def test_a_failed_eval_keeps_the_earlier_results_and_a_missing_listed_backbone_is_named(tmp_path, capsys):
+    designs, reference = tmp_path / "designs", tmp_path / "reference"
+    for folder in (designs, reference):
+        folder.mkdir()
+        for i in range(3):
+            (folder / f"c{i}.pdb").write_text(backbone_to_pdb_string(_chain(20, helix=i % 2 == 0, seed=i)))
+    assert main(["backbone", "eval", str(designs), "--reference", str(reference)]) == 0
+    before = {name: (designs / name).read_bytes() for name in ("eval.json", "phi_psi.png", "distances.png")}
+    # the default reference needs the natural chains: a --data without them fails after the inputs were read
+    assert main(["backbone", "eval", str(designs), "--data", str(tmp_path / "nothing")]) == 2
+    assert {name: (designs / name).read_bytes() for name in before} == before  # deleted before this fix
+    assert not [p for p in designs.iterdir() if p.name.startswith(".eval-")]
+    capsys.readouterr()
+    (designs / "samples.json").write_text(json.dumps({"files": ["c0.pdb", "c1.pdb", "c2.pdb"]}))
+    (designs / "c2.pdb").unlink()
+    assert main(["backbone", "eval", str(designs), "--reference", str(reference)]) == 0
+    err = capsys.readouterr().err
+    assert "1 of the 3 backbones" in err and "(c2.pdb)" in err, err  # scored silently without it before
+    assert len(json.loads((designs / "eval.json").read_text())["chains"]) == 2

@@ -70,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--ss", default=None, metavar="natural|none|STRING",
                    help="secondary structure to build (models trained with it): 'natural' draws each backbone's helix/"
                         "strand/loop layout from a natural training chain of similar length, 'none' leaves it to the "
-                        "model, or one string of H, E and L (or - or C) per residue, any case; default: natural when "
-                        "the checkpoint supports it, else none")
+                        "model, or one string of H, E and L (or - or C) per residue, any case (a string that starts with "
+                        "'-' is given as --ss=STRING); default: natural when the checkpoint supports it, else none")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     s.add_argument("--batch-size", type=int, default=16, help="backbones generated together (default: 16)")
     s.add_argument("--threads", type=int, default=None,
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Bond geometry, CA-CA distances, clashes, Ramachandran, DSSP, Rg and MMD to natural "
                                    "chains (with ideal-helix and random-walk baselines). Prints a table, writes JSON "
                                    "and PNG plots.")
-    e.add_argument("dir", help="folder of .pdb / .pdb.gz backbones")
+    e.add_argument("dir", help="folder of backbones: PDB or mmCIF files (.pdb, .ent, .cif, optionally .gz)")
     e.add_argument("--reference", default=None,
                    help="folder of reference PDBs (default: the held-out natural chains of the test split, "
                         "length-matched to the samples)")
@@ -144,6 +144,8 @@ def sample_lengths(text: str, num: int, seed: int) -> list[int]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    if args.ss is not None and args.ss.lower() in ("natural", "none"):  # the keywords in any case, as the strings
+        args.ss = args.ss.lower()
     if args.num < 1 or args.batch_size < 1:
         raise UserError("--num and --batch-size must be >= 1")
     if args.seed < 0:
@@ -252,7 +254,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "langevin_temperature": flow_cfg.langevin_temperature, "compactness": flow_cfg.compactness,
             "compactness_floor": flow_cfg.compactness_floor,
             "compactness_floor_min_length": flow_cfg.compactness_floor_min_length,
-            "device": str(device),
+            "device": str(device), "threads": threads,
             "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT),
             "checkpoint_step": meta.get("total_steps", meta.get("step")),
             "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec,
@@ -288,6 +290,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if any(json_path.resolve() == (plots / name).resolve() for name in PLOT_FILES):
         raise UserError(f"--json {json_path} is one of the plots eval writes to {plots}; name another file")
     listed = _earlier_samples(folder)  # a sample run's own backbones, not other PDB files beside them
+    if missing := [name for name in listed if not (folder / name).is_file()]:
+        print(f"note: {len(missing)} of the {len(listed)} backbones {folder}/samples.json lists are not there "
+              f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): scored without them", file=sys.stderr)
     if listed and (others := [p.name for p in pdb_files(folder) if p.name not in listed]):
         print(f"note: {folder} holds {len(others)} PDB file(s) besides the {len(listed)} its samples.json lists "
               f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}): left out", file=sys.stderr)
@@ -317,13 +322,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if len(reference) < 2:
             raise UserError(f"--reference {args.reference} has fewer than 2 PDB files")
         ref_name = str(args.reference)
-    for stale in (json_path, *(plots / name for name in PLOT_FILES)):  # an interrupted eval must not leave new
-        stale.unlink(missing_ok=True)                                   # plots beside an earlier eval.json
-    try:
-        result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=plots, gaps=gaps,
-                          reference_gaps=ref_gaps)
-    except FileNotFoundError as err:
-        raise UserError(f"{err} (or pass --reference DIR)") from None
+    plots.mkdir(parents=True, exist_ok=True)
+    # plots are drawn into a staging folder and the earlier results replaced only once the new ones exist: a failed
+    # or interrupted eval leaves the earlier eval.json and plots as they were, never new plots beside an old eval.json
+    with tempfile.TemporaryDirectory(prefix=".eval-", dir=plots) as staging:
+        try:
+            result = evaluate(backbones, names, reference, ref_name, data=args.data, plots=Path(staging), gaps=gaps,
+                              reference_gaps=ref_gaps)
+        except FileNotFoundError as err:
+            raise UserError(f"{err} (or pass --reference DIR)") from None
+        json_path.unlink(missing_ok=True)
+        for name in PLOT_FILES:
+            os.replace(Path(staging) / name, plots / name)
+    result["plots"] = [str(plots / Path(p).name) for p in result["plots"]]
     info = folder / "samples.json"
     if info.is_file():
         try:
