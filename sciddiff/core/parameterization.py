@@ -14,9 +14,10 @@ __all__ = ["PREDICTION_TYPES", "broadcast_to_batch", "working_dtype", "to_x0", "
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "score")
 
 
-def broadcast_to_batch(values: Tensor, x: Tensor) -> Tensor:
-    """Reshape a per-sample (B,) tensor to (B, 1, ..., 1) so it broadcasts against x of any rank."""
-    return values.reshape(values.shape + (1,) * (x.dim() - values.dim())).to(x.dtype)
+def broadcast_to_batch(values: Tensor, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Reshape a per-sample (B,) tensor to (B, 1, ..., 1) so it broadcasts against x of any rank, in `dtype` (default
+    x's)."""
+    return values.reshape(values.shape + (1,) * (x.dim() - values.dim())).to(dtype or x.dtype)
 
 
 def working_dtype(*tensors: Tensor) -> torch.dtype:

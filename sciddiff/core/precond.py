@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .parameterization import working_dtype
+from .parameterization import broadcast_to_batch, working_dtype
 from .spaces import Space
 
 __all__ = ["EDMPrecond", "score_from_denoiser"]
@@ -42,11 +42,12 @@ class EDMPrecond(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device)
         if sigma.numel() not in (1, x.shape[0]):
             raise ValueError(f"EDMPrecond: sigma must be one noise level per sample ({x.shape[0]},), got {tuple(sigma.shape)}")
-        dtype, per_sample = working_dtype(x), (-1,) + (1,) * (x.dim() - 1)
-        c_skip, c_out, c_in, c_noise = (c.to(dtype) for c in self.coefficients(sigma.reshape(-1).expand(x.shape[0])))
-        out = self.net((c_in.reshape(per_sample) * x).to(x.dtype), c_noise, **cond)
+        dtype = working_dtype(x)
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma.reshape(-1).expand(x.shape[0]))
+        c_skip, c_out, c_in = (broadcast_to_batch(c, x, dtype) for c in (c_skip, c_out, c_in))
+        out = self.net((c_in * x).to(x.dtype), c_noise.to(dtype), **cond)
         Space.check_tangent(out, x, what="sample")  # c_skip x + c_out out would broadcast a wrong shape silently
-        return c_skip.reshape(per_sample) * x + c_out.reshape(per_sample) * out.to(dtype)
+        return c_skip * x + c_out * out.to(dtype)
 
 
 def score_from_denoiser(denoiser: Callable) -> Callable:
@@ -56,6 +57,5 @@ def score_from_denoiser(denoiser: Callable) -> Callable:
         d = denoiser(x, sigma, **cond)
         Space.check_tangent(d, x, what="sample")
         dtype = working_dtype(x, sigma)
-        s = sigma.to(dtype).reshape(sigma.shape + (1,) * (x.dim() - sigma.dim()))
-        return ((d.to(dtype) - x.to(dtype)) / s**2).to(x.dtype)
+        return ((d.to(dtype) - x.to(dtype)) / broadcast_to_batch(sigma, x, dtype) ** 2).to(x.dtype)
     return score
