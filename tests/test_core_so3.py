@@ -100,6 +100,21 @@ def test_sample_with_per_sample_sigma_and_interpolation_in_sigma():
     assert abs(v.norm(dim=-1).mean().item() - mean) < 4 * 0.3 / math.sqrt(40_000) + 1e-3
 
 
+@pytest.mark.parametrize("sigma", [0.05, 0.4321, 1.2, 2.2])
+def test_inverse_cdf_between_table_rows_has_the_density_mean(sigma):
+    """The sampler's inverse CDF integrated over its uniform variate (deterministic: a midpoint rule in the table's level
+    variable) gives the density's mean angle to 2e-5 relative at sigmas midway between table rows in log sigma, where
+    linear interpolation between rows was 1.3e-4 off (on the rows themselves the table is within 3e-6)."""
+    table = so3._table(torch.device("cpu"))
+    k = int((math.log(sigma) - float(table.log_sigmas[0])) // float(table.log_sigmas[1] - table.log_sigmas[0]))
+    mid = float(((table.log_sigmas[k] + table.log_sigmas[k + 1]) / 2).exp())
+    t = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
+    du = torch.sin(math.pi * t)  # u = (1 - cos(pi t)) / 2
+    mean = float((table.inverse_cdf(torch.full_like(t, mid), (1 - torch.cos(math.pi * t)) / 2) * du).sum() / du.sum())
+    exact = float(torch.trapezoid(W * so3.igso3_angle_density(W, mid), W) / torch.trapezoid(so3.igso3_angle_density(W, mid), W))
+    assert abs(mean / exact - 1) < 2e-5, (mid, mean, exact)
+
+
 def test_exp_log_roundtrip_including_near_pi():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(2000, 3, generator=g, dtype=torch.float64)

@@ -14,7 +14,7 @@ Conventions (stated once, used everywhere in sciddiff):
   series limit is used. Its small-s limit is -w / s^2 + w / 12.
 
 Sampling is inverse-CDF on float64 tables (angle grid dense near 0, trapezoid CDF normalised to 1), interpolated in the uniform
-variate within each table row and linearly in log(sigma) between rows. Tables are built lazily on first use (no files, cheap
+variate within each table row and by cubics in log(sigma) between rows. Tables are built lazily on first use (no files, cheap
 import) and cached per device. References: Nikolayev & Savyolov (1970); Leach et al., ICLR 2022; Yim et al., FrameDiff (2023);
 Yim et al., FrameFlow (2023).
 """
@@ -205,8 +205,8 @@ def rotation_score(r0: Tensor, rt: Tensor, sigma: Tensor) -> Tensor:
 
 class _IGSO3Table:
     """float64 tables over a log-spaced sigma grid: the inverse CDF of the angle at levels u = (1 - cos(pi t)) / 2 of
-    a uniform grid t, and log E[score^2]. Sampling interpolates the inverse CDF linearly in t and in log(sigma) (O(1)
-    per sample). The levels crowd towards u = 0 and 1 (the last bin holds 1.5e-7 of the mass): with even levels the
+    a uniform grid t, and log E[score^2]. Sampling interpolates the inverse CDF linearly in t and by Catmull-Rom
+    cubics in log(sigma) (O(1) per sample; linear in log sigma was 1.3e-4 off in the mean angle between rows). The levels crowd towards u = 0 and 1 (the last bin holds 1.5e-7 of the mass): with even levels the
     last bin's 1/4096 was spread linearly out to where the float64 CDF reaches 1, 2e-4 of the samples beyond 5 sigma
     where 1.5e-5 belong."""
 
@@ -228,7 +228,8 @@ class _IGSO3Table:
         j = torch.searchsorted(cdf, levels).clamp(1, self.n_omega - 1)
         c0, c1 = cdf.gather(-1, j - 1), cdf.gather(-1, j)
         frac = ((levels - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0, 1)
-        self.inverse_cdf_table = (omegas[j - 1] + frac * (omegas[j] - omegas[j - 1])).to(device)
+        # one row added beyond either end (`_with_linear_ends`) for the cubic interpolation in log sigma
+        self.inverse_cdf_table = _with_linear_ends(omegas[j - 1] + frac * (omegas[j] - omegas[j - 1])).to(device)
         integrand = dlogf**2 * pdf
         # log E[score^2] is nearly linear in log sigma (-2 log sigma + const at small sigma): interpolate it, not the value
         self.log_score_norm = _with_linear_ends(
@@ -249,7 +250,7 @@ class _IGSO3Table:
 
         def at(r):
             return (1 - frac_u) * table[r, col] + frac_u * table[r, col + 1]
-        return (1 - frac_s) * at(row) + frac_s * at(row + 1)
+        return _catmull_rom(*(at(row + k) for k in range(4)), frac_s)  # padded rows: row + 1 is sigma's lower row
 
     def interp_score_norm(self, sigma: Tensor) -> Tensor:
         lo, frac = self._row(sigma)
@@ -262,11 +263,15 @@ def _with_linear_ends(values: Tensor) -> Tensor:
     return torch.cat([2 * values[:1] - values[1:2], values, 2 * values[-1:] - values[-2:-1]])
 
 
+def _catmull_rom(p0: Tensor, p1: Tensor, p2: Tensor, p3: Tensor, frac: Tensor) -> Tensor:
+    """The Catmull-Rom cubic through four evenly spaced values, at frac in [0, 1] between p1 and p2."""
+    return p1 + 0.5 * frac * (p2 - p0 + frac * (2 * p0 - 5 * p1 + 4 * p2 - p3 + frac * (3 * (p1 - p2) + p3 - p0)))
+
+
 def _cubic(padded: Tensor, lo: Tensor, frac: Tensor) -> Tensor:
     """Catmull-Rom interpolation of a uniformly sampled table between its points lo and lo + 1 (O(h^4); linear was
     6e-4 off at s=1.5); `padded` is the table `_with_linear_ends`, so lo - 1 and lo + 2 always exist."""
-    p0, p1, p2, p3 = (padded[lo + k] for k in (0, 1, 2, 3))
-    return p1 + 0.5 * frac * (p2 - p0 + frac * (2 * p0 - 5 * p1 + 4 * p2 - p3 + frac * (3 * (p1 - p2) + p3 - p0)))
+    return _catmull_rom(*(padded[lo + k] for k in range(4)), frac)
 
 
 @lru_cache(maxsize=None)

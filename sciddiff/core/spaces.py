@@ -63,7 +63,8 @@ class Space:
         raise NotImplementedError
 
     def perturb(self, x0: Point, sigma: Sigma, generator: torch.Generator | None = None) -> tuple[Point, Point]:
-        """(x_t, grad log p(x_t | x0)) for Brownian noise of scale sigma."""
+        """(x_t, grad log p(x_t | x0)) for Brownian noise of scale sigma. At sigma = 0, x_t = x0 and the score is not
+        finite (the kernel is a point mass): the losses refuse sigma <= 0 and the samplers never perturb at 0."""
         raise NotImplementedError
 
     def exp(self, x: Point, v: Point) -> Point:
