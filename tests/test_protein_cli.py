@@ -195,9 +195,17 @@ def test_eval_short_chains_and_bad_input(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="shipped checkpoint not present")
-def test_shipped_checkpoint_samples_valid_backbones(tmp_path):
+def test_shipped_checkpoint_samples_valid_backbones(tmp_path, capsys, monkeypatch):
     assert main(["backbone", "sample", "--length", "40", "--num", "2", "--steps", "10", "--out", str(tmp_path)]) == 0
     assert len(list(tmp_path.glob("*.pdb"))) == 2
+    # a length range is recorded as asked, also when one sample draws a single length; the shipped model's note on
+    # lengths it was not measured at holds when the shipped file is named explicitly
+    monkeypatch.setattr("sciddiff.protein.cli.VALID_LENGTH", 38)
+    capsys.readouterr()
+    assert main(["backbone", "sample", "--length", "39-41", "--num", "1", "--steps", "2", "--checkpoint",
+                 str(DEFAULT_CHECKPOINT), "--out", str(tmp_path / "range")]) == 0
+    assert json.loads((tmp_path / "range" / "samples.json").read_text())["length"] == "39-41"
+    assert "note: the shipped model learned from chains of 50-300 residues" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="shipped checkpoint not present")
@@ -372,3 +380,6 @@ def test_a_failed_eval_keeps_the_earlier_results_and_a_missing_listed_backbone_i
     err = capsys.readouterr().err
     assert "1 of the 3 backbones" in err and "(c2.pdb)" in err, err  # scored silently without it before
     assert len(json.loads((designs / "eval.json").read_text())["chains"]) == 2
+    (designs / "samples.json").write_text('{"files": ["c0.pdb", ')  # damaged: every file is scored, and said so
+    assert main(["backbone", "eval", str(designs), "--reference", str(reference)]) == 0
+    assert "samples.json lists no backbone files (damaged or not a sample run's)" in capsys.readouterr().err

@@ -82,6 +82,7 @@ def test_pdb_write_read_round_trip_plain_and_gz(tmp_path):
     chain = read_chain(path)
     assert len(chain) == 15 and chain.sequence == "G" * 15 and chain.ca_breaks() == 0
     assert np.abs(chain.coords - bb).max() < 1e-3  # PDB keeps 3 decimals
+    assert max(len(line) for line in path.read_text().splitlines()) == 80  # Biopython's TER line had 81
     gz = tmp_path / "chain.pdb.gz"
     with gzip.open(gz, "wt") as handle:
         handle.write(path.read_text())

@@ -194,7 +194,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     net, flow_cfg, meta = load_or_fail(lambda path: load_model(path, device), args.checkpoint or DEFAULT_CHECKPOINT,
                                        "backbone checkpoint")
-    if args.checkpoint is None and max(lengths) > VALID_LENGTH:
+    shipped = Path(args.checkpoint or DEFAULT_CHECKPOINT).resolve().parent == DEFAULT_CHECKPOINT.parent  # also the SS model
+    if shipped and max(lengths) > VALID_LENGTH:
         print(f"note: the shipped model learned from chains of 50-300 residues; above {VALID_LENGTH} its backbones "
               "come out less often valid (CA-CA gaps; eval reports them)", file=sys.stderr)
     conditional = bool(net.cfg.ss_condition)
@@ -248,7 +249,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for name in (set(earlier) - set(names)) | ({"eval.json", *PLOT_FILES} if earlier or clash else set()):
         (out / name).unlink(missing_ok=True)
     seconds = time.time() - start
-    info = {"length": lengths[0] if len(set(lengths)) == 1 else args.length, "lengths": lengths, "num": args.num,
+    lo, hi = length_range(args.length)
+    # "length" is what was asked: a range stays a range, also when --num 1 draws one length
+    info = {"length": lo if lo == hi else args.length, "lengths": lengths, "num": args.num,
             "seed": args.seed, "steps": steps,
             "rot_rate": flow_cfg.rot_rate, "noise_scale": flow_cfg.noise_scale, "langevin_eta": flow_cfg.langevin_eta,
             "langevin_temperature": flow_cfg.langevin_temperature, "compactness": flow_cfg.compactness,
@@ -290,6 +293,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if any(json_path.resolve() == (plots / name).resolve() for name in PLOT_FILES):
         raise UserError(f"--json {json_path} is one of the plots eval writes to {plots}; name another file")
     listed = _earlier_samples(folder)  # a sample run's own backbones, not other PDB files beside them
+    if not listed and (folder / "samples.json").is_file():
+        print(f"note: {folder}/samples.json lists no backbone files (damaged or not a sample run's): every PDB and "
+              f"mmCIF file in {folder} is scored", file=sys.stderr)
     if missing := [name for name in listed if not (folder / name).is_file()]:
         print(f"note: {len(missing)} of the {len(listed)} backbones {folder}/samples.json lists are not there "
               f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): scored without them", file=sys.stderr)

@@ -115,7 +115,9 @@ def backbone_to_pdb_string(coords: np.ndarray, chain_id: str = "A", resname: str
     pdbio.set_structure(builder.get_structure())
     out = io.StringIO()
     pdbio.save(out)
-    return out.getvalue()
+    # Biopython pads its TER record to 81 columns; the format's lines hold 80
+    return "".join(line[:80] + "\n" if len(line) > 81 and not line[80:].strip() else line
+                   for line in out.getvalue().splitlines(keepends=True))
 
 
 def write_backbone(path: str | os.PathLike, coords: np.ndarray, chain_id: str = "A") -> None:
