@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sciddiff.core import DiscreteSchedule, betas, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from sciddiff.core import DiscreteSchedule, betas, ddpm_loss, sample_ddim, sample_ddpm, sample_dpmpp_2m
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -178,3 +178,27 @@ def test_sde_dpmpp_2m_matches_diffusers(steps, prediction_type):
     ode = sample_dpmpp_2m(FixedModel(), x.clone(), DiscreteSchedule(name="cosine", num_train_timesteps=T), steps=steps,
                           prediction_type=prediction_type)
     assert (ours - ode).abs().max() > 1e-2  # the noise is really there
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_gamma_loss_is_diffusers_training_recipe(prediction_type):
+    """ddpm_loss(snr_gamma=5) = diffusers' training scripts (train_text_to_image --snr_gamma 5): compute_snr, the weight
+    min(SNR, gamma) divided by SNR (epsilon) or SNR + 1 (v), per-sample MSE times it, then the mean."""
+    from diffusers.training_utils import compute_snr
+
+    ours = DiscreteSchedule(name="cosine", num_train_timesteps=100)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    x0 = torch.randn(256, 2, 8, generator=torch.Generator().manual_seed(0))
+    loss = ddpm_loss(FixedModel(), x0, ours, prediction_type, generator=torch.Generator().manual_seed(1), snr_gamma=5.0)
+    g = torch.Generator().manual_seed(1)  # ddpm_loss's draws, in its order: t, then the noise
+    t = torch.randint(0, 100, (256,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    noisy = ref.add_noise(x0, eps, t)
+    target = {"epsilon": eps, "v_prediction": ref.get_velocity(x0, eps, t), "sample": x0}[prediction_type]
+    snr = compute_snr(ref, t)
+    weight = torch.stack([snr, 5.0 * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    weight = weight / snr if prediction_type == "epsilon" else weight / (snr + 1) if prediction_type == "v_prediction" else weight
+    expected = (torch.nn.functional.mse_loss(FixedModel()(noisy, t), target, reduction="none").mean(dim=[1, 2]) * weight).mean()
+    assert abs(loss.item() - expected.item()) <= 1e-5 * expected.item(), (loss.item(), expected.item())
+    unweighted = ddpm_loss(FixedModel(), x0, ours, prediction_type, generator=torch.Generator().manual_seed(1))
+    assert abs(unweighted.item() - loss.item()) > 1e-3 * unweighted.item()  # the weighting changes the loss

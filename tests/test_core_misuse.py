@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sciddiff.core import (SO3, DiscreteSchedule, Euclidean, Product, Torus, dsm_loss, sample_ddim, sample_ddpm,
+from sciddiff.core import (SO3, DiscreteSchedule, Euclidean, Product, Torus, ddpm_loss, dsm_loss, sample_ddim, sample_ddpm,
                            sample_dpmpp_2m, sample_pf_ode, sample_reverse_sde)
 from sciddiff.core.flow import sample_flow
 from sciddiff.core.so3 import sample_igso3
@@ -306,3 +306,22 @@ def test_integer_points_and_an_unknown_ode_method_are_refused_before_the_model_r
     with pytest.raises(ValueError, match="unknown ODE method"):  # a one-step grid used to run it as Euler
         sample_pf_ode(score, Euclidean(2), start.float(), grid, method="dpmpp")
     assert not calls
+
+
+def test_min_snr_weighting_is_one_loss_on_x0_for_every_prediction_type():
+    """Min-SNR-gamma caps the weight of the x0 error at gamma whatever the network predicts: a network of each type and
+    its clean-sample equivalent (the same function of x_t, converted) have the same weighted loss; gamma <= 0 is refused."""
+    from sciddiff.core.parameterization import to_x0
+
+    schedule = DiscreteSchedule(name="cosine", num_train_timesteps=100)
+    x0 = torch.randn(128, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    net = lambda x, t: torch.sin(x + 0.03 * t[:, None])  # noqa: E731
+    for kind in ("epsilon", "v_prediction", "score"):
+        def as_sample(x, t, kind=kind):
+            alpha, sigma = schedule.alpha_sigma(t, x)
+            return to_x0(net(x, t), x, alpha, sigma, kind)
+        losses = [ddpm_loss(model, x0, schedule, k, generator=torch.Generator().manual_seed(1), snr_gamma=5.0)
+                  for model, k in ((net, kind), (as_sample, "sample"))]
+        assert torch.allclose(losses[0], losses[1], rtol=1e-4), (kind, losses)
+    with pytest.raises(ValueError, match="snr_gamma must be > 0"):
+        ddpm_loss(net, x0, schedule, snr_gamma=0.0)

@@ -1,6 +1,7 @@
 """Training losses, each a few lines with its weighting explicit.
 
-- ``ddpm_loss``: the discrete chain, t ~ U{0..T-1}, MSE on the network's ``prediction_type`` target (Ho et al. 2020).
+- ``ddpm_loss``: the discrete chain, t ~ U{0..T-1}, MSE on the network's ``prediction_type`` target (Ho et al. 2020),
+  optionally Min-SNR-gamma weighted (Hang et al. 2023).
 - ``ddim_distillation_loss``: progressive distillation (Salimans & Ho 2022): one student DDIM step regresses onto two
   teacher steps, MSE on the student's ``prediction_type`` target (the teacher's own weighting).
 - ``sde_dsm_loss``: continuous score SDEs on R^n, t ~ U(eps, T), weighting lambda(t) = std(t)^2 (Song et al. 2021).
@@ -25,13 +26,26 @@ __all__ = ["ddpm_loss", "ddim_distillation_loss", "sde_dsm_loss", "edm_loss", "d
 
 
 def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, prediction_type: str = "epsilon",
-              generator: torch.Generator | None = None, **cond) -> Tensor:
+              generator: torch.Generator | None = None, snr_gamma: float | None = None, **cond) -> Tensor:
+    """MSE to the ``prediction_type`` target, t ~ U{0..T-1}. ``snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023;
+    diffusers' ``--snr_gamma``, 5 in the paper): each sample's error times min(SNR, gamma) / SNR for epsilon, / (SNR + 1)
+    for v, min(SNR, gamma) for sample and / (SNR (SNR + 1)) for score prediction (SNR = abar / (1 - abar)): the same
+    loss as the error in x0 weighted by min(SNR, gamma), so the low-noise steps stop dominating; None: unweighted."""
     t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     alpha, sigma = schedule.alpha_sigma(t, x0)
     out = model(alpha * x0 + sigma * eps, t, **cond)
     Space.check_tangent(out, x0, what="sample")
-    return (out.float() - target_for(prediction_type, x0, eps, alpha, sigma).float()).pow(2).mean()
+    err = (out.float() - target_for(prediction_type, x0, eps, alpha, sigma).float()).pow(2)
+    if snr_gamma is None:
+        return err.mean()
+    if not snr_gamma > 0:
+        raise ValueError(f"snr_gamma must be > 0 (None: no weighting), got {snr_gamma}")
+    snr = schedule.alpha_bar(t) / (1 - schedule.alpha_bar(t))
+    # |x0 error|^2 = |error|^2 times 1 / SNR (epsilon), 1 / (SNR + 1) (v), 1 (sample), 1 / (SNR (SNR + 1)) (score)
+    to_x0_error = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr), "score": snr * (snr + 1)}
+    weight = snr.clamp(max=snr_gamma) / to_x0_error[prediction_type]
+    return (err.reshape(len(err), -1).mean(1) * weight.float()).mean()
 
 
 def _ddim_coefficients(abar: Tensor, abar_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
