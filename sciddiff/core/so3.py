@@ -246,11 +246,10 @@ class _IGSO3Table:
         pos = torch.arccos(1 - 2 * u) / math.pi * (self.n_levels - 1)
         col = pos.floor().long().clamp(max=self.n_levels - 2)
         frac_u = pos - col
-        table = self.inverse_cdf_table
-
-        def at(r):
-            return (1 - frac_u) * table[r, col] + frac_u * table[r, col + 1]
-        return _catmull_rom(*(at(row + k) for k in range(4)), frac_s)  # padded rows: row + 1 is sigma's lower row
+        flat = (row[:, None] + torch.arange(4, device=row.device)) * self.n_levels + col[:, None]  # padded rows row..row+3
+        table = self.inverse_cdf_table.reshape(-1)
+        at = (1 - frac_u[:, None]) * table[flat] + frac_u[:, None] * table[flat + 1]
+        return _catmull_rom(*at.unbind(1), frac_s)  # row + 1 is sigma's lower row
 
     def interp_score_norm(self, sigma: Tensor) -> Tensor:
         lo, frac = self._row(sigma)
