@@ -159,6 +159,40 @@ def test_small_mistakes_get_their_own_message(tmp_path, capsys):
     assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "o").exists()
 
 
+def test_dock_mistakes_from_the_first_user_audit(tmp_path, capsys):
+    """One error line and nothing written for: an output that names an input (dock-score replaced the poses it
+    scored), dummy atoms (docked as 2 A atoms), a seed RDKit would repeat or torch cannot take, --autobox-add without
+    --autobox in dock-eval (docked blind), --ranking learned without a rescorer (ranked by energy under its name), an
+    autobox ligand without coordinates (the message listed SMILES files)."""
+    poses = tmp_path / "poses.sdf"
+    poses.write_text(Path(LIGAND).read_text())
+    before = poses.read_bytes()
+    for option in ("--json", "--out"):
+        assert main(["dock-score", "--protein", PROTEIN, "--ligand", str(poses), option, str(poses)]) == 2
+        assert "is the --ligand file" in one_line_error(capsys)
+    assert poses.read_bytes() == before
+    out = str(tmp_path / "o")
+    for ligand, message in (("*c1ccccc1", "dummy or attachment atoms (*)"), ("[2*]CCO", "dummy or attachment atoms")):
+        assert main(["dock", "--protein", PROTEIN, "--ligand", ligand, "--autobox-ligand", LIGAND, "--out", out]) == 2
+        assert message in one_line_error(capsys)
+    for seed in ("-1", str(2**31), "99999999999999999999"):
+        assert main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", LIGAND, "--seed", seed,
+                     "--out", out]) == 2
+        assert "--seed must lie between 0 and 2147483647" in one_line_error(capsys)
+    split = tmp_path / "split.txt"
+    split.write_text("1uou\n")
+    assert main(["dock-eval", "--data", str(EXAMPLES), "--split", str(split), "--autobox-add", "8", "--out", out]) == 2
+    assert "--autobox-add needs --autobox" in one_line_error(capsys)
+    assert main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", LIGAND, "--rescore", "none",
+                 "--ranking", "learned", "--model", "none", "--out", out]) == 2
+    assert "--ranking learned needs the rescoring model" in one_line_error(capsys)
+    (tmp_path / "ref.cif").write_text("data_x\n")
+    assert main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", str(tmp_path / "ref.cif"),
+                 "--out", out]) == 2
+    assert "give a file with 3D coordinates: .sdf" in one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
 def _example(name: str):
     import importlib.util
 

@@ -43,6 +43,7 @@ def test_dock_writes_ranked_poses(tmp_path):
     assert scores == sorted(scores)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 0 and len(summary["poses"]) == 3 and summary["mode"] == "box"
+    assert summary["settings"]["ranking"] == "energy"  # as used: recorded "learned" without a rescorer before
     assert summary["waters"] == "receptor atoms"
     assert summary["confidence"].startswith("search consensus")
     assert {"total", "search", "grid"} <= summary["timings"].keys() and "sha256:" in summary["model_version"]
@@ -522,6 +523,25 @@ def test_batch_names_that_are_not_folders_and_dock_score_paths(tmp_path, capsys)
     assert "same file" in capsys.readouterr().err
     assert main(["dock-score", "--protein", PROTEIN, "--ligand", LIGAND, "--json", "/proc/x.json"]) == 2
     assert "--json /proc/x.json" in capsys.readouterr().err
+
+
+def test_gzipped_outputs_protein_formats_in_a_data_folder_and_one_note_per_box_file(tmp_path, capsys):
+    out = tmp_path / "scored.sdf.gz"  # gnina writes .sdf.gz: it was plain text under that name, unreadable here
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", LIGAND, "--out", str(out)]) == 0
+    with gzip.open(out, "rt") as fh:
+        assert ">  <score>  (1)" in fh.read()
+    assert main(["dock-score", "--protein", PROTEIN, "--ligand", str(out)]) == 0
+    from sciddiff.dock.data import complex_files
+
+    (tmp_path / "data" / "cx").mkdir(parents=True)  # dock-eval looked for .pdb.gz where dock reads .pdbqt.gz
+    (tmp_path / "data" / "cx" / "cx_protein.pdbqt.gz").write_bytes(b"")
+    assert complex_files(tmp_path / "data", "cx")[0].endswith("cx_protein.pdbqt.gz")
+    two = tmp_path / "two.sdf"
+    two.write_text((Path(LIGAND).read_text() + "$$$$\n") * 2)
+    capsys.readouterr()
+    assert main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--autobox-ligand", str(two), "--model", "none",
+                 "--out", str(tmp_path / "o"), *FAST]) == 0
+    assert capsys.readouterr().err.count("the box is around all 2 molecules") == 1  # printed twice before
 
 
 def test_a_gzipped_batch_table_and_split_are_read_and_a_table_not_in_utf8_is_refused(tmp_path, capsys):

@@ -90,6 +90,28 @@ def test_receptor_hydrogens_in_the_file_decide_donors_and_acceptors(tmp_path):
     assert rec.hydrogens[n6] == 1 and (rec.hydrogens[lys_n] == -1).all()
 
 
+def test_elements_without_an_element_column_and_autodock_types_read_right(tmp_path):
+    """No element columns (MD and old files): an amino acid's left-justified "HG2 " is a hydrogen, not mercury (nor
+    "HZ1 " helium; RDKit also logged a C++ stack trace per unknown symbol); a mercury ion is still mercury. PDBQT
+    types are case-sensitive as AutoDock's: NA an acceptor nitrogen, Na sodium."""
+    def line(serial, name, res, seq, xyz, het=False):  # name as given in columns 13-16; no element column
+        return (f"{'HETATM' if het else 'ATOM':<6}{serial:>5} {name:<4} {res:>3} A{seq:>4}    "
+                f"{xyz[0]:8.3f}{xyz[1]:8.3f}{xyz[2]:8.3f}  1.00  0.00")
+    rows = [(" N  ", "LYS", 1, (0, 0, 0)), (" CA ", "LYS", 1, (1.5, 0, 0)), (" CB ", "LYS", 1, (2, -1.4, 0)),
+            ("HG2 ", "LYS", 1, (2.9, -1.5, 0.5)), ("HZ1 ", "LYS", 1, (2.5, -2.2, -0.6)), ("1HB ", "LYS", 1, (1.8, -2, 0.8)),
+            ("HG  ", " HG", 2, (8, 0, 0))]
+    (tmp_path / "p.pdb").write_text("\n".join(line(i + 1, n, r, q, x, het=r == " HG") for i, (n, r, q, x)
+                                              in enumerate(rows)) + "\nEND\n")
+    rec = io.load_receptor(tmp_path / "p.pdb")
+    assert rec.elements.tolist() == ["N", "C", "C", "Hg"]
+    pdbqt = ["ATOM      1  CA  HIS A   1       0.000   1.400   0.000  1.00  0.00     0.180 C ",
+             "ATOM      2  ND1 HIS A   1       0.000   0.000   0.000  1.00  0.00    -0.246 NA",
+             "ATOM      3  CG  HIS A   1       1.400   0.000   0.000  1.00  0.00     0.200 A ",
+             "HETATM    4 NA    NA B   2       6.000   0.000   0.000  1.00  0.00     1.000 Na"]
+    (tmp_path / "p.pdbqt").write_text("\n".join(pdbqt) + "\n")
+    assert io.load_receptor(tmp_path / "p.pdbqt").elements.tolist() == ["C", "N", "C", "Na"]
+
+
 def test_a_donor_acceptor_pair_is_one_hbond_as_vina_counts_it(tmp_path):
     # methanol's O (donor and acceptor) 2.7 A from Ser OG (donor and acceptor, template typing): Vina's term is 1,
     # the mask counted it twice (6nv9's ligand O - Thr OG1: 6.460 against Vina 1.2.7's 5.459)

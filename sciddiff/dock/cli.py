@@ -51,9 +51,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the score model runs (default cpu)")
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--rescore", default=None, help=RESCORE_HELP)
-    p.add_argument("--ranking", choices=("energy", "learned"), default=d.ranking,
+    p.add_argument("--ranking", choices=("energy", "learned"), default=None,
                    help=f"with a rescoring model: order poses by energy or by the learned P(RMSD < 2 A) "
-                        f"(default {d.ranking}; see docs/dock.md for the measurements behind it)")
+                        f"(default {d.ranking}, energy without a rescoring model; see docs/dock.md for the "
+                        "measurements behind it)")
     _add_threads(p)
 
 
@@ -110,7 +111,8 @@ def register(subparsers) -> None:
     e.add_argument("--data", default=None, help="docking data root (default $SCIDDIFF_DATA/docking or ../shared/data/docking)")
     e.add_argument("--split", required=True, help="file with one <folder>/<complex_id> per line")
     e.add_argument("--autobox", action="store_true", help="box = crystal ligand + --autobox-add (default: blind)")
-    e.add_argument("--autobox-add", type=float, default=4.0, help="padding of the crystal-ligand box in A (default 4)")
+    e.add_argument("--autobox-add", type=float, default=None,
+                   help="padding of the crystal-ligand box in A (default 4; needs --autobox)")
     e.add_argument("--limit", type=int, default=None, help="only the first N complexes")
     e.add_argument("--every", type=int, default=1, help="take every k-th complex of the split (default 1)")
     e.add_argument("--offset", type=int, default=0, help="start at this index of the split (default 0)")
@@ -134,11 +136,17 @@ def register(subparsers) -> None:
     s.add_argument("--minimize", action="store_true", help="relax each pose before scoring it")
     s.add_argument("--minimize-steps", type=int, default=200, help="local optimisation steps (default 200)")
     s.add_argument("--scoring", choices=("vina", "vinardo"), default="vina", help="energy function (default vina)")
-    s.add_argument("--out", default=None, help="write the (relaxed) poses with their scores as SD tags to this SDF")
+    s.add_argument("--out", default=None,
+                   help="write the (relaxed) poses with their scores as SD tags to this SDF (.sdf.gz: gzipped); heavy "
+                        "atoms as given (or relaxed), the input's hydrogens placed again on them (RDKit, MMFF), as in "
+                        "docked poses")
     s.add_argument("--json", default=None, help="write the scores to this JSON file")
     _add_drop_waters(s)
     _add_threads(s)
     s.set_defaults(func=run_score)
+
+
+MAX_SEED = 2**31 - 1
 
 
 def _settings(args):
@@ -150,10 +158,13 @@ def _settings(args):
             raise UserError(f"{bad[0]} must be >= {low}")
     if args.samples + args.random_starts < 1:
         raise UserError("need at least one search chain: --samples + --random-starts >= 1")
+    if not 0 <= args.seed <= MAX_SEED:  # RDKit's embedding seeds are 31-bit: larger seeds would repeat smaller ones
+        raise UserError(f"--seed must lie between 0 and {MAX_SEED}, got {args.seed}")
     return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=args.steps,
                         poses=args.poses, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, pockets=args.pockets,
                         refine_sites=args.refine_sites,
-                        conformers=args.conformers, scoring=args.scoring, ranking=args.ranking, seed=args.seed)
+                        conformers=args.conformers, scoring=args.scoring, seed=args.seed,
+                        **({"ranking": args.ranking} if args.ranking else {}))
 
 
 def _model(args):
@@ -194,13 +205,22 @@ def _e3nn_without_dynamo():
         torch.compiler.disable = disable
 
 
-def _rescorer(args):
+def _rescorer(args, settings):
+    """(rescoring model or None, the settings with the ranking it allows): without one the energy ranks, and an
+    explicit --ranking learned is refused."""
+    import dataclasses
+
     def load(path: Path):
         from sciddiff.dock.rescore import load_rescorer
 
         return load_rescorer(path)
 
-    return _load_optional(args.rescore, DEFAULT_RESCORER, "rescoring model", load, "--rescore")
+    rescorer = _load_optional(args.rescore, DEFAULT_RESCORER, "rescoring model", load, "--rescore")
+    if rescorer is None and settings.ranking == "learned":
+        if args.ranking == "learned":
+            raise UserError("--ranking learned needs the rescoring model (--rescore none, or none is shipped)")
+        settings = dataclasses.replace(settings, ranking="energy")
+    return rescorer, settings
 
 
 def _load_optional(value: str | None, default: Path, what: str, load, option: str):
@@ -235,7 +255,7 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
               "used)", file=sys.stderr)
         ligands = ligands[:1]
     box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
-    if args.autobox_ligand and (n := io.waters_on(receptor, io.reference_coords(args.autobox_ligand))):
+    if args.autobox_ligand and (n := io.waters_on(receptor, io.reference_coords(args.autobox_ligand, note=False))):
         print(f"note: {n} water(s) of {protein} sit within 1.5 A of {args.autobox_ligand}'s atoms; waters are "
               "receptor atoms, so poses there clash with them (--drop-waters leaves them out)", file=sys.stderr)
     if box is not None and box.size.min() < SMALL_BOX:
@@ -350,7 +370,7 @@ def run_dock(args) -> int:
         raise UserError("--resume continues a library screen or a --batch run; this ligand input holds one molecule")
     mol = _one_ligand(ligands, args.ligand)
     _note_repairs(mol, args.ligand)
-    model, rescorer = _model(args), _rescorer(args)
+    model, (rescorer, settings) = _model(args), _rescorer(args, settings)
     summary = _dock_one(receptor, mol, box, args.protein, args.ligand, out, args, model, rescorer, settings,
                         ligands[0].name, started)
     best = summary["poses"][0]
@@ -367,7 +387,7 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
 
     from sciddiff.dock.output import HitList, check_out_dir
 
-    model, rescorer = _model(args), _rescorer(args)
+    model, (rescorer, settings) = _model(args), _rescorer(args, settings)
     hits = HitList(out, best_poses=best_poses)
     for name, folder, read in tqdm(jobs, desc="docking", disable=not sys.stderr.isatty()):
         started = time.perf_counter()
@@ -523,11 +543,14 @@ def run_eval(args) -> int:
     for low, names in ((1, ("every", "limit")), (0, ("offset",))):
         if bad := options_below(args, low, *names):
             raise UserError(f"{bad[0]} must be >= {low}")
-    from sciddiff.dock.io import checked_autobox_add
+    from sciddiff.dock.io import AUTOBOX_ADD, checked_autobox_add
 
-    checked_autobox_add(args.autobox_add)
+    if args.autobox_add is not None and not args.autobox:
+        raise UserError("--autobox-add needs --autobox (without it every complex is docked blind)")
+    args.autobox_add = checked_autobox_add(AUTOBOX_ADD if args.autobox_add is None else args.autobox_add)
     check_output_path(args.out, folder=True)
-    summary = evaluate(args, settings, _model(args), _rescorer(args))
+    model, (rescorer, settings) = _model(args), _rescorer(args, settings)
+    summary = evaluate(args, settings, model, rescorer)
     print(json.dumps(summary, indent=1))
     if summary["errors"]:
         print(f"{summary['errors']} of {summary['n']} complexes failed to dock (counted as misses; see the error "
@@ -542,9 +565,13 @@ def run_score(args) -> int:
 
     if bad := options_below(args, 1, "minimize_steps", "threads"):
         raise UserError(f"{bad[0]} must be >= 1")
+    inputs = {Path(p).resolve(): option for p, option in ((args.protein, "--protein"), (args.ligand, "--ligand"))
+              if Path(p).is_file()}
     for path, option in ((args.out, "--out"), (args.json, "--json")):
         if path is not None:
             check_output_path(path, option=option)
+            if given := inputs.get(Path(path).resolve()):  # it would replace what was scored, silently
+                raise UserError(f"{option} {path} is the {given} file: name another file for the output")
     if args.out and args.json and Path(args.out).resolve() == Path(args.json).resolve():
         raise UserError("--out and --json name the same file")
     receptor, poses = io.load_receptor(args.protein, keep_waters=not args.drop_waters), io.load_poses(args.ligand)

@@ -248,13 +248,13 @@ def read_split(path: str | Path) -> list[str]:
     return [ln for ln in lines if ln]
 
 
-PROTEIN_SUFFIXES = (".pdb.gz", ".pdb", ".cif.gz", ".cif", ".pdbqt")
+PROTEIN_SUFFIXES = tuple(f"{s}{z}" for s in (".pdb", ".cif", ".pdbqt", ".ent", ".mmcif") for z in (".gz", ""))  # as `dock` reads
 LIGAND_SUFFIXES = (".sdf.gz", ".sdf", ".mol2.gz", ".mol2")
 
 
 def complex_files(root: str | Path, cid: str) -> tuple[str, str]:
     """(protein, ligand) paths of complex `cid` under the docking data root: `<cid>/<name>_protein.pdb[.gz]` (or
-    .cif[.gz], .pdbqt) and `<cid>/<name>_ligand.sdf[.gz]` (or .mol2[.gz]), name = the last part of cid; the layout of
+    .cif, .pdbqt, .ent, .mmcif, each optionally .gz) and `<cid>/<name>_ligand.sdf[.gz]` (or .mol2[.gz]), name = the last part of cid; the layout of
     shared/data/docking and of the PoseBusters benchmark sets. The first suffix that exists wins, else the first.
     An absolute cid is its own folder, so one split file may list complexes of several roots."""
     def first(stem: str, suffixes: tuple[str, ...]) -> str:

@@ -42,6 +42,8 @@ POSE_TAGS = ("rank", "confidence", "consensus", "score", "energy", "pocket", "in
 WATERS = {"HOH", "WAT", "DOD", "H2O", "TIP", "TIP3", "SOL"}
 AMINO_ACIDS = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
                "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL")
+NUCLEOTIDES = {"A", "C", "G", "U", "I", "DA", "DC", "DG", "DT", "DI"}
+STANDARD_ELEMENTS = {"C", "N", "O", "S", "P", "H", "D", "Se"}
 # Modified residues that are amino acids for the residue graph.
 AA_ALIASES = {"MSE": "MET", "HID": "HIS", "HIE": "HIS", "HIP": "HIS", "CYX": "CYS", "SEP": "SER", "TPO": "THR",
               "PTR": "TYR", "KCX": "LYS", "LLP": "LYS", "CSO": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS",
@@ -146,9 +148,10 @@ def _mmcif_to_pdb(text: str, path: str | os.PathLike) -> str:
 
 def _pdbqt_element(autodock_type: str) -> str:
     """AutoDock 4 / Vina atom type -> element: A aromatic carbon, NA/NS/OA/OS/SA acceptors, HD/HS polar H, G0-G9 and
-    CG0-CG9 macrocycle carbons; metals and halogens are their elements (Zn, CL, Br)."""
-    t = autodock_type.upper()
-    return AUTODOCK_TYPES.get(t) or ("C" if re.fullmatch(r"C?G\d", t) else t.capitalize())
+    CG0-CG9 macrocycle carbons; metals and halogens are their elements (Zn, CL, Br). Case matters where AutoDock's
+    does: NA is an acceptor nitrogen, Na sodium."""
+    t = autodock_type
+    return AUTODOCK_TYPES.get(t) or ("C" if re.fullmatch(r"C?G\d", t.upper()) else t.capitalize())
 
 
 def _pdbqt_to_pdb(text: str) -> str:
@@ -239,6 +242,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                     continue
                 resname = "HOH"  # one name for every water, for the atom typing (`scoring.receptor_types`)
             aa = AA_ALIASES.get(resname, resname)
+            standard = _standard_residue(resname)
             atoms, res_h = [], []
             altloc = _residue_altloc(res)
             for atom in res:
@@ -246,9 +250,11 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                     atom = atom.child_dict.get(altloc, atom.selected_child)
                     read_altlocs.add((chain.id, res.id[1], res.id[2], atom.get_fullname(), atom.get_altloc()))
                 el = (atom.element or "").strip().capitalize()
-                if not el or el == "X" or (len(res) == 1 and resname in unlisted_ions):
+                if (not el or el == "X" or (len(res) == 1 and resname in unlisted_ions)
+                        or (standard and el not in STANDARD_ELEMENTS)):
                     # no element column: biopython could not guess, or guessed an ion's first letter (" FE " in FE:
-                    # F, " CA " in CA: C); an ion's residue is its element
+                    # F, " CA " in CA: C), or mercury for a left-justified "HG2 " of an amino acid; an ion's residue
+                    # is its element
                     el = _element_from_name(atom.get_fullname(), resname)
                 if el in ("H", "D"):
                     res_h.append(atom.coord)
@@ -359,6 +365,12 @@ def _note_models(path: str | os.PathLike, n: int) -> None:
 CHARMM_IONS = {"SOD": "Na", "POT": "K", "CLA": "Cl", "CAL": "Ca", "CES": "Cs", "LIT": "Li", "ZN2": "Zn", "RUB": "Rb"}
 
 
+def _standard_residue(resname: str) -> bool:
+    """An amino acid, nucleotide or water: its atoms are STANDARD_ELEMENTS, each name starting with its element."""
+    res = resname.strip()
+    return AA_ALIASES.get(res, res) in AMINO_ACIDS or res in WATERS or res in NUCLEOTIDES
+
+
 def _element_from_name(fullname: str, resname: str) -> str:
     """The element of a PDB atom without an element column, from its 4-character name: two-letter elements start in
     column 13 ("CL1 ", "ZN  "), one-letter ones in column 14 (" CA ", "1HB "); an ion's residue is its element."""
@@ -366,17 +378,22 @@ def _element_from_name(fullname: str, resname: str) -> str:
 
     def element(symbol: str) -> str | None:
         try:
-            return symbol if symbol and table.GetAtomicNumber(symbol) > 0 else None
+            with rdkit_quiet():  # RDKit logs a C++ stack trace for an unknown symbol before raising
+                return symbol if symbol and table.GetAtomicNumber(symbol) > 0 else None
         except RuntimeError:
             return None
 
-    name = fullname.rstrip()
-    if name.strip() == resname.strip() and (el := CHARMM_IONS.get(resname.strip())
-                                            or element(resname.strip().capitalize())):
+    name, res = fullname.rstrip(), resname.strip()
+    if name.strip() == res and (el := CHARMM_IONS.get(res) or element(res.capitalize())):
         return el  # ZN in ZN, CL in CL, CHARMM's SOD in SOD: a single-atom ion
+    first = name.strip().lstrip("0123456789")
+    if _standard_residue(res):
+        # their atoms are C, N, O, S, P, H (D) and MSE's SE, each name starting with its element wherever it is
+        # justified: a left-justified "HG2 " is a hydrogen, not mercury
+        return "Se" if first.upper() == "SE" else first[:1].upper()
     if name[:1].isalpha() and (el := element(name[:2].capitalize())):
         return el
-    return name.strip().lstrip("0123456789")[:1].capitalize()
+    return first[:1].capitalize()
 
 
 def _chains_from_segids(records: list[str], path) -> list[str]:
@@ -431,6 +448,7 @@ def _sd_records(text: str, sanitize: bool = False) -> Iterator[Chem.Mol | None]:
 
 
 LIGAND_SUFFIXES = (".sdf", ".sd", ".mol", ".mol2", ".smi", ".smiles", ".txt", ".pdb", ".pdbqt")
+COORDINATE_SUFFIXES = tuple(s for s in LIGAND_SUFFIXES if s not in (".smi", ".smiles", ".txt"))  # boxes, poses
 
 
 def is_ligand_file_name(text: str) -> bool:
@@ -670,6 +688,9 @@ def _heavy_atom_ligand(raw: Chem.Mol | None, what: str, max_heavy_atoms: int = M
         mol = frags[0]
         dropped = ".".join(smiles[1:])
         repairs = repairs + [f"kept the largest of {len(frags)} fragments, dropped {dropped}"]
+    if dummies := sorted({a.GetSymbol() for a in mol.GetAtoms() if a.GetAtomicNum() == 0}):  # a lone one is dropped
+        raise UserError(f"ligand {what} has dummy or attachment atoms ({', '.join(dummies)}): give the whole molecule, "
+                        "with hydrogens or a group in their place")
     n_heavy = mol.GetNumAtoms()
     if n_heavy == 0:
         raise UserError(f"ligand {what} has no heavy atoms")
@@ -808,12 +829,15 @@ def waters_on(receptor: Receptor, xyz: np.ndarray, distance: float = 1.5) -> int
     return int((np.linalg.norm(water[:, None] - np.asarray(xyz)[None], axis=-1).min(1) < distance).sum())
 
 
-def reference_coords(path: str | os.PathLike) -> np.ndarray:
+def reference_coords(path: str | os.PathLike, note: bool = True) -> np.ndarray:
     """The 3D coordinates (N, 3) of every molecule of a reference ligand file (for a box), as gnina's and smina's
-    --autobox_ligand read it: a file of several poses or ligands gives the box around all of them."""
+    --autobox_ligand read it: a file of several poses or ligands gives the box around all of them (`note`: say so)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"autobox ligand not found: {path}")
+    if (suffix := _stem_suffix(path)) not in COORDINATE_SUFFIXES:
+        raise UserError(f"autobox ligand {path}: {suffix or 'no suffix'} is not read; give a file with 3D coordinates: "
+                        f"{', '.join(COORDINATE_SUFFIXES)} (optionally .gz)")
     with rdkit_quiet():
         mols = [mol for _, mol in _raw_records(path) if mol is not None and mol.GetNumConformers()
                 and mol.GetNumAtoms()]
@@ -821,7 +845,7 @@ def reference_coords(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"cannot read coordinates from autobox ligand {path}")
     if not all(mol.GetConformer().Is3D() for mol in mols):  # a 2D depiction: a box around it would sit anywhere
         raise UserError(f"autobox ligand {path} has no 3D coordinates")
-    if len(mols) > 1:
+    if len(mols) > 1 and note:
         _note(f"{path}: the box is around all {len(mols)} molecules of the file (as gnina's --autobox_ligand)")
     return np.concatenate([mol.GetConformer().GetPositions() for mol in mols])
 

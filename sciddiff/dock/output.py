@@ -3,6 +3,7 @@ place at the end, so an interrupted or failed run never leaves a partial output 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import os
 import re
@@ -115,11 +116,13 @@ def atomic_csv(path: str | os.PathLike, rows: list[dict], columns: Iterable[str]
 
 
 def atomic_file_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temporary sibling + rename)."""
+    """Write a text file atomically (temporary sibling + rename), gzipped when its name ends in .gz (as inputs are
+    read)."""
     from sciddiff.train.checkpoint import atomic_file
 
-    with atomic_file(path, "w") as fh:
-        fh.write(text)
+    gz = str(path).lower().endswith(".gz")
+    with atomic_file(path, "wb" if gz else "w") as fh:
+        fh.write(gzip.compress(text.encode()) if gz else text)
 
 
 class HitList:
