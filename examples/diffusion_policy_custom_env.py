@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ENV_ID = "MountainCarContinuous-v0"
+VAL_EPISODES = 2  # demonstrations held out for the validation loss
 
 
 def scripted_action(obs: np.ndarray) -> np.ndarray:
@@ -65,25 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for training and the episodes (default: 2 on two idle cores, else 1)")
     args = parser.parse_args(argv)
-    from sciddiff.cli import UserError, interrupted_status, options_below
+    from sciddiff.cli import UserError, check_output_path, interrupted_status, options_below
     from sciddiff.policy.cli import format_metrics
     from sciddiff.policy.evaluate import evaluate_policy, task_adapter
     from sciddiff.policy.io import load_policy
     from sciddiff.policy.train import add_arguments, train
 
     try:
-        if bad := options_below(args, 1, "demos", "steps", "episodes", "threads"):
+        if bad := options_below(args, 1, "steps", "episodes", "threads"):
             raise UserError(f"{bad[0]} must be at least 1")
+        if args.demos < VAL_EPISODES + 1:  # two are held out for the validation loss
+            raise UserError(f"--demos must be at least {VAL_EPISODES + 1} (the run holds out {VAL_EPISODES} for validation)")
         if args.seed < 0:
             raise UserError("--seed must be >= 0")
+        check_output_path(args.out, folder=True)
         demos = write_demos(args.out / "demos.zarr", args.demos, 10000 + args.seed)
         print(f"demonstrations: {demos['episodes']} episodes, {demos['steps']} steps, goal reached in "
               f"{demos['reached_goal']}", flush=True)
         # a small U-Net and batch: this task is two numbers in, one out
         train_args = add_arguments(argparse.ArgumentParser()).parse_args(
             ["--task", "generic", "--env", ENV_ID, "--data", str(args.out / "demos.zarr"), "--out", str(args.out / "run"),
-             "--steps", str(args.steps), "--batch-size", "64", "--lr", "3e-4", "--warmup-steps", "50",
-             "--down-dims", "32,64", "--val-episodes", "2", "--inference-steps", "10", "--seed", str(args.seed),
+             "--steps", str(args.steps), "--batch-size", "64", "--lr", "3e-4",
+             "--warmup-steps", str(min(50, args.steps // 4)), "--down-dims", "32,64", "--val-episodes", str(VAL_EPISODES), "--inference-steps", "10", "--seed", str(args.seed),
              "--log-every", "100", *(["--threads", str(args.threads)] if args.threads else [])])
         policy = load_policy(train(train_args)["policy"])
         adapter = task_adapter(policy.config)

@@ -213,6 +213,13 @@ def test_examples_refuse_bad_input_before_the_work(tmp_path, capsys):
 
     assert latency([LIGAND]) == 2
     assert "is not a policy checkpoint" in one_line_error(capsys)
+    custom = _example("diffusion_policy_custom_env")
+    (tmp_path / "afile").write_text("")
+    for argv, message in ((["--demos", "2"], "--demos must be at least 3"),  # it wrote the demos, then failed
+                          (["--out", str(tmp_path / "afile")], "exists and is not a folder")):  # a traceback
+        assert custom.main([*argv, "--out", str(tmp_path / "mc")] if "--out" not in argv else argv) == 2
+        assert message in one_line_error(capsys)
+    assert not (tmp_path / "mc").exists()
 
 
 def test_overwrite_replaces_only_a_docking_output_and_never_one_holding_the_inputs(tmp_path, capsys):

@@ -57,6 +57,29 @@ def test_replay_buffer_trims_rows_of_an_interrupted_append(tmp_path):
     assert buf.root["data/action"].shape[0] == 4 == buf.n_steps
 
 
+def test_rows_beyond_the_episode_ends_are_named_and_a_damaged_store_is_one_error(tmp_path, capsys):
+    """Data rows after the last episode end (episode_ends that miss the data's last episode, or written inclusive)
+    were dropped without a word; a damaged chunk or metadata file or a 0-d array gave zarr's traceback."""
+    state, action = _good_rows()
+    path = _raw_store(tmp_path / "short.zarr", state, action, [10, 20])
+    assert ReplayBuffer.open(path).n_steps == 20
+    assert "data/action has 10 rows after meta/episode_ends' last end (row 20)" in capsys.readouterr().err
+    path = _raw_store(tmp_path / "chunk.zarr", state, action, [10, 20, 30])
+    for chunk in [p for p in (path / "data" / "action" / "c").rglob("*") if p.is_file()]:
+        chunk.write_bytes(b"not a compressed chunk")
+    with pytest.raises(UserError, match="cannot read data/action"):
+        ReplayBuffer.open(path).load(["action"])
+    path = _raw_store(tmp_path / "meta.zarr", state, action, [10, 20, 30])
+    (path / "data" / "state" / "zarr.json").write_text("{not json")
+    with pytest.raises(UserError, match="damaged zarr store"):
+        ReplayBuffer.open(path)
+    root = zarr.open_group(str(tmp_path / "scalar.zarr"), mode="w")
+    root.require_group("data").create_array("state", data=np.float32(1.0))
+    root.require_group("meta").create_array("episode_ends", data=np.array([1], dtype=np.int64))
+    with pytest.raises(UserError, match="data/state is a single value"):
+        ReplayBuffer.open(tmp_path / "scalar.zarr")
+
+
 def test_a_refused_episode_writes_no_row_and_the_next_one_is_stored_whole(tmp_path):
     # the state rows of an episode whose action width was wrong were written before the refusal: the next episode
     # on the same buffer then read back with the refused episode's states
@@ -104,7 +127,11 @@ def test_windows_policy_horizon_and_split():
     assert w.min() == 20 and w.max() == 49 and len(w) == 30 - 16 + 1 + 7 + 1
     train, val = split_episodes(10, 2, seed=3)
     assert len(val) == 2 and not set(train) & set(val) and len(train) == 8
-    assert split_episodes(10, 2, seed=3, max_train=5)[0].tolist() == train[:5].tolist()
+    # Diffusion Policy's downsample_mask: a seeded draw among the training episodes (not the first ones), one
+    # generator per mask, each seeded with the run's seed
+    picked = np.random.default_rng(3).choice(8, size=5, replace=False)
+    assert split_episodes(10, 2, seed=3, max_train=5)[0].tolist() == sorted(train[picked].tolist())
+    assert split_episodes(10, 2, seed=3, max_train=8)[0].tolist() == train.tolist()
 
 
 def test_normalizer_roundtrip_and_state_dict():

@@ -486,7 +486,12 @@ def test_a_generic_policy_is_checked_against_its_env(tmp_path):
     from sciddiff.policy.runner import EnvAdapter
 
     pendulum = EnvAdapter("Pendulum-v1", None)
-    assert pendulum.max_steps == pendulum.registered_steps == 200
+    assert pendulum.max_steps == pendulum.registered_steps == EnvAdapter("Pendulum-v1").max_steps == 200  # was 300
+    assert PushTAdapter().length_notes() == []  # PushT past its 300 steps: a note, as for any env
+    assert "beyond gym_pusht/PushT-v0's registered 300" in PushTAdapter(max_steps=400).length_notes()[0]
+    import sciddiff.policy as package  # the names a script reaches for, from the package
+
+    assert package.load_policy is load_policy and package.EnvAdapter is EnvAdapter
     assert pendulum.check_policy(3, 1, np.array([[-1.5], [1.9]])) == []
     for dims, message in (((2, 1), "reads 2 observation features, Pendulum-v1 observes 3"),
                           ((3, 2), r"writes 2 action values, Pendulum-v1 takes an action of shape \(1,\)")):

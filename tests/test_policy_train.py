@@ -78,8 +78,11 @@ def test_training_resumes_where_it_stopped(tmp_path):
     assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["step"] == 20
     with pytest.raises(UserError):  # a different architecture cannot resume this run
         train(build_parser().parse_args([*common, "--steps", "30", "--down-dims", "8,16"]))
-    with pytest.raises(UserError, match="other optimization options .*--batch-size: 8 there, 16 here"):
+    with pytest.raises(UserError, match="other data or optimization options .*--batch-size: 8 there, 16 here"):
         train(build_parser().parse_args([*common, "--steps", "30", "--batch-size", "16"]))
+    other = _demo_store(tmp_path / "other.zarr", n_episodes=3, length=24, seed=5)  # it resumed on it, old normalizers
+    with pytest.raises(UserError, match="--data: .*demo.zarr'] there, .*other.zarr'] here"):
+        train(build_parser().parse_args([*common, "--steps", "30", "--data", str(other)]))
     meta = json.loads((tmp_path / "run" / "policy.json").read_text())["meta"]
     assert meta["samples_seen"] == 20 * 8
     (tmp_path / "run" / "train_state.pt").unlink()  # a finished run's folder without its state: not a new run
@@ -112,7 +115,7 @@ def test_a_time_budgeted_run_resumed_after_its_schedule_stops_at_once(tmp_path, 
     assert "schedule (1 s) is complete: nothing to train" in capsys.readouterr().out
 
 
-def test_init_takes_network_and_normalizers_from_the_checkpoint(tmp_path):
+def test_init_takes_network_and_normalizers_from_the_checkpoint(tmp_path, capsys):
     data = _demo_store(tmp_path / "demo.zarr", n_episodes=3, length=24)
     common = ["--data", str(data), "--batch-size", "8", "--val-episodes", "0", "--threads", "1", "--device", "cpu"]
     train(build_parser().parse_args([*common, "--out", str(tmp_path / "a"), "--steps", "2", "--down-dims", "16,32",
@@ -127,6 +130,15 @@ def test_init_takes_network_and_normalizers_from_the_checkpoint(tmp_path):
     assert (second.config.num_inference_steps, second.config.ddim_eta) == (5, 1.0)
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
+    wide = _demo_store(tmp_path / "wide.zarr", n_episodes=3, length=24)  # actions beyond the checkpoint's range
+    buf = ReplayBuffer.open(wide, mode="a")
+    buf.root["data/action"][:] = buf.root["data/action"][:] * 3
+    capsys.readouterr()
+    train(build_parser().parse_args([*common, "--data", str(wide), "--out", str(tmp_path / "w"), "--steps", "0",
+                                     "--init", str(tmp_path / "a" / "policy.pt")]))
+    err = capsys.readouterr().err
+    assert "the data's actions reach beyond the range its normalizers were fitted on" in err
+    assert "observations reach beyond" not in err  # the same states: said only where it happens
     with pytest.raises(UserError, match="expects state observations"):  # image data cannot continue a state policy
         images = _demo_store(tmp_path / "img.zarr", n_episodes=2, length=20, images=True)
         train(build_parser().parse_args(["--data", str(images), "--obs-type", "image", "--out", str(tmp_path / "c"),
@@ -481,6 +493,7 @@ def test_a_generic_gymnasium_task_trains_from_its_raw_vectors_and_evaluates_in_i
                      "--metrics-json", str(out)]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["env"] == custom.ENV_ID and "mean_max_coverage" not in metrics and metrics["episodes"] == 2
+    assert metrics["max_steps"] == 40  # a short run's file says so (it looked like a benchmark's)
     assert [row["steps"] for row in metrics["per_episode"]] == [40, 40]  # 40 steps cannot climb the hill
     rewards = [row["episode_return"] for row in metrics["per_episode"]]
     assert all(-40 <= r < 0 for r in rewards)  # MountainCar's control cost: -0.1 a^2 per step, no goal bonus
@@ -489,6 +502,18 @@ def test_a_generic_gymnasium_task_trains_from_its_raw_vectors_and_evaluates_in_i
     assert cli_main(["policy", "eval", "--checkpoint", str(tmp_path / "run" / "policy.pt"), "--env-obs-type",
                      "state"]) == 2
     assert "--env-obs-type is for PushT policies" in capsys.readouterr().err
+    (tmp_path / "norender_envs.py").write_text(  # the same task without rgb_array frames: --video is refused up front
+        "import gymnasium as gym\n"
+        "from gymnasium.envs.classic_control.continuous_mountain_car import Continuous_MountainCarEnv\n"
+        "class NoRender(Continuous_MountainCarEnv):\n    metadata = {'render_modes': [], 'render_fps': 30}\n"
+        "gym.register('NoRender-v0', entry_point=NoRender, max_episode_steps=999)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert cli_main(["policy", "eval", "--checkpoint", str(tmp_path / "run" / "policy.pt"), "--env",
+                         "norender_envs:NoRender-v0", "--episodes", "1", "--video", str(tmp_path / "v.mp4")]) == 2
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert "--video: norender_envs:NoRender-v0 renders no rgb_array frames" in capsys.readouterr().err
     with pytest.raises(UserError, match="--task generic"):
         train(build_parser().parse_args(["--data", str(tmp_path / "mc.zarr"), "--out", str(tmp_path / "r2"),
                                          "--steps", "2", *SMALL]))

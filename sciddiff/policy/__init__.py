@@ -15,3 +15,18 @@ Modules, one concept each:
 - `cli`: `sciddiff policy prepare|train|eval`.
 Importing this package imports nothing heavy; gymnasium and zarr are imported only by the modules that need them.
 """
+
+# the names a script reaches for first, importable from the package and loaded on first use (PEP 562)
+_EXPORTS = {"load_policy": "io", "save_policy": "io", "DiffusionPolicy": "policy", "PolicyConfig": "policy",
+            "ReplayBuffer": "replay_buffer", "MinMaxNormalizer": "normalizer", "EnvAdapter": "runner",
+            "PushTAdapter": "runner", "TorchPolicyActor": "runner", "run_episodes": "runner",
+            "evaluate_policy": "evaluate"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

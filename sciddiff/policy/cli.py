@@ -163,6 +163,11 @@ def _eval(args: argparse.Namespace) -> int:
         from sciddiff.policy.train import checked_env
 
         checked_env(adapter, policy.config.state_dim, policy.config.action_dim)
+        if args.video and "rgb_array" not in adapter.render_modes:  # gymnasium would fail once episodes ran
+            raise UserError(f"--video: {adapter.env_id} renders no rgb_array frames (its render modes: "
+                            f"{', '.join(adapter.render_modes) or 'none'})")
+    for note in adapter.length_notes() if pusht_task else ():
+        print(f"note: {note}", file=sys.stderr)
     for option, value in (("--env-obs-type", args.env_obs_type), ("--states-out", args.states_out)):
         if value is not None and not pusht_task:
             raise UserError(f"{option} is for PushT policies; this one acts in {adapter.env_id}")

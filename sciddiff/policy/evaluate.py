@@ -93,7 +93,7 @@ def evaluate_policy(policy: DiffusionPolicy, adapter: EnvAdapter, episodes: int,
     # median = the headline number; min = the same call without interference from other processes on the CPU
     metrics["seconds_per_action_chunk"] = float(np.median(times))
     metrics["seconds_per_action_chunk_min"] = float(times.min())
-    metrics.update(seed=seed, env=adapter.env_id, sampler=sampler or policy.config.sampler,
+    metrics.update(seed=seed, env=adapter.env_id, max_steps=adapter.max_steps, sampler=sampler or policy.config.sampler,
                    inference_steps=policy.denoising_steps(sampler, steps), ddim_eta=policy.config.ddim_eta,
                    warm_start_t=policy.config.warm_start_t,
                    network_calls_per_chunk=policy.chunk_network_calls(sampler, steps),

@@ -28,6 +28,14 @@ class MinMaxNormalizer(nn.Module):
         norm.high.copy_(torch.where(flat, centre + 1, high).float())
         return norm
 
+    def dims_beyond(self, data: np.ndarray | torch.Tensor, tolerance: float = 0.02) -> list[int]:
+        """The features of `data` (..., dim) that reach beyond [low, high] by more than `tolerance` of its width: data
+        this normalizer was not fitted on, mapped outside [-1, 1]."""
+        data = torch.as_tensor(np.asarray(data), dtype=torch.float64).reshape(-1, np.shape(data)[-1])
+        slack = tolerance * (self.high - self.low).double()
+        beyond = (data.min(0).values < self.low.double() - slack) | (data.max(0).values > self.high.double() + slack)
+        return torch.nonzero(beyond)[:, 0].tolist()
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.low) / (self.high - self.low) * 2 - 1
 

@@ -7,6 +7,7 @@ the data rows first and the new end last, so a store interrupted mid-append stil
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -21,8 +22,8 @@ CHUNK_STEPS = 256  # rows per chunk along time: ~2 demonstrations; a 96x96x3 uin
 class ReplayBuffer:
     """A zarr group of episodes; reads lazily, `load()` copies selected keys and episodes into memory."""
 
-    def __init__(self, root: zarr.Group):
-        self.root = root
+    def __init__(self, root: zarr.Group, path: str | Path | None = None):
+        self.root, self.path = root, path
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> ReplayBuffer:
@@ -33,14 +34,19 @@ class ReplayBuffer:
             root = zarr.open_group(str(path), mode=mode)
         except (FileNotFoundError, ValueError) as err:  # zarr's GroupNotFoundError is both
             raise UserError(f"{path} is not a zarr replay buffer ({type(err).__name__})") from None
-        if "meta" not in root or "episode_ends" not in root["meta"]:
-            raise UserError(f"{path} is not a replay buffer (no meta/episode_ends)")
-        if "data" not in root:
-            raise UserError(f"{path} is not a replay buffer (no data group)")
-        buffer = cls(root)
-        buffer._check_episode_ends(path)
-        if mode != "r":
-            buffer._trim_dangling_rows()
+        try:
+            if "meta" not in root or "episode_ends" not in root["meta"]:
+                raise UserError(f"{path} is not a replay buffer (no meta/episode_ends)")
+            if "data" not in root:
+                raise UserError(f"{path} is not a replay buffer (no data group)")
+            buffer = cls(root, path)
+            buffer._check_episode_ends(path)
+            if mode != "r":
+                buffer._trim_dangling_rows()
+        except UserError:
+            raise
+        except Exception as err:  # damaged metadata (zarr.json) or an index chunk: one line, not zarr's traceback
+            raise UserError(f"{path}: damaged zarr store ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
         return buffer
 
     @classmethod
@@ -51,7 +57,7 @@ class ReplayBuffer:
         root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
         root.require_group("data")
         root.require_group("meta").create_array("episode_ends", shape=(0,), dtype="int64", chunks=(1024,))
-        return cls(root)
+        return cls(root, path)
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -89,12 +95,17 @@ class ReplayBuffer:
         if missing:
             raise UserError(f"replay buffer has no key(s) {sorted(missing)}; it has {self.keys}")
         n = self.n_steps
+        slices = [slice(0, n)] if episodes is None else [self.episode_slice(i) for i in episodes]
+        data = {}
+        for k in keys:
+            try:
+                data[k] = np.concatenate([np.asarray(self.root["data"][k][s]) for s in slices])
+            except Exception as err:  # a damaged chunk (zarr raises its codec's error): one line
+                raise UserError(f"{self.path or 'replay buffer'}: cannot read data/{k} ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:200]})") from None
         if episodes is None:
-            return {k: np.asarray(self.root["data"][k][:n]) for k in keys}, self.episode_ends
-        slices = [self.episode_slice(i) for i in episodes]
-        lengths = np.array([s.stop - s.start for s in slices], dtype=np.int64)
-        data = {k: np.concatenate([np.asarray(self.root["data"][k][s]) for s in slices]) for k in keys}
-        return data, np.cumsum(lengths)
+            return data, self.episode_ends
+        return data, np.cumsum([s.stop - s.start for s in slices]).astype(np.int64)
 
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> None:
         """Append one episode: every array has the same length along axis 0 and the same keys, per-step shapes and
@@ -134,11 +145,18 @@ class ReplayBuffer:
         if len(ends) and (ends[0] <= 0 or (np.diff(ends) <= 0).any()):
             raise UserError(f"{path}: meta/episode_ends must be positive and strictly increasing, got "
                             f"{_preview(ends)}")
-        rows = {k: self.root["data"][k].shape[0] for k in self.keys}
-        if short := {k: n for k, n in rows.items() if n < self.n_steps}:  # more rows: an interrupted append's
+        shapes = {k: self.root["data"][k].shape for k in self.keys}
+        if scalar := [k for k, shape in shapes.items() if not shape]:
+            raise UserError(f"{path}: data/{scalar[0]} is a single value, not one row per step")
+        rows = {k: shape[0] for k, shape in shapes.items()}
+        if short := {k: n for k, n in rows.items() if n < self.n_steps}:
             key = min(short, key=short.get)
             raise UserError(f"{path}: meta/episode_ends ends at row {self.n_steps} but data/{key} has only "
                             f"{short[key]} rows")
+        if more := {k: n - self.n_steps for k, n in rows.items() if n > self.n_steps}:
+            key = max(more, key=more.get)  # an interrupted append's, or episode_ends that miss the data's last rows
+            print(f"note: {path}: data/{key} has {more[key]} rows after meta/episode_ends' last end (row "
+                  f"{self.n_steps}): read as an interrupted append's, they belong to no episode", file=sys.stderr)
 
     def _trim_dangling_rows(self) -> None:
         n = self.n_steps

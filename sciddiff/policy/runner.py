@@ -44,7 +44,7 @@ class EnvAdapter:
 
     score_name = "reward"  # what `score` measures, named in the metrics
 
-    def __init__(self, env_id: str, max_steps: int | None = 300, env_kwargs: dict | None = None,
+    def __init__(self, env_id: str, max_steps: int | None = None, env_kwargs: dict | None = None,
                  success_score: float | None = None, success: str = "terminated"):
         if success not in SUCCESS_RULES:
             raise ValueError(f"success must be one of {SUCCESS_RULES}, got {success!r}")
@@ -75,6 +75,7 @@ class EnvAdapter:
         env = self.make_env()
         try:
             obs_space, act_space = env.observation_space, env.action_space
+            self.render_modes = list(env.metadata.get("render_modes") or [])  # a video needs rgb_array
         finally:
             env.close()
         if not isinstance(act_space, spaces.Box):
@@ -96,10 +97,14 @@ class EnvAdapter:
             if outside.any():
                 notes.append(f"{outside.any(1).mean():.1%} of the demonstrated actions lie beyond {self.env_id}'s "
                              f"bounds [{low.min():g}, {high.max():g}]: the env clips what the policy learns there")
+        return notes + self.length_notes()
+
+    def length_notes(self) -> list[str]:
+        """A note where episodes run longer than the env registers: scores then differ from the benchmark's."""
         if self.registered_steps and self.max_steps > self.registered_steps:
-            notes.append(f"episodes of {self.max_steps} steps, beyond {self.env_id}'s registered "
-                         f"{self.registered_steps}: returns are not comparable with the standard benchmark")
-        return notes
+            return [f"episodes of {self.max_steps} steps, beyond {self.env_id}'s registered {self.registered_steps}: "
+                    "scores are not comparable with the standard benchmark"]
+        return []
 
     def make_env(self, render: bool = False):
         import gymnasium as gym

@@ -41,11 +41,13 @@ def sequence_windows(episode_ends: np.ndarray, horizon: int, pad_before: int = 0
 
 def split_episodes(n_episodes: int, n_val: int, seed: int = 0, max_train: int | None = None,
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split -> (train episode ids, val episode ids), both sorted; `max_train` keeps the first ones."""
+    """Seeded split -> (train episode ids, val episode ids), both sorted, as Diffusion Policy's `get_val_mask` and
+    `downsample_mask` draw them: `n_val` episodes at random, then `max_train` of the rest at random from a second
+    generator of the same seed (PushT with seed 42, 4 held out and 90: the paper's training episodes)."""
     if not 0 <= n_val < n_episodes:
         raise ValueError(f"cannot hold out {n_val} of {n_episodes} episodes")
     val = np.sort(np.random.default_rng(seed).choice(n_episodes, size=n_val, replace=False))
     train = np.setdiff1d(np.arange(n_episodes), val)
-    if max_train is not None:
-        train = train[:max_train]
+    if max_train is not None and len(train) > max_train:
+        train = np.sort(train[np.random.default_rng(seed).choice(len(train), size=max_train, replace=False)])
     return train, val

@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "and `sciddiff policy eval` uses it by default)")
     g.add_argument("--val-episodes", type=int, default=4, help="episodes held out for the validation loss (default 4)")
     g.add_argument("--max-train-episodes", type=int, default=None,
-                   help="train on at most this many episodes of --data (the paper uses 90; --extra-data episodes "
+                   help="train on at most this many episodes of --data, a seeded random draw as Diffusion Policy's "
+                        "(the paper's 90: --max-train-episodes 90 --val-episodes 4 --seed 42; --extra-data episodes "
                         "are added to them); default: all not held out")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="run directory (created; an existing run is resumed)")
@@ -393,6 +394,13 @@ def train(args: argparse.Namespace) -> dict:
                                      extra={**init.config.extra, **config.extra})
         policy = DiffusionPolicy(config)
         policy.load_state_dict(init.state_dict())
+        key = OBS_KEYS[args.obs_type][-1]
+        for what, norm, data in (("observations", policy.state_normalizer, arrays[key]),
+                                 ("actions", policy.action_normalizer, arrays["action"])):
+            if (dims := norm.dims_beyond(data)) and info.is_main:  # kept: the network learned in their units
+                print(f"note: --init {args.init}: the data's {what} reach beyond the range its normalizers were fitted "
+                      f"on (features {dims}): they map outside [-1, 1], and predicted actions stay within the old "
+                      "range; train without --init to fit them to this data", file=sys.stderr)
     else:  # normalizers fitted on every episode (train and val), as Diffusion Policy does
         policy = DiffusionPolicy(config)
         key = OBS_KEYS[args.obs_type][-1]
@@ -440,7 +448,9 @@ def train(args: argparse.Namespace) -> dict:
     ema = EMA(policy, power=args.ema_power)
     step, elapsed_before, samples_before = 0, 0.0, 0
     schedule_seconds = args.schedule_seconds or args.max_seconds
-    options = {k: getattr(args, k) for k in RUN_OPTIONS} | {"lr": lr}
+    # the data too: a resume on another store would keep the normalizers fitted on the first
+    options = {k: getattr(args, k) for k in RUN_OPTIONS} | {"lr": lr, "data": [
+        str(Path(p).resolve()) for p in (data_path, *args.extra_data)]}
     if not state_path.exists() and (out / "policy.pt").exists():
         raise UserError(f"{out} holds a policy but no training state ({state_path}) to resume: choose a new --out "
                         f"(--init {out / 'policy.pt'} trains on from that policy)")
@@ -457,7 +467,7 @@ def train(args: argparse.Namespace) -> dict:
                             f"configuration ({'; '.join(changed)}); use a new {'--state' if args.state else '--out'}")
         if changed := [f"--{k.replace('_', '-')}: {state['options'][k]!r} there, {v!r} here"
                        for k, v in options.items() if k in state.get("options", {}) and state["options"][k] != v]:
-            raise UserError(f"{state_path} belongs to a run with other optimization options ({'; '.join(changed)}); "
+            raise UserError(f"{state_path} belongs to a run with other data or optimization options ({'; '.join(changed)}); "
                             f"resume it with its own, or start a new --out (--init {out / 'policy.pt'} trains on "
                             "from its policy)")
         step = restore_training_state(state, model=policy, optimizer=optimizer, ema=ema)
@@ -564,7 +574,7 @@ def train(args: argparse.Namespace) -> dict:
                         row = {"step": step, "seconds": round(trained_seconds(), 1), "loss": round(loss, 5),
                                "lr": optimizer.param_groups[0]["lr"], "steps_per_s": round(rate, 2),
                                "samples_per_s": round(rate * args.batch_size * info.world_size), "val_loss": "",
-                               "eval_mean_max_reward": "", "eval_success_rate": ""}
+                               "eval_mean_max_reward": "", "eval_success_rate": "", "eval_mean_return": ""}
                         if evaluate:
                             ema_eval = ema_policy(config, ema, device)
                             last_val = validation_loss(ema_eval, val_data, args.batch_size, amp)
@@ -573,6 +583,9 @@ def train(args: argparse.Namespace) -> dict:
                             if score is not None:
                                 row["eval_mean_max_reward"] = round(score["mean_max_reward"], 4)
                                 row["eval_success_rate"] = round(score["success_rate"], 3)
+                                row["eval_mean_return"] = round(score["mean_return"], 4)  # a gymnasium task's number
+                        if logger.fields is not None and "eval_mean_return" not in logger.fields:
+                            del row["eval_mean_return"]  # a run resumed from a log written before the column
                         logger.log(**row)
                         bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.1f}")
                         bar.write(json.dumps(row))
