@@ -473,6 +473,33 @@ def _example(name):
     return module
 
 
+def test_a_generic_store_with_other_keys_trains_on_the_arrays_named(tmp_path):
+    """Diffusion Policy's low-dim stores hold the observation in several arrays (keypoint (N, 9, 2), state (N, 2)):
+    --obs-keys flattens and concatenates them in the order named; the keys go with the policy and `prepare`."""
+    from sciddiff.policy.data import GenericKeys, prepare_dataset
+
+    rng = np.random.default_rng(0)
+    store = ReplayBuffer.create(tmp_path / "chi.zarr")
+    for _ in range(3):
+        store.add_episode({"keypoint": rng.normal(size=(20, 9, 2)).astype(np.float32),
+                           "state": rng.normal(size=(20, 2)).astype(np.float32),
+                           "action": rng.normal(size=(20, 2)).astype(np.float32)})
+    common = ["--task", "generic", "--data", str(tmp_path / "chi.zarr"), "--steps", "2", "--batch-size", "8",
+              "--val-episodes", "1", *SMALL]
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "run"), "--obs-keys", "keypoint", "state"]))
+    policy = load_policy(tmp_path / "run" / "policy.pt")
+    assert (policy.config.state_dim, policy.config.action_dim) == (20, 2)
+    assert policy.config.extra["obs_keys"] == ["keypoint", "state"] and policy.config.extra["action_key"] == "action"
+    npz = prepare_dataset(tmp_path / "chi.zarr", tmp_path / "chi.npz", "state", "generic", GenericKeys(("keypoint", "state")))
+    with np.load(npz) as f:
+        assert f["state"].shape == (60, 20) and np.array_equal(f["state"][:, 18:], store.load(["state"])[0]["state"])
+    with pytest.raises(UserError, match=r"no key\(s\) \['kp'\]"):
+        train(build_parser().parse_args([*common, "--out", str(tmp_path / "bad"), "--obs-keys", "kp"]))
+    with pytest.raises(UserError, match="name a generic task's arrays"):
+        train(build_parser().parse_args(["--out", str(tmp_path / "bad"), "--obs-keys", "state", "--steps", "1"]))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_generic_gymnasium_task_trains_from_its_raw_vectors_and_evaluates_in_its_env(tmp_path, capsys):
     from sciddiff.policy.cli import register  # noqa: F401  (the eval command below)
     from sciddiff.cli import main as cli_main

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=("pusht", "generic"), default="pusht",
                    help="pusht: PushT features from gym-pusht states; generic: data/state and data/action as they "
                         "are (any gymnasium task; state policies)")
+    p.add_argument("--obs-keys", nargs="+", default=None, metavar="KEY",
+                   help="--task generic: the arrays that make the observation, in order (default: state)")
+    p.add_argument("--action-key", default=None, metavar="KEY", help="--task generic: the action array (default: action)")
     p.add_argument("--out", type=Path, required=True, help="output .npz")
     p.set_defaults(func=_prepare)
 
@@ -92,10 +95,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from sciddiff.policy.data import default_zarr, prepare_dataset
+    from sciddiff.policy.data import GenericKeys, default_zarr, prepare_dataset
 
     check_output_path(args.out)
-    path = prepare_dataset(args.zarr or default_zarr(), args.out, args.obs_type, args.task)
+    keys = GenericKeys.from_options(args.task, args.obs_keys, args.action_key)
+    path = prepare_dataset(args.zarr or default_zarr(), args.out, args.obs_type, args.task, keys)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

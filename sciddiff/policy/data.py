@@ -5,13 +5,16 @@ A dataset is a dict of numpy arrays sharing axis 0 (env steps, episodes back to 
   `pusht.state_features`), `action` (N, 2); image policy `image` (N, 96, 96, 3) uint8, `agent_pos` (N, 2) float32,
   `action` (N, 2); read from a store whose data/state rows are gym-pusht's (agent x, y, block x, y, angle).
 - `generic`: any other gymnasium task, state policies: the store's data/state (N, D) and data/action (N, A) as they
-  are (float32), D and A free. Write such a store with `ReplayBuffer` (keys "state" and "action").
+  are (float32), D and A free. Write such a store with `ReplayBuffer` (keys "state" and "action"), or name other keys
+  (`GenericKeys`: Diffusion Policy's low-dim stores hold e.g. keypoint (N, 9, 2) and state (N, 2), flattened and
+  concatenated in the order named into the observation vector).
 `prepare_dataset` writes such a dict with `np.savez_compressed` so that a GPU machine without zarr or gymnasium can train
 from a single file (the 25,650 frames compress to ~12 MB as HWC uint8). `load_dataset` reads either form; it needs zarr
 only for `.zarr` paths.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -22,6 +25,21 @@ from sciddiff.cli import UserError
 from sciddiff.policy import pusht
 
 OBS_KEYS = {"state": ("state",), "image": ("image", "agent_pos")}
+
+
+@dataclasses.dataclass(frozen=True)
+class GenericKeys:
+    """Which arrays of a generic task's store make its observation (flattened per row and concatenated in this order)
+    and its action."""
+    obs: tuple[str, ...] = ("state",)
+    action: str = "action"
+
+    @classmethod
+    def from_options(cls, task: str, obs_keys: list[str] | None, action_key: str | None) -> GenericKeys:
+        """The keys `--obs-keys` / `--action-key` name (defaults where not given); refused for PushT."""
+        if task != "generic" and (obs_keys or action_key):
+            raise UserError("--obs-keys and --action-key name a generic task's arrays (--task generic); PushT's are fixed")
+        return cls(tuple(obs_keys or cls.obs), action_key or cls.action)
 TASKS = ("pusht", "generic")
 # Per-row shapes PushT needs: the replay buffer's raw arrays, then the training arrays made from them. Checked where the
 # data are read, so that a malformed store is one line naming it, not an IndexError deep in training.
@@ -41,16 +59,19 @@ def default_zarr() -> Path:
     return data_root() / "pusht" / "pusht_cchi_v7_replay.zarr"
 
 
-def dataset_from_zarr(path: str | Path, obs_type: str, chunk: int = 2048, task: str = "pusht") -> dict[str, np.ndarray]:
-    """Read a replay buffer (keys data/state, data/action; PushT image policies also data/img) into training arrays."""
+def dataset_from_zarr(path: str | Path, obs_type: str, chunk: int = 2048, task: str = "pusht",
+                      keys: GenericKeys = GenericKeys()) -> dict[str, np.ndarray]:
+    """Read a replay buffer (keys data/state, data/action, or a generic task's `keys`; PushT image policies also
+    data/img) into training arrays."""
     from sciddiff.policy.replay_buffer import ReplayBuffer
 
     check_task(task, obs_type)
     buffer = ReplayBuffer.open(path)
     if task == "generic":
-        raw, ends = buffer.load(["state", "action"])
-        out = {"state": raw["state"].astype(np.float32), "action": raw["action"].astype(np.float32),
-               "episode_ends": ends.astype(np.int64)}
+        raw, ends = buffer.load([*keys.obs, keys.action])
+        rows = len(raw[keys.action])
+        out = {"state": np.concatenate([raw[k].reshape(rows, -1) for k in keys.obs], 1).astype(np.float32),
+               "action": raw[keys.action].reshape(rows, -1).astype(np.float32), "episode_ends": ends.astype(np.int64)}
         check_dataset(out, path, obs_type, task)
         return out
     try:
@@ -131,13 +152,15 @@ def _check_array(path: str | Path, name: str, a: np.ndarray, shape: tuple[int, .
                         f"{int(np.argmin(finite))})")
 
 
-def prepare_dataset(zarr_path: str | Path, out_path: str | Path, obs_type: str, task: str = "pusht") -> Path:
+def prepare_dataset(zarr_path: str | Path, out_path: str | Path, obs_type: str, task: str = "pusht",
+                    keys: GenericKeys = GenericKeys()) -> Path:
     """Write the training arrays of `obs_type` to a compressed `.npz` (atomically)."""
     out_path = Path(out_path)
     if out_path.suffix != ".npz":
         raise UserError(f"prepared datasets are .npz files, got {out_path}")
-    arrays = dataset_from_zarr(zarr_path, obs_type, task=task)
-    meta = {"source": str(zarr_path), "obs_type": obs_type, "task": task}
+    arrays = dataset_from_zarr(zarr_path, obs_type, task=task, keys=keys)
+    meta = {"source": str(zarr_path), "obs_type": obs_type, "task": task,
+            **({"obs_keys": list(keys.obs), "action_key": keys.action} if task == "generic" else {})}
     if task == "pusht":
         meta["state_features"] = "agent xy + 8 T vertices (gym-pusht get_keypoints order)"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,14 +184,15 @@ def concat_datasets(datasets: list[dict[str, np.ndarray]]) -> dict[str, np.ndarr
     return out
 
 
-def load_dataset(path: str | Path, obs_type: str, task: str = "pusht") -> dict[str, np.ndarray]:
-    """Training arrays from a `.zarr` replay buffer or a `.npz` written by `prepare_dataset`."""
+def load_dataset(path: str | Path, obs_type: str, task: str = "pusht", keys: GenericKeys = GenericKeys(),
+                 ) -> dict[str, np.ndarray]:
+    """Training arrays from a `.zarr` replay buffer or a `.npz` written by `prepare_dataset` (which chose the keys)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"no dataset at {path}")
     check_task(task, obs_type)
     if path.suffix == ".zarr" or path.is_dir():
-        return dataset_from_zarr(path, obs_type, task=task)
+        return dataset_from_zarr(path, obs_type, task=task, keys=keys)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files if k != "meta"}

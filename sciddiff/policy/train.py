@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from sciddiff.core.ema import EMA
-from sciddiff.policy.data import OBS_KEYS, TASKS, check_task, concat_datasets, default_zarr, load_dataset
+from sciddiff.policy.data import OBS_KEYS, TASKS, GenericKeys, check_task, concat_datasets, default_zarr, load_dataset
 from sciddiff.policy.io import save_policy
 from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig, fitted_noise_scale, noise_scale_error
 from sciddiff.policy.sampler import sequence_windows, split_episodes
@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--task", choices=TASKS, default="pusht",
                    help="pusht (default): PushT features from gym-pusht states; generic: any gymnasium task, the "
                         "stores' data/state and data/action vectors as they are (state policies)")
+    g.add_argument("--obs-keys", nargs="+", default=None, metavar="KEY",
+                   help="--task generic: the store's arrays that make the observation, flattened and concatenated in "
+                        "this order (default: state; Diffusion Policy's low-dim PushT store: keypoint state)")
+    g.add_argument("--action-key", default=None, metavar="KEY", help="--task generic: the action array (default: action)")
     g.add_argument("--env", default=None, metavar="ID",
                    help="--task generic: the gymnasium env id (recorded in the policy; --eval-every rolls out in it "
                         "and `sciddiff policy eval` uses it by default)")
@@ -339,7 +343,8 @@ def train(args: argparse.Namespace) -> dict:
     amp = not args.no_amp and device.type == "cuda"
     seed_everything(args.seed)
     data_path = args.data or default_zarr()
-    arrays = load_dataset(data_path, args.obs_type, args.task)
+    keys = GenericKeys.from_options(args.task, args.obs_keys, args.action_key)
+    arrays = load_dataset(data_path, args.obs_type, args.task, keys)
     n_episodes = len(arrays["episode_ends"])
     try:
         train_eps, val_eps = split_episodes(n_episodes, args.val_episodes, args.seed, args.max_train_episodes)
@@ -347,7 +352,7 @@ def train(args: argparse.Namespace) -> dict:
         raise UserError(f"--val-episodes: {err}") from None
     sources = [(data_path, n_episodes)]
     if args.extra_data:
-        extra = [load_dataset(path, args.obs_type, args.task) for path in args.extra_data]
+        extra = [load_dataset(path, args.obs_type, args.task, keys) for path in args.extra_data]
         sources += [(path, len(a["episode_ends"])) for path, a in zip(args.extra_data, extra)]
         arrays = concat_datasets([arrays, *extra])
         train_eps = np.concatenate([train_eps, np.arange(n_episodes, len(arrays["episode_ends"]))])
@@ -357,7 +362,9 @@ def train(args: argparse.Namespace) -> dict:
         sampler=args.sampler or "ddim", num_inference_steps=8 if args.inference_steps is None else args.inference_steps,
         ddim_eta=args.ddim_eta or 0.0,
         vision_channels=vision_channels, cpu_weights=args.cpu_weights or "float32",
-        extra={"task": args.task, **({"env": args.env} if args.env else {}), "train_episodes": len(train_eps),
+        extra={"task": args.task, **({"env": args.env} if args.env else {}),
+               **({"obs_keys": list(keys.obs), "action_key": keys.action} if args.task == "generic" else {}),
+               "train_episodes": len(train_eps),
                "val_episodes": val_eps.tolist()})
     if args.task == "generic" and args.env:  # the data must fit the env the policy will act in: checked now
         checked_env(args.env, config.state_dim, config.action_dim, arrays["action"], show=info.is_main)
