@@ -90,20 +90,25 @@ def test_receptor_hydrogens_in_the_file_decide_donors_and_acceptors(tmp_path):
     assert rec.hydrogens[n6] == 1 and (rec.hydrogens[lys_n] == -1).all()
 
 
-def test_elements_without_an_element_column_and_autodock_types_read_right(tmp_path):
-    """No element columns (MD and old files): an amino acid's left-justified "HG2 " is a hydrogen, not mercury (nor
-    "HZ1 " helium; RDKit also logged a C++ stack trace per unknown symbol); a mercury ion is still mercury. PDBQT
-    types are case-sensitive as AutoDock's: NA an acceptor nitrogen, Na sodium."""
-    def line(serial, name, res, seq, xyz, het=False):  # name as given in columns 13-16; no element column
+def test_elements_without_an_element_column_and_autodock_types_read_right(tmp_path, capfd):
+    """No element columns (MD and old files): an amino acid's left-justified "HG2 " (biopython: X) or a serine's
+    "HG  " (biopython: mercury) is a hydrogen (RDKit also logged a C++ stack trace per unknown symbol); a mercury ion
+    is still mercury, and an element column is kept (a zinc written inside a CYS residue). PDBQT types are
+    case-sensitive as AutoDock's: NA an acceptor nitrogen, Na sodium."""
+    def line(serial, name, res, seq, xyz, het=False, element=""):  # name as given in columns 13-16
         return (f"{'HETATM' if het else 'ATOM':<6}{serial:>5} {name:<4} {res:>3} A{seq:>4}    "
-                f"{xyz[0]:8.3f}{xyz[1]:8.3f}{xyz[2]:8.3f}  1.00  0.00")
-    rows = [(" N  ", "LYS", 1, (0, 0, 0)), (" CA ", "LYS", 1, (1.5, 0, 0)), (" CB ", "LYS", 1, (2, -1.4, 0)),
-            ("HG2 ", "LYS", 1, (2.9, -1.5, 0.5)), ("HZ1 ", "LYS", 1, (2.5, -2.2, -0.6)), ("1HB ", "LYS", 1, (1.8, -2, 0.8)),
-            ("HG  ", " HG", 2, (8, 0, 0))]
-    (tmp_path / "p.pdb").write_text("\n".join(line(i + 1, n, r, q, x, het=r == " HG") for i, (n, r, q, x)
+                f"{xyz[0]:8.3f}{xyz[1]:8.3f}{xyz[2]:8.3f}  1.00  0.00          {element:>2}")
+    rows = [(" N  ", "LYS", 1, (0, 0, 0), ""), (" CA ", "LYS", 1, (1.5, 0, 0), ""), (" CB ", "LYS", 1, (2, -1.4, 0), ""),
+            ("HG2 ", "LYS", 1, (2.9, -1.5, 0.5), ""), ("1HB ", "LYS", 1, (1.8, -2, 0.8), ""),
+            (" CA ", "SER", 2, (5, 0, 0), ""), (" OG ", "SER", 2, (6, 1, 0), ""), ("HG  ", "SER", 2, (6.5, 1.7, 0), ""),
+            (" CA ", "CYS", 3, (10, 4, 0), "C"), ("ZN  ", "CYS", 3, (12, 4, 0), "ZN"), ("HG  ", " HG", 4, (8, 0, 0), ""),
+            (" C1 ", "LIG", 5, (14, 0, 0), ""), ("HN1 ", "LIG", 5, (14.5, 0.9, 0), "")]  # a cofactor's H, "Hn"?
+    (tmp_path / "p.pdb").write_text("\n".join(line(i + 1, n, r, q, x, r in (" HG", "LIG"), e) for i, (n, r, q, x, e)
                                               in enumerate(rows)) + "\nEND\n")
+    capfd.readouterr()
     rec = io.load_receptor(tmp_path / "p.pdb")
-    assert rec.elements.tolist() == ["N", "C", "C", "Hg"]
+    assert rec.elements.tolist() == ["N", "C", "C", "C", "O", "C", "Zn", "Hg", "C"]
+    assert "Element 'Hn' not found" not in capfd.readouterr().err  # RDKit's C++ stack trace, once per such atom
     pdbqt = ["ATOM      1  CA  HIS A   1       0.000   1.400   0.000  1.00  0.00     0.180 C ",
              "ATOM      2  ND1 HIS A   1       0.000   0.000   0.000  1.00  0.00    -0.246 NA",
              "ATOM      3  CG  HIS A   1       1.400   0.000   0.000  1.00  0.00     0.200 A ",

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,10 +82,14 @@ def test_training_resumes_where_it_stopped(tmp_path):
     with pytest.raises(UserError, match="other data or optimization options .*--batch-size: 8 there, 16 here"):
         train(build_parser().parse_args([*common, "--steps", "30", "--batch-size", "16"]))
     other = _demo_store(tmp_path / "other.zarr", n_episodes=3, length=24, seed=5)  # it resumed on it, old normalizers
-    with pytest.raises(UserError, match="--data: .*demo.zarr'] there, .*other.zarr'] here"):
+    with pytest.raises(UserError, match=r"--data: \['demo.zarr: 3 episodes, 72 steps'\] there, \['other.zarr: 3 episodes, 72 "
+                                        r"steps'\] here"):
         train(build_parser().parse_args([*common, "--steps", "30", "--data", str(other)]))
     meta = json.loads((tmp_path / "run" / "policy.json").read_text())["meta"]
     assert meta["samples_seen"] == 20 * 8
+    shutil.copytree(data, tmp_path / "moved" / "demo.zarr")  # the same store elsewhere (another machine): resumes
+    train(build_parser().parse_args([*common, "--steps", "25", "--data", str(tmp_path / "moved" / "demo.zarr")]))
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["step"] == 25
     (tmp_path / "run" / "train_state.pt").unlink()  # a finished run's folder without its state: not a new run
     with pytest.raises(UserError, match="holds a policy but no training state"):
         train(build_parser().parse_args([*common, "--steps", "5"]))
@@ -474,25 +479,28 @@ def _example(name):
 
 
 def test_a_generic_store_with_other_keys_trains_on_the_arrays_named(tmp_path):
-    """Diffusion Policy's low-dim stores hold the observation in several arrays (keypoint (N, 9, 2), state (N, 2)):
-    --obs-keys flattens and concatenates them in the order named; the keys go with the policy and `prepare`."""
+    """A store that keeps the observation in several arrays (keypoint (N, 9, 2), agent_pos (N, 2)): --obs-keys
+    flattens and concatenates them in the order named; the keys go with the policy and `prepare`."""
     from sciddiff.policy.data import GenericKeys, prepare_dataset
 
     rng = np.random.default_rng(0)
     store = ReplayBuffer.create(tmp_path / "chi.zarr")
     for _ in range(3):
         store.add_episode({"keypoint": rng.normal(size=(20, 9, 2)).astype(np.float32),
-                           "state": rng.normal(size=(20, 2)).astype(np.float32),
+                           "agent_pos": rng.normal(size=(20, 2)).astype(np.float32),
                            "action": rng.normal(size=(20, 2)).astype(np.float32)})
     common = ["--task", "generic", "--data", str(tmp_path / "chi.zarr"), "--steps", "2", "--batch-size", "8",
               "--val-episodes", "1", *SMALL]
-    train(build_parser().parse_args([*common, "--out", str(tmp_path / "run"), "--obs-keys", "keypoint", "state"]))
+    train(build_parser().parse_args([*common, "--out", str(tmp_path / "run"), "--obs-keys", "keypoint", "agent_pos"]))
     policy = load_policy(tmp_path / "run" / "policy.pt")
     assert (policy.config.state_dim, policy.config.action_dim) == (20, 2)
-    assert policy.config.extra["obs_keys"] == ["keypoint", "state"] and policy.config.extra["action_key"] == "action"
-    npz = prepare_dataset(tmp_path / "chi.zarr", tmp_path / "chi.npz", "state", "generic", GenericKeys(("keypoint", "state")))
+    assert policy.config.extra["obs_keys"] == ["keypoint", "agent_pos"] and policy.config.extra["action_key"] == "action"
+    npz = prepare_dataset(tmp_path / "chi.zarr", tmp_path / "chi.npz", "state", "generic", GenericKeys(("keypoint", "agent_pos")))
     with np.load(npz) as f:
-        assert f["state"].shape == (60, 20) and np.array_equal(f["state"][:, 18:], store.load(["state"])[0]["state"])
+        assert f["state"].shape == (60, 20) and np.array_equal(f["state"][:, 18:], store.load(["agent_pos"])[0]["agent_pos"])
+    with pytest.raises(UserError, match="holds the arrays `policy prepare` made"):  # they were ignored, and recorded
+        train(build_parser().parse_args([*common[:3], str(npz), *common[4:], "--out", str(tmp_path / "bad"),
+                                         "--obs-keys", "keypoint", "agent_pos"]))
     with pytest.raises(UserError, match=r"no key\(s\) \['kp'\]"):
         train(build_parser().parse_args([*common, "--out", str(tmp_path / "bad"), "--obs-keys", "kp"]))
     with pytest.raises(UserError, match="name a generic task's arrays"):

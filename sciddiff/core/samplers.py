@@ -267,8 +267,8 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
 
     ``method="dpmpp_2m"`` is DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's ``sample_dpmpp_2m``, the usual choice on a
     Karras grid): one model call per step, the exponential integrator in log sigma applied to a second-order
-    extrapolation of the denoised estimate from this step's and the last one's (first order on the first step and
-    on a step to sigma = 0). The denoised estimate is the tangent v = sigma^2 score from x (Tweedie); the last step's,
+    extrapolation of the denoised estimate from this step's and the last one's (first order on the first step, after
+    a repeated sigma, and on a step to sigma = 0: on a product, to 0 in any component, for every component). The denoised estimate is the tangent v = sigma^2 score from x (Tweedie); the last step's,
     less the step taken since, stands in for it at x, treated as living at x as in Heun (exact on flat spaces and the
     torus). Per component on a product, each on its own grid. No churn.
 
@@ -322,8 +322,9 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
                 s_last, denoised_last, step_last = previous
                 seen = Space.add(denoised_last, Space.scale(step_last, -1.0))  # the last estimate, seen from x
                 log_ratio = lambda a, b: math.log(a / b)  # noqa: E731
-                # weight 1 / (2 r), r = h_last / h: the step sizes in log sigma
-                w = _combine(_combine(s_last, s, log_ratio), _combine(s, s_next, log_ratio), lambda h_last, h: h / (2 * h_last))
+                # weight 1 / (2 r), r = h_last / h: the step sizes in log sigma (a repeated sigma: first order)
+                w = _combine(_combine(s_last, s, log_ratio), _combine(s, s_next, log_ratio),
+                             lambda h_last, h: h / (2 * h_last) if h_last > 0 else 0.0)
                 v = Space.add(Space.scale(denoised, _map(w, lambda a: 1 + a)), Space.scale(seen, _map(w, lambda a: -a)))
             step = Space.scale(v, _combine(s, s_next, lambda a, b: 1 - b / a))
             x, previous = space.exp(x, step), (s, denoised, step)

@@ -248,7 +248,6 @@ def read_split(path: str | Path) -> list[str]:
     return [ln for ln in lines if ln]
 
 
-PROTEIN_SUFFIXES = tuple(f"{s}{z}" for s in (".pdb", ".cif", ".pdbqt", ".ent", ".mmcif") for z in (".gz", ""))  # as `dock` reads
 LIGAND_SUFFIXES = (".sdf.gz", ".sdf", ".mol2.gz", ".mol2")
 
 
@@ -257,11 +256,14 @@ def complex_files(root: str | Path, cid: str) -> tuple[str, str]:
     .cif, .pdbqt, .ent, .mmcif, each optionally .gz) and `<cid>/<name>_ligand.sdf[.gz]` (or .mol2[.gz]), name = the last part of cid; the layout of
     shared/data/docking and of the PoseBusters benchmark sets. The first suffix that exists wins, else the first.
     An absolute cid is its own folder, so one split file may list complexes of several roots."""
+    from sciddiff.dock.io import PROTEIN_FORMATS
+
     def first(stem: str, suffixes: tuple[str, ...]) -> str:
         paths = _candidate_files(root, cid, stem, suffixes)
         return str(next((p for p in paths if p.is_file()), paths[0]))
 
-    return first("protein", PROTEIN_SUFFIXES), first("ligand", LIGAND_SUFFIXES)
+    proteins = tuple(f"{s}{z}" for s in PROTEIN_FORMATS for z in (".gz", ""))  # what `dock` reads
+    return first("protein", proteins), first("ligand", LIGAND_SUFFIXES)
 
 
 def _candidate_files(root: str | Path, cid: str, stem: str, suffixes: tuple[str, ...]) -> list[Path]:

@@ -26,6 +26,7 @@ from rdkit import Chem, RDLogger
 from sciddiff.cli import UserError
 
 MAX_HEAVY_ATOMS = 150
+PROTEIN_FORMATS = (".pdb", ".cif", ".pdbqt", ".ent", ".mmcif")  # each also .gz
 AUTOBOX_ADD = 4.0  # A around a ligand on every side: gnina's --autobox_add default
 MAX_BOX_SIDE = 60.0  # A: a search box beyond this is a blind search; blind docking finds pockets instead
 # AutoDock types that are not an element symbol (PDBQT files)
@@ -177,8 +178,8 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     from Bio.PDB.PDBExceptions import PDBConstructionWarning
 
     suffix = _stem_suffix(path)
-    if suffix not in (".pdb", ".ent", ".cif", ".mmcif", ".pdbqt"):
-        raise UserError(f"protein must be a .pdb, .cif or .pdbqt file (optionally .gz), got {Path(path).name}")
+    if suffix not in PROTEIN_FORMATS:
+        raise UserError(f"protein must be a {', '.join(PROTEIN_FORMATS)} file (optionally .gz), got {Path(path).name}")
     text = read_text(path)
     if suffix in (".cif", ".mmcif"):
         text = _mmcif_to_pdb(text, path)
@@ -229,6 +230,7 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
     # files write ions as ATOM records, CHARMM's as SOD, CLA ...)
     unlisted_ions = {ln[17:20].strip() for ln in atom_records
                      if not ln[76:78].strip() and ln[12:16].strip() == ln[17:20].strip()}
+    guessed = {(ln[21], ln[22:27], ln[12:16]) for ln in atom_records if not ln[76:78].strip()}  # biopython's guess
     read_altlocs = set()  # (chain, number, insertion code, atom name, altloc) of each alternate location read
     for chain in models[0]:
         for res in chain:
@@ -251,7 +253,8 @@ def load_receptor(path: str | os.PathLike, keep_waters: bool = True) -> Receptor
                     read_altlocs.add((chain.id, res.id[1], res.id[2], atom.get_fullname(), atom.get_altloc()))
                 el = (atom.element or "").strip().capitalize()
                 if (not el or el == "X" or (len(res) == 1 and resname in unlisted_ions)
-                        or (standard and el not in STANDARD_ELEMENTS)):
+                        or (standard and el not in STANDARD_ELEMENTS
+                            and (chain.id, f"{res.id[1]:>4}{res.id[2]}", atom.get_fullname()) in guessed)):
                     # no element column: biopython could not guess, or guessed an ion's first letter (" FE " in FE:
                     # F, " CA " in CA: C), or mercury for a left-justified "HG2 " of an amino acid; an ion's residue
                     # is its element

@@ -6,8 +6,8 @@ A dataset is a dict of numpy arrays sharing axis 0 (env steps, episodes back to 
   `action` (N, 2); read from a store whose data/state rows are gym-pusht's (agent x, y, block x, y, angle).
 - `generic`: any other gymnasium task, state policies: the store's data/state (N, D) and data/action (N, A) as they
   are (float32), D and A free. Write such a store with `ReplayBuffer` (keys "state" and "action"), or name other keys
-  (`GenericKeys`: Diffusion Policy's low-dim stores hold e.g. keypoint (N, 9, 2) and state (N, 2), flattened and
-  concatenated in the order named into the observation vector).
+  (`GenericKeys`: a store that keeps the observation in several arrays, e.g. keypoint (N, 9, 2) and agent_pos (N, 2),
+  flattened and concatenated in the order named into the observation vector; whole arrays, no column selection).
 `prepare_dataset` writes such a dict with `np.savez_compressed` so that a GPU machine without zarr or gymnasium can train
 from a single file (the 25,650 frames compress to ~12 MB as HWC uint8). `load_dataset` reads either form; it needs zarr
 only for `.zarr` paths.
@@ -184,6 +184,11 @@ def concat_datasets(datasets: list[dict[str, np.ndarray]]) -> dict[str, np.ndarr
     return out
 
 
+def is_zarr(path: str | Path) -> bool:
+    """A zarr store (a folder), not a prepared `.npz`."""
+    return Path(path).suffix == ".zarr" or Path(path).is_dir()
+
+
 def load_dataset(path: str | Path, obs_type: str, task: str = "pusht", keys: GenericKeys = GenericKeys(),
                  ) -> dict[str, np.ndarray]:
     """Training arrays from a `.zarr` replay buffer or a `.npz` written by `prepare_dataset` (which chose the keys)."""
@@ -191,8 +196,11 @@ def load_dataset(path: str | Path, obs_type: str, task: str = "pusht", keys: Gen
     if not path.exists():
         raise UserError(f"no dataset at {path}")
     check_task(task, obs_type)
-    if path.suffix == ".zarr" or path.is_dir():
+    if is_zarr(path):
         return dataset_from_zarr(path, obs_type, task=task, keys=keys)
+    if keys != GenericKeys():  # the arrays were chosen when `prepare` wrote the file
+        raise UserError(f"--obs-keys / --action-key read a zarr store; {path} holds the arrays `policy prepare` made "
+                        "(give those options to prepare)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files if k != "meta"}

@@ -46,7 +46,8 @@ class ReplayBuffer:
         except UserError:
             raise
         except Exception as err:  # damaged metadata (zarr.json) or an index chunk: one line, not zarr's traceback
-            raise UserError(f"{path}: damaged zarr store ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+            what = "cannot open the zarr store" if isinstance(err, OSError) else "damaged zarr store"  # permissions
+            raise UserError(f"{path}: {what} ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
         return buffer
 
     @classmethod

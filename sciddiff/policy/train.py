@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from sciddiff.core.ema import EMA
-from sciddiff.policy.data import OBS_KEYS, TASKS, GenericKeys, check_task, concat_datasets, default_zarr, load_dataset
+from sciddiff.policy.data import (OBS_KEYS, TASKS, GenericKeys, check_task, concat_datasets, default_zarr, is_zarr,
+                                  load_dataset)
 from sciddiff.policy.io import save_policy
 from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig, fitted_noise_scale, noise_scale_error
 from sciddiff.policy.sampler import sequence_windows, split_episodes
@@ -63,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="pusht (default): PushT features from gym-pusht states; generic: any gymnasium task, the "
                         "stores' data/state and data/action vectors as they are (state policies)")
     g.add_argument("--obs-keys", nargs="+", default=None, metavar="KEY",
-                   help="--task generic: the store's arrays that make the observation, flattened and concatenated in "
-                        "this order (default: state; Diffusion Policy's low-dim PushT store: keypoint state)")
+                   help="--task generic, a zarr store: the arrays that make the observation, flattened and "
+                        "concatenated in this order, e.g. keypoint agent_pos (default: state)")
     g.add_argument("--action-key", default=None, metavar="KEY", help="--task generic: the action array (default: action)")
     g.add_argument("--env", default=None, metavar="ID",
                    help="--task generic: the gymnasium env id (recorded in the policy; --eval-every rolls out in it "
@@ -163,6 +164,14 @@ def _load_training_state(path: Path, device: torch.device) -> dict:
     if not isinstance(state["config"], dict) or not set(state["config"]) <= fields:  # older runs may lack new fields
         raise ValueError("its config is not a diffusion policy's")
     return state
+
+
+def _data_identity(sources: list[tuple[Path, int]], ends: np.ndarray) -> list[str]:
+    """Each store of a run (--data, then --extra-data) by file name and size: a resume on another store is refused,
+    the same store moved to another folder or machine is not."""
+    bounds = np.concatenate([[0], ends[np.cumsum([n for _, n in sources]) - 1]])
+    return [f"{Path(path).name}: {n} episodes, {int(b - a)} steps"
+            for (path, n), a, b in zip(sources, bounds[:-1], bounds[1:])]
 
 
 def _check_episode_lengths(ends: np.ndarray, sources: list[tuple[Path, int]], min_steps: int) -> None:
@@ -356,6 +365,7 @@ def train(args: argparse.Namespace) -> dict:
         sources += [(path, len(a["episode_ends"])) for path, a in zip(args.extra_data, extra)]
         arrays = concat_datasets([arrays, *extra])
         train_eps = np.concatenate([train_eps, np.arange(n_episodes, len(arrays["episode_ends"]))])
+    data_identity = _data_identity(sources, arrays["episode_ends"])
     config = PolicyConfig(
         obs_type=args.obs_type, state_dim=arrays[OBS_KEYS[args.obs_type][-1]].shape[-1],
         action_dim=arrays["action"].shape[-1], down_dims=down_dims, prediction_type=args.prediction_type,
@@ -363,7 +373,8 @@ def train(args: argparse.Namespace) -> dict:
         ddim_eta=args.ddim_eta or 0.0,
         vision_channels=vision_channels, cpu_weights=args.cpu_weights or "float32",
         extra={"task": args.task, **({"env": args.env} if args.env else {}),
-               **({"obs_keys": list(keys.obs), "action_key": keys.action} if args.task == "generic" else {}),
+               **({"obs_keys": list(keys.obs), "action_key": keys.action}  # a prepared .npz chose its own
+                  if args.task == "generic" and is_zarr(data_path) else {}),
                "train_episodes": len(train_eps),
                "val_episodes": val_eps.tolist()})
     if args.task == "generic" and args.env:  # the data must fit the env the policy will act in: checked now
@@ -456,8 +467,7 @@ def train(args: argparse.Namespace) -> dict:
     step, elapsed_before, samples_before = 0, 0.0, 0
     schedule_seconds = args.schedule_seconds or args.max_seconds
     # the data too: a resume on another store would keep the normalizers fitted on the first
-    options = {k: getattr(args, k) for k in RUN_OPTIONS} | {"lr": lr, "data": [
-        str(Path(p).resolve()) for p in (data_path, *args.extra_data)]}
+    options = {k: getattr(args, k) for k in RUN_OPTIONS} | {"lr": lr, "data": data_identity}
     if not state_path.exists() and (out / "policy.pt").exists():
         raise UserError(f"{out} holds a policy but no training state ({state_path}) to resume: choose a new --out "
                         f"(--init {out / 'policy.pt'} trains on from that policy)")

@@ -194,7 +194,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     net, flow_cfg, meta = load_or_fail(lambda path: load_model(path, device), args.checkpoint or DEFAULT_CHECKPOINT,
                                        "backbone checkpoint")
-    shipped = Path(args.checkpoint or DEFAULT_CHECKPOINT).resolve().parent == DEFAULT_CHECKPOINT.parent  # also the SS model
+    shipped = Path(args.checkpoint or DEFAULT_CHECKPOINT).resolve() in {  # named or not, and the SS model too
+        p.resolve() for p in (DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT.with_name("backbone_flow_ss.pt"))}
     if shipped and max(lengths) > VALID_LENGTH:
         print(f"note: the shipped model learned from chains of 50-300 residues; above {VALID_LENGTH} its backbones "
               "come out less often valid (CA-CA gaps; eval reports them)", file=sys.stderr)
