@@ -409,3 +409,13 @@ def test_a_renoising_policy_samples_with_dpm_solver_at_the_most_noise_it_takes()
     policy = DiffusionPolicy(PolicyConfig(ddim_eta=float("inf"), down_dims=(16, 32))).eval()
     obs = {"state": torch.full((1, 2, 18), 256.0)}
     assert torch.isfinite(policy.predict_action(obs, sampler="dpmpp_2m", steps=3)).all()
+
+
+def test_fit_normalizers_maps_the_demonstrations_onto_minus_one_to_one():
+    policy = DiffusionPolicy(PolicyConfig(state_dim=3, action_dim=2, **TINY))
+    g = torch.Generator().manual_seed(0)
+    states, actions = torch.rand(4, 50, 3, generator=g) * 400 - 7, torch.rand(200, 2, generator=g) * 9 + 1
+    policy.fit_normalizers(states, actions)  # any leading shape: episodes x steps, or rows
+    y = policy.state_normalizer.normalize(states.reshape(-1, 3))
+    assert torch.allclose(y.amin(0), -torch.ones(3)) and torch.allclose(y.amax(0), torch.ones(3))
+    assert torch.allclose(policy.action_normalizer.low, actions.amin(0)) and torch.allclose(policy.action_normalizer.high, actions.amax(0))

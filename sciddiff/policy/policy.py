@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -126,6 +127,12 @@ class DiffusionPolicy(nn.Module):
         self.unet = ConditionalUnet1D(c.action_dim, per_step * c.n_obs_steps, c.down_dims, c.kernel_size, c.n_groups,
                                       c.step_embed_dim)
         self.schedule = DiscreteSchedule(name=c.beta_schedule, num_train_timesteps=c.num_train_timesteps)
+
+    def fit_normalizers(self, states: np.ndarray | torch.Tensor, actions: np.ndarray | torch.Tensor) -> None:
+        """Fit the min-max normalizers to demonstrations: low-dim observation features (..., state_dim) and actions
+        (..., action_dim), all episodes, as Diffusion Policy fits its normalizer on the whole dataset."""
+        self.state_normalizer.load_state_dict(MinMaxNormalizer.fit(states).state_dict())
+        self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(actions).state_dict())
 
     # --- observations -------------------------------------------------------------------------------------------
     def normalize_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -421,9 +421,7 @@ def train(args: argparse.Namespace) -> dict:
                       "range; train without --init to fit them to this data", file=sys.stderr)
     else:  # normalizers fitted on every episode (train and val), as Diffusion Policy does
         policy = DiffusionPolicy(config)
-        key = OBS_KEYS[args.obs_type][-1]
-        policy.state_normalizer.load_state_dict(type(policy.state_normalizer).fit(arrays[key]).state_dict())
-        policy.action_normalizer.load_state_dict(type(policy.action_normalizer).fit(arrays["action"]).state_dict())
+        policy.fit_normalizers(arrays[OBS_KEYS[args.obs_type][-1]], arrays["action"])
 
     if config.num_inference_steps > config.num_train_timesteps:
         raise UserError(f"--inference-steps must be at most {config.num_train_timesteps} (the policy's training "
