@@ -120,6 +120,18 @@ def test_prepare_refuses_a_bad_manifest_split_or_output_up_front(tmp_path, capsy
     assert len(err) == 1 and "no column n_breaks" in err[0] and not out.exists()
 
 
+def test_prepare_refuses_a_chain_id_listed_twice(tmp_path, capsys):
+    """A split file names chains by id: two manifest rows of one id shared its entry (a test chain's copy went to
+    train beside it)."""
+    root = _root(tmp_path, [])
+    manifest = root / "proteins" / "manifest.tsv"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([*lines, lines[1]]) + "\n")
+    assert _prepare(root, tmp_path / "c.pt", "--split", str(tmp_path / "split.tsv"), "--new-split") == 2
+    assert "lists the chain id 'toy:good0' more than once" in capsys.readouterr().err
+    assert not (tmp_path / "c.pt").exists()
+
+
 @pytest.fixture(scope="module")
 def chains(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bb")
@@ -141,7 +153,14 @@ def test_train_refuses_bad_options_before_making_a_run_folder(chains, tmp_path, 
                            (["--log-every", "0"], "--log-every must be >= 1"),
                            (["--val-every", "0"], "--val-every must be >= 1"),
                            (["--ema", "2"], "--ema must lie in [0, 1]"),
-                           (["--ckpt-seconds", "nan"], "--ckpt-seconds must be positive")):
+                           (["--ckpt-seconds", "nan"], "--ckpt-seconds must be positive"),
+                           # model and loss options: tracebacks with a run folder left behind, or meaningless runs
+                           (["--k", "0"], "--k must be >= 1"), (["--heads", "0"], "--heads must be >= 1"),
+                           (["--blocks", "0"], "--blocks must be >= 1"), (["--max-offset", "-3"], "--max-offset must be >= 1"),
+                           (["--scale", "0"], "--scale must be a finite number > 0"),
+                           (["--aux-weight", "-5"], "--aux-weight must be a finite number >= 0"),
+                           (["--length-balance", "nan"], "--length-balance must be a finite number >= 0"),
+                           (["--self-condition", "3"], "--self-condition and --ss-drop are probabilities")):
         assert _train(chains, out, "--max-steps", "1", *extra) == 2, extra
         err = _lines(capsys.readouterr().err)
         assert len(err) == 1 and message in err[0], (extra, err)
@@ -150,6 +169,43 @@ def test_train_refuses_bad_options_before_making_a_run_folder(chains, tmp_path, 
     assert _train(chains, out, "--max-steps", "1", "--warmup", "0", "--lr", "0.001") == 0
     assert (out / "log.csv").read_text().splitlines()[1].split(",")[0] == "1"
     assert "lr=0.001 " in capsys.readouterr().out
+
+
+def test_training_reads_chains_in_the_models_units_and_a_resume_keeps_its_own_chains(chains, tmp_path, capsys):
+    """--scale S trained on chains in 10 A units whatever S (the loss and the sampler read the model's): a model of
+    another scale learned wrongly sized chains. A resume on other chains only printed a note; --init on a resume was
+    ignored without one."""
+    from sciddiff.protein.data import ChainSet
+    from sciddiff.protein.train import build_parser, train
+
+    captured = []
+    original = ChainSet.__init__
+
+    def spy(self, data, split="train", scale=10.0, device="cpu"):
+        captured.append(scale)
+        original(self, data, split, scale, device)
+
+    try:
+        ChainSet.__init__ = spy
+        train(build_parser().parse_args(["--chains", str(chains), "--out", str(tmp_path / "s5"), "--batch-residues",
+                                         "120", "--threads", "1", "--max-steps", "1", *TINY_MODEL, "--scale", "5"]))
+    finally:
+        ChainSet.__init__ = original
+    assert captured and set(captured) == {5.0}
+    out = tmp_path / "run"
+    assert _train(chains, out, "--max-steps", "1") == 0
+    data = torch.load(chains, weights_only=False)
+    data["ids"] = [f"other{i}" for i in range(len(data["ids"]))]  # the same file name, other chains
+    torch.save(data, tmp_path / "chains.pt")
+    capsys.readouterr()
+    assert _train(tmp_path / "chains.pt", out, "--max-steps", "2") == 2
+    err = _lines(capsys.readouterr().err)
+    assert len(err) == 1 and "belongs to a run on other chains" in err[0], err
+    moved = tmp_path / "elsewhere" / chains.name  # the same chains in another folder resume
+    moved.parent.mkdir()
+    moved.write_bytes(chains.read_bytes())
+    assert _train(moved, out, "--max-steps", "2", "--init", str(tmp_path / "s5" / "model.pt")) == 0
+    assert f"note: --init {tmp_path / 's5' / 'model.pt'} is not used" in capsys.readouterr().err
 
 
 def test_resume_with_other_model_options_is_refused(chains, tmp_path, capsys):

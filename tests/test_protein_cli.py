@@ -125,6 +125,10 @@ def test_prepare_train_resume_sample_eval(data_root, tmp_path, capsys):
     assert set(result["mmd_distance_profile"]) >= {"samples", "ideal_helix", "random_walk"}
     assert (designs / "phi_psi.png").stat().st_size > 1000 and (designs / "distances.png").stat().st_size > 1000
     assert "Rama favoured" in capsys.readouterr().out
+    # the default reference (the shipped split's test chains) for a model of another split: said (it may have trained
+    # on them); this --data has no natural chains, so the eval then fails
+    assert main(["backbone", "eval", str(designs), "--data", str(tmp_path / "nothing")]) == 2
+    assert "may have trained on some of them" in capsys.readouterr().err
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, capsys):

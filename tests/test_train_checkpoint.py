@@ -136,3 +136,13 @@ def test_stop_requests_note_signals_and_leave_ignored_ones_ignored():
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_rng_restorable_only_from_as_many_processes_as_now_run():
+    """Where the RNG cannot be restored (another process count), the trainers reseed each rank themselves: a resume
+    under torchrun of a one-process run had every rank draw the same batches."""
+    from sciddiff.train.checkpoint import rng_restorable
+
+    assert rng_restorable({"rng": capture_rng()})  # one process saved, one runs
+    assert not rng_restorable({"rng": [capture_rng(), capture_rng()]})  # two saved, one runs
+    assert not rng_restorable({})

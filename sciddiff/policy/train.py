@@ -46,7 +46,7 @@ from sciddiff.policy.io import save_policy
 from sciddiff.policy.policy import CPU_WEIGHTS, SAMPLERS, DiffusionPolicy, PolicyConfig, fitted_noise_scale, noise_scale_error
 from sciddiff.policy.sampler import sequence_windows, split_episodes
 from sciddiff.train import CSVLogger, autocast, distributed, load_checkpoint, progress, save_checkpoint, seed_everything
-from sciddiff.train.checkpoint import json_text, restore_training_state, training_state
+from sciddiff.train.checkpoint import json_text, restore_training_state, rng_restorable, training_state
 from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
@@ -496,8 +496,10 @@ def train(args: argparse.Namespace) -> dict:
                 print(f"the run's learning-rate schedule ({done}) is complete: nothing to train. To train longer give "
                       f"a larger --steps or --schedule-seconds, or start a new --out with --init {out / 'policy.pt'}",
                       flush=True)
-    elif info.world_size > 1:  # the same initial weights everywhere, different batches and noise per process
-        torch.manual_seed(args.seed * 1000 + info.rank)
+    if info.world_size > 1 and not (step and rng_restorable(state)):
+        # the same initial weights everywhere, different batches and noise per process (also on a resume under
+        # another process count, which restores no RNG: every rank drew the same batches)
+        torch.manual_seed(args.seed * 1000 + info.rank + 7919 * step)
     if info.is_main and args.steps and args.warmup_steps >= args.steps and step == 0:
         print(f"note: --warmup-steps {args.warmup_steps} is not below --steps {args.steps}: the warm-up meets the "
               "cosine decay and the learning rate stays well below --lr (give fewer --warmup-steps)", file=sys.stderr)

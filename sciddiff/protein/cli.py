@@ -194,9 +194,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     net, flow_cfg, meta = load_or_fail(lambda path: load_model(path, device), args.checkpoint or DEFAULT_CHECKPOINT,
                                        "backbone checkpoint")
-    shipped = Path(args.checkpoint or DEFAULT_CHECKPOINT).resolve() in {  # named or not, and the SS model too
-        p.resolve() for p in (DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT.with_name("backbone_flow_ss.pt"))}
-    if shipped and max(lengths) > VALID_LENGTH:
+    if _shipped(args.checkpoint or DEFAULT_CHECKPOINT) and max(lengths) > VALID_LENGTH:
         print(f"note: the shipped model learned from chains of 50-300 residues; above {VALID_LENGTH} its backbones "
               "come out less often valid (CA-CA gaps; eval reports them)", file=sys.stderr)
     conditional = bool(net.cfg.ss_condition)
@@ -271,12 +269,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shipped(checkpoint: str | os.PathLike) -> bool:
+    """Whether a checkpoint is one the project ships (named by any path), the secondary-structure model too."""
+    from sciddiff.protein.pretrained import DEFAULT_CHECKPOINT
+
+    shipped = (DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT.with_name("backbone_flow_ss.pt"))
+    return Path(checkpoint).resolve() in {p.resolve() for p in shipped}
+
+
+def _sample_record(folder: Path) -> dict:
+    """A sample run's samples.json ({} where there is none or it cannot be read)."""
+    try:
+        record = json.loads((folder / "samples.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _earlier_samples(out: Path) -> list[str]:
     """The backbone files of an earlier `sample` run in `out` (listed in its samples.json), [] if none."""
-    try:
-        files = json.loads((out / "samples.json").read_text()).get("files") or []
-    except (OSError, ValueError, AttributeError):
-        return []
+    files = _sample_record(out).get("files") or []
     return [f for f in files if isinstance(f, str) and Path(f).name == f]
 
 
@@ -319,6 +331,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "scored as peptide bonds (a broken chain); a file renumbered over missing residues should keep "
               "their numbers", file=sys.stderr)
     reference, ref_name, ref_gaps = None, "natural test split", None
+    if not args.reference and (own := _sample_record(folder).get("checkpoint")) and not _shipped(own):
+        print(f"note: the default reference is the shipped split's test chains; {own} may have trained on some of "
+              "them (its own split's held-out chains: --reference DIR)", file=sys.stderr)
     if args.reference:
         if not Path(args.reference).is_dir():
             raise UserError(f"--reference {args.reference} is not a folder")
@@ -342,15 +357,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name in PLOT_FILES:
             os.replace(Path(staging) / name, plots / name)
     result["plots"] = [str(plots / Path(p).name) for p in result["plots"]]
-    info = folder / "samples.json"
-    if info.is_file():
-        try:
-            targets = json.loads(info.read_text()).get("ss_targets") or {}
-        except (ValueError, AttributeError):
-            targets = {}
+    if (folder / "samples.json").is_file():
         from sciddiff.protein.evaluate import target_agreement
 
-        result["ss_targets"] = target_agreement(result["chains"], targets)
+        result["ss_targets"] = target_agreement(result["chains"], _sample_record(folder).get("ss_targets") or {})
     write_json(json_path, result)
     print(format_report(result))
     print(f"metrics: {json_path}; plots: {', '.join(result['plots'])}")

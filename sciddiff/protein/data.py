@@ -234,9 +234,17 @@ def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split
     if not ids:
         raise ValueError(f"no usable chain in {data_root(root) / 'proteins' / 'manifest.tsv'} ({len(rows)} row(s): "
                          f"{skipped} unreadable, {marked} with n_breaks > 0, {short} broken or shorter than 20 residues)")
+    if len(set(ids)) < len(ids):  # a split file names chains by id: two chains of one id would share one entry
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"the manifest lists the chain id {dup!r} more than once: ids must be unique")
     cluster = cluster_sequences(seqs)
     if known is not None:
         split = np.array([SPLITS.index(known.get(i, "train")) for i in ids])
+        # a reused split with a cluster spanning train and held-out chains: the held-out side wins (no leak)
+        for k in np.unique(cluster):
+            members = cluster == k
+            if len(np.unique(split[members])) > 1:
+                split[members] = split[members].max()
         # a chain the split file does not list (read by a newer reader, e.g. one with MSE) joins its cluster's
         # held-out split: never a training copy of a val/test chain
         listed = np.array([i in known for i in ids])

@@ -43,7 +43,7 @@ from sciddiff.train import (
     training_state,
     write_json,
 )
-from sciddiff.train.checkpoint import command_history, earlier_config
+from sciddiff.train.checkpoint import command_history, earlier_config, rng_restorable
 from sciddiff.train.interrupt import decide, interruption, stop_requests
 
 
@@ -69,6 +69,16 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
     return total / batches
 
 
+def _chain_identity(data: dict) -> str:
+    """The chains a run trains on, by count, residues and a digest of the ids and split: a resume on other chains is
+    refused, the same file moved elsewhere is not."""
+    import hashlib
+
+    ids = "\n".join(map(str, data.get("ids", []))) + str(data["split"].tolist())
+    return (f"{int((data['split'] == 0).sum())} train / {int((data['split'] == 1).sum())} val chains, "
+            f"sha256 {hashlib.sha256(ids.encode()).hexdigest()[:12]}")
+
+
 def train(args: argparse.Namespace) -> Path:
     start = time.time()
     info = distributed.setup()
@@ -89,6 +99,17 @@ def train(args: argparse.Namespace) -> Path:
         raise UserError("--ema must lie in [0, 1] and --ema-power be a finite number >= 0")
     if not args.ckpt_seconds > 0:  # nan would never checkpoint before the end
         raise UserError(f"--ckpt-seconds must be positive, got {args.ckpt_seconds}")
+    # the model and loss options: each a traceback (or a folder left behind) or a meaningless run before
+    if bad := options_below(args, 1, "dim", "edge_dim", "heads", "points", "blocks", "k", "k_sc", "max_offset", "rbf"):
+        raise UserError(f"{bad[0]} must be >= 1")
+    if bad := options_below(args, 0, "seq_window"):
+        raise UserError(f"{bad[0]} must be >= 0")
+    if bad := options_not_positive(args, "rbf_max", "scale"):
+        raise UserError(f"{bad[0]} must be a finite number > 0")
+    if bad := options_not_positive(args, "aux_weight", "length_balance", zero=True):
+        raise UserError(f"{bad[0]} must be a finite number >= 0")
+    if not (0 <= args.self_condition <= 1 and 0 <= args.ss_drop <= 1):
+        raise UserError("--self-condition and --ss-drop are probabilities: from 0 to 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = check_output_path(args.out, folder=True)
@@ -97,9 +118,8 @@ def train(args: argparse.Namespace) -> Path:
                         "chain tensor file from `sciddiff backbone prepare`")
     if not isinstance(data, dict) or "split" not in data:
         raise UserError(f"{args.chains} is not a chain tensor file from `sciddiff backbone prepare`")
-    train_set = ChainSet(data, "train", device=device)
-    has_val = bool((data["split"] == 1).any())
-    val_set = ChainSet(data, "val", device=device) if has_val else None  # tiny data sets may have no val cluster
+    if not bool((data["split"] == 0).any()):
+        raise UserError(f"{args.chains} holds no training chains (its split puts them all in val / test)")
 
     model_cfg = DenoiserConfig(**{k: getattr(args, k) for k in DenoiserConfig().to_dict()})
     flow_cfg = FlowConfig(self_condition=args.self_condition, aux_weight=args.aux_weight, ss_drop=args.ss_drop)
@@ -136,8 +156,15 @@ def train(args: argparse.Namespace) -> Path:
         for k in RUN_OPTIONS:
             if k in stored_run:
                 setattr(args, k, stored_run[k])
-        if state.get("chains") and state["chains"] != str(Path(args.chains).resolve()) and info.is_main:
-            print(f"note: resuming on {args.chains}; the run began on {state['chains']}", file=sys.stderr)
+        if (began := state.get("data")) and began != _chain_identity(data):  # the normalizers, val set, SS library
+            raise UserError(f"{state_path} belongs to a run on other chains ({began}; {args.chains}: "
+                            f"{_chain_identity(data)}): resume it on its own, or use a new --out")
+        if args.init and info.is_main:
+            print(f"note: --init {args.init} is not used: {out} resumes its own run", file=sys.stderr)
+    # translations in the model's units (--scale A each): the loss and the sampler read them so
+    train_set = ChainSet(data, "train", scale=model_cfg.scale, device=device)
+    has_val = bool((data["split"] == 1).any())
+    val_set = ChainSet(data, "val", scale=model_cfg.scale, device=device) if has_val else None  # tiny sets: no val
     if model_cfg.ss_condition and not bool((train_set.ss < SS_UNKNOWN).any()):
         raise UserError(f"--ss-condition needs secondary-structure labels: re-run `sciddiff backbone prepare` "
                         f"({args.chains} predates them)")
@@ -171,8 +198,10 @@ def train(args: argparse.Namespace) -> Path:
         elapsed_before = float(state.get("train_seconds", 0.0))
         if info.is_main:
             print(f"resumed {state_path} at step {step}", flush=True)
-    elif info.world_size > 1:  # the same initial weights everywhere, different chains and noise per process
-        seed_everything(args.seed * 1000 + info.rank)
+    if info.world_size > 1 and not (resumed and rng_restorable(state)):
+        # the same initial weights everywhere, different chains and noise per process (a resume under another
+        # process count restores no RNG: every rank drew the same batches)
+        seed_everything(args.seed * 1000 + info.rank + (step * 7919 if resumed else 0))
     command = " ".join(sys.argv)
     config = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "command": command,
               "commands": command_history(out / "config.json", command) if resumed else [command],
@@ -190,6 +219,7 @@ def train(args: argparse.Namespace) -> Path:
     def save() -> None:  # every rank: gathers their RNG states
         extra = {"model_config": model_cfg.to_dict(), "flow_config": flow_cfg.to_dict(), "init_steps": init_steps,
                  "train_seconds": elapsed_before + time.time() - start, "chains": str(Path(args.chains).resolve()),
+                 "data": _chain_identity(data),
                  "run_options": {k: getattr(args, k) for k in RUN_OPTIONS}}
         state = training_state(model=net, step=step, optimizer=opt, ema=ema, **extra)
         if not info.is_main:
@@ -230,17 +260,19 @@ def train(args: argparse.Namespace) -> Path:
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             if not math.isfinite(float(grad_norm)):  # the averaged gradients: every rank stops alike
-                raise FloatingPointError(f"loss is {float(loss)} (gradient norm {float(grad_norm)}) at step {step}")
+                raise UserError(f"training diverged: loss {float(loss)}, gradient norm {float(grad_norm)} at step "
+                                f"{step} (a lower --lr?); {out} keeps its last checkpoint")
             opt.step()
             ema.update(net)
             step += 1
             residues += b["batch"].shape[0]
-            if step % args.log_every == 0 and info.is_main:
+            validate = val_set is not None and step % args.val_every == 0
+            if (step % args.log_every == 0 or validate) and info.is_main:
                 now = time.time()
                 row = {"step": step, "seconds": round(elapsed_before + now - start, 1), "loss": float(loss.detach()),
                        **{k: float(v) for k, v in parts.items()}, "grad_norm": float(grad_norm), "lr": lr,
                        "residues_per_s": round(residues / (now - t_log), 1), "val_loss": ""}
-                if val_set is not None and step % args.val_every == 0:
+                if validate:
                     net.eval()
                     row["val_loss"] = validation_loss(net, val_set, flow_cfg, args.batch_residues, device)
                     net.train()

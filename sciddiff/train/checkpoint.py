@@ -141,6 +141,13 @@ def training_state(
     }
 
 
+def rng_restorable(state: dict) -> bool:
+    """Whether `restore_training_state` restores this process's RNG from `state`: saved by as many processes as now
+    run. Where it does not, a data-parallel run must reseed each rank itself, or every rank draws the same batches."""
+    rng = state.get("rng")
+    return len(rng) == world_size() if isinstance(rng, list) else rng is not None and world_size() == 1
+
+
 def restore_training_state(
     state: dict,
     *,
