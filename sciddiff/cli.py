@@ -139,13 +139,18 @@ def options_not_positive(args: argparse.Namespace, *names: str, zero: bool = Fal
 
 
 def check_output_path(path: str | os.PathLike, *, folder: bool = False, replaced: bool = False,
-                      option: str = "--out") -> Path:
+                      option: str = "--out", inputs: dict[str, object] | None = None) -> Path:
     """An output path, checked before any work is done so that a run does not fail at its end: an existing path must
     be of the right kind (a folder with `folder`), the nearest existing parent must be a folder this process can
     create files in (probed with a temporary folder: permission bits say nothing for root or on read-only and
-    virtual file systems), and a folder that will be `replaced` as a whole must be named (not '', '.', '..' or a
-    folder above the current one). Creates nothing."""
+    virtual file systems), a folder that will be `replaced` as a whole must be named (not '', '.', '..' or a
+    folder above the current one), and it must not be one of the command's `inputs` ({option: path or paths}),
+    which it would replace. Creates nothing."""
     out = Path(path)
+    for name, given in (inputs or {}).items():
+        for p in [given] if isinstance(given, (str, os.PathLike)) else list(given or []):
+            if Path(p).is_file() and out.resolve() == Path(p).resolve():
+                raise UserError(f"{option} {path} is the {name} file: name another file for the output")
     if replaced and (not str(path).strip() or out.name in ("", ".", "..") or Path.cwd().is_relative_to(out.resolve())):
         raise UserError(f"{option} must name the output folder itself, not {str(path)!r} (it is replaced as a whole)")
     if not str(path).strip():  # Path("") is the current folder: never what an empty option meant

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from e3nn import o3
+from rdkit import Chem
 
 from sciddiff.cli import main
 from sciddiff.dock import featurize, io, ligand
@@ -102,6 +103,9 @@ def test_tiny_training_run_reduces_the_loss(tiny_set):
 def test_training_runs_data_parallel_under_torchrun(tmp_path):
     complexes = [preprocess_complex(str(EXAMPLES / c / f"{c}_protein.pdb.gz"), str(EXAMPLES / c / f"{c}_ligand.sdf"),
                                     n_conformers=1) for c in ("1s3v", "1uou")]
+    # 1uou as a rigid ligand: a rank whose batch has no rotatable bond leaves the torsion head unused, which stopped
+    # DDP ("parameters that were not used in producing loss")
+    complexes[1] = {**complexes[1], "tor_bonds": complexes[1]["tor_bonds"][:0], "tor_mask": complexes[1]["tor_mask"][:0]}
     save_checkpoint(tmp_path / "tiny.pt", {"complexes": complexes, "names": ["1s3v", "1uou"], "failed": [], "meta": {}})
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
@@ -186,9 +190,25 @@ def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, ca
     (tmp_path / "set" / "1uou").mkdir()  # one complex that prepares beside one that does not: written, exit status 1
     for name in ("1uou_protein.pdb.gz", "1uou_ligand.sdf"):
         shutil.copy(EXAMPLES / "1uou" / name, tmp_path / "set" / "1uou" / name)
-    split.write_text("set/1uou\nset/nope\n")
+    split.write_text("set/1uou\nset/nope\nset/1uou/\n")  # listed twice: prepared once (it weighed double)
     assert data_module.main(["--data", str(tmp_path), "--split", str(split), "--conformers", "1", *out]) == 1
-    assert "1 complexes (1 failed)" in capsys.readouterr().out and (tmp_path / "d.pt").exists()
+    captured = capsys.readouterr()
+    assert "1 complexes (1 failed)" in captured.out and (tmp_path / "d.pt").exists()
+    assert "lists 1 complex(es) more than once" in captured.err
+    assert data_module.main(["--data", str(tmp_path), "--split", str(split), "--out", str(split)]) == 2  # made a zip
+    assert "--out" in capsys.readouterr().err and split.read_text().startswith("set/1uou")
+    far = tmp_path / "set" / "far"  # a ligand 80 A from its protein: no receptor residue stored, trained on anyway
+    far.mkdir()
+    shutil.copy(EXAMPLES / "1uou" / "1uou_protein.pdb.gz", far / "far_protein.pdb.gz")
+    mol = Chem.MolFromMolFile(str(EXAMPLES / "1uou" / "1uou_ligand.sdf"))
+    conf = mol.GetConformer()
+    for i in range(mol.GetNumAtoms()):
+        p = conf.GetAtomPosition(i)
+        conf.SetAtomPosition(i, (p.x + 80, p.y, p.z))
+    Chem.MolToMolFile(mol, str(far / "far_ligand.sdf"))
+    split.write_text("set/far\n")
+    assert data_module.main(["--data", str(tmp_path), "--split", str(split), "--conformers", "1", *out]) == 2
+    assert "no receptor residue within" in capsys.readouterr().err
     assert main(["dock", "--protein", str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz"), "--ligand",
                  str(EXAMPLES / "1uou" / "1uou_ligand.sdf"), "--out", str(tmp_path / "o"), "--model", policy]) == 2
     assert "not a docking score model" in capsys.readouterr().err  # was: "unexpected keyword argument 'obs_type'"
@@ -202,3 +222,22 @@ if __name__ == "__main__":  # torchrun's worker for the test above: train, then 
     train_module.main(sys.argv[1:])
     out = sys.argv[sys.argv.index("--out") + 1]
     torch.save([q.detach() for q in wrapped[0].parameters()], f"{out}/rank{os.environ['RANK']}_weights.pt")
+
+
+def test_rigid_ligands_keep_every_parameter_in_the_graph_and_a_diverging_run_stops(tmp_path, capsys):
+    """A log begun on batches of ligands without rotatable bonds had no "tor" column (the first torsion crashed it;
+    under torchrun such a batch stopped DDP: see the torchrun test, one of whose complexes is rigid). A run
+    whose every batch was non-finite skipped on until --max-seconds (forever under torchrun) and saved unusable
+    weights."""
+    from sciddiff.dock import train as train_module
+
+    c = preprocess_complex(str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz"), str(EXAMPLES / "1uou" / "1uou_ligand.sdf"),
+                           n_conformers=1)
+    rigid = {**c, "tor_bonds": c["tor_bonds"][:0], "tor_mask": c["tor_mask"][:0]}
+    save_checkpoint(tmp_path / "rigid.pt", {"complexes": [rigid], "names": ["rigid"], "failed": [], "meta": {}})
+    small = ["--data", str(tmp_path / "rigid.pt"), "--batch-size", "1", "--ns", "8", "--nv", "2", "--rec-layers", "1",
+             "--lig-layers", "2", "--save-every", "0"]
+    assert train_module.main([*small, "--out", str(tmp_path / "run"), "--max-steps", "2"]) == 0
+    assert (tmp_path / "run" / "log.csv").read_text().splitlines()[0].endswith(",tor")
+    assert train_module.main([*small, "--out", str(tmp_path / "div"), "--max-steps", "50", "--lr", "1e6"]) == 2
+    assert "training diverged: 20 batches in a row with non-finite loss" in capsys.readouterr().err

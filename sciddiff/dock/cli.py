@@ -565,13 +565,9 @@ def run_score(args) -> int:
 
     if bad := options_below(args, 1, "minimize_steps", "threads"):
         raise UserError(f"{bad[0]} must be >= 1")
-    inputs = {Path(p).resolve(): option for p, option in ((args.protein, "--protein"), (args.ligand, "--ligand"))
-              if Path(p).is_file()}
     for path, option in ((args.out, "--out"), (args.json, "--json")):
-        if path is not None:
-            check_output_path(path, option=option)
-            if given := inputs.get(Path(path).resolve()):  # it would replace what was scored, silently
-                raise UserError(f"{option} {path} is the {given} file: name another file for the output")
+        if path is not None:  # never one of the inputs: it would replace what was scored, silently
+            check_output_path(path, option=option, inputs={"--protein": args.protein, "--ligand": args.ligand})
     if args.out and args.json and Path(args.out).resolve() == Path(args.json).resolve():
         raise UserError("--out and --json name the same file")
     receptor, poses = io.load_receptor(args.protein, keep_waters=not args.drop_waters), io.load_poses(args.ligand)

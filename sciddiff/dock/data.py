@@ -14,6 +14,7 @@ torsions theta_t = theta0 + wrapped-normal(sigma_tor), applied to the moving sid
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def preprocess_complex(protein: str, ligand: str, n_conformers: int = 2, seed: i
     rmsd = [float(np.sqrt(((m - xtal) ** 2).sum(-1).mean())) for m in matched]
     g = featurize.ligand_graph(mol, tors)
     r = featurize.receptor_graph(rec, center=xtal.mean(0), radius=crop)
+    if not len(r["pos"]):  # a ligand file of another structure, or one frame apart: nothing to learn a pose from
+        raise ValueError(f"no receptor residue within {crop:g} A of the ligand (are the protein and ligand files of "
+                         "one structure?)")
     return {
         "feat": g["feat"].half(), "bond_index": g["bond_index"].int(), "bond_type": g["bond_type"].argmax(-1).to(torch.int8),
         "tor_bonds": g["tor_bonds"].int(), "tor_mask": g["tor_mask"],
@@ -58,7 +62,11 @@ def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limi
     from sciddiff.train.checkpoint import save_checkpoint
     from sciddiff.train.log import progress
 
-    ids = read_split(split)[:limit]
+    listed = read_split(split)
+    ids = list(dict.fromkeys(listed))[:limit]  # a complex listed twice would weigh double in training
+    if len(ids) < len(listed[:limit]):
+        print(f"note: {split} lists {len(listed) - len(set(listed))} complex(es) more than once: each prepared once",
+              file=sys.stderr)
     complexes, names, failed = [], [], []
     for cid in progress(ids, desc="preprocess"):
         try:
@@ -234,7 +242,7 @@ def _preprocess_command(a: argparse.Namespace) -> int:
         raise UserError(f"split file not found: {a.split}")
     if not read_split(a.split):
         raise UserError(f"no complexes in {a.split}")
-    check_output_path(a.out)
+    check_output_path(a.out, inputs={"--split": a.split})
     torch.set_num_threads(1)
     return preprocess(str(root), a.split, a.out, a.conformers, a.limit)
 

@@ -79,6 +79,9 @@ def complex_decoys(cid: str, root: Path, settings, model=None, blind: bool = Fal
 
     mol, ligand = complex_ligand(root, cid)  # its SDF, or its MOL2 where the SDF does not sanitize (as dock-eval)
     receptor = io.load_receptor(complex_files(root, cid)[0])
+    # as dock, dock-eval and dock-score: a copy of the ligand left in the protein file is not receptor (the relaxed
+    # crystal pose scored +285 against it, and every label and feature was off)
+    receptor, _ = io.without_ligand_itself(receptor, mol, io.box_around(io.ligand_coords(mol)))
     box = None if blind else io.box_from_ligand(ligand, 4.0)
     result = dock(receptor, mol, box, model, settings, show_progress=False)
     search, cand = torch.as_tensor(result.search), torch.as_tensor(result.candidates)
@@ -261,7 +264,7 @@ def run_train(args) -> None:
         raise UserError("--hidden widths must be >= 0 and --weight-decay values finite and >= 0")
     if Path(args.out).suffix == ".json":  # the model's metadata goes to --out with a .json suffix
         raise UserError(f"--out {args.out}: name the model file (.pt); its metadata is written beside it as .json")
-    check_output_path(args.out)
+    check_output_path(args.out, inputs={"--decoys": args.decoys, "--extra-decoys": args.extra_decoys})
     torch.set_num_threads(1)
 
     commands = {}  # each decoy file's command, recorded with the rescorer

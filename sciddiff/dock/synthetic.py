@@ -76,10 +76,15 @@ def candidate_segments(residues: list, length: int, margin: int, contacts: float
     tree = cKDTree(np.concatenate(coords))
     ca = np.array([r["CA"].coord if "CA" in r else [np.nan] * 3 for r in residues])
     gap = np.linalg.norm(np.diff(ca, axis=0), axis=1)  # a break: CA(i)-CA(i+1) > 4.2 A (or a missing CA)
+    # a cysteine disulfide-bonded to the rest (any chain of the model) would make a covalent "ligand"
+    model = residues[0].get_parent().get_parent()
+    sulfurs = [(id(a.get_parent()), a.coord) for a in model.get_atoms() if a.get_id() == "SG"]
+    bonded = {i for i, x in sulfurs for j, y in sulfurs if i != j and np.linalg.norm(x - y) < 2.5}
     found = []
     for s in range(margin, len(residues) - length - margin + 1):
         seg = residues[s:s + length]
-        if any(r.get_resname() not in STANDARD for r in seg) or not np.all(gap[s - 1:s + length] <= 4.2):
+        if (any(r.get_resname() not in STANDARD or id(r) in bonded for r in seg)
+                or not np.all(gap[s - 1:s + length] <= 4.2)):
             continue
         atoms = np.concatenate(coords[s:s + length])
         near = tree.query_ball_point(atoms, CONTACT_RADIUS)
@@ -155,8 +160,14 @@ def run(args: argparse.Namespace) -> int:
                 write_complex(out, cid, residues, start, args.residues, mol)
                 ids.append(cid)
                 break
-    (out / "splits").mkdir(exist_ok=True)
+    if not ids:
+        raise UserError(f"no segment of the proteins under {root} qualified (buried, {args.residues} standard residues "
+                        "without a chain break or a disulfide): nothing written")
+    (out / "splits").mkdir(parents=True, exist_ok=True)
     (out / "splits" / "synthetic.txt").write_text("".join(f"synthetic/{cid}\n" for cid in ids))
+    if len(ids) < args.complexes:
+        print(f"note: {len(ids)} of the {args.complexes} complexes asked for: the proteins under {root} hold no more "
+              "qualifying segments (one per protein)", file=sys.stderr)
     print(f"wrote {len(ids)} synthetic complexes to {out / 'synthetic'}; split {out / 'splits' / 'synthetic.txt'}")
     return 0
 

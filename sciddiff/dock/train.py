@@ -10,6 +10,7 @@ out/score_model.pt: EMA weights + model config + the training command, small eno
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shlex
 import sys
 import time
@@ -61,11 +62,12 @@ def export(path: Path, model: ScoreModel, ema: EMA, cfg: ScoreModelConfig, step:
 
 
 def save_state(out: Path, model, opt, ema: EMA, cfg: ScoreModelConfig, step: int, running: dict[str, float],
-               seconds: float) -> None:
+               seconds: float, data: str = "") -> None:
     """Resume state in two files (optimizer.pt first, so a state.pt never points past its optimizer), each under
     the 16 MiB that a GPU-machine run can bring back; with it the logged running losses and the run's training
     seconds, so that log.csv goes on as one run. Call it on every rank (it gathers their RNG states); rank 0 writes."""
-    state = training_state(model=model, step=step, ema=ema, config=cfg.to_dict(), running=running, seconds=seconds)
+    state = training_state(model=model, step=step, ema=ema, config=cfg.to_dict(), running=running, seconds=seconds,
+                           data=data)
     if distributed.is_main():
         save_checkpoint(out / "optimizer.pt", {"optimizer": opt.state_dict(), "step": step})
         save_checkpoint(out / "state.pt", state)
@@ -99,6 +101,9 @@ def _model_config(args: argparse.Namespace, out: Path) -> tuple[ScoreModelConfig
                             "those options (they were ignored)")
         return cfg, None, init
     return ScoreModelConfig(**given), None, None
+
+
+MAX_SKIPPED = 20  # consecutive non-finite batches that stop a run
 
 
 def _note_other_options(out: Path, args: argparse.Namespace) -> None:
@@ -158,6 +163,8 @@ def train(args: argparse.Namespace, command: str) -> None:
     seed_everything(args.seed + info.rank)
     out.mkdir(parents=True, exist_ok=True)
     data = TrainSet(blob, device, cfg)
+    names = "\n".join(map(str, blob.get("names") or []))
+    data_id = f"{len(blob['complexes'])} complexes, sha256 {hashlib.sha256(names.encode()).hexdigest()[:12]}"
     del blob
     model = ScoreModel(cfg).to(device)
     if init is not None:
@@ -172,12 +179,16 @@ def train(args: argparse.Namespace, command: str) -> None:
         running, seconds_before = dict(state.get("running", {})), float(state.get("seconds", 0.0))
         print(f"resumed from {out / 'state.pt'} at step {step}", flush=True)
         _note_other_options(out, args)
+        if (before := state.get("data")) and before != data_id and info.is_main:  # a file re-made at the same path
+            print(f"note: resuming on other complexes ({before} -> {data_id}): they train from this step on",
+                  file=sys.stderr)
         if step >= args.max_steps:  # nothing to train: the files stay as they are (the model's digest with them)
             print(f"{out} is trained to step {step}, --max-steps {args.max_steps}: nothing to train (a larger "
                   "--max-steps goes on)", flush=True)
             distributed.cleanup()
             return
-    ddp_model = distributed.wrap(model)
+    # a batch of rigid ligands (no rotatable bond) leaves the torsion head unused on that rank
+    ddp_model = distributed.wrap(model, find_unused_parameters=True)
     gen, pick = torch.Generator(device=device), torch.Generator()
     retries = 0  # draws of the current step: a batch skipped for non-finite gradients is drawn anew
     if info.is_main:
@@ -192,7 +203,7 @@ def train(args: argparse.Namespace, command: str) -> None:
     sync_every = 1 if info.world_size == 1 else 25  # steps between rank 0's shared time decisions
 
     def save() -> None:
-        save_state(out, model, opt, ema, cfg, step, running, seconds_before + time.time() - start)
+        save_state(out, model, opt, ema, cfg, step, running, seconds_before + time.time() - start, data_id)
         if info.is_main:
             export(out / "score_model.pt", model, ema, cfg, step, command)
 
@@ -218,9 +229,13 @@ def train(args: argparse.Namespace, command: str) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)):
-                # the gradients are averaged over ranks (DDP), so every rank skips this batch alike
+                # the gradients are averaged over ranks (DDP), so every rank skips this batch alike, and stops alike
                 print(f"step {step}: non-finite loss or gradients, batch skipped", flush=True)
                 retries += 1
+                if retries >= MAX_SKIPPED:  # diverged: skipping on would spin until --max-seconds (forever under
+                    # torchrun, whose time check comes every few steps) and save weights that dock cannot use
+                    raise UserError(f"training diverged: {retries} batches in a row with non-finite loss or gradients "
+                                    f"at step {step} (a lower --lr?); {out} keeps its last saved state")
                 continue
             # short warm-up, then constant: runs are minutes long and resumable, so no schedule tied to a horizon
             for g in opt.param_groups:
@@ -232,7 +247,9 @@ def train(args: argparse.Namespace, command: str) -> None:
                 running[k] = 0.98 * running.get(k, float(v.detach())) + 0.02 * float(v.detach())
             if info.is_main and (step % 25 == 0 or step == 1 or step == args.max_steps):  # the last step too
                 elapsed = seconds_before + time.time() - start
-                log.log(step=step, seconds=round(elapsed, 1), **{k: round(v, 5) for k, v in running.items()})
+                # one set of columns (a run whose first logged batches were rigid ligands had no "tor" column)
+                log.log(step=step, seconds=round(elapsed, 1),
+                        **{k: round(running[k], 5) if k in running else "" for k in ("loss", "tr", "rot", "tor")})
                 print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)
     save()
     if info.is_main:
