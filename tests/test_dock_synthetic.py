@@ -93,6 +93,11 @@ def test_box_and_blind_lists_of_a_complex_share_a_fold(tmp_path, monkeypatch):
         assert {(c, not b) for c, b in f} == f  # a complex's box list trains exactly where its blind list does
     meta = json.loads((tmp_path / "r.json").read_text())
     assert meta["complexes"] == 6 and meta["candidate_lists"] == 12 and meta["chosen_cross_validation"]["n"] == 12
+    fitted.clear()  # the blind lists as --extra-decoys: each stays out of the fold that scores its complex's box list
+    assert rescore_train.main(["train", "--decoys", box, "--extra-decoys", blind, "--hidden", "0", "--weight-decay",
+                               "1", "--epochs", "2", "--folds", "2", "--out", str(tmp_path / "r2.pt")]) == 0
+    for f in fitted[:2]:  # it trained every fold on all 6 (5 of 5 held-out complexes in-sample)
+        assert {(c, not b) for c, b in f} == f and len(f) == 6
 
 
 def test_a_split_may_name_complexes_of_another_root_by_absolute_path(tmp_path):

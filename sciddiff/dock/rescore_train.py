@@ -299,12 +299,16 @@ def run_train(args) -> None:
         raise UserError(f"{len(complexes)} complexes in the decoy files: fewer than --folds {args.folds}")
     folds = [[i for c in part for i in complexes[c]]
              for part in np.array_split(np.random.default_rng(1).permutation(len(complexes)), args.folds)]
+    # an extra list of a cross-validated complex (its other mode, say) is held out with that complex's fold: in the
+    # training side it leaked the complex into the fold that scores it
+    held_complexes = [{items[i]["complex"] for i in fold} for fold in folds]
     report, out_of_fold = {}, {}
     for hidden in args.hidden:
         for wd in args.weight_decay:
             held_out = []  # every complex scored by the fold model that did not see it
             for k, fold in enumerate(folds):
-                rest = [items[i] for f in folds[:k] + folds[k + 1:] for i in f] + extra
+                rest = ([items[i] for f in folds[:k] + folds[k + 1:] for i in f]
+                        + [e for e in extra if e["complex"] not in held_complexes[k]])
                 model = fit(rest, hidden, args.epochs, wd)
                 held_out += [(model, items[i]) for i in fold]
             key = f"hidden={hidden} wd={wd}"
