@@ -149,7 +149,11 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False, replaced
     out = Path(path)
     for name, given in (inputs or {}).items():
         for p in [given] if isinstance(given, (str, os.PathLike)) else list(given or []):
-            if Path(p).is_file() and out.resolve() == Path(p).resolve():
+            try:  # a SMILES string longer than a file name, a symlink loop: not the same file
+                same = Path(p).is_file() and out.resolve() == Path(p).resolve()
+            except (OSError, RuntimeError):
+                same = False
+            if same:
                 raise UserError(f"{option} {path} is the {name} file: name another file for the output")
     if replaced and (not str(path).strip() or out.name in ("", ".", "..") or Path.cwd().is_relative_to(out.resolve())):
         raise UserError(f"{option} must name the output folder itself, not {str(path)!r} (it is replaced as a whole)")

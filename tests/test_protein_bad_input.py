@@ -192,6 +192,11 @@ def test_training_reads_chains_in_the_models_units_and_a_resume_keeps_its_own_ch
     finally:
         ChainSet.__init__ = original
     assert captured and set(captured) == {5.0}
+    state = torch.load(tmp_path / "s5" / "state.pt", weights_only=False)
+    del state["data"]  # as a run saved before the fix, which trained in 10 A units: not resumed in 5 A ones
+    torch.save(state, tmp_path / "s5" / "state.pt")
+    assert _train(chains, tmp_path / "s5", "--max-steps", "2", "--scale", "5") == 2
+    assert "began before --scale applied to the data" in capsys.readouterr().err
     out = tmp_path / "run"
     assert _train(chains, out, "--max-steps", "1") == 0
     data = torch.load(chains, weights_only=False)

@@ -17,8 +17,6 @@ def test_csv_logger_header_once_append_and_flush(tmp_path):
     log.log(step=1, loss=torch.tensor(0.5), lr=1e-3)
     assert _rows(path) == [["step", "loss", "lr"], ["1", "0.5", "0.001"]]  # flushed before close
     log.log(step=2, loss=0.25)  # a missing column stays empty
-    with pytest.raises(ValueError):
-        log.log(step=3, accuracy=1.0)
     log.close()
     with CSVLogger(path) as again:  # re-open appends under the existing header
         again.log(step=3, loss=0.125, lr=1e-4)
@@ -49,3 +47,15 @@ def test_autocast_bf16_on_cuda():
     a = torch.randn(4, 4, device="cuda")
     with autocast(torch.device("cuda")):
         assert (a @ a).dtype == torch.bfloat16
+
+
+def test_csv_logger_grows_its_header_for_a_new_column(tmp_path):
+    """A resumed run that logs a column its first call did not (a docking run begun on rigid ligands, then a torsion;
+    a metric added since) raised ValueError at every attempt: the header grows, earlier rows blank there."""
+    path = tmp_path / "log.csv"
+    with CSVLogger(path) as log:
+        log.log(step=1, loss=0.5)
+    with CSVLogger(path, resume_step=1) as log:
+        log.log(step=2, loss=0.4, tor=0.9)
+        log.log(step=3, loss=0.3)
+    assert path.read_text().splitlines() == ["step,loss,tor", "1,0.5,", "2,0.4,0.9", "3,0.3,"]

@@ -64,9 +64,8 @@ def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limi
 
     listed = read_split(split)
     ids = list(dict.fromkeys(listed))[:limit]  # a complex listed twice would weigh double in training
-    if len(ids) < len(listed[:limit]):
-        print(f"note: {split} lists {len(listed) - len(set(listed))} complex(es) more than once: each prepared once",
-              file=sys.stderr)
+    if repeats := len(listed) - len(set(listed)):
+        print(f"note: {split} lists {repeats} complex(es) more than once: each prepared once", file=sys.stderr)
     complexes, names, failed = [], [], []
     for cid in progress(ids, desc="preprocess"):
         try:

@@ -78,8 +78,9 @@ def candidate_segments(residues: list, length: int, margin: int, contacts: float
     gap = np.linalg.norm(np.diff(ca, axis=0), axis=1)  # a break: CA(i)-CA(i+1) > 4.2 A (or a missing CA)
     # a cysteine disulfide-bonded to the rest (any chain of the model) would make a covalent "ligand"
     model = residues[0].get_parent().get_parent()
-    sulfurs = [(id(a.get_parent()), a.coord) for a in model.get_atoms() if a.get_id() == "SG"]
-    bonded = {i for i, x in sulfurs for j, y in sulfurs if i != j and np.linalg.norm(x - y) < 2.5}
+    sulfurs = [a for a in model.get_atoms() if a.get_id() == "SG"]
+    pairs = cKDTree(np.array([a.coord for a in sulfurs])).query_pairs(2.5) if len(sulfurs) > 1 else set()
+    bonded = {id(sulfurs[i].get_parent()) for pair in pairs for i in pair}
     found = []
     for s in range(margin, len(residues) - length - margin + 1):
         seg = residues[s:s + length]

@@ -163,7 +163,7 @@ def train(args: argparse.Namespace, command: str) -> None:
     seed_everything(args.seed + info.rank)
     out.mkdir(parents=True, exist_ok=True)
     data = TrainSet(blob, device, cfg)
-    names = "\n".join(map(str, blob.get("names") or []))
+    names = "\n".join(map(str, blob.get("names") or [])) + repr(sorted((blob.get("meta") or {}).items()))
     data_id = f"{len(blob['complexes'])} complexes, sha256 {hashlib.sha256(names.encode()).hexdigest()[:12]}"
     del blob
     model = ScoreModel(cfg).to(device)
@@ -235,7 +235,7 @@ def train(args: argparse.Namespace, command: str) -> None:
                 if retries >= MAX_SKIPPED:  # diverged: skipping on would spin until --max-seconds (forever under
                     # torchrun, whose time check comes every few steps) and save weights that dock cannot use
                     raise UserError(f"training diverged: {retries} batches in a row with non-finite loss or gradients "
-                                    f"at step {step} (a lower --lr?); {out} keeps its last saved state")
+                                    f"at step {step} (a lower --lr?); {out} keeps its last saved state, if any")
                 continue
             # short warm-up, then constant: runs are minutes long and resumable, so no schedule tied to a horizon
             for g in opt.param_groups:

@@ -601,8 +601,6 @@ def train(args: argparse.Namespace) -> dict:
                                 row["eval_mean_max_reward"] = round(score["mean_max_reward"], 4)
                                 row["eval_success_rate"] = round(score["success_rate"], 3)
                                 row["eval_mean_return"] = round(score["mean_return"], 4)  # a gymnasium task's number
-                        if logger.fields is not None and "eval_mean_return" not in logger.fields:
-                            del row["eval_mean_return"]  # a run resumed from a log written before the column
                         logger.log(**row)
                         bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{rate:.1f}")
                         bar.write(json.dumps(row))

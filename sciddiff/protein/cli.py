@@ -257,7 +257,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "compactness_floor": flow_cfg.compactness_floor,
             "compactness_floor_min_length": flow_cfg.compactness_floor_min_length,
             "device": str(device), "threads": threads,
-            "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT),
+            "checkpoint": str(Path(args.checkpoint or DEFAULT_CHECKPOINT).resolve()),  # eval reads it from anywhere
             "checkpoint_step": meta.get("total_steps", meta.get("step")),
             "idealized": not args.no_idealize, "hbond_relax": not (args.no_idealize or args.no_hbonds), "ss": spec,
             "seconds": round(seconds, 2), "files": names}
@@ -331,7 +331,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "scored as peptide bonds (a broken chain); a file renumbered over missing residues should keep "
               "their numbers", file=sys.stderr)
     reference, ref_name, ref_gaps = None, "natural test split", None
-    if not args.reference and (own := _sample_record(folder).get("checkpoint")) and not _shipped(own):
+    if not args.reference and isinstance(own := _sample_record(folder).get("checkpoint"), str) and not _shipped(own):
         print(f"note: the default reference is the shipped split's test chains; {own} may have trained on some of "
               "them (its own split's held-out chains: --reference DIR)", file=sys.stderr)
     if args.reference:

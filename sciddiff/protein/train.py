@@ -100,9 +100,9 @@ def train(args: argparse.Namespace) -> Path:
     if not args.ckpt_seconds > 0:  # nan would never checkpoint before the end
         raise UserError(f"--ckpt-seconds must be positive, got {args.ckpt_seconds}")
     # the model and loss options: each a traceback (or a folder left behind) or a meaningless run before
-    if bad := options_below(args, 1, "dim", "edge_dim", "heads", "points", "blocks", "k", "k_sc", "max_offset", "rbf"):
+    if bad := options_below(args, 1, "dim", "edge_dim", "heads", "points", "blocks", "k", "max_offset", "rbf"):
         raise UserError(f"{bad[0]} must be >= 1")
-    if bad := options_below(args, 0, "seq_window"):
+    if bad := options_below(args, 0, "seq_window", "k_sc"):  # k_sc 0: no self-conditioning neighbours
         raise UserError(f"{bad[0]} must be >= 0")
     if bad := options_not_positive(args, "rbf_max", "scale"):
         raise UserError(f"{bad[0]} must be a finite number > 0")
@@ -156,8 +156,14 @@ def train(args: argparse.Namespace) -> Path:
         for k in RUN_OPTIONS:
             if k in stored_run:
                 setattr(args, k, stored_run[k])
-        if (began := state.get("data")) and began != _chain_identity(data):  # the normalizers, val set, SS library
-            raise UserError(f"{state_path} belongs to a run on other chains ({began}; {args.chains}: "
+        if "data" not in state:  # saved before 2026-12-07: chains in 10 A units whatever --scale, data by path only
+            if model_cfg.scale != 10:
+                raise UserError(f"{state_path} began before --scale applied to the data (it trained in 10 A units, "
+                                f"its model reads {model_cfg.scale:g}): start a new --out")
+            if state.get("chains") and state["chains"] != str(Path(args.chains).resolve()) and info.is_main:
+                print(f"note: resuming on {args.chains}; the run began on {state['chains']}", file=sys.stderr)
+        elif state["data"] != _chain_identity(data):  # the val set and SS library would change under it
+            raise UserError(f"{state_path} belongs to a run on other chains ({state['data']}; {args.chains}: "
                             f"{_chain_identity(data)}): resume it on its own, or use a new --out")
         if args.init and info.is_main:
             print(f"note: --init {args.init} is not used: {out} resumes its own run", file=sys.stderr)
@@ -261,7 +267,7 @@ def train(args: argparse.Namespace) -> Path:
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             if not math.isfinite(float(grad_norm)):  # the averaged gradients: every rank stops alike
                 raise UserError(f"training diverged: loss {float(loss)}, gradient norm {float(grad_norm)} at step "
-                                f"{step} (a lower --lr?); {out} keeps its last checkpoint")
+                                f"{step} (a lower --lr?); {out} keeps its last checkpoint, if one was saved")
             opt.step()
             ema.update(net)
             step += 1

@@ -1,8 +1,8 @@
 """Progress bars and a CSV metrics log.
 
 `progress` is tqdm, silenced on every rank but the main one so torchrun runs print one bar. `CSVLogger` appends one row
-per `log()` call to a CSV file (header written once, from the first row's keys; each row flushed, so `tail -f` and a
-killed run both see every row logged). Re-opening an existing log appends under its header; with `resume_step` the rows
+per `log()` call to a CSV file (header from the first row's keys, grown (the file rewritten atomically) when a later
+row brings a new one; each row flushed, so `tail -f` and a killed run both see every row logged). Re-opening an existing log appends under its header; with `resume_step` the rows
 logged after that step (by a run that died before its next checkpoint) are dropped first, so the log has no duplicates.
 """
 from __future__ import annotations
@@ -54,11 +54,23 @@ class CSVLogger:
         if self.fields is None:
             self.fields = list(row)
             self._writer.writerow(self.fields)
-        unknown = row.keys() - set(self.fields)
-        if unknown:
-            raise ValueError(f"CSVLogger: columns {sorted(unknown)} not in the header {self.fields} of {self.path}")
+        if unknown := [k for k in row if k not in self.fields]:  # a later row's new column (a resumed run's metric
+            self._grow(unknown)                                  # the run did not log before): the header grows
         self._writer.writerow([row.get(k, "") for k in self.fields])
         self._handle.flush()
+
+    def _grow(self, columns: list[str]) -> None:
+        """Rewrite the file (atomically) with `columns` added to its header, earlier rows blank there."""
+        self._handle.close()
+        with open(self.path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        self.fields = self.fields + columns
+        with atomic_file(self.path, "w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(self.fields)
+            writer.writerows(row + [""] * (len(self.fields) - len(row)) for row in rows[1:])
+        self._handle = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._handle)
 
     def close(self) -> None:
         self._handle.close()
