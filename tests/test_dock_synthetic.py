@@ -46,6 +46,18 @@ def test_a_synthetic_complex_is_the_protein_split_in_two(tmp_path, capsys):
     assert "no .pdb or .pdb.gz files" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["--proteins", str(proteins), "--out", str(tmp_path / "out")]) == 2  # would mix two runs
     assert "already holds synthetic complexes" in capsys.readouterr().err
+    from sciddiff.dock import synthetic  # an interrupted run: no partial synthetic/ (its rerun was refused)
+
+    def interrupted(args, files, out):
+        (out / "synthetic" / "half").mkdir(parents=True)
+        raise KeyboardInterrupt
+    original, synthetic._write_complexes = synthetic._write_complexes, interrupted
+    try:
+        assert main(["--proteins", str(proteins), "--out", str(tmp_path / "i")]) == 130  # Ctrl-C's status
+    finally:
+        synthetic._write_complexes = original
+    assert not (tmp_path / "i" / "synthetic").exists() and not (tmp_path / "i" / ".synthetic-staging").exists()
+    assert main(["--proteins", str(proteins), "--out", str(tmp_path / "i"), "--complexes", "1"]) == 0
 
 
 def _decoys(path: Path, names: list[str], seed: int, blind: bool = False) -> str:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -124,7 +126,6 @@ def write_complex(out: Path, cid: str, residues: list, start: int, length: int, 
 
 def run(args: argparse.Namespace) -> int:
     from sciddiff.cli import UserError, check_output_path
-    from sciddiff.train.log import progress
 
     if args.residues < 1 or args.complexes < 1 or args.margin < 1 or not args.contacts >= 0:
         raise UserError("--residues, --complexes and --margin must be at least 1, --contacts at least 0")
@@ -142,6 +143,31 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, folder=True)
     if (out / "synthetic").exists():  # a second run would mix its complexes with a split that lists only its own
         raise UserError(f"{out} already holds synthetic complexes: choose another --out")
+    # complexes are written to a staging folder moved into place at the end: an interrupted run leaves no partial
+    # synthetic/ (which refused the rerun); a staging folder an interrupted run left is removed first
+    staging = out / ".synthetic-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        ids = _write_complexes(args, files, staging)
+        if not ids:
+            raise UserError(f"no segment of the proteins under {root} qualified (buried, {args.residues} standard "
+                            "residues without a chain break or a disulfide): nothing written")
+        os.replace(staging / "synthetic", out / "synthetic")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    (out / "splits").mkdir(parents=True, exist_ok=True)
+    (out / "splits" / "synthetic.txt").write_text("".join(f"synthetic/{cid}\n" for cid in ids))
+    if len(ids) < args.complexes:
+        print(f"note: {len(ids)} of the {args.complexes} complexes asked for: the proteins under {root} hold no more "
+              "qualifying segments (one per protein)", file=sys.stderr)
+    print(f"wrote {len(ids)} synthetic complexes to {out / 'synthetic'}; split {out / 'splits' / 'synthetic.txt'}")
+    return 0
+
+
+def _write_complexes(args, files: list[Path], out: Path) -> list[str]:
+    """Up to --complexes synthetic complexes, one per protein in a seeded order, written under out/synthetic/."""
+    from sciddiff.train.log import progress
+
     rng = np.random.default_rng(args.seed)
     ids = []
     bar = progress([files[i] for i in rng.permutation(len(files))], desc="synthetic complexes", unit="protein")
@@ -161,16 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 write_complex(out, cid, residues, start, args.residues, mol)
                 ids.append(cid)
                 break
-    if not ids:
-        raise UserError(f"no segment of the proteins under {root} qualified (buried, {args.residues} standard residues "
-                        "without a chain break or a disulfide): nothing written")
-    (out / "splits").mkdir(parents=True, exist_ok=True)
-    (out / "splits" / "synthetic.txt").write_text("".join(f"synthetic/{cid}\n" for cid in ids))
-    if len(ids) < args.complexes:
-        print(f"note: {len(ids)} of the {args.complexes} complexes asked for: the proteins under {root} hold no more "
-              "qualifying segments (one per protein)", file=sys.stderr)
-    print(f"wrote {len(ids)} synthetic complexes to {out / 'synthetic'}; split {out / 'splits' / 'synthetic.txt'}")
-    return 0
+    return ids
 
 
 def main(argv: list[str] | None = None) -> int:
