@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bad := options_below(args, 1, "steps", "episodes", "threads"):
             raise UserError(f"{bad[0]} must be at least 1")
-        if args.demos < VAL_EPISODES + 1:  # two are held out for the validation loss
-            raise UserError(f"--demos must be at least {VAL_EPISODES + 1} (the run holds out {VAL_EPISODES} for validation)")
+        if args.demos < VAL_EPISODES + 1:
+            raise UserError(f"--demos must be at least {VAL_EPISODES + 1} (the run holds out {VAL_EPISODES} for "
+                            "validation)")
         if args.seed < 0:
             raise UserError("--seed must be >= 0")
         check_output_path(args.out, folder=True)
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         train_args = add_arguments(argparse.ArgumentParser()).parse_args(
             ["--task", "generic", "--env", ENV_ID, "--data", str(args.out / "demos.zarr"), "--out", str(args.out / "run"),
              "--steps", str(args.steps), "--batch-size", "64", "--lr", "3e-4",
-             "--warmup-steps", str(min(50, args.steps // 4)), "--down-dims", "32,64", "--val-episodes", str(VAL_EPISODES), "--inference-steps", "10", "--seed", str(args.seed),
+             "--warmup-steps", str(min(50, args.steps // 4)), "--down-dims", "32,64",
+             "--val-episodes", str(VAL_EPISODES), "--inference-steps", "10", "--seed", str(args.seed),
              "--log-every", "100", *(["--threads", str(args.threads)] if args.threads else [])])
         policy = load_policy(train(train_args)["policy"])
         adapter = task_adapter(policy.config)

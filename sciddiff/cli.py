@@ -35,6 +35,14 @@ NOT_SHIPPED = ("the shipped checkpoints are in a source checkout's data/ folder,
                "behind: install from a clone with `pip install -e .`")
 
 
+def text_digest(text: str, length: int = 12) -> str:
+    """The first `length` hex digits of a text's SHA-256: what names a run's data in its training state (by content,
+    not by path, so a moved file still resumes)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
 def file_digest(path: str | os.PathLike, length: int = 12) -> str:
     """The first `length` hex digits of a file's SHA-256: what names a model in a run's records (two trainings written
     to the same file name and step are different models; a resume must not mix their results)."""

@@ -230,6 +230,10 @@ def _map(a, fn):
     return {k: fn(v) for k, v in a.items()} if isinstance(a, dict) else fn(a)
 
 
+def _log_ratio(a: float, b: float) -> float:
+    return math.log(a / b)
+
+
 @torch.no_grad()
 def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigmas: Tensor | Mapping[str, Tensor], *,
                        generator: torch.Generator | None = None,
@@ -268,9 +272,10 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
     ``method="dpmpp_2m"`` is DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's ``sample_dpmpp_2m``, the usual choice on a
     Karras grid): one model call per step, the exponential integrator in log sigma applied to a second-order
     extrapolation of the denoised estimate from this step's and the last one's (first order on the first step, after
-    a repeated sigma, and on a step to sigma = 0: on a product, to 0 in any component, for every component). The denoised estimate is the tangent v = sigma^2 score from x (Tweedie); the last step's,
-    less the step taken since, stands in for it at x, treated as living at x as in Heun (exact on flat spaces and the
-    torus). Per component on a product, each on its own grid. No churn.
+    a repeated sigma, and on a step to sigma = 0: on a product, to 0 in any component, for every component). The
+    denoised estimate is the tangent v = sigma^2 score from x (Tweedie); the last step's, less the step taken since,
+    stands in for it at x, treated as living at x as in Heun (exact on flat spaces and the torus). Per component on a
+    product, each on its own grid. No churn.
 
     ``s_churn > 0`` makes it EDM's stochastic sampler (their Algorithm 2, k-diffusion's ``s_churn``, ``s_tmin``, ``s_tmax``,
     ``s_noise``): where s_tmin <= sigma_i <= s_tmax, each step first raises the noise level to sigma_hat = sigma_i (1 + gamma),
@@ -321,9 +326,8 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
             if previous is not None and not last:
                 s_last, denoised_last, step_last = previous
                 seen = Space.add(denoised_last, Space.scale(step_last, -1.0))  # the last estimate, seen from x
-                log_ratio = lambda a, b: math.log(a / b)  # noqa: E731
                 # weight 1 / (2 r), r = h_last / h: the step sizes in log sigma (a repeated sigma: first order)
-                w = _combine(_combine(s_last, s, log_ratio), _combine(s, s_next, log_ratio),
+                w = _combine(_combine(s_last, s, _log_ratio), _combine(s, s_next, _log_ratio),
                              lambda h_last, h: h / (2 * h_last) if h_last > 0 else 0.0)
                 v = Space.add(Space.scale(denoised, _map(w, lambda a: 1 + a)), Space.scale(seen, _map(w, lambda a: -a)))
             step = Space.scale(v, _combine(s, s_next, lambda a, b: 1 - b / a))

@@ -10,7 +10,6 @@ out/score_model.pt: EMA weights + model config + the training command, small eno
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shlex
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, load_or_fail, options_below,
-                          options_not_positive, run_command)
+                          options_not_positive, run_command, text_digest)
 from sciddiff.core.ema import EMA
 from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ATOM_DIM, ScoreModel, ScoreModelConfig, count_parameters
@@ -164,7 +163,7 @@ def train(args: argparse.Namespace, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = TrainSet(blob, device, cfg)
     names = "\n".join(map(str, blob.get("names") or [])) + repr(sorted((blob.get("meta") or {}).items()))
-    data_id = f"{len(blob['complexes'])} complexes, sha256 {hashlib.sha256(names.encode()).hexdigest()[:12]}"
+    data_id = f"{len(blob['complexes'])} complexes, sha256 {text_digest(names)}"
     del blob
     model = ScoreModel(cfg).to(device)
     if init is not None:

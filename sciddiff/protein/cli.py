@@ -286,9 +286,10 @@ def _sample_record(folder: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _earlier_samples(out: Path) -> list[str]:
-    """The backbone files of an earlier `sample` run in `out` (listed in its samples.json), [] if none."""
-    files = _sample_record(out).get("files") or []
+def _earlier_samples(out: Path, record: dict | None = None) -> list[str]:
+    """The backbone files of an earlier `sample` run in `out` (listed in its samples.json, or `record` read from it),
+    [] if none."""
+    files = (_sample_record(out) if record is None else record).get("files") or []
     return [f for f in files if isinstance(f, str) and Path(f).name == f]
 
 
@@ -305,7 +306,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plots = Path(args.plots or folder)
     if any(json_path.resolve() == (plots / name).resolve() for name in PLOT_FILES):
         raise UserError(f"--json {json_path} is one of the plots eval writes to {plots}; name another file")
-    listed = _earlier_samples(folder)  # a sample run's own backbones, not other PDB files beside them
+    record = _sample_record(folder)
+    listed = _earlier_samples(folder, record)  # a sample run's own backbones, not other PDB files beside them
     if not listed and (folder / "samples.json").is_file():
         print(f"note: {folder}/samples.json lists no backbone files (damaged or not a sample run's): every PDB and "
               f"mmCIF file in {folder} is scored", file=sys.stderr)
@@ -331,7 +333,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "scored as peptide bonds (a broken chain); a file renumbered over missing residues should keep "
               "their numbers", file=sys.stderr)
     reference, ref_name, ref_gaps = None, "natural test split", None
-    if not args.reference and isinstance(own := _sample_record(folder).get("checkpoint"), str) and not _shipped(own):
+    if not args.reference and isinstance(own := record.get("checkpoint"), str) and not _shipped(own):
         print(f"note: the default reference is the shipped split's test chains; {own} may have trained on some of "
               "them (its own split's held-out chains: --reference DIR)", file=sys.stderr)
     if args.reference:
@@ -360,7 +362,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if (folder / "samples.json").is_file():
         from sciddiff.protein.evaluate import target_agreement
 
-        result["ss_targets"] = target_agreement(result["chains"], _sample_record(folder).get("ss_targets") or {})
+        result["ss_targets"] = target_agreement(result["chains"], record.get("ss_targets") or {})
     write_json(json_path, result)
     print(format_report(result))
     print(f"metrics: {json_path}; plots: {', '.join(result['plots'])}")

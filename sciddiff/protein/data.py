@@ -21,7 +21,7 @@ import csv
 import gzip
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -234,8 +234,8 @@ def prepare_chains(root: str | os.PathLike | None, out: str | os.PathLike, split
     if not ids:
         raise ValueError(f"no usable chain in {data_root(root) / 'proteins' / 'manifest.tsv'} ({len(rows)} row(s): "
                          f"{skipped} unreadable, {marked} with n_breaks > 0, {short} broken or shorter than 20 residues)")
-    if len(set(ids)) < len(ids):  # a split file names chains by id: two chains of one id would share one entry
-        dup = next(i for i in ids if ids.count(i) > 1)
+    # a split file names chains by id: two chains of one id would share one entry
+    if dup := next((i for i, n in Counter(ids).items() if n > 1), None):
         raise ValueError(f"the manifest lists the chain id {dup!r} more than once: ids must be unique")
     cluster = cluster_sequences(seqs)
     if known is not None:

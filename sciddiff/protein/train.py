@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, load_or_fail, options_below,
-                          options_not_positive, torch_device)
+                          options_not_positive, text_digest, torch_device)
 from sciddiff.core.ema import EMA
 from sciddiff.protein.config import RUN_OPTIONS, DenoiserConfig, FlowConfig, add_training_arguments
 from sciddiff.protein.data import ChainSet
@@ -70,13 +70,11 @@ def validation_loss(net: FrameDenoiser, data: ChainSet, cfg: FlowConfig, batch_r
 
 
 def _chain_identity(data: dict) -> str:
-    """The chains a run trains on, by count, residues and a digest of the ids and split: a resume on other chains is
-    refused, the same file moved elsewhere is not."""
-    import hashlib
-
+    """The chains a run trains on, by count and a digest of the ids and split: a resume on other chains is refused,
+    the same file moved elsewhere is not."""
     ids = "\n".join(map(str, data.get("ids", []))) + str(data["split"].tolist())
     return (f"{int((data['split'] == 0).sum())} train / {int((data['split'] == 1).sum())} val chains, "
-            f"sha256 {hashlib.sha256(ids.encode()).hexdigest()[:12]}")
+            f"sha256 {text_digest(ids)}")
 
 
 def train(args: argparse.Namespace) -> Path:

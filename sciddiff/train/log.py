@@ -2,8 +2,9 @@
 
 `progress` is tqdm, silenced on every rank but the main one so torchrun runs print one bar. `CSVLogger` appends one row
 per `log()` call to a CSV file (header from the first row's keys, grown (the file rewritten atomically) when a later
-row brings a new one; each row flushed, so `tail -f` and a killed run both see every row logged). Re-opening an existing log appends under its header; with `resume_step` the rows
-logged after that step (by a run that died before its next checkpoint) are dropped first, so the log has no duplicates.
+row brings a new one; each row flushed, so `tail -f` and a killed run both see every row logged). Re-opening an
+existing log appends under its header; with `resume_step` the rows logged after that step (by a run that died before
+its next checkpoint) are dropped first, so the log has no duplicates.
 """
 from __future__ import annotations
 
