@@ -49,10 +49,13 @@ def worker(out_dir: Path) -> None:
         seen.append(list(sampler))
         for x, y in progress(loader, desc=f"bar-of-rank{info.rank}"):
             losses.append(D.all_reduce_mean(_step(model, opt, x, y)).item())
+    # a logged metric that only some ranks have (rank 1 alone holds "b"; no rank holds "c")
+    means = D.mean_over_ranks({"a": float(info.rank), **({"b": 5.0} if info.rank == 1 else {})}, ("a", "b", "c"))
     state = training_state(model=model, optimizer=opt, step=EPOCHS * STEPS_PER_EPOCH)  # collective: every rank
     if D.is_main():
         save_checkpoint(out_dir / "ckpt.pt", state)
-    torch.save({"params": [p.detach() for p in D.unwrap(model).parameters()], "seen": seen, "losses": losses},
+    torch.save({"params": [p.detach() for p in D.unwrap(model).parameters()], "seen": seen, "losses": losses,
+                "means": means},
                out_dir / f"rank{info.rank}.pt")
     try:  # a DDP wrapper alive at cleanup can deadlock the exit (see `cleanup`): refused
         D.cleanup()
@@ -77,6 +80,7 @@ def test_ddp_two_gloo_ranks_match_single_process(tmp_path):
     for a, b in zip(r0["params"], r1["params"]):
         assert torch.equal(a, b)
     assert r0["losses"] == r1["losses"]  # all_reduce_mean gives every rank the same number
+    assert r0["means"] == r1["means"] == {"a": 0.5, "b": 5.0}  # each key over the ranks that hold it
 
     # Single process on the concatenation of both ranks' batches, from rank 0's initial weights.
     x, y = _data()

@@ -103,6 +103,7 @@ def _model_config(args: argparse.Namespace, out: Path) -> tuple[ScoreModelConfig
 
 
 MAX_SKIPPED = 20  # consecutive non-finite batches that stop a run
+LOG_COLUMNS = ("loss", "tr", "rot", "tor")  # running losses in log.csv, each averaged over ranks
 
 
 def _note_other_options(out: Path, args: argparse.Namespace) -> None:
@@ -244,12 +245,16 @@ def train(args: argparse.Namespace, command: str) -> None:
             step, retries = step + 1, 0
             for k, v in {"loss": loss, **parts}.items():
                 running[k] = 0.98 * running.get(k, float(v.detach())) + 0.02 * float(v.detach())
-            if info.is_main and (step % 25 == 0 or step == 1 or step == args.max_steps):  # the last step too
-                elapsed = seconds_before + time.time() - start
+            if step % 25 == 0 or step == 1 or step == args.max_steps:  # the last step too
+                # over all ranks (each key over those whose batches had it: rigid ligands have no torsion loss), on
                 # one set of columns (a run whose first logged batches were rigid ligands had no "tor" column)
-                log.log(step=step, seconds=round(elapsed, 1),
-                        **{k: round(running[k], 5) if k in running else "" for k in ("loss", "tr", "rot", "tor")})
-                print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in running.items()), flush=True)
+                logged = distributed.mean_over_ranks(running, LOG_COLUMNS)
+                if info.is_main:
+                    elapsed = seconds_before + time.time() - start
+                    log.log(step=step, seconds=round(elapsed, 1),
+                            **{k: round(logged[k], 5) if k in logged else "" for k in LOG_COLUMNS})
+                    print(f"step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in logged.items()),
+                          flush=True)
     save()
     if info.is_main:
         log.close()

@@ -271,18 +271,23 @@ def train(args: argparse.Namespace) -> Path:
             step += 1
             residues += b["batch"].shape[0]
             validate = val_set is not None and step % args.val_every == 0
-            if (step % args.log_every == 0 or validate) and info.is_main:
+            if step % args.log_every == 0 or validate:  # every rank: the logged numbers are over all of them
                 now = time.time()
-                row = {"step": step, "seconds": round(elapsed_before + now - start, 1), "loss": float(loss.detach()),
-                       **{k: float(v) for k, v in parts.items()}, "grad_norm": float(grad_norm), "lr": lr,
-                       "residues_per_s": round(residues / (now - t_log), 1), "val_loss": ""}
-                if validate:
-                    net.eval()
-                    row["val_loss"] = validation_loss(net, val_set, flow_cfg, args.batch_residues, device)
-                    net.train()
-                log.log(**row)
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-                residues, t_log = 0, time.time()
+                logged = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}, "residues": residues}
+                logged = distributed.mean_over_ranks(logged, list(logged))
+                residues_per_s = logged.pop("residues") * info.world_size / (now - t_log)
+                if info.is_main:
+                    row = {"step": step, "seconds": round(elapsed_before + now - start, 1), **logged,
+                           "grad_norm": float(grad_norm), "lr": lr, "residues_per_s": round(residues_per_s, 1),
+                           "val_loss": ""}
+                    if validate:
+                        net.eval()
+                        row["val_loss"] = validation_loss(net, val_set, flow_cfg, args.batch_residues, device)
+                        net.train()
+                    log.log(**row)
+                    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                          flush=True)
+                residues, t_log = 0, time.time()  # after validation: its time is not training throughput
     save()
     if info.is_main:
         log.close()

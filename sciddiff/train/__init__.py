@@ -5,7 +5,8 @@
   `write_json` (atomic, strict JSON: inf and nan as strings).
 - `autocast(device)`: bf16 on CUDA, no-op on CPU.
 - `progress` (tqdm, main rank only), `CSVLogger` (log.py).
-- `distributed`: torchrun/DDP helpers (`setup`, `wrap`, `unwrap`, `is_main`, `all_reduce_mean`, `sampler`).
+- `distributed`: torchrun/DDP helpers (`setup`, `wrap`, `unwrap`, `is_main`, `all_reduce_mean`, `mean_over_ranks`,
+  `sampler`).
 - `interrupt.stop_requests` / `decide`: Ctrl-C and SIGTERM stop a loop between steps (all ranks alike), so it saves.
 The EMA of weights lives in `sciddiff.core.ema`. See docs/training.md for a complete loop.
 """

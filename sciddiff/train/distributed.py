@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
 __all__ = ["DistInfo", "setup", "cleanup", "is_main", "rank", "world_size", "wrap", "unwrap", "all_reduce_mean",
-           "main_decides", "barrier", "sampler"]
+           "mean_over_ranks", "main_decides", "barrier", "sampler"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,19 @@ def all_reduce_mean(value: torch.Tensor | float) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= world_size()
     return tensor
+
+
+def mean_over_ranks(values: dict[str, float], keys: Sequence[str]) -> dict[str, float]:
+    """Each of `keys` averaged over the ranks whose `values` hold it; a key no rank holds is left out (`values`
+    itself in a single process). For logged metrics that a rank may lack (the torsion loss of a batch of rigid
+    ligands): every rank must call it at the same step, as any collective."""
+    if world_size() == 1:
+        return {k: float(values[k]) for k in keys if k in values}
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    sums = torch.tensor([[float(values.get(k, 0.0)) for k in keys], [float(k in values) for k in keys]],
+                        dtype=torch.float64, device=device)
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    return {k: float(total / n) for k, total, n in zip(keys, *sums.cpu().tolist()) if n > 0}
 
 
 def barrier() -> None:
