@@ -66,6 +66,21 @@ def test_gaps_are_read_from_numbering_and_geometry(tmp_path):
     assert [int(g.sum()) for g in gaps] == [0, 1, 0]
 
 
+def test_one_structure_in_two_formats_counts_once(tmp_path, capsys):
+    import gzip
+
+    from sciddiff.protein.evaluate import read_folder
+    from sciddiff.protein.pdbio import backbone_to_pdb_string
+
+    text = backbone_to_pdb_string(metrics.ideal_helix(12))
+    (tmp_path / "x.pdb").write_text(text)
+    (tmp_path / "x.pdb.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "x_2.pdb").write_text(text)
+    names, backbones, _ = read_folder(tmp_path)
+    assert names == ["x.pdb", "x_2.pdb"] and len(backbones) == 2
+    assert "x.pdb.gz left out: the same name in another format" in capsys.readouterr().err
+
+
 def test_ramachandran_regions():
     deg = np.radians
     # alpha helix, beta strand, and the sterically forbidden phi = psi = 0

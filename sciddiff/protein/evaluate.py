@@ -34,6 +34,11 @@ def pdb_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(PDB_SUFFIXES))
 
 
+def structure_stem(path: Path) -> str:
+    """The file name without its structure suffix (`x.cif.gz` -> `x`)."""
+    return next(path.name[: -len(s)] for s in sorted(PDB_SUFFIXES, key=len, reverse=True) if path.name.endswith(s))
+
+
 def complete_backbone(chain: Chain) -> np.ndarray:
     """(L, 4, 3) with missing O atoms (NaN) placed ideally from the frames, so every metric is defined."""
     coords = chain.coords.astype(np.float64)
@@ -58,17 +63,30 @@ def read_folder(folder: str | os.PathLike, only: Collection[str] | None = None
     numbering that skips over a bonded peptide, chymotrypsin's, is no gap); an insertion code (52, 52A) is no gap.
     Consecutive numbers are always a peptide, however far apart: a generated chain that breaks is judged broken.
     `only`: the file names to read (a sample run's, from its samples.json). A file's first protein chain is read (a
-    note names files with more)."""
-    names, backbones, gaps, several = [], [], [], []
-    for path in pdb_files(folder):
+    note names files with more). Files of one name in two formats (x.pdb and x.cif.gz) count once, the first in
+    `PDB_SUFFIXES` order (a note names the others)."""
+    names, backbones, gaps, several, twice = [], [], [], [], []
+    stems: set[str] = set()
+    suffix_rank = {suffix: k for k, suffix in enumerate(PDB_SUFFIXES)}
+    def stem_then_format(path: Path) -> tuple[str, int]:
+        return structure_stem(path), suffix_rank[path.name[len(structure_stem(path)):]]
+
+    for path in sorted(pdb_files(folder), key=stem_then_format):
         if only is not None and path.name not in only:
             continue
+        if structure_stem(path) in stems:
+            twice.append(path.name)
+            continue
+        stems.add(structure_stem(path))
         chain = read_chain(path)
         if chain.protein_chains_in_file > 1:
             several.append(f"{path.name} ({chain.protein_chains_in_file})")
         names.append(path.name)
         backbones.append(complete_backbone(chain))
         gaps.append(~np.isin(np.diff(chain.resnums), (0, 1)) & unbonded(backbones[-1]))
+    if twice:
+        print(f"note: {folder}: {', '.join(twice[:5])}{' ...' if len(twice) > 5 else ''} left out: the same name in "
+              "another format was read", file=sys.stderr)
     if several:
         print(f"note: {folder}: only the first protein chain of {', '.join(several[:5])}"
               f"{' ...' if len(several) > 5 else ''} is read (split the chains into files of their own to use them)",
