@@ -395,6 +395,24 @@ def test_a_centre_its_3d_coordinates_leave_open_is_one_isomer_in_every_conformer
     assert f"stereo not specified (atom {centre})" in io.ligand_repairs(io.load_ligand(tmp_path / "interleaved.sdf"))
 
 
+def test_stereo_that_places_no_heavy_atom_gets_no_note():
+    """ATP's inner phosphorus (O= against OH) and an amidine's C=NH were named as unspecified stereo: chemists give
+    neither (ionisation and resonance exchange the oxygens; E/Z of =NH places an H), and the heavy atoms are the same.
+    They are fixed to one isomer, silently; a sulfoxide and an oxime are real stereo and are still named."""
+    atp = "Nc1ncnc2c1ncn2[C@@H]1O[C@H](COP(=O)(O)OP(=O)(O)OP(=O)(O)O)[C@@H](O)[C@H]1O"
+    for smiles in (atp, "NC(=N)NCCC", "N=C(N)c1ccc(C)cc1C"):
+        loaded = io.load_ligand(smiles)
+        assert io.ligand_repairs(loaded) is None, smiles
+        isomers = set()
+        for xyz in ligand.generate_conformers(loaded, 3, seed=0):  # still one isomer in every conformer
+            embedded = io.pose_mol(loaded, xyz)
+            Chem.AssignStereochemistryFrom3D(embedded)
+            isomers.add(Chem.MolToSmiles(embedded))
+        assert isomers == {io.ligand_smiles(loaded)}, smiles
+    assert "stereo not specified (atom 2)" in io.ligand_repairs(io.load_ligand("CS(=O)CC"))
+    assert "stereo not specified (double bond at atom 2)" in io.ligand_repairs(io.load_ligand("CC(=NO)c1ccccc1"))
+
+
 def test_a_metal_complex_written_as_ions_is_refused_and_a_salts_cation_dropped():
     with pytest.raises(io.UserError, match="metal complex written as separate ions \\(Pt"):
         io.load_ligand("[NH3].[NH3].[Cl-].[Cl-].[Pt+2]")  # its largest fragment: an ammonia

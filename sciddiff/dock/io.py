@@ -750,6 +750,20 @@ def _in_input_order(mol: Chem.Mol, order: str) -> Chem.Mol:
     return out
 
 
+def _places_heavy_atoms(mol: Chem.Mol, stereo) -> bool:
+    """Whether a stereo element of a heavy-atom molecule tells apart heavy-atom arrangements. Not so: a double bond
+    with a terminal end (an amidine's or guanidine's C=NH: E/Z places its H) and a centre whose swappable neighbours
+    are terminal atoms of one element (a phosphate's O= and OH, or O- and OH: they differ in bond order, charge or
+    hydrogens, which ionisation and resonance exchange). RDKit counts both as stereo; chemists give neither."""
+    if stereo.type == Chem.StereoType.Bond_Double:
+        bond = mol.GetBondWithIdx(stereo.centeredOn)
+        return bond.GetBeginAtom().GetDegree() > 1 and bond.GetEndAtom().GetDegree() > 1
+    if stereo.type == Chem.StereoType.Atom_Tetrahedral:
+        terminal = [n.GetAtomicNum() for n in mol.GetAtomWithIdx(stereo.centeredOn).GetNeighbors() if n.GetDegree() == 1]
+        return len(terminal) == len(set(terminal))
+    return True
+
+
 def _one_stereoisomer(mol: Chem.Mol, repairs: list[str]) -> tuple[Chem.Mol, list[str]]:
     """A molecule whose stereocentres or double bonds are not specified (a 2D input without the stereo, or 3D
     coordinates too flat at a centre to define it: 1nen's ligand) would be embedded as a different isomer in every
@@ -762,6 +776,8 @@ def _one_stereoisomer(mol: Chem.Mol, repairs: list[str]) -> tuple[Chem.Mol, list
     isomer = next(iter(EnumerateStereoisomers(mol, options=StereoEnumerationOptions(onlyUnassigned=True, unique=True))))
     if Chem.MolToSmiles(isomer) == Chem.MolToSmiles(mol):  # nothing to choose (an azide's N=N): no note
         return mol, repairs
+    if not (open_ := [s for s in open_ if _places_heavy_atoms(mol, s)]):  # one isomer in every conformer, no note
+        return isomer, repairs
 
     def file_number(s) -> int:  # centeredOn is a bond's index for a double bond: name its first atom
         atom = (mol.GetAtomWithIdx(s.centeredOn) if s.type == Chem.StereoType.Atom_Tetrahedral
