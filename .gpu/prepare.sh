@@ -15,8 +15,7 @@ mkdir -p .gpu/policy .gpu/protein .gpu/dock runs/policy
 
 completed() {  # completed() NPZ OBS_TYPE ZARR_OUT [--no-images]
     [ -f "$1" ] && return
-    if [ ! -d "$3" ]; then  # demos appends episode by episode: build under another name so a stopped run is redone
-        rm -rf "$3.part"
+    if [ ! -d "$3" ]; then  # built under another name until whole; a stopped run continues after its episodes
         sciddiff policy demos --complete "$ZARR" --out "$3.part" --max-steps 150 "${@:4}"
         mv "$3.part" "$3"
     fi

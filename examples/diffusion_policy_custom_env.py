@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for training and the episodes (default: 2 on two idle cores, else 1)")
     args = parser.parse_args(argv)
-    from sciddiff.cli import UserError, check_output_path, interrupted_status, options_below
+    from sciddiff.cli import UserError, check_output_path, idle_threads, interrupted_status, options_below
     from sciddiff.policy.cli import format_metrics
     from sciddiff.policy.evaluate import evaluate_policy, task_adapter
     from sciddiff.policy.io import load_policy
@@ -84,13 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         demos = write_demos(args.out / "demos.zarr", args.demos, 10000 + args.seed)
         print(f"demonstrations: {demos['episodes']} episodes, {demos['steps']} steps, goal reached in "
               f"{demos['reached_goal']}", flush=True)
+        # the trainer's own default is torch's (every core): beside a busy process 2-30x slower than one thread
+        threads = args.threads or idle_threads()
         # a small U-Net and batch: this task is two numbers in, one out
         train_args = add_arguments(argparse.ArgumentParser()).parse_args(
             ["--task", "generic", "--env", ENV_ID, "--data", str(args.out / "demos.zarr"), "--out", str(args.out / "run"),
              "--steps", str(args.steps), "--batch-size", "64", "--lr", "3e-4",
              "--warmup-steps", str(min(50, args.steps // 4)), "--down-dims", "32,64",
              "--val-episodes", str(VAL_EPISODES), "--inference-steps", "10", "--seed", str(args.seed),
-             "--log-every", "100", *(["--threads", str(args.threads)] if args.threads else [])])
+             "--log-every", "100", "--threads", str(threads)])
         policy = load_policy(train(train_args)["policy"])
         adapter = task_adapter(policy.config)
         metrics = evaluate_policy(policy, adapter, args.episodes, args.seed, video_path=args.out / "rollout.mp4")

@@ -97,7 +97,7 @@ def test_complete_appends_the_last_push_to_recorded_episodes(tmp_path, capsys):
     recorded = {"state": states.astype(np.float32), "action": states[:, :2].astype(np.float32),
                 "n_contacts": np.zeros((4, 1), np.float32)}
     buf.add_episode(recorded)
-    buf.add_episode({k: v[:2] for k, v in recorded.items()})
+    buf.add_episode({k: v[1:3] for k, v in recorded.items()})  # another start state: episodes are told apart by it
     out = tmp_path / "completed.zarr"
     assert main(["--complete", str(src), "--out", str(out), "--episodes", "1", "--no-images"]) == 0
     done = ReplayBuffer.open(out)
@@ -118,10 +118,18 @@ def test_complete_appends_the_last_push_to_recorded_episodes(tmp_path, capsys):
     assert coverage > pusht.SUCCESS_COVERAGE
     assert main(["--complete", str(src), "--out", str(tmp_path / "x.zarr")]) == 2  # no frames to copy
     assert "--no-images" in capsys.readouterr().err
-    # the same command again would append copies of the same recordings
-    assert main(["--complete", str(src), "--out", str(out), "--episodes", "1", "--no-images"]) == 2
-    assert f"already holds the episodes of episode(s) 0 of {src}" in capsys.readouterr().err
+    # the same command again (after an interruption: episodes are appended one by one) continues after the episodes
+    # --out holds, appending no copies; one more episode asked for is appended
+    assert main(["--complete", str(src), "--out", str(out), "--episodes", "1", "--no-images"]) == 0
+    assert "already holds the completions of the first 1 of these 1 episodes" in capsys.readouterr().err
     assert ReplayBuffer.open(out).n_episodes == 1
+    assert main(["--complete", str(src), "--out", str(out), "--no-images", "--keep-failures"]) == 0
+    assert ReplayBuffer.open(out).n_episodes == 2 and "continuing after them" in capsys.readouterr().err
+    # a store holding a later episode but not the first is not a run to continue: appending would copy it again
+    later = tmp_path / "later.zarr"
+    ReplayBuffer.create(later).add_episode(ReplayBuffer.open(out).get_episode(1))
+    assert main(["--complete", str(src), "--out", str(later), "--no-images"]) == 2
+    assert f"already holds the episodes of episode(s) 1 of {src}" in capsys.readouterr().err
 
 
 def _source(path, state, n_contacts=True):

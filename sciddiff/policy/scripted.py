@@ -407,6 +407,12 @@ def run_demos(args: argparse.Namespace) -> int:
         starts = (source_starts[:len(ids)] if source else
                   first_states(ids, [state for _, (_, state) in episodes] if args.from_policy else None))
         seen = [i for i, start in zip(ids, starts) if np.isclose(stored, start, atol=1e-3).all(1).any()]
+        if source and seen == ids[:len(seen)]:  # an interrupted --complete run: the same command continues it
+            print(f"note: {args.out} already holds the completions of the first {len(seen)} of these {len(ids)} "
+                  f"episodes of {args.complete}: continuing after them", file=sys.stderr)
+            episodes, seen = episodes[len(seen):], []
+            if not episodes:
+                return 0
         if again := list(dict.fromkeys(seen)):  # a seed's restarts share its id
             what = f"episode(s) {_listed(again)} of {args.complete}" if source else f"seed(s) {_listed(again)}"
             hint = "" if source else f"continue with --seed {max(again) + 1} or "
