@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,19 @@ def test_runner_drives_any_gymnasium_env():
                            show_progress=False)
     assert [r.success for r in results] == [r.max_score >= -20.0 for r in results]
     assert EnvAdapter("Pendulum-v1", max_steps=None).max_steps == 200  # the env's registered limit
+
+
+def test_frames_of_a_pygame_env_on_a_headless_machine_print_no_sdl_error():
+    # gymnasium's classic-control envs open pygame's display even for rgb_array frames: SDL printed "error:
+    # XDG_RUNTIME_DIR is invalid or not set" in the middle of a successful run (the custom-env example's video)
+    code = ("from sciddiff.policy.runner import EnvAdapter\n"
+            "env = EnvAdapter('MountainCarContinuous-v0').make_env(render=True)\n"
+            "env.reset(seed=0)\nprint(env.render().shape)")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR",
+                                                              "SDL_VIDEODRIVER")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "(400, 600, 3)", proc.stderr[-2000:]
+    assert "error" not in proc.stderr.lower(), proc.stderr
 
 
 def test_stateful_policy_is_reset_per_batch_and_told_its_environments():

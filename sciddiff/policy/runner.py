@@ -109,6 +109,9 @@ class EnvAdapter:
     def make_env(self, render: bool = False):
         import gymnasium as gym
 
+        if render and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            # off-screen frames: pygame's display otherwise prints an SDL error line on a headless machine
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         return gym.make(self.env_id, max_episode_steps=self.max_steps, **self.env_kwargs, **self.render_kwargs(render))
 
     def render_kwargs(self, render: bool) -> dict:
