@@ -77,6 +77,32 @@ def test_same_seed_same_poses(tmp_path, model):
     assert (a / "rank1.sdf").read_text() == (b / "rank1.sdf").read_text()
 
 
+def test_the_same_molecule_docks_alike_in_any_atom_order_or_format(tmp_path):
+    """Conformer seeds, torsion conventions and random streams follow atom order: docking the canonical molecule
+    makes a permuted SDF and a SMILES of the ligand give the input's poses (each in its own atom order)."""
+    from sciddiff.dock.ligand import symmetric_rmsd
+
+    mol = Chem.MolFromMolFile(LIGAND)
+    perm = np.random.default_rng(3).permutation(mol.GetNumAtoms()).tolist()
+    Chem.MolToMolFile(Chem.RenumberAtoms(mol, perm), str(tmp_path / "permuted.sdf"))
+    runs = {}
+    for name, ligand in [("sdf", LIGAND), ("permuted", str(tmp_path / "permuted.sdf")),
+                         ("smiles", Chem.MolToSmiles(mol))]:
+        out = tmp_path / name
+        assert main(["dock", "--protein", PROTEIN, "--ligand", ligand, "--autobox-ligand", LIGAND, "--out", str(out),
+                     "--model", "none", *FAST]) == 0
+        poses = Chem.SDMolSupplier(str(out / "rank1.sdf"))[0]
+        runs[name] = (json.loads((out / "summary.json").read_text())["poses"], Chem.RemoveHs(poses))
+    ref_poses, ref = runs["sdf"]
+    for name in ("permuted", "smiles"):
+        poses, mol_k = runs[name]
+        assert [p["score"] for p in poses] == [p["score"] for p in ref_poses], name
+        # the same heavy atoms in another order: symmetry-corrected RMSD between the two files' rank 1
+        match = mol_k.GetSubstructMatch(ref)
+        x = mol_k.GetConformer().GetPositions()[list(match)]
+        assert symmetric_rmsd(ref, x, ref.GetConformer().GetPositions()) < 1e-3, name
+
+
 BAD = [
     (["--ligand", "missing.sdf"], "not found"),
     (["--ligand", "C1CC"], "cannot parse"),                  # unclosed ring: SMILES that does not parse

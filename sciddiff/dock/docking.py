@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError
 from sciddiff.dock.io import Box, Receptor, box_around
-from sciddiff.dock.ligand import automorphisms, distinct_shapes, generate_conformers, rmsd_matrix, rotatable_torsions
+from sciddiff.dock.ligand import (
+    automorphisms,
+    canonical_atom_order,
+    distinct_shapes,
+    generate_conformers,
+    rmsd_matrix,
+    rotatable_torsions,
+)
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.scoring import ScoringFunction, StackedGrids
@@ -80,6 +87,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     gen = torch.Generator().manual_seed(s.seed)
+    mol, atom_order = canonical_atom_order(mol)  # the same molecule docks alike in any atom order
     try:
         confs = generate_conformers(mol, max(1, s.conformers), seed=s.seed)
     except ValueError as err:
@@ -194,6 +202,8 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     with torch.no_grad():
         scores = torch.stack([grids[int(best_reg[j])].score(x[j:j + 1])[0] for j in keep])
     timings["rank"] = time.perf_counter() - tick
+    atoms = torch.as_tensor(np.argsort(atom_order))  # back to the input's atom order
+    x, all_x = x[:, atoms], all_x[:, atoms]
     return DockResult(coords=x[keep_t].numpy(), score=scores.numpy(), energy=best.energy[keep_t].numpy(),
                       confidence=confidence.numpy(), region=best_reg[keep_t].numpy(), boxes=regions, timings=timings,
                       n_torsions=tors.n, n_shapes=space.n_conformers, candidates=x.numpy(), order_energy=order_energy,

@@ -215,6 +215,29 @@ def set_torsions(x: torch.Tensor, tors: Torsions | tuple[torch.Tensor, torch.Ten
 
 
 # ----------------------------------------------------------------------------------------------------- conformers
+def canonical_atom_order(mol: Chem.Mol) -> tuple[Chem.Mol, np.ndarray]:
+    """The molecule with its atoms and bonds in RDKit's canonical (isomeric) SMILES order, and `order` (N,): canonical
+    atom i is input atom order[i]; the input's coordinates come along. Conformer seeds, torsion conventions and random
+    streams all follow atom order, so docking the canonical molecule gives one molecule the same poses whether it
+    came as SDF, MOL2 or SMILES, in any atom order. A molecule whose SMILES does not read back as the same graph (none
+    known) is returned as it is."""
+    smiles = Chem.MolToSmiles(mol)
+    order = np.asarray(mol.GetPropsAsDict(True, True)["_smilesAtomOutputOrder"], dtype=np.int64)
+    with rdkit_quiet():
+        canon = Chem.MolFromSmiles(smiles)
+    if canon is None or canon.GetNumAtoms() != mol.GetNumAtoms() or not all(
+            a.GetAtomicNum() == mol.GetAtomWithIdx(int(j)).GetAtomicNum() for a, j in zip(canon.GetAtoms(), order)):
+        return mol, np.arange(mol.GetNumAtoms())
+    for k in range(mol.GetNumConformers()):
+        conf = Chem.Conformer(canon.GetNumAtoms())
+        pos = mol.GetConformer(k).GetPositions()[order]
+        for i, p in enumerate(pos):
+            conf.SetAtomPosition(i, p.tolist())
+        conf.Set3D(mol.GetConformer(k).Is3D())
+        canon.AddConformer(conf, assignId=True)
+    return canon, order
+
+
 def generate_conformers(mol: Chem.Mol, n: int = 1, seed: int = 0, optimize: bool = True) -> list[np.ndarray]:
     """Fresh ETKDGv3 conformers (heavy-atom coordinates (N, 3)), seeded; input coordinates are ignored.
 

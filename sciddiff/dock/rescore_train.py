@@ -52,6 +52,7 @@ def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
     the crystal ligand) polished with the exact energy: (1, N, 3)."""
     from sciddiff.dock.io import ligand_coords
     from sciddiff.dock.ligand import (
+        canonical_atom_order,
         generate_conformers,
         match_torsions,
         rotatable_torsions,
@@ -60,6 +61,7 @@ def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
     from sciddiff.dock.scoring import ScoringFunction
     from sciddiff.dock.search import fit_pose, local_opt
 
+    mol, order = canonical_atom_order(mol)  # as dock() docks it
     conformer = generate_conformers(mol, 1, seed=seed)[0]  # the conformer dock() starts from (same seed)
     tors = rotatable_torsions(mol)
     space = PoseSpace(torch.as_tensor(conformer), tors)
@@ -67,7 +69,7 @@ def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
     tr, rot, theta = fit_pose(space, matched)
     sf = ScoringFunction(receptor, mol, tors.n)
     p = local_opt(sf, space, tr, rot, theta, steps=30, lr=POLISH_LR, exact=True)
-    return space.coords(p.tr, p.rot, p.theta, realign=False).detach()
+    return space.coords(p.tr, p.rot, p.theta, realign=False).detach()[:, torch.as_tensor(np.argsort(order))]
 
 
 def complex_decoys(cid: str, root: Path, settings, model=None, blind: bool = False) -> dict:
