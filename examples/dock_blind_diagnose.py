@@ -32,7 +32,7 @@ from sciddiff.dock import io
 from sciddiff.dock.data import complex_files
 from sciddiff.dock.docking import dock
 from sciddiff.dock.settings import DockSettings
-from sciddiff.dock.ligand import generate_conformers, symmetric_rmsd
+from sciddiff.dock.ligand import canonical_atom_order, generate_conformers, symmetric_rmsd
 from sciddiff.dock.pockets import find_pockets
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,7 +69,8 @@ def main() -> None:
         protein, ligand = complex_files(root, cid)
         receptor, mol = io.load_receptor(protein), io.load_ligand(ligand)
         xtal = io.ligand_coords(mol)
-        extent = float(np.ptp(generate_conformers(mol, 1, seed=0)[0], 0).max())  # as dock() sizes pockets
+        # as dock() sizes pockets: its first conformer, embedded in canonical atom order
+        extent = float(np.ptp(generate_conformers(canonical_atom_order(mol)[0], 1, seed=0)[0], 0).max())
         t0 = time.perf_counter()
         boxes = find_pockets(receptor, n=max(args.list, args.pockets), ligand_extent=extent)
         near, inside = site_ranks(boxes, xtal.mean(0))

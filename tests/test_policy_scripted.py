@@ -121,8 +121,9 @@ def test_complete_appends_the_last_push_to_recorded_episodes(tmp_path, capsys):
     # the same command again (after an interruption: episodes are appended one by one) continues after the episodes
     # --out holds, appending no copies; one more episode asked for is appended
     assert main(["--complete", str(src), "--out", str(out), "--episodes", "1", "--no-images"]) == 0
-    assert "already holds the completions of the first 1 of these 1 episodes" in capsys.readouterr().err
-    assert ReplayBuffer.open(out).n_episodes == 1
+    captured = capsys.readouterr()
+    assert "already holds the completions of the first 1 of these 1 episodes" in captured.err
+    assert ReplayBuffer.open(out).n_episodes == 1 and json.loads(captured.out.splitlines()[-1])["episodes"] == 0
     assert main(["--complete", str(src), "--out", str(out), "--no-images", "--keep-failures"]) == 0
     assert ReplayBuffer.open(out).n_episodes == 2 and "continuing after them" in capsys.readouterr().err
     # a store holding a later episode but not the first is not a run to continue: appending would copy it again
@@ -130,6 +131,15 @@ def test_complete_appends_the_last_push_to_recorded_episodes(tmp_path, capsys):
     ReplayBuffer.create(later).add_episode(ReplayBuffer.open(out).get_episode(1))
     assert main(["--complete", str(src), "--out", str(later), "--no-images"]) == 2
     assert f"already holds the episodes of episode(s) 1 of {src}" in capsys.readouterr().err
+    # a continued run counts the episodes it holds by position: a later episode that starts where the first does
+    # is not taken for done
+    twin = _source(tmp_path / "twin.zarr", np.concatenate([states[:1], states[:1] + [[0, 0, 1, 0, 0]]]))
+    buf = ReplayBuffer.open(twin, mode="a")
+    buf.add_episode(buf.get_episode(0))  # episode 1 starts where episode 0 does
+    partial = tmp_path / "partial.zarr"
+    ReplayBuffer.create(partial).add_episode(buf.get_episode(0))
+    assert main(["--complete", str(twin), "--out", str(partial), "--no-images", "--keep-failures"]) == 0
+    assert ReplayBuffer.open(partial).n_episodes == 2  # episode 1 completed, not taken for done
 
 
 def _source(path, state, n_contacts=True):

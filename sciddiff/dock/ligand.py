@@ -219,19 +219,31 @@ def canonical_atom_order(mol: Chem.Mol) -> tuple[Chem.Mol, np.ndarray]:
     """The molecule with its atoms and bonds in RDKit's canonical (isomeric) SMILES order, and `order` (N,): canonical
     atom i is input atom order[i]; the input's coordinates come along. Conformer seeds, torsion conventions and random
     streams all follow atom order, so docking the canonical molecule gives one molecule the same poses whether it
-    came as SDF, MOL2 or SMILES, in any atom order. A molecule whose SMILES does not read back as the same graph (none
-    known) is returned as it is."""
+    came as SDF, MOL2 or SMILES, in any atom order. Canonicalised twice: RDKit writes some cage stereo (3liw's
+    adamantane) one way or another depending on the input order, and the second pass settles it. A molecule whose
+    SMILES does not read back as the same atoms (none known) is returned as it is."""
+    canon, order = _smiles_order(mol)
+    again, order2 = _smiles_order(canon)
+    return again, order[order2]
+
+
+def _smiles_order(mol: Chem.Mol) -> tuple[Chem.Mol, np.ndarray]:
+    """One pass of `canonical_atom_order`."""
     smiles = Chem.MolToSmiles(mol)
     order = np.asarray(mol.GetPropsAsDict(True, True)["_smilesAtomOutputOrder"], dtype=np.int64)
     with rdkit_quiet():
         canon = Chem.MolFromSmiles(smiles)
+
+    def same(a: Chem.Atom, b: Chem.Atom) -> bool:
+        return (a.GetAtomicNum(), a.GetFormalCharge(), a.GetTotalNumHs(), a.GetIsotope()) == (
+            b.GetAtomicNum(), b.GetFormalCharge(), b.GetTotalNumHs(), b.GetIsotope())
+
     if canon is None or canon.GetNumAtoms() != mol.GetNumAtoms() or not all(
-            a.GetAtomicNum() == mol.GetAtomWithIdx(int(j)).GetAtomicNum() for a, j in zip(canon.GetAtoms(), order)):
+            same(a, mol.GetAtomWithIdx(int(j))) for a, j in zip(canon.GetAtoms(), order)):
         return mol, np.arange(mol.GetNumAtoms())
     for k in range(mol.GetNumConformers()):
         conf = Chem.Conformer(canon.GetNumAtoms())
-        pos = mol.GetConformer(k).GetPositions()[order]
-        for i, p in enumerate(pos):
+        for i, p in enumerate(mol.GetConformer(k).GetPositions()[order]):
             conf.SetAtomPosition(i, p.tolist())
         conf.Set3D(mol.GetConformer(k).Is3D())
         canon.AddConformer(conf, assignId=True)

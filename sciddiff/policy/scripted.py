@@ -406,14 +406,14 @@ def run_demos(args: argparse.Namespace) -> int:
         ids = [i for i, _ in episodes]
         starts = (source_starts[:len(ids)] if source else
                   first_states(ids, [state for _, (_, state) in episodes] if args.from_policy else None))
-        seen = [i for i, start in zip(ids, starts) if np.isclose(stored, start, atol=1e-3).all(1).any()]
-        if source and seen == ids[:len(seen)]:  # an interrupted --complete run: the same command continues it
-            print(f"note: {args.out} already holds the completions of the first {len(seen)} of these {len(ids)} "
-                  f"episodes of {args.complete}: continuing after them", file=sys.stderr)
-            episodes, seen = episodes[len(seen):], []
-            if not episodes:
-                return 0
-        if again := list(dict.fromkeys(seen)):  # a seed's restarts share its id
+        done = len(stored)
+        if source and done <= len(ids) and np.isclose(stored, starts[:done], atol=1e-3).all():
+            # an interrupted --complete run (its store holds these episodes' first ones, in order): continue it
+            print(f"note: {args.out} already holds the completions of the first {done} of these {len(ids)} episodes "
+                  f"of {args.complete}: continuing after them", file=sys.stderr)
+            episodes = episodes[done:]
+        elif again := list(dict.fromkeys(  # a seed's restarts share its id
+                i for i, start in zip(ids, starts) if np.isclose(stored, start, atol=1e-3).all(1).any())):
             what = f"episode(s) {_listed(again)} of {args.complete}" if source else f"seed(s) {_listed(again)}"
             hint = "" if source else f"continue with --seed {max(again) + 1} or "
             raise UserError(f"{args.out} already holds the episodes of {what} (the same start states): {hint}choose "
@@ -435,17 +435,18 @@ def run_demos(args: argparse.Namespace) -> int:
                      "success": ep.success, "steps": len(ep.actions), "pushes": ep.pushes,
                      "seconds": round(time.perf_counter() - t, 2)} | ({} if start is None else {"from_step": start[0]}))
         bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.0%}")
-    summary = {"episodes": len(rows), "success_rate": float(np.mean([r["success"] for r in rows])),
-               "mean_max_coverage": float(np.mean([r["max_coverage"] for r in rows])),
-               "mean_steps": float(np.mean([r["steps"] for r in rows])),
-               "seconds_per_episode": (time.perf_counter() - t0) / len(rows), "written": written,
-               "out": str(args.out) if written else None, "per_episode": rows}
+    def mean(key: str) -> float | None:  # None (JSON null): no episode left to run
+        return float(np.mean([r[key] for r in rows])) if rows else None
+
+    summary = {"episodes": len(rows), "success_rate": mean("success"), "mean_max_coverage": mean("max_coverage"),
+               "mean_steps": mean("steps"), "seconds_per_episode": (time.perf_counter() - t0) / len(rows) if rows
+               else None, "written": written, "out": str(args.out) if written else None, "per_episode": rows}
     if source:
         summary["completed_from"] = str(args.complete)
     if args.from_policy:
         summary.update(from_policy=str(args.from_policy), restart_steps=restart_steps, policy_rollout=rollout)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
-    if not written:
+    if rows and not written:
         print(f"no episode reached coverage 0.95: nothing written to {args.out} (--keep-failures writes them)",
               file=sys.stderr)
     if args.metrics_json:
