@@ -175,7 +175,7 @@ def main() -> None:
                 row["vina_e_crystal"], _ = vscore(mol, xtal)
                 if not args.vina_dock_only_misses or row["rmsd_top1"] >= 2:
                     vx, cpu = vdock(mol)
-                    space = PoseSpace(torch.as_tensor(_conformer(mol)), tors)  # a seed-0 conformer in the input's atom order
+                    space = PoseSpace(torch.as_tensor(_conformer(mol)), tors)  # seed 0, the input's atom order
                     vr = relax_ours(sf, space, vx)
                     with torch.no_grad():
                         row["e_vina_top1_relaxed"] = round(float(sf.energy(vr, exact=True)[0]), 3)

@@ -759,7 +759,8 @@ def _places_heavy_atoms(mol: Chem.Mol, stereo) -> bool:
         bond = mol.GetBondWithIdx(stereo.centeredOn)
         return bond.GetBeginAtom().GetDegree() > 1 and bond.GetEndAtom().GetDegree() > 1
     if stereo.type == Chem.StereoType.Atom_Tetrahedral:
-        terminal = [n.GetAtomicNum() for n in mol.GetAtomWithIdx(stereo.centeredOn).GetNeighbors() if n.GetDegree() == 1]
+        centre = mol.GetAtomWithIdx(stereo.centeredOn)
+        terminal = [n.GetAtomicNum() for n in centre.GetNeighbors() if n.GetDegree() == 1]
         return len(terminal) == len(set(terminal))
     return True
 

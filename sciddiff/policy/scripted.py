@@ -435,6 +435,7 @@ def run_demos(args: argparse.Namespace) -> int:
                      "success": ep.success, "steps": len(ep.actions), "pushes": ep.pushes,
                      "seconds": round(time.perf_counter() - t, 2)} | ({} if start is None else {"from_step": start[0]}))
         bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.0%}")
+
     def mean(key: str) -> float | None:  # None (JSON null): no episode left to run
         return float(np.mean([r[key] for r in rows])) if rows else None
 

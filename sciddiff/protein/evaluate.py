@@ -68,6 +68,7 @@ def read_folder(folder: str | os.PathLike, only: Collection[str] | None = None
     names, backbones, gaps, several, twice = [], [], [], [], []
     stems: set[str] = set()
     suffix_rank = {suffix: k for k, suffix in enumerate(PDB_SUFFIXES)}
+
     def stem_then_format(path: Path) -> tuple[str, int]:
         return structure_stem(path), suffix_rank[path.name[len(structure_stem(path)):]]
 
