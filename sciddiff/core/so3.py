@@ -207,7 +207,8 @@ class _IGSO3Table:
     """float64 tables over a log-spaced sigma grid: the inverse CDF of the angle at levels u = (1 - cos(pi t)) / 2 of
     a uniform grid t, and log E[score^2]. Sampling interpolates the inverse CDF linearly in t and by Catmull-Rom
     cubics in log(sigma) (O(1) per sample; linear in log sigma was 1.3e-4 off in the mean angle between rows). The
-    levels crowd towards u = 0 and 1 (the last bin holds 1.5e-7 of the mass): with even levels the last bin's 1/4096 was spread linearly out to where the float64 CDF reaches 1, 2e-4 of the samples beyond 5 sigma
+    levels crowd towards u = 0 and 1 (the last bin holds 1.5e-7 of the mass): with even levels the last bin's 1/4096
+    was spread linearly out to where the float64 CDF reaches 1, 2e-4 of the samples beyond 5 sigma
     where 1.5e-5 belong."""
 
     sigma_min, sigma_max, n_sigma, n_omega, n_levels = 1e-3, 4.0, 256, 4096, 4097

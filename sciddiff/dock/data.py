@@ -261,7 +261,8 @@ LIGAND_SUFFIXES = (".sdf.gz", ".sdf", ".mol2.gz", ".mol2")
 def complex_files(root: str | Path, cid: str) -> tuple[str, str]:
     """(protein, ligand) paths of complex `cid` under the docking data root: `<cid>/<name>_protein.pdb[.gz]` (or
     .cif, .pdbqt, .ent, .mmcif, each optionally .gz) and `<cid>/<name>_ligand.sdf[.gz]` (or .mol2[.gz]), name = the
-    last part of cid; the layout of shared/data/docking and of the PoseBusters benchmark sets. The first suffix that exists wins, else the first.
+    last part of cid; the layout of shared/data/docking and of the PoseBusters benchmark sets. The first suffix that
+    exists wins, else the first.
     An absolute cid is its own folder, so one split file may list complexes of several roots."""
     from sciddiff.dock.io import PROTEIN_FORMATS
 

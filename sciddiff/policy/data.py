@@ -38,8 +38,11 @@ class GenericKeys:
     def from_options(cls, task: str, obs_keys: list[str] | None, action_key: str | None) -> GenericKeys:
         """The keys `--obs-keys` / `--action-key` name (defaults where not given); refused for PushT."""
         if task != "generic" and (obs_keys or action_key):
-            raise UserError("--obs-keys and --action-key name a generic task's arrays (--task generic); PushT's are fixed")
+            raise UserError("--obs-keys and --action-key name a generic task's arrays (--task generic); PushT's are "
+                            "fixed")
         return cls(tuple(obs_keys or cls.obs), action_key or cls.action)
+
+
 TASKS = ("pusht", "generic")
 # Per-row shapes PushT needs: the replay buffer's raw arrays, then the training arrays made from them. Checked where the
 # data are read, so that a malformed store is one line naming it, not an IndexError deep in training.

@@ -482,9 +482,9 @@ def train(args: argparse.Namespace) -> dict:
                             f"configuration ({'; '.join(changed)}); use a new {'--state' if args.state else '--out'}")
         if changed := [f"--{k.replace('_', '-')}: {state['options'][k]!r} there, {v!r} here"
                        for k, v in options.items() if k in state.get("options", {}) and state["options"][k] != v]:
-            raise UserError(f"{state_path} belongs to a run with other data or optimization options ({'; '.join(changed)}); "
-                            f"resume it with its own, or start a new --out (--init {out / 'policy.pt'} trains on "
-                            "from its policy)")
+            raise UserError(f"{state_path} belongs to a run with other data or optimization options "
+                            f"({'; '.join(changed)}); resume it with its own, or start a new --out (--init "
+                            f"{out / 'policy.pt'} trains on from its policy)")
         step = restore_training_state(state, model=policy, optimizer=optimizer, ema=ema)
         elapsed_before = state["elapsed"]
         samples_before = state.get("samples_seen", step * args.batch_size * info.world_size)
