@@ -1,6 +1,7 @@
 """Bring your own network, EDM style: wrap a raw MLP in sciddiff.core's EDM preconditioning, train it with edm_loss on the
-8-Gaussian ring in R^2, sample with Heun (deterministic), with EDM's churn (stochastic) and with DPM-Solver++(2M) (half
-the network calls), and save a PNG of the three against fresh target samples.
+8-Gaussian ring in R^2, sample with Heun (deterministic), with EDM's churn (stochastic), with DPM-Solver++(2M) (half
+the network calls) and with Euler ancestral (k-diffusion's most used stochastic sampler, first order), and save a PNG of
+the four against fresh target samples.
 
     python examples/core_edm.py [--out core_edm.png] [--steps 2500] [--sample-steps 24] [--churn 10] [--seed 0]
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
 
     with torch.no_grad():
         for name, how in (("Heun", {}), (f"Heun + churn {args.churn:g}", {"s_churn": args.churn}),
-                          ("DPM-Solver++(2M)", {"method": "dpmpp_2m"})):
+                          ("DPM-Solver++(2M)", {"method": "dpmpp_2m"}), ("Euler ancestral", {"method": "euler_ancestral"})):
             calls.clear()
             x = sample_pf_ode(counted, Euclidean(2), noise * SIGMA_MAX, sigmas, generator=g, **how)
             d, nearest = torch.cdist(x, modes).min(-1)

@@ -11,7 +11,7 @@ so any network plugs in and seeds stay with the caller (k-diffusion's seam). Wha
   probability-flow ODE by Euler or Heun).
 - Variance-exploding diffusion on any ``Space`` (R^n, SO(3), torus, products), ``score_model(x, sigma, **cond)`` returning the score
   as a tangent: ``sample_reverse_sde`` (geodesic random walk) and ``sample_pf_ode`` (Euler / Heun in sigma, optionally
-  with EDM's churn: their stochastic sampler).
+  with EDM's churn: their stochastic sampler; DPM-Solver++(2M); Euler ancestral).
 Schedules (``t`` grids, ``sigmas``) are float64; the state keeps the caller's dtype. The discrete-chain samplers take
 ``generator`` = one ``torch.Generator`` or, as diffusers does, a list of one per batch row, so that a sample's noise does not
 depend on its batch-mates (a rollout seed that reproduces alone, `randn`).
@@ -262,7 +262,7 @@ def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigma
 @torch.no_grad()
 def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Tensor | Mapping[str, Tensor], *,
                   method: str = "heun", s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-                  s_noise: float = 1.0, generator: torch.Generator | None = None,
+                  s_noise: float = 1.0, eta: float = 1.0, generator: torch.Generator | None = None,
                   progress: Callable = iter, **cond) -> Point:
     """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
     step that ends at sigma = 0, for a product: at 0 in any component, where the score is undefined). On curved spaces the
@@ -277,6 +277,11 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
     stands in for it at x, treated as living at x as in Heun (exact on flat spaces and the torus). Per component on a
     product, each on its own grid. No churn.
 
+    ``method="euler_ancestral"`` is k-diffusion's ``sample_euler_ancestral``: an Euler step down to sigma_down, then the
+    space's own noise (``perturb``) of scale s_noise sigma_up, sigma_up = min(sigma_next, eta sigma_next sqrt(1 -
+    sigma_next^2 / sigma^2)), sigma_down = sqrt(sigma_next^2 - sigma_up^2); ``eta=0`` is plain Euler, ``eta=1`` keeps
+    the marginals (the ancestral sampler of a VE chain). Per component on a product, each on its own grid. No churn.
+
     ``s_churn > 0`` makes it EDM's stochastic sampler (their Algorithm 2, k-diffusion's ``s_churn``, ``s_tmin``, ``s_tmax``,
     ``s_noise``): where s_tmin <= sigma_i <= s_tmax, each step first raises the noise level to sigma_hat = sigma_i (1 + gamma),
     gamma = min(s_churn / N, sqrt(2) - 1), by adding the space's own noise of scale s_noise sqrt(sigma_hat^2 - sigma_i^2)
@@ -286,13 +291,15 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
     use one grid for all. Noise comes from ``generator`` (the global stream when None, as k-diffusion)."""
     n = _grid_length(sigmas, x_init)
     Space.check_floating(x_init, "sample_pf_ode")
-    if method not in ("euler", "heun", "dpmpp_2m"):
-        raise ValueError(f"unknown ODE method {method!r}; choose euler, heun or dpmpp_2m")
-    if method == "dpmpp_2m" and s_churn > 0:
-        raise ValueError("sample_pf_ode: s_churn is for euler and heun; dpmpp_2m is a multistep method without churn")
-    if not (s_churn >= 0 and s_noise >= 0 and s_tmin <= s_tmax):
-        raise ValueError(f"sample_pf_ode: need s_churn >= 0, s_noise >= 0 and s_tmin <= s_tmax, got {s_churn}, {s_noise}, "
-                         f"[{s_tmin}, {s_tmax}]")
+    if method not in ("euler", "heun", "dpmpp_2m", "euler_ancestral"):
+        raise ValueError(f"unknown ODE method {method!r}; choose euler, heun, dpmpp_2m or euler_ancestral")
+    if method in ("dpmpp_2m", "euler_ancestral") and s_churn > 0:
+        raise ValueError(f"sample_pf_ode: s_churn is for euler and heun, not {method}")
+    if eta != 1.0 and method != "euler_ancestral":
+        raise ValueError(f"sample_pf_ode: eta is for euler_ancestral, not {method} (for less noise there use s_churn)")
+    if not (s_churn >= 0 and s_noise >= 0 and s_tmin <= s_tmax and eta >= 0):
+        raise ValueError(f"sample_pf_ode: need s_churn >= 0, s_noise >= 0, s_tmin <= s_tmax and eta >= 0, got {s_churn}, "
+                         f"{s_noise}, [{s_tmin}, {s_tmax}], {eta}")
     x = x_init
     checked = []
     gamma_max = min(s_churn / n, math.sqrt(2) - 1)
@@ -304,14 +311,16 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
             checked.append(True)
         return Space.scale(Space.in_dtype_of(score, x), s)
 
+    def noised(x, amount):  # the space's own noise of scale `amount` (per component on a product), none where 0
+        if not isinstance(x, dict):
+            return space.perturb(x, _batch_sigma(amount, x), generator)[0] if amount > 0 else x
+        per = amount if isinstance(amount, dict) else dict.fromkeys(x, amount)  # one grid may serve every component
+        return {k: part.perturb(x[k], _batch_sigma(per[k], x[k]), generator)[0] if per[k] > 0 else x[k]
+                for k, part in space.components.items()}
+
     def churn(x, s):  # EDM's step back up the noise levels: -> (x at sigma_hat, sigma_hat)
         s_hat = _map(s, lambda v: v * (1 + gamma_max) if s_tmin <= v <= s_tmax else v)
-        added = _combine(s_hat, s, lambda a, b: s_noise * math.sqrt(a * a - b * b))
-        if not isinstance(x, dict):
-            return (space.perturb(x, _batch_sigma(added, x), generator)[0] if added > 0 else x), s_hat
-        per = added if isinstance(added, dict) else dict.fromkeys(x, added)  # one grid may serve every component
-        return {k: part.perturb(x[k], _batch_sigma(per[k], x[k]), generator)[0] if per[k] > 0 else x[k]
-                for k, part in space.components.items()}, s_hat
+        return noised(x, _combine(s_hat, s, lambda a, b: s_noise * math.sqrt(a * a - b * b))), s_hat
 
     previous = None  # dpmpp_2m: (sigma, denoised tangent, step taken) of the last step
     for i in progress(range(n)):
@@ -332,6 +341,12 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
                 v = Space.add(Space.scale(denoised, _map(w, lambda a: 1 + a)), Space.scale(seen, _map(w, lambda a: -a)))
             step = Space.scale(v, _combine(s, s_next, lambda a, b: 1 - b / a))
             x, previous = space.exp(x, step), (s, denoised, step)
+            continue
+        if method == "euler_ancestral":  # (sigma_down, sigma_up) per component, as k-diffusion's get_ancestral_step
+            up = _combine(s, s_next, lambda a, b: min(b, eta * b * math.sqrt(1 - b * b / (a * a))))
+            down = _combine(s_next, up, lambda b, u: math.sqrt(b * b - u * u))
+            x = space.exp(x, Space.scale(d, _combine(s, down, lambda a, b: a - b)))
+            x = noised(x, _map(up, lambda u: s_noise * u))
             continue
         x_euler = space.exp(x, Space.scale(d, h))
         if method == "euler" or last:
