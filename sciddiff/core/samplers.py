@@ -262,7 +262,7 @@ def sample_reverse_sde(score_model: Callable, space: Space, x_init: Point, sigma
 @torch.no_grad()
 def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Tensor | Mapping[str, Tensor], *,
                   method: str = "heun", s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-                  s_noise: float = 1.0, eta: float = 1.0, generator: torch.Generator | None = None,
+                  s_noise: float = 1.0, eta: float | None = None, generator: torch.Generator | None = None,
                   progress: Callable = iter, **cond) -> Point:
     """Probability-flow ODE dx/dsigma = -sigma * score(x, sigma) (Karras et al. 2022), Euler or Heun (no Heun correction on a
     step that ends at sigma = 0, for a product: at 0 in any component, where the score is undefined). On curved spaces the
@@ -275,12 +275,14 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
     a repeated sigma, and on a step to sigma = 0: on a product, to 0 in any component, for every component). The
     denoised estimate is the tangent v = sigma^2 score from x (Tweedie); the last step's, less the step taken since,
     stands in for it at x, treated as living at x as in Heun (exact on flat spaces and the torus). Per component on a
-    product, each on its own grid. No churn.
+    product, each on its own grid. No churn. ``eta > 0`` (default 0) is its SDE form, k-diffusion's ``sample_dpmpp_2m_sde``
+    (midpoint): the step's coefficient 1 - (sigma_next / sigma)^(1 + eta), then the space's own noise of scale s_noise
+    sigma_next sqrt(1 - (sigma_next / sigma)^(2 eta)), whose tangent the next step's carried estimate accounts for.
 
     ``method="euler_ancestral"`` is k-diffusion's ``sample_euler_ancestral``: an Euler step down to sigma_down, then the
     space's own noise (``perturb``) of scale s_noise sigma_up, sigma_up = min(sigma_next, eta sigma_next sqrt(1 -
-    sigma_next^2 / sigma^2)), sigma_down = sqrt(sigma_next^2 - sigma_up^2); ``eta=0`` is plain Euler, ``eta=1`` keeps
-    the marginals (the ancestral sampler of a VE chain). Per component on a product, each on its own grid. No churn.
+    sigma_next^2 / sigma^2)), sigma_down = sqrt(sigma_next^2 - sigma_up^2); ``eta=0`` is plain Euler, ``eta=1`` (the
+    default) keeps the marginals (the ancestral sampler of a VE chain). Per component on a product, each on its own grid. No churn.
 
     ``s_churn > 0`` makes it EDM's stochastic sampler (their Algorithm 2, k-diffusion's ``s_churn``, ``s_tmin``, ``s_tmax``,
     ``s_noise``): where s_tmin <= sigma_i <= s_tmax, each step first raises the noise level to sigma_hat = sigma_i (1 + gamma),
@@ -295,8 +297,9 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
         raise ValueError(f"unknown ODE method {method!r}; choose euler, heun, dpmpp_2m or euler_ancestral")
     if method in ("dpmpp_2m", "euler_ancestral") and s_churn > 0:
         raise ValueError(f"sample_pf_ode: s_churn is for euler and heun, not {method}")
-    if eta != 1.0 and method != "euler_ancestral":
-        raise ValueError(f"sample_pf_ode: eta is for euler_ancestral, not {method} (for less noise there use s_churn)")
+    if eta is not None and method not in ("dpmpp_2m", "euler_ancestral"):
+        raise ValueError(f"sample_pf_ode: eta is for dpmpp_2m and euler_ancestral, not {method} (it has s_churn)")
+    eta = (1.0 if method == "euler_ancestral" else 0.0) if eta is None else eta
     if not (s_churn >= 0 and s_noise >= 0 and s_tmin <= s_tmax and eta >= 0):
         raise ValueError(f"sample_pf_ode: need s_churn >= 0, s_noise >= 0, s_tmin <= s_tmax and eta >= 0, got {s_churn}, "
                          f"{s_noise}, [{s_tmin}, {s_tmax}], {eta}")
@@ -339,8 +342,12 @@ def sample_pf_ode(score_model: Callable, space: Space, x_init: Point, sigmas: Te
                 w = _combine(_combine(s_last, s, _log_ratio), _combine(s, s_next, _log_ratio),
                              lambda h_last, h: h / (2 * h_last) if h_last > 0 else 0.0)
                 v = Space.add(Space.scale(denoised, _map(w, lambda a: 1 + a)), Space.scale(seen, _map(w, lambda a: -a)))
-            step = Space.scale(v, _combine(s, s_next, lambda a, b: 1 - b / a))
-            x, previous = space.exp(x, step), (s, denoised, step)
+            step = Space.scale(v, _combine(s, s_next, lambda a, b: 1 - (b / a) ** (1 + eta)))
+            x_next = space.exp(x, step)
+            if eta > 0:  # the SDE's noise; its tangent joins the step, so that the next step sees this estimate from x
+                noisy = noised(x_next, _combine(s, s_next, lambda a, b: s_noise * b * math.sqrt(1 - (b / a) ** (2 * eta))))
+                step, x_next = Space.add(step, space.log(x_next, noisy)), noisy
+            x, previous = x_next, (s, denoised, step)
             continue
         if method == "euler_ancestral":  # (sigma_down, sigma_up) per component, as k-diffusion's get_ancestral_step
             up = _combine(s, s_next, lambda a, b: min(b, eta * b * math.sqrt(1 - b * b / (a * a))))
