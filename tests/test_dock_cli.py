@@ -1010,3 +1010,29 @@ def test_bad_input_is_reported_before_torch_is_imported(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False"], run.stderr
+
+
+
+def test_the_sampler_option_changes_the_diffusion_starts_and_is_recorded(tmp_path, capsys):
+    from sciddiff.dock import io
+    from sciddiff.dock.cli import DEFAULT_MODEL
+    from sciddiff.dock.docking import dock
+    from sciddiff.dock.sampler import load_score_model
+    from sciddiff.dock.settings import DockSettings
+
+    receptor, mol, box = io.load_receptor(PROTEIN), io.load_ligand(LIGAND), io.box_from_ligand(LIGAND)
+    model = load_score_model(DEFAULT_MODEL)
+    # diffusion starts only, no Monte Carlo: each searched pose is its start's local minimum
+    fast = dict(samples=4, random_starts=0, steps=4, mc_rounds=0, poses=2, seed=3)
+    searched = {name: dock(receptor, mol, box, model, DockSettings(sampler=name, **fast), show_progress=False).search
+                for name in ("reverse_sde", "euler_ancestral")}
+    assert searched["reverse_sde"].shape == searched["euler_ancestral"].shape
+    assert np.abs(searched["reverse_sde"] - searched["euler_ancestral"]).max() > 0.5
+    with pytest.raises(ValueError, match="unknown sampler"):
+        dock(receptor, mol, box, model, DockSettings(sampler="heun", **fast), show_progress=False)
+    code, out = _dock(tmp_path, "ea", "--sampler", "euler_ancestral")
+    assert code == 0 and json.loads((out / "summary.json").read_text())["settings"]["sampler"] == "euler_ancestral"
+    with pytest.raises(SystemExit) as exit_:
+        main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--out", str(tmp_path / "x"), "--sampler", "ddim"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'ddim'" in capsys.readouterr().err and not (tmp_path / "x").exists()

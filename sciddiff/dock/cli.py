@@ -22,7 +22,7 @@ RESCORE_HELP = (f"learned rescoring/confidence model, or 'none' to rank by energ
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from sciddiff.dock.settings import DockSettings
+    from sciddiff.dock.settings import SAMPLERS, DockSettings
 
     d = DockSettings()
     p.add_argument("--samples", type=int, default=d.samples,
@@ -30,6 +30,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-starts", type=int, default=d.random_starts,
                    help=f"further search starts: random poses in the box (default {d.random_starts})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"reverse-diffusion steps (default {d.steps})")
+    p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
+                   help=f"reverse-diffusion sampler: k-diffusion's Euler ancestral or DiffDock's reverse SDE, one network "
+                        f"call per step either way (default {d.sampler}; docs/dock.md)")
     p.add_argument("--poses", type=int, default=d.poses, help=f"ranked poses to write (default {d.poses})")
     p.add_argument("--mc-chains", type=int, default=d.mc_chains,
                    help=f"Monte Carlo chains continued from the best starts (default {d.mc_chains})")
@@ -160,7 +163,7 @@ def _settings(args):
         raise UserError("need at least one search chain: --samples + --random-starts >= 1")
     if not 0 <= args.seed <= MAX_SEED:  # RDKit's embedding seeds are 31-bit: larger seeds would repeat smaller ones
         raise UserError(f"--seed must lie between 0 and {MAX_SEED}, got {args.seed}")
-    return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=args.steps,
+    return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=args.steps, sampler=args.sampler,
                         poses=args.poses, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, pockets=args.pockets,
                         refine_sites=args.refine_sites,
                         conformers=args.conformers, scoring=args.scoring, seed=args.seed,

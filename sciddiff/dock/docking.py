@@ -231,7 +231,8 @@ def _diffusion_starts(model, receptor: Receptor, mol: Chem.Mol, tors, space: Pos
     dspace = PoseSpace(space.local.to(dev), tors)
     score = ComplexScore(model, rec, lig, dspace)
     dgen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    tr, rot, theta = sample_poses(score, torch.as_tensor(region.center, device=dev), s.samples, s.steps, dgen, progress)
+    tr, rot, theta = sample_poses(score, torch.as_tensor(region.center, device=dev), s.samples, s.steps, dgen, progress,
+                                  sampler=s.sampler)
     x = dspace.coords(tr, rot, theta).cpu()
     if not bool(torch.isfinite(x).all()):  # Kabsch would fail deep inside with a LinAlgError
         raise UserError(f"the score model {getattr(model, 'version', '')} gives non-finite poses (weights of a "

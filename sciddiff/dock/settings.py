@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+SAMPLERS = ("euler_ancestral", "reverse_sde")  # sciddiff.dock.sampler.sample_poses
+
 
 @dataclass
 class DockSettings:
     samples: int = 8          # reverse-diffusion samples, each a search start (needs a model)
     random_starts: int = 80   # further starts: uniformly random poses in the box
     steps: int = 10           # reverse-diffusion steps
+    sampler: str = "euler_ancestral"  # reverse diffusion: Euler ancestral or DiffDock's reverse SDE (SAMPLERS)
     poses: int = 10           # ranked poses returned
     opt_steps: int = 60       # gradient steps on every start
     mc_chains: int = 96       # the best this many local minima continue as Monte Carlo chains
