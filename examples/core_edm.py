@@ -1,6 +1,6 @@
 """Bring your own network, EDM style: wrap a raw MLP in sciddiff.core's EDM preconditioning, train it with edm_loss on the
 8-Gaussian ring in R^2, sample with Heun (deterministic), with EDM's churn (stochastic), with DPM-Solver++(2M) (half
-the network calls) and with Euler ancestral (k-diffusion's most used stochastic sampler, first order), and save a PNG of
+the network calls) and with Euler ancestral (k-diffusion's first-order stochastic sampler), and save a PNG of
 the four against fresh target samples.
 
     python examples/core_edm.py [--out core_edm.png] [--steps 2500] [--sample-steps 24] [--churn 10] [--seed 0]

@@ -680,6 +680,13 @@ def test_dock_eval_resumes_an_interrupted_run(tmp_path, capsys):
     full = (tmp_path / "ev2" / "results.csv").read_text().splitlines()
     (tmp_path / "ev2" / "results.csv").write_text("\n".join(full[:2]) + "\n")
     assert main([*quick, "--resume"]) == 1 and (tmp_path / "ev2" / "results.csv").read_text().splitlines() == full
+    recorded = json.loads((tmp_path / "ev" / "run.json").read_text())
+    kept = (tmp_path / "ev" / "results.csv").read_text()
+    del recorded["settings"]["sampler"]  # a run recorded before --sampler was: it sampled by the reverse SDE
+    (tmp_path / "ev" / "run.json").write_text(json.dumps(recorded))
+    assert main([*run, "--resume"]) == 2 and "(other settings)" in capsys.readouterr().err
+    assert main([*run, "--resume", "--sampler", "reverse_sde"]) == 1
+    assert (tmp_path / "ev" / "results.csv").read_text() == kept
 
 
 def test_an_interrupted_dock_eval_overwrite_leaves_no_earlier_rows_to_resume(tmp_path, capsys, monkeypatch):
@@ -1012,7 +1019,6 @@ def test_bad_input_is_reported_before_torch_is_imported(tmp_path):
     assert run.stdout.split() == ["False"], run.stderr
 
 
-
 def test_the_sampler_option_changes_the_diffusion_starts_and_is_recorded(tmp_path, capsys):
     from sciddiff.dock import io
     from sciddiff.dock.cli import DEFAULT_MODEL
@@ -1028,10 +1034,10 @@ def test_the_sampler_option_changes_the_diffusion_starts_and_is_recorded(tmp_pat
                 for name in ("reverse_sde", "euler_ancestral")}
     assert searched["reverse_sde"].shape == searched["euler_ancestral"].shape
     assert np.abs(searched["reverse_sde"] - searched["euler_ancestral"]).max() > 0.5
-    with pytest.raises(ValueError, match="unknown sampler"):
-        dock(receptor, mol, box, model, DockSettings(sampler="heun", **fast), show_progress=False)
-    code, out = _dock(tmp_path, "ea", "--sampler", "euler_ancestral")
-    assert code == 0 and json.loads((out / "summary.json").read_text())["settings"]["sampler"] == "euler_ancestral"
+    with pytest.raises(ValueError, match="unknown sampler"):  # before any work
+        DockSettings(sampler="heun")
+    code, out = _dock(tmp_path, "sde", "--sampler", "reverse_sde")  # not the default
+    assert code == 0 and json.loads((out / "summary.json").read_text())["settings"]["sampler"] == "reverse_sde"
     with pytest.raises(SystemExit) as exit_:
         main(["dock", "--protein", PROTEIN, "--ligand", LIGAND, "--out", str(tmp_path / "x"), "--sampler", "ddim"])
     assert exit_.value.code == 2

@@ -31,8 +31,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help=f"further search starts: random poses in the box (default {d.random_starts})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"reverse-diffusion steps (default {d.steps})")
     p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
-                   help=f"reverse-diffusion sampler: k-diffusion's Euler ancestral or DiffDock's reverse SDE, one network "
-                        f"call per step either way (default {d.sampler}; docs/dock.md)")
+                   help=f"reverse-diffusion sampler: k-diffusion's Euler ancestral or DiffDock's reverse SDE, one "
+                        f"network call per step either way (default {d.sampler}; docs/dock.md)")
     p.add_argument("--poses", type=int, default=d.poses, help=f"ranked poses to write (default {d.poses})")
     p.add_argument("--mc-chains", type=int, default=d.mc_chains,
                    help=f"Monte Carlo chains continued from the best starts (default {d.mc_chains})")
@@ -421,11 +421,14 @@ def _earlier_result(folder: Path, mol, how: dict) -> dict | None:
     """The summary of an earlier run in `folder` if it docked this molecule the same way (`_how_docked`: the same
     receptor, box, settings and models; and its poses are there)."""
     from sciddiff.dock import io
+    from sciddiff.dock.settings import recorded_settings
 
     try:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None
+    if isinstance(summary.get("settings"), dict):
+        summary["settings"] = recorded_settings(summary["settings"])
     same = (summary.get("smiles") == io.ligand_smiles(mol) and summary.get("poses")
             and all(same_version(summary.get(k), v) for k, v in how.items())
             and all((folder / p["file"]).is_file() for p in summary["poses"]))

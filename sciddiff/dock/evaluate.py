@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError, same_version
+from sciddiff.dock.settings import recorded_settings
 
 if TYPE_CHECKING:
     from sciddiff.dock.io import Receptor
@@ -312,6 +313,8 @@ def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:
         return {}
     if earlier.get("posebusters") is True and isinstance(run["posebusters"], str):  # recorded before its version was
         earlier["posebusters"] = run["posebusters"]
+    if isinstance(earlier.get("settings"), dict):
+        earlier["settings"] = recorded_settings(earlier["settings"])
     if changed := sorted(k for k in run.keys() | earlier.keys() if not same_version(earlier.get(k), run.get(k))):
         raise UserError(f"{out} holds an evaluation run another way (other {', '.join(changed)}); --resume needs "
                         "the same options, or use another --out")

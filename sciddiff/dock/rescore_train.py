@@ -134,7 +134,7 @@ def run_decoys(args) -> int:
 
         model = load_or_fail(lambda f: load_score_model(f, "cpu"), args.score_model, "docking score model")
     settings = DockSettings(samples=args.samples if model is not None else 0, random_starts=args.random_starts,
-                            mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, seed=0)
+                            sampler=args.sampler, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, seed=0)
     out, items, skipped = Path(args.out), [], 0
     for k, cid in enumerate(ids):
         t0 = time.perf_counter()
@@ -428,6 +428,8 @@ def _command() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sciddiff.dock.settings import SAMPLERS, DockSettings
+
     p = argparse.ArgumentParser(prog="python -m sciddiff.dock.rescore_train", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("decoys", help="dock training complexes and save labelled pose features")
@@ -445,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--score-model", default=None,
                    help="score-network checkpoint for diffusion starts (default: physics only, as for training)")
     d.add_argument("--samples", type=int, default=8, help="diffusion starts with --score-model (default 8)")
+    d.add_argument("--sampler", choices=SAMPLERS, default=DockSettings.sampler,
+                   help=f"reverse-diffusion sampler of the diffusion starts, with --score-model (default "
+                        f"{DockSettings.sampler}; before 2026-12-07 afternoon reverse_sde)")
     d.add_argument("--random-starts", type=int, default=88, help="search starts at random poses (default 88)")
     d.add_argument("--mc-chains", type=int, default=96, help="Monte Carlo chains (default 96)")
     d.add_argument("--mc-rounds", type=int, default=20, help="Monte Carlo rounds per chain (default 20)")

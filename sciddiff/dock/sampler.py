@@ -20,6 +20,7 @@ from sciddiff.core.samplers import sample_pf_ode, sample_reverse_sde
 from sciddiff.core.spaces import SO3, Euclidean, Product, Torus
 from sciddiff.dock.model import ScoreModel, ScoreModelConfig
 from sciddiff.dock.pose import PoseSpace
+from sciddiff.dock.settings import SAMPLERS
 
 
 def load_score_model(path: str | Path, device: str | torch.device = "cpu") -> ScoreModel:
@@ -93,5 +94,5 @@ def sample_poses(score: ComplexScore, center: torch.Tensor, n: int, steps: int, 
     elif sampler == "reverse_sde":
         out = sample_reverse_sde(score, space, x0, sig, generator=generator, progress=progress)
     else:
-        raise ValueError(f"unknown sampler {sampler!r}; choose euler_ancestral or reverse_sde")
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     return out["tr"], out["rot"], out["tor"]

@@ -25,6 +25,20 @@ class DockSettings:
     ranking: str = "learned"  # with a rescorer: order poses by its "learned" score or by "energy"
     seed: int = 0
 
+    def __post_init__(self):  # a library caller hears of a bad choice before any work, as the command line does
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+# entries added after runs were recorded without them, with the value those runs had: a --resume reads an earlier
+# run's missing entry as this, so that it keeps what it docked the same way
+BEFORE_RECORDED = {"sampler": "reverse_sde"}
+
 
 def settings_dict(s: DockSettings) -> dict:
     return asdict(s)
+
+
+def recorded_settings(earlier: dict) -> dict:
+    """An earlier run's recorded settings, the entries recorded since then filled in as that run had them."""
+    return {**BEFORE_RECORDED, **earlier}
