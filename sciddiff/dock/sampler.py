@@ -20,7 +20,7 @@ from sciddiff.core.samplers import sample_pf_ode, sample_reverse_sde
 from sciddiff.core.spaces import SO3, Euclidean, Product, Torus
 from sciddiff.dock.model import ScoreModel, ScoreModelConfig
 from sciddiff.dock.pose import PoseSpace
-from sciddiff.dock.settings import SAMPLERS
+from sciddiff.dock.settings import SAMPLERS, DockSettings
 
 
 def load_score_model(path: str | Path, device: str | torch.device = "cpu") -> ScoreModel:
@@ -78,7 +78,7 @@ def sigma_schedule(cfg: ScoreModelConfig, steps: int, t_min: float = 0.0) -> dic
 
 
 def sample_poses(score: ComplexScore, center: torch.Tensor, n: int, steps: int, generator: torch.Generator,
-                 progress=iter, sampler: str = "euler_ancestral") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 progress=iter, sampler: str = DockSettings.sampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n poses by reverse diffusion from the prior (translation N(center, sigma_tr_max^2), uniform rotation and
     torsions) with the core's `sampler`: "euler_ancestral" (k-diffusion's) or "reverse_sde" (DiffDock's geodesic
     random walk), one network call per step either way. Returns (tr, rot, tor)."""
