@@ -71,12 +71,13 @@ def test_default_confidence_is_the_learned_probability(tmp_path, ranking):
 
 @pytest.mark.parametrize("model", ["none", "shipped"])
 def test_same_seed_same_poses(tmp_path, model):
-    # at the same thread count: the default follows the machine's load, and the score network's last bits with it
-    extra = (["--model", "none"] if model == "none" else []) + ["--threads", "1"]
-    _, a = _dock(tmp_path, "a", "--seed", "5", *extra)
-    _, b = _dock(tmp_path, "b", "--seed", "5", *extra)
-    assert (a / "rank1.sdf").read_text() == (b / "rank1.sdf").read_text()
-    assert json.loads((a / "summary.json").read_text())["threads"] == 1
+    # at any thread count (the default follows the machine's load): torch's fused SiLU made the score network's last
+    # bits, and so the poses, depend on it
+    extra = ["--model", "none"] if model == "none" else []
+    _, a = _dock(tmp_path, "a", "--seed", "5", "--threads", "1", *extra)
+    _, b = _dock(tmp_path, "b", "--seed", "5", "--threads", "2", *extra)
+    assert (a / "poses.sdf").read_text() == (b / "poses.sdf").read_text()
+    assert [json.loads((out / "summary.json").read_text())["threads"] for out in (a, b)] == [1, 2]
 
 
 def test_the_same_molecule_docks_alike_in_any_atom_order_or_format(tmp_path):

@@ -241,3 +241,28 @@ def test_rigid_ligands_keep_every_parameter_in_the_graph_and_a_diverging_run_sto
     assert (tmp_path / "run" / "log.csv").read_text().splitlines()[0].endswith(",tor")
     assert train_module.main([*small, "--out", str(tmp_path / "div"), "--max-steps", "50", "--lr", "1e6"]) == 2
     assert "training diverged: 20 batches in a row with non-finite loss" in capsys.readouterr().err
+
+
+def test_diffusion_samples_do_not_depend_on_the_thread_count():
+    """torch's fused SiLU rounded the last bit differently at the edges of each thread's chunk: the samples (and,
+    through the search, the poses) moved with the thread count, which the default picks from the machine's load."""
+    from sciddiff.dock.cli import DEFAULT_MODEL
+    from sciddiff.dock.pose import PoseSpace
+    from sciddiff.dock.sampler import ComplexScore, load_score_model, sample_poses
+
+    stem = str(EXAMPLES / "1s3v" / "1s3v_")
+    receptor, mol = io.load_receptor(stem + "protein.pdb.gz"), io.load_ligand(stem + "ligand.sdf")
+    box = io.box_from_ligand(stem + "ligand.sdf")
+    tors = ligand.rotatable_torsions(mol)
+    space = PoseSpace(torch.as_tensor(ligand.generate_conformers(mol, 1, seed=0)[:1]), tors)
+    score = ComplexScore(load_score_model(DEFAULT_MODEL), featurize.receptor_graph(receptor, center=box.center,
+                                                                                  radius=22.0),
+                         featurize.ligand_graph(mol, tors), space)
+    before, samples = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            samples.append(sample_poses(score, torch.as_tensor(box.center), 8, 10, torch.Generator().manual_seed(5)))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*samples))

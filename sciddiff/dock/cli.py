@@ -316,9 +316,7 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
         meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": io.ligand_smiles(mol),
                 "ligand_repairs": io.ligand_repairs(mol), "receptor_residues_removed": removed or None,
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
-                # the score network's float sums differ in the last bits between thread counts, and the search
-                # amplifies that: the same seed reproduces poses at the same thread count
-                "threads": torch.get_num_threads(),
+                "threads": torch.get_num_threads(),  # the poses do not depend on it (tested): recorded for timings
                 **how,
                 "score_units": "kcal/mol-like (Vina weights), lower is better"}
         return write_result(tmp, receptor, mol, result, meta, name)
