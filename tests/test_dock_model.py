@@ -247,6 +247,7 @@ def test_diffusion_samples_do_not_depend_on_the_thread_count():
     """torch's fused SiLU rounded the last bit differently at the edges of each thread's chunk: the samples (and,
     through the search, the poses) moved with the thread count, which the default picks from the machine's load."""
     from sciddiff.dock.cli import DEFAULT_MODEL
+    from sciddiff.dock.docking import RECEPTOR_CROP
     from sciddiff.dock.pose import PoseSpace
     from sciddiff.dock.sampler import ComplexScore, load_score_model, sample_poses
 
@@ -255,9 +256,8 @@ def test_diffusion_samples_do_not_depend_on_the_thread_count():
     box = io.box_from_ligand(stem + "ligand.sdf")
     tors = ligand.rotatable_torsions(mol)
     space = PoseSpace(torch.as_tensor(ligand.generate_conformers(mol, 1, seed=0)[:1]), tors)
-    score = ComplexScore(load_score_model(DEFAULT_MODEL), featurize.receptor_graph(receptor, center=box.center,
-                                                                                  radius=22.0),
-                         featurize.ligand_graph(mol, tors), space)
+    rec = featurize.receptor_graph(receptor, center=box.center, radius=RECEPTOR_CROP)
+    score = ComplexScore(load_score_model(DEFAULT_MODEL), rec, featurize.ligand_graph(mol, tors), space)
     before, samples = torch.get_num_threads(), []
     try:
         for threads in (1, 2):

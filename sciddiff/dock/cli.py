@@ -424,14 +424,12 @@ def _earlier_result(folder: Path, mol, how: dict) -> dict | None:
     """The summary of an earlier run in `folder` if it docked this molecule the same way (`_how_docked`: the same
     receptor, box, settings and models; and its poses are there)."""
     from sciddiff.dock import io
-    from sciddiff.dock.settings import recorded_settings
+    from sciddiff.dock.settings import as_recorded_now
 
     try:
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = as_recorded_now(json.loads((folder / "summary.json").read_text()))
     except (OSError, ValueError):
         return None
-    if isinstance(summary.get("settings"), dict):
-        summary["settings"] = recorded_settings(summary["settings"])
     same = (summary.get("smiles") == io.ligand_smiles(mol) and summary.get("poses")
             and all(same_version(summary.get(k), v) for k, v in how.items())
             and all((folder / p["file"]).is_file() for p in summary["poses"]))

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError, same_version
-from sciddiff.dock.settings import recorded_settings
+from sciddiff.dock.settings import as_recorded_now
 
 if TYPE_CHECKING:
     from sciddiff.dock.io import Receptor
@@ -306,15 +306,13 @@ def _milli(rmsd: float) -> float:
 def _earlier_rows(out: Path, run: dict) -> dict[str, dict]:
     """The rows of an interrupted evaluation in `out` (results.csv), by complex, if it ran the same way (run.json)."""
     try:
-        earlier = json.loads((out / "run.json").read_text())
+        earlier = as_recorded_now(json.loads((out / "run.json").read_text()))
         with open(out / "results.csv", newline="") as fh:
             table = list(csv.DictReader(fh))
     except (OSError, ValueError):
         return {}
     if earlier.get("posebusters") is True and isinstance(run["posebusters"], str):  # recorded before its version was
         earlier["posebusters"] = run["posebusters"]
-    if isinstance(earlier.get("settings"), dict):
-        earlier["settings"] = recorded_settings(earlier["settings"])
     if changed := sorted(k for k in run.keys() | earlier.keys() if not same_version(earlier.get(k), run.get(k))):
         raise UserError(f"{out} holds an evaluation run another way (other {', '.join(changed)}); --resume needs "
                         "the same options, or use another --out")

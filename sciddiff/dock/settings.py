@@ -39,6 +39,9 @@ def settings_dict(s: DockSettings) -> dict:
     return asdict(s)
 
 
-def recorded_settings(earlier: dict) -> dict:
-    """An earlier run's recorded settings, the entries recorded since then filled in as that run had them."""
-    return {**BEFORE_RECORDED, **earlier}
+def as_recorded_now(record: dict) -> dict:
+    """An earlier run's record (summary.json, run.json), its settings' entries recorded since then filled in as that
+    run had them."""
+    if isinstance(record.get("settings"), dict):
+        record["settings"] = {**BEFORE_RECORDED, **record["settings"]}
+    return record
