@@ -21,7 +21,9 @@ import torch
 from rdkit import Chem
 from tqdm import tqdm
 
+from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below
 from sciddiff.dock import io
+from sciddiff.dock.cli import DEFAULT_MODEL
 from sciddiff.dock.data import complex_files, complex_ligand, default_data_root, read_split
 from sciddiff.dock.docking import _diffusion_starts
 from sciddiff.dock.ligand import canonical_atom_order, generate_conformers, rotatable_torsions, symmetric_rmsd
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--model", nargs="+", default=["data/dock/score_model.pt"], help="score model checkpoint(s)")
+    p.add_argument("--model", nargs="+", default=[str(DEFAULT_MODEL)], help="score model checkpoint(s) (default: the "
+                   "shipped one)")
     p.add_argument("--samples", type=int, default=16, help="diffusion samples per complex (default 16)")
     p.add_argument("--steps", type=int, default=DockSettings.steps, help="reverse-diffusion steps")
     p.add_argument("--sampler", choices=SAMPLERS, default=DockSettings.sampler)
@@ -69,25 +72,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON lines, one per complex (best RMSD per model)")
     args = p.parse_args(argv)
+    try:
+        if bad := options_below(args, 1, "samples", "steps", "every", "threads"):
+            raise UserError(f"{bad[0]} must be at least 1")
+        root = Path(args.data) if args.data else default_data_root()
+        ids = read_split(Path(args.split))[args.offset:: args.every][: args.limit]
+        if not ids:
+            raise UserError(f"no complexes selected from {args.split}")
+        if args.out:
+            check_output_path(args.out, option="--out")
+        models = [load_or_fail(load_score_model, m, "docking score model") for m in args.model]
+    except UserError as err:
+        p.error(str(err))
     torch.set_num_threads(args.threads)
-    root = Path(args.data) if args.data else default_data_root()
-    ids = read_split(Path(args.split))[args.offset:: args.every][: args.limit]
-    models = [load_score_model(m) for m in args.model]
     settings = DockSettings(samples=args.samples, steps=args.steps, sampler=args.sampler, seed=args.seed)
     best = {m: [] for m in args.model}
-    out = open(args.out, "w") if args.out else None
+    part = Path(f"{args.out}.part") if args.out else None  # renamed when complete: no half-written --out
+    if part:
+        part.parent.mkdir(parents=True, exist_ok=True)
+    out = open(part, "w") if part else None
     for cid in tqdm(ids, desc="complexes"):
         row = {"complex": cid}
         for name, model in zip(args.model, models):
             try:
                 row[name] = round(best_sample_rmsd(model, root, cid, settings, args.autobox_add), 3)
-            except Exception as err:  # a complex that does not load counts as a miss for every model
+            except UserError as err:  # a complex that does not load counts as a miss for every model
                 tqdm.write(f"{cid}: {err}", file=sys.stderr)
                 row[name] = float("inf")
             best[name].append(row[name])
         if out:
             out.write(json.dumps(row) + "\n")
             out.flush()
+    if out:
+        out.close()
+        part.replace(args.out)
     for name, r in best.items():
         r = np.array(r)
         print(f"{name}: {len(r)} complexes, a sample within 2 A: {(r < 2).sum()}, within 3 A: {(r < 3).sum()}, "
