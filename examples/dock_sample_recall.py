@@ -7,7 +7,7 @@ of them to the crystal ligand (A, in place). Prints the complexes with a sample 
 RMSD per model; with several `--model`s every complex is sampled by each (same seeds), so the counts pair up.
 
     python examples/dock_sample_recall.py --split ../shared/data/docking/splits/val.txt --offset 4 --every 7 \
-        --limit 40 --model data/dock/score_model.pt runs/dock_cpu/score_model.pt --out recall.jsonl
+        --limit 40 --model data/dock/score_model.pt runs/dock/score_model.pt --out recall.jsonl
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from sciddiff.cli import UserError, check_output_path, load_or_fail, options_bel
 from sciddiff.dock import io
 from sciddiff.dock.cli import DEFAULT_MODEL
 from sciddiff.dock.data import complex_files, complex_ligand, default_data_root, read_split
-from sciddiff.dock.docking import _diffusion_starts
+from sciddiff.dock.docking import diffusion_starts
 from sciddiff.dock.ligand import canonical_atom_order, generate_conformers, rotatable_torsions, symmetric_rmsd
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.sampler import load_score_model
@@ -41,8 +41,8 @@ def diffusion_samples(model, receptor: io.Receptor, crystal, box: io.Box, settin
     space = PoseSpace(torch.as_tensor(np.stack(generate_conformers(mol, 1, seed=settings.seed))), tors)
     gen = torch.Generator().manual_seed(settings.seed)  # dock() draws nothing from it before the diffusion
     with torch.no_grad():
-        tr, rot, theta, conf = _diffusion_starts(model, receptor, mol, tors, space, box, settings, gen, "cpu",
-                                                 lambda it: it)
+        tr, rot, theta, conf = diffusion_starts(model, receptor, mol, tors, space, box, settings, gen, "cpu",
+                                                lambda it: it)
     return mol, space.coords(tr, rot, theta, conf=conf).numpy()
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=DockSettings.steps, help="reverse-diffusion steps")
     p.add_argument("--sampler", choices=SAMPLERS, default=DockSettings.sampler)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--autobox-add", type=float, default=4.0)
+    p.add_argument("--autobox-add", type=float, default=io.AUTOBOX_ADD, help="box = crystal ligand + this (A)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON lines, one per complex (best RMSD per model)")
     args = p.parse_args(argv)

@@ -290,8 +290,8 @@ def test_the_sample_recall_example_draws_the_starts_dock_searches_from(monkeypat
         starts.append(space.coords(*out[:3], conf=out[3]))
         return out
 
-    real = docking._diffusion_starts
-    monkeypatch.setattr(docking, "_diffusion_starts", spy)
+    real = docking.diffusion_starts
+    monkeypatch.setattr(docking, "diffusion_starts", spy)
     stem = str(EXAMPLES / "1uou" / "1uou_")
     receptor, crystal = io.load_receptor(stem + "protein.pdb.gz"), io.load_ligand(stem + "ligand.sdf")
     box = io.box_from_ligand(stem + "ligand.sdf")

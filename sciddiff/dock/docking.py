@@ -127,7 +127,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
             n_before = len(starts)
             if diffuse:
                 tick = time.perf_counter()
-                starts.append(_diffusion_starts(model, receptor, mol, tors, space, region, s, gen, device,
+                starts.append(diffusion_starts(model, receptor, mol, tors, space, region, s, gen, device,
                                                 lambda it: _counting(it, bar)))
                 timings["diffusion"] = timings.get("diffusion", 0.0) + time.perf_counter() - tick
             if n_random > 0:
@@ -216,8 +216,10 @@ def _counting(iterable, bar):
         bar.update(1)
 
 
-def _diffusion_starts(model, receptor: Receptor, mol: Chem.Mol, tors, space: PoseSpace, region: Box, s: DockSettings,
-                      gen: torch.Generator, device: str, progress) -> tuple[torch.Tensor, ...]:
+def diffusion_starts(model, receptor: Receptor, mol: Chem.Mol, tors, space: PoseSpace, region: Box, s: DockSettings,
+                     gen: torch.Generator, device: str, progress) -> tuple[torch.Tensor, ...]:
+    """`s.samples` reverse-diffusion samples in `region` (the receptor cropped around its centre), as search starts
+    (tr, rot, theta, conformer index) of `space`'s conformer 0; the sampler's seed is drawn from `gen`."""
     from sciddiff.dock import featurize  # e3nn: only when a score model is used
     from sciddiff.dock.sampler import ComplexScore, sample_poses
 
