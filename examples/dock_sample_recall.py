@@ -12,7 +12,7 @@ RMSD per model; with several `--model`s every complex is sampled by each (same s
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from sciddiff.dock.ligand import canonical_atom_order, generate_conformers, rota
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.sampler import load_score_model
 from sciddiff.dock.settings import SAMPLERS, DockSettings
+from sciddiff.train.checkpoint import atomic_file, json_text
 
 
 def diffusion_samples(model, receptor: io.Receptor, crystal, box: io.Box, settings: DockSettings
@@ -87,25 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     settings = DockSettings(samples=args.samples, steps=args.steps, sampler=args.sampler, seed=args.seed)
     best = {m: [] for m in args.model}
-    part = Path(f"{args.out}.part") if args.out else None  # renamed when complete: no half-written --out
-    if part:
-        part.parent.mkdir(parents=True, exist_ok=True)
-    out = open(part, "w") if part else None
-    for cid in tqdm(ids, desc="complexes"):
-        row = {"complex": cid}
-        for name, model in zip(args.model, models):
-            try:
-                row[name] = round(best_sample_rmsd(model, root, cid, settings, args.autobox_add), 3)
-            except UserError as err:  # a complex that does not load counts as a miss for every model
-                tqdm.write(f"{cid}: {err}", file=sys.stderr)
-                row[name] = float("inf")
-            best[name].append(row[name])
-        if out:
-            out.write(json.dumps(row) + "\n")
-            out.flush()
-    if out:
-        out.close()
-        part.replace(args.out)
+    with atomic_file(args.out, "w") if args.out else contextlib.nullcontext() as out:  # whole, or not at all
+        for cid in tqdm(ids, desc="complexes"):
+            row = {"complex": cid}
+            for name, model in zip(args.model, models):
+                try:
+                    row[name] = round(best_sample_rmsd(model, root, cid, settings, args.autobox_add), 3)
+                except UserError as err:  # a complex that does not load counts as a miss for every model
+                    tqdm.write(f"{cid}: {err}", file=sys.stderr)
+                    row[name] = float("inf")
+                best[name].append(row[name])
+            if out:
+                out.write(json_text(row, indent=None))
     for name, r in best.items():
         r = np.array(r)
         print(f"{name}: {len(r)} complexes, a sample within 2 A: {(r < 2).sum()}, within 3 A: {(r < 3).sum()}, "

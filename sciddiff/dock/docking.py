@@ -128,7 +128,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
             if diffuse:
                 tick = time.perf_counter()
                 starts.append(diffusion_starts(model, receptor, mol, tors, space, region, s, gen, device,
-                                                lambda it: _counting(it, bar)))
+                                               lambda it: _counting(it, bar)))
                 timings["diffusion"] = timings.get("diffusion", 0.0) + time.perf_counter() - tick
             if n_random > 0:
                 half = torch.as_tensor(np.maximum(region.size / 2 - extent / 4, 1.0))
