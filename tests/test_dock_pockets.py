@@ -71,3 +71,39 @@ def test_blind_refinement_searches_a_ligand_box_around_the_best_pockets_best_pos
     site = refined.boxes[2]
     assert any(b.contains(site.center[None], pad=2.0)[0] for b in plain.boxes)  # around a pose found in a pocket
     assert refined.energy[0] <= plain.energy[0] + 1e-4  # the pockets' own search is unchanged; more candidates
+
+
+def test_the_blind_diagnosis_example_reports_pocket_recall_of_a_split_without_docking(tmp_path):
+    """`examples/dock_blind_diagnose.py --split F --pockets 0`: per complex the rank of the pocket at the site, and
+    the summary's recall counts are those ranks counted (a data root of the shipped example complexes)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "docking"
+    (root / "splits").mkdir(parents=True)
+    (root / "examples").symlink_to(EXAMPLES)
+    (root / "splits" / "train.txt").write_text("examples/1s3v\n")
+    split = tmp_path / "two.txt"
+    split.write_text("examples/1s3v\nexamples/1uou\n")
+    out = tmp_path / "recall.jsonl"
+    script = EXAMPLES.parents[1] / "examples" / "dock_blind_diagnose.py"
+    run = subprocess.run([sys.executable, str(script), "--split", str(split), "--pockets", "0", "--list", "4",
+                          "--out", str(out)], env={**os.environ, "SCIDDIFF_DATA": str(tmp_path)},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["complex"] for r in rows] == ["examples/1s3v", "examples/1uou"]
+    assert all(r["rank_inside"] is not None and r["top1"] is None for r in rows)  # found, and nothing docked
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    for k in (1, 2, 3, 4):
+        assert summary["site_inside_top_k"][str(k)] == sum(r["rank_inside"] < k for r in rows)
+        assert summary["site_near_top_k"][str(k)] == sum(r["rank_near"] is not None and r["rank_near"] < k
+                                                          for r in rows)
+    assert summary["site_inside_top_k"]["4"] == 2
+    bad = subprocess.run([sys.executable, str(script), "--split", str(tmp_path / "missing.txt"), "--pockets", "0",
+                          "--out", str(out)], env={**os.environ, "SCIDDIFF_DATA": str(tmp_path)},
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("file not found: " +
+                                                                                str(tmp_path / "missing.txt"))
