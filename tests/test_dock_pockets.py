@@ -52,7 +52,8 @@ def test_a_long_tunnel_gives_several_ligand_sized_pockets():
 def test_blind_dock_searches_each_pocket_and_keeps_poses_in_their_own():
     rec = io.load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
     mol = io.load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
-    s = DockSettings(samples=0, random_starts=8, mc_chains=6, mc_rounds=2, poses=4, conformers=1, pockets=3)
+    s = DockSettings(samples=0, random_starts=8, mc_chains=6, mc_rounds=2, poses=4, conformers=1, pockets=3,
+                     refine_sites=0)
     res = dock(rec, mol, None, None, s, show_progress=False)
     assert len(res.boxes) == 3 and len(res.coords) >= 1
     assert np.all(np.diff(res.energy) >= 0)  # one energy ranks the poses of all pockets
@@ -63,7 +64,8 @@ def test_blind_dock_searches_each_pocket_and_keeps_poses_in_their_own():
 def test_blind_refinement_searches_a_ligand_box_around_the_best_pockets_best_pose():
     rec = io.load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
     mol = io.load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
-    s = DockSettings(samples=0, random_starts=8, mc_chains=6, mc_rounds=2, poses=4, conformers=1, pockets=2)
+    s = DockSettings(samples=0, random_starts=8, mc_chains=6, mc_rounds=2, poses=4, conformers=1, pockets=2,
+                     refine_sites=0)
     plain = dock(rec, mol, None, None, s, show_progress=False)
     s.refine_sites = 1
     refined = dock(rec, mol, None, None, s, show_progress=False)

@@ -28,7 +28,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=d.samples,
                    help=f"reverse-diffusion samples per box (blind: per pocket), each a search start (default "
                         f"{d.samples}); --samples 0 --random-starts {d.samples + d.random_starts} searches from random "
-                        "starts alone: blind docking in ~0.6x the time, about as accurate (docs/dock.md)")
+                        "starts alone: blind docking in ~0.6x the time, about as accurate without the site "
+                        "refinement (docs/dock.md)")
     p.add_argument("--random-starts", type=int, default=d.random_starts,
                    help=f"further search starts: random poses in the box (default {d.random_starts})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"reverse-diffusion steps (default {d.steps})")
@@ -45,8 +46,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "fewer hits, docs/dock.md)")
     p.add_argument("--refine-sites", type=int, default=d.refine_sites,
                    help=f"blind docking: search again in a box around the best pose of this many best pockets, as "
-                        f"--autobox-ligand would (default {d.refine_sites}; 2 finds more poses within 2 A, but the "
-                        "ranking did not pick them: docs/dock.md)")
+                        f"--autobox-ligand would (default {d.refine_sites}; 0 takes ~0.75x the time for fewer hits: "
+                        "27.4%% against 31.2%% top-1 over 157 validation complexes, docs/dock.md)")
     p.add_argument("--conformers", type=int, default=d.conformers,
                    help=f"ETKDG conformers embedded; their distinct ring/angle shapes are searched (default {d.conformers})")
     p.add_argument("--scoring", choices=("vina", "vinardo"), default=d.scoring,

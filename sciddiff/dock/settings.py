@@ -20,7 +20,7 @@ class DockSettings:
     mc_steps: int = 20        # gradient steps per round
     conformers: int = 4       # ETKDG conformers embedded; the distinct shapes among them are searched together
     pockets: int = 6          # blind docking: ligand-sized pockets searched, each with the full search
-    refine_sites: int = 0     # blind docking: then the full search again around the best pose of this many pockets
+    refine_sites: int = 2     # blind docking: then the full search again around the best pose of this many pockets
     scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
     ranking: str = "learned"  # with a rescorer: order poses by its "learned" score or by "energy"
     seed: int = 0
