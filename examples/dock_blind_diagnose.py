@@ -4,8 +4,9 @@ Per TRAINING complex (the seeded subset of `dock_diagnose.training_subset`; phys
 score network saw these complexes; fresh ETKDG conformers, seed 0): the pockets `sciddiff.dock.pockets` finds
 (up to --list of them) and the rank of the first one whose centre lies within 4 A of the crystal ligand's centroid
 and of the first whose box contains it; then each of the --pockets best pockets is docked on its own with
-`dock(..., box=pocket)`, which is what blind `dock()` does per pocket (it shares one random stream among them and
-polishes the best distinct minima over all pockets). Blind top-1 = the lowest-energy top-1 over the pockets, as in
+`dock(..., box=pocket)`, which is what blind `dock()` does per pocket (it shares one random stream among them,
+polishes the best distinct minima over all pockets and, by default, searches again around the best two pockets' best
+poses, which this script leaves out). Blind top-1 = the lowest-energy top-1 over the pockets, as in
 `dock()`. A blind miss is then
 - recall: no searched pocket contains the crystal centroid;
 - search: a searched pocket contains it, but no pocket's top-1 is within 2 A;

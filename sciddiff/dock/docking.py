@@ -3,8 +3,8 @@
 
 Blind docking (no box) docks into the `pockets` best ligand-sized geometric pockets (`sciddiff.dock.pockets`), each
 with the search a box gets, all pockets' chains in one batch, then (`refine_sites`, default 2) once more in a box
-around the best pose of each of the best pockets, and ranks all poses together by the same energy. Scores are the Vina-like intermolecular
-energy / (1 + 0.0585 N_rot, Vina's rotor count) in kcal/mol-like units (lower is better). The
+around the best pose of each of the best pockets, and ranks all poses together by the same energy. Scores are the
+Vina-like intermolecular energy / (1 + 0.0585 N_rot, Vina's rotor count) in kcal/mol-like units (lower is better). The
 candidates (the 2 x `poses` best distinct polished minima) are ranked by the search objective (intermolecular +
 intra-ligand energy) or (settings.ranking "learned") by a learned rescorer's ranking score
 (`sciddiff.dock.rescore`). With a rescorer its calibrated P(RMSD < 2 A) is the confidence; without one the confidence is the
