@@ -116,9 +116,11 @@ def main() -> None:
 def recall(rows: list[dict], listed: int) -> dict:
     """Complexes whose site lies within SITE_DISTANCE of one of the top k pocket centres / inside one of their boxes."""
     ks = sorted({k for k in (1, 2, 3, 6, listed) if k <= listed})
-    return {"n": len(rows),
-            "site_near_top_k": {k: sum(r["rank_near"] is not None and r["rank_near"] < k for r in rows) for k in ks},
-            "site_inside_top_k": {k: sum(r["rank_inside"] is not None and r["rank_inside"] < k for r in rows) for k in ks}}
+    def found(key: str, k: int) -> int:
+        return sum(r[key] is not None and r[key] < k for r in rows)
+
+    return {"n": len(rows), "site_near_top_k": {k: found("rank_near", k) for k in ks},
+            "site_inside_top_k": {k: found("rank_inside", k) for k in ks}}
 
 
 def summarize(rows: list[dict], searched: int) -> dict:
