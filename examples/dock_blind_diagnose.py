@@ -116,6 +116,7 @@ def main() -> None:
 def recall(rows: list[dict], listed: int) -> dict:
     """Complexes whose site lies within SITE_DISTANCE of one of the top k pocket centres / inside one of their boxes."""
     ks = sorted({k for k in (1, 2, 3, 6, listed) if k <= listed})
+
     def found(key: str, k: int) -> int:
         return sum(r[key] is not None and r[key] < k for r in rows)
 
