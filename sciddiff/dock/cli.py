@@ -48,6 +48,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help=f"blind docking: search again in a box around the best pose of this many best pockets, as "
                         f"--autobox-ligand would (default {d.refine_sites}; 0 takes ~0.75x the time for fewer hits: "
                         "27.4%% against 31.2%% top-1 over 157 validation complexes, docs/dock.md)")
+    p.add_argument("--pocket-samples", type=int, default=d.pocket_samples,
+                   help="blind docking: reverse-diffusion samples per pocket, the rest of its starts random (default: "
+                        "--samples); the refined sites get --samples")
     p.add_argument("--conformers", type=int, default=d.conformers,
                    help=f"ETKDG conformers embedded; their distinct ring/angle shapes are searched (default {d.conformers})")
     p.add_argument("--scoring", choices=("vina", "vinardo"), default=d.scoring,
@@ -168,7 +171,7 @@ def _settings(args):
         raise UserError(f"--seed must lie between 0 and {MAX_SEED}, got {args.seed}")
     return DockSettings(samples=args.samples, random_starts=args.random_starts, steps=args.steps, sampler=args.sampler,
                         poses=args.poses, mc_chains=args.mc_chains, mc_rounds=args.mc_rounds, pockets=args.pockets,
-                        refine_sites=args.refine_sites,
+                        refine_sites=args.refine_sites, pocket_samples=args.pocket_samples,
                         conformers=args.conformers, scoring=args.scoring, seed=args.seed,
                         **({"ranking": args.ranking} if args.ranking else {}))
 

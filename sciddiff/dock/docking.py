@@ -14,7 +14,7 @@ Both rankings of the same candidates are kept in the result so that evaluations 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -109,13 +109,16 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
 
     pool, pool_region, grids = [], [], []
     refine = s.refine_sites if box is None else 0
-    diffuse = model is not None and s.samples > 0
-    n_random = s.random_starts if diffuse else s.random_starts + s.samples  # starts per box besides the samples
-    bar = tqdm(total=(len(regions) + refine) * (s.steps if diffuse else 0) + (2 if refine else 1) * s.mc_rounds,
-               disable=not show_progress, desc="docking", leave=False)
+    # diffusion samples per box; a box's other starts (samples + random_starts in all) are random
+    samples = s.samples if model is not None else 0
+    pocket_samples = samples if box is not None or s.pocket_samples is None else min(s.pocket_samples, samples)
+    bar = tqdm(total=(len(regions) * min(pocket_samples, 1) + refine * min(samples, 1)) * s.steps
+               + (2 if refine else 1) * s.mc_rounds, disable=not show_progress, desc="docking", leave=False)
 
-    def search(boxes: list[Box]) -> None:
-        """The full search in each box, all boxes' chains in one batch; their minima join the pool."""
+    def search(boxes: list[Box], n_samples: int) -> None:
+        """The full search in each box, `n_samples` of its starts from reverse diffusion, all boxes' chains in one
+        batch; their minima join the pool."""
+        n_random = s.samples + s.random_starts - n_samples
         first_box = len(grids)  # region index of boxes[0]: grids[i] is region i's scoring function
         tick = time.perf_counter()
         for region in boxes:
@@ -125,9 +128,10 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         starts, start_box = [], []
         for k, region in enumerate(boxes):
             n_before = len(starts)
-            if diffuse:
+            if n_samples > 0:
                 tick = time.perf_counter()
-                starts.append(diffusion_starts(model, receptor, mol, tors, space, region, s, gen, device,
+                starts.append(diffusion_starts(model, receptor, mol, tors, space, region,
+                                               replace(s, samples=n_samples), gen, device,
                                                lambda it: _counting(it, bar)))
                 timings["diffusion"] = timings.get("diffusion", 0.0) + time.perf_counter() - tick
             if n_random > 0:
@@ -150,7 +154,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         pool_region.append(box + first_box)
         pool.append(poses)
 
-    search(regions)
+    search(regions, pocket_samples)
     # blind: the pockets' boxes are placed by geometry, not around a ligand; search again in a box around the best
     # pose of each of the `refine` best pockets, as --autobox-ligand would around that pose
     if refine:
@@ -163,7 +167,7 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
             x = space.coords(p.tr, p.rot, p.theta, realign=False, conf=p.conf)[0]
             refined.append(box_around(x.detach().numpy()))
         regions.extend(refined)
-        search(refined)
+        search(refined, samples)
     bar.close()
 
     tick = time.perf_counter()

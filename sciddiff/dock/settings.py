@@ -21,6 +21,7 @@ class DockSettings:
     conformers: int = 4       # ETKDG conformers embedded; the distinct shapes among them are searched together
     pockets: int = 6          # blind docking: ligand-sized pockets searched, each with the full search
     refine_sites: int = 2     # blind docking: then the full search again around the best pose of this many pockets
+    pocket_samples: int | None = None  # blind docking: diffusion samples per pocket (None: samples); refined sites get samples
     scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
     ranking: str = "learned"  # with a rescorer: order poses by its "learned" score or by "energy"
     seed: int = 0
@@ -32,7 +33,7 @@ class DockSettings:
 
 # entries added after runs were recorded without them, with the value those runs had: a --resume reads an earlier
 # run's missing entry as this, so that it keeps what it docked the same way
-BEFORE_RECORDED = {"sampler": "reverse_sde"}
+BEFORE_RECORDED = {"sampler": "reverse_sde", "pocket_samples": None}
 
 
 def settings_dict(s: DockSettings) -> dict:
