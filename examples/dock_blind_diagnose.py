@@ -35,12 +35,13 @@ import numpy as np
 import torch
 
 from sciddiff.cli import UserError
-from sciddiff.dock import io
 from sciddiff.dock.data import complex_files, read_split
 from sciddiff.dock.docking import dock
-from sciddiff.dock.settings import DockSettings
 from sciddiff.dock.ligand import canonical_atom_order, generate_conformers, symmetric_rmsd
+from sciddiff.dock.ligand_io import ligand_coords, load_ligand
 from sciddiff.dock.pockets import find_pockets
+from sciddiff.dock.receptor import load_receptor
+from sciddiff.dock.settings import DockSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dock_diagnose import check_args, training_subset
@@ -85,8 +86,8 @@ def main() -> None:
     rows = []
     for cid in args.ids if args.split is not None else training_subset(args.n):
         protein, ligand = complex_files(root, cid)
-        receptor, mol = io.load_receptor(protein), io.load_ligand(ligand)
-        xtal = io.ligand_coords(mol)
+        receptor, mol = load_receptor(protein), load_ligand(ligand)
+        xtal = ligand_coords(mol)
         # as dock() sizes pockets: its first conformer, embedded in canonical atom order
         extent = float(np.ptp(generate_conformers(canonical_atom_order(mol)[0], 1, seed=0)[0], 0).max())
         t0 = time.perf_counter()

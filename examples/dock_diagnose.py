@@ -28,11 +28,13 @@ import numpy as np
 import torch
 
 from sciddiff.cli import UserError, check_output_path, options_below
-from sciddiff.dock import io
+from sciddiff.dock.box import box_from_ligand
 from sciddiff.dock.data import complex_files, default_data_root, read_split
 from sciddiff.dock.docking import DockSettings, dock
 from sciddiff.dock.ligand import rotatable_torsions, symmetric_rmsd
+from sciddiff.dock.ligand_io import ligand_coords, load_ligand, pose_mol
 from sciddiff.dock.pose import PoseSpace
+from sciddiff.dock.receptor import load_receptor
 from sciddiff.dock.rescore_train import POLISH_LR, relaxed_crystal
 from sciddiff.dock.scoring import ScoringFunction
 from sciddiff.dock.search import fit_pose, local_opt
@@ -72,7 +74,7 @@ def vina_tools(protein: str, box):
     v.compute_vina_maps(center=[float(c) for c in box.center], box_size=[float(s) + 8.0 for s in box.size])
 
     def score(mol, coords):
-        m = io.pose_mol(mol, coords)
+        m = pose_mol(mol, coords)
         molh = Chem.AddHs(m, addCoords=True)
         setup = MoleculePreparation().prepare(molh)[0]
         lig = PDBQTWriterLegacy.write_string(setup)[0]
@@ -140,9 +142,9 @@ def main() -> None:
     rows = []
     for cid in args.ids or training_subset(args.n):
         protein, ligand = complex_files(root, cid)
-        receptor, mol = io.load_receptor(protein), io.load_ligand(ligand)
-        box = io.box_from_ligand(ligand, 4.0)
-        xtal = io.ligand_coords(mol)
+        receptor, mol = load_receptor(protein), load_ligand(ligand)
+        box = box_from_ligand(ligand, 4.0)
+        xtal = ligand_coords(mol)
         t0 = time.perf_counter()
         try:
             res = dock(receptor, mol, box, None, settings, show_progress=False)

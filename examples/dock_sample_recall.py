@@ -22,18 +22,20 @@ from rdkit import Chem
 from tqdm import tqdm
 
 from sciddiff.cli import UserError, check_output_path, load_or_fail, options_below
-from sciddiff.dock import io
+from sciddiff.dock.box import AUTOBOX_ADD, Box, box_from_ligand, checked_box_size
 from sciddiff.dock.cli import DEFAULT_MODEL
 from sciddiff.dock.data import complex_files, complex_ligand, default_data_root, read_split
 from sciddiff.dock.docking import diffusion_starts
 from sciddiff.dock.ligand import canonical_atom_order, generate_conformers, rotatable_torsions, symmetric_rmsd
+from sciddiff.dock.ligand_io import ligand_coords
 from sciddiff.dock.pose import PoseSpace
+from sciddiff.dock.receptor import Receptor, load_receptor, without_ligand_itself
 from sciddiff.dock.sampler import load_score_model
 from sciddiff.dock.settings import SAMPLERS, DockSettings
 from sciddiff.train.checkpoint import atomic_file, json_text
 
 
-def diffusion_samples(model, receptor: io.Receptor, crystal, box: io.Box, settings: DockSettings
+def diffusion_samples(model, receptor: Receptor, crystal, box: Box, settings: DockSettings
                       ) -> tuple[Chem.Mol, np.ndarray]:
     """The ligand in dock()'s canonical atom order (crystal coordinates) and the diffusion starts dock() would draw
     for it in `box` (`settings.samples`, N, 3), in the same order."""
@@ -49,10 +51,10 @@ def diffusion_samples(model, receptor: io.Receptor, crystal, box: io.Box, settin
 
 def best_sample_rmsd(model, root: Path, cid: str, settings: DockSettings, autobox_add: float) -> float:
     crystal, ligand = complex_ligand(root, cid)
-    box = io.checked_box_size(io.box_from_ligand(ligand, autobox_add))
-    receptor, _ = io.without_ligand_itself(io.load_receptor(complex_files(root, cid)[0]), crystal, box)
+    box = checked_box_size(box_from_ligand(ligand, autobox_add))
+    receptor, _ = without_ligand_itself(load_receptor(complex_files(root, cid)[0]), crystal, box)
     mol, x = diffusion_samples(model, receptor, crystal, box, settings)
-    xtal = io.ligand_coords(mol)
+    xtal = ligand_coords(mol)
     return min(symmetric_rmsd(mol, xi, xtal) for xi in x)
 
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=DockSettings.steps, help="reverse-diffusion steps")
     p.add_argument("--sampler", choices=SAMPLERS, default=DockSettings.sampler)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--autobox-add", type=float, default=io.AUTOBOX_ADD, help="box = crystal ligand + this (A)")
+    p.add_argument("--autobox-add", type=float, default=AUTOBOX_ADD, help="box = crystal ligand + this (A)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON lines, one per complex (best RMSD per model)")
     args = p.parse_args(argv)

@@ -3,7 +3,7 @@
 Not a project dependency: `pip install vina meeko` into the venv first. Per complex: a fresh ETKDG conformer (seed 0,
 `sciddiff.dock.ligand.generate_conformers` settings, hydrogens kept) prepared by meeko; the receptor written as PDBQT
 from its PDB with AutoDock types (polar hydrogens, present in these files, become HD donors); box = crystal ligand
-+ 4 A (`io.box_from_ligand`); Vina scoring, exhaustiveness 8, 9 poses, seed 0, one CPU. Symmetry-corrected RMSD of
++ 4 A (`box_from_ligand`); Vina scoring, exhaustiveness 8, 9 poses, seed 0, one CPU. Symmetry-corrected RMSD of
 the poses to the crystal ligand (heavy atoms, in place), top-1 / top-5 < 2 A, median top-1 RMSD, PoseBusters redock
 checks of the top-1 pose (as dock-eval), CPU seconds.
 
@@ -27,10 +27,12 @@ from rdkit.Chem import AllChem
 from scipy.spatial import cKDTree
 
 from sciddiff.cli import UserError, check_output_path, run_command
-from sciddiff.dock import io
+from sciddiff.dock.box import box_from_ligand
 from sciddiff.dock.data import complex_files, default_data_root, read_split
 from sciddiff.dock.evaluate import posebusters_valid, success_rates
 from sciddiff.dock.ligand import symmetric_rmsd
+from sciddiff.dock.ligand_io import ligand_coords, load_ligand, pose_mol
+from sciddiff.dock.receptor import load_receptor
 
 AROMATIC_C = {("PHE", n) for n in ("CG", "CD1", "CD2", "CE1", "CE2", "CZ")} | \
     {("TYR", n) for n in ("CG", "CD1", "CD2", "CE1", "CE2", "CZ")} | \
@@ -141,13 +143,13 @@ def run_baseline(args: argparse.Namespace) -> None:
         row = {"complex": cid, "rmsd_top1": math.inf, "rmsd_top5": math.inf, "pb_valid": False, "pb_failed": "",
                "cpu_s": math.nan, "error": ""}
         try:
-            crystal = io.load_ligand(ligand)
-            coords, cpu = dock_vina(protein, crystal, io.box_from_ligand(ligand, 4.0))
-            xtal = io.ligand_coords(crystal)
+            crystal = load_ligand(ligand)
+            coords, cpu = dock_vina(protein, crystal, box_from_ligand(ligand, 4.0))
+            xtal = ligand_coords(crystal)
             rmsd = [symmetric_rmsd(crystal, c, xtal) for c in coords]
             row.update(rmsd_top1=round(rmsd[0], 3), rmsd_top5=round(min(rmsd[:5]), 3), cpu_s=round(cpu, 1))
-            row["pb_valid"], row["pb_failed"] = posebusters_valid(io.pose_mol(crystal, coords[0]), crystal,
-                                                                  io.load_receptor(protein, keep_waters=False))
+            row["pb_valid"], row["pb_failed"] = posebusters_valid(pose_mol(crystal, coords[0]), crystal,
+                                                                  load_receptor(protein, keep_waters=False))
         except Exception as err:  # noqa: BLE001 - a baseline run records failures as misses and goes on
             row["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
         rows.append(row)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from sciddiff.cli import main
+from sciddiff.cli import UserError, main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 PROTEIN = str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
@@ -288,7 +288,7 @@ def test_out_under_a_file_is_one_line_error(tmp_path, capsys):
 
 
 def test_nmr_models_keep_the_first(tmp_path):
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import load_receptor
 
     atoms = ["ATOM      1  N   ALA A   1       0.000   0.000   0.000  1.00  0.00           N",
              "ATOM      2  CA  ALA A   1       1.458   0.000   0.000  1.00  0.00           C",
@@ -296,13 +296,13 @@ def test_nmr_models_keep_the_first(tmp_path):
     shifted = [ln[:30] + f"{float(ln[30:38]) + 1:8.3f}" + ln[38:] for ln in atoms]
     pdb = tmp_path / "nmr.pdb"
     pdb.write_text("MODEL        1\n" + "\n".join(atoms) + "\nENDMDL\nMODEL        2\n" + "\n".join(shifted) + "\nENDMDL\nEND\n")
-    rec = io.load_receptor(pdb)
+    rec = load_receptor(pdb)
     assert len(rec.coords) == 3 and rec.coords[0, 0] == 0.0
     assert rec.pdb_text.count("ATOM") == 3  # the complex output holds one copy of the protein
 
 
 def test_waters_are_receptor_atoms_unless_dropped(tmp_path):
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import load_receptor
     from sciddiff.dock.scoring import receptor_types
 
     atoms = ["ATOM      1  N   ALA A   1       0.000   0.000   0.000  1.00  0.00           N",
@@ -312,7 +312,7 @@ def test_waters_are_receptor_atoms_unless_dropped(tmp_path):
              "HETATM    5  O   HOH A 101       5.000   5.000   5.000  1.00  0.00           O"]
     pdb = tmp_path / "wet.pdb"
     pdb.write_text("\n".join(atoms) + "\nEND\n")
-    wet, dry = io.load_receptor(pdb), io.load_receptor(pdb, keep_waters=False)
+    wet, dry = load_receptor(pdb), load_receptor(pdb, keep_waters=False)
     assert len(wet.coords) == 5 and len(dry.coords) == 4
     types = receptor_types(wet)
     assert types.donor[4] and types.acceptor[4]  # a water's O gives and takes H-bonds
@@ -322,23 +322,25 @@ def test_waters_are_receptor_atoms_unless_dropped(tmp_path):
 def test_a_protein_file_holding_the_ligand_itself_scores_as_without_it(tmp_path, capsys):
     """A structure from the PDB with its ligand left in: that residue is the docked ligand (same heavy atoms), so
     it is left out of the receptor with a note; a cofactor of other atoms stays."""
-    from sciddiff.dock import io
+    from sciddiff.dock.box import Box, box_around
+    from sciddiff.dock.ligand_io import ligand_coords
+    from sciddiff.dock.receptor import load_receptor, without_ligand_itself
 
     lig = Chem.MolFromMolFile(LIGAND)
     het = [ln.replace("UNL", "LIG") for ln in Chem.MolToPDBBlock(lig, flavor=4).splitlines() if ln.startswith("HETATM")]
     raw = _write_protein(tmp_path / "raw.pdb", lambda lines: [ln for ln in lines if not ln.startswith("END")] + het)
-    clean, held = io.load_receptor(PROTEIN), io.load_receptor(raw)
+    clean, held = load_receptor(PROTEIN), load_receptor(raw)
     assert len(held.coords) == len(clean.coords) + lig.GetNumAtoms()
-    trimmed, removed = io.without_ligand_itself(held, lig)
+    trimmed, removed = without_ligand_itself(held, lig)
     assert removed == ["LIG 1"] and len(trimmed.coords) == len(clean.coords) and "LIG" not in trimmed.pdb_text
     assert np.array_equal(trimmed.coords, clean.coords) and len(trimmed.hydrogens) == len(trimmed.coords)
     other = Chem.RWMol(lig)
     other.RemoveAtom(other.GetNumAtoms() - 1)
-    assert io.without_ligand_itself(held, other.GetMol())[1] == []  # not the same molecule: a cofactor, kept
+    assert without_ligand_itself(held, other.GetMol())[1] == []  # not the same molecule: a cofactor, kept
     # a box elsewhere: a molecule of the same heavy atoms outside it is another molecule (an isomer), kept
-    far = io.Box(center=io.ligand_coords(lig).mean(0) + 30.0, size=np.full(3, 20.0, np.float32))
-    assert io.without_ligand_itself(held, lig, far)[1] == [] and io.without_ligand_itself(held, lig, io.box_around(
-        io.ligand_coords(lig)))[1] == ["LIG 1"]
+    far = Box(center=ligand_coords(lig).mean(0) + 30.0, size=np.full(3, 20.0, np.float32))
+    assert without_ligand_itself(held, lig, far)[1] == [] and without_ligand_itself(held, lig, box_around(
+        ligand_coords(lig)))[1] == ["LIG 1"]
 
     scores = []
     for protein in (PROTEIN, raw):
@@ -356,35 +358,36 @@ def test_posebusters_judges_a_pose_against_the_receptor_docked_against(tmp_path)
     handler at the sys.stderr of the moment, and a capsys stream closes with its test."""
     from Bio.PDB import MMCIFIO, PDBParser
 
-    from sciddiff.dock import io
     from sciddiff.dock.evaluate import posebusters_valid
+    from sciddiff.dock.ligand_io import ligand_coords, load_ligand, pose_mol
+    from sciddiff.dock.receptor import load_receptor, without_ligand_itself
 
     lig = Chem.MolFromMolFile(LIGAND)
     het = [ln.replace("UNL", "LIG") for ln in Chem.MolToPDBBlock(lig, flavor=4).splitlines() if ln.startswith("HETATM")]
     raw = _write_protein(tmp_path / "raw.pdb", lambda lines: [ln for ln in lines if not ln.startswith("END")] + het)
-    crystal = io.load_ligand(LIGAND)
-    trimmed = io.without_ligand_itself(io.load_receptor(raw), crystal)[0]
+    crystal = load_ligand(LIGAND)
+    trimmed = without_ligand_itself(load_receptor(raw), crystal)[0]
     cif = tmp_path / "raw.cif"
     writer = MMCIFIO()
     writer.set_structure(PDBParser(QUIET=True).get_structure("p", gzip.open(PROTEIN, "rt")))
     writer.save(str(cif))
-    for receptor in (trimmed, io.load_receptor(cif)):
-        assert posebusters_valid(io.pose_mol(crystal, io.ligand_coords(crystal)), crystal, receptor) == (True, "")
+    for receptor in (trimmed, load_receptor(cif)):
+        assert posebusters_valid(pose_mol(crystal, ligand_coords(crystal)), crystal, receptor) == (True, "")
 
 
 @pytest.mark.parametrize("fullname, resname, element", [
     ("CL1 ", "LZC", "Cl"), ("BR1 ", "LIG", "Br"), ("ZN  ", "ZN", "Zn"), ("CA  ", "CA", "Ca"), ("NA  ", "NA", "Na"),
     (" CA ", "ALA", "C"), (" NA ", "LIG", "N"), ("1HB ", "ALA", "H"), (" HG ", "SER", "H"), ("SE  ", "MSE", "Se")])
 def test_elements_of_atoms_without_an_element_column_come_from_the_name_columns(fullname, resname, element):
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import _element_from_name
 
-    assert io._element_from_name(fullname, resname) == element
+    assert _element_from_name(fullname, resname) == element
 
 
 def test_ions_without_an_element_column_are_their_residues_element(tmp_path):
     # biopython guesses an ion's element from its name's first letter where the name starts in column 14: " FE " in
     # FE was fluorine, " CA " carbon, " NA " nitrogen; an ion's residue is its element (as Vina's receptor preparation)
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import load_receptor
 
     lines = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith("ATOM")]
     ions = [f"HETATM{9000 + k:5d} {name} {res:>3} Z{k + 1:4d}    {k * 3.0:8.3f}{80.0:8.3f}{80.0:8.3f}  1.00 20.00"
@@ -392,30 +395,30 @@ def test_ions_without_an_element_column_are_their_residues_element(tmp_path):
                                              ("FE  ", "FE"), (" ZN ", "ZN"), (" SOD", "SOD"), (" CLA", "CLA")])]
     ions += ["ATOM  " + ln[6:22] + f"{k + 20:4d}" + ln[26:] for k, ln in enumerate(ions[1:3])]  # as MD files do
     (tmp_path / "ions.pdb").write_text("\n".join(lines + ions) + "\nEND\n")
-    rec = io.load_receptor(tmp_path / "ions.pdb")
+    rec = load_receptor(tmp_path / "ions.pdb")
     assert list(rec.elements[rec.is_hetero]) == ["Fe", "Ca", "Na", "Cl", "Fe", "Zn", "Na", "Cl", "Ca", "Na"]
-    assert list(rec.elements[~rec.is_hetero]) == list(io.load_receptor(PROTEIN).elements[:int((~rec.is_hetero).sum())])
+    assert list(rec.elements[~rec.is_hetero]) == list(load_receptor(PROTEIN).elements[:int((~rec.is_hetero).sum())])
 
 
 def test_repeated_atom_records_are_left_out_of_the_receptor_and_of_its_written_records(tmp_path, capsys):
     # two copies of a chain without chain ids: the parser keeps the first of each atom; the complex written with
     # the poses held both copies, atoms that were never scored
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import load_receptor
 
     lines = [ln[:21] + " " + ln[22:] for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith("ATOM")]
     moved = [ln[:30] + f"{float(ln[30:38]) + 40:8.3f}" + ln[38:] for ln in lines]
     (tmp_path / "twice.pdb").write_text("\n".join(lines + ["TER"] + moved + ["END"]) + "\n")
-    rec = io.load_receptor(tmp_path / "twice.pdb")
+    rec = load_receptor(tmp_path / "twice.pdb")
     assert "repeat an atom already read" in capsys.readouterr().err
     (tmp_path / "once.pdb").write_text("\n".join(lines + ["END"]) + "\n")
-    assert len(rec.coords) == len(io.load_receptor(tmp_path / "once.pdb").coords)
+    assert len(rec.coords) == len(load_receptor(tmp_path / "once.pdb").coords)
     assert [ln for ln in rec.pdb_text.splitlines() if ln.startswith("ATOM")] == lines
 
 
 def test_a_residues_alternate_locations_are_read_as_one_conformer(tmp_path):
     # conformer A holds 0.55 of most side-chain atoms but 0.45 of three: biopython's per-atom choice built the ring
     # from atoms of both conformers; one conformer is read, the one of highest summed occupancy
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import load_receptor
 
     lines = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith("ATOM")]
     number = int(next(ln for ln in lines if ln[17:20] == "PHE")[22:26])
@@ -428,8 +431,8 @@ def test_a_residues_alternate_locations_are_read_as_one_conformer(tmp_path):
         moved = ln[:30] + f"{float(ln[30:38]) + 1.5:8.3f}" + ln[38:]
         out += [ln[:16] + "A" + ln[17:54] + f"{a:6.2f}" + ln[60:], moved[:16] + "B" + moved[17:54] + f"{1 - a:6.2f}" + ln[60:]]
     (tmp_path / "altloc.pdb").write_text("\n".join(out) + "\nEND\n")
-    rec = io.load_receptor(tmp_path / "altloc.pdb")
-    assert np.array_equal(rec.coords, io.load_receptor(PROTEIN).coords)  # every atom of conformer A
+    rec = load_receptor(tmp_path / "altloc.pdb")
+    assert np.array_equal(rec.coords, load_receptor(PROTEIN).coords)  # every atom of conformer A
     # and the records written with the poses (complex_rank1.pdb, PoseBusters' receptor) hold that conformer only
     assert {ln[16] for ln in rec.pdb_text.splitlines() if ln.startswith("ATOM")} == {" ", "A"}
 
@@ -437,42 +440,42 @@ def test_a_residues_alternate_locations_are_read_as_one_conformer(tmp_path):
 def test_raw_pdb_files_segment_ids_models_point_mutations_and_parse_errors(tmp_path, capsys):
     """What MD, assembly and crystal files carry: chains only as segment ids, several models, a residue modelled
     as two amino acids (altlocs), a broken coordinate deep in the file."""
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import load_receptor
 
     lines = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith(("ATOM", "HETATM"))]
-    clean = io.load_receptor(PROTEIN)
+    clean = load_receptor(PROTEIN)
     half = len(lines) // 2  # two segments, residue numbers of the second restarting like the first's
     seg = [ln[:21] + " " + ln[22:72].ljust(50) + ("PA  " if k < half else "PB  ") + ln[76:]
            for k, ln in enumerate(lines)]
     seg = [ln[:22] + (f"{int(ln[22:26]) - 1000:4d}" if k >= half else ln[22:26]) + ln[26:] for k, ln in enumerate(seg)]
     (tmp_path / "seg.pdb").write_text("\n".join(seg) + "\nEND\n")
     capsys.readouterr()
-    assert len(io.load_receptor(tmp_path / "seg.pdb").coords) == len(clean.coords)
+    assert len(load_receptor(tmp_path / "seg.pdb").coords) == len(clean.coords)
     assert "segment ids read as chains: PA -> A, PB -> B" in capsys.readouterr().err
     (tmp_path / "models.pdb").write_text("MODEL 1\n" + "\n".join(lines) + "\nENDMDL\nMODEL 2\n" + "\n".join(lines)
                                          + "\nENDMDL\nEND\n")
-    assert len(io.load_receptor(tmp_path / "models.pdb").coords) == len(clean.coords)
+    assert len(load_receptor(tmp_path / "models.pdb").coords) == len(clean.coords)
     assert "has 2 models: the first is the receptor" in capsys.readouterr().err
     res1 = [ln for ln in lines if ln[22:27] == lines[0][22:27]]  # residue 1 as GLY (occupancy 0.6) or as ALA
     mutant = [ln[:16] + alt + name + ln[20:54] + occ + ln[60:]  # (0.4, listed last: the parser's pick): GLY is read
               for alt, name, occ in (("A", "GLY", "  0.60"), ("B", "ALA", "  0.40")) for ln in res1]
     (tmp_path / "micro.pdb").write_text("\n".join(mutant + lines[len(res1):]) + "\nEND\n")
-    micro = io.load_receptor(tmp_path / "micro.pdb")
+    micro = load_receptor(tmp_path / "micro.pdb")
     assert micro.res_names[0] == "GLY"
     broken = ["REMARK   1 a header line"] * 3 + lines[:10] + [lines[10][:30] + "********" + lines[10][38:]]
     (tmp_path / "broken.pdb").write_text("\n".join(broken) + "\nEND\n")
-    with pytest.raises(io.UserError, match="line 14"):
-        io.load_receptor(tmp_path / "broken.pdb")
+    with pytest.raises(UserError, match="line 14"):
+        load_receptor(tmp_path / "broken.pdb")
 
 
 def test_first_model_with_atoms_and_upper_case_gz(tmp_path):
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import load_receptor
 
     body = gzip.open(PROTEIN, "rt").read()
     pdb = tmp_path / "models.PDB.GZ"
     with gzip.open(pdb, "wt") as fh:
         fh.write("MODEL        1\nENDMDL\nMODEL        2\n" + body + "ENDMDL\nEND\n")
-    assert len(io.load_receptor(pdb).coords) == len(io.load_receptor(PROTEIN).coords)
+    assert len(load_receptor(pdb).coords) == len(load_receptor(PROTEIN).coords)
 
 
 def _write_protein(path: Path, edit) -> str:
@@ -744,7 +747,7 @@ def test_idle_threads_follows_the_load(monkeypatch):
 def test_mmcif_protein_reads_like_its_pdb(tmp_path, capsys):
     from Bio.PDB import MMCIFIO, PDBParser
 
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import load_receptor
 
     structure = PDBParser(QUIET=True).get_structure("p", gzip.open(PROTEIN, "rt"))
     for chain in structure[0]:
@@ -755,9 +758,9 @@ def test_mmcif_protein_reads_like_its_pdb(tmp_path, capsys):
     writer.save(str(cif))
     with open(cif, "rb") as src, gzip.open(tmp_path / "rec.cif.gz", "wb") as dst:
         dst.write(src.read())
-    ref = io.load_receptor(PROTEIN)
+    ref = load_receptor(PROTEIN)
     for path in (cif, tmp_path / "rec.cif.gz"):
-        rec = io.load_receptor(path)
+        rec = load_receptor(path)
         assert np.array_equal(rec.coords, ref.coords) and np.array_equal(rec.res_type, ref.res_type)
         assert np.array_equal(rec.elements, ref.elements) and rec.pdb_text.count("ATOM") == ref.pdb_text.count("ATOM")
         assert "chain ids longer than PDB's one letter renamed: AAA -> " in capsys.readouterr().err
@@ -766,7 +769,7 @@ def test_mmcif_protein_reads_like_its_pdb(tmp_path, capsys):
     structure.add(second)
     writer.set_structure(structure)
     writer.save(str(tmp_path / "two.cif"))
-    assert np.array_equal(io.load_receptor(tmp_path / "two.cif").coords, ref.coords)
+    assert np.array_equal(load_receptor(tmp_path / "two.cif").coords, ref.coords)
     assert "two.cif has 2 models: the first is the receptor" in capsys.readouterr().err
     (tmp_path / "bad.cif").write_text("data_x\nloop_\n_atom_site.id\n1\n")
     code = main(["dock", "--protein", str(tmp_path / "bad.cif"), "--ligand", LIGAND, "--out", str(tmp_path / "o")])
@@ -782,12 +785,14 @@ def _autodock_type(line: str) -> str:
 
 
 def test_pdbqt_receptor_and_ligand_read_like_pdb_and_smiles(tmp_path, capsys):
-    from sciddiff.dock import io
+    from sciddiff.dock.box import box_from_ligand
+    from sciddiff.dock.ligand_io import load_ligand
+    from sciddiff.dock.receptor import load_receptor
 
     records = [ln for ln in gzip.open(PROTEIN, "rt").read().splitlines() if ln.startswith(("ATOM", "HETATM"))]
     rec_path = tmp_path / "rec.pdbqt"
     rec_path.write_text("".join(f"{ln[:54]}  1.00  0.00    {0.1:+6.3f} {_autodock_type(ln):<2}\n" for ln in records))
-    ref, rec = io.load_receptor(PROTEIN), io.load_receptor(rec_path)
+    ref, rec = load_receptor(PROTEIN), load_receptor(rec_path)
     assert np.array_equal(rec.coords, ref.coords) and np.array_equal(rec.elements, ref.elements)
     assert np.array_equal(rec.res_type, ref.res_type) and set(rec.elements) >= {"C", "N", "O"}
 
@@ -796,12 +801,12 @@ def test_pdbqt_receptor_and_ligand_read_like_pdb_and_smiles(tmp_path, capsys):
     atoms = Chem.MolToPDBBlock(crystal).splitlines()
     body = "".join(f"{ln[:54]}  1.00  0.00    {0.0:+6.3f} {_autodock_type(ln):<2}\n" for ln in atoms
                    if ln.startswith(("ATOM", "HETATM")))
-    assert np.allclose(io.box_from_ligand(lig_path.write_text(body) and lig_path).center,
-                       io.box_from_ligand(LIGAND).center, atol=1e-3)
-    with pytest.raises(io.UserError, match="bond orders"):
-        io.load_ligand(lig_path)
+    assert np.allclose(box_from_ligand(lig_path.write_text(body) and lig_path).center,
+                       box_from_ligand(LIGAND).center, atol=1e-3)
+    with pytest.raises(UserError, match="bond orders"):
+        load_ligand(lig_path)
     lig_path.write_text(f"REMARK SMILES {Chem.MolToSmiles(crystal)}\nREMARK SMILES IDX 1 1\n" + body)
-    assert Chem.MolToSmiles(io.load_ligand(lig_path)) == Chem.MolToSmiles(crystal)
+    assert Chem.MolToSmiles(load_ligand(lig_path)) == Chem.MolToSmiles(crystal)
     code = main(["dock", "--protein", str(rec_path), "--ligand", str(lig_path), "--autobox-ligand", LIGAND,
                  "--out", str(tmp_path / "o"), *FAST])
     assert code == 0 and (tmp_path / "o" / "complex_rank1.pdb").read_text().count("ATOM") >= len(records) // 2
@@ -939,7 +944,8 @@ def test_the_complex_gives_the_ligand_a_free_chain_and_holds_the_receptor_that_w
     from Bio.PDB import PDBParser
     from rdkit import Chem
 
-    from sciddiff.dock import io
+    from sciddiff.dock.ligand_io import pose_mol
+    from sciddiff.dock.receptor import complex_pdb, load_receptor
 
     lines = gzip.open(PROTEIN, "rt").read().splitlines()
     atoms = [ln for ln in lines if ln.startswith(("ATOM", "HETATM"))]
@@ -948,8 +954,8 @@ def test_the_complex_gives_the_ligand_a_free_chain_and_holds_the_receptor_that_w
     (tmp_path / "rec.pdb").write_text("\n".join(chain_l + ["TER", water, "END"]) + "\n")
     ligand = Chem.MolFromMolFile(LIGAND)
     for keep_waters in (True, False):
-        receptor = io.load_receptor(tmp_path / "rec.pdb", keep_waters=keep_waters)
-        text = io.complex_pdb(receptor, io.pose_mol(ligand, ligand.GetConformer().GetPositions()))
+        receptor = load_receptor(tmp_path / "rec.pdb", keep_waters=keep_waters)
+        text = complex_pdb(receptor, pose_mol(ligand, ligand.GetConformer().GetPositions()))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             (tmp_path / "complex.pdb").write_text(text)
@@ -978,10 +984,10 @@ def test_batch_rows_may_carry_their_own_box_and_unread_columns_are_named(tmp_pat
 
 
 def test_a_comma_separated_smiles_file_reads_like_a_whitespace_separated_one(tmp_path):
-    from sciddiff.dock import io
+    from sciddiff.dock.ligand_io import load_ligands
 
     (tmp_path / "lib.smi").write_text("smiles,name\nc1ccccc1C(=O)NO,hydroxamate\nCC(=O)Nc1ccc(O)cc1\tparacetamol\n")
-    records = io.load_ligands(tmp_path / "lib.smi")
+    records = load_ligands(tmp_path / "lib.smi")
     assert [(r.name, r.mol is not None) for r in records] == [("hydroxamate", True), ("paracetamol", True)]
 
 
@@ -989,7 +995,8 @@ def test_autobox_ligand_boxes_every_molecule_of_its_file(tmp_path, capsys):
     """As gnina's --autobox_ligand: a reference of several poses or ligands gives the box around all of them (the
     first record alone boxed a pose file's rank 1 and left the others outside)."""
     from rdkit.Chem import rdMolTransforms
-    from sciddiff.dock import io
+
+    from sciddiff.dock.box import box_from_ligand
 
     crystal = Chem.MolFromMolFile(LIGAND, removeHs=False)
     moved = Chem.Mol(crystal)
@@ -1000,11 +1007,11 @@ def test_autobox_ligand_boxes_every_molecule_of_its_file(tmp_path, capsys):
     with Chem.SDWriter(str(path)) as w:
         w.write(crystal)
         w.write(moved)
-    one, two = io.box_from_ligand(LIGAND), io.box_from_ligand(path)
+    one, two = box_from_ligand(LIGAND), box_from_ligand(path)
     assert np.allclose(two.size - one.size, (6.0, 0, 0), atol=1e-3)
     assert np.allclose(two.center - one.center, (3.0, 0, 0), atol=1e-3)
     assert "all 2 molecules" in capsys.readouterr().err
-    io.box_from_ligand(LIGAND)
+    box_from_ligand(LIGAND)
     assert capsys.readouterr().err == ""  # one molecule: no note
 
 
@@ -1023,13 +1030,15 @@ def test_bad_input_is_reported_before_torch_is_imported(tmp_path):
 
 
 def test_the_sampler_option_changes_the_diffusion_starts_and_is_recorded(tmp_path, capsys):
-    from sciddiff.dock import io
+    from sciddiff.dock.box import box_from_ligand
     from sciddiff.dock.cli import DEFAULT_MODEL
     from sciddiff.dock.docking import dock
+    from sciddiff.dock.ligand_io import load_ligand
+    from sciddiff.dock.receptor import load_receptor
     from sciddiff.dock.sampler import load_score_model
     from sciddiff.dock.settings import DockSettings
 
-    receptor, mol, box = io.load_receptor(PROTEIN), io.load_ligand(LIGAND), io.box_from_ligand(LIGAND)
+    receptor, mol, box = load_receptor(PROTEIN), load_ligand(LIGAND), box_from_ligand(LIGAND)
     model = load_score_model(DEFAULT_MODEL)
     # diffusion starts only, no Monte Carlo: each searched pose is its start's local minimum
     fast = dict(samples=4, random_starts=0, steps=4, mc_rounds=0, poses=2, seed=3)

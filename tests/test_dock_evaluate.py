@@ -2,8 +2,8 @@
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from sciddiff.dock import io
 from sciddiff.dock.evaluate import ligand_copies
+from sciddiff.dock.receptor import Receptor
 
 
 def _chain_trace(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -12,13 +12,13 @@ def _chain_trace(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.cumsum(3.8 * steps / np.linalg.norm(steps, axis=1, keepdims=True), axis=0)
 
 
-def _receptor(chains: dict[str, tuple[np.ndarray, np.ndarray]]) -> io.Receptor:
+def _receptor(chains: dict[str, tuple[np.ndarray, np.ndarray]]) -> Receptor:
     """Residues only (no atoms are needed here): chain id -> (residue types, C-alphas)."""
     types = np.concatenate([t for t, _ in chains.values()])
     ca = np.concatenate([x for _, x in chains.values()]).astype(np.float32)
     ids = np.concatenate([np.full(len(t), c) for c, (t, _) in chains.items()])
     none = np.zeros((0, 3), np.float32)
-    return io.Receptor(coords=none, elements=np.zeros(0, str), atom_names=np.zeros(0, str),
+    return Receptor(coords=none, elements=np.zeros(0, str), atom_names=np.zeros(0, str),
                        res_names=np.zeros(0, str), atom_res=np.zeros(0, int), is_hetero=np.zeros(0, bool),
                        res_type=types, res_ca=ca, res_n=ca, res_c=ca, res_sc=ca, res_chain=ids)
 

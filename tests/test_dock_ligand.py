@@ -7,7 +7,21 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from sciddiff.dock import io, ligand
+from sciddiff.cli import UserError
+from sciddiff.dock import ligand
+from sciddiff.dock.box import box_from_ligand
+from sciddiff.dock.ligand_io import (
+    INPUT_H_PROP,
+    POSE_TAGS,
+    REPAIRS_PROP,
+    ligand_coords,
+    ligand_repairs,
+    ligand_smiles,
+    load_ligand,
+    load_ligands,
+    pose_mol,
+)
+from sciddiff.dock.receptor import complex_pdb, load_receptor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
@@ -43,8 +57,8 @@ def test_moving_side_is_the_smaller_one():
 
 @pytest.fixture(scope="module")
 def example():
-    mol = io.load_ligand(EXAMPLES / "1s3v" / "1s3v_ligand.sdf")
-    return mol, io.ligand_coords(mol), ligand.rotatable_torsions(mol)
+    mol = load_ligand(EXAMPLES / "1s3v" / "1s3v_ligand.sdf")
+    return mol, ligand_coords(mol), ligand.rotatable_torsions(mol)
 
 
 def test_torsion_change_keeps_bonds_and_moves_only_the_moving_side(example):
@@ -204,7 +218,7 @@ def test_either_double_bonds_take_the_geometry_of_a_3d_file(tmp_path):
     path = tmp_path / "either.sdf"
     path.write_text("\n".join(block) + "\n$$$$\n")
     assert Chem.MolFromMolFile(str(path)).GetBondBetweenAtoms(3, 4).GetStereo() == Chem.BondStereo.STEREOANY
-    loaded = io.load_ligand(path)
+    loaded = load_ligand(path)
     assert loaded.GetBondBetweenAtoms(3, 4).GetStereo() == Chem.BondStereo.STEREOE
     conf = ligand.generate_conformers(loaded, 1, seed=0)[0]  # the docked conformer keeps it
     x = torch.as_tensor(conf, dtype=torch.float64)
@@ -214,7 +228,7 @@ def test_either_double_bonds_take_the_geometry_of_a_3d_file(tmp_path):
 def test_smiles_file_with_a_title_line(tmp_path):
     path = tmp_path / "ligands.smi"
     path.write_text("SMILES Name\nCC(=O)Nc1ccc(O)cc1 paracetamol\nCCO ethanol\n")
-    assert Chem.MolToSmiles(io.load_ligand(path)) == "CC(=O)Nc1ccc(O)cc1"  # the first molecule
+    assert Chem.MolToSmiles(load_ligand(path)) == "CC(=O)Nc1ccc(O)cc1"  # the first molecule
 
 
 MOL2_ETHANOL = """@<TRIPOS>MOLECULE
@@ -236,14 +250,14 @@ NO_CHARGES
 def test_libraries_read_every_molecule_with_its_name(tmp_path):
     smi = tmp_path / "lib.smi"
     smi.write_text("SMILES Name\nCC(=O)Nc1ccc(O)cc1 paracetamol\nC1CC not a ring\nCCO\n")
-    records = io.load_ligands(smi)
+    records = load_ligands(smi)
     assert [r.name for r in records] == ["paracetamol", "not a ring", "lib_3"]
     assert records[0].mol.GetNumAtoms() == 11 and records[2].mol.GetNumAtoms() == 3
     assert records[1].mol is None and "molecule 2" in records[1].error
     mol2 = tmp_path / "lib.mol2"
     mol2.write_text(MOL2_ETHANOL.format(name="first") + MOL2_ETHANOL.format(name="second"))
-    assert [(r.name, r.mol.GetNumAtoms()) for r in io.load_ligands(mol2)] == [("first", 3), ("second", 3)]
-    assert io.load_ligand(mol2).GetNumAtoms() == 3 and len(io.load_ligands(mol2, limit=1)) == 1
+    assert [(r.name, r.mol.GetNumAtoms()) for r in load_ligands(mol2)] == [("first", 3), ("second", 3)]
+    assert load_ligand(mol2).GetNumAtoms() == 3 and len(load_ligands(mol2, limit=1)) == 1
 
 
 def test_complex_ligand_falls_back_to_a_readable_file(tmp_path):
@@ -266,9 +280,9 @@ def test_pdb_ligand_is_refused_but_boxes_from_it(tmp_path):
     AllChem.EmbedMolecule(mol, randomSeed=0)
     path = tmp_path / "lig.pdb"
     path.write_text("".join(ln + "\n" for ln in Chem.MolToPDBBlock(mol).splitlines() if not ln.startswith("CONECT")))
-    with pytest.raises(io.UserError, match="bond orders"):
-        io.load_ligand(path)
-    assert io.box_from_ligand(path).size.min() > 8
+    with pytest.raises(UserError, match="bond orders"):
+        load_ligand(path)
+    assert box_from_ligand(path).size.min() > 8
 
 
 def _molblock_without_h(smiles: str, seed: int = 0) -> str:
@@ -284,22 +298,22 @@ def test_aromatic_nitrogen_without_its_hydrogen_is_repaired(tmp_path, smiles, ad
     path.write_text(_molblock_without_h(smiles) + "$$$$\n")
     with pytest.raises(Exception):  # what RDKit alone makes of the file
         Chem.SanitizeMol(Chem.MolFromMolFile(str(path), sanitize=False))
-    mol = io.load_ligand(path)
+    mol = load_ligand(path)
     repaired = Chem.MolFromSmiles(Chem.MolToSmiles(mol))
     assert repaired.GetNumAtoms() == Chem.MolFromSmiles(smiles).GetNumAtoms()
     assert sum(a.GetTotalNumHs() for a in repaired.GetAtoms() if a.GetSymbol() == "N") == added  # a tautomer of it
-    assert "H added to aromatic N" in mol.GetProp(io.REPAIRS_PROP)
+    assert "H added to aromatic N" in mol.GetProp(REPAIRS_PROP)
     given = Chem.MolFromMolFile(str(path), sanitize=False).GetConformer().GetPositions()
-    assert np.allclose(io.ligand_coords(mol), given)
+    assert np.allclose(ligand_coords(mol), given)
 
 
 def test_four_bonded_neutral_nitrogen_gets_its_charge_and_clean_files_no_repair(tmp_path):
     path = tmp_path / "lig.sdf"
     block = Chem.MolToMolBlock(Chem.MolFromSmiles("C[N+](C)(C)CCO"))  # then the charge is taken out of it
     path.write_text(block.replace("  1  0  0  0  0  0", "  0  0  0  0  0  0").replace("M  CHG  1   2   1\n", ""))
-    mol = io.load_ligand(path)
-    assert Chem.MolToSmiles(mol) == "C[N+](C)(C)CCO" and "charge +1" in mol.GetProp(io.REPAIRS_PROP)
-    assert not io.load_ligand("Cc1ccc2[nH]ccc2c1").HasProp(io.REPAIRS_PROP)
+    mol = load_ligand(path)
+    assert Chem.MolToSmiles(mol) == "C[N+](C)(C)CCO" and "charge +1" in mol.GetProp(REPAIRS_PROP)
+    assert not load_ligand("Cc1ccc2[nH]ccc2c1").HasProp(REPAIRS_PROP)
 
 
 @pytest.mark.parametrize("smiles", ["OC(=O)/C=C\\c1ccc(O)cc1", "OC(=O)/C=C/c1ccc(O)cc1", "Br/C(CO)=C/CC",
@@ -314,19 +328,19 @@ def test_stereo_of_a_smiles_or_a_2d_drawing_is_docked_as_written(tmp_path, smile
     rdDepictor.Compute2DCoords(drawing)
     Chem.MolToMolFile(drawing, str(tmp_path / "drawn.sdf"))
     for spec in (smiles, tmp_path / "drawn.sdf"):
-        mol = io.load_ligand(str(spec))
-        assert Chem.MolToSmiles(mol) == want and io.ligand_repairs(mol) is None, spec
-        embedded = io.pose_mol(mol, ligand.generate_conformers(mol, 1, seed=0)[0])
+        mol = load_ligand(str(spec))
+        assert Chem.MolToSmiles(mol) == want and ligand_repairs(mol) is None, spec
+        embedded = pose_mol(mol, ligand.generate_conformers(mol, 1, seed=0)[0])
         Chem.AssignStereochemistryFrom3D(embedded)
         assert Chem.MolToSmiles(embedded) == want  # the conformers docking starts from are of that isomer
     either = Chem.MolFromSmiles("CC=C[C@@H](C)N")  # a drawing whose double bond is marked "either" (stereo 3)
     rdDepictor.Compute2DCoords(either)
     either.GetBondBetweenAtoms(1, 2).SetStereo(Chem.BondStereo.STEREOANY)
     Chem.MolToMolFile(either, str(tmp_path / "either.sdf"))
-    assert "stereo not specified (double bond at atom 2)" in io.ligand_repairs(io.load_ligand(tmp_path / "either.sdf"))
+    assert "stereo not specified (double bond at atom 2)" in ligand_repairs(load_ligand(tmp_path / "either.sdf"))
     (tmp_path / "pair.smi").write_text("OC(=O)/C=C\\c1ccccc1 Z\nOC(=O)/C=C/c1ccccc1 E\n")
-    z, e = io.load_ligands(tmp_path / "pair.smi")
-    assert io.ligand_smiles(z.mol) != io.ligand_smiles(e.mol)
+    z, e = load_ligands(tmp_path / "pair.smi")
+    assert ligand_smiles(z.mol) != ligand_smiles(e.mol)
 
 
 def _h_after_each_atom(mol: Chem.Mol) -> list[int]:
@@ -348,8 +362,8 @@ def test_written_poses_list_the_atoms_in_the_input_files_order(tmp_path):
     interleaved.SetProp("IC50", "3 nM")
     with Chem.SDWriter(str(tmp_path / "in.sdf")) as w:
         w.write(interleaved)
-    heavy = io.load_ligand(tmp_path / "in.sdf")
-    out = io.pose_mol(heavy, ligand.generate_conformers(heavy, 1, seed=0)[0], {"score": -1.0}, hydrogens=True)
+    heavy = load_ligand(tmp_path / "in.sdf")
+    out = pose_mol(heavy, ligand.generate_conformers(heavy, 1, seed=0)[0], {"score": -1.0}, hydrogens=True)
 
     def atoms(m):
         return [(a.GetSymbol(), a.GetIsotope(), sorted(n.GetIdx() for n in a.GetNeighbors())) for a in m.GetAtoms()]
@@ -361,8 +375,8 @@ def test_written_poses_list_the_atoms_in_the_input_files_order(tmp_path):
                        and a.GetNeighbors()[0].GetSymbol() == "C"), reverse=True):
         polar.RemoveAtom(idx)
     Chem.MolToMolFile(polar, str(tmp_path / "polar.sdf"))
-    heavy = io.load_ligand(tmp_path / "polar.sdf")
-    out = io.pose_mol(heavy, ligand.generate_conformers(heavy, 1, seed=0)[0], hydrogens=True)
+    heavy = load_ligand(tmp_path / "polar.sdf")
+    out = pose_mol(heavy, ligand.generate_conformers(heavy, 1, seed=0)[0], hydrogens=True)
     n = polar.GetNumAtoms()
     listed = [(sym, iso, [j for j in nbrs if j < n]) for sym, iso, nbrs in atoms(out)[:n]]
     assert listed == atoms(polar) and all(a.GetAtomicNum() == 1 for a in list(out.GetAtoms())[n:])
@@ -377,22 +391,22 @@ def test_a_centre_its_3d_coordinates_leave_open_is_one_isomer_in_every_conformer
     conf = mol.GetConformer()
     conf.SetAtomPosition(1, conf.GetPositions()[[0, 2, 3]].mean(0).tolist())  # the centre flat among its neighbours
     Chem.MolToMolFile(mol, str(tmp_path / "flat.sdf"))
-    loaded = io.load_ligand(tmp_path / "flat.sdf")
-    assert "stereo not specified (atom 2)" in io.ligand_repairs(loaded)
+    loaded = load_ligand(tmp_path / "flat.sdf")
+    assert "stereo not specified (atom 2)" in ligand_repairs(loaded)
     isomers = set()
     for xyz in ligand.generate_conformers(loaded, 6, seed=0):
-        embedded = io.pose_mol(loaded, xyz)
+        embedded = pose_mol(loaded, xyz)
         Chem.AssignStereochemistryFrom3D(embedded)
         isomers.add(Chem.MolToSmiles(embedded))
-    assert isomers == {io.ligand_smiles(loaded)}
-    assert io.ligand_repairs(io.load_ligand("CN=[N+]=[N-]")) is None
+    assert isomers == {ligand_smiles(loaded)}
+    assert ligand_repairs(load_ligand("CN=[N+]=[N-]")) is None
     # the note numbers atoms as the file does: each atom's H listed after it (the flat centre's own H left implicit)
     withh = Chem.RWMol(Chem.AddHs(mol, addCoords=True))
     withh.RemoveAtom([n.GetIdx() for n in withh.GetAtomWithIdx(1).GetNeighbors() if n.GetAtomicNum() == 1][0])
     order = _h_after_each_atom(withh)
     Chem.MolToMolFile(Chem.RenumberAtoms(withh.GetMol(), order), str(tmp_path / "interleaved.sdf"))
     centre = order.index(1) + 1  # file atom 5: C1, its 3 H, then the centre
-    assert f"stereo not specified (atom {centre})" in io.ligand_repairs(io.load_ligand(tmp_path / "interleaved.sdf"))
+    assert f"stereo not specified (atom {centre})" in ligand_repairs(load_ligand(tmp_path / "interleaved.sdf"))
 
 
 def test_stereo_that_places_no_heavy_atom_gets_no_note():
@@ -401,27 +415,27 @@ def test_stereo_that_places_no_heavy_atom_gets_no_note():
     They are fixed to one isomer, silently; a sulfoxide and an oxime are real stereo and are still named."""
     atp = "Nc1ncnc2c1ncn2[C@@H]1O[C@H](COP(=O)(O)OP(=O)(O)OP(=O)(O)O)[C@@H](O)[C@H]1O"
     for smiles in (atp, "NC(=N)NCCC", "N=C(N)c1ccc(C)cc1C"):
-        loaded = io.load_ligand(smiles)
-        assert io.ligand_repairs(loaded) is None, smiles
+        loaded = load_ligand(smiles)
+        assert ligand_repairs(loaded) is None, smiles
         isomers = set()
         for xyz in ligand.generate_conformers(loaded, 3, seed=0):  # still one isomer in every conformer
-            embedded = io.pose_mol(loaded, xyz)
+            embedded = pose_mol(loaded, xyz)
             Chem.AssignStereochemistryFrom3D(embedded)
             isomers.add(Chem.MolToSmiles(embedded))
-        assert isomers == {io.ligand_smiles(loaded)}, smiles
-    assert "stereo not specified (atom 2)" in io.ligand_repairs(io.load_ligand("CS(=O)CC"))
-    assert "stereo not specified (double bond at atom 2)" in io.ligand_repairs(io.load_ligand("CC(=NO)c1ccccc1"))
+        assert isomers == {ligand_smiles(loaded)}, smiles
+    assert "stereo not specified (atom 2)" in ligand_repairs(load_ligand("CS(=O)CC"))
+    assert "stereo not specified (double bond at atom 2)" in ligand_repairs(load_ligand("CC(=NO)c1ccccc1"))
 
 
 def test_a_metal_complex_written_as_ions_is_refused_and_a_salts_cation_dropped():
-    with pytest.raises(io.UserError, match="metal complex written as separate ions \\(Pt"):
-        io.load_ligand("[NH3].[NH3].[Cl-].[Cl-].[Pt+2]")  # its largest fragment: an ammonia
-    with pytest.raises(io.UserError, match="\\(Fe"):
-        io.load_ligand("c1cc[cH-]c1.c1cc[cH-]c1.[Fe+2]")  # ferrocene: a cyclopentadienyl docked alone
-    assert "dropped [Na+]" in io.ligand_repairs(io.load_ligand("CC(=O)[O-].[Na+]"))
+    with pytest.raises(UserError, match="metal complex written as separate ions \\(Pt"):
+        load_ligand("[NH3].[NH3].[Cl-].[Cl-].[Pt+2]")  # its largest fragment: an ammonia
+    with pytest.raises(UserError, match="\\(Fe"):
+        load_ligand("c1cc[cH-]c1.c1cc[cH-]c1.[Fe+2]")  # ferrocene: a cyclopentadienyl docked alone
+    assert "dropped [Na+]" in ligand_repairs(load_ligand("CC(=O)[O-].[Na+]"))
     # a drug's transition-metal salt docks its organic ion; a dummy atom is no metal
-    assert "dropped [Fe+2]" in io.ligand_repairs(io.load_ligand("OC(=O)/C=C/C(=O)[O-].[Fe+2]"))
-    assert "dropped *" in io.ligand_repairs(io.load_ligand("OC(=O)Cc1ccccc1.[*]"))
+    assert "dropped [Fe+2]" in ligand_repairs(load_ligand("OC(=O)/C=C/C(=O)[O-].[Fe+2]"))
+    assert "dropped *" in ligand_repairs(load_ligand("OC(=O)Cc1ccccc1.[*]"))
 
 
 def _closest_nonbonded_hydrogens(mol: Chem.Mol) -> float:
@@ -440,25 +454,25 @@ def test_written_poses_keep_isotopes_and_title_and_relax_their_hydrogens(tmp_pat
         mol.SetProp(key, value)
     with Chem.SDWriter(str(tmp_path / "in.sdf")) as w:
         w.write(mol)
-    heavy = io.load_ligand(tmp_path / "in.sdf")
-    assert io.ligand_smiles(heavy) == Chem.MolToSmiles(Chem.RemoveHs(mol))  # [2H] and [13CH2] both
-    out = io.pose_mol(heavy, io.ligand_coords(heavy), {"score": -7.0}, name="d3-probe", hydrogens=True,
-                      drop=io.POSE_TAGS)
+    heavy = load_ligand(tmp_path / "in.sdf")
+    assert ligand_smiles(heavy) == Chem.MolToSmiles(Chem.RemoveHs(mol))  # [2H] and [13CH2] both
+    out = pose_mol(heavy, ligand_coords(heavy), {"score": -7.0}, name="d3-probe", hydrogens=True,
+                      drop=POSE_TAGS)
     assert sum(a.GetIsotope() == 2 for a in out.GetAtoms()) == 3 and out.GetNumAtoms() == mol.GetNumAtoms()
     props = out.GetPropsAsDict()
     assert out.GetProp("_Name") == "d3-probe" and props["IC50"] == "12 nM" and out.GetProp("score") == "-7.0000"
     assert "minimizedAffinity" not in props and "inter" not in props
-    receptor = io.load_receptor(EXAMPLES / "1s3v" / "1s3v_protein.pdb.gz")
-    records = [ln for ln in io.complex_pdb(receptor, out).splitlines() if ln.startswith("HETATM") and "LIG" in ln]
+    receptor = load_receptor(EXAMPLES / "1s3v" / "1s3v_protein.pdb.gz")
+    records = [ln for ln in complex_pdb(receptor, out).splitlines() if ln.startswith("HETATM") and "LIG" in ln]
     assert [ln[76:78] for ln in records].count(" D") == 3  # the complex's PDB says D too (RDKit writes H)
 
-    flexible = io.load_ligand("C/C=C/[C@H](O)[C@@H](C)C(=O)Nc1ccccc1")
-    flexible.SetIntProp(io.INPUT_H_PROP, 22)  # as if its file carried hydrogens
+    flexible = load_ligand("C/C=C/[C@H](O)[C@@H](C)C(=O)Nc1ccccc1")
+    flexible.SetIntProp(INPUT_H_PROP, 22)  # as if its file carried hydrogens
     poses = ligand.generate_conformers(flexible, 30, seed=0, optimize=False)  # heavy-atom geometry, as docked
-    placed = [Chem.AddHs(io.pose_mol(flexible, xyz), addCoords=True) for xyz in poses]
+    placed = [Chem.AddHs(pose_mol(flexible, xyz), addCoords=True) for xyz in poses]
     assert min(map(_closest_nonbonded_hydrogens, placed)) < 1.4  # where the hydrogens alone would collide...
     for xyz in poses:
-        out = io.pose_mol(flexible, xyz, hydrogens=True)
+        out = pose_mol(flexible, xyz, hydrogens=True)
         assert _closest_nonbonded_hydrogens(out) > 1.8  # ...they are relaxed apart
         assert np.allclose(out.GetConformer().GetPositions()[:len(xyz)], xyz, atol=1e-4)  # the pose itself unmoved
 
@@ -477,7 +491,7 @@ def test_symmetric_rmsd_searches_every_match_of_a_very_symmetric_ligand():
     ref = mol.GetConformer().GetPositions()
     turned = (ref - ref.mean(0)) @ Rotation.random(random_state=0).as_matrix().T + ref.mean(0)
     ours = ligand.symmetric_rmsd(mol, turned, ref)
-    a, b = io.pose_mol(mol, turned), io.pose_mol(mol, ref)
+    a, b = pose_mol(mol, turned), pose_mol(mol, ref)
     assert ours == pytest.approx(rdMolAlign.CalcRMS(a, b), abs=1e-6)
     assert ours < rdMolAlign.CalcRMS(a, b, maxMatches=10000) - 0.2  # what the capped search gave (4.14 A for 3.82)
 

@@ -15,9 +15,12 @@ from e3nn import o3
 from rdkit import Chem
 
 from sciddiff.cli import main
-from sciddiff.dock import featurize, io, ligand
+from sciddiff.dock import featurize, ligand
+from sciddiff.dock.box import box_from_ligand
 from sciddiff.dock.data import TrainSet, dsm_loss, preprocess_complex
+from sciddiff.dock.ligand_io import load_ligand
 from sciddiff.dock.model import ATOM_DIM, ScoreModel, ScoreModelConfig
+from sciddiff.dock.receptor import load_receptor
 from sciddiff.train.checkpoint import save_checkpoint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
@@ -35,8 +38,8 @@ def tiny_set(tmp_path_factory):
 
 @pytest.mark.parametrize("cid,n_atoms,n_tors", [("1ia1", 19, 2), ("1of6", 13, 3), ("1s3v", 27, 6), ("1uou", 16, 2)])
 def test_featurize_examples(cid, n_atoms, n_tors):
-    rec = io.load_receptor(EXAMPLES / cid / f"{cid}_protein.pdb.gz")
-    mol = io.load_ligand(EXAMPLES / cid / f"{cid}_ligand.sdf")
+    rec = load_receptor(EXAMPLES / cid / f"{cid}_protein.pdb.gz")
+    mol = load_ligand(EXAMPLES / cid / f"{cid}_ligand.sdf")
     tors = ligand.rotatable_torsions(mol)
     g = featurize.ligand_graph(mol, tors)
     assert g["feat"].shape == (n_atoms, ATOM_DIM) and tors.n == n_tors
@@ -123,7 +126,8 @@ def test_training_runs_data_parallel_under_torchrun(tmp_path):
 
 
 def test_trainer_and_preprocessing_refuse_bad_input_before_any_work(tmp_path, capsys, monkeypatch):
-    from sciddiff.dock import data as data_module, train as train_module
+    from sciddiff.dock import data as data_module
+    from sciddiff.dock import train as train_module
     from sciddiff.train import interrupt
 
     complexes = [preprocess_complex(str(EXAMPLES / "1uou" / "1uou_protein.pdb.gz"),
@@ -253,8 +257,8 @@ def test_diffusion_samples_do_not_depend_on_the_thread_count():
     from sciddiff.dock.sampler import ComplexScore, load_score_model, sample_poses
 
     stem = str(EXAMPLES / "1s3v" / "1s3v_")
-    receptor, mol = io.load_receptor(stem + "protein.pdb.gz"), io.load_ligand(stem + "ligand.sdf")
-    box = io.box_from_ligand(stem + "ligand.sdf")
+    receptor, mol = load_receptor(stem + "protein.pdb.gz"), load_ligand(stem + "ligand.sdf")
+    box = box_from_ligand(stem + "ligand.sdf")
     tors = ligand.rotatable_torsions(mol)
     space = PoseSpace(torch.as_tensor(ligand.generate_conformers(mol, 1, seed=0)[:1]), tors)
     rec = featurize.receptor_graph(receptor, center=box.center, radius=RECEPTOR_CROP)
@@ -293,8 +297,8 @@ def test_the_sample_recall_example_draws_the_starts_dock_searches_from(monkeypat
     real = docking.diffusion_starts
     monkeypatch.setattr(docking, "diffusion_starts", spy)
     stem = str(EXAMPLES / "1uou" / "1uou_")
-    receptor, crystal = io.load_receptor(stem + "protein.pdb.gz"), io.load_ligand(stem + "ligand.sdf")
-    box = io.box_from_ligand(stem + "ligand.sdf")
+    receptor, crystal = load_receptor(stem + "protein.pdb.gz"), load_ligand(stem + "ligand.sdf")
+    box = box_from_ligand(stem + "ligand.sdf")
     settings = DockSettings(samples=3, steps=3, random_starts=2, mc_rounds=1, poses=1, seed=4)
     model = load_score_model(DEFAULT_MODEL)
     docking.dock(receptor, crystal, box, model, settings, show_progress=False)
@@ -303,3 +307,33 @@ def test_the_sample_recall_example_draws_the_starts_dock_searches_from(monkeypat
     assert torch.allclose(starts[0], torch.as_tensor(samples), atol=1e-5)
     other_seed = recall.diffusion_samples(model, receptor, crystal, box, DockSettings(samples=3, steps=3, seed=5))[1]
     assert not np.allclose(other_seed, samples)
+
+
+def test_pocket_samples_sets_the_diffusion_starts_of_the_geometric_pockets_alone(monkeypatch):
+    """Blind docking with `pocket_samples`: each geometric pocket diffuses that many starts (the rest of its starts
+    random), the refined sites `samples`; a box ignores it."""
+    from sciddiff.dock import docking
+    from sciddiff.dock.cli import DEFAULT_MODEL
+    from sciddiff.dock.sampler import load_score_model
+    from sciddiff.dock.settings import DockSettings
+
+    drawn = []
+
+    def spy(model, receptor, mol, tors, space, region, s, *args):
+        drawn.append(s.samples)
+        return real(model, receptor, mol, tors, space, region, s, *args)
+
+    real = docking.diffusion_starts
+    monkeypatch.setattr(docking, "diffusion_starts", spy)
+    stem = str(EXAMPLES / "1uou" / "1uou_")
+    receptor, mol = load_receptor(stem + "protein.pdb.gz"), load_ligand(stem + "ligand.sdf")
+    model = load_score_model(DEFAULT_MODEL)
+    for pocket_samples, expected in ((None, [2, 2, 2]), (0, [2]), (1, [1, 1, 2])):
+        drawn.clear()
+        s = DockSettings(samples=2, steps=2, random_starts=2, mc_chains=4, mc_rounds=1, poses=2, conformers=1,
+                         pockets=2, refine_sites=1, pocket_samples=pocket_samples)
+        docking.dock(receptor, mol, None, model, s, show_progress=False)
+        assert drawn == expected
+    drawn.clear()
+    docking.dock(receptor, mol, box_from_ligand(stem + "ligand.sdf"), model, s, show_progress=False)
+    assert drawn == [2]

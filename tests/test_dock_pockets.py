@@ -4,17 +4,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sciddiff.dock import io
 from sciddiff.dock.docking import DockSettings, dock
+from sciddiff.dock.ligand_io import ligand_coords, load_ligand
 from sciddiff.dock.pockets import POCKET_MARGIN, find_pockets
+from sciddiff.dock.receptor import Receptor, load_receptor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 
 @pytest.mark.parametrize("cid", ["1s3v", "1uou", "1ia1"])
 def test_crystal_ligand_fits_one_of_the_top_pockets(cid):
-    rec = io.load_receptor(EXAMPLES / cid / f"{cid}_protein.pdb.gz")
-    xyz = io.ligand_coords(io.load_ligand(EXAMPLES / cid / f"{cid}_ligand.sdf"))
+    rec = load_receptor(EXAMPLES / cid / f"{cid}_protein.pdb.gz")
+    xyz = ligand_coords(load_ligand(EXAMPLES / cid / f"{cid}_ligand.sdf"))
     extent = float(np.ptp(xyz, 0).max())
     boxes = find_pockets(rec, n=3, ligand_extent=extent)
     assert 1 <= len(boxes) <= 3
@@ -24,13 +25,13 @@ def test_crystal_ligand_fits_one_of_the_top_pockets(cid):
         assert np.all(b.center > rec.coords.min(0)) and np.all(b.center < rec.coords.max(0))
 
 
-def _tunnel_receptor(length: float = 40.0, width: float = 10.0) -> io.Receptor:
+def _tunnel_receptor(length: float = 40.0, width: float = 10.0) -> Receptor:
     """A block of carbon atoms (1.5 A lattice) pierced along x by a square tunnel `width` A wide."""
     axes = [np.arange(0, length + 0.1, 1.5), np.arange(-12, 12.1, 1.5), np.arange(-12, 12.1, 1.5)]
     xyz = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     xyz = xyz[(np.abs(xyz[:, 1]) > width / 2) | (np.abs(xyz[:, 2]) > width / 2)].astype(np.float32)
     n, none = len(xyz), np.zeros((0, 3), np.float32)
-    return io.Receptor(coords=xyz, elements=np.full(n, "C"), atom_names=np.full(n, "C"), res_names=np.full(n, "UNK"),
+    return Receptor(coords=xyz, elements=np.full(n, "C"), atom_names=np.full(n, "C"), res_names=np.full(n, "UNK"),
                        atom_res=np.full(n, -1), is_hetero=np.ones(n, bool), res_type=np.zeros(0, int), res_ca=none,
                        res_n=none, res_c=none, res_sc=none, res_chain=np.zeros(0, str))
 
@@ -50,8 +51,8 @@ def test_a_long_tunnel_gives_several_ligand_sized_pockets():
 
 
 def test_blind_dock_searches_each_pocket_and_keeps_poses_in_their_own():
-    rec = io.load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
-    mol = io.load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+    rec = load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+    mol = load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
     s = DockSettings(samples=0, random_starts=8, mc_chains=6, mc_rounds=2, poses=4, conformers=1, pockets=3,
                      refine_sites=0)
     res = dock(rec, mol, None, None, s, show_progress=False)
@@ -62,8 +63,8 @@ def test_blind_dock_searches_each_pocket_and_keeps_poses_in_their_own():
 
 
 def test_blind_refinement_searches_a_ligand_box_around_the_best_pockets_best_pose():
-    rec = io.load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
-    mol = io.load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+    rec = load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+    mol = load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
     s = DockSettings(samples=0, random_starts=8, mc_chains=6, mc_rounds=2, poses=4, conformers=1, pockets=2,
                      refine_sites=0)
     plain = dock(rec, mol, None, None, s, show_progress=False)

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sciddiff.dock import io, rescore
+from sciddiff.dock import rescore
+from sciddiff.dock.box import box_from_ligand
 from sciddiff.dock.docking import DockSettings, dock
 from sciddiff.dock.ligand import rotatable_torsions
+from sciddiff.dock.ligand_io import ligand_coords, load_ligand
+from sciddiff.dock.receptor import load_receptor
 from sciddiff.dock.rescore_train import relaxed_crystal
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
@@ -18,9 +21,9 @@ SHIPPED = Path(__file__).resolve().parents[1] / "data" / "dock" / "rescore.pt"
 
 @pytest.fixture(scope="module")
 def complex_1uou():
-    rec = io.load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
-    mol = io.load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
-    return rec, mol, torch.as_tensor(io.ligand_coords(mol))
+    rec = load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+    mol = load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+    return rec, mol, torch.as_tensor(ligand_coords(mol))
 
 
 def test_features_invariant_to_moving_the_whole_complex(complex_1uou):
@@ -55,7 +58,7 @@ def test_shipped_model_prefers_the_crystal_pose(complex_1uou):
 
 def test_dock_ranks_the_same_candidates_both_ways(complex_1uou):
     rec, mol, _ = complex_1uou
-    box = io.box_from_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+    box = box_from_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
     s = DockSettings(samples=0, random_starts=8, mc_chains=8, mc_rounds=2, poses=3, ranking="learned")
     model = rescore.load_rescorer(SHIPPED)
     res = dock(rec, mol, box, None, s, show_progress=False, rescorer=model)

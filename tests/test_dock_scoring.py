@@ -6,8 +6,11 @@ import pytest
 import torch
 from rdkit import Chem
 
-from sciddiff.dock import io, ligand, scoring
+from sciddiff.dock import ligand, scoring
+from sciddiff.dock.box import Box, box_from_ligand
+from sciddiff.dock.ligand_io import ligand_coords, load_ligand
 from sciddiff.dock.pose import PoseSpace
+from sciddiff.dock.receptor import load_receptor
 from sciddiff.dock.search import fit_pose, local_opt, move, pose_gradient
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
@@ -15,10 +18,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 @pytest.fixture(scope="module")
 def complex_1uou():
-    rec = io.load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
-    mol = io.load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+    rec = load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+    mol = load_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
     tors = ligand.rotatable_torsions(mol)
-    box = io.box_from_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
+    box = box_from_ligand(EXAMPLES / "1uou" / "1uou_ligand.sdf")
     return rec, mol, tors, box, scoring.ScoringFunction(rec, mol, tors.n, region=box)
 
 
@@ -74,7 +77,7 @@ def test_receptor_hydrogens_in_the_file_decide_donors_and_acceptors(tmp_path):
             lines.append(_pdb_line(serial, name, res, seq, xyz, el, het))
             serial += 1
     (tmp_path / "p.pdb").write_text("\n".join(lines) + "\nEND\n")
-    rec = io.load_receptor(tmp_path / "p.pdb")
+    rec = load_receptor(tmp_path / "p.pdb")
     t = scoring.receptor_types(rec)
 
     his = np.nonzero(rec.res_names == "HIS")[0]
@@ -106,7 +109,7 @@ def test_elements_without_an_element_column_and_autodock_types_read_right(tmp_pa
     (tmp_path / "p.pdb").write_text("\n".join(line(i + 1, n, r, q, x, r in (" HG", "LIG"), e) for i, (n, r, q, x, e)
                                               in enumerate(rows)) + "\nEND\n")
     capfd.readouterr()
-    rec = io.load_receptor(tmp_path / "p.pdb")
+    rec = load_receptor(tmp_path / "p.pdb")
     assert rec.elements.tolist() == ["N", "C", "C", "C", "O", "C", "Zn", "Hg", "C"]
     assert "Element 'Hn' not found" not in capfd.readouterr().err  # RDKit's C++ stack trace, once per such atom
     pdbqt = ["ATOM      1  CA  HIS A   1       0.000   1.400   0.000  1.00  0.00     0.180 C ",
@@ -114,7 +117,7 @@ def test_elements_without_an_element_column_and_autodock_types_read_right(tmp_pa
              "ATOM      3  CG  HIS A   1       1.400   0.000   0.000  1.00  0.00     0.200 A ",
              "HETATM    4 NA    NA B   2       6.000   0.000   0.000  1.00  0.00     1.000 Na"]
     (tmp_path / "p.pdbqt").write_text("\n".join(pdbqt) + "\n")
-    assert io.load_receptor(tmp_path / "p.pdbqt").elements.tolist() == ["C", "N", "C", "Na"]
+    assert load_receptor(tmp_path / "p.pdbqt").elements.tolist() == ["C", "N", "C", "Na"]
 
 
 def test_a_donor_acceptor_pair_is_one_hbond_as_vina_counts_it(tmp_path):
@@ -124,7 +127,7 @@ def test_a_donor_acceptor_pair_is_one_hbond_as_vina_counts_it(tmp_path):
             ("CB", "C", (2, -1.4, 0)), ("OG", "O", (3.2, -2.2, 0))]
     (tmp_path / "p.pdb").write_text("\n".join(_pdb_line(i + 1, n, "SER", 1, xyz, el) for i, (n, el, xyz) in
                                              enumerate(rows)) + "\nEND\n")
-    rec = io.load_receptor(tmp_path / "p.pdb")
+    rec = load_receptor(tmp_path / "p.pdb")
     mol = Chem.MolFromSmiles("CO")
     sf = scoring.ScoringFunction(rec, mol, 0)
     og = np.array([3.2, -2.2, 0.0])
@@ -136,7 +139,7 @@ def test_a_donor_acceptor_pair_is_one_hbond_as_vina_counts_it(tmp_path):
 @pytest.mark.parametrize("exact", [True, False])
 def test_gradient_matches_finite_differences(complex_1uou, exact):
     _, mol, _, _, sf = complex_1uou
-    x0 = torch.as_tensor(io.ligand_coords(mol), dtype=torch.float64)[None]
+    x0 = torch.as_tensor(ligand_coords(mol), dtype=torch.float64)[None]
     x0 = x0 + 0.3 * torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     e, g = sf.energy_and_gradient(x0, exact=exact)
     assert torch.allclose(e, sf.energy(x0, exact=exact))
@@ -153,7 +156,7 @@ def test_gradient_matches_finite_differences(complex_1uou, exact):
 def test_grid_gradient_matches_grid_sample(complex_1uou):
     """The hand-written trilinear lookup is torch's grid_sample (align_corners, border padding), value and gradient."""
     _, mol, _, box, sf = complex_1uou
-    x = torch.as_tensor(io.ligand_coords(mol))[None] + 4.0 * torch.randn(6, 1, 3, generator=torch.Generator().manual_seed(2))
+    x = torch.as_tensor(ligand_coords(mol))[None] + 4.0 * torch.randn(6, 1, 3, generator=torch.Generator().manual_seed(2))
     x = x.clone().requires_grad_()
     cls = torch.as_tensor(sf.atom_class)
     for grid in [sf.map]:
@@ -176,7 +179,7 @@ def test_pose_gradient_matches_finite_differences():
     mol = Chem.RemoveHs(mol)
     tors = ligand.rotatable_torsions(mol)
     assert tors.n >= 6
-    x0 = torch.as_tensor(io.ligand_coords(mol), dtype=torch.float64)
+    x0 = torch.as_tensor(ligand_coords(mol), dtype=torch.float64)
     space = PoseSpace(x0, tors)
     target = torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
@@ -218,11 +221,11 @@ def test_stacked_grids_score_each_row_in_its_own_box(complex_1uou):
     """Blind docking searches all pockets in one batch: each row must get exactly its own box's energy and gradient,
     also where a smaller box's maps were padded to the largest one's shape and for atoms outside a box."""
     rec, mol, tors, box, _ = complex_1uou
-    boxes = [box, io.Box(center=box.center + np.float32(3.0), size=box.size * np.float32(0.7))]
+    boxes = [box, Box(center=box.center + np.float32(3.0), size=box.size * np.float32(0.7))]
     functions = [scoring.ScoringFunction(rec, mol, tors.n, region=b) for b in boxes]
     assert functions[0].map.values.shape != functions[1].map.values.shape
     which = torch.arange(12) % 2
-    x = torch.as_tensor(io.ligand_coords(mol))[None]
+    x = torch.as_tensor(ligand_coords(mol))[None]
     # rows of the small box centred on its far corner: about half their atoms beyond its maps, in the padding
     corner = functions[1].grid_hi - x[0].mean(0)
     x = x + which[:, None, None] * corner + torch.randn(12, 1, 3, generator=torch.Generator().manual_seed(1))
@@ -237,7 +240,7 @@ def test_stacked_grids_score_each_row_in_its_own_box(complex_1uou):
 def test_grid_tracks_exact_energy(complex_1uou, function):
     rec, mol, tors, box, _ = complex_1uou
     sf = scoring.ScoringFunction(rec, mol, tors.n, region=box, function=function)
-    x = torch.as_tensor(io.ligand_coords(mol))[None]
+    x = torch.as_tensor(ligand_coords(mol))[None]
     shifts = torch.randn(8, 1, 3, generator=torch.Generator().manual_seed(0)) * 1.0
     exact, grid = sf.inter_exact(x + shifts), sf.inter_grid(x + shifts)
     # trilinear interpolation of convex terms overestimates a little; the ranking must survive
@@ -247,7 +250,7 @@ def test_grid_tracks_exact_energy(complex_1uou, function):
 
 def test_crystal_pose_is_a_deep_minimum(complex_1uou):
     _, mol, tors, box, sf = complex_1uou
-    xtal = torch.as_tensor(io.ligand_coords(mol))
+    xtal = torch.as_tensor(ligand_coords(mol))
     space = PoseSpace(xtal, tors)
     tr, rot, theta = fit_pose(space, xtal[None])
     relaxed = local_opt(sf, space, tr, rot, theta, steps=30, lr=(0.05, 0.02, 0.05), exact=True)

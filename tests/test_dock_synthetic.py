@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciddiff.dock import io
+from sciddiff.dock.ligand_io import ligand_coords, load_ligand
 from sciddiff.dock.rescore import FEATURE_NAMES
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
@@ -29,8 +29,8 @@ def test_a_synthetic_complex_is_the_protein_split_in_two(tmp_path, capsys):
     [cid] = (tmp_path / "out" / "splits" / "synthetic.txt").read_text().split()
     name = cid.split("/")[1]
     folder = tmp_path / "out" / cid
-    mol = io.load_ligand(folder / f"{name}_ligand.sdf.gz")  # sanitizes: bond orders from the residue templates
-    ligand, receptor = io.ligand_coords(mol), _atoms(folder / f"{name}_protein.pdb.gz")
+    mol = load_ligand(folder / f"{name}_ligand.sdf.gz")  # sanitizes: bond orders from the residue templates
+    ligand, receptor = ligand_coords(mol), _atoms(folder / f"{name}_protein.pdb.gz")
     original = _atoms(source)
     dist = lambda a, b: np.linalg.norm(a[:, None] - b[None], axis=-1)
     # every ligand atom but the terminal OXT (placed on the next residue's N) is an atom of the input protein ...

@@ -11,8 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from sciddiff.cli import (NOT_SHIPPED, UserError, check_output_path, idle_threads, load_or_fail, options_below,
-                          same_version)
+from sciddiff.cli import (
+    NOT_SHIPPED,
+    UserError,
+    check_output_path,
+    idle_threads,
+    load_or_fail,
+    options_below,
+    same_version,
+)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "dock" / "score_model.pt"
 MODEL_HELP = f"score-model checkpoint, or 'none' for physics-only docking (default: {DEFAULT_MODEL} when present)"
@@ -249,22 +256,24 @@ SMALL_BOX = 8.0  # A: a box side below this cannot hold a drug-sized ligand (ben
 
 def _read_inputs(protein: str, ligand: str, args) -> tuple:
     """(receptor, ligand records, box or None): read before any model is loaded, so bad input fails fast."""
-    from sciddiff.dock import io
+    from sciddiff.dock.box import resolve_box
+    from sciddiff.dock.ligand_io import ligand_smiles, load_ligands, reference_coords
+    from sciddiff.dock.receptor import load_receptor, waters_on
 
-    receptor = io.load_receptor(protein, keep_waters=not args.drop_waters)
+    receptor = load_receptor(protein, keep_waters=not args.drop_waters)
     _note_receptor(receptor, protein)
-    ligands = io.load_ligands(ligand)
+    ligands = load_ligands(ligand)
     if len(ligands) > 1 and all(r.mol is None for r in ligands):  # a library that is all bad input is bad input
         raise UserError(f"none of the {len(ligands)} molecules in {ligand} can be docked; the first: "
                         f"{ligands[0].error}")
-    first = io.ligand_smiles(ligands[0].mol) if ligands[0].mol is not None else None
-    if len(ligands) > 1 and all(r.mol is not None and io.ligand_smiles(r.mol) == first for r in ligands[1:]):
+    first = ligand_smiles(ligands[0].mol) if ligands[0].mol is not None else None
+    if len(ligands) > 1 and all(r.mol is not None and ligand_smiles(r.mol) == first for r in ligands[1:]):
         # conformers of one ligand (what conformer generators write): docking starts from fresh conformers anyway
         print(f"note: {ligand}: {len(ligands)} records of the same molecule, docked once (input coordinates are not "
               "used)", file=sys.stderr)
         ligands = ligands[:1]
-    box = io.resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
-    if args.autobox_ligand and (n := io.waters_on(receptor, io.reference_coords(args.autobox_ligand, note=False))):
+    box = resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
+    if args.autobox_ligand and (n := waters_on(receptor, reference_coords(args.autobox_ligand, note=False))):
         print(f"note: {n} water(s) of {protein} sit within 1.5 A of {args.autobox_ligand}'s atoms; waters are "
               "receptor atoms, so poses there clash with them (--drop-waters leaves them out)", file=sys.stderr)
     if box is not None and box.size.min() < SMALL_BOX:
@@ -285,9 +294,9 @@ def _one_ligand(ligands: list, ligand: str):
 
 
 def _note_receptor(receptor, protein: str) -> None:
-    from sciddiff.dock import io
+    from sciddiff.dock.receptor import receptor_note
 
-    if note := io.receptor_note(receptor):
+    if note := receptor_note(receptor):
         print(f"warning: protein {protein}: {note}", file=sys.stderr)
 
 
@@ -298,9 +307,9 @@ def _note_ligand_itself(removed, protein: str) -> None:
 
 
 def _note_repairs(mol, what: str) -> None:
-    from sciddiff.dock import io
+    from sciddiff.dock.ligand_io import ligand_repairs
 
-    if repairs := io.ligand_repairs(mol):
+    if repairs := ligand_repairs(mol):
         print(f"note: ligand {what}: {repairs}", file=sys.stderr)
 
 
@@ -308,19 +317,20 @@ def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, mo
               started: float, show_progress: bool = True) -> dict:
     import torch
 
-    from sciddiff.dock import io
     from sciddiff.dock.docking import dock
+    from sciddiff.dock.ligand_io import ligand_repairs, ligand_smiles
     from sciddiff.dock.output import atomic_dir, write_result
+    from sciddiff.dock.receptor import without_ligand_itself
 
     how = _how_docked(settings, model, rescorer, args, receptor, box)
-    receptor, removed = io.without_ligand_itself(receptor, mol, box)
+    receptor, removed = without_ligand_itself(receptor, mol, box)
     _note_ligand_itself(removed, protein)
     with atomic_dir(out) as tmp:
         result = dock(receptor, mol, box, model, settings, device=args.device,
                       show_progress=show_progress and sys.stderr.isatty(), rescorer=rescorer)
         result.timings["total"] = time.perf_counter() - started
-        meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": io.ligand_smiles(mol),
-                "ligand_repairs": io.ligand_repairs(mol), "receptor_residues_removed": removed or None,
+        meta = {"name": name, "protein": str(protein), "ligand": str(ligand), "smiles": ligand_smiles(mol),
+                "ligand_repairs": ligand_repairs(mol), "receptor_residues_removed": removed or None,
                 "mode": "box" if box is not None else "blind", "seed": settings.seed,
                 "threads": torch.get_num_threads(),  # the poses do not depend on it (tested): recorded for timings
                 **how,
@@ -429,14 +439,14 @@ def _dock_each(jobs: list, out: Path, args, settings, best_poses: bool) -> int:
 def _earlier_result(folder: Path, mol, how: dict) -> dict | None:
     """The summary of an earlier run in `folder` if it docked this molecule the same way (`_how_docked`: the same
     receptor, box, settings and models; and its poses are there)."""
-    from sciddiff.dock import io
+    from sciddiff.dock.ligand_io import ligand_smiles
     from sciddiff.dock.settings import as_recorded_now
 
     try:
         summary = as_recorded_now(json.loads((folder / "summary.json").read_text()))
     except (OSError, ValueError):
         return None
-    same = (summary.get("smiles") == io.ligand_smiles(mol) and summary.get("poses")
+    same = (summary.get("smiles") == ligand_smiles(mol) and summary.get("poses")
             and all(same_version(summary.get(k), v) for k, v in how.items())
             and all((folder / p["file"]).is_file() for p in summary["poses"]))
     return summary if same else None
@@ -474,7 +484,7 @@ def _run_batch(args, settings) -> int:
     table = Path(args.batch)
     if not table.is_file():
         raise UserError(f"batch table not found: {table}")
-    from sciddiff.dock import io
+    from sciddiff.dock.ligand_io import is_ligand_file_name
 
     rows, lines, header = _batch_table(table)
     columns = {h for h in header if h}
@@ -509,7 +519,7 @@ def _run_batch(args, settings) -> int:
         if not protein or not ligand:
             raise UserError("empty protein or ligand cell")
         protein, lig_path = str(path_of(protein)), path_of(ligand)
-        if lig_path.exists() or io.is_ligand_file_name(ligand):  # else: a SMILES string
+        if lig_path.exists() or is_ligand_file_name(ligand):  # else: a SMILES string
             ligand = str(lig_path)
         row_args = args
         if reference := _cell(row, "autobox_ligand"):  # this row's box: its reference ligand + --autobox-add
@@ -525,10 +535,10 @@ def _run_batch(args, settings) -> int:
 
 def _batch_table(table: Path) -> tuple[list[dict], list[int], list[str]]:
     """A --batch table's rows (blank ones left out), the file line each ends on (errors name it) and its header."""
-    from sciddiff.dock import io
+    from sciddiff.dock.files import read_text
 
-    # plain or .gz, a byte-order mark dropped (io.read_text); skipinitialspace: "protein, ligand"
-    text = io.read_text(table)
+    # plain or .gz, a byte-order mark dropped (read_text); skipinitialspace: "protein, ligand"
+    text = read_text(table)
     if "\ufffd" in text:  # a name or path with its bytes replaced would name a folder or file that is not there
         raise UserError(f"{table} is not UTF-8 text (a spreadsheet's 'CSV (Windows)' or 'Latin-1'?): save it as "
                         "'CSV UTF-8'")
@@ -556,7 +566,7 @@ def run_eval(args) -> int:
     for low, names in ((1, ("every", "limit")), (0, ("offset",))):
         if bad := options_below(args, low, *names):
             raise UserError(f"{bad[0]} must be >= {low}")
-    from sciddiff.dock.io import AUTOBOX_ADD, checked_autobox_add
+    from sciddiff.dock.box import AUTOBOX_ADD, checked_autobox_add
 
     if args.autobox_add is not None and not args.autobox:
         raise UserError("--autobox-add needs --autobox (without it every complex is docked blind)")
@@ -573,8 +583,10 @@ def run_eval(args) -> int:
 
 
 def run_score(args) -> int:
-    from sciddiff.dock import io
+    from sciddiff.dock.box import box_around
+    from sciddiff.dock.ligand_io import POSE_TAGS, ligand_coords, load_poses, pose_mol, sdf_block
     from sciddiff.dock.output import atomic_file_text
+    from sciddiff.dock.receptor import load_receptor, without_ligand_itself
 
     if bad := options_below(args, 1, "minimize_steps", "threads"):
         raise UserError(f"{bad[0]} must be >= 1")
@@ -583,7 +595,7 @@ def run_score(args) -> int:
             check_output_path(path, option=option, inputs={"--protein": args.protein, "--ligand": args.ligand})
     if args.out and args.json and Path(args.out).resolve() == Path(args.json).resolve():
         raise UserError("--out and --json name the same file")
-    receptor, poses = io.load_receptor(args.protein, keep_waters=not args.drop_waters), io.load_poses(args.ligand)
+    receptor, poses = load_receptor(args.protein, keep_waters=not args.drop_waters), load_poses(args.ligand)
     _note_receptor(receptor, args.protein)
     for i, mol in enumerate(poses):
         _note_repairs(mol, f"{args.ligand} (molecule {i + 1})")
@@ -595,11 +607,11 @@ def run_score(args) -> int:
     torch.set_num_threads(idle_threads() if args.threads is None else args.threads)
 
     rows, sd_records, removed = [], [], {}
-    problems = pose_warnings(receptor, [io.ligand_coords(mol) for mol in poses])
+    problems = pose_warnings(receptor, [ligand_coords(mol) for mol in poses])
     for i, mol in enumerate(poses):
         for warning in problems[i]:
             print(f"warning: {args.ligand} (pose {i + 1}): {warning}", file=sys.stderr)
-        own_receptor, own_copies = io.without_ligand_itself(receptor, mol, io.box_around(io.ligand_coords(mol)))
+        own_receptor, own_copies = without_ligand_itself(receptor, mol, box_around(ligand_coords(mol)))
         removed.update(dict.fromkeys(own_copies))
         r = score_pose(own_receptor, mol, args.minimize_steps if args.minimize else 0, args.scoring)
         tags = {"score": r.score, "energy": r.energy, "inter": r.inter, "intra": r.intra, **r.terms,
@@ -607,8 +619,8 @@ def run_score(args) -> int:
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         rows.append({"pose": i + 1, "name": name or f"pose{i + 1}", **tags})
         # a relaxed pose is a new pose: the tags of the one given (a docking run's rank, gnina's affinity) go
-        drop = io.POSE_TAGS if args.minimize else ()
-        sd_records.append(io.sdf_block(io.pose_mol(mol, r.coords, tags, hydrogens=True, drop=drop)))
+        drop = POSE_TAGS if args.minimize else ()
+        sd_records.append(sdf_block(pose_mol(mol, r.coords, tags, hydrogens=True, drop=drop)))
     _note_ligand_itself(list(removed), args.protein)
     columns = ["score", "inter", "intra", *r.terms, *(["moved"] if args.minimize else [])]
     print("pose  " + "  ".join(f"{c:>11}" for c in columns) + "  name")

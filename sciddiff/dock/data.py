@@ -33,11 +33,14 @@ CROP_JITTER = 4.0    # offset std per axis (A), norm capped at twice that
 
 # ----------------------------------------------------------------------------------------------------- preprocessing
 def preprocess_complex(protein: str, ligand: str, n_conformers: int = 2, seed: int = 0, crop: float = CROP) -> dict:
-    from sciddiff.dock import featurize, io, ligand as lig
+    from sciddiff.dock import featurize
+    from sciddiff.dock import ligand as lig
+    from sciddiff.dock.ligand_io import ligand_coords, load_ligand
+    from sciddiff.dock.receptor import load_receptor
 
-    rec = io.load_receptor(protein)
-    mol = io.load_ligand(ligand)
-    xtal = io.ligand_coords(mol)
+    rec = load_receptor(protein)
+    mol = load_ligand(ligand)
+    xtal = ligand_coords(mol)
     tors = lig.rotatable_torsions(mol)
     confs = lig.generate_conformers(mol, n_conformers, seed=seed)
     matched = np.stack([lig.match_torsions(c, xtal, tors) for c in confs])
@@ -249,7 +252,7 @@ def _preprocess_command(a: argparse.Namespace) -> int:
 def read_split(path: str | Path) -> list[str]:
     """Complex ids (e.g. `val/1abc`), one per line of a split file; blank lines and `#` comments are skipped, and a
     trailing `/` (as `ls -d */` writes folders) is dropped."""
-    from sciddiff.dock.io import read_text  # plain or .gz
+    from sciddiff.dock.files import read_text  # plain or .gz
 
     lines = (ln.split("#", 1)[0].strip().rstrip("/") for ln in read_text(path).splitlines())
     return [ln for ln in lines if ln]
@@ -264,7 +267,7 @@ def complex_files(root: str | Path, cid: str) -> tuple[str, str]:
     last part of cid; the layout of shared/data/docking and of the PoseBusters benchmark sets. The first suffix that
     exists wins, else the first.
     An absolute cid is its own folder, so one split file may list complexes of several roots."""
-    from sciddiff.dock.io import PROTEIN_FORMATS
+    from sciddiff.dock.receptor import PROTEIN_FORMATS
 
     def first(stem: str, suffixes: tuple[str, ...]) -> str:
         paths = _candidate_files(root, cid, stem, suffixes)
@@ -285,13 +288,13 @@ def complex_ligand(root: str | Path, cid: str):
     that loads, so a complex whose SDF fails sanitization is read from its MOL2. Raises the first file's UserError
     if none loads."""
     from sciddiff.cli import UserError
-    from sciddiff.dock import io
+    from sciddiff.dock.ligand_io import load_ligand
 
     candidates = _candidate_files(root, cid, "ligand", LIGAND_SUFFIXES)
     errors = []
     for path in [p for p in candidates if p.is_file()] or candidates[:1]:  # none there: the first one's "not found"
         try:
-            return io.load_ligand(path), str(path)
+            return load_ligand(path), str(path)
         except UserError as err:
             errors.append(err)
     raise errors[0]

@@ -22,7 +22,7 @@ from rdkit import Chem
 from tqdm.auto import tqdm
 
 from sciddiff.cli import UserError
-from sciddiff.dock.io import Box, Receptor, box_around
+from sciddiff.dock.box import Box, box_around
 from sciddiff.dock.ligand import (
     automorphisms,
     canonical_atom_order,
@@ -33,6 +33,7 @@ from sciddiff.dock.ligand import (
 )
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
+from sciddiff.dock.receptor import Receptor
 from sciddiff.dock.scoring import ScoringFunction, StackedGrids
 from sciddiff.dock.search import POLISH_STEP_SIZES, Poses, basin_hopping, fit_pose, local_opt
 from sciddiff.dock.settings import DockSettings

@@ -34,7 +34,7 @@ from sciddiff.cli import UserError, same_version
 from sciddiff.dock.settings import as_recorded_now
 
 if TYPE_CHECKING:
-    from sciddiff.dock.io import Receptor
+    from sciddiff.dock.receptor import Receptor
 
 
 def posebusters_valid(pose, crystal, receptor: Receptor) -> tuple[bool, str]:
@@ -74,8 +74,8 @@ def ligand_copies(receptor: Receptor, xyz: np.ndarray, pocket_radius: float = 10
     from Bio.Align import PairwiseAligner
     from Bio.SeqUtils import seq1
 
-    from sciddiff.dock.io import AMINO_ACIDS
     from sciddiff.dock.ligand import kabsch
+    from sciddiff.dock.receptor import AMINO_ACIDS
 
     letters = [seq1(name) for name in AMINO_ACIDS] + ["X"]  # Receptor.res_type: AMINO_ACIDS, then unknown
     f64 = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64))  # noqa: E731
@@ -114,12 +114,14 @@ def ligand_copies(receptor: Receptor, xyz: np.ndarray, pocket_radius: float = 10
 
 
 def evaluate(args, settings, model, rescorer=None) -> dict:
-    from sciddiff.dock import io
+    from sciddiff.dock.box import box_from_ligand, checked_box_size
     from sciddiff.dock.data import complex_files, complex_ligand, default_data_root, read_split
     from sciddiff.dock.docking import dock
-    from sciddiff.dock.settings import settings_dict
     from sciddiff.dock.ligand import symmetric_rmsd
+    from sciddiff.dock.ligand_io import ligand_coords, pose_mol
     from sciddiff.dock.output import atomic_csv
+    from sciddiff.dock.receptor import load_receptor, without_ligand_itself
+    from sciddiff.dock.settings import settings_dict
     from sciddiff.train.checkpoint import write_json
     from sciddiff.train.log import progress
 
@@ -177,8 +179,8 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
         try:
             t0 = time.perf_counter()
             crystal, ligand = complex_ligand(root, cid)
-            box = io.checked_box_size(io.box_from_ligand(ligand, args.autobox_add)) if args.autobox else None
-            receptor, removed = io.without_ligand_itself(io.load_receptor(protein, keep_waters=not args.drop_waters),
+            box = checked_box_size(box_from_ligand(ligand, args.autobox_add)) if args.autobox else None
+            receptor, removed = without_ligand_itself(load_receptor(protein, keep_waters=not args.drop_waters),
                                                          crystal, box)  # as `dock` with this box
             if removed:
                 tqdm.write(f"note: {cid}: the ligand's own residue {', '.join(removed)} left out of the receptor",
@@ -187,7 +189,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
             result = dock(receptor, crystal, box, model, settings, device=args.device, show_progress=False,
                           rescorer=rescorer)
             row["seconds"] = round(time.perf_counter() - t0, 2)
-            xtal = io.ligand_coords(crystal)
+            xtal = ligand_coords(crystal)
             cand_rmsd = [symmetric_rmsd(crystal, x, xtal) for x in result.candidates]
             orders = {"energy": result.order_energy}
             if result.order_learned is not None:
@@ -208,7 +210,7 @@ def evaluate(args, settings, model, rescorer=None) -> dict:
                 row.update(copies=len(copies), rmsd_top1_copies=_milli(rm[0]), rmsd_top5_copies=_milli(min(rm[:5])))
             if not args.no_posebusters:
                 for key, order in orders.items():
-                    valid, failed = posebusters_valid(io.pose_mol(crystal, result.candidates[order[0]]), crystal,
+                    valid, failed = posebusters_valid(pose_mol(crystal, result.candidates[order[0]]), crystal,
                                                        receptor)
                     row[f"pb_valid_{key}"], row[f"pb_failed_{key}"] = valid, failed
                 row["pb_valid"], row["pb_failed"] = row[f"pb_valid_{default}"], row[f"pb_failed_{default}"]

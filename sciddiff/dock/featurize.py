@@ -12,16 +12,16 @@ import numpy as np
 import torch
 from rdkit import Chem
 
-from sciddiff.dock.io import Receptor
 from sciddiff.dock.ligand import Torsions
 from sciddiff.dock.model import ATOM_DIM, N_RES_TYPES
+from sciddiff.dock.receptor import Receptor
 from sciddiff.dock.scoring import ligand_types
 
 ELEMENTS = ("C", "N", "O", "S", "F", "Cl", "Br", "I", "P")
 HYBRID = (Chem.HybridizationType.SP, Chem.HybridizationType.SP2, Chem.HybridizationType.SP3)
 BOND_TYPES = (Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE, Chem.BondType.AROMATIC)
 assert ATOM_DIM == len(ELEMENTS) + 1 + 6 + 3 + 1 + len(HYBRID) + 1 + 4 + 2 + 3
-assert N_RES_TYPES == 21  # 20 amino acids + unknown (sciddiff.dock.io.AMINO_ACIDS)
+assert N_RES_TYPES == 21  # 20 amino acids + unknown (sciddiff.dock.receptor.AMINO_ACIDS)
 
 
 def _onehot(value: int, n: int) -> list[float]:

@@ -20,7 +20,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from sciddiff.core.so3 import rotate_about_axis
-from sciddiff.dock.io import rdkit_quiet
+from sciddiff.dock.files import rdkit_quiet
 
 AMIDE = Chem.MolFromSmarts("[CX3](=[O,S])-[NX3]")
 AMIDE_LIKE = Chem.MolFromSmarts("[CX3](=[O,S,N])-[NX3]")  # amides, thioamides, amidines: planar C-N bonds
@@ -327,7 +327,7 @@ def symmetric_rmsd(mol: Chem.Mol, coords_pred: np.ndarray, coords_ref: np.ndarra
     CalcRMS with its own limit of 1e6 matches, as PoseBusters: a cap of 1e4 missed the best of inositol
     hexakisphosphate's 5.6e5, 5.0 A for 2.6 A; ~1 s a call for that ligand, ~4.5 s for sucrose octasulfate,
     milliseconds for most)."""
-    from sciddiff.dock.io import pose_mol
+    from sciddiff.dock.ligand_io import pose_mol
 
     a, b = pose_mol(mol, coords_pred), pose_mol(mol, coords_ref)
     return float(rdMolAlign.CalcRMS(a, b))

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from rdkit import Chem
 
 from sciddiff.cli import UserError, check_output_path
-from sciddiff.dock.io import POSE_TAGS, Receptor, complex_pdb, pose_mol, sdf_block
+from sciddiff.dock.ligand_io import POSE_TAGS, pose_mol, sdf_block
+from sciddiff.dock.receptor import Receptor, complex_pdb
 
 if TYPE_CHECKING:  # the pipeline imports torch: not needed to check or write an output folder
     from sciddiff.dock.docking import DockResult

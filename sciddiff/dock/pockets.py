@@ -13,7 +13,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from sciddiff.cli import UserError
-from sciddiff.dock.io import Box, Receptor
+from sciddiff.dock.box import Box
+from sciddiff.dock.receptor import Receptor
 
 DIRECTIONS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]] + [[a, b, 1] for a in (-1, 1) for b in (-1, 1)], float)
 DIRECTIONS = np.concatenate([DIRECTIONS, -DIRECTIONS])  # 14 rays

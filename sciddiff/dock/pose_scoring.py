@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from rdkit import Chem
 
-from sciddiff.dock.io import Receptor, ligand_coords
 from sciddiff.dock.ligand import rotatable_torsions, symmetric_rmsd
+from sciddiff.dock.ligand_io import ligand_coords
 from sciddiff.dock.pose import PoseSpace
+from sciddiff.dock.receptor import Receptor
 from sciddiff.dock.scoring import CUTOFF, PAIR_TERMS, ScoringFunction
 from sciddiff.dock.search import POLISH_STEP_SIZES, fit_pose, local_opt
 

@@ -30,8 +30,8 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from sciddiff.cli import file_digest
-from sciddiff.dock.io import Receptor
 from sciddiff.dock.ligand import rmsd_matrix
+from sciddiff.dock.receptor import Receptor
 from sciddiff.dock.scoring import (
     CUTOFF,
     FUNCTIONS,

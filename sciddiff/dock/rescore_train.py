@@ -50,13 +50,13 @@ POLISH_LR = (0.05, 0.02, 0.05)  # the pipeline's final exact polish (docking.doc
 def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
     """The crystal pose as the search could express it (fresh conformer with the crystal's torsions, aligned onto
     the crystal ligand) polished with the exact energy: (1, N, 3)."""
-    from sciddiff.dock.io import ligand_coords
     from sciddiff.dock.ligand import (
         canonical_atom_order,
         generate_conformers,
         match_torsions,
         rotatable_torsions,
     )
+    from sciddiff.dock.ligand_io import ligand_coords
     from sciddiff.dock.pose import PoseSpace
     from sciddiff.dock.scoring import ScoringFunction
     from sciddiff.dock.search import fit_pose, local_opt
@@ -73,24 +73,26 @@ def relaxed_crystal(receptor, mol, seed: int = 0) -> torch.Tensor:
 
 
 def complex_decoys(cid: str, root: Path, settings, model=None, blind: bool = False) -> dict:
-    from sciddiff.dock import io
+    from sciddiff.dock.box import box_around, box_from_ligand
     from sciddiff.dock.data import complex_files, complex_ligand
     from sciddiff.dock.docking import dock
     from sciddiff.dock.ligand import rotatable_torsions, symmetric_rmsd
+    from sciddiff.dock.ligand_io import ligand_coords
+    from sciddiff.dock.receptor import load_receptor, without_ligand_itself
     from sciddiff.dock.rescore import Featurizer
 
     mol, ligand = complex_ligand(root, cid)  # its SDF, or its MOL2 where the SDF does not sanitize (as dock-eval)
-    receptor = io.load_receptor(complex_files(root, cid)[0])
+    receptor = load_receptor(complex_files(root, cid)[0])
     # as dock, dock-eval and dock-score: a copy of the ligand left in the protein file is not receptor (the relaxed
     # crystal pose scored +285 against it, and every label and feature was off)
-    receptor, _ = io.without_ligand_itself(receptor, mol, io.box_around(io.ligand_coords(mol)))
-    box = None if blind else io.box_from_ligand(ligand, 4.0)
+    receptor, _ = without_ligand_itself(receptor, mol, box_around(ligand_coords(mol)))
+    box = None if blind else box_from_ligand(ligand, 4.0)
     result = dock(receptor, mol, box, model, settings, show_progress=False)
     search, cand = torch.as_tensor(result.search), torch.as_tensor(result.candidates)
     poses = torch.cat([search, cand, relaxed_crystal(receptor, mol, settings.seed)])
     kind = torch.cat([torch.zeros(len(search)), torch.ones(len(cand)), torch.full((1,), 2.0)]).long()
     feats = Featurizer(receptor, mol, rotatable_torsions(mol).n)(poses, search)
-    xtal = io.ligand_coords(mol)
+    xtal = ligand_coords(mol)
     rmsd = torch.tensor([symmetric_rmsd(mol, p, xtal) for p in poses.numpy()], dtype=torch.float32)
     return {"complex": cid, "blind": blind, "features": feats, "rmsd": rmsd, "kind": kind, "coords": poses.float(),
             "order_energy": torch.as_tensor(result.order_energy)}

@@ -30,8 +30,9 @@ import torch
 from rdkit import Chem
 from scipy.spatial import cKDTree
 
-from sciddiff.dock.io import AA_ALIASES, Box, Receptor
+from sciddiff.dock.box import Box
 from sciddiff.dock.ligand import polar_hydrogen_rotors
+from sciddiff.dock.receptor import AA_ALIASES, Receptor
 from sciddiff.nn.embeddings import EXP_FLOOR, floored_exp
 
 W_ROT = 0.0585  # Vina's conformational-entropy factor: score = inter / (1 + W_ROT * N_rot)
