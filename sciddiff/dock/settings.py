@@ -21,7 +21,9 @@ class DockSettings:
     conformers: int = 4       # ETKDG conformers embedded; the distinct shapes among them are searched together
     pockets: int = 6          # blind docking: ligand-sized pockets searched, each with the full search
     refine_sites: int = 2     # blind docking: then the full search again around the best pose of this many pockets
-    pocket_samples: int | None = None  # blind docking: diffusion samples per pocket (None: samples); refined sites get samples
+    # blind docking: diffusion samples per geometric pocket (None: `samples`); the refined sites get `samples`. The
+    # network helps where a box sits around a ligand-like pose, not in geometric pockets (docs/dock.md)
+    pocket_samples: int | None = 0
     scoring: str = "vina"     # scoring function: vina or vinardo (sciddiff.dock.scoring.FUNCTIONS)
     ranking: str = "learned"  # with a rescorer: order poses by its "learned" score or by "energy"
     seed: int = 0
