@@ -4,8 +4,8 @@
 Blind docking (no box) docks into the `pockets` best ligand-sized geometric pockets (`sciddiff.dock.pockets`), each
 with the search a box gets (from random starts by default: `pocket_samples`), all pockets' chains in one batch, then
 (`refine_sites`, default 2) once more in a box around the best pose of each of the best pockets, with diffusion
-starts, and ranks all poses together by the same energy. Scores are the
-Vina-like intermolecular energy / (1 + 0.0585 N_rot, Vina's rotor count) in kcal/mol-like units (lower is better). The
+starts, and ranks all poses together by the same energy. Scores are the Vina-like intermolecular energy / (1 + 0.0585
+N_rot, Vina's rotor count) in kcal/mol-like units (lower is better). The
 candidates (the 2 x `poses` best distinct polished minima) are ranked by the search objective (intermolecular +
 intra-ligand energy) or (settings.ranking "learned") by a learned rescorer's ranking score
 (`sciddiff.dock.rescore`). With a rescorer its calibrated P(RMSD < 2 A) is the confidence; without one the confidence is the
@@ -111,20 +111,17 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
 
     pool, pool_region, grids = [], [], []
     refine = s.refine_sites if box is None else 0
-
-    def diffused(n: int) -> int:
-        """How many of a box's samples + random_starts starts come from reverse diffusion (the rest are random)."""
-        return min(n, s.samples + s.random_starts) if model is not None else 0
-
-    samples = diffused(s.samples)  # a box, and blind the refined sites: boxes around a ligand-like pose
-    pocket_samples = samples if box is not None or s.pocket_samples is None else diffused(s.pocket_samples)
-    bar = tqdm(total=(len(regions) * min(pocket_samples, 1) + refine * min(samples, 1)) * s.steps
+    n_starts = s.samples + s.random_starts  # per box or pocket; those not from reverse diffusion are random
+    samples = s.samples if model is not None else 0  # a box, and blind the refined sites: around a ligand-like pose
+    pocket_samples = (samples if box is not None or s.pocket_samples is None or model is None
+                      else min(s.pocket_samples, n_starts))
+    bar = tqdm(total=(len(regions) * (pocket_samples > 0) + refine * (samples > 0)) * s.steps
                + (2 if refine else 1) * s.mc_rounds, disable=not show_progress, desc="docking", leave=False)
 
     def search(boxes: list[Box], n_samples: int) -> None:
         """The full search in each box, `n_samples` of its starts from reverse diffusion, all boxes' chains in one
         batch; their minima join the pool."""
-        n_random = s.samples + s.random_starts - n_samples
+        n_random = n_starts - n_samples
         first_box = len(grids)  # region index of boxes[0]: grids[i] is region i's scoring function
         tick = time.perf_counter()
         for region in boxes:
