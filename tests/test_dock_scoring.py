@@ -217,6 +217,25 @@ def test_coarse_map_resampled_on_the_fine_grid_is_exact():
         assert torch.allclose(a, b, atol=1e-12)
 
 
+@pytest.mark.parametrize("function", ["vina", "vinardo"])
+def test_grid_nodes_hold_each_class_pair_energy_sum(complex_1uou, function):
+    """At a node of both grids, each class's map is the pair energy summed over the receptor atoms that a ligand atom
+    of that class would feel there (the maps share terms among classes of one radius; this checks every class)."""
+    rec, mol, tors, box, _ = complex_1uou
+    sf = scoring.ScoringFunction(rec, mol, tors.n, region=box, function=function)
+    step = 2 if function == "vina" else 1  # vina's 1 A gauss2 map: its nodes are every second 0.5 A node
+    gen = torch.Generator().manual_seed(5)
+    idx = torch.stack([torch.randint(0, (n - 1) // step + 1, (40,), generator=gen) * step
+                       for n in sf.map.values.shape[1:]], 1)
+    nodes = sf.map.lo + idx * sf.map.spacing
+    r = torch.cdist(nodes, sf.rec_xyz)
+    for c, (radius, hyd, don, acc) in enumerate(sf.classes):
+        hb = scoring.hbond_pairs(float(don), float(acc), sf.rec_don, sf.rec_acc)
+        expected = scoring.pair_energy(r, float(radius) + sf.rec_r, float(hyd) * sf.rec_hyd, hb, fn=sf.fn).sum(-1)
+        got = sf.map.values[c, idx[:, 0], idx[:, 1], idx[:, 2]]
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-3), (c, (got - expected).abs().max())
+
+
 def test_stacked_grids_score_each_row_in_its_own_box(complex_1uou):
     """Blind docking searches all pockets in one batch: each row must get exactly its own box's energy and gradient,
     also where a smaller box's maps were padded to the largest one's shape and for atoms outside a box."""
