@@ -129,6 +129,12 @@ def run_command(func, args) -> int:
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
+def print_note(message: str) -> None:
+    """One `note:` line on stderr: something read or done in a way the user may not expect, while the run goes on
+    (errors are `UserError`s: one `error:` line and a non-zero exit)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
 def options_below(args: argparse.Namespace, low: int, *names: str) -> list[str]:
     """The options among `names` (attribute names) that are set and below `low`, spelled as on the command line
     ("--batch-size"): each command words its own one-line error."""

@@ -18,6 +18,7 @@ from sciddiff.cli import (
     idle_threads,
     load_or_fail,
     options_below,
+    print_note,
     same_version,
 )
 
@@ -245,8 +246,8 @@ def _load_optional(value: str | None, default: Path, what: str, load, option: st
     if value == "none":
         return None
     if value is None and not default.exists():
-        print(f"note: no {what} at {default}, docking without it ({option} PATH gives one, {option} none says so); "
-              f"{NOT_SHIPPED}", file=sys.stderr)
+        print_note(f"no {what} at {default}, docking without it ({option} PATH gives one, {option} none says so); "
+                   f"{NOT_SHIPPED}")
         return None
     return load_or_fail(load, Path(value) if value else default, what)
 
@@ -269,17 +270,17 @@ def _read_inputs(protein: str, ligand: str, args) -> tuple:
     first = ligand_smiles(ligands[0].mol) if ligands[0].mol is not None else None
     if len(ligands) > 1 and all(r.mol is not None and ligand_smiles(r.mol) == first for r in ligands[1:]):
         # conformers of one ligand (what conformer generators write): docking starts from fresh conformers anyway
-        print(f"note: {ligand}: {len(ligands)} records of the same molecule, docked once (input coordinates are not "
-              "used)", file=sys.stderr)
+        print_note(f"{ligand}: {len(ligands)} records of the same molecule, docked once (input coordinates are not "
+                   "used)")
         ligands = ligands[:1]
     box = resolve_box(receptor, args.autobox_ligand, args.autobox_add, args.center, args.size)
     if args.autobox_ligand and (n := waters_on(receptor, reference_coords(args.autobox_ligand, note=False))):
-        print(f"note: {n} water(s) of {protein} sit within 1.5 A of {args.autobox_ligand}'s atoms; waters are "
-              "receptor atoms, so poses there clash with them (--drop-waters leaves them out)", file=sys.stderr)
+        print_note(f"{n} water(s) of {protein} sit within 1.5 A of {args.autobox_ligand}'s atoms; waters are "
+                   "receptor atoms, so poses there clash with them (--drop-waters leaves them out)")
     if box is not None and box.size.min() < SMALL_BOX:
-        print(f"note: the box is {' x '.join(f'{s:g}' for s in box.size.round(1))} A, smaller than a drug-sized "
-              f"ligand ({SMALL_BOX:g} A): poses will extend beyond it "
-              "(--autobox-ligand REF makes REF's extent + 4 A)", file=sys.stderr)
+        print_note(f"the box is {' x '.join(f'{s:g}' for s in box.size.round(1))} A, smaller than a drug-sized "
+                   f"ligand ({SMALL_BOX:g} A): poses will extend beyond it "
+                   "(--autobox-ligand REF makes REF's extent + 4 A)")
     return receptor, ligands, box
 
 
@@ -302,15 +303,15 @@ def _note_receptor(receptor, protein: str) -> None:
 
 def _note_ligand_itself(removed, protein: str) -> None:
     if removed:
-        print(f"note: protein {protein}: {', '.join(removed)} is the ligand itself (the same heavy atoms, in the "
-              "site): left out of the receptor", file=sys.stderr)
+        print_note(f"protein {protein}: {', '.join(removed)} is the ligand itself (the same heavy atoms, in the "
+                   "site): left out of the receptor")
 
 
 def _note_repairs(mol, what: str) -> None:
     from sciddiff.dock.ligand_io import ligand_repairs
 
     if repairs := ligand_repairs(mol):
-        print(f"note: ligand {what}: {repairs}", file=sys.stderr)
+        print_note(f"ligand {what}: {repairs}")
 
 
 def _dock_one(receptor, mol, box, protein: str, ligand: str, out: Path, args, model, rescorer, settings, name: str,
@@ -491,8 +492,8 @@ def _run_batch(args, settings) -> int:
     if not {"protein", "ligand", "name"} <= columns:
         raise UserError(f"{table} needs a comma-separated header with columns protein, ligand, name")
     if unknown := sorted(columns - {"protein", "ligand", "name", "autobox_ligand"}):
-        print(f"note: {table}: columns {', '.join(unknown)} are not read (protein, ligand, name and the optional "
-              "autobox_ligand are)", file=sys.stderr)
+        print_note(f"{table}: columns {', '.join(unknown)} are not read (protein, ligand, name and the optional "
+                   "autobox_ligand are)")
     if "autobox_ligand" in columns and (args.autobox_ligand or args.center or args.size):
         raise UserError(f"{table} has an autobox_ligand column: give the boxes there or by an option, not both")
     if not rows:

@@ -14,13 +14,13 @@ torsions theta_t = theta0 + wrapped-normal(sigma_tor), applied to the moving sid
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sciddiff.cli import print_note
 from sciddiff.core.so3 import rotate_about_axis
 from sciddiff.core.spaces import SO3, Euclidean, Torus
 from sciddiff.dock.model import ScoreModelConfig
@@ -68,7 +68,7 @@ def preprocess(data_root: str, split: str, out: str, n_conformers: int = 2, limi
     listed = read_split(split)
     ids = list(dict.fromkeys(listed))[:limit]  # a complex listed twice would weigh double in training
     if repeats := len(listed) - len(set(listed)):
-        print(f"note: {split} lists {repeats} complex(es) more than once: each prepared once", file=sys.stderr)
+        print_note(f"{split} lists {repeats} complex(es) more than once: each prepared once")
     complexes, names, failed = [], [], []
     for cid in progress(ids, desc="preprocess"):
         try:

@@ -1,5 +1,5 @@
 """Reading the text files users name, shared by the receptor and ligand readers: plain or gzipped text, format
-suffixes (looking through `.gz`), PDBQT records as PDB records, one-line notes on stderr, RDKit kept quiet. Every
+suffixes (looking through `.gz`), PDBQT records as PDB records, RDKit kept quiet. Every
 problem the user can fix is raised as `sciddiff.cli.UserError` with one line of text.
 """
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,11 +61,6 @@ def pdbqt_to_pdb(text: str) -> str:
         elif ln.startswith(("MODEL", "ENDMDL", "TER")):
             lines.append(ln)
     return "\n".join(lines) + "\n"
-
-
-def print_note(message: str) -> None:
-    """One `note:` line on stderr: something about the input that was read in a way the user may not expect."""
-    print(f"note: {message}", file=sys.stderr)
 
 
 @contextmanager

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem
 
-from sciddiff.cli import UserError
-from sciddiff.dock.files import format_suffix, pdbqt_to_pdb, print_note, rdkit_quiet, read_text
+from sciddiff.cli import UserError, print_note
+from sciddiff.dock.files import format_suffix, pdbqt_to_pdb, rdkit_quiet, read_text
 
 MAX_HEAVY_ATOMS = 150
 REPAIRS_PROP = "sciddiff_repairs"  # what `load_ligand` changed to read the file, if anything

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rdkit import Chem
 
-from sciddiff.cli import UserError
-from sciddiff.dock.files import format_suffix, pdbqt_to_pdb, print_note, rdkit_quiet, read_text
+from sciddiff.cli import UserError, print_note
+from sciddiff.dock.files import format_suffix, pdbqt_to_pdb, rdkit_quiet, read_text
 
 if TYPE_CHECKING:
     from sciddiff.dock.box import Box

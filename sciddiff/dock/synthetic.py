@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sciddiff.cli import print_note
+
 CONTACT_RADIUS = 4.0  # A
 STANDARD = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
             "HIS": "H", "ILE": "I", "LEU": "L", "LYS": "K", "MET": "M", "PHE": "F", "PRO": "P", "SER": "S",
@@ -158,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     (out / "splits").mkdir(parents=True, exist_ok=True)
     (out / "splits" / "synthetic.txt").write_text("".join(f"synthetic/{cid}\n" for cid in ids))
     if len(ids) < args.complexes:
-        print(f"note: {len(ids)} of the {args.complexes} complexes asked for: the proteins under {root} hold no more "
-              "qualifying segments (one per protein)", file=sys.stderr)
+        print_note(f"{len(ids)} of the {args.complexes} complexes asked for: the proteins under {root} hold no more "
+                   "qualifying segments (one per protein)")
     print(f"wrote {len(ids)} synthetic complexes to {out / 'synthetic'}; split {out / 'splits' / 'synthetic.txt'}")
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, load_or_fail, options_below,
-                          options_not_positive, run_command, text_digest)
+                          options_not_positive, print_note, run_command, text_digest)
 from sciddiff.core.ema import EMA
 from sciddiff.dock.data import TrainSet, dsm_loss
 from sciddiff.dock.model import ATOM_DIM, ScoreModel, ScoreModelConfig, count_parameters
@@ -91,7 +91,7 @@ def _model_config(args: argparse.Namespace, out: Path) -> tuple[ScoreModelConfig
             raise UserError(f"{out} holds a run of {cfg.to_dict()}: resuming keeps its model; drop the model options "
                             "or use a new --out")
         if args.init:  # "resume, else start from these weights" is how the GPU script calls it: said, not refused
-            print(f"note: {out} holds a run: resuming it; --init {args.init} is not used", file=sys.stderr)
+            print_note(f"{out} holds a run: resuming it; --init {args.init} is not used")
         return cfg, state, None
     if args.init:
         init, cfg = load_or_fail(_init_model, args.init, "docking score model")
@@ -119,8 +119,7 @@ def _note_other_options(out: Path, args: argparse.Namespace) -> None:
     differ = [f"--{k.replace('_', '-')} {before[k]} -> {getattr(args, k)}"
               for k in ("data", "lr", "batch_size", "seed", "ema_decay") if k in before and not same(k)]
     if differ and distributed.is_main():
-        print(f"note: resuming with other training options ({'; '.join(differ)}): they apply from this step on",
-              file=sys.stderr)
+        print_note(f"resuming with other training options ({'; '.join(differ)}): they apply from this step on")
 
 
 def _with_config(ckpt: dict) -> tuple[dict, ScoreModelConfig]:
@@ -180,8 +179,7 @@ def train(args: argparse.Namespace, command: str) -> None:
         print(f"resumed from {out / 'state.pt'} at step {step}", flush=True)
         _note_other_options(out, args)
         if (before := state.get("data")) and before != data_id and info.is_main:  # a file re-made at the same path
-            print(f"note: resuming on other complexes ({before} -> {data_id}): they train from this step on",
-                  file=sys.stderr)
+            print_note(f"resuming on other complexes ({before} -> {data_id}): they train from this step on")
         if step >= args.max_steps:  # nothing to train: the files stay as they are (the model's digest with them)
             print(f"{out} is trained to step {step}, --max-steps {args.max_steps}: nothing to train (a larger "
                   "--max-steps goes on)", flush=True)

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail, options_below
+from sciddiff.cli import UserError, check_output_path, idle_threads, load_or_fail, options_below, print_note
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {"state": REPO / "data" / "policy" / "pusht_state.pt", "image": REPO / "data" / "policy" / "pusht_image.pt"}
@@ -171,7 +171,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise UserError(f"--video: {adapter.env_id} renders no rgb_array frames (its render modes: "
                             f"{', '.join(adapter.render_modes) or 'none'})")
     for note in adapter.length_notes() if pusht_task else ():
-        print(f"note: {note}", file=sys.stderr)
+        print_note(note)
     for option, value in (("--env-obs-type", args.env_obs_type), ("--states-out", args.states_out)):
         if value is not None and not pusht_task:
             raise UserError(f"{option} is for PushT policies; this one acts in {adapter.env_id}")

@@ -9,13 +9,13 @@ few-step DDIM / DPM-Solver++(2M) or full DDPM at inference, samples clipped to [
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 from torch import nn
 
+from sciddiff.cli import print_note
 from sciddiff.core.ddpm import DiscreteSchedule
 from sciddiff.core.losses import ddim_distillation_loss, ddpm_loss
 from sciddiff.core.samplers import Generators, randn, sample_ddim, sample_ddpm, sample_dpmpp_2m
@@ -43,8 +43,8 @@ def noise_scale_for(eta: float, sampler: str) -> float:
 def fitted_noise_scale(eta: float, sampler: str) -> float:
     """`noise_scale_for`, said in a note on stderr where it differs from the policy's own (the CLI's)."""
     if (fitted := noise_scale_for(eta, sampler)) != eta:
-        print(f"note: the policy's noise scale {eta:g} is beyond what {sampler} takes: eta {fitted:g} (--ddim-eta to "
-              "choose)", file=sys.stderr)
+        print_note(f"the policy's noise scale {eta:g} is beyond what {sampler} takes: eta {fitted:g} (--ddim-eta to "
+                   "choose)")
     return fitted
 
 

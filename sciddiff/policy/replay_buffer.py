@@ -7,14 +7,13 @@ the data rows first and the new end last, so a store interrupted mid-append stil
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from sciddiff.cli import UserError
+from sciddiff.cli import UserError, print_note
 
 CHUNK_STEPS = 256  # rows per chunk along time: ~2 demonstrations; a 96x96x3 uint8 chunk is then 7 MB raw
 
@@ -156,8 +155,8 @@ class ReplayBuffer:
                             f"{short[key]} rows")
         if more := {k: n - self.n_steps for k, n in rows.items() if n > self.n_steps}:
             key = max(more, key=more.get)  # an interrupted append's, or episode_ends that miss the data's last rows
-            print(f"note: {path}: data/{key} has {more[key]} rows after meta/episode_ends' last end (row "
-                  f"{self.n_steps}): read as an interrupted append's, they belong to no episode", file=sys.stderr)
+            print_note(f"{path}: data/{key} has {more[key]} rows after meta/episode_ends' last end (row "
+                       f"{self.n_steps}): read as an interrupted append's, they belong to no episode")
 
     def _trim_dangling_rows(self) -> None:
         n = self.n_steps

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sciddiff.cli import UserError, check_output_path, idle_threads, options_below
+from sciddiff.cli import UserError, check_output_path, idle_threads, options_below, print_note
 from sciddiff.policy import pusht
 from sciddiff.policy.data import pusht_store_arrays
 from sciddiff.policy.sampler import episode_starts
@@ -409,8 +409,8 @@ def run_demos(args: argparse.Namespace) -> int:
         done = len(stored)
         if source and done <= len(ids) and np.isclose(stored, starts[:done], atol=1e-3).all():
             # an interrupted --complete run (its store holds these episodes' first ones, in order): continue it
-            print(f"note: {args.out} already holds the completions of the first {done} of these {len(ids)} episodes "
-                  f"of {args.complete}: continuing after them", file=sys.stderr)
+            print_note(f"{args.out} already holds the completions of the first {done} of these {len(ids)} episodes "
+                       f"of {args.complete}: continuing after them")
             episodes = episodes[done:]
         elif again := list(dict.fromkeys(  # a seed's restarts share its id
                 i for i, start in zip(ids, starts) if np.isclose(stored, start, atol=1e-3).all(1).any())):

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sciddiff.cli import print_note
 from sciddiff.core.ema import EMA
 from sciddiff.policy.data import (OBS_KEYS, TASKS, GenericKeys, check_task, concat_datasets, default_zarr, is_zarr,
                                   load_dataset)
@@ -293,7 +294,7 @@ def checked_env(env, state_dim: int, action_dim: int, actions: np.ndarray | None
     except Exception as err:  # ValueError (the checks), gymnasium's errors, ImportError of a "module:EnvId"
         raise UserError(f"--env {env_id}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     for note in notes if show else ():
-        print(f"note: {note}", file=sys.stderr)
+        print_note(note)
     return adapter
 
 
@@ -403,7 +404,7 @@ def train(args: argparse.Namespace) -> dict:
             ("vision_channels", args.obs_type == "image" and vision_channels != tuple(init.config.vision_channels)))
             if differs and getattr(args, k) != defaults.get_default(k)]
         if ignored:
-            print(f"note: --init {args.init} brings its own network: {', '.join(ignored)} not used", file=sys.stderr)
+            print_note(f"--init {args.init} brings its own network: {', '.join(ignored)} not used")
         given = {"sampler": args.sampler, "num_inference_steps": args.inference_steps, "ddim_eta": args.ddim_eta,
                  "cpu_weights": args.cpu_weights}  # the inference settings not given stay the checkpoint's
         if args.sampler is not None and args.ddim_eta is None:
@@ -416,9 +417,9 @@ def train(args: argparse.Namespace) -> dict:
         for what, norm, data in (("observations", policy.state_normalizer, arrays[key]),
                                  ("actions", policy.action_normalizer, arrays["action"])):
             if (dims := norm.dims_beyond(data)) and info.is_main:  # kept: the network learned in their units
-                print(f"note: --init {args.init}: the data's {what} reach beyond the range its normalizers were fitted "
-                      f"on (features {dims}): they map outside [-1, 1], and predicted actions stay within the old "
-                      "range; train without --init to fit them to this data", file=sys.stderr)
+                print_note(f"--init {args.init}: the data's {what} reach beyond the range its normalizers were fitted "
+                           f"on (features {dims}): they map outside [-1, 1], and predicted actions stay within the old "
+                           "range; train without --init to fit them to this data")
     else:  # normalizers fitted on every episode (train and val), as Diffusion Policy does
         policy = DiffusionPolicy(config)
         policy.fit_normalizers(arrays[OBS_KEYS[args.obs_type][-1]], arrays["action"])
@@ -501,8 +502,8 @@ def train(args: argparse.Namespace) -> dict:
         # another process count, which restores no RNG: every rank drew the same batches)
         torch.manual_seed(args.seed * 1000 + info.rank + 7919 * step)
     if info.is_main and args.steps and args.warmup_steps >= args.steps and step == 0:
-        print(f"note: --warmup-steps {args.warmup_steps} is not below --steps {args.steps}: the warm-up meets the "
-              "cosine decay and the learning rate stays well below --lr (give fewer --warmup-steps)", file=sys.stderr)
+        print_note(f"--warmup-steps {args.warmup_steps} is not below --steps {args.steps}: the warm-up meets the "
+                   "cosine decay and the learning rate stays well below --lr (give fewer --warmup-steps)")
     out.mkdir(parents=True, exist_ok=True)  # only now that every input has loaded: a bad one leaves no empty run
 
     command = getattr(args, "command_line", None) or command_line(args)

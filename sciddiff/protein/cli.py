@@ -14,14 +14,13 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, idle_threads, load_or_fail,
-                          torch_device)
+                          print_note, torch_device)
 
 MAX_LENGTH = 1000
 VALID_LENGTH = 400  # the shipped model's samples measured valid up to here (docs/protein.md)
@@ -188,15 +187,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from sciddiff.train import progress, write_json
 
     if out.is_dir() and (foreign := [p.name for p in pdb_files(out) if p.name not in earlier and p.name not in names]):
-        print(f"note: {out} also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not of a sample "
-              "run: `backbone eval` scores only the backbones samples.json lists", file=sys.stderr)
+        print_note(f"{out} also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, not of a sample "
+                   "run: `backbone eval` scores only the backbones samples.json lists")
     threads = idle_threads() if args.threads is None else args.threads
     torch.set_num_threads(threads)
     net, flow_cfg, meta = load_or_fail(lambda path: load_model(path, device), args.checkpoint or DEFAULT_CHECKPOINT,
                                        "backbone checkpoint")
     if _shipped(args.checkpoint or DEFAULT_CHECKPOINT) and max(lengths) > VALID_LENGTH:
-        print(f"note: the shipped model learned from chains of 50-300 residues; above {VALID_LENGTH} its backbones "
-              "come out less often valid (CA-CA gaps; eval reports them)", file=sys.stderr)
+        print_note(f"the shipped model learned from chains of 50-300 residues; above {VALID_LENGTH} its backbones "
+                   "come out less often valid (CA-CA gaps; eval reports them)")
     conditional = bool(net.cfg.ss_condition)
     spec = args.ss if args.ss is not None else ("natural" if conditional and meta.get("ss_library") else "none")
     if spec != "none" and not conditional:
@@ -309,14 +308,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record = _sample_record(folder)
     listed = _earlier_samples(folder, record)  # a sample run's own backbones, not other PDB files beside them
     if not listed and (folder / "samples.json").is_file():
-        print(f"note: {folder}/samples.json lists no backbone files (damaged or not a sample run's): every PDB and "
-              f"mmCIF file in {folder} is scored", file=sys.stderr)
+        print_note(f"{folder}/samples.json lists no backbone files (damaged or not a sample run's): every PDB and "
+                   f"mmCIF file in {folder} is scored")
     if missing := [name for name in listed if not (folder / name).is_file()]:
-        print(f"note: {len(missing)} of the {len(listed)} backbones {folder}/samples.json lists are not there "
-              f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): scored without them", file=sys.stderr)
+        print_note(f"{len(missing)} of the {len(listed)} backbones {folder}/samples.json lists are not there "
+                   f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): scored without them")
     if listed and (others := [p.name for p in pdb_files(folder) if p.name not in listed]):
-        print(f"note: {folder} holds {len(others)} PDB file(s) besides the {len(listed)} its samples.json lists "
-              f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}): left out", file=sys.stderr)
+        print_note(f"{folder} holds {len(others)} PDB file(s) besides the {len(listed)} its samples.json lists "
+                   f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}): left out")
     try:
         names, backbones, gaps = read_folder(folder, set(listed) if listed else None)
     except ValueError as err:
@@ -325,17 +324,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{folder} has {len(backbones)} backbone PDB file(s); eval needs at least 2")
     if broken := [f"{n} ({int(g.sum())})" for n, g in zip(names, gaps) if g.any()]:
         more = " ..." if len(broken) > 5 else ""
-        print(f"note: chain gaps (residue numbers skipping, C-N over 2 A) in {', '.join(broken[:5])}{more}: "
-              "left out of the bond, CA-CA and Ramachandran metrics", file=sys.stderr)
+        print_note(f"chain gaps (residue numbers skipping, C-N over 2 A) in {', '.join(broken[:5])}{more}: "
+                   "left out of the bond, CA-CA and Ramachandran metrics")
     if stretched := [n for n, b, g in zip(names, backbones, gaps) if (unbonded(b) & ~g).any()]:
         more = " ..." if len(stretched) > 5 else ""
-        print(f"note: consecutively numbered residues over 2 A apart (C-N) in {', '.join(stretched[:5])}{more}: "
-              "scored as peptide bonds (a broken chain); a file renumbered over missing residues should keep "
-              "their numbers", file=sys.stderr)
+        print_note(f"consecutively numbered residues over 2 A apart (C-N) in {', '.join(stretched[:5])}{more}: "
+                   "scored as peptide bonds (a broken chain); a file renumbered over missing residues should keep "
+                   "their numbers")
     reference, ref_name, ref_gaps = None, "natural test split", None
     if not args.reference and isinstance(own := record.get("checkpoint"), str) and not _shipped(own):
-        print(f"note: the default reference is the shipped split's test chains; {own} may have trained on some of "
-              "them (its own split's held-out chains: --reference DIR)", file=sys.stderr)
+        print_note(f"the default reference is the shipped split's test chains; {own} may have trained on some of "
+                   "them (its own split's held-out chains: --reference DIR)")
     if args.reference:
         if not Path(args.reference).is_dir():
             raise UserError(f"--reference {args.reference} is not a folder")

@@ -12,13 +12,13 @@ so the numbers of all candidate sets share one scale; with the default reference
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sciddiff.cli import print_note
 from sciddiff.protein import metrics, ramachandran
 from sciddiff.protein.data import read_manifest, read_split
 from sciddiff.protein.geometry import backbone_from_frames, frames_from_backbone
@@ -86,12 +86,12 @@ def read_folder(folder: str | os.PathLike, only: Collection[str] | None = None
         backbones.append(complete_backbone(chain))
         gaps.append(~np.isin(np.diff(chain.resnums), (0, 1)) & unbonded(backbones[-1]))
     if twice:
-        print(f"note: {folder}: {', '.join(twice[:5])}{' ...' if len(twice) > 5 else ''} left out: the same name in "
-              "another format was read", file=sys.stderr)
+        print_note(f"{folder}: {', '.join(twice[:5])}{' ...' if len(twice) > 5 else ''} left out: the same name in "
+                   "another format was read")
     if several:
-        print(f"note: {folder}: only the first protein chain of {', '.join(several[:5])}"
-              f"{' ...' if len(several) > 5 else ''} is read (split the chains into files of their own to use them)",
-              file=sys.stderr)
+        print_note(f"{folder}: only the first protein chain of {', '.join(several[:5])}"
+                   f"{' ...' if len(several) > 5 else ''} is read (split the chains into files of their own to use "
+                   "them)")
     return names, backbones, gaps
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from sciddiff.cli import (DefaultsHelpFormatter, UserError, check_output_path, load_or_fail, options_below,
-                          options_not_positive, text_digest, torch_device)
+                          options_not_positive, print_note, text_digest, torch_device)
 from sciddiff.core.ema import EMA
 from sciddiff.protein.config import RUN_OPTIONS, DenoiserConfig, FlowConfig, add_training_arguments
 from sciddiff.protein.data import ChainSet
@@ -159,12 +159,12 @@ def train(args: argparse.Namespace) -> Path:
                 raise UserError(f"{state_path} began before --scale applied to the data (it trained in 10 A units, "
                                 f"its model reads {model_cfg.scale:g}): start a new --out")
             if state.get("chains") and state["chains"] != str(Path(args.chains).resolve()) and info.is_main:
-                print(f"note: resuming on {args.chains}; the run began on {state['chains']}", file=sys.stderr)
+                print_note(f"resuming on {args.chains}; the run began on {state['chains']}")
         elif state["data"] != _chain_identity(data):  # the val set and SS library would change under it
             raise UserError(f"{state_path} belongs to a run on other chains ({state['data']}; {args.chains}: "
                             f"{_chain_identity(data)}): resume it on its own, or use a new --out")
         if args.init and info.is_main:
-            print(f"note: --init {args.init} is not used: {out} resumes its own run", file=sys.stderr)
+            print_note(f"--init {args.init} is not used: {out} resumes its own run")
     # translations in the model's units (--scale A each): the loss and the sampler read them so
     train_set = ChainSet(data, "train", scale=model_cfg.scale, device=device)
     has_val = bool((data["split"] == 1).any())
