@@ -23,6 +23,7 @@ same steric and hydrophobic terms so that torsion moves cannot fold the ligand o
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -336,7 +337,8 @@ def _grid_energy(grid: GridMap, cls: torch.Tensor, lo: torch.Tensor, hi: torch.T
 
 
 def _class_pair_energies(r: torch.Tensor, rec_r: torch.Tensor, rec_hyd: torch.Tensor, rec_don: torch.Tensor,
-                         rec_acc: torch.Tensor, classes: np.ndarray, terms: str, fn: Function):
+                         rec_acc: torch.Tensor, classes: np.ndarray, terms: str, fn: Function
+                         ) -> Iterator[torch.Tensor]:
     """For each ligand atom class (radius, hyd, don, acc) in turn, the energies (P,) of pairs at distances r < CUTOFF
     (P,) with receptor atoms of those types: `pair_energy`'s values bit for bit, but what depends on the class's
     radius alone (the steric terms, the two ramps) is computed once per radius, and a term whose mask is zero for
