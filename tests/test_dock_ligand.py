@@ -10,17 +10,8 @@ from rdkit.Chem import AllChem
 from sciddiff.cli import UserError
 from sciddiff.dock import ligand
 from sciddiff.dock.box import box_from_ligand
-from sciddiff.dock.ligand_io import (
-    INPUT_H_PROP,
-    POSE_TAGS,
-    REPAIRS_PROP,
-    ligand_coords,
-    ligand_repairs,
-    ligand_smiles,
-    load_ligand,
-    load_ligands,
-    pose_mol,
-)
+from sciddiff.dock.ligand_io import (INPUT_H_PROP, POSE_TAGS, REPAIRS_PROP, ligand_coords, ligand_repairs,
+                                     ligand_smiles, load_ligand, load_ligands, pose_mol)
 from sciddiff.dock.receptor import complex_pdb, load_receptor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"

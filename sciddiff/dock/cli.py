@@ -11,16 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from sciddiff.cli import (
-    NOT_SHIPPED,
-    UserError,
-    check_output_path,
-    idle_threads,
-    load_or_fail,
-    options_below,
-    print_note,
-    same_version,
-)
+from sciddiff.cli import (NOT_SHIPPED, UserError, check_output_path, idle_threads, load_or_fail, options_below,
+                          print_note, same_version)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "dock" / "score_model.pt"
 MODEL_HELP = f"score-model checkpoint, or 'none' for physics-only docking (default: {DEFAULT_MODEL} when present)"

@@ -208,12 +208,18 @@ def hbond_pairs(donor_l, acceptor_l, donor_r, acceptor_r) -> torch.Tensor:
     return (donor_l * acceptor_r + acceptor_l * donor_r).clamp(max=1.0)
 
 
+def _weighted_terms(terms: str, fn: Function) -> tuple[str, ...]:
+    """The PAIR_TERMS that `terms` ("all", "short": all but gauss2, "long": gauss2) selects and `fn` weights, in the
+    order their weighted values are summed."""
+    names = {"short": _SHORT_TERMS, "long": ("gauss2",), "all": _SHORT_TERMS + ("gauss2",)}[terms]
+    return tuple(n for n in names if getattr(fn, n))
+
+
 def pair_energy(r: torch.Tensor, r_sum: torch.Tensor, hyd: torch.Tensor, hb: torch.Tensor,
                 terms: str = "all", fn: Function = FUNCTIONS["vina"]) -> torch.Tensor:
     """Weighted sum of `pair_terms`, zero beyond CUTOFF; terms: "all", "short" (everything but gauss2) or "long"
     (gauss2 only). Only the needed terms are computed (grid maps cover millions of pairs)."""
-    names = {"short": _SHORT_TERMS, "long": ("gauss2",), "all": _SHORT_TERMS + ("gauss2",)}[terms]
-    names = tuple(n for n in names if getattr(fn, n))
+    names = _weighted_terms(terms, fn)
     e = torch.zeros_like(r)
     for name, t in zip(names, pair_terms(r, r_sum, hyd, hb, fn, names)):
         e = e + getattr(fn, name) * t
@@ -344,7 +350,7 @@ def _class_pair_energies(r: torch.Tensor, rec_r: torch.Tensor, rec_hyd: torch.Te
     radius alone (the steric terms, the two ramps) is computed once per radius, and a term whose mask is zero for
     the class is left out (it would add 0). Classes share radii (C hydrophobic or not, N and O donors or not): the
     grid maps cost 0.7x."""
-    names = tuple(n for n in {"short": _SHORT_TERMS, "long": ("gauss2",)}[terms] if getattr(fn, n))
+    names = _weighted_terms(terms, fn)
     ramp_names = tuple(n for n in names if n in ("hydrophobic", "hbond"))
     steric = tuple(n for n in names if n not in ramp_names)
     by_radius: dict[float, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
