@@ -3,10 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from sciddiff.dock.docking import DockSettings, dock
 from sciddiff.dock.ligand_io import ligand_coords, load_ligand
-from sciddiff.dock.pockets import POCKET_MARGIN, find_pockets
+from sciddiff.dock.pockets import DIRECTIONS, POCKET_MARGIN, buried_points, find_pockets
 from sciddiff.dock.receptor import Receptor, load_receptor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
@@ -48,6 +49,22 @@ def test_a_long_tunnel_gives_several_ligand_sized_pockets():
     assert gaps.min() > 4.0                      # distinct pockets, not copies of one
     for b in boxes:
         np.testing.assert_allclose(b.size, 8.0 + 2 * POCKET_MARGIN)
+
+
+def test_buriedness_counts_the_rays_that_meet_protein_within_10_A():
+    # marched point by point along each of the 14 rays (1 A steps): the count buried_points gives each point
+    rec = load_receptor(EXAMPLES / "1uou" / "1uou_protein.pdb.gz")
+    pts, buried = buried_points(rec, min_buried=0)
+    assert len(pts) > 1000 and buried.min() >= 0 and buried.max() == 14
+    lo = rec.coords.min(0) - 2  # the grid: nodes lo + (i, j, k) A, as many as cover the protein + 2 A
+    shape = np.ceil(rec.coords.max(0) + 2 - lo).astype(int) + 1
+    tree = cKDTree(rec.coords)
+    for j in np.random.default_rng(0).choice(len(pts), 60, replace=False):
+        node = np.rint(pts[j] - lo).astype(int)
+        steps = node + DIRECTIONS.astype(int)[:, None, :] * np.arange(1, 11)[None, :, None]  # (14, 10, 3)
+        inside = np.all((steps >= 0) & (steps < shape), -1)
+        hit = (tree.query((lo + steps).reshape(-1, 3))[0].reshape(14, 10) < 2.0) & inside
+        assert buried[j] == hit.any(1).sum()
 
 
 def test_blind_dock_searches_each_pocket_and_keeps_poses_in_their_own():

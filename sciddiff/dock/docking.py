@@ -35,7 +35,7 @@ from sciddiff.dock.ligand import (
 from sciddiff.dock.pockets import find_pockets
 from sciddiff.dock.pose import PoseSpace
 from sciddiff.dock.receptor import Receptor
-from sciddiff.dock.scoring import ScoringFunction, StackedGrids
+from sciddiff.dock.scoring import LatticeNodes, ScoringFunction, StackedGrids
 from sciddiff.dock.search import POLISH_STEP_SIZES, Poses, basin_hopping, fit_pose, local_opt
 from sciddiff.dock.settings import DockSettings
 
@@ -104,12 +104,13 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     if box is not None:
         regions = [box]
     else:
-        regions = find_pockets(receptor, n=s.pockets, ligand_extent=extent)
+        regions = find_pockets(receptor, n=s.pockets, ligand_extent=extent, workers=torch.get_num_threads())
         if not regions:
             raise UserError("no pocket found on the protein: give a box (--autobox-ligand or --center/--size)")
     timings["prepare"] = time.perf_counter() - tick
 
     pool, pool_region, grids = [], [], []
+    nodes = LatticeNodes() if box is None else None  # blind: the pockets and refined sites overlap
     refine = s.refine_sites if box is None else 0
     n_starts = s.samples + s.random_starts  # per box or pocket; those not from reverse diffusion are random
     samples = s.samples if model is not None else 0  # a box, and blind the refined sites: around a ligand-like pose
@@ -118,14 +119,15 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
     bar = tqdm(total=(len(regions) * (pocket_samples > 0) + refine * (samples > 0)) * s.steps
                + (2 if refine else 1) * s.mc_rounds, disable=not show_progress, desc="docking", leave=False)
 
-    def search(boxes: list[Box], n_samples: int) -> None:
+    def search(boxes: list[Box], n_samples: int, halve: bool = False) -> None:
         """The full search in each box, `n_samples` of its starts from reverse diffusion, all boxes' chains in one
-        batch; their minima join the pool."""
+        batch; their minima join the pool. halve: after half the Monte Carlo rounds, only the chains of the better
+        half of the boxes (by their best energy so far) go on."""
         n_random = n_starts - n_samples
         first_box = len(grids)  # region index of boxes[0]: grids[i] is region i's scoring function
         tick = time.perf_counter()
         for region in boxes:
-            grids.append(ScoringFunction(receptor, mol, tors.n, region=region, function=s.scoring))
+            grids.append(ScoringFunction(receptor, mol, tors.n, region=region, function=s.scoring, nodes=nodes))
         stack = StackedGrids(grids[-len(boxes):])
         timings["grid"] = timings.get("grid", 0.0) + time.perf_counter() - tick
         starts, start_box = [], []
@@ -151,13 +153,22 @@ def dock(receptor: Receptor, mol: Chem.Mol, box: Box | None = None, model=None, 
         keep = torch.cat([idx[poses.energy[idx].argsort()[: s.mc_chains]]
                           for idx in (torch.nonzero(box == k)[:, 0] for k in range(len(boxes)))])
         poses, box = poses.take(keep), box[keep]
-        poses = basin_hopping(stack.rows(box), space, poses, s.mc_rounds, s.mc_steps, gen,
+        rounds = s.mc_rounds // 2 if halve and len(boxes) > 1 else s.mc_rounds
+        poses = basin_hopping(stack.rows(box), space, poses, rounds, s.mc_steps, gen,
                               progress=lambda it: _counting(it, bar))
+        if rounds < s.mc_rounds:  # the rest of the rounds in the better boxes, from each chain's best minimum
+            best = torch.full((len(boxes),), torch.inf).scatter_reduce(0, box, poses.energy, "amin")
+            go_on = torch.isin(box, best.argsort()[: (len(boxes) + 1) // 2])
+            more = basin_hopping(stack.rows(box[go_on]), space, poses.take(go_on), s.mc_rounds - rounds, s.mc_steps,
+                                 gen, progress=lambda it: _counting(it, bar))
+            poses, box = Poses.cat([poses.take(~go_on), more]), torch.cat([box[~go_on], box[go_on]])
         timings["search"] = timings.get("search", 0.0) + time.perf_counter() - tick
         pool_region.append(box + first_box)
         pool.append(poses)
 
-    search(regions, pocket_samples)
+    # blind: a pocket whose chains trail after half the rounds seldom holds the best pose at the end (and the
+    # refined sites are the best pockets'): the better half of the pockets get the second half of the rounds
+    search(regions, pocket_samples, halve=True)
     # blind: the pockets' boxes are placed by geometry, not around a ligand; search again in a box around the best
     # pose of each of the `refine` best pockets, as --autobox-ligand would around that pose
     if refine:

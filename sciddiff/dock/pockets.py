@@ -27,9 +27,11 @@ MIN_POINTS = 8        # buried grid points (1 A spacing) a pocket's sphere needs
 MAX_GRID_POINTS = 20_000_000
 
 
-def buried_points(rec: Receptor, min_buried: int = 10, spacing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def buried_points(rec: Receptor, min_buried: int = 10, spacing: float = 1.0, workers: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Free grid points (P, 3) in A near the protein that are buried in at least `min_buried` of the 14 ray
-    directions, and their buriedness (P,) (number of directions that hit protein within 10 A)."""
+    directions, and their buriedness (P,) (number of directions that hit protein within 10 A). `workers`: threads
+    of the nearest-atom query."""
     xyz = rec.coords
     lo, hi = xyz.min(0) - 2, xyz.max(0) + 2
     shape = np.ceil((hi - lo) / spacing).astype(int) + 1
@@ -39,29 +41,29 @@ def buried_points(rec: Receptor, min_buried: int = 10, spacing: float = 1.0) -> 
                         "(--autobox-ligand or --center/--size) or keep only the chains around the site")
     tree = cKDTree(xyz)
     grid = np.stack(np.meshgrid(*[lo[k] + spacing * np.arange(shape[k]) for k in range(3)], indexing="ij"), -1).reshape(-1, 3)
-    dist, _ = tree.query(grid, distance_upper_bound=6.0)
+    dist, _ = tree.query(grid, distance_upper_bound=6.0, workers=workers)
     occupied = (dist < 2.0).reshape(tuple(shape))  # rays stop here
     candidate = np.where((dist >= 3.0) & np.isfinite(dist))[0]
-    idx = np.stack(np.unravel_index(candidate, tuple(shape)), 1)
+    # a ray from a point hits protein within 10 A when the occupancy grid, shifted back along the ray by one of
+    # its steps (each direction's step is a whole grid offset), is occupied there: one whole-grid OR per step
+    # instead of a gather per point (a 21k-atom tetramer: 2.8 -> 1.0 s, the same points)
     buried = np.zeros(len(candidate), int)
-    for d in DIRECTIONS:
-        step = d / np.abs(d).max()
-        hit = np.zeros(len(candidate), bool)
+    for d in DIRECTIONS.astype(int):
+        hit = np.zeros(tuple(shape), bool)
         for s in range(1, int(10 / spacing) + 1):
-            p = np.rint(idx + step * s).astype(int)
-            inside = np.all((p >= 0) & (p < shape), 1)
-            q = np.clip(p, 0, shape - 1)
-            hit |= inside & occupied[q[:, 0], q[:, 1], q[:, 2]]
-        buried += hit
+            src = tuple(slice(max(0, o), n + min(0, o)) for o, n in zip(d * s, shape))  # p + s d inside the grid
+            dst = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(d * s, shape))  # from points p
+            hit[dst] |= occupied[src]
+        buried += hit.reshape(-1)[candidate]
     keep = buried >= min_buried
     return grid[candidate[keep]].astype(np.float32), buried[keep]
 
 
 def find_pockets(rec: Receptor, n: int = 3, ligand_extent: float = 10.0, min_buried: int = 10,
-                 spacing: float = 1.0) -> list[Box]:
+                 spacing: float = 1.0, workers: int = 1) -> list[Box]:
     """Up to n pockets, best first, as cubic boxes of edge `ligand_extent` + 2 POCKET_MARGIN (A) around the
     buriedness-weighted centre of each pocket's buried points."""
-    pts, buried = buried_points(rec, min_buried, spacing)
+    pts, buried = buried_points(rec, min_buried, spacing, workers)
     if len(pts) == 0:
         return []
     # one ligand-sized sphere per pocket: a whole buried cluster can span a groove or a domain interface much

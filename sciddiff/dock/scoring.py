@@ -370,11 +370,46 @@ def _class_pair_energies(r: torch.Tensor, rec_r: torch.Tensor, rec_hyd: torch.Te
         yield e
 
 
+class LatticeNodes:
+    """Grid-map values already computed for one ligand's atom classes against one receptor, by node of the lattice
+    of whole multiples of each map's spacing (A) from the origin: the boxes of blind docking (six pockets, then
+    boxes around the best poses inside them) overlap by about half, and a box built with a `LatticeNodes` snaps its
+    grid outward to whole Angstroms, so that its nodes are lattice nodes and only those no box has computed yet
+    are computed."""
+
+    _SHIFT, _BITS = 1 << 20, 21  # node indices within +-2^20 (+-262 km at 0.25 A) packed into one int64
+
+    def __init__(self):
+        self.known: dict[tuple[float, str], tuple[np.ndarray, torch.Tensor]] = {}  # -> (sorted keys, (C, K))
+
+    def keys(self, pts: np.ndarray, spacing: float) -> np.ndarray:
+        ijk = np.rint(pts / spacing).astype(np.int64) + self._SHIFT
+        return (ijk[:, 0] << (2 * self._BITS)) | (ijk[:, 1] << self._BITS) | ijk[:, 2]
+
+    def values(self, pass_id: tuple[float, str], keys: np.ndarray, compute) -> torch.Tensor:
+        """Values (C, P) at nodes `keys` (P,): those known, and compute(mask) (C, mask.sum()) for the rest."""
+        known_keys, known = self.known.get(pass_id, (np.zeros(0, np.int64), None))
+        pos = np.minimum(np.searchsorted(known_keys, keys), max(len(known_keys) - 1, 0))
+        have = known_keys[pos] == keys if len(known_keys) else np.zeros(len(keys), bool)
+        new = compute(~have)
+        out = new.new_empty(new.shape[0], len(keys))
+        out[:, torch.as_tensor(~have)] = new
+        if have.any():
+            out[:, torch.as_tensor(have)] = known[:, torch.as_tensor(pos[have])]
+        all_keys = np.concatenate([known_keys, keys[~have]])
+        order = np.argsort(all_keys, kind="stable")
+        values = new if known is None else torch.cat([known, new], 1)
+        self.known[pass_id] = (all_keys[order], values[:, torch.as_tensor(order)])
+        return out
+
+
 class ScoringFunction:
     """Protein-ligand + intra-ligand energy of one ligand against one receptor, batched over poses (B, N, 3)."""
 
     def __init__(self, receptor: Receptor, mol: Chem.Mol, n_torsions: int, region: Box | None = None,
-                 spacing: float = 0.5, grid_pad: float = 2.0, function: str = "vina"):
+                 spacing: float = 0.5, grid_pad: float = 2.0, function: str = "vina", nodes: LatticeNodes | None = None):
+        """region: build grid maps over it (+ grid_pad A); nodes: share their nodes with other boxes' grids (the
+        grid then snapped outward to whole Angstroms)."""
         self.fn = FUNCTIONS[function]
         self.lig = ligand_types(mol, function)
         self.classes, atom_class = self.lig.classes()
@@ -385,7 +420,7 @@ class ScoringFunction:
         self.entropy = 1.0 + W_ROT * self.n_rot
         keep = np.ones(len(receptor.coords), bool)
         if region is not None:  # only atoms that can reach the region
-            keep = region.contains(receptor.coords, pad=grid_pad + CUTOFF)
+            keep = region.contains(receptor.coords, pad=grid_pad + CUTOFF + (1.0 if nodes is not None else 0.0))
         self.rec_xyz = torch.as_tensor(receptor.coords[keep])
         self.rec_r = torch.as_tensor(rec_types.radius[keep])
         self.rec_hyd = torch.as_tensor(rec_types.hydrophobic[keep], dtype=torch.float32)
@@ -394,7 +429,7 @@ class ScoringFunction:
         self.intra = IntraLigand(mol, self.lig, self.fn)  # (B,) intra-ligand energy of poses (B, N, 3)
         self.grid = None
         if region is not None:
-            self._build_grid(region, spacing, grid_pad)
+            self._build_grid(region, spacing, grid_pad, nodes)
 
     # -------------------------------------------------------------------------------------------- exact
     def inter_exact(self, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
@@ -439,7 +474,7 @@ class ScoringFunction:
         return torch.cat(energies), (torch.cat(grads) if gradient else None)
 
     # -------------------------------------------------------------------------------------------- grid
-    def _build_grid(self, region: Box, spacing: float, pad: float) -> None:
+    def _build_grid(self, region: Box, spacing: float, pad: float, nodes: LatticeNodes | None = None) -> None:
         """Short-range terms on a fine grid (pairs within the function's short cutoff) and, for Vina, the smooth,
         long-range gauss2 term on a 1 A grid (pairs within 8 A): about 4x fewer pairs than one fine 8 A grid. The
         1 A map is then added into the fine one at its nodes: the two grids share their origin and every coarse node
@@ -447,6 +482,8 @@ class ScoringFunction:
         the cell's corners, and one lookup gives exactly what two did (half the search's grid cost)."""
         lo = region.center - region.size / 2 - pad
         hi = region.center + region.size / 2 + pad
+        if nodes is not None:  # whole Angstroms: the nodes of every pass lie on its lattice
+            lo, hi = np.floor(lo).astype(np.float32), np.ceil(hi).astype(np.float32)
         tree = cKDTree(self.rec_xyz.numpy())
         passes = [(spacing, self.fn.short_cutoff, "short")] + ([(1.0, CUTOFF, "long")] if self.fn.gauss2 else [])
         maps = []
@@ -454,20 +491,28 @@ class ScoringFunction:
             axes = [np.arange(lo[k], hi[k] + step, step, dtype=np.float32) for k in range(3)]
             shape = tuple(len(a) for a in axes)
             pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-            # a plain record array: a scipy.sparse matrix would check and copy its millions of indices
-            pairs = cKDTree(pts).sparse_distance_matrix(tree, cutoff, output_type="ndarray")
-            r = pairs["v"].astype(np.float32)
-            if cutoff >= CUTOFF:  # pairs at CUTOFF (in float32) would add exactly 0
-                pairs, r = pairs[r < CUTOFF], r[r < CUTOFF]
-            gi, rj = (torch.as_tensor(pairs[k].astype(np.int64)) for k in ("i", "j"))
-            r = torch.as_tensor(r)
-            rec_r, rec_h = self.rec_r[rj], self.rec_hyd[rj]
-            rec_d, rec_a = self.rec_don[rj], self.rec_acc[rj]
-            values = [torch.zeros(len(pts)).index_add_(0, gi, e).reshape(shape)
-                      for e in _class_pair_energies(r, rec_r, rec_h, rec_d, rec_a, self.classes, terms, self.fn)]
+
+            def node_values(todo: np.ndarray, pts=pts, cutoff=cutoff, terms=terms) -> torch.Tensor:
+                if not todo.any():
+                    return torch.zeros(len(self.classes), 0)
+                # a plain record array: a scipy.sparse matrix would check and copy its millions of indices
+                pairs = cKDTree(pts[todo]).sparse_distance_matrix(tree, cutoff, output_type="ndarray")
+                r = pairs["v"].astype(np.float32)
+                if cutoff >= CUTOFF:  # pairs at CUTOFF (in float32) would add exactly 0
+                    pairs, r = pairs[r < CUTOFF], r[r < CUTOFF]
+                gi, rj = (torch.as_tensor(pairs[k].astype(np.int64)) for k in ("i", "j"))
+                r = torch.as_tensor(r)
+                rec_r, rec_h = self.rec_r[rj], self.rec_hyd[rj]
+                rec_d, rec_a = self.rec_don[rj], self.rec_acc[rj]
+                return torch.stack([torch.zeros(int(todo.sum())).index_add_(0, gi, e) for e in _class_pair_energies(
+                    r, rec_r, rec_h, rec_d, rec_a, self.classes, terms, self.fn)])
+
+            every = np.ones(len(pts), bool)
+            values = (node_values(every) if nodes is None
+                      else nodes.values((step, terms), nodes.keys(pts, step), node_values)).reshape(-1, *shape)
             lo_t = torch.as_tensor([a[0] for a in axes])
             hi_t = torch.as_tensor([a[-1] for a in axes])
-            maps.append((GridMap(torch.stack(values), lo_t, (hi_t - lo_t) / (torch.as_tensor(shape) - 1)), pts))
+            maps.append((GridMap(values, lo_t, (hi_t - lo_t) / (torch.as_tensor(shape) - 1)), pts))
         (fine, pts), *coarse = maps
         for grid, _ in coarse:
             cls = torch.arange(len(self.classes))[:, None]
