@@ -256,6 +256,25 @@ def test_stacked_grids_score_each_row_in_its_own_box(complex_1uou):
 
 
 @pytest.mark.parametrize("function", ["vina", "vinardo"])
+def test_boxes_sharing_lattice_nodes_get_the_maps_they_would_compute_alone(complex_1uou, function):
+    """Blind docking's overlapping boxes share grid nodes: a box built after others (most of its nodes known) has
+    the maps it gets built first, on whole-Angstrom bounds that cover the box + its pad."""
+    rec, mol, tors, box, _ = complex_1uou
+    shifted = [Box(center=box.center + np.float32(d), size=box.size) for d in (0.0, 1.3, -2.6)]
+    nodes = scoring.LatticeNodes()
+    shared = [scoring.ScoringFunction(rec, mol, tors.n, region=b, function=function, nodes=nodes) for b in shifted]
+    alone = scoring.ScoringFunction(rec, mol, tors.n, region=shifted[2], function=function,
+                                    nodes=scoring.LatticeNodes())
+    assert torch.equal(shared[2].map.lo, alone.map.lo) and torch.equal(shared[2].grid_hi, alone.grid_hi)
+    assert torch.allclose(shared[2].map.values, alone.map.values, rtol=1e-5, atol=1e-5)
+    lo = shifted[2].center - shifted[2].size / 2 - 2.0
+    assert torch.equal(alone.map.lo, torch.as_tensor(np.floor(lo)))  # snapped outward, so still covering the box
+    assert bool((alone.grid_hi >= torch.as_tensor(shifted[2].center + shifted[2].size / 2 + 2.0)).all())
+    fine_nodes, _ = nodes.known[(0.5, "short")]
+    assert len(fine_nodes) < 0.8 * sum(int(np.prod(sf.map.values.shape[1:])) for sf in shared)  # computed once
+
+
+@pytest.mark.parametrize("function", ["vina", "vinardo"])
 def test_grid_tracks_exact_energy(complex_1uou, function):
     rec, mol, tors, box, _ = complex_1uou
     sf = scoring.ScoringFunction(rec, mol, tors.n, region=box, function=function)

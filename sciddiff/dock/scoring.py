@@ -377,7 +377,7 @@ class LatticeNodes:
     grid outward to whole Angstroms, so that its nodes are lattice nodes and only those no box has computed yet
     are computed."""
 
-    _SHIFT, _BITS = 1 << 20, 21  # node indices within +-2^20 (+-262 km at 0.25 A) packed into one int64
+    _SHIFT, _BITS = 1 << 20, 21  # node indices (within +-2^20 of the origin) packed into one int64
 
     def __init__(self):
         self.known: dict[tuple[float, str], tuple[np.ndarray, torch.Tensor]] = {}  # -> (sorted keys, (C, K))
@@ -492,11 +492,13 @@ class ScoringFunction:
             shape = tuple(len(a) for a in axes)
             pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
-            def node_values(todo: np.ndarray, pts=pts, cutoff=cutoff, terms=terms) -> torch.Tensor:
-                if not todo.any():
+            def node_values(todo: np.ndarray | None, pts=pts, cutoff=cutoff, terms=terms) -> torch.Tensor:
+                """Values (C, P) at the nodes pts[todo] (todo None: all)."""
+                at = pts if todo is None else pts[todo]
+                if len(at) == 0:
                     return torch.zeros(len(self.classes), 0)
                 # a plain record array: a scipy.sparse matrix would check and copy its millions of indices
-                pairs = cKDTree(pts[todo]).sparse_distance_matrix(tree, cutoff, output_type="ndarray")
+                pairs = cKDTree(at).sparse_distance_matrix(tree, cutoff, output_type="ndarray")
                 r = pairs["v"].astype(np.float32)
                 if cutoff >= CUTOFF:  # pairs at CUTOFF (in float32) would add exactly 0
                     pairs, r = pairs[r < CUTOFF], r[r < CUTOFF]
@@ -504,11 +506,10 @@ class ScoringFunction:
                 r = torch.as_tensor(r)
                 rec_r, rec_h = self.rec_r[rj], self.rec_hyd[rj]
                 rec_d, rec_a = self.rec_don[rj], self.rec_acc[rj]
-                return torch.stack([torch.zeros(int(todo.sum())).index_add_(0, gi, e) for e in _class_pair_energies(
+                return torch.stack([torch.zeros(len(at)).index_add_(0, gi, e) for e in _class_pair_energies(
                     r, rec_r, rec_h, rec_d, rec_a, self.classes, terms, self.fn)])
 
-            every = np.ones(len(pts), bool)
-            values = (node_values(every) if nodes is None
+            values = (node_values(None) if nodes is None
                       else nodes.values((step, terms), nodes.keys(pts, step), node_values)).reshape(-1, *shape)
             lo_t = torch.as_tensor([a[0] for a in axes])
             hi_t = torch.as_tensor([a[-1] for a in axes])
