@@ -2,7 +2,8 @@
 -> physics search with the scoring function -> exact polishing -> clustering and ranking.
 
 Blind docking (no box) docks into the `pockets` best ligand-sized geometric pockets (`sciddiff.dock.pockets`), each
-with the search a box gets (from random starts by default: `pocket_samples`), all pockets' chains in one batch, then
+with the search a box gets (from random starts by default: `pocket_samples`), all pockets' chains in one batch (the
+better half of the pockets get the second half of the Monte Carlo rounds; their grid maps share nodes), then
 (`refine_sites`, default 2) once more in a box around the best pose of each of the best pockets, with diffusion
 starts, and ranks all poses together by the same energy. Scores are the Vina-like intermolecular energy / (1 + 0.0585
 N_rot, Vina's rotor count) in kcal/mol-like units (lower is better). The

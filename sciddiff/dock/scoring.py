@@ -407,7 +407,8 @@ class ScoringFunction:
     """Protein-ligand + intra-ligand energy of one ligand against one receptor, batched over poses (B, N, 3)."""
 
     def __init__(self, receptor: Receptor, mol: Chem.Mol, n_torsions: int, region: Box | None = None,
-                 spacing: float = 0.5, grid_pad: float = 2.0, function: str = "vina", nodes: LatticeNodes | None = None):
+                 spacing: float = 0.5, grid_pad: float = 2.0, function: str = "vina",
+                 nodes: LatticeNodes | None = None):
         """region: build grid maps over it (+ grid_pad A); nodes: share their nodes with other boxes' grids (the
         grid then snapped outward to whole Angstroms)."""
         self.fn = FUNCTIONS[function]
